@@ -1,0 +1,1 @@
+//! Lock-free shared-memory rings for shmbus.
