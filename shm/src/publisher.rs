@@ -1,0 +1,237 @@
+//! Publishing: [`Publisher`] and its zero-copy [`Loan`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::error::{LoanError, TryLoanError};
+use crate::frame::kind;
+use crate::layout::FRAME_HEADER_LEN;
+use crate::ring::claim::{Claim, ClaimError, PublisherCore};
+use crate::shared_ring::RingShared;
+use crate::sync::Ordering;
+use crate::wait::{Idle, WaitStrategy, Waiter};
+
+/// Longest a blocked publisher sleeps before looking at the ring again. Readers wake parked
+/// publishers when they release space, but without a fence (see the crate docs, "Waiting for
+/// space"), so a wake-up can be missed; this bounds the cost of a miss.
+const SPACE_RECHECK: Duration = Duration::from_millis(1);
+
+/// Writes frames into one ring. Several publishers, in any processes, may share a ring.
+///
+/// Frames are written in place: [`Publisher::try_loan`] claims room in the ring, the caller fills
+/// it, and [`Loan::commit`] makes it visible. The publisher's slot is freed on drop.
+pub struct Publisher {
+    ring: Arc<RingShared>,
+    core: PublisherCore,
+    wait: WaitStrategy,
+}
+
+impl std::fmt::Debug for Publisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Publisher")
+            .field("id", &self.core.id)
+            .field("slot", &self.core.slot)
+            .finish()
+    }
+}
+
+impl Publisher {
+    pub(crate) fn new(ring: Arc<RingShared>, core: PublisherCore) -> Publisher {
+        Publisher {
+            ring,
+            core,
+            wait: WaitStrategy::default(),
+        }
+    }
+
+    /// The bus-wide id stamped on every frame.
+    pub fn id(&self) -> u32 {
+        self.core.id
+    }
+
+    /// The slot this publisher occupies in the ring.
+    pub fn slot(&self) -> u32 {
+        self.core.slot
+    }
+
+    /// Largest payload one frame can carry.
+    pub fn max_payload(&self) -> usize {
+        self.ring.mem.geometry().max_payload as usize
+    }
+
+    /// Sets how blocking calls wait for space (default: spin 50 µs, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    fn claim(&mut self, len: usize) -> Result<Claim, TryLoanError> {
+        let too_large = TryLoanError::TooLarge {
+            len,
+            max: self.max_payload(),
+        };
+        let payload = u32::try_from(len).map_err(|_| too_large)?;
+        self.core
+            .try_claim(&self.ring.mem, payload)
+            .map_err(|e| match e {
+                ClaimError::TooLarge => too_large,
+                ClaimError::Full => TryLoanError::Full,
+            })
+    }
+
+    /// Claims room for a `len`-byte payload without waiting.
+    pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, TryLoanError> {
+        let claim = self.claim(len)?;
+        Ok(Loan {
+            publisher: self,
+            claim,
+            len,
+            committed: false,
+        })
+    }
+
+    /// Claims room for a `len`-byte payload, waiting up to `timeout` (forever if `None`) for
+    /// tethered readers to release space.
+    pub fn loan(&mut self, len: usize, timeout: Option<Duration>) -> Result<Loan<'_>, LoanError> {
+        let mut waiter = Waiter::new(self.wait, timeout);
+        let claim = loop {
+            match self.claim(len) {
+                Ok(claim) => break claim,
+                Err(TryLoanError::Full) => {}
+                Err(e) => return Err(e.into()),
+            }
+            match waiter.idle() {
+                Idle::Retry => {}
+                Idle::Park(until) => self.park_for_space(until),
+                Idle::TimedOut => return Err(LoanError::Timeout),
+            }
+        };
+        Ok(Loan {
+            publisher: self,
+            claim,
+            len,
+            committed: false,
+        })
+    }
+
+    /// Sleeps until a reader releases space, `until` passes, or [`SPACE_RECHECK`] elapses.
+    fn park_for_space(&mut self, until: Option<std::time::Instant>) {
+        let sw = self.ring.mem.space_wait();
+        sw.waiters.fetch_add(1, Ordering::SeqCst);
+        // Acquire pairs with the Release bump in `RingShared::signal_space`.
+        let armed = sw.word.load(Ordering::Acquire);
+        let recheck = until.map_or(SPACE_RECHECK, |u| {
+            u.saturating_duration_since(std::time::Instant::now())
+                .min(SPACE_RECHECK)
+        });
+        crate::futex::wait(&sw.word, armed, Some(recheck));
+        sw.waiters.fetch_sub(1, Ordering::Relaxed);
+    }
+
+    /// Copies `payload` into the ring without waiting. Returns the frame's sequence number.
+    pub fn try_publish(&mut self, payload: &[u8]) -> Result<u64, TryLoanError> {
+        let mut loan = self.try_loan(payload.len())?;
+        loan.as_mut_slice().copy_from_slice(payload);
+        Ok(loan.commit())
+    }
+
+    /// Copies `payload` into the ring, waiting up to `timeout` for space. Returns the frame's
+    /// sequence number.
+    pub fn publish(&mut self, payload: &[u8], timeout: Option<Duration>) -> Result<u64, LoanError> {
+        let mut loan = self.loan(payload.len(), timeout)?;
+        loan.as_mut_slice().copy_from_slice(payload);
+        Ok(loan.commit())
+    }
+
+    fn finish(&mut self, claim: &Claim, kind: u32, len: u32) {
+        let ring = &self.ring;
+        self.core
+            .commit(&ring.mem, claim, kind, len, &|i| ring.ring_doorbell(i));
+    }
+}
+
+impl Drop for Publisher {
+    fn drop(&mut self) {
+        self.core.detach(&self.ring.mem);
+    }
+}
+
+/// Room for one frame, claimed in the ring. Fill it through [`Loan::as_mut_slice`], then
+/// [`commit`](Loan::commit). Dropped without committing, the claim becomes a skipped frame that
+/// no reader ever sees as a message.
+pub struct Loan<'a> {
+    publisher: &'a mut Publisher,
+    claim: Claim,
+    len: usize,
+    committed: bool,
+}
+
+impl std::fmt::Debug for Loan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Loan")
+            .field("len", &self.len)
+            .field("sequence", &self.claim.seq)
+            .finish()
+    }
+}
+
+impl Loan<'_> {
+    /// The payload buffer, in the ring. Its bytes are whatever the ring held before.
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let ptr = self
+            .publisher
+            .ring
+            .mem
+            .data_ptr(self.claim.frame + FRAME_HEADER_LEN);
+        // SAFETY: the claim gives this loan exclusive write access to `len` bytes after the
+        // frame header, inside the frame buffer (frames never wrap); the mapping is writable (a
+        // publisher exists only on writable handles) and outlives `self`. Readers only read it
+        // after the commit; a lossy reader racing with us copies and discards (see `copy_out`).
+        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The sequence number the frame will carry.
+    pub fn sequence(&self) -> u64 {
+        self.claim.seq
+    }
+
+    /// Publishes the whole payload. Returns the frame's sequence number.
+    pub fn commit(self) -> u64 {
+        let len = self.len;
+        self.commit_prefix(len)
+    }
+
+    /// Publishes the first `len` bytes of the payload (for writers that learn the size as they
+    /// go, such as serializers). The frame keeps the room it claimed. Panics if `len` exceeds
+    /// the loan.
+    pub fn commit_prefix(self, len: usize) -> u64 {
+        assert!(
+            len <= self.len,
+            "commit of {len} bytes exceeds the loan of {}",
+            self.len
+        );
+        let mut this = self;
+        let claim = this.claim;
+        this.publisher.finish(&claim, kind::DATA, len as u32);
+        this.committed = true;
+        claim.seq
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if !self.committed {
+            let claim = self.claim;
+            self.publisher.finish(&claim, kind::SKIP, 0);
+        }
+    }
+}

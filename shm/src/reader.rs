@@ -1,0 +1,218 @@
+//! Reading: [`Reader`] and the [`Sample`]s it lends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::doorbell::Doorbell;
+use crate::error::ReadError;
+use crate::layout::FRAME_HEADER_LEN;
+use crate::memory::CopyBuf;
+use crate::ring::read::{FrameView, Poll, ReaderCore};
+use crate::shared_ring::RingShared;
+use crate::wait::{Idle, WaitStrategy, Waiter, park};
+
+/// Whether a reader holds publishers back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// Publishers never overwrite what this reader has not read: nothing is lost, frames are
+    /// read in place (zero copy), and a reader that stops reading eventually blocks publishers
+    /// (until the broker evicts it).
+    #[default]
+    Tethered,
+    /// Publishers never wait for this reader; when they lap it, it gets [`ReadError::Lagged`]
+    /// and resumes at the oldest frame still held. Frames are copied out and checked, so a read
+    /// that raced with an overwrite is never handed out.
+    Lossy,
+}
+
+/// How to attach a reader.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ReaderOptions {
+    /// Tethered (default) or lossy.
+    pub mode: ReaderMode,
+    /// Deliver the last `history` messages published before attaching, as far as the ring still
+    /// holds them (0: only what is published after attaching).
+    pub history: u64,
+}
+
+/// Reads every frame of one ring, in order, from the moment it attached.
+pub struct Reader {
+    ring: Arc<RingShared>,
+    core: ReaderCore,
+    buf: CopyBuf,
+    doorbell: Arc<Doorbell>,
+}
+
+impl std::fmt::Debug for Reader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("slot", &self.core.slot)
+            .finish()
+    }
+}
+
+impl Reader {
+    pub(crate) fn new(ring: Arc<RingShared>, core: ReaderCore, doorbell: Arc<Doorbell>) -> Reader {
+        Reader {
+            ring,
+            core,
+            buf: CopyBuf::default(),
+            doorbell,
+        }
+    }
+
+    /// The slot this reader occupies in the ring.
+    pub fn slot(&self) -> u32 {
+        self.core.slot
+    }
+
+    /// The sequence number of the next claim this reader expects.
+    pub fn next_sequence(&self) -> u64 {
+        self.core.next_seq()
+    }
+
+    pub(crate) fn doorbell(&self) -> &Doorbell {
+        &self.doorbell
+    }
+
+    pub(crate) fn doorbell_index(&self) -> u32 {
+        self.doorbell.index()
+    }
+
+    fn poll(&mut self) -> Result<Option<FrameView>, ReadError> {
+        let mem = &self.ring.mem;
+        if self.core.evicted(mem) {
+            self.core.rejoin(mem);
+        }
+        match self.core.poll(mem, &mut self.buf)? {
+            Poll::Empty => Ok(None),
+            Poll::Frame(view) => Ok(Some(view)),
+            Poll::Lagged(missed) => Err(ReadError::Lagged { missed }),
+        }
+    }
+
+    /// The next message, if one is committed; never waits.
+    pub fn try_read(&mut self) -> Result<Option<Sample<'_>>, ReadError> {
+        Ok(self.poll()?.map(|view| Sample { reader: self, view }))
+    }
+
+    /// The next message, waiting with `wait` for up to `timeout` (forever if `None`). `Ok(None)`
+    /// means the timeout passed.
+    pub fn read(
+        &mut self,
+        wait: WaitStrategy,
+        timeout: Option<Duration>,
+    ) -> Result<Option<Sample<'_>>, ReadError> {
+        let mut waiter = Waiter::new(wait, timeout);
+        loop {
+            if let Some(view) = self.poll()? {
+                return Ok(Some(Sample { reader: self, view }));
+            }
+            match waiter.idle() {
+                Idle::Retry => {}
+                Idle::Park(until) => park(std::slice::from_ref(self), until),
+                Idle::TimedOut => return Ok(None),
+            }
+        }
+    }
+
+    /// Whether a read would find something now (a message, a lag to report). Cheap; for
+    /// multiplexing many readers.
+    pub fn has_pending(&self) -> bool {
+        self.core.ready(&self.ring.mem)
+    }
+
+    pub(crate) fn prepare_park(&self) {
+        self.core.prepare_park(&self.ring.mem);
+    }
+
+    pub(crate) fn cancel_park(&self) {
+        self.core.cancel_park(&self.ring.mem);
+    }
+
+    pub(crate) fn ready(&self) -> bool {
+        self.core.ready(&self.ring.mem)
+    }
+}
+
+impl Drop for Reader {
+    fn drop(&mut self) {
+        self.core.detach(&self.ring.mem);
+    }
+}
+
+/// One message, lent by a [`Reader`] until dropped.
+///
+/// For a tethered reader the payload is read in place, in shared memory mapped read-only; no
+/// publisher overwrites it while the sample lives — unless the broker evicts the reader because
+/// it stalled for longer than the eviction timeout while holding the sample. Lossy readers (and
+/// tethered ones catching up on history) get a validated private copy.
+pub struct Sample<'a> {
+    reader: &'a mut Reader,
+    view: FrameView,
+}
+
+impl std::fmt::Debug for Sample<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("sequence", &self.sequence())
+            .field("publisher", &self.publisher())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Sample<'_> {
+    /// The payload bytes (16-byte aligned).
+    pub fn payload(&self) -> &[u8] {
+        let len = self.view.header.len as usize;
+        if self.view.in_place {
+            let ptr = self
+                .reader
+                .ring
+                .mem
+                .data_ptr(self.view.pos + FRAME_HEADER_LEN);
+            // SAFETY: the header was validated, so `len` bytes after it lie inside the frame
+            // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
+            // readers' frames are not overwritten until `consume` moves the tether past them;
+            // the mapping lives as long as the reader this sample borrows.
+            unsafe { std::slice::from_raw_parts(ptr, len) }
+        } else {
+            self.reader.buf.as_slice()
+        }
+    }
+
+    /// Payload length in bytes.
+    pub fn len(&self) -> usize {
+        self.view.header.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's ring-wide sequence number (one per claim, in ring order).
+    pub fn sequence(&self) -> u64 {
+        self.view.header.seq
+    }
+
+    /// The bus-wide id of the publisher that wrote it.
+    pub fn publisher(&self) -> u32 {
+        self.view.header.publisher
+    }
+
+    /// Whether the payload is read in place in shared memory (rather than from a private copy).
+    pub fn is_in_place(&self) -> bool {
+        self.view.in_place
+    }
+}
+
+impl Drop for Sample<'_> {
+    fn drop(&mut self) {
+        let reader = &mut *self.reader;
+        if reader.core.consume(&reader.ring.mem, &self.view) {
+            reader.ring.signal_space();
+        }
+    }
+}

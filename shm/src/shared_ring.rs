@@ -1,0 +1,426 @@
+//! [`Ring`]: a handle to one ring's two segments — creating, opening, attaching publishers and
+//! readers, and the broker's view and recovery operations.
+
+use std::io;
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::doorbell::{Doorbell, DoorbellTable};
+use crate::error::{AttachError, CreateError, OpenError};
+use crate::layout::{
+    Geometry, LayoutError, NO_INTENT, RingConfig, SegmentHeader, SegmentKind, mode,
+};
+use crate::memory::{Backing, HeapBacking, RingMemory, read_header, write_header};
+use crate::owner::Owner;
+use crate::publisher::Publisher;
+use crate::reader::{Reader, ReaderOptions};
+use crate::ring::claim::{PublisherCore, wake_parked};
+use crate::ring::read::ReaderCore;
+use crate::ring::recovery::{self, Repair};
+use crate::segment::MappedSegment;
+use crate::sync::{HeadCell, Ordering};
+
+/// Everything a ring's handles share.
+pub(crate) struct RingShared {
+    pub(crate) mem: RingMemory,
+    pub(crate) doorbells: DoorbellTable,
+    ring_id: u64,
+    segments: Option<(Arc<MappedSegment>, Arc<MappedSegment>)>,
+}
+
+impl RingShared {
+    /// Rings doorbell `index` of this ring's table.
+    pub(crate) fn ring_doorbell(&self, index: u32) {
+        self.doorbells.ring(index);
+    }
+
+    /// Wakes publishers parked waiting for space.
+    pub(crate) fn signal_space(&self) {
+        let sw = self.mem.space_wait();
+        // Release pairs with the publisher's Acquire load of the word before it re-checks.
+        sw.word.fetch_add(1, Ordering::Release);
+        crate::futex::wake_all(&sw.word);
+    }
+}
+
+/// A ring: a broadcast log of variable-length frames in shared memory.
+///
+/// Cloning is cheap and shares the mappings. Publishers and readers keep the ring mapped for as
+/// long as they live.
+#[derive(Clone)]
+pub struct Ring {
+    pub(crate) shared: Arc<RingShared>,
+}
+
+impl std::fmt::Debug for Ring {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ring")
+            .field("id", &format_args!("{:#x}", self.shared.ring_id))
+            .field("config", &self.config())
+            .field("writable", &self.is_writable())
+            .finish()
+    }
+}
+
+/// The claim cursor: where the next frame goes and which sequence number it gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingHead {
+    /// Absolute byte position of the next claim (bytes ever claimed).
+    pub position: u64,
+    /// Sequence number of the next claim (claims ever made).
+    pub sequence: u64,
+}
+
+/// How a reader slot is being used.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReaderState {
+    /// Holds publishers back until it has read.
+    Tethered,
+    /// Never holds publishers back.
+    Lossy,
+    /// Was tethered; untethered for making no progress.
+    Evicted,
+    /// Claimed but not reading.
+    Inactive,
+}
+
+/// A snapshot of one reader slot, for the broker and `shmbus stat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReaderInfo {
+    /// Slot index.
+    pub slot: u32,
+    /// Owner token.
+    pub owner: u64,
+    /// Mode.
+    pub state: ReaderState,
+    /// Position: everything before it is released (tethered) or read (lossy).
+    pub position: u64,
+    /// Whether it is parked on its doorbell.
+    pub parked: bool,
+    /// Frames it was told it missed.
+    pub missed: u64,
+}
+
+/// A snapshot of one publisher slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PublisherInfo {
+    /// Slot index.
+    pub slot: u32,
+    /// Owner token.
+    pub owner: u64,
+    /// Bus-wide publisher id.
+    pub publisher_id: u32,
+    /// Messages committed.
+    pub published: u64,
+    /// Start of the claim it is writing, if any.
+    pub claiming: Option<u64>,
+}
+
+fn random_nonzero() -> u64 {
+    crate::random_u64() | 1
+}
+
+impl Ring {
+    /// Creates a ring in two new sealed memfds, waking parked readers through `doorbells`.
+    pub fn create(config: &RingConfig, doorbells: &DoorbellTable) -> Result<Ring, CreateError> {
+        let g = Geometry::new(config)?;
+        let data = Arc::new(MappedSegment::create(
+            "shmbus-ring-data",
+            g.data_segment_len,
+        )?);
+        let readers = Arc::new(MappedSegment::create(
+            "shmbus-ring-readers",
+            g.readers_segment_len,
+        )?);
+        let ring = Ring::init(
+            g,
+            data.clone(),
+            readers.clone(),
+            Some((data, readers)),
+            doorbells,
+        )?;
+        Ok(ring)
+    }
+
+    /// Creates a ring in this process's heap: the same protocol, for threads of one process
+    /// (and for Miri). Its descriptors are `None`.
+    pub fn create_local(
+        config: &RingConfig,
+        doorbells: &DoorbellTable,
+    ) -> Result<Ring, CreateError> {
+        let g = Geometry::new(config)?;
+        let data = Arc::new(HeapBacking::new(g.data_segment_len as usize));
+        let readers = Arc::new(HeapBacking::new(g.readers_segment_len as usize));
+        Ring::init(g, data, readers, None, doorbells)
+    }
+
+    fn init(
+        g: Geometry,
+        data: Arc<dyn Backing>,
+        readers: Arc<dyn Backing>,
+        segments: Option<(Arc<MappedSegment>, Arc<MappedSegment>)>,
+        doorbells: &DoorbellTable,
+    ) -> Result<Ring, CreateError> {
+        if !HeadCell::is_lock_free() {
+            return Err(CreateError::Unsupported);
+        }
+        let ring_id = random_nonzero();
+        let stamp_key = crate::random_u64();
+        write_header(&*data, g.header(SegmentKind::RingData, ring_id, stamp_key));
+        write_header(&*readers, g.header(SegmentKind::RingReaders, ring_id, 0));
+        let mem = RingMemory::new(g, stamp_key, data, readers);
+        for slot in 0..g.publisher_slots {
+            // Nobody else sees the segment yet; the descriptor's hand-over orders these stores.
+            mem.publisher(slot)
+                .intent_pos
+                .store(NO_INTENT, Ordering::Relaxed);
+        }
+        Ok(Ring {
+            shared: Arc::new(RingShared {
+                mem,
+                doorbells: doorbells.clone(),
+                ring_id,
+                segments,
+            }),
+        })
+    }
+
+    /// Opens a ring from descriptors received from another process.
+    ///
+    /// A read-only `data` descriptor gives a read-only handle (readers only); `readers` must be
+    /// read-write. Both headers are checked — magic, layout version, kind, geometry, lengths —
+    /// and must name the same ring.
+    pub fn open(
+        data: OwnedFd,
+        readers: OwnedFd,
+        doorbells: &DoorbellTable,
+    ) -> Result<Ring, OpenError> {
+        if !HeadCell::is_lock_free() {
+            return Err(OpenError::Unsupported);
+        }
+        let data = Arc::new(MappedSegment::open(data)?);
+        let readers = Arc::new(MappedSegment::open(readers)?);
+        if !readers.writable() {
+            return Err(OpenError::ReadOnly("readers"));
+        }
+        let dh = checked_header(&*data, SegmentKind::RingData)?;
+        let rh = checked_header(&*readers, SegmentKind::RingReaders)?;
+        let g = Geometry::from_header(&dh)?;
+        if Geometry::from_header(&rh)? != g {
+            return Err(LayoutError::Geometry(
+                "data and readers segments disagree on the ring's geometry".into(),
+            )
+            .into());
+        }
+        if dh.ring_id != rh.ring_id {
+            return Err(LayoutError::Mismatch {
+                data: dh.ring_id,
+                readers: rh.ring_id,
+            }
+            .into());
+        }
+        let mem = RingMemory::new(g, dh.stamp_key, data.clone(), readers.clone());
+        Ok(Ring {
+            shared: Arc::new(RingShared {
+                mem,
+                doorbells: doorbells.clone(),
+                ring_id: dh.ring_id,
+                segments: Some((data, readers)),
+            }),
+        })
+    }
+
+    /// The ring's sizes.
+    pub fn config(&self) -> RingConfig {
+        self.shared.mem.geometry().config()
+    }
+
+    /// The ring's random id (shared by its two segments).
+    pub fn id(&self) -> u64 {
+        self.shared.ring_id
+    }
+
+    /// Whether this handle maps the data writable (and so can publish).
+    pub fn is_writable(&self) -> bool {
+        self.shared.mem.data_backing().writable()
+    }
+
+    /// The data segment's descriptor (`None` for process-local rings).
+    pub fn data_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.shared.segments.as_ref().map(|(d, _)| d.fd())
+    }
+
+    /// A new read-only descriptor of the data segment, for subscribers (`None` for process-local
+    /// rings).
+    pub fn data_fd_read_only(&self) -> Option<io::Result<OwnedFd>> {
+        self.shared.segments.as_ref().map(|(d, _)| d.read_only_fd())
+    }
+
+    /// The readers segment's descriptor (`None` for process-local rings).
+    pub fn readers_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.shared.segments.as_ref().map(|(_, r)| r.fd())
+    }
+
+    /// The doorbell table parked readers of this ring are woken through.
+    pub fn doorbells(&self) -> &DoorbellTable {
+        &self.shared.doorbells
+    }
+
+    /// Attaches a publisher writing frames stamped with bus-wide `id`, owned by `owner`.
+    pub fn publisher(&self, id: u32, owner: Owner) -> Result<Publisher, AttachError> {
+        if !self.is_writable() {
+            return Err(AttachError::ReadOnly);
+        }
+        let mem = &self.shared.mem;
+        let core = PublisherCore::attach(mem, owner.get(), id).ok_or(AttachError::NoFreeSlot {
+            what: "publisher",
+            slots: mem.geometry().publisher_slots,
+        })?;
+        Ok(Publisher::new(self.shared.clone(), core))
+    }
+
+    /// Attaches a reader owned by `owner` that parks on `doorbell` (a doorbell of this ring's
+    /// table; one subscriber shares its doorbell among all the rings it reads).
+    pub fn reader(
+        &self,
+        options: ReaderOptions,
+        doorbell: &Arc<Doorbell>,
+        owner: Owner,
+    ) -> Result<Reader, AttachError> {
+        if !doorbell.table().same_table(&self.shared.doorbells) {
+            return Err(AttachError::ForeignDoorbell);
+        }
+        let mem = &self.shared.mem;
+        let tethered = options.mode == crate::reader::ReaderMode::Tethered;
+        let mut core = ReaderCore::attach(mem, owner.get(), tethered, doorbell.index()).ok_or(
+            AttachError::NoFreeSlot {
+                what: "reader",
+                slots: mem.geometry().reader_slots,
+            },
+        )?;
+        core.start_with_history(mem, options.history);
+        Ok(Reader::new(self.shared.clone(), core, doorbell.clone()))
+    }
+
+    /// The claim cursor.
+    pub fn head(&self) -> RingHead {
+        let h = self.shared.mem.control().head.load_for_reader();
+        RingHead {
+            position: h.pos,
+            sequence: h.seq,
+        }
+    }
+
+    /// Snapshots of the reader slots in use.
+    pub fn readers(&self) -> Vec<ReaderInfo> {
+        let mem = &self.shared.mem;
+        let n = mem
+            .readers_control()
+            .high_water
+            .load(Ordering::Acquire)
+            .min(mem.geometry().reader_slots);
+        (0..n)
+            .filter_map(|slot| {
+                let r = mem.reader(slot);
+                let owner = r.owner.load(Ordering::Acquire);
+                (owner != 0).then(|| ReaderInfo {
+                    slot,
+                    owner,
+                    state: match r.mode.load(Ordering::Relaxed) {
+                        mode::TETHERED => ReaderState::Tethered,
+                        mode::LOSSY => ReaderState::Lossy,
+                        mode::EVICTED => ReaderState::Evicted,
+                        _ => ReaderState::Inactive,
+                    },
+                    position: r.pos.load(Ordering::Relaxed),
+                    parked: r.parked.load(Ordering::Relaxed) != 0,
+                    missed: r.missed.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// Snapshots of the publisher slots in use.
+    pub fn publishers(&self) -> Vec<PublisherInfo> {
+        let mem = &self.shared.mem;
+        let n = mem
+            .counters()
+            .publisher_high_water
+            .load(Ordering::Acquire)
+            .min(mem.geometry().publisher_slots);
+        (0..n)
+            .filter_map(|slot| {
+                let p = mem.publisher(slot);
+                let owner = p.owner.load(Ordering::Acquire);
+                let intent = p.intent_pos.load(Ordering::Relaxed);
+                (owner != 0).then(|| PublisherInfo {
+                    slot,
+                    owner,
+                    publisher_id: p.publisher_id.load(Ordering::Relaxed),
+                    published: p.published.load(Ordering::Relaxed),
+                    claiming: (intent != NO_INTENT).then_some(intent),
+                })
+            })
+            .collect()
+    }
+
+    /// Frees the slots of publishers whose owner `alive` says is dead, turning any claim one of
+    /// them left uncommitted into a skipped frame. Needs a writable handle (the broker's).
+    ///
+    /// Call it again for outcomes [`RepairOutcome::Deferred`](crate::RepairOutcome::Deferred).
+    pub fn repair_dead_publishers(&self, alive: impl Fn(Owner) -> bool) -> Vec<Repair> {
+        assert!(
+            self.is_writable(),
+            "repair needs the ring's data mapped writable"
+        );
+        let shared = &self.shared;
+        recovery::repair_dead_publishers(
+            &shared.mem,
+            &|raw| Owner::new(raw).is_some_and(&alive),
+            &|i| shared.ring_doorbell(i),
+        )
+    }
+
+    /// Untethers reader `slot` (it stopped making progress); publishers no longer wait for it
+    /// and it sees `Lagged` for what they overwrite. Returns whether it was tethered.
+    pub fn untether_reader(&self, slot: u32) -> bool {
+        if slot >= self.shared.mem.geometry().reader_slots {
+            return false;
+        }
+        let untethered = recovery::untether_reader(&self.shared.mem, slot);
+        if untethered {
+            self.shared.signal_space();
+        }
+        untethered
+    }
+
+    /// Frees reader `slot` if `owner` still holds it (its process died). Returns whether it was
+    /// freed.
+    pub fn reclaim_reader(&self, slot: u32, owner: Owner) -> bool {
+        if slot >= self.shared.mem.geometry().reader_slots {
+            return false;
+        }
+        let freed = recovery::reclaim_reader(&self.shared.mem, slot, owner.get());
+        if freed {
+            self.shared.signal_space();
+        }
+        freed
+    }
+
+    /// Wakes every parked reader of this ring (used after the broker changes something readers
+    /// must notice, such as an eviction).
+    pub fn wake_readers(&self) {
+        let shared = &self.shared;
+        wake_parked(&shared.mem, &|i| shared.ring_doorbell(i));
+    }
+}
+
+fn checked_header(backing: &dyn Backing, kind: SegmentKind) -> Result<SegmentHeader, LayoutError> {
+    let len = backing.len() as u64;
+    let h = read_header(backing).ok_or(LayoutError::Truncated {
+        actual: len,
+        expected: crate::layout::HEADER_LEN,
+    })?;
+    h.check(kind, len)?;
+    Ok(h)
+}

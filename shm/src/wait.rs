@@ -1,0 +1,183 @@
+//! Wait strategies: busy-spin, spin-then-park, park.
+//!
+//! A [`Waiter`] turns a strategy and a timeout into a sequence of decisions for a poll loop: poll
+//! again now, park until some instant, or give up. Parking itself is done by the caller —
+//! [`park`] for readers (on their doorbell), the publisher's space word for publishers — so one
+//! strategy implementation serves every loop.
+
+use std::time::{Duration, Instant};
+
+use crate::reader::Reader;
+
+/// Empty polls between two looks at the clock while spinning (a clock read costs more than a
+/// poll).
+const SPINS_PER_CLOCK_CHECK: u32 = 64;
+
+/// How a blocking call waits when there is nothing to do yet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WaitStrategy {
+    /// Poll continuously: lowest latency, one core at 100 %. No system calls.
+    BusySpin,
+    /// Poll for `spin`, then sleep on a futex until woken. The default: near busy-spin latency
+    /// under load, no CPU when idle.
+    SpinThenPark {
+        /// How long to poll before parking.
+        spin: Duration,
+    },
+    /// Sleep on a futex whenever there is nothing to do.
+    Park,
+}
+
+impl Default for WaitStrategy {
+    /// Spin for 50 µs, then park.
+    fn default() -> Self {
+        WaitStrategy::SpinThenPark {
+            spin: Duration::from_micros(50),
+        }
+    }
+}
+
+/// What a poll loop should do after a poll that found nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Idle {
+    /// Poll again now.
+    Retry,
+    /// Park until woken, or until the instant if one is given, then poll again.
+    Park(Option<Instant>),
+    /// The timeout passed.
+    TimedOut,
+}
+
+/// Drives one blocking call's wait strategy.
+#[derive(Debug)]
+pub struct Waiter {
+    strategy: WaitStrategy,
+    deadline: Option<Instant>,
+    spin_until: Option<Instant>,
+    spins: u32,
+}
+
+impl Waiter {
+    /// Starts waiting with `strategy`, for at most `timeout` (forever if `None`).
+    pub fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Waiter {
+        let now = Instant::now();
+        let spin_until = match strategy {
+            WaitStrategy::BusySpin => None,
+            WaitStrategy::SpinThenPark { spin } => Some(now + spin),
+            WaitStrategy::Park => Some(now),
+        };
+        Waiter {
+            strategy,
+            deadline: timeout.map(|t| now + t),
+            spin_until,
+            spins: 0,
+        }
+    }
+
+    /// Decides what to do after an empty poll.
+    pub fn idle(&mut self) -> Idle {
+        let spinning = match self.strategy {
+            WaitStrategy::BusySpin => true,
+            WaitStrategy::SpinThenPark { .. } => self.spin_until.is_some(),
+            WaitStrategy::Park => false,
+        };
+        if spinning {
+            std::hint::spin_loop();
+            self.spins = self.spins.wrapping_add(1);
+            if self.spins % SPINS_PER_CLOCK_CHECK != 0 {
+                return Idle::Retry;
+            }
+        }
+        let now = Instant::now();
+        if self.deadline.is_some_and(|d| now >= d) {
+            return Idle::TimedOut;
+        }
+        if self.strategy == WaitStrategy::BusySpin {
+            return Idle::Retry;
+        }
+        if self.spin_until.is_some_and(|s| now < s) {
+            return Idle::Retry;
+        }
+        self.spin_until = None;
+        Idle::Park(self.deadline)
+    }
+}
+
+/// Parks the calling thread until one of `readers` has something to read (a frame, a lag to
+/// report, an eviction to handle), or until `until`.
+///
+/// All readers must share one doorbell (the doorbell they were created with); parking announces
+/// itself on every reader's ring, so a commit on any of them wakes the thread, with a system call
+/// only because someone is actually parked. May return early (spuriously); callers poll again.
+pub fn park(readers: &[Reader], until: Option<Instant>) {
+    let Some(first) = readers.first() else { return };
+    debug_assert!(
+        readers
+            .iter()
+            .all(|r| r.doorbell_index() == first.doorbell_index())
+    );
+    for r in readers {
+        r.prepare_park();
+    }
+    let armed = first.doorbell().arm();
+    if !readers.iter().any(Reader::ready) {
+        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if timeout != Some(Duration::ZERO) {
+            first.doorbell().sleep(armed, timeout);
+        }
+    }
+    for r in readers {
+        r.cancel_park();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn park_strategy_parks_at_once_and_times_out() {
+        let mut w = Waiter::new(WaitStrategy::Park, Some(Duration::from_millis(5)));
+        assert!(matches!(w.idle(), Idle::Park(Some(_))));
+        std::thread::sleep(Duration::from_millis(6));
+        assert_eq!(w.idle(), Idle::TimedOut);
+    }
+
+    #[test]
+    fn spin_then_park_spins_first() {
+        let mut w = Waiter::new(
+            WaitStrategy::SpinThenPark {
+                spin: Duration::from_secs(60),
+            },
+            None,
+        );
+        for _ in 0..1000 {
+            assert_eq!(w.idle(), Idle::Retry);
+        }
+        let mut w = Waiter::new(
+            WaitStrategy::SpinThenPark {
+                spin: Duration::ZERO,
+            },
+            None,
+        );
+        let first_park = (0..=SPINS_PER_CLOCK_CHECK)
+            .map(|_| w.idle())
+            .position(|i| i != Idle::Retry);
+        assert_eq!(first_park, Some(SPINS_PER_CLOCK_CHECK as usize - 1));
+        assert_eq!(w.idle(), Idle::Park(None), "once parking, keeps parking");
+    }
+
+    #[test]
+    fn busy_spin_never_parks_and_honours_the_timeout() {
+        let mut w = Waiter::new(WaitStrategy::BusySpin, Some(Duration::from_millis(2)));
+        let start = Instant::now();
+        loop {
+            match w.idle() {
+                Idle::Retry => continue,
+                Idle::Park(_) => panic!("busy-spin parked"),
+                Idle::TimedOut => break,
+            }
+        }
+        assert!(start.elapsed() >= Duration::from_millis(2));
+    }
+}
