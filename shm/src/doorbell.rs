@@ -283,6 +283,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd and mmap are not available under Miri")]
     fn opened_tables_are_validated() {
         let table = DoorbellTable::create(4).unwrap();
         let fd = table.fd().unwrap().try_clone_to_owned().unwrap();

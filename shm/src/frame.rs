@@ -150,6 +150,11 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig {
+            cases: if cfg!(miri) { 4 } else { 256 },
+            ..ProptestConfig::default()
+        })]
+
         #[test]
         fn header_words_round_trip(len: u32, size: u32, seq: u64, publisher: u32, kind: u32) {
             let h = FrameHeader { len, size, seq, publisher, kind };

@@ -216,20 +216,20 @@ mod mapped {
             unsafe { Self::at(&*self.readers, off) }
         }
 
-        /// The 64-bit word at byte `offset` (8-aligned, below the capacity) of the frame buffer.
+        /// The 64-bit word at absolute ring position `offset` (8-aligned; taken modulo the
+        /// capacity) of the frame buffer.
         #[inline]
         pub(crate) fn word(&self, offset: u64) -> &AtomicU64 {
-            debug_assert!(offset % 8 == 0 && offset < self.geometry.capacity);
+            debug_assert!(offset % 8 == 0);
             let off = self.geometry.data_off + (offset & (self.geometry.capacity - 1));
             // SAFETY: masking keeps the offset inside the frame buffer, which is page-aligned, so
             // an 8-aligned offset is an aligned, in-bounds AtomicU64.
             unsafe { Self::at(&*self.data, off) }
         }
 
-        /// Address of byte `offset` (below the capacity) of the frame buffer.
+        /// Address of the byte at absolute ring position `offset` (taken modulo the capacity).
         #[inline]
         pub(crate) fn data_ptr(&self, offset: u64) -> *mut u8 {
-            debug_assert!(offset < self.geometry.capacity);
             let off = self.geometry.data_off + (offset & (self.geometry.capacity - 1));
             // SAFETY: in bounds of the data segment, as in `word`.
             unsafe { self.data.base().as_ptr().add(off as usize) }

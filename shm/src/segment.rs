@@ -150,6 +150,7 @@ mod tests {
     use super::*;
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd and mmap are not available under Miri")]
     fn created_segments_are_sealed_zeroed_and_reopenable_read_only() {
         let seg = MappedSegment::create("shmbus-test", 8192).unwrap();
         assert!(seg.writable());
@@ -168,6 +169,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(miri, ignore = "memfd and mmap are not available under Miri")]
     fn unsealed_descriptors_are_refused() {
         let fd = memfd_create("shmbus-unsealed", MFdFlags::MFD_CLOEXEC).unwrap();
         nix::unistd::ftruncate(&fd, 4096).unwrap();

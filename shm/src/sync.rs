@@ -215,6 +215,10 @@ mod tests {
     }
 
     #[test]
+    #[cfg_attr(
+        miri,
+        ignore = "Miri has no cmpxchg16b; portable-atomic falls back to a lock"
+    )]
     fn head_cell_is_16_bytes_and_lock_free_here() {
         assert_eq!(std::mem::size_of::<HeadCell>(), 16);
         assert_eq!(std::mem::align_of::<HeadCell>(), 16);
