@@ -18,9 +18,7 @@ pub(crate) fn wait(word: &AtomicU32, expected: u32, timeout: Option<Duration>) {
         tv_sec: d.as_secs().min(i64::MAX as u64) as libc::time_t,
         tv_nsec: libc::c_long::from(d.subsec_nanos() as i32),
     });
-    let ts_ptr = ts
-        .as_ref()
-        .map_or(std::ptr::null(), std::ptr::from_ref);
+    let ts_ptr = ts.as_ref().map_or(std::ptr::null(), std::ptr::from_ref);
     // SAFETY: `word` is a valid, aligned u32 for the duration of the call; the kernel only reads
     // it (and the optional timespec, which outlives the call). FUTEX_WAIT without the private
     // flag works on shared mappings. The result is deliberately ignored: EAGAIN (value changed),

@@ -116,7 +116,7 @@
 //! | `retire` | intent clear (Release) after the commit | intent load (Acquire) in the room check and repair | a publisher's writes are finished before others lap or repair them |
 //! | `overwrite` | `fence(Release)` after the claim CAS, before writing | `fence(Acquire)` after a lossy copy, before re-loading the cursor | a torn copy is always detected |
 //! | `join` | reader's mode store and cursor load (SeqCst) | publisher's cursor load and mode load (SeqCst) | a joining reader is either seen or never overrun |
-//! | `park` | stamp store, then parked-count load (SeqCst) | parked-count RMW, then stamp load (SeqCst) | a commit never misses a reader that is going to sleep |
+//! | `park` | publisher: stamp store, fence, parked-count load | reader: parked-count increment, fence, stamp load | a commit never misses a reader that is going to sleep |
 //! | `doorbell` | doorbell bump (Release) | doorbell load before sleeping (Acquire) | a woken reader sees what woke it |
 //!
 //! SeqCst appears only in `join` and `park`, the two store-then-load (Dekker) patterns, where
@@ -141,6 +141,7 @@
 mod doorbell;
 #[cfg(not(loom))]
 mod error;
+mod fence;
 mod frame;
 #[cfg(not(loom))]
 mod futex;

@@ -126,12 +126,32 @@ mod mapped {
     }
 
     /// A ring's two segments, with typed accessors.
+    ///
+    /// The base addresses are resolved once, here: every protocol step goes through these
+    /// accessors, and a virtual call per access would cost more than the protocol itself.
     pub(crate) struct RingMemory {
         geometry: Geometry,
         stamp_key: u64,
-        data: Arc<dyn Backing>,
-        readers: Arc<dyn Backing>,
+        /// Start of the data segment.
+        data: NonNull<u8>,
+        /// Start of the frame buffer (inside the data segment).
+        buffer: NonNull<u8>,
+        /// Start of the readers segment.
+        readers: NonNull<u8>,
+        /// `capacity - 1`.
+        mask: u64,
+        writable: bool,
+        /// Keep the memory mapped for as long as the pointers above are used.
+        _backings: [Arc<dyn Backing>; 2],
     }
+
+    // SAFETY: the pointers point into the two backings this value keeps alive (which are Send
+    // and Sync themselves); everything reached through them is accessed atomically or under the
+    // ring protocol, so sharing and sending the value between threads is as sound as sharing the
+    // backings.
+    unsafe impl Send for RingMemory {}
+    // SAFETY: as above.
+    unsafe impl Sync for RingMemory {}
 
     impl RingMemory {
         /// Wraps two backings laid out by `geometry`.
@@ -146,11 +166,17 @@ mod mapped {
         ) -> RingMemory {
             assert!(data.len() as u64 >= geometry.data_segment_len);
             assert!(readers.len() as u64 >= geometry.readers_segment_len);
+            // SAFETY: data_off + capacity <= data_segment_len <= data.len(), checked above.
+            let buffer = unsafe { data.base().add(geometry.data_off as usize) };
             RingMemory {
                 geometry,
                 stamp_key,
-                data,
-                readers,
+                data: data.base(),
+                buffer,
+                readers: readers.base(),
+                mask: geometry.capacity - 1,
+                writable: data.writable(),
+                _backings: [data, readers],
             }
         }
 
@@ -162,58 +188,58 @@ mod mapped {
             self.stamp_key
         }
 
-        pub(crate) fn data_backing(&self) -> &Arc<dyn Backing> {
-            &self.data
+        /// Whether the data segment is mapped writable.
+        pub(crate) fn writable(&self) -> bool {
+            self.writable
         }
 
-        /// A reference to the `T` at byte `offset` of `backing`.
+        /// A reference to the `T` at byte `offset` from `base`.
         ///
         /// # Safety
         ///
-        /// `offset` must come from the geometry the backing was checked against, so that
-        /// `offset + size_of::<T>()` is in bounds and `offset` is aligned for `T`; `T` must be one
-        /// of the layout structures, made only of atomics, for which zeroed or any previously
-        /// written bytes are valid.
-        unsafe fn at<T>(backing: &dyn Backing, offset: u64) -> &T {
-            debug_assert!(offset + std::mem::size_of::<T>() as u64 <= backing.len() as u64);
+        /// `base` must be one of this value's segment bases and `offset` must come from the
+        /// geometry that segment was checked against, so that `offset + size_of::<T>()` is in
+        /// bounds and `offset` is aligned for `T`; `T` must be one of the layout structures, made
+        /// only of atomics, for which zeroed or any previously written bytes are valid.
+        unsafe fn at<T>(&self, base: NonNull<u8>, offset: u64) -> &T {
             debug_assert_eq!(offset % std::mem::align_of::<T>() as u64, 0);
             // SAFETY: guaranteed by the caller (bounds, alignment, validity); the reference lives
-            // no longer than `backing`, which keeps the memory mapped.
-            unsafe { &*backing.base().as_ptr().add(offset as usize).cast::<T>() }
+            // no longer than `self`, which keeps the memory mapped.
+            unsafe { &*base.as_ptr().add(offset as usize).cast::<T>() }
         }
 
         pub(crate) fn control(&self) -> &RingControl {
             // SAFETY: control_off is a geometry offset of a RingControl in the data segment.
-            unsafe { Self::at(&*self.data, self.geometry.control_off) }
+            unsafe { self.at(self.data, self.geometry.control_off) }
         }
 
         pub(crate) fn counters(&self) -> &RingCounters {
             // SAFETY: counters_off is a geometry offset of a RingCounters in the data segment.
-            unsafe { Self::at(&*self.data, self.geometry.counters_off) }
+            unsafe { self.at(self.data, self.geometry.counters_off) }
         }
 
         pub(crate) fn publisher(&self, slot: u32) -> &PublisherSlot {
             assert!(slot < self.geometry.publisher_slots);
             let off = self.geometry.publishers_off + 128 * u64::from(slot);
             // SAFETY: slot is in range, so `off` addresses one of the geometry's publisher slots.
-            unsafe { Self::at(&*self.data, off) }
+            unsafe { self.at(self.data, off) }
         }
 
         pub(crate) fn readers_control(&self) -> &ReadersControl {
             // SAFETY: readers_control_off is a geometry offset in the readers segment.
-            unsafe { Self::at(&*self.readers, self.geometry.readers_control_off) }
+            unsafe { self.at(self.readers, self.geometry.readers_control_off) }
         }
 
         pub(crate) fn space_wait(&self) -> &SpaceWait {
             // SAFETY: space_wait_off is a geometry offset in the readers segment.
-            unsafe { Self::at(&*self.readers, self.geometry.space_wait_off) }
+            unsafe { self.at(self.readers, self.geometry.space_wait_off) }
         }
 
         pub(crate) fn reader(&self, slot: u32) -> &ReaderSlot {
             assert!(slot < self.geometry.reader_slots);
             let off = self.geometry.reader_slots_off + 128 * u64::from(slot);
             // SAFETY: slot is in range, so `off` addresses one of the geometry's reader slots.
-            unsafe { Self::at(&*self.readers, off) }
+            unsafe { self.at(self.readers, off) }
         }
 
         /// The 64-bit word at absolute ring position `offset` (8-aligned; taken modulo the
@@ -221,18 +247,35 @@ mod mapped {
         #[inline]
         pub(crate) fn word(&self, offset: u64) -> &AtomicU64 {
             debug_assert!(offset % 8 == 0);
-            let off = self.geometry.data_off + (offset & (self.geometry.capacity - 1));
             // SAFETY: masking keeps the offset inside the frame buffer, which is page-aligned, so
             // an 8-aligned offset is an aligned, in-bounds AtomicU64.
-            unsafe { Self::at(&*self.data, off) }
+            unsafe { self.at(self.buffer, offset & self.mask) }
         }
 
         /// Address of the byte at absolute ring position `offset` (taken modulo the capacity).
         #[inline]
         pub(crate) fn data_ptr(&self, offset: u64) -> *mut u8 {
-            let off = self.geometry.data_off + (offset & (self.geometry.capacity - 1));
-            // SAFETY: in bounds of the data segment, as in `word`.
-            unsafe { self.data.base().as_ptr().add(off as usize) }
+            // SAFETY: masking keeps the offset inside the frame buffer.
+            unsafe { self.buffer.as_ptr().add((offset & self.mask) as usize) }
+        }
+
+        /// Hints the CPU to fetch the cache line at absolute ring position `offset` for writing,
+        /// so that the next claim's stores hit a line this core already owns: the locked CAS of
+        /// every claim waits for earlier stores to complete, and a store that misses would make
+        /// it wait for a cross-core transfer. Only a hint; it changes no memory.
+        #[inline]
+        pub(crate) fn prefetch_for_write(&self, offset: u64) {
+            #[cfg(all(target_arch = "x86_64", not(miri)))]
+            {
+                let ptr = self.data_ptr(offset);
+                // SAFETY: PREFETCHW only hints the cache hierarchy; it cannot fault, even on an
+                // invalid address, and writes nothing. CPUs without it decode it as a NOP.
+                unsafe {
+                    std::arch::asm!("prefetchw [{0}]", in(reg) ptr, options(nostack, preserves_flags, readonly))
+                }
+            }
+            #[cfg(not(all(target_arch = "x86_64", not(miri))))]
+            let _ = offset;
         }
 
         /// Copies `len` payload bytes at `offset` out of the frame buffer into `dst`.
@@ -371,6 +414,8 @@ mod modelled {
         pub(crate) fn word(&self, offset: u64) -> &AtomicU64 {
             &self.words[((offset & (self.geometry.capacity - 1)) / 8) as usize]
         }
+        /// A hint only; nothing to model.
+        pub(crate) fn prefetch_for_write(&self, _offset: u64) {}
         /// Payload bytes are modelled as whole 64-bit words read with Relaxed loads.
         pub(crate) fn copy_out(&self, offset: u64, len: usize, dst: &mut super::CopyBuf) {
             let out = dst.prepare(len);

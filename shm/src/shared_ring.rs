@@ -244,7 +244,7 @@ impl Ring {
 
     /// Whether this handle maps the data writable (and so can publish).
     pub fn is_writable(&self) -> bool {
-        self.shared.mem.data_backing().writable()
+        self.shared.mem.writable()
     }
 
     /// The data segment's descriptor (`None` for process-local rings).
@@ -273,6 +273,7 @@ impl Ring {
         if !self.is_writable() {
             return Err(AttachError::ReadOnly);
         }
+        crate::fence::register_publisher_process();
         let mem = &self.shared.mem;
         let core = PublisherCore::attach(mem, owner.get(), id).ok_or(AttachError::NoFreeSlot {
             what: "publisher",

@@ -13,6 +13,9 @@ use crate::reader::Reader;
 /// poll).
 const SPINS_PER_CLOCK_CHECK: u32 = 64;
 
+/// Longest sleep of a reader whose park could not be ordered against publishers.
+const UNORDERED_PARK: Duration = Duration::from_millis(1);
+
 /// How a blocking call waits when there is nothing to do yet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WaitStrategy {
@@ -49,36 +52,43 @@ pub enum Idle {
 }
 
 /// Drives one blocking call's wait strategy.
+///
+/// The clock is read only once the first poll came back empty, and then only every
+/// [`SPINS_PER_CLOCK_CHECK`] spins, so a call that finds work at once costs no clock read.
 #[derive(Debug)]
 pub struct Waiter {
     strategy: WaitStrategy,
-    deadline: Option<Instant>,
-    spin_until: Option<Instant>,
+    timeout: Option<Duration>,
+    /// Set at the first empty poll: `(deadline, spin until)`.
+    started: Option<(Option<Instant>, Option<Instant>)>,
     spins: u32,
 }
 
 impl Waiter {
     /// Starts waiting with `strategy`, for at most `timeout` (forever if `None`).
     pub fn new(strategy: WaitStrategy, timeout: Option<Duration>) -> Waiter {
-        let now = Instant::now();
-        let spin_until = match strategy {
-            WaitStrategy::BusySpin => None,
-            WaitStrategy::SpinThenPark { spin } => Some(now + spin),
-            WaitStrategy::Park => Some(now),
-        };
         Waiter {
             strategy,
-            deadline: timeout.map(|t| now + t),
-            spin_until,
+            timeout,
+            started: None,
             spins: 0,
         }
     }
 
     /// Decides what to do after an empty poll.
     pub fn idle(&mut self) -> Idle {
+        let (deadline, spin_until) = *self.started.get_or_insert_with(|| {
+            let now = Instant::now();
+            let spin_until = match self.strategy {
+                WaitStrategy::BusySpin => None,
+                WaitStrategy::SpinThenPark { spin } => Some(now + spin),
+                WaitStrategy::Park => Some(now),
+            };
+            (self.timeout.map(|t| now + t), spin_until)
+        });
         let spinning = match self.strategy {
             WaitStrategy::BusySpin => true,
-            WaitStrategy::SpinThenPark { .. } => self.spin_until.is_some(),
+            WaitStrategy::SpinThenPark { .. } => spin_until.is_some(),
             WaitStrategy::Park => false,
         };
         if spinning {
@@ -88,18 +98,18 @@ impl Waiter {
                 return Idle::Retry;
             }
         }
+        if deadline.is_none() && self.strategy == WaitStrategy::BusySpin {
+            return Idle::Retry;
+        }
         let now = Instant::now();
-        if self.deadline.is_some_and(|d| now >= d) {
+        if deadline.is_some_and(|d| now >= d) {
             return Idle::TimedOut;
         }
-        if self.strategy == WaitStrategy::BusySpin {
+        if self.strategy == WaitStrategy::BusySpin || spin_until.is_some_and(|s| now < s) {
             return Idle::Retry;
         }
-        if self.spin_until.is_some_and(|s| now < s) {
-            return Idle::Retry;
-        }
-        self.spin_until = None;
-        Idle::Park(self.deadline)
+        self.started = Some((deadline, None));
+        Idle::Park(deadline)
     }
 }
 
@@ -119,9 +129,14 @@ pub fn park(readers: &[Reader], until: Option<Instant>) {
     for r in readers {
         r.prepare_park();
     }
+    let ordered = crate::ring::read::park_fence();
     let armed = first.doorbell().arm();
     if !readers.iter().any(Reader::ready) {
-        let timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        let mut timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if !ordered {
+            // Publishers may not see us parked (see `crate::fence`): sleep briefly, then recheck.
+            timeout = Some(timeout.map_or(UNORDERED_PARK, |t| t.min(UNORDERED_PARK)));
+        }
         if timeout != Some(Duration::ZERO) {
             first.doorbell().sleep(armed, timeout);
         }

@@ -8,13 +8,16 @@
 //! never comes give up after a timeout and exit non-zero, so no test hangs.
 
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libtest_mimic::{Arguments, Failed, Trial};
+
+#[path = "support/spawn.rs"]
+mod spawn;
 use shmbus_shm::{
     DoorbellTable, Owner, ReadError, ReaderMode, ReaderOptions, Ring, RingConfig, TryLoanError,
     WaitStrategy,
@@ -116,39 +119,20 @@ impl Bus {
         } else {
             self.ring.data_fd().unwrap().try_clone_to_owned().unwrap()
         };
-        // Duplicated above 100 first, so that moving them to 3, 4 and 5 in the child cannot
-        // overwrite one another.
-        let high = |fd: std::os::fd::BorrowedFd<'_>| -> OwnedFd {
-            let raw = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(100)).unwrap();
-            // SAFETY: F_DUPFD_CLOEXEC returned a new descriptor that nothing else owns.
-            unsafe { OwnedFd::from_raw_fd(raw) }
-        };
-        let fds = [
-            high(data.as_fd()),
-            high(self.ring.readers_fd().unwrap()),
-            high(self.doorbells.fd().unwrap()),
-        ];
-        let raw: Vec<i32> = fds.iter().map(AsRawFd::as_raw_fd).collect();
+        let fds = spawn::pass_fds(
+            &mut cmd,
+            &[
+                data.as_fd(),
+                self.ring.readers_fd().unwrap(),
+                self.doorbells.fd().unwrap(),
+            ],
+        );
         cmd.env("SHM_ROLE", role)
             .env("SHM_OWNER", owner.to_string())
             .env("SHM_ARGS", args.join(" "))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit());
-        // SAFETY: the closure runs in the forked child before exec and only calls dup2, which is
-        // async-signal-safe; `raw` was computed before the fork and is only read. The sources
-        // are all >= 100, so no dup2 overwrites a source still to be moved; dup2's copies do not
-        // have close-on-exec set, so they survive the exec.
-        unsafe {
-            cmd.pre_exec(move || {
-                for (target, &source) in (3..).zip(&raw) {
-                    if libc::dup2(source, target) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                Ok(())
-            });
-        }
         let mut process = cmd.spawn().expect("spawn child");
         let stdout = BufReader::new(process.stdout.take().unwrap());
         drop(fds);
@@ -446,9 +430,9 @@ mod child {
     }
 
     fn env() -> Result<Env> {
-        // SAFETY: the parent placed the data, readers and doorbell descriptors at 3, 4 and 5
-        // before exec (see `Bus::spawn_with`) and nothing else in this process owns them.
-        let [data, readers, doorbells] = [3, 4, 5].map(|fd| unsafe { OwnedFd::from_raw_fd(fd) });
+        let [data, readers, doorbells]: [OwnedFd; 3] = spawn::inherited_fds(3)
+            .try_into()
+            .map_err(|_| "three descriptors")?;
         let doorbells = DoorbellTable::open(doorbells)?;
         let ring = Ring::open(data, readers, &doorbells)?;
         let owner = Owner::new(std::env::var("SHM_OWNER")?.parse()?).ok_or("owner 0")?;

@@ -271,17 +271,19 @@ impl PublisherCore {
         // SYNC(retire): Release pairs with the Acquire loads of intents in `refresh_limit` and in
         // the broker's repair: everything written above happens-before their decisions.
         slot.intent_pos.store(NO_INTENT, Ordering::Release);
+        mem.prefetch_for_write(self.head.pos);
     }
 }
 
 /// Rings the doorbell of every parked reader of the ring; no system call when none is parked.
 pub(crate) fn wake_parked(mem: &RingMemory, ring_doorbell: &dyn Fn(u32)) {
     let rc = mem.readers_control();
-    // SYNC(park): the commit's stamp store, this SeqCst fence, then the parked count; a parking
-    // reader increments the count, issues a SeqCst fence, then loads the stamp. Whichever fence
-    // comes first in their total order, the other side sees the first side's write: either we
-    // see the reader parked, or it sees the commit and does not sleep.
-    fence(Ordering::SeqCst);
+    // SYNC(park): the commit's stamp store, a fence, then the parked count; a parking reader
+    // increments the count, issues a fence, then loads the stamp. Whichever fence comes first in
+    // their total order, the other side sees the first side's write: either we see the reader
+    // parked, or it sees the commit and does not sleep. The fences are asymmetric: see
+    // `crate::fence`.
+    crate::fence::publisher_fence();
     // Acquire pairs with the reader's Release increment, making its `parked` flag visible.
     if rc.parked.load(Ordering::Acquire) == 0 {
         return;

@@ -225,6 +225,7 @@ fn loom_commit_never_misses_a_parking_reader() {
             });
         });
         r.prepare_park(&mem);
+        assert!(crate::ring::read::park_fence());
         let would_sleep = !r.ready(&mem);
         publisher.join().unwrap();
         if would_sleep {

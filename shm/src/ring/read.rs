@@ -336,10 +336,8 @@ impl ReaderCore {
     pub(crate) fn prepare_park(&self, mem: &RingMemory) {
         mem.reader(self.slot).parked.store(1, Ordering::Relaxed);
         // Release: makes the flag above visible to a publisher that reads the count (Acquire).
+        // SYNC(park): the caller issues `park_fence` after this and before `ready`.
         mem.readers_control().parked.fetch_add(1, Ordering::Release);
-        // SYNC(park): count increment, SeqCst fence, then the stamp loads in `ready`; publishers
-        // do stamp store, SeqCst fence, count load (see `wake_parked`).
-        fence(Ordering::SeqCst);
     }
 
     /// Withdraws [`ReaderCore::prepare_park`].
@@ -351,8 +349,8 @@ impl ReaderCore {
 
     /// Whether a poll would find something (a frame, a lag, an eviction to handle).
     pub(crate) fn ready(&self, mem: &RingMemory) -> bool {
-        // SYNC(park): after the fence in `prepare_park`. Acquire also pairs with the commit
-        // (SYNC(publish)), though the caller polls again before reading anything.
+        // SYNC(park): after `park_fence`. Acquire also pairs with the commit (SYNC(publish)),
+        // though the caller polls again before reading anything.
         let committed =
             mem.word(self.pos).load(Ordering::Acquire) == stamp(self.pos, mem.stamp_key());
         committed
@@ -373,6 +371,14 @@ impl ReaderCore {
     pub(crate) fn next_seq(&self) -> u64 {
         self.next_seq
     }
+}
+
+/// The reader's side of `SYNC(park)`, issued once after [`ReaderCore::prepare_park`] on every
+/// reader that is about to sleep and before checking them with [`ReaderCore::ready`]. Returns
+/// false when it could not order registered publishers (see `crate::fence`); the caller must then
+/// sleep with a timeout.
+pub(crate) fn park_fence() -> bool {
+    crate::fence::reader_fence()
 }
 
 enum Step {

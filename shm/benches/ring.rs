@@ -1,0 +1,354 @@
+//! Cross-process latency and throughput of the ring, measured beside the floor.
+//!
+//! * `one_way_latency/floor`: two processes passing one cache line back and forth in shared
+//!   memory — the least any cross-process message can cost on this machine.
+//! * `one_way_latency/floor_4KiB`: the same, each side also writing 4 KiB into a shared buffer
+//!   before the flag and reading all 4 KiB the other wrote — the least a 4 KiB message costs.
+//! * `one_way_latency/ring_{8B,64B,4KiB}`: a ping-pong over two rings; each side writes every
+//!   payload byte into a loan and reads every byte of what it receives. Round trip / 2.
+//! * `one_way_latency/copy_4KiB_twice`: copying 4 KiB twice in one process, the allowance the 4 KiB
+//!   target adds to the floor.
+//! * `throughput/{8B,64KiB}`: one publisher process writing as fast as it can, this process
+//!   reading and summing every byte.
+//!
+//! Both processes are pinned (parent on CPU 0, child on CPU 1) and busy-poll. Children are
+//! started once per benchmark, outside the timed loop.
+
+use std::hint::black_box;
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, Throughput};
+use shmbus_shm::{DoorbellTable, Owner, ReaderOptions, Ring, RingConfig, WaitStrategy};
+
+#[path = "../tests/support/spawn.rs"]
+mod spawn;
+
+fn main() {
+    if let Ok(role) = std::env::var("SHM_BENCH_ROLE") {
+        pin(1);
+        match role.as_str() {
+            "floor" => floor_child(),
+            "echo" => echo_child(),
+            "flood" => flood_child(),
+            other => panic!("unknown role {other}"),
+        }
+        return;
+    }
+    pin(0);
+    let mut c = Criterion::default()
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    latency(&mut c);
+    throughput(&mut c);
+    c.final_summary();
+}
+
+/// Pins the calling process to `cpu` (if the machine has it).
+fn pin(cpu: usize) {
+    let mut set = nix::sched::CpuSet::new();
+    if set.set(cpu).is_ok() {
+        // Pinning is best effort: on a one-core machine the benchmark still runs.
+        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
+    }
+}
+
+fn spawn_child(role: &str, fds: &[std::os::fd::BorrowedFd<'_>], arg: u64) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let _keep = spawn::pass_fds(&mut cmd, fds);
+    cmd.env("SHM_BENCH_ROLE", role)
+        .env("SHM_BENCH_ARG", arg.to_string());
+    cmd.spawn().expect("spawn benchmark child")
+}
+
+fn arg() -> u64 {
+    std::env::var("SHM_BENCH_ARG").unwrap().parse().unwrap()
+}
+
+/// Shared memory for the floors: page 0 holds the cache line (ping at word 0, pong at word 1),
+/// pages 1 and 2 the two 4 KiB buffers of the 4 KiB floor.
+struct Line {
+    map: memmap2::MmapRaw,
+    fd: OwnedFd,
+}
+
+impl Line {
+    fn create() -> Line {
+        let fd =
+            nix::sys::memfd::memfd_create("shmbus-floor", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
+        nix::unistd::ftruncate(&fd, 3 * 4096).unwrap();
+        Line::map(fd)
+    }
+
+    fn map(fd: OwnedFd) -> Line {
+        let map = memmap2::MmapOptions::new()
+            .len(3 * 4096)
+            .map_raw(&fd)
+            .unwrap();
+        Line { map, fd }
+    }
+
+    /// Page `i` (1 or 2) as a raw 4 KiB buffer.
+    fn page(&self, i: usize) -> *mut u8 {
+        assert!((1..3).contains(&i));
+        // SAFETY: pages 1 and 2 lie inside the 3-page mapping.
+        unsafe { self.map.as_mut_ptr().add(4096 * i) }
+    }
+
+    fn word(&self, i: usize) -> &AtomicU64 {
+        assert!(i < 8);
+        // SAFETY: the mapping is 4096 bytes, page-aligned and lives as long as `self`; words
+        // 0..8 are aligned u64s accessed only atomically, by this process and the child.
+        unsafe { &*self.map.as_mut_ptr().cast::<AtomicU64>().add(i) }
+    }
+}
+
+/// Echoes the floor's ping. With a non-zero argument, also reads the 4 KiB in page 1 and
+/// answers with 4 KiB written into page 2, like the ring's echo does.
+fn floor_child() {
+    let line = Line::map(spawn::inherited_fds(1).pop().unwrap());
+    let (ping, pong) = (line.word(0), line.word(1));
+    let with_payload = arg() != 0;
+    let mut last = 0;
+    loop {
+        let v = ping.load(Ordering::Acquire);
+        if v == last {
+            std::hint::spin_loop();
+            continue;
+        }
+        if v == u64::MAX {
+            return;
+        }
+        if with_payload {
+            // SAFETY: the parent wrote page 1 before its Release store of `ping`, which our
+            // Acquire load saw, and does not touch it again until we answer; page 2 is ours until
+            // we store `pong`.
+            let there = unsafe { std::slice::from_raw_parts(line.page(1), 4096) };
+            let reply = sum(there) as u8;
+            // SAFETY: as above.
+            unsafe { std::ptr::write_bytes(line.page(2), reply, 4096) };
+        }
+        pong.store(v, Ordering::Release);
+        last = v;
+    }
+}
+
+/// Two rings (there and back) and the doorbell table, as fds for the child.
+struct PingPong {
+    doorbells: DoorbellTable,
+    there: Ring,
+    back: Ring,
+}
+
+fn ring_config(max_payload: u32) -> RingConfig {
+    let capacity = (4 * u64::from(max_payload) + 4096)
+        .next_power_of_two()
+        .max(1 << 20);
+    RingConfig {
+        capacity,
+        max_payload,
+        publisher_slots: 4,
+        reader_slots: 4,
+    }
+}
+
+impl PingPong {
+    fn new(max_payload: u32) -> PingPong {
+        let doorbells = DoorbellTable::create(8).unwrap();
+        let there = Ring::create(&ring_config(max_payload), &doorbells).unwrap();
+        let back = Ring::create(&ring_config(max_payload), &doorbells).unwrap();
+        PingPong {
+            doorbells,
+            there,
+            back,
+        }
+    }
+}
+
+/// Reads every byte (the "fully read" part of the work), eight at a time.
+fn sum(bytes: &[u8]) -> u64 {
+    let mut words = bytes.chunks_exact(8);
+    let mut total = words
+        .by_ref()
+        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
+        .fold(0u64, u64::wrapping_add);
+    for &b in words.remainder() {
+        total = total.wrapping_add(u64::from(b));
+    }
+    total
+}
+
+fn echo_child() {
+    let [
+        there_data,
+        there_readers,
+        back_data,
+        back_readers,
+        doorbells,
+    ]: [OwnedFd; 5] = spawn::inherited_fds(5).try_into().unwrap();
+    let doorbells = DoorbellTable::open(doorbells).unwrap();
+    let there = Ring::open(there_data, there_readers, &doorbells).unwrap();
+    let back = Ring::open(back_data, back_readers, &doorbells).unwrap();
+    let me = Owner::this_process();
+    let bell = Arc::new(doorbells.claim(me).unwrap());
+    let mut reader = there.reader(ReaderOptions::default(), &bell, me).unwrap();
+    let mut publisher = back.publisher(2, me).unwrap();
+    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    loop {
+        let sample = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+        let len = sample.len();
+        if len == 0 {
+            return;
+        }
+        let reply = sum(sample.payload()) as u8;
+        drop(sample);
+        let mut loan = publisher.loan(len, None).unwrap();
+        loan.as_mut_slice().fill(reply);
+        loan.commit();
+    }
+}
+
+fn flood_child() {
+    let [data, readers, doorbells]: [OwnedFd; 3] = spawn::inherited_fds(3).try_into().unwrap();
+    let doorbells = DoorbellTable::open(doorbells).unwrap();
+    let ring = Ring::open(data, readers, &doorbells).unwrap();
+    let mut publisher = ring.publisher(3, Owner::this_process()).unwrap();
+    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let len = arg() as usize;
+    for n in 0u64.. {
+        let mut loan = publisher.loan(len, None).unwrap();
+        loan.as_mut_slice().fill(n as u8);
+        loan.commit();
+    }
+}
+
+fn latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("one_way_latency");
+
+    for (name, with_payload) in [("floor", false), ("floor_4KiB", true)] {
+        let line = Line::create();
+        let mut child = spawn_child("floor", &[line.fd.as_fd()], u64::from(with_payload));
+        let (ping, pong) = (line.word(0), line.word(1));
+        let mut seq = 0u64;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    seq += 1;
+                    if with_payload {
+                        // SAFETY: page 1 is ours until the Release store of `ping` below.
+                        unsafe { std::ptr::write_bytes(line.page(1), seq as u8, 4096) };
+                    }
+                    ping.store(seq, Ordering::Release);
+                    while pong.load(Ordering::Acquire) != seq {
+                        std::hint::spin_loop();
+                    }
+                    if with_payload {
+                        // SAFETY: the child wrote page 2 before its Release store of `pong`.
+                        let back = unsafe { std::slice::from_raw_parts(line.page(2), 4096) };
+                        black_box(sum(back));
+                    }
+                }
+                start.elapsed() / 2
+            })
+        });
+        ping.store(u64::MAX, Ordering::Release);
+        child.wait().unwrap();
+    }
+
+    for size in [8usize, 64, 4096] {
+        let pp = PingPong::new(4096);
+        let fds = [
+            pp.there.data_fd_read_only().unwrap().unwrap(),
+            pp.there.readers_fd().unwrap().try_clone_to_owned().unwrap(),
+            pp.back.data_fd().unwrap().try_clone_to_owned().unwrap(),
+            pp.back.readers_fd().unwrap().try_clone_to_owned().unwrap(),
+            pp.doorbells.fd().unwrap().try_clone_to_owned().unwrap(),
+        ];
+        let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+        let mut child = spawn_child("echo", &borrowed, 0);
+        let me = Owner::this_process();
+        let bell = Arc::new(pp.doorbells.claim(me).unwrap());
+        let mut reader = pp.back.reader(ReaderOptions::default(), &bell, me).unwrap();
+        let mut publisher = pp.there.publisher(1, me).unwrap();
+        publisher.set_wait_strategy(WaitStrategy::BusySpin);
+        // Wait until the echo child is attached before the first message.
+        while pp.there.readers().is_empty() {
+            std::thread::yield_now();
+        }
+        let name = match size {
+            4096 => "ring_4KiB".to_string(),
+            s => format!("ring_{s}B"),
+        };
+        let mut n = 0u8;
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    n = n.wrapping_add(1);
+                    let mut loan = publisher.loan(size, None).unwrap();
+                    loan.as_mut_slice().fill(n);
+                    loan.commit();
+                    let reply = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+                    black_box(sum(reply.payload()));
+                }
+                start.elapsed() / 2
+            })
+        });
+        publisher.publish(&[], None).unwrap();
+        child.wait().unwrap();
+    }
+
+    let src = vec![7u8; 4096];
+    let mut mid = vec![0u8; 4096];
+    let mut dst = vec![0u8; 4096];
+    group.bench_function("copy_4KiB_twice", |b| {
+        b.iter(|| {
+            mid.copy_from_slice(black_box(&src));
+            dst.copy_from_slice(black_box(&mid));
+            black_box(&dst);
+        })
+    });
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("throughput");
+    for (name, size) in [("8B", 8usize), ("64KiB", 65536)] {
+        let doorbells = DoorbellTable::create(8).unwrap();
+        let ring = Ring::create(&ring_config(65536), &doorbells).unwrap();
+        let me = Owner::this_process();
+        let bell = Arc::new(doorbells.claim(me).unwrap());
+        let mut reader = ring.reader(ReaderOptions::default(), &bell, me).unwrap();
+        let fds = [
+            ring.data_fd().unwrap(),
+            ring.readers_fd().unwrap(),
+            doorbells.fd().unwrap(),
+        ];
+        let mut child = spawn_child("flood", &fds, size as u64);
+        if size == 8 {
+            group.throughput(Throughput::Elements(1));
+        } else {
+            group.throughput(Throughput::Bytes(size as u64));
+        }
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    let sample = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+                    black_box(sum(sample.payload()));
+                }
+                start.elapsed()
+            })
+        });
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+    group.finish();
+}
