@@ -52,6 +52,12 @@ pub enum AttachError {
     /// Publishing needs the ring's data mapped writable; this handle maps it read-only.
     #[error("cannot publish through a read-only mapping of the ring")]
     ReadOnly,
+    /// The slot to adopt is not reserved for this owner (or not in the expected mode).
+    #[error("reader slot {slot} is not reserved for this owner")]
+    NotReserved {
+        /// The slot.
+        slot: u32,
+    },
     /// The reader's doorbell belongs to another doorbell table than the ring's.
     #[error("the doorbell belongs to another doorbell table than the ring's")]
     ForeignDoorbell,

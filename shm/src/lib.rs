@@ -181,7 +181,7 @@ pub use ring::recovery::{Repair, RepairOutcome};
 #[cfg(not(loom))]
 pub use segment::{Access, SegmentError};
 #[cfg(not(loom))]
-pub use shared_ring::{PublisherInfo, ReaderInfo, ReaderState, Ring, RingHead};
+pub use shared_ring::{PublisherInfo, ReaderInfo, ReaderState, ReservedReader, Ring, RingHead};
 #[cfg(not(loom))]
 pub use wait::WaitStrategy;
 

@@ -13,12 +13,12 @@ use crate::layout::{
 use crate::memory::{Backing, HeapBacking, RingMemory, read_header, write_header};
 use crate::owner::Owner;
 use crate::publisher::Publisher;
-use crate::reader::{Reader, ReaderOptions};
+use crate::reader::{Reader, ReaderMode, ReaderOptions};
 use crate::ring::claim::{PublisherCore, wake_parked};
 use crate::ring::read::ReaderCore;
 use crate::ring::recovery::{self, Repair};
 use crate::segment::MappedSegment;
-use crate::sync::{HeadCell, Ordering};
+use crate::sync::{Head, HeadCell, Ordering};
 
 /// Everything a ring's handles share.
 pub(crate) struct RingShared {
@@ -82,6 +82,17 @@ pub enum ReaderState {
     Evicted,
     /// Claimed but not reading.
     Inactive,
+}
+
+/// A reader slot attached by [`Ring::reserve_reader`] for another process to adopt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReservedReader {
+    /// The slot.
+    pub slot: u32,
+    /// Ring position where it was joined.
+    pub position: u64,
+    /// Sequence number expected there.
+    pub sequence: u64,
 }
 
 /// A snapshot of one reader slot, for the broker and `shmbus stat`.
@@ -294,13 +305,69 @@ impl Ring {
             return Err(AttachError::ForeignDoorbell);
         }
         let mem = &self.shared.mem;
-        let tethered = options.mode == crate::reader::ReaderMode::Tethered;
+        let tethered = options.mode == ReaderMode::Tethered;
         let mut core = ReaderCore::attach(mem, owner.get(), tethered, doorbell.index()).ok_or(
             AttachError::NoFreeSlot {
                 what: "reader",
                 slots: mem.geometry().reader_slots,
             },
         )?;
+        core.start_with_history(mem, options.history);
+        Ok(Reader::new(self.shared.clone(), core, doorbell.clone()))
+    }
+
+    /// Attaches a reader slot on behalf of `owner` (another process), joined at the current
+    /// head, so that nothing committed from now on can be missed even before that process maps
+    /// the ring. The slot stays claimed until the owner adopts it and drops its reader, or it is
+    /// reclaimed. The broker does this when a subscription meets a ring.
+    pub fn reserve_reader(
+        &self,
+        mode: ReaderMode,
+        owner: Owner,
+        doorbell: u32,
+    ) -> Result<ReservedReader, AttachError> {
+        let mem = &self.shared.mem;
+        let core = ReaderCore::attach(mem, owner.get(), mode == ReaderMode::Tethered, doorbell)
+            .ok_or(AttachError::NoFreeSlot {
+                what: "reader",
+                slots: mem.geometry().reader_slots,
+            })?;
+        let start = core.position();
+        Ok(ReservedReader {
+            slot: core.slot,
+            position: start.pos,
+            sequence: start.seq,
+        })
+    }
+
+    /// Takes over a reader slot reserved for `owner` with [`Ring::reserve_reader`].
+    pub fn adopt_reader(
+        &self,
+        reserved: ReservedReader,
+        options: ReaderOptions,
+        doorbell: &Arc<Doorbell>,
+        owner: Owner,
+    ) -> Result<Reader, AttachError> {
+        if !doorbell.table().same_table(&self.shared.doorbells) {
+            return Err(AttachError::ForeignDoorbell);
+        }
+        let mem = &self.shared.mem;
+        let start = Head {
+            pos: reserved.position,
+            seq: reserved.sequence,
+        };
+        let tethered = options.mode == ReaderMode::Tethered;
+        let mut core = ReaderCore::adopt(
+            mem,
+            reserved.slot,
+            owner.get(),
+            tethered,
+            doorbell.index(),
+            start,
+        )
+        .ok_or(AttachError::NotReserved {
+            slot: reserved.slot,
+        })?;
         core.start_with_history(mem, options.history);
         Ok(Reader::new(self.shared.clone(), core, doorbell.clone()))
     }

@@ -624,3 +624,29 @@ proptest! {
         prop_assert!(reader.try_read().unwrap().is_none());
     }
 }
+
+#[test]
+fn a_reserved_reader_misses_nothing_published_before_it_is_adopted() {
+    let (ring, bell) = local_ring(4096, 256);
+    let client = Owner::new(55).unwrap();
+    let reserved = ring
+        .reserve_reader(ReaderMode::Tethered, client, bell.index())
+        .unwrap();
+    let mut publisher = ring.publisher(1, ME()).unwrap();
+    publisher.try_publish(b"before adoption").unwrap();
+    assert_eq!(
+        ring.adopt_reader(reserved, ReaderOptions::default(), &bell, ME())
+            .unwrap_err(),
+        AttachError::NotReserved {
+            slot: reserved.slot
+        },
+        "another owner cannot take it"
+    );
+    let mut reader = ring
+        .adopt_reader(reserved, ReaderOptions::default(), &bell, client)
+        .unwrap();
+    assert_eq!(next(&mut reader).0, b"before adoption");
+    // Reserved slots hold publishers back like any tethered reader.
+    while publisher.try_publish(&[0; 200]).is_ok() {}
+    assert_eq!(publisher.try_loan(200).unwrap_err(), TryLoanError::Full);
+}

@@ -103,6 +103,51 @@ impl ReaderCore {
         Some(core)
     }
 
+    /// Takes over slot `slot`, which another process (the broker) attached for `owner` with
+    /// [`ReaderCore::attach`], joined at `start`. Returns `None` if `owner` does not hold the slot
+    /// or its mode does not match.
+    pub(crate) fn adopt(
+        mem: &RingMemory,
+        slot: u32,
+        owner: u64,
+        tethered: bool,
+        doorbell: u32,
+        start: Head,
+    ) -> Option<ReaderCore> {
+        if slot >= mem.geometry().reader_slots {
+            return None;
+        }
+        let r = mem.reader(slot);
+        // Acquire pairs with the Release CAS that claimed the slot for us.
+        if r.owner.load(Ordering::Acquire) != owner {
+            return None;
+        }
+        let expected = match (tethered, r.mode.load(Ordering::Relaxed)) {
+            (true, mode::TETHERED | mode::EVICTED) | (false, mode::LOSSY) => true,
+            _ => false,
+        };
+        if !expected {
+            return None;
+        }
+        r.doorbell.store(doorbell + 1, Ordering::Relaxed);
+        Some(ReaderCore {
+            slot,
+            tethered,
+            pos: start.pos,
+            next_seq: start.seq,
+            safe_from: if tethered { start.pos } else { u64::MAX },
+            deliver_from: 0,
+        })
+    }
+
+    /// Where this reader stands: the position and sequence number of the next frame.
+    pub(crate) fn position(&self) -> Head {
+        Head {
+            pos: self.pos,
+            seq: self.next_seq,
+        }
+    }
+
     /// Sets the slot's mode and returns the head from which the ring is protected (tethered) or
     /// watched (lossy). Used to start, and to restart after an eviction.
     fn join(&mut self, mem: &RingMemory) -> Head {

@@ -1,0 +1,214 @@
+//! Encoding and decoding of control messages: postcard, with hard limits and validation.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::{BrokerMessage, ClientMessage, MAX_ERROR_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN};
+
+/// Why bytes received from a peer are not a valid message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DecodeError {
+    /// Longer than [`MAX_MESSAGE_LEN`].
+    #[error("message of {0} bytes exceeds the limit of {MAX_MESSAGE_LEN}")]
+    TooLong(usize),
+    /// Not a well-formed encoding of any message.
+    #[error("malformed message: {0}")]
+    Malformed(postcard::Error),
+    /// A valid message followed by extra bytes.
+    #[error("{0} bytes after the end of the message")]
+    Trailing(usize),
+    /// Well-formed, but a field breaks a limit.
+    #[error("invalid message: {0}")]
+    Invalid(String),
+}
+
+/// Why a message could not be encoded.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum EncodeError {
+    /// It would exceed [`MAX_MESSAGE_LEN`] (for example, a topic far beyond the topic limit).
+    #[error("message exceeds the limit of {MAX_MESSAGE_LEN} bytes")]
+    TooLong,
+}
+
+/// Encodes `msg` into `buf` and returns the encoded bytes.
+pub fn encode<'b, T: Serialize>(
+    msg: &T,
+    buf: &'b mut [u8; MAX_MESSAGE_LEN],
+) -> Result<&'b [u8], EncodeError> {
+    postcard::to_slice(msg, buf)
+        .map(|b| &*b)
+        .map_err(|_| EncodeError::TooLong)
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, DecodeError> {
+    if bytes.len() > MAX_MESSAGE_LEN {
+        return Err(DecodeError::TooLong(bytes.len()));
+    }
+    let (msg, rest) = postcard::take_from_bytes(bytes).map_err(DecodeError::Malformed)?;
+    if !rest.is_empty() {
+        return Err(DecodeError::Trailing(rest.len()));
+    }
+    Ok(msg)
+}
+
+fn limit(what: &str, value: &str, max: usize) -> Result<(), DecodeError> {
+    if value.len() > max {
+        return Err(DecodeError::Invalid(format!(
+            "{what} of {} bytes exceeds {max}",
+            value.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Decodes and checks a message a client sent. Topics are checked by the broker, which answers a
+/// bad one with an error naming it; here only structure and sizes are judged.
+pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
+    let msg: ClientMessage = decode(bytes)?;
+    if let ClientMessage::Hello { name, .. } = &msg {
+        limit("client name", name, MAX_NAME_LEN)?;
+    }
+    Ok(msg)
+}
+
+/// Decodes and checks a message the broker sent.
+pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
+    let msg: BrokerMessage = decode(bytes)?;
+    match &msg {
+        BrokerMessage::Refused(e) | BrokerMessage::Reply { result: Err(e), .. } => {
+            limit("error message", &e.message, MAX_ERROR_LEN)?;
+        }
+        BrokerMessage::RingAttached(a) => limit("topic", &a.topic, crate::topic::MAX_TOPIC_LEN)?,
+        BrokerMessage::Welcome { .. } | BrokerMessage::Reply { result: Ok(_), .. } => {}
+    }
+    Ok(msg)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{ErrorCode, ErrorReply, ReaderMode, Reply, Request, RingAttachment};
+
+    fn round_trip_client(msg: ClientMessage) {
+        let mut buf = [0; MAX_MESSAGE_LEN];
+        let bytes = encode(&msg, &mut buf).unwrap().to_vec();
+        assert_eq!(decode_client(&bytes), Ok(msg));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert_eq!(decode_client(&longer), Err(DecodeError::Trailing(1)));
+        for cut in 0..bytes.len() {
+            assert!(
+                decode_client(&bytes[..cut]).is_err(),
+                "prefix of {cut} bytes decoded"
+            );
+        }
+    }
+
+    #[test]
+    fn client_messages_round_trip_and_reject_truncation() {
+        round_trip_client(ClientMessage::Hello {
+            version: 1,
+            name: "demo".into(),
+        });
+        round_trip_client(ClientMessage::Goodbye);
+        for body in [
+            Request::Publish {
+                topic: "a/b".into(),
+                max_payload: 4096,
+            },
+            Request::Unpublish { publisher: 3 },
+            Request::Subscribe {
+                pattern: "a/**".into(),
+                mode: ReaderMode::Lossy,
+                history: 5,
+                doorbell: 2,
+            },
+            Request::Unsubscribe { subscription: 9 },
+        ] {
+            round_trip_client(ClientMessage::Request { id: 77, body });
+        }
+    }
+
+    #[test]
+    fn broker_messages_round_trip() {
+        let mut buf = [0; MAX_MESSAGE_LEN];
+        for msg in [
+            BrokerMessage::Welcome {
+                version: 1,
+                client: 2,
+                owner: 3,
+                max_payload: 4,
+            },
+            BrokerMessage::Refused(ErrorReply {
+                code: ErrorCode::Version,
+                message: "no".into(),
+            }),
+            BrokerMessage::Reply {
+                id: 1,
+                result: Ok(Reply::Publishing {
+                    publisher: 5,
+                    ring: 6,
+                }),
+            },
+            BrokerMessage::Reply {
+                id: 1,
+                result: Ok(Reply::Subscribed {
+                    subscription: 5,
+                    rings: 0,
+                }),
+            },
+            BrokerMessage::Reply {
+                id: 1,
+                result: Ok(Reply::Done),
+            },
+            BrokerMessage::Reply {
+                id: 2,
+                result: Err(ErrorReply {
+                    code: ErrorCode::InvalidTopic,
+                    message: "bad".into(),
+                }),
+            },
+            BrokerMessage::RingAttached(RingAttachment {
+                subscription: 1,
+                topic: "x".into(),
+                ring: 2,
+                slot: 3,
+                position: 4,
+                sequence: 5,
+            }),
+        ] {
+            let bytes = encode(&msg, &mut buf).unwrap().to_vec();
+            assert_eq!(decode_broker(&bytes), Ok(msg));
+        }
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let mut buf = [0; MAX_MESSAGE_LEN];
+        let long_name = ClientMessage::Hello {
+            version: 1,
+            name: "n".repeat(MAX_NAME_LEN + 1),
+        };
+        let bytes = encode(&long_name, &mut buf).unwrap().to_vec();
+        assert!(matches!(
+            decode_client(&bytes),
+            Err(DecodeError::Invalid(_))
+        ));
+        let huge = ClientMessage::Hello {
+            version: 1,
+            name: "n".repeat(MAX_MESSAGE_LEN),
+        };
+        assert_eq!(encode(&huge, &mut buf), Err(EncodeError::TooLong));
+        assert_eq!(
+            decode_client(&[0; MAX_MESSAGE_LEN + 1]),
+            Err(DecodeError::TooLong(MAX_MESSAGE_LEN + 1))
+        );
+        // An absurd string length prefix must fail without allocating it.
+        assert!(matches!(
+            decode_client(&[0, 1, 0xff, 0xff, 0xff, 0xff, 0x0f]),
+            Err(DecodeError::Malformed(_))
+        ));
+    }
+}
