@@ -122,10 +122,10 @@ impl ReaderCore {
         if r.owner.load(Ordering::Acquire) != owner {
             return None;
         }
-        let expected = match (tethered, r.mode.load(Ordering::Relaxed)) {
-            (true, mode::TETHERED | mode::EVICTED) | (false, mode::LOSSY) => true,
-            _ => false,
-        };
+        let expected = matches!(
+            (tethered, r.mode.load(Ordering::Relaxed)),
+            (true, mode::TETHERED | mode::EVICTED) | (false, mode::LOSSY)
+        );
         if !expected {
             return None;
         }
