@@ -15,5 +15,10 @@ if ! cargo +nightly miri --version >/dev/null 2>&1; then
     exit 0
   fi
 fi
+export CARGO_TARGET_DIR=target/miri
 MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-disable-weak-memory-emulation" \
-  CARGO_TARGET_DIR=target/miri cargo +nightly miri test -p shmbus-shm --lib --test ring_local
+  cargo +nightly miri test -p shmbus-shm --lib
+# The ring tests simulate dead processes by forgetting their handles, which Miri would report
+# as leaks.
+MIRIFLAGS="-Zmiri-disable-isolation -Zmiri-disable-weak-memory-emulation -Zmiri-ignore-leaks" \
+  cargo +nightly miri test -p shmbus-shm --test ring_local

@@ -41,6 +41,8 @@ pub struct Reader {
     core: ReaderCore,
     buf: CopyBuf,
     doorbell: Arc<Doorbell>,
+    /// A message found by [`Reader::poll_ready`], not yet taken.
+    ready: Option<FrameView>,
 }
 
 impl std::fmt::Debug for Reader {
@@ -58,6 +60,7 @@ impl Reader {
             core,
             buf: CopyBuf::default(),
             doorbell,
+            ready: None,
         }
     }
 
@@ -71,29 +74,44 @@ impl Reader {
         self.core.next_seq()
     }
 
-    pub(crate) fn doorbell(&self) -> &Doorbell {
-        &self.doorbell
-    }
-
     pub(crate) fn doorbell_index(&self) -> u32 {
         self.doorbell.index()
     }
 
-    fn poll(&mut self) -> Result<Option<FrameView>, ReadError> {
+    /// Looks for the next message without handing it out: `Ok(true)` means
+    /// [`Reader::take_ready`] will return it. For multiplexing many readers, where the sample to
+    /// return is known only once one of them has a message.
+    pub fn poll_ready(&mut self) -> Result<bool, ReadError> {
+        if self.ready.is_some() {
+            return Ok(true);
+        }
         let mem = &self.ring.mem;
         if self.core.evicted(mem) {
             self.core.rejoin(mem);
         }
         match self.core.poll(mem, &mut self.buf)? {
-            Poll::Empty => Ok(None),
-            Poll::Frame(view) => Ok(Some(view)),
+            Poll::Empty => Ok(false),
+            Poll::Frame(view) => {
+                self.ready = Some(view);
+                Ok(true)
+            }
             Poll::Lagged(missed) => Err(ReadError::Lagged { missed }),
         }
     }
 
+    /// The message found by [`Reader::poll_ready`], if any.
+    pub fn take_ready(&mut self) -> Option<Sample<'_>> {
+        let view = self.ready.take()?;
+        Some(Sample { reader: self, view })
+    }
+
     /// The next message, if one is committed; never waits.
     pub fn try_read(&mut self) -> Result<Option<Sample<'_>>, ReadError> {
-        Ok(self.poll()?.map(|view| Sample { reader: self, view }))
+        if self.poll_ready()? {
+            Ok(self.take_ready())
+        } else {
+            Ok(None)
+        }
     }
 
     /// The next message, waiting with `wait` for up to `timeout` (forever if `None`). `Ok(None)`
@@ -105,21 +123,17 @@ impl Reader {
     ) -> Result<Option<Sample<'_>>, ReadError> {
         let mut waiter = Waiter::new(wait, timeout);
         loop {
-            if let Some(view) = self.poll()? {
-                return Ok(Some(Sample { reader: self, view }));
+            if self.poll_ready()? {
+                return Ok(self.take_ready());
             }
             match waiter.idle() {
                 Idle::Retry => {}
-                Idle::Park(until) => park(std::slice::from_ref(self), until),
+                Idle::Park(until) => {
+                    park(&self.doorbell, std::slice::from_ref(self), until, &|| false)
+                }
                 Idle::TimedOut => return Ok(None),
             }
         }
-    }
-
-    /// Whether a read would find something now (a message, a lag to report). Cheap; for
-    /// multiplexing many readers.
-    pub fn has_pending(&self) -> bool {
-        self.core.ready(&self.ring.mem)
     }
 
     pub(crate) fn prepare_park(&self) {
@@ -131,7 +145,7 @@ impl Reader {
     }
 
     pub(crate) fn ready(&self) -> bool {
-        self.core.ready(&self.ring.mem)
+        self.ready.is_some() || self.core.ready(&self.ring.mem)
     }
 }
 

@@ -7,6 +7,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::doorbell::Doorbell;
 use crate::reader::Reader;
 
 /// Empty polls between two looks at the clock while spinning (a clock read costs more than a
@@ -113,32 +114,37 @@ impl Waiter {
     }
 }
 
-/// Parks the calling thread until one of `readers` has something to read (a frame, a lag to
-/// report, an eviction to handle), or until `until`.
+/// Parks the calling thread on `doorbell` until one of `readers` has something to read (a
+/// frame, a lag to report, an eviction to handle), `also_ready` returns true, or `until`.
 ///
-/// All readers must share one doorbell (the doorbell they were created with); parking announces
+/// The readers must park on `doorbell` (the doorbell they were created with); parking announces
 /// itself on every reader's ring, so a commit on any of them wakes the thread, with a system call
-/// only because someone is actually parked. May return early (spuriously); callers poll again.
-pub fn park(readers: &[Reader], until: Option<Instant>) {
-    let Some(first) = readers.first() else { return };
+/// only because someone is actually parked. Whoever makes `also_ready` true must ring the
+/// doorbell afterwards. May return early (spuriously); callers poll again.
+pub fn park(
+    doorbell: &Doorbell,
+    readers: &[Reader],
+    until: Option<Instant>,
+    also_ready: &dyn Fn() -> bool,
+) {
     debug_assert!(
         readers
             .iter()
-            .all(|r| r.doorbell_index() == first.doorbell_index())
+            .all(|r| r.doorbell_index() == doorbell.index())
     );
     for r in readers {
         r.prepare_park();
     }
     let ordered = crate::ring::read::park_fence();
-    let armed = first.doorbell().arm();
-    if !readers.iter().any(Reader::ready) {
+    let armed = doorbell.arm();
+    if !also_ready() && !readers.iter().any(Reader::ready) {
         let mut timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
         if !ordered {
             // Publishers may not see us parked (see `crate::fence`): sleep briefly, then recheck.
             timeout = Some(timeout.map_or(UNORDERED_PARK, |t| t.min(UNORDERED_PARK)));
         }
         if timeout != Some(Duration::ZERO) {
-            first.doorbell().sleep(armed, timeout);
+            doorbell.sleep(armed, timeout);
         }
     }
     for r in readers {

@@ -175,6 +175,7 @@ mod tests {
                 topic: "x".into(),
                 ring: 2,
                 slot: 3,
+                owner: 8,
                 position: 4,
                 sequence: 5,
             }),

@@ -139,6 +139,8 @@ pub struct RingAttachment {
     pub ring: u64,
     /// The reader slot reserved for the client.
     pub slot: u32,
+    /// The owner token the slot is held under (the client adopts it with this token).
+    pub owner: u64,
     /// Ring position where the reader was joined.
     pub position: u64,
     /// Sequence number expected there.

@@ -1,0 +1,274 @@
+//! The client's side of the control socket: the handshake, requests and their replies, and a
+//! thread that reads everything the broker sends.
+//!
+//! The socket is blocking. Any thread sends (a `SOCK_SEQPACKET` datagram goes out whole, so
+//! senders need no lock); one control thread receives, hands each reply to the thread waiting
+//! for it, and queues ring attachments for their subscriptions, ringing the subscriber's
+//! doorbell so a parked subscriber wakes up to adopt the new ring.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use shmbus_shm::{DoorbellTable, Owner};
+use tracing::{debug, warn};
+
+use crate::address::BusAddress;
+use crate::protocol::socket::{self, Received};
+use crate::protocol::{
+    BrokerMessage, ClientMessage, ErrorReply, MAX_MESSAGE_LEN, PROTOCOL_VERSION, Reply, Request,
+    RingAttachment, codec,
+};
+
+use super::error::{ConnectError, RequestError};
+
+/// How long a request waits for its reply before the broker is deemed unresponsive.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A reply with the descriptors it carried.
+pub(crate) type ReplyWithFds = (Result<Reply, ErrorReply>, Vec<OwnedFd>);
+
+/// A ring attachment with its descriptors (data read-only, readers).
+pub(crate) type Attachment = (RingAttachment, Vec<OwnedFd>);
+
+/// Attachments waiting for their subscriber to adopt them, and how to wake it.
+pub(crate) struct AttachmentQueue {
+    pub(crate) pending: Mutex<Vec<Attachment>>,
+    pub(crate) doorbell: u32,
+}
+
+#[derive(Default)]
+struct Routing {
+    replies: HashMap<u32, mpsc::Sender<ReplyWithFds>>,
+    subscriptions: HashMap<u32, Arc<AttachmentQueue>>,
+    /// Attachments that arrived before their subscription was registered (the broker sends a
+    /// subscription's existing rings before the reply that names it).
+    orphans: HashMap<u32, Vec<Attachment>>,
+}
+
+/// What the handshake established.
+pub(crate) struct Session {
+    pub(crate) owner: Owner,
+    pub(crate) max_payload: u32,
+    pub(crate) doorbells: DoorbellTable,
+}
+
+/// A live control connection.
+pub(crate) struct Connection {
+    sock: OwnedFd,
+    routing: Mutex<Routing>,
+    next_id: AtomicU32,
+    alive: AtomicBool,
+    address: BusAddress,
+}
+
+fn lock(m: &Mutex<Routing>) -> MutexGuard<'_, Routing> {
+    // A panic while routing leaves the maps usable; keep going rather than cascade.
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Connection {
+    /// Connects to the broker at `address` (a local socket) and completes the handshake.
+    pub(crate) fn open(
+        address: &BusAddress,
+        name: &str,
+    ) -> Result<(Arc<Connection>, Session), ConnectError> {
+        let path = address
+            .socket_path()
+            .ok_or_else(|| ConnectError::RemoteUnsupported {
+                address: address.to_string(),
+            })?;
+        let sock = socket::connect(path).map_err(|source| ConnectError::Unreachable {
+            address: address.to_string(),
+            source,
+        })?;
+        let protocol = |detail: String| ConnectError::Protocol {
+            address: address.to_string(),
+            detail,
+        };
+        let hello = ClientMessage::Hello {
+            version: PROTOCOL_VERSION,
+            name: name.chars().take(64).collect(),
+        };
+        socket::send(sock.as_fd(), &hello, &[])
+            .map_err(|e| protocol(format!("send hello: {e}")))?;
+        let (msg, mut fds) = recv_one(&sock).map_err(protocol)?;
+        let session = match msg {
+            BrokerMessage::Welcome {
+                owner, max_payload, ..
+            } => {
+                let owner = Owner::new(owner).ok_or_else(|| protocol("owner token 0".into()))?;
+                let fd = fds
+                    .pop()
+                    .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
+                let doorbells = DoorbellTable::open(fd).map_err(ConnectError::Shm)?;
+                Session {
+                    owner,
+                    max_payload,
+                    doorbells,
+                }
+            }
+            BrokerMessage::Refused(e) => {
+                return Err(ConnectError::Refused {
+                    address: address.to_string(),
+                    message: e.message,
+                });
+            }
+            other => return Err(protocol(format!("expected Welcome, got {other:?}"))),
+        };
+        let conn = Arc::new(Connection {
+            sock,
+            routing: Mutex::new(Routing::default()),
+            next_id: AtomicU32::new(1),
+            alive: AtomicBool::new(true),
+            address: address.clone(),
+        });
+        let reader = Arc::clone(&conn);
+        let doorbells = session.doorbells.clone();
+        std::thread::Builder::new()
+            .name("shmbus-control".into())
+            .spawn(move || reader.control_loop(&doorbells))
+            .map_err(|e| protocol(format!("start control thread: {e}")))?;
+        Ok((conn, session))
+    }
+
+    /// The address this connection reached.
+    pub(crate) fn address(&self) -> &BusAddress {
+        &self.address
+    }
+
+    /// Whether the broker is still there.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.alive.load(Ordering::Acquire)
+    }
+
+    /// Sends a request and waits for its reply.
+    pub(crate) fn request(&self, body: Request) -> Result<ReplyWithFds, RequestError> {
+        if !self.is_alive() {
+            return Err(RequestError::BrokerGone);
+        }
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = mpsc::channel();
+        lock(&self.routing).replies.insert(id, tx);
+        if let Err(e) = socket::send(self.sock.as_fd(), &ClientMessage::Request { id, body }, &[]) {
+            lock(&self.routing).replies.remove(&id);
+            debug!("request not sent: {e}");
+            return Err(RequestError::BrokerGone);
+        }
+        match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(reply) => Ok(reply),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::BrokerGone),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                lock(&self.routing).replies.remove(&id);
+                Err(RequestError::Timeout)
+            }
+        }
+    }
+
+    /// Sends a request whose reply nobody waits for (releasing something on drop).
+    pub(crate) fn notify(&self, body: Request) {
+        if self.is_alive() {
+            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            // Best effort: if the broker is gone, it has released everything anyway.
+            let _ = socket::send(self.sock.as_fd(), &ClientMessage::Request { id, body }, &[]);
+        }
+    }
+
+    /// Registers subscription `id` and returns its queue, with any attachments that came first.
+    pub(crate) fn register_subscription(&self, id: u32, doorbell: u32) -> Arc<AttachmentQueue> {
+        let mut routing = lock(&self.routing);
+        let early = routing.orphans.remove(&id).unwrap_or_default();
+        let queue = Arc::new(AttachmentQueue {
+            pending: Mutex::new(early),
+            doorbell,
+        });
+        routing.subscriptions.insert(id, Arc::clone(&queue));
+        queue
+    }
+
+    /// Forgets subscription `id`.
+    pub(crate) fn unregister_subscription(&self, id: u32) {
+        let mut routing = lock(&self.routing);
+        routing.subscriptions.remove(&id);
+        routing.orphans.remove(&id);
+    }
+
+    /// Says goodbye and closes the socket; the control thread then exits.
+    pub(crate) fn close(&self) {
+        if self.alive.swap(false, Ordering::AcqRel) {
+            let _ = socket::send(self.sock.as_fd(), &ClientMessage::Goodbye, &[]);
+        }
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+            nix::sys::socket::Shutdown::Both,
+        );
+    }
+
+    fn control_loop(&self, doorbells: &DoorbellTable) {
+        loop {
+            let (msg, fds) = match recv_one(&self.sock) {
+                Ok(m) => m,
+                Err(reason) => {
+                    if self.alive.swap(false, Ordering::AcqRel) {
+                        warn!(address = %self.address, "lost the broker: {reason}");
+                    }
+                    break;
+                }
+            };
+            let mut routing = lock(&self.routing);
+            match msg {
+                BrokerMessage::Reply { id, result } => {
+                    if let Some(tx) = routing.replies.remove(&id) {
+                        let _ = tx.send((result, fds));
+                    }
+                }
+                BrokerMessage::RingAttached(a) => {
+                    let sub = a.subscription;
+                    if let Some(queue) = routing.subscriptions.get(&sub) {
+                        queue
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .push((a, fds));
+                        doorbells.ring(queue.doorbell);
+                    } else {
+                        routing.orphans.entry(sub).or_default().push((a, fds));
+                    }
+                }
+                other => {
+                    warn!(address = %self.address, "unexpected message from the broker: {other:?}");
+                    self.alive.store(false, Ordering::Release);
+                    break;
+                }
+            }
+        }
+        // Waiters get `Disconnected` when their senders drop; parked subscribers are woken so
+        // their callers see what they have (their rings keep working without the broker).
+        let mut routing = lock(&self.routing);
+        routing.replies.clear();
+        for queue in routing.subscriptions.values() {
+            doorbells.ring(queue.doorbell);
+        }
+    }
+}
+
+/// Receives and decodes one broker message.
+fn recv_one(sock: &OwnedFd) -> Result<(BrokerMessage, Vec<OwnedFd>), String> {
+    let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
+    loop {
+        let mut fds = Vec::new();
+        return match socket::recv(sock.as_fd(), &mut buf, &mut fds) {
+            Ok(Received::Message(n)) => match codec::decode_broker(&buf[..n]) {
+                Ok(msg) => Ok((msg, fds)),
+                Err(e) => Err(format!("malformed message: {e}")),
+            },
+            Ok(Received::Closed) => Err("connection closed".into()),
+            Ok(Received::Oversized) => Err("oversized message".into()),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(format!("receive failed: {e}")),
+        };
+    }
+}

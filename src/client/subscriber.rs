@@ -1,0 +1,322 @@
+//! Subscribing: one subscriber reads every ring its pattern matches, in place.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use shmbus_shm::wait::{Idle, Waiter, park};
+use shmbus_shm::{
+    Doorbell, Owner, ReadError, Reader, ReaderMode as RingReaderMode, ReaderOptions,
+    ReservedReader, Ring, WaitStrategy,
+};
+use tracing::warn;
+
+use super::BusInner;
+use super::connection::{Attachment, AttachmentQueue};
+use super::error::{AttachError, RecvError};
+use crate::protocol::{ReaderMode, Reply, Request};
+use crate::topic::Topic;
+
+/// How a subscriber reads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SubscriberOptions {
+    /// Never hold publishers back; when overrun, get [`RecvError::Lagged`] and go on from the
+    /// oldest message still in the ring (messages are then copied out and checked, not read in
+    /// place). Default: tethered, lossless.
+    pub lossy: bool,
+    /// Also deliver the last `history` messages of each ring, as far as it still holds them.
+    pub history: u32,
+    /// How `recv` waits (default: spin 50 µs, then park).
+    pub wait: WaitStrategy,
+}
+
+/// Receives the messages of every topic matching a pattern — rings that exist now and rings
+/// created later — from the moment [`Bus::subscribe`](super::Bus::subscribe) returned.
+///
+/// Messages of one publisher arrive in order; messages of different rings interleave.
+pub struct Subscriber {
+    bus: Arc<BusInner>,
+    id: u32,
+    pattern: Topic,
+    options: SubscriberOptions,
+    doorbell: Arc<Doorbell>,
+    queue: Arc<AttachmentQueue>,
+    readers: Vec<Reader>,
+    /// The topic of `readers[i]`.
+    topics: Vec<Arc<str>>,
+    /// Where the next poll starts, so no ring starves the others.
+    next: usize,
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("pattern", &self.pattern.as_str())
+            .field("topics", &self.topics)
+            .finish()
+    }
+}
+
+impl Subscriber {
+    pub(crate) fn attach(
+        bus: Arc<BusInner>,
+        pattern: &str,
+        options: SubscriberOptions,
+    ) -> Result<Subscriber, AttachError> {
+        let pattern = Topic::new(pattern)?;
+        let doorbell = Arc::new(
+            bus.doorbells
+                .claim(bus.owner)
+                .map_err(|e| AttachError::shm(pattern.as_str(), e))?,
+        );
+        let request = Request::Subscribe {
+            pattern: pattern.as_str().to_string(),
+            mode: if options.lossy {
+                ReaderMode::Lossy
+            } else {
+                ReaderMode::Tethered
+            },
+            history: options.history,
+            doorbell: doorbell.index(),
+        };
+        let (reply, _) = bus
+            .conn
+            .request(request)
+            .map_err(|source| AttachError::Broker {
+                topic: pattern.as_str().into(),
+                source,
+            })?;
+        let id = match reply {
+            Ok(Reply::Subscribed { subscription, .. }) => subscription,
+            Ok(other) => {
+                return Err(AttachError::shm(
+                    pattern.as_str(),
+                    format!("unexpected reply {other:?}"),
+                ));
+            }
+            Err(e) => return Err(AttachError::refused(pattern.as_str(), e)),
+        };
+        let queue = bus.conn.register_subscription(id, doorbell.index());
+        let mut sub = Subscriber {
+            bus,
+            id,
+            pattern,
+            options,
+            doorbell,
+            queue,
+            readers: Vec::new(),
+            topics: Vec::new(),
+            next: 0,
+        };
+        sub.adopt_pending();
+        Ok(sub)
+    }
+
+    /// The pattern subscribed to.
+    pub fn pattern(&self) -> &str {
+        self.pattern.as_str()
+    }
+
+    /// The topics of the rings this subscriber reads now.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        self.topics.iter().map(|t| &**t)
+    }
+
+    /// Adopts the readers the broker attached since the last call.
+    fn adopt_pending(&mut self) {
+        let pending: Vec<Attachment> =
+            std::mem::take(&mut *self.queue.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        for (a, fds) in pending {
+            match self.adopt(&a, fds) {
+                Ok(reader) => {
+                    self.readers.push(reader);
+                    self.topics.push(Arc::from(a.topic.as_str()));
+                }
+                Err(e) => {
+                    warn!(pattern = %self.pattern, topic = a.topic, "cannot read a matching ring: {e}")
+                }
+            }
+        }
+    }
+
+    fn adopt(
+        &self,
+        a: &crate::protocol::RingAttachment,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Reader, String> {
+        let [data, readers]: [_; 2] = fds
+            .try_into()
+            .map_err(|_| "the broker sent no ring descriptors".to_string())?;
+        let ring = Ring::open(data, readers, &self.bus.doorbells).map_err(|e| e.to_string())?;
+        let owner = Owner::new(a.owner).ok_or("owner token 0")?;
+        let reserved = ReservedReader {
+            slot: a.slot,
+            position: a.position,
+            sequence: a.sequence,
+        };
+        let mode = if self.options.lossy {
+            RingReaderMode::Lossy
+        } else {
+            RingReaderMode::Tethered
+        };
+        let options = ReaderOptions {
+            mode,
+            history: u64::from(self.options.history),
+        };
+        ring.adopt_reader(reserved, options, &self.doorbell, owner)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Finds the next message without waiting; returns the index of the reader holding it.
+    fn poll(&mut self) -> Result<Option<usize>, RecvError> {
+        if !self
+            .queue
+            .pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+        {
+            self.adopt_pending();
+        }
+        let n = self.readers.len();
+        for i in 0..n {
+            let idx = (self.next + i) % n;
+            match self.readers[idx].poll_ready() {
+                Ok(true) => {
+                    self.next = idx + 1;
+                    return Ok(Some(idx));
+                }
+                Ok(false) => {}
+                Err(ReadError::Lagged { missed }) => {
+                    self.next = idx;
+                    return Err(RecvError::Lagged {
+                        topic: self.topics[idx].to_string(),
+                        missed,
+                    });
+                }
+                Err(e) => {
+                    // A corrupt ring cannot be read past; stop reading it, keep the others.
+                    self.readers.remove(idx);
+                    let topic = self.topics.remove(idx);
+                    return Err(RecvError::Corrupt {
+                        topic: topic.to_string(),
+                        detail: e.to_string(),
+                    });
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    /// The message `poll` found in reader `idx`.
+    fn sample(&mut self, idx: usize) -> Sample<'_> {
+        let topic = &*self.topics[idx];
+        let inner = self.readers[idx]
+            .take_ready()
+            .expect("poll found a message in this reader");
+        Sample { inner, topic }
+    }
+
+    /// The next message if one is there; never waits.
+    pub fn try_recv(&mut self) -> Result<Option<Sample<'_>>, RecvError> {
+        Ok(self.poll()?.map(|idx| self.sample(idx)))
+    }
+
+    /// The next message, waiting as long as it takes.
+    pub fn recv(&mut self) -> Result<Sample<'_>, RecvError> {
+        loop {
+            if let Some(idx) = self.wait(None)? {
+                return Ok(self.sample(idx));
+            }
+        }
+    }
+
+    /// The next message, waiting up to `timeout`; `Ok(None)` when it passed.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<'_>>, RecvError> {
+        Ok(self.wait(Some(timeout))?.map(|idx| self.sample(idx)))
+    }
+
+    /// Polls with the wait strategy until a reader holds a message or the timeout passes.
+    fn wait(&mut self, timeout: Option<Duration>) -> Result<Option<usize>, RecvError> {
+        let mut waiter = Waiter::new(self.options.wait, timeout);
+        loop {
+            if let Some(idx) = self.poll()? {
+                return Ok(Some(idx));
+            }
+            match waiter.idle() {
+                Idle::Retry => {}
+                Idle::Park(until) => {
+                    let queue = &self.queue;
+                    let attached = || {
+                        !queue
+                            .pending
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .is_empty()
+                    };
+                    park(&self.doorbell, &self.readers, until, &attached);
+                }
+                Idle::TimedOut => return Ok(None),
+            }
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        // Readers free their slots first; the broker then frees any attached but never adopted.
+        self.readers.clear();
+        self.bus.conn.unregister_subscription(self.id);
+        self.bus.conn.notify(Request::Unsubscribe {
+            subscription: self.id,
+        });
+    }
+}
+
+/// One message, read in place until dropped.
+pub struct Sample<'a> {
+    inner: shmbus_shm::Sample<'a>,
+    topic: &'a str,
+}
+
+impl std::fmt::Debug for Sample<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("topic", &self.topic)
+            .field("publisher", &self.publisher())
+            .field("sequence", &self.sequence())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl Sample<'_> {
+    /// The topic it was published on, exactly as the publisher wrote it.
+    pub fn topic(&self) -> &str {
+        self.topic
+    }
+
+    /// The payload (16-byte aligned, in shared memory for tethered subscribers).
+    pub fn payload(&self) -> &[u8] {
+        self.inner.payload()
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> usize {
+        self.inner.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.inner.is_empty()
+    }
+
+    /// The publisher's bus-wide id.
+    pub fn publisher(&self) -> u32 {
+        self.inner.publisher()
+    }
+
+    /// The message's sequence number in its ring (increasing in publication order).
+    pub fn sequence(&self) -> u64 {
+        self.inner.sequence()
+    }
+}
