@@ -5,6 +5,7 @@
 
 pub mod address;
 pub mod broker;
+pub mod cli;
 pub mod client;
 pub mod protocol;
 pub mod topic;

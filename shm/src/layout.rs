@@ -334,6 +334,14 @@ impl Default for RingConfig {
     }
 }
 
+impl RingConfig {
+    /// Checks that a ring of this configuration can exist (capacity a power of two in range,
+    /// room for two largest frames, slot counts in range).
+    pub fn validate(&self) -> Result<(), LayoutError> {
+        Geometry::new(self).map(|_| ())
+    }
+}
+
 /// Everything derived from a [`RingConfig`]: offsets and sizes of both segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) struct Geometry {

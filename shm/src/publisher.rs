@@ -93,6 +93,8 @@ impl Publisher {
     /// tethered readers to release space.
     pub fn loan(&mut self, len: usize, timeout: Option<Duration>) -> Result<Loan<'_>, LoanError> {
         let mut waiter = Waiter::new(self.wait, timeout);
+        // Larger lengths fail in `claim` before any wait.
+        let payload_len = u32::try_from(len).unwrap_or(u32::MAX);
         let claim = loop {
             match self.claim(len) {
                 Ok(claim) => break claim,
@@ -101,7 +103,7 @@ impl Publisher {
             }
             match waiter.idle() {
                 Idle::Retry => {}
-                Idle::Park(until) => self.park_for_space(until),
+                Idle::Park(until) => self.park_for_space(payload_len, until),
                 Idle::TimedOut => return Err(LoanError::Timeout),
             }
         };
@@ -114,17 +116,24 @@ impl Publisher {
     }
 
     /// Sleeps until a reader releases space, `until` passes, or [`SPACE_RECHECK`] elapses.
-    fn park_for_space(&mut self, until: Option<std::time::Instant>) {
-        let sw = self.ring.mem.space_wait();
+    fn park_for_space(&mut self, len: u32, until: Option<std::time::Instant>) {
+        let mem = &self.ring.mem;
+        let sw = mem.space_wait();
         sw.waiters.fetch_add(1, Ordering::SeqCst);
         // Acquire pairs with the Release bump in `RingShared::signal_space`.
         let armed = sw.word.load(Ordering::Acquire);
-        let recheck = until.map_or(SPACE_RECHECK, |u| {
-            u.saturating_duration_since(std::time::Instant::now())
-                .min(SPACE_RECHECK)
-        });
-        crate::futex::wait(&sw.word, armed, Some(recheck));
-        sw.waiters.fetch_sub(1, Ordering::Relaxed);
+        // A reader that released space before it could see us waiting did not wake us.
+        if !self.core.would_fit(mem, len) {
+            let recheck = until.map_or(SPACE_RECHECK, |u| {
+                u.saturating_duration_since(std::time::Instant::now())
+                    .min(SPACE_RECHECK)
+            });
+            crate::futex::wait(&sw.word, armed, Some(recheck));
+        }
+        // A reader that woke us took our count already (see `signal_space`).
+        let _ = sw
+            .waiters
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |w| w.checked_sub(1));
     }
 
     /// Copies `payload` into the ring without waiting. Returns the frame's sequence number.

@@ -37,6 +37,11 @@ impl RingShared {
     /// Wakes publishers parked waiting for space.
     pub(crate) fn signal_space(&self) {
         let sw = self.mem.space_wait();
+        // Taking the count makes this one wake-up per parking: the releases that follow, until a
+        // publisher parks again, see no waiter and make no system call.
+        if sw.waiters.swap(0, Ordering::Relaxed) == 0 {
+            return;
+        }
         // Release pairs with the publisher's Acquire load of the word before it re-checks.
         sw.word.fetch_add(1, Ordering::Release);
         crate::futex::wake_all(&sw.word);

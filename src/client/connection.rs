@@ -177,16 +177,17 @@ impl Connection {
         }
     }
 
-    /// Registers subscription `id` and returns its queue, with any attachments that came first.
-    pub(crate) fn register_subscription(&self, id: u32, doorbell: u32) -> Arc<AttachmentQueue> {
+    /// Routes subscription `id`'s attachments to `queue`, starting with any that came first.
+    pub(crate) fn register_subscription(&self, id: u32, queue: Arc<AttachmentQueue>) {
         let mut routing = lock(&self.routing);
-        let early = routing.orphans.remove(&id).unwrap_or_default();
-        let queue = Arc::new(AttachmentQueue {
-            pending: Mutex::new(early),
-            doorbell,
-        });
-        routing.subscriptions.insert(id, Arc::clone(&queue));
-        queue
+        if let Some(early) = routing.orphans.remove(&id) {
+            queue
+                .pending
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(early);
+        }
+        routing.subscriptions.insert(id, queue);
     }
 
     /// Forgets subscription `id`.

@@ -190,7 +190,16 @@ impl Bus {
         pattern: &str,
         options: SubscriberOptions,
     ) -> Result<Subscriber, AttachError> {
-        Subscriber::attach(Arc::clone(&self.inner), pattern, options)
+        self.subscribe_all(&[pattern], options)
+    }
+
+    /// One subscriber for several patterns; a topic matched by more than one is read once.
+    pub fn subscribe_all(
+        &self,
+        patterns: &[&str],
+        options: SubscriberOptions,
+    ) -> Result<Subscriber, AttachError> {
+        Subscriber::attach(Arc::clone(&self.inner), patterns, options)
     }
 
     /// A publisher of `T`, serialized with rkyv straight into the ring.

@@ -13,8 +13,10 @@ use tracing::warn;
 use super::BusInner;
 use super::connection::{Attachment, AttachmentQueue};
 use super::error::{AttachError, RecvError};
+use crate::protocol::RingAttachment;
 use crate::protocol::{ReaderMode, Reply, Request};
 use crate::topic::Topic;
+use std::os::fd::OwnedFd;
 
 /// How a subscriber reads.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -29,20 +31,23 @@ pub struct SubscriberOptions {
     pub wait: WaitStrategy,
 }
 
-/// Receives the messages of every topic matching a pattern — rings that exist now and rings
-/// created later — from the moment [`Bus::subscribe`](super::Bus::subscribe) returned.
+/// Receives the messages of every topic matching its patterns — rings that exist now and rings
+/// created later — from the moment the pattern was added.
 ///
-/// Messages of one publisher arrive in order; messages of different rings interleave.
+/// Messages of one publisher arrive in order; messages of different rings interleave. A ring
+/// matched by several of the subscriber's patterns is read once.
 pub struct Subscriber {
     bus: Arc<BusInner>,
-    id: u32,
-    pattern: Topic,
+    /// (subscription id, pattern), one per pattern.
+    subscriptions: Vec<(u32, Topic)>,
     options: SubscriberOptions,
     doorbell: Arc<Doorbell>,
     queue: Arc<AttachmentQueue>,
     readers: Vec<Reader>,
     /// The topic of `readers[i]`.
     topics: Vec<Arc<str>>,
+    /// The ring of `readers[i]`.
+    rings: Vec<Ring>,
     /// Where the next poll starts, so no ring starves the others.
     next: usize,
 }
@@ -50,7 +55,7 @@ pub struct Subscriber {
 impl std::fmt::Debug for Subscriber {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Subscriber")
-            .field("pattern", &self.pattern.as_str())
+            .field("patterns", &self.patterns().collect::<Vec<_>>())
             .field("topics", &self.topics)
             .finish()
     }
@@ -59,26 +64,51 @@ impl std::fmt::Debug for Subscriber {
 impl Subscriber {
     pub(crate) fn attach(
         bus: Arc<BusInner>,
-        pattern: &str,
+        patterns: &[&str],
         options: SubscriberOptions,
     ) -> Result<Subscriber, AttachError> {
-        let pattern = Topic::new(pattern)?;
+        let first = patterns.first().copied().unwrap_or("");
         let doorbell = Arc::new(
             bus.doorbells
                 .claim(bus.owner)
-                .map_err(|e| AttachError::shm(pattern.as_str(), e))?,
+                .map_err(|e| AttachError::shm(first, e))?,
         );
+        let queue = Arc::new(AttachmentQueue {
+            pending: Default::default(),
+            doorbell: doorbell.index(),
+        });
+        let mut sub = Subscriber {
+            bus,
+            subscriptions: Vec::new(),
+            options,
+            doorbell,
+            queue,
+            readers: Vec::new(),
+            topics: Vec::new(),
+            rings: Vec::new(),
+            next: 0,
+        };
+        for pattern in patterns {
+            sub.add_pattern(pattern)?;
+        }
+        Ok(sub)
+    }
+
+    /// Also receives the topics matching `pattern`, from now on.
+    pub fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
+        let pattern = Topic::new(pattern)?;
         let request = Request::Subscribe {
             pattern: pattern.as_str().to_string(),
-            mode: if options.lossy {
+            mode: if self.options.lossy {
                 ReaderMode::Lossy
             } else {
                 ReaderMode::Tethered
             },
-            history: options.history,
-            doorbell: doorbell.index(),
+            history: self.options.history,
+            doorbell: self.doorbell.index(),
         };
-        let (reply, _) = bus
+        let (reply, _) = self
+            .bus
             .conn
             .request(request)
             .map_err(|source| AttachError::Broker {
@@ -95,25 +125,17 @@ impl Subscriber {
             }
             Err(e) => return Err(AttachError::refused(pattern.as_str(), e)),
         };
-        let queue = bus.conn.register_subscription(id, doorbell.index());
-        let mut sub = Subscriber {
-            bus,
-            id,
-            pattern,
-            options,
-            doorbell,
-            queue,
-            readers: Vec::new(),
-            topics: Vec::new(),
-            next: 0,
-        };
-        sub.adopt_pending();
-        Ok(sub)
+        self.bus
+            .conn
+            .register_subscription(id, Arc::clone(&self.queue));
+        self.subscriptions.push((id, pattern));
+        self.adopt_pending();
+        Ok(())
     }
 
-    /// The pattern subscribed to.
-    pub fn pattern(&self) -> &str {
-        self.pattern.as_str()
+    /// The patterns subscribed to.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        self.subscriptions.iter().map(|(_, p)| p.as_str())
     }
 
     /// The topics of the rings this subscriber reads now.
@@ -126,28 +148,35 @@ impl Subscriber {
         let pending: Vec<Attachment> =
             std::mem::take(&mut *self.queue.pending.lock().unwrap_or_else(|p| p.into_inner()));
         for (a, fds) in pending {
-            match self.adopt(&a, fds) {
-                Ok(reader) => {
+            let Some(owner) = Owner::new(a.owner) else {
+                continue;
+            };
+            if let Some(i) = self.rings.iter().position(|r| r.id() == a.ring) {
+                // Another pattern already reads this ring: free the extra slot (fds drop).
+                self.rings[i].reclaim_reader(a.slot, owner);
+                continue;
+            }
+            match self.adopt(&a, owner, fds) {
+                Ok((ring, reader)) => {
                     self.readers.push(reader);
                     self.topics.push(Arc::from(a.topic.as_str()));
+                    self.rings.push(ring);
                 }
-                Err(e) => {
-                    warn!(pattern = %self.pattern, topic = a.topic, "cannot read a matching ring: {e}")
-                }
+                Err(e) => warn!(topic = a.topic, "cannot read a matching ring: {e}"),
             }
         }
     }
 
     fn adopt(
         &self,
-        a: &crate::protocol::RingAttachment,
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) -> Result<Reader, String> {
+        a: &RingAttachment,
+        owner: Owner,
+        fds: Vec<OwnedFd>,
+    ) -> Result<(Ring, Reader), String> {
         let [data, readers]: [_; 2] = fds
             .try_into()
             .map_err(|_| "the broker sent no ring descriptors".to_string())?;
         let ring = Ring::open(data, readers, &self.bus.doorbells).map_err(|e| e.to_string())?;
-        let owner = Owner::new(a.owner).ok_or("owner token 0")?;
         let reserved = ReservedReader {
             slot: a.slot,
             position: a.position,
@@ -162,8 +191,10 @@ impl Subscriber {
             mode,
             history: u64::from(self.options.history),
         };
-        ring.adopt_reader(reserved, options, &self.doorbell, owner)
-            .map_err(|e| e.to_string())
+        let reader = ring
+            .adopt_reader(reserved, options, &self.doorbell, owner)
+            .map_err(|e| e.to_string())?;
+        Ok((ring, reader))
     }
 
     /// Finds the next message without waiting; returns the index of the reader holding it.
@@ -196,6 +227,7 @@ impl Subscriber {
                 Err(e) => {
                     // A corrupt ring cannot be read past; stop reading it, keep the others.
                     self.readers.remove(idx);
+                    self.rings.remove(idx);
                     let topic = self.topics.remove(idx);
                     return Err(RecvError::Corrupt {
                         topic: topic.to_string(),
@@ -265,10 +297,12 @@ impl Drop for Subscriber {
     fn drop(&mut self) {
         // Readers free their slots first; the broker then frees any attached but never adopted.
         self.readers.clear();
-        self.bus.conn.unregister_subscription(self.id);
-        self.bus.conn.notify(Request::Unsubscribe {
-            subscription: self.id,
-        });
+        for &(id, _) in &self.subscriptions {
+            self.bus.conn.unregister_subscription(id);
+            self.bus
+                .conn
+                .notify(Request::Unsubscribe { subscription: id });
+        }
     }
 }
 

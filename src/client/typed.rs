@@ -134,7 +134,7 @@ pub struct TypedSubscriber<T> {
 impl<T> std::fmt::Debug for TypedSubscriber<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("TypedSubscriber")
-            .field("pattern", &self.inner.pattern())
+            .field("subscriber", &self.inner)
             .finish()
     }
 }

@@ -149,6 +149,20 @@ impl PublisherCore {
         }
     }
 
+    /// Whether a claim for `payload` bytes would fit now (it re-reads the readers' positions).
+    pub(crate) fn would_fit(&mut self, mem: &RingMemory, payload: u32) -> bool {
+        self.refresh_limit(mem);
+        let g = mem.geometry();
+        let size = frame_size(u64::from(payload));
+        let offset = self.head.pos & (g.capacity - 1);
+        let pad = if offset + size > g.capacity {
+            g.capacity - offset
+        } else {
+            0
+        };
+        self.head.pos + pad + size <= self.limit
+    }
+
     /// Claims room for a frame with `payload` bytes.
     pub(crate) fn try_claim(
         &mut self,

@@ -1,0 +1,151 @@
+//! The `shmbus` command line: argument parsing, exit codes, and one module per command.
+
+mod broker;
+mod demo;
+mod format;
+mod publish;
+mod subscribe;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::address::BusAddress;
+use crate::client::{AttachError, ConnectError, RequestError};
+
+/// Exit codes, as the contract fixes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// Success.
+    Ok = 0,
+    /// An error.
+    Error = 1,
+    /// Bad usage (clap also exits with 2).
+    Usage = 2,
+    /// The broker cannot be reached.
+    Unreachable = 3,
+    /// The timeout passed first.
+    Timeout = 4,
+}
+
+/// A failed command: its exit code and one line for stderr.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: Exit,
+    /// What went wrong, naming the topic, address or value at fault.
+    pub message: String,
+}
+
+impl Failure {
+    pub(crate) fn new(code: Exit, message: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            message: message.to_string(),
+        }
+    }
+
+    pub(crate) fn error(message: impl std::fmt::Display) -> Failure {
+        Failure::new(Exit::Error, message)
+    }
+}
+
+impl From<ConnectError> for Failure {
+    fn from(e: ConnectError) -> Failure {
+        let code = match e {
+            ConnectError::Unreachable { .. } => Exit::Unreachable,
+            ConnectError::Address(_) => Exit::Usage,
+            _ => Exit::Error,
+        };
+        Failure::new(code, e)
+    }
+}
+
+impl From<AttachError> for Failure {
+    fn from(e: AttachError) -> Failure {
+        let code = match e {
+            AttachError::InvalidTopic(_) => Exit::Usage,
+            AttachError::Broker {
+                source: RequestError::BrokerGone,
+                ..
+            } => Exit::Unreachable,
+            _ => Exit::Error,
+        };
+        Failure::new(code, e)
+    }
+}
+
+/// What a command returns.
+pub type Outcome = Result<(), Failure>;
+
+/// shmbus: a shared-memory publish/subscribe bus for processes on one host.
+#[derive(Debug, Parser)]
+#[command(name = "shmbus", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The bus to use: a name, a socket path, or tcp://HOST:PORT; default $SHMBUS_BUS, else "default".
+#[derive(Clone, Debug, clap::Args)]
+pub struct BusArg {
+    /// Bus address: a name, a socket path (contains '/'), or tcp://HOST:PORT.
+    #[arg(long = "bus", value_name = "ADDR", env = crate::address::BUS_ENV, default_value = crate::address::DEFAULT_NAME)]
+    bus: String,
+}
+
+impl BusArg {
+    fn address(&self) -> Result<BusAddress, Failure> {
+        BusAddress::parse(&self.bus).map_err(|e| Failure::new(Exit::Usage, e))
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run a broker: serve the bus's control socket until SIGINT or SIGTERM.
+    Broker(broker::Args),
+    /// Publish messages: each MESSAGE is one message; without any, each line of stdin is one.
+    Pub(publish::Args),
+    /// Subscribe and print one line per message.
+    Sub(subscribe::Args),
+    /// Start a broker, a publisher and a subscriber in separate processes, show messages and a
+    /// latency summary, and exit.
+    Demo(demo::Args),
+    /// (Used by `demo`.) The demo's publisher process.
+    #[command(hide = true, name = "demo-publisher")]
+    DemoPublisher(demo::ChildArgs),
+    /// (Used by `demo`.) The demo's subscriber process.
+    #[command(hide = true, name = "demo-subscriber")]
+    DemoSubscriber(demo::ChildArgs),
+}
+
+/// Parses the command line, runs the command, and turns the outcome into an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let default_level = if matches!(cli.command, Command::Broker(_)) {
+        "info"
+    } else {
+        "warn"
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let outcome = match cli.command {
+        Command::Broker(args) => broker::run(args),
+        Command::Pub(args) => publish::run(args),
+        Command::Sub(args) => subscribe::run(args),
+        Command::Demo(args) => demo::run(args),
+        Command::DemoPublisher(args) => demo::publisher(args),
+        Command::DemoSubscriber(args) => demo::subscriber(args),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("shmbus: {}", f.message);
+            ExitCode::from(f.code as u8)
+        }
+    }
+}

@@ -1,0 +1,233 @@
+//! The `shmbus` command line against a real broker process: formats, ready lines, exit codes,
+//! wildcard delivery, ordering, history, and the broker's socket handling.
+
+mod support;
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+
+use nix::sys::signal::Signal;
+use support::{Broker, Proc, TestDir, run, shmbus};
+
+#[test]
+fn wildcard_subscription_receives_rings_created_before_and_after_it() {
+    let broker = Broker::start(&[]);
+    // chat/old exists before the subscription; what was published on it then is not delivered.
+    assert_eq!(run(broker.bus(), &["pub", "chat/old", "before"]).0, 0);
+    let mut sub = broker.subscriber(&["chat/**", "--count", "3"]);
+    assert_eq!(run(broker.bus(), &["pub", "chat/old", "after"]).0, 0);
+    assert_eq!(run(broker.bus(), &["pub", "chat/new/deep", "fresh"]).0, 0);
+    assert_eq!(run(broker.bus(), &["pub", "other", "not for us"]).0, 0);
+    assert_eq!(
+        run(broker.bus(), &["pub", "chat/*", "wildcard publish"]).0,
+        0
+    );
+    assert_eq!(sub.wait_code(), 0, "stderr: {}", sub.stderr.text());
+    let mut lines: Vec<String> = sub.stdout.text().lines().map(str::to_string).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "chat/*\twildcard publish",
+            "chat/new/deep\tfresh",
+            "chat/old\tafter"
+        ]
+    );
+}
+
+#[test]
+fn text_format_escapes_and_json_format_carries_metadata() {
+    let broker = Broker::start(&[]);
+    let mut text = broker.subscriber(&["t", "--count", "1"]);
+    let mut json = broker.subscriber(&["t", "--count", "1", "--format", "json"]);
+    assert_eq!(run(broker.bus(), &["pub", "t", "tab\there\\ \u{7}é"]).0, 0);
+    assert_eq!(text.wait_code(), 0);
+    assert_eq!(text.stdout.text(), "t\ttab\\there\\\\ \\u{7}é");
+    assert_eq!(json.wait_code(), 0);
+    let v: serde_json::Value = serde_json::from_str(&json.stdout.text()).unwrap();
+    assert_eq!(v["topic"], "t");
+    assert_eq!(v["payload"], "tab\there\\ \u{7}é");
+    assert_eq!(v["sequence"], 0);
+    assert!(v["publisher"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn several_publishers_keep_their_order_and_lose_nothing() {
+    let broker = Broker::start(&[]);
+    let per = 2000;
+    let mut sub = broker.subscriber(&[
+        "load/*",
+        "--count",
+        &(3 * per).to_string(),
+        "--format",
+        "json",
+    ]);
+    let lines: String = (0..per).map(|i| format!("{i}\n")).collect();
+    let mut publishers: Vec<Proc> = ["load/a", "load/b", "load/a"]
+        .iter()
+        .map(|topic| {
+            let mut cmd = shmbus(broker.bus(), &["pub", topic]);
+            cmd.stdin(std::process::Stdio::piped());
+            cmd.stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+            let mut child = cmd.spawn().unwrap();
+            let mut stdin = child.stdin.take().unwrap();
+            let input = lines.clone();
+            std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
+            Proc {
+                stdout: support_lines(child.stdout.take().unwrap()),
+                stderr: support_lines(child.stderr.take().unwrap()),
+                child,
+            }
+        })
+        .collect();
+    for p in &mut publishers {
+        assert_eq!(p.wait_code(), 0, "{}", p.stderr.text());
+    }
+    assert_eq!(sub.wait_code(), 0, "{}", sub.stderr.text());
+    let mut next: HashMap<u64, u64> = HashMap::new();
+    for line in sub.stdout.text().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        let publisher = v["publisher"].as_u64().unwrap();
+        let n: u64 = v["payload"].as_str().unwrap().parse().unwrap();
+        let expected = next.entry(publisher).or_insert(0);
+        assert_eq!(n, *expected, "publisher {publisher} out of order");
+        *expected += 1;
+    }
+    assert_eq!(next.len(), 3);
+    assert!(next.values().all(|&n| n == per), "{next:?}");
+}
+
+fn support_lines(stream: impl std::io::Read + Send + 'static) -> support::Lines {
+    // Proc::spawn owns the usual path; this test feeds stdin, so it builds the Proc by hand.
+    support::Lines::from_stream(stream)
+}
+
+#[test]
+fn late_joiners_see_nothing_earlier_and_exactly_n_with_history_n() {
+    let broker = Broker::start(&[]);
+    for i in 0..5 {
+        assert_eq!(run(broker.bus(), &["pub", "h", &format!("old {i}")]).0, 0);
+    }
+    let mut late = broker.subscriber(&["h", "--count", "1"]);
+    let mut with_history = broker.subscriber(&["h", "--count", "4", "--history", "3"]);
+    assert_eq!(run(broker.bus(), &["pub", "h", "new"]).0, 0);
+    assert_eq!(late.wait_code(), 0);
+    assert_eq!(late.stdout.text(), "h\tnew");
+    assert_eq!(with_history.wait_code(), 0);
+    assert_eq!(
+        with_history.stdout.text(),
+        "h\told 2\nh\told 3\nh\told 4\nh\tnew"
+    );
+}
+
+#[test]
+fn invalid_topics_are_rejected_naming_the_topic() {
+    let broker = Broker::start(&[]);
+    for (cmd, topic) in [
+        ("pub", "a//b"),
+        ("pub", "a*"),
+        ("sub", "***"),
+        ("sub", "bad topic"),
+        ("pub", "/a"),
+    ] {
+        let (code, _, stderr) = run(broker.bus(), &[cmd, topic, "x"]);
+        assert_eq!(code, 2, "{cmd} {topic}: {stderr}");
+        assert!(
+            stderr.contains(&format!("{topic:?}")),
+            "{cmd} {topic}: {stderr}"
+        );
+        assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    }
+}
+
+#[test]
+fn exit_code_3_without_a_broker_and_4_on_timeout() {
+    let dir = TestDir::new();
+    let nowhere = dir.path.join("none.sock");
+    let (code, _, stderr) = run(nowhere.to_str().unwrap(), &["pub", "t", "x"]);
+    assert_eq!(code, 3, "{stderr}");
+    assert!(stderr.contains("none.sock"), "names the address: {stderr}");
+    assert_eq!(run(nowhere.to_str().unwrap(), &["sub", "t"]).0, 3);
+
+    let broker = Broker::start(&[]);
+    let (code, _, stderr) = run(
+        broker.bus(),
+        &["sub", "quiet", "--timeout", "0.3", "--count", "1"],
+    );
+    assert_eq!(code, 4, "{stderr}");
+    assert_eq!(run(broker.bus(), &["pub"]).0, 2, "usage error");
+}
+
+#[test]
+fn broker_refuses_a_second_instance_replaces_stale_sockets_and_stops_cleanly() {
+    let dir = TestDir::new();
+    let private = dir.path.join("shmbus-bus");
+    let socket = private.join("b.sock");
+    let mut first = Broker::start_at(&socket, &[]);
+    let mode = std::fs::metadata(&private).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "socket directory is private");
+
+    let mut second = Proc::spawn(shmbus(socket.to_str().unwrap(), &["broker"]));
+    assert_eq!(second.wait_code(), 1);
+    assert!(
+        second.stderr.text().contains("already running"),
+        "{}",
+        second.stderr.text()
+    );
+
+    // SIGTERM: clean stop, socket removed.
+    first.signal(Signal::SIGTERM);
+    assert_eq!(first.wait_code(), 0, "{}", first.stderr.text());
+    assert!(!socket.exists());
+
+    // A broker killed with SIGKILL leaves its socket behind; the next one replaces it.
+    let mut third = Broker::start_at(&socket, &[]);
+    third.signal(Signal::SIGKILL);
+    let _ = third.child.wait();
+    assert!(socket.exists(), "stale socket left behind");
+    let mut fourth = Broker::start_at(&socket, &[]);
+    assert_eq!(
+        run(socket.to_str().unwrap(), &["pub", "t", "still works"]).0,
+        0
+    );
+    fourth.signal(Signal::SIGINT);
+    assert_eq!(fourth.wait_code(), 0);
+}
+
+#[test]
+fn every_command_has_help() {
+    for cmd in [
+        &["--help"][..],
+        &["broker", "--help"],
+        &["pub", "--help"],
+        &["sub", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = std::process::Command::new(support::bin())
+            .args(cmd)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{cmd:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage"),
+            "{cmd:?}"
+        );
+    }
+}
+
+#[test]
+fn the_demo_runs_and_exits_by_itself() {
+    let mut demo = Proc::spawn({
+        let mut c = std::process::Command::new(support::bin());
+        // Smaller than the default so it stays quick in debug builds.
+        c.args(["demo", "--probes", "2000", "--burst", "20000"])
+            .env("RUST_LOG", "warn");
+        c
+    });
+    assert_eq!(demo.wait_code(), 0, "{}", demo.stderr.text());
+    let out = demo.stdout.text();
+    assert!(out.contains("demo/chat: hello #1"), "{out}");
+    assert!(out.contains("latency"), "{out}");
+    assert!(out.contains("demo finished"), "{out}");
+}
