@@ -83,6 +83,9 @@ pub enum BrokerError {
         #[source]
         source: io::Error,
     },
+    /// The ring configuration is impossible.
+    #[error("ring configuration: {0}")]
+    Config(#[from] shmbus_shm::LayoutError),
     /// The shared-memory doorbell table could not be created.
     #[error("create doorbell table: {0}")]
     Doorbells(#[from] shmbus_shm::CreateError),
@@ -142,6 +145,7 @@ impl Broker {
     /// Binds the control socket: creates its private directory, refuses to start if a live
     /// broker owns the socket, and replaces a stale socket file left by a dead one.
     pub fn bind(config: BrokerConfig) -> Result<Broker, BrokerError> {
+        config.limits.ring.validate()?;
         let path = config.socket.clone();
         ensure_private_dir(&path).map_err(io_err("prepare directory of", &path))?;
         // The lock file serialises brokers for this socket: whoever holds it owns the socket,

@@ -1,0 +1,194 @@
+//! The Rust client API on an embedded broker: options, errors, typed messages, multi-pattern
+//! subscribers, and release of what subscribers and publishers held.
+
+use std::time::Duration;
+
+use shmbus::{Bus, PublishError, RecvError, SubscriberOptions};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn samples_carry_topic_publisher_and_sequence() {
+    let bus = Bus::embedded().unwrap();
+    let mut sub = bus.subscribe("m/*").unwrap();
+    let mut a = bus.publisher("m/a").unwrap();
+    let mut b = bus.publisher("m/b").unwrap();
+    assert_eq!(a.publish(b"one").unwrap(), 0);
+    assert_eq!(a.publish(b"two").unwrap(), 1);
+    assert_eq!(b.publish(b"three").unwrap(), 0);
+    let mut got = Vec::new();
+    for _ in 0..3 {
+        let s = sub.recv_timeout(WAIT).unwrap().unwrap();
+        got.push((
+            s.topic().to_string(),
+            s.publisher(),
+            s.sequence(),
+            s.payload().to_vec(),
+        ));
+    }
+    got.sort();
+    assert_eq!(
+        got,
+        vec![
+            ("m/a".into(), a.id(), 0, b"one".to_vec()),
+            ("m/a".into(), a.id(), 1, b"two".to_vec()),
+            ("m/b".into(), b.id(), 0, b"three".to_vec()),
+        ]
+    );
+    assert!(sub.try_recv().unwrap().is_none());
+    assert!(
+        sub.recv_timeout(Duration::from_millis(20))
+            .unwrap()
+            .is_none()
+    );
+}
+
+#[test]
+fn a_topic_matched_by_two_patterns_is_read_once() {
+    let bus = Bus::embedded().unwrap();
+    let mut sub = bus
+        .subscribe_all(&["x/*", "x/y", "**"], SubscriberOptions::default())
+        .unwrap();
+    bus.publisher("x/y").unwrap().publish(b"once").unwrap();
+    assert_eq!(sub.recv_timeout(WAIT).unwrap().unwrap().payload(), b"once");
+    assert!(
+        sub.recv_timeout(Duration::from_millis(50))
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(sub.topics().collect::<Vec<_>>(), ["x/y"]);
+}
+
+#[test]
+fn oversized_messages_fail_naming_the_topic_before_anything_is_written() {
+    let bus = Bus::embedded_with(|c| c.limits.ring.max_payload = 1024).unwrap();
+    let mut sub = bus.subscribe("big").unwrap();
+    let mut p = bus.publisher("big").unwrap();
+    match p.publish(&[0; 1025]) {
+        Err(
+            e @ PublishError::TooLarge {
+                len: 1025,
+                max: 1024,
+                ..
+            },
+        ) => assert!(e.to_string().contains("\"big\"")),
+        other => panic!("{other:?}"),
+    }
+    p.publish(&[1; 1024]).unwrap();
+    assert_eq!(sub.recv_timeout(WAIT).unwrap().unwrap().len(), 1024);
+}
+
+#[test]
+fn a_lossy_subscriber_reports_lag_and_goes_on() {
+    let bus = Bus::embedded_with(|c| {
+        c.limits.ring.capacity = 1 << 16;
+        c.limits.ring.max_payload = 4096;
+    })
+    .unwrap();
+    let options = SubscriberOptions {
+        lossy: true,
+        ..Default::default()
+    };
+    let mut sub = bus.subscribe_with("fast", options).unwrap();
+    let mut p = bus.publisher("fast").unwrap();
+    for i in 0u32..5000 {
+        p.publish(&i.to_le_bytes()).unwrap(); // never blocked by the lossy subscriber
+    }
+    let missed = match sub.recv_timeout(WAIT) {
+        Err(RecvError::Lagged { topic, missed }) => {
+            assert_eq!(topic, "fast");
+            missed
+        }
+        other => panic!(
+            "expected Lagged, got {:?}",
+            other.map(|s| s.map(|s| s.sequence()))
+        ),
+    };
+    let first = sub.recv_timeout(WAIT).unwrap().unwrap();
+    assert_eq!(
+        u64::from(u32::from_le_bytes(first.payload().try_into().unwrap())),
+        missed
+    );
+}
+
+#[test]
+fn history_and_late_joining() {
+    let bus = Bus::embedded().unwrap();
+    let mut p = bus.publisher("h").unwrap();
+    for i in 0u8..10 {
+        p.publish(&[i]).unwrap();
+    }
+    let options = SubscriberOptions {
+        history: 4,
+        ..Default::default()
+    };
+    let mut with_history = bus.subscribe_with("h", options).unwrap();
+    let mut late = bus.subscribe("h").unwrap();
+    p.publish(&[10]).unwrap();
+    for i in 6u8..=10 {
+        assert_eq!(
+            with_history.recv_timeout(WAIT).unwrap().unwrap().payload(),
+            [i]
+        );
+    }
+    assert_eq!(late.recv_timeout(WAIT).unwrap().unwrap().payload(), [10]);
+}
+
+#[test]
+fn dropping_a_subscriber_releases_the_ring() {
+    let bus = Bus::embedded_with(|c| {
+        c.limits.ring.capacity = 1 << 16;
+        c.limits.ring.max_payload = 4096;
+    })
+    .unwrap();
+    let sub = bus.subscribe("r").unwrap();
+    let mut p = bus.publisher("r").unwrap();
+    let mut sent = 0;
+    while p.try_publish(&[0; 1000]).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 0 && matches!(p.try_publish(&[0; 1000]), Err(PublishError::Full { .. })));
+    drop(sub);
+    p.publish_timeout(&[0; 1000], Some(WAIT))
+        .expect("no reader holds the ring any more");
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Telemetry {
+    name: String,
+    samples: Vec<u32>,
+    ok: bool,
+}
+
+#[test]
+fn typed_messages_round_trip_and_invalid_ones_are_reported() {
+    let bus = Bus::embedded().unwrap();
+    let mut sub = bus.typed_subscriber::<Telemetry>("t/*").unwrap();
+    let mut p = bus.typed_publisher::<Telemetry>("t/x").unwrap();
+    for n in [0usize, 3, 10_000] {
+        let value = Telemetry {
+            name: format!("n{n}"),
+            samples: (0..n as u32).collect(),
+            ok: n % 2 == 0,
+        };
+        p.publish(&value).unwrap();
+        let got = sub.recv().unwrap();
+        assert_eq!(got.name, value.name);
+        assert_eq!(got.samples.len(), n);
+        assert!(
+            got.samples
+                .iter()
+                .enumerate()
+                .all(|(i, v)| v.to_native() == i as u32)
+        );
+        assert_eq!(got.ok, value.ok);
+        assert_eq!(got.sample().topic(), "t/x");
+    }
+    // Bytes that are not a Telemetry archive, published raw on a matching topic.
+    bus.publisher("t/raw").unwrap().publish(&[0xff; 5]).unwrap();
+    match sub.recv() {
+        Err(RecvError::Invalid { topic, .. }) => assert_eq!(topic, "t/raw"),
+        Err(e) => panic!("expected Invalid, got {e}"),
+        Ok(_) => panic!("expected Invalid, got a value"),
+    }
+}
