@@ -230,7 +230,7 @@ fn killing_publishers_and_subscribers_mid_stream_wedges_nothing() {
 #[test]
 fn a_stopped_subscriber_is_evicted_and_sees_lagged_when_it_resumes() {
     let broker = Broker::start(&["--evict-after", "1"]);
-    let mut stuck = broker.subscriber(&["slow"]);
+    let stuck = broker.subscriber(&["slow"]);
     stuck.signal(Signal::SIGSTOP);
     // 5 MB through a 1 MiB ring: completes only once the broker untethers the stopped reader.
     let mut publisher = Proc::spawn(shmbus(
