@@ -36,8 +36,45 @@ pub(crate) type Attachment = (RingAttachment, Vec<OwnedFd>);
 
 /// Attachments waiting for their subscriber to adopt them, and how to wake it.
 pub(crate) struct AttachmentQueue {
-    pub(crate) pending: Mutex<Vec<Attachment>>,
-    pub(crate) doorbell: u32,
+    pending: Mutex<Vec<Attachment>>,
+    /// Whether `pending` may be non-empty: lets the subscriber's poll skip the lock.
+    nonempty: AtomicBool,
+    doorbell: u32,
+}
+
+impl AttachmentQueue {
+    /// An empty queue whose subscriber parks on `doorbell`.
+    pub(crate) fn new(doorbell: u32) -> AttachmentQueue {
+        AttachmentQueue {
+            pending: Mutex::new(Vec::new()),
+            nonempty: AtomicBool::new(false),
+            doorbell,
+        }
+    }
+
+    /// Queues attachments; the caller then rings the doorbell.
+    fn push(&self, items: impl IntoIterator<Item = Attachment>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(items);
+        // Release pairs with the Acquire load in `has_pending`: the items are visible with it.
+        self.nonempty.store(true, Ordering::Release);
+    }
+
+    /// Whether attachments wait (cheap: no lock).
+    pub(crate) fn has_pending(&self) -> bool {
+        self.nonempty.load(Ordering::Acquire)
+    }
+
+    /// Takes every waiting attachment.
+    pub(crate) fn take(&self) -> Vec<Attachment> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Cleared under the lock, so a concurrent push (which sets it after extending, also under
+        // the lock) is never lost.
+        self.nonempty.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *pending)
+    }
 }
 
 #[derive(Default)]
@@ -181,11 +218,7 @@ impl Connection {
     pub(crate) fn register_subscription(&self, id: u32, queue: Arc<AttachmentQueue>) {
         let mut routing = lock(&self.routing);
         if let Some(early) = routing.orphans.remove(&id) {
-            queue
-                .pending
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .extend(early);
+            queue.push(early);
         }
         routing.subscriptions.insert(id, queue);
     }
@@ -229,11 +262,7 @@ impl Connection {
                 BrokerMessage::RingAttached(a) => {
                     let sub = a.subscription;
                     if let Some(queue) = routing.subscriptions.get(&sub) {
-                        queue
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .push((a, fds));
+                        queue.push([(a, fds)]);
                         doorbells.ring(queue.doorbell);
                     } else {
                         routing.orphans.entry(sub).or_default().push((a, fds));

@@ -73,10 +73,7 @@ impl Subscriber {
                 .claim(bus.owner)
                 .map_err(|e| AttachError::shm(first, e))?,
         );
-        let queue = Arc::new(AttachmentQueue {
-            pending: Default::default(),
-            doorbell: doorbell.index(),
-        });
+        let queue = Arc::new(AttachmentQueue::new(doorbell.index()));
         let mut sub = Subscriber {
             bus,
             subscriptions: Vec::new(),
@@ -145,8 +142,7 @@ impl Subscriber {
 
     /// Adopts the readers the broker attached since the last call.
     fn adopt_pending(&mut self) {
-        let pending: Vec<Attachment> =
-            std::mem::take(&mut *self.queue.pending.lock().unwrap_or_else(|p| p.into_inner()));
+        let pending: Vec<Attachment> = self.queue.take();
         for (a, fds) in pending {
             let Some(owner) = Owner::new(a.owner) else {
                 continue;
@@ -199,13 +195,7 @@ impl Subscriber {
 
     /// Finds the next message without waiting; returns the index of the reader holding it.
     fn poll(&mut self) -> Result<Option<usize>, RecvError> {
-        if !self
-            .queue
-            .pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
-        {
+        if self.queue.has_pending() {
             self.adopt_pending();
         }
         let n = self.readers.len();
@@ -278,13 +268,7 @@ impl Subscriber {
                 Idle::Retry => {}
                 Idle::Park(until) => {
                     let queue = &self.queue;
-                    let attached = || {
-                        !queue
-                            .pending
-                            .lock()
-                            .unwrap_or_else(|p| p.into_inner())
-                            .is_empty()
-                    };
+                    let attached = || queue.has_pending();
                     park(&self.doorbell, &self.readers, until, &attached);
                 }
                 Idle::TimedOut => return Ok(None),
