@@ -1,22 +1,28 @@
-//! Asymmetric fences for the park protocol (`SYNC(park)` in the crate docs).
+//! Asymmetric fences: a cheap side that runs on every message, a costly side that runs rarely.
 //!
-//! A commit must not miss a reader that is going to sleep: the publisher stores its stamp and
-//! then loads the parked count, the reader increments the count and then loads the stamp, and a
-//! full fence on each side between the store and the load makes one of them see the other. But a
-//! full fence on every commit stalls the publisher until its stores are visible — the cost of a
-//! cross-core cache miss on every message, for the benefit of readers that are mostly not asleep.
+//! Two places in the protocol are store-then-load (Dekker) patterns between a publisher's hot
+//! path and something rare:
 //!
-//! So the cost moves to the side that is about to sleep anyway. A publishing process registers
-//! for `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` and then only needs a compiler fence; a reader
-//! about to park calls `membarrier`, which makes every running thread of every registered process
-//! pass through a full barrier before it returns — as if each had executed the fence at that
-//! moment. Threads not running have no pending stores to order. This is the asymmetric Dekker
-//! used by userspace RCU.
+//! * `SYNC(park)`: a commit stores its stamp and then loads the parked count; a reader going to
+//!   sleep increments the count and then loads the stamp.
+//! * `SYNC(exclusive)`: a publisher that owns the claim cursor alone stores its intent and then
+//!   loads the ownership word; a publisher revoking that ownership stores the word and then loads
+//!   the owner's intent.
 //!
-//! Where the kernel lacks the command (or a seccomp filter refuses it), publishers keep the full
-//! fence; a reader that cannot issue the heavy fence parks with a short timeout instead of
-//! forever, so a missed wake-up costs at most that timeout. Under loom both sides are plain
-//! `fence(SeqCst)`, which is what the models check.
+//! A full fence on each side would make one of them see the other — but on the publisher's side
+//! it stalls every message until its stores are visible, the price of a cross-core cache miss.
+//! So the cost moves to the rare side. A publishing process registers for
+//! `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` and then needs only a compiler fence ([`light`]);
+//! the rare side calls `membarrier` ([`heavy`]), which makes every running thread of every
+//! registered process pass through a full barrier before it returns — as if each had executed the
+//! fence at that moment (threads not running have no pending stores to order). This is the
+//! asymmetric Dekker of userspace RCU.
+//!
+//! Where the kernel lacks the command (or a seccomp filter refuses it), publishers keep full
+//! fences and never take exclusive ownership, and a [`heavy`] that fails says so, so its caller
+//! can fall back (a reader parks with a short timeout). Under loom both sides are plain
+//! `fence(SeqCst)`, the symmetric pattern the asymmetric one stands in for, which is what the
+//! models check.
 
 #[cfg(not(loom))]
 mod imp {
@@ -41,7 +47,7 @@ mod imp {
         unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) == 0 }
     }
 
-    /// Registers this process so that readers' heavy fences cover its publishers. Called when a
+    /// Registers this process so that [`heavy`] fences cover its publishers. Called when a
     /// publisher attaches; cheap after the first call.
     pub(crate) fn register_publisher_process() {
         if PUBLISHER.load(Ordering::Relaxed) == UNKNOWN {
@@ -54,21 +60,27 @@ mod imp {
         }
     }
 
-    /// The publisher's side of `SYNC(park)`: between the stamp store and the parked-count load.
+    /// Whether [`light`] is only a compiler fence in this process (it registered).
+    pub(crate) fn light_is_asymmetric() -> bool {
+        PUBLISHER.load(Ordering::Relaxed) == REGISTERED
+    }
+
+    /// The hot side: a compiler fence in registered processes, else a full fence.
     #[inline]
-    pub(crate) fn publisher_fence() {
-        if PUBLISHER.load(Ordering::Relaxed) == REGISTERED {
-            // Keeps the compiler from reordering; the CPU is ordered by the reader's membarrier.
+    pub(crate) fn light() {
+        if light_is_asymmetric() {
+            // Keeps the compiler from reordering; the CPU is ordered by the other side's
+            // membarrier.
             compiler_fence(Ordering::SeqCst);
         } else {
             fence(Ordering::SeqCst);
         }
     }
 
-    /// The reader's side of `SYNC(park)`: between the parked-count increment and the stamp
-    /// loads. Returns false if the heavy fence was not available, in which case registered
-    /// publishers may not be ordered and the caller must not sleep without a timeout.
-    pub(crate) fn reader_fence() -> bool {
+    /// The rare side: a full fence here and, through membarrier, in every running registered
+    /// thread. Returns false if the membarrier failed (registered publishers are then not
+    /// ordered against the caller).
+    pub(crate) fn heavy() -> bool {
         fence(Ordering::SeqCst);
         membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)
     }
@@ -78,11 +90,15 @@ mod imp {
 mod imp {
     use crate::sync::{Ordering, fence};
 
-    pub(crate) fn publisher_fence() {
+    pub(crate) fn light_is_asymmetric() -> bool {
+        true
+    }
+
+    pub(crate) fn light() {
         fence(Ordering::SeqCst);
     }
 
-    pub(crate) fn reader_fence() -> bool {
+    pub(crate) fn heavy() -> bool {
         fence(Ordering::SeqCst);
         true
     }

@@ -199,13 +199,26 @@ impl SegmentHeader {
     }
 }
 
-/// The claim cursor, alone on its cache lines: every claim CASes it.
+/// The claim cursor and its ownership, alone on their cache lines: every claim writes them.
 #[repr(C, align(128))]
 pub(crate) struct RingControl {
-    /// `(pos, seq)` of the next claim. Publishers CAS it (`AcqRel`); readers load it only to tell
-    /// "nothing yet" from "overrun", and the broker to decide repairs.
+    /// `(pos, seq, exclusive)` of the next claim. Publishers CAS it (`AcqRel`), or an exclusive
+    /// owner stores it (`Release`); readers load it only to tell "nothing yet" from "overrun",
+    /// and the broker to decide repairs.
     pub head: HeadCell,
+    /// Token of the publisher that owns the cursor (see `ring::claim`, "Exclusive claims"), with
+    /// [`REVOKING`] set while another publisher takes it back; 0 when shared.
+    pub exclusive: AtomicU64,
+    /// Source of ownership epochs, so a revoked owner's token never matches again.
+    pub epoch: AtomicU64,
 }
+
+/// Set in [`RingControl::exclusive`] while the cursor's ownership is being revoked.
+pub(crate) const REVOKING: u64 = 1 << 63;
+
+/// Set in [`RingControl::exclusive`] by an owner that saw [`REVOKING`] and will make no more plain
+/// stores of the head (what a revoker waits for when it has no heavy fence).
+pub(crate) const ACKNOWLEDGED: u64 = 1 << 62;
 
 /// Read-mostly ring counters, on their own lines so the cursor's traffic does not disturb them.
 #[repr(C, align(128))]

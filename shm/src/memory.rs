@@ -180,10 +180,12 @@ mod mapped {
             }
         }
 
+        #[inline]
         pub(crate) fn geometry(&self) -> &Geometry {
             &self.geometry
         }
 
+        #[inline]
         pub(crate) fn stamp_key(&self) -> u64 {
             self.stamp_key
         }
@@ -201,6 +203,7 @@ mod mapped {
         /// geometry that segment was checked against, so that `offset + size_of::<T>()` is in
         /// bounds and `offset` is aligned for `T`; `T` must be one of the layout structures, made
         /// only of atomics, for which zeroed or any previously written bytes are valid.
+        #[inline]
         unsafe fn at<T>(&self, base: NonNull<u8>, offset: u64) -> &T {
             debug_assert_eq!(offset % std::mem::align_of::<T>() as u64, 0);
             // SAFETY: guaranteed by the caller (bounds, alignment, validity); the reference lives
@@ -208,6 +211,7 @@ mod mapped {
             unsafe { &*base.as_ptr().add(offset as usize).cast::<T>() }
         }
 
+        #[inline]
         pub(crate) fn control(&self) -> &RingControl {
             // SAFETY: control_off is a geometry offset of a RingControl in the data segment.
             unsafe { self.at(self.data, self.geometry.control_off) }
@@ -218,6 +222,7 @@ mod mapped {
             unsafe { self.at(self.data, self.geometry.counters_off) }
         }
 
+        #[inline]
         pub(crate) fn publisher(&self, slot: u32) -> &PublisherSlot {
             assert!(slot < self.geometry.publisher_slots);
             let off = self.geometry.publishers_off + 128 * u64::from(slot);
@@ -225,16 +230,19 @@ mod mapped {
             unsafe { self.at(self.data, off) }
         }
 
+        #[inline]
         pub(crate) fn readers_control(&self) -> &ReadersControl {
             // SAFETY: readers_control_off is a geometry offset in the readers segment.
             unsafe { self.at(self.readers, self.geometry.readers_control_off) }
         }
 
+        #[inline]
         pub(crate) fn space_wait(&self) -> &SpaceWait {
             // SAFETY: space_wait_off is a geometry offset in the readers segment.
             unsafe { self.at(self.readers, self.geometry.space_wait_off) }
         }
 
+        #[inline]
         pub(crate) fn reader(&self, slot: u32) -> &ReaderSlot {
             assert!(slot < self.geometry.reader_slots);
             let off = self.geometry.reader_slots_off + 128 * u64::from(slot);
@@ -259,31 +267,13 @@ mod mapped {
             unsafe { self.buffer.as_ptr().add((offset & self.mask) as usize) }
         }
 
-        /// Hints the CPU to fetch the cache line at absolute ring position `offset` for writing,
-        /// so that the next claim's stores hit a line this core already owns: the locked CAS of
-        /// every claim waits for earlier stores to complete, and a store that misses would make
-        /// it wait for a cross-core transfer. Only a hint; it changes no memory.
-        #[inline]
-        pub(crate) fn prefetch_for_write(&self, offset: u64) {
-            #[cfg(all(target_arch = "x86_64", not(miri)))]
-            {
-                let ptr = self.data_ptr(offset);
-                // SAFETY: PREFETCHW only hints the cache hierarchy; it cannot fault, even on an
-                // invalid address, and writes nothing. CPUs without it decode it as a NOP.
-                unsafe {
-                    std::arch::asm!("prefetchw [{0}]", in(reg) ptr, options(nostack, preserves_flags, readonly))
-                }
-            }
-            #[cfg(not(all(target_arch = "x86_64", not(miri))))]
-            let _ = offset;
-        }
-
         /// Copies `len` payload bytes at `offset` out of the frame buffer into `dst`.
         ///
         /// The bytes may be overwritten while they are copied; the copy is then torn, and the
         /// caller finds out (seqlock style, by re-reading the claim cursor) and throws it away.
         /// This is the reason the copy goes through raw pointers and never forms a reference to
         /// the shared bytes.
+        #[inline]
         pub(crate) fn copy_out(&self, offset: u64, len: usize, dst: &mut CopyBuf) {
             debug_assert!(
                 (offset & (self.geometry.capacity - 1)) + len as u64 <= self.geometry.capacity
@@ -306,6 +296,7 @@ pub(crate) struct CopyBuf {
 
 impl CopyBuf {
     /// Makes room for `len` bytes, sets the length, and returns where to write them.
+    #[inline]
     pub(crate) fn prepare(&mut self, len: usize) -> *mut u8 {
         let words = len.div_ceil(16);
         if self.words.len() < words {
@@ -316,6 +307,7 @@ impl CopyBuf {
     }
 
     /// The bytes last copied in.
+    #[inline]
     pub(crate) fn as_slice(&self) -> &[u8] {
         // SAFETY: `words` holds at least `len` initialised bytes (prepare sized it, and u128s
         // are plain bytes), and the slice borrows `self`.
@@ -366,7 +358,9 @@ mod modelled {
                 geometry,
                 stamp_key,
                 control: RingControl {
-                    head: HeadCell::new(Head { pos: 0, seq: 0 }),
+                    head: HeadCell::new(Head::default()),
+                    exclusive: AtomicU64::new(0),
+                    epoch: AtomicU64::new(0),
                 },
                 counters: RingCounters {
                     publisher_high_water: AtomicU32::new(0),
@@ -387,36 +381,42 @@ mod modelled {
             }
         }
 
+        #[inline]
         pub(crate) fn geometry(&self) -> &Geometry {
             &self.geometry
         }
+        #[inline]
         pub(crate) fn stamp_key(&self) -> u64 {
             self.stamp_key
         }
+        #[inline]
         pub(crate) fn control(&self) -> &RingControl {
             &self.control
         }
         pub(crate) fn counters(&self) -> &RingCounters {
             &self.counters
         }
+        #[inline]
         pub(crate) fn publisher(&self, slot: u32) -> &PublisherSlot {
             &self.publishers[slot as usize]
         }
+        #[inline]
         pub(crate) fn readers_control(&self) -> &ReadersControl {
             &self.readers_control
         }
+        #[inline]
         pub(crate) fn space_wait(&self) -> &SpaceWait {
             &self.space_wait
         }
+        #[inline]
         pub(crate) fn reader(&self, slot: u32) -> &ReaderSlot {
             &self.readers[slot as usize]
         }
         pub(crate) fn word(&self, offset: u64) -> &AtomicU64 {
             &self.words[((offset & (self.geometry.capacity - 1)) / 8) as usize]
         }
-        /// A hint only; nothing to model.
-        pub(crate) fn prefetch_for_write(&self, _offset: u64) {}
         /// Payload bytes are modelled as whole 64-bit words read with Relaxed loads.
+        #[inline]
         pub(crate) fn copy_out(&self, offset: u64, len: usize, dst: &mut super::CopyBuf) {
             let out = dst.prepare(len);
             for i in 0..len.div_ceil(8) {

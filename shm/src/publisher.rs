@@ -64,6 +64,7 @@ impl Publisher {
         self.wait = wait;
     }
 
+    #[inline]
     fn claim(&mut self, len: usize) -> Result<Claim, TryLoanError> {
         let too_large = TryLoanError::TooLarge {
             len,
@@ -79,6 +80,7 @@ impl Publisher {
     }
 
     /// Claims room for a `len`-byte payload without waiting.
+    #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, TryLoanError> {
         let claim = self.claim(len)?;
         Ok(Loan {
@@ -91,6 +93,7 @@ impl Publisher {
 
     /// Claims room for a `len`-byte payload, waiting up to `timeout` (forever if `None`) for
     /// tethered readers to release space.
+    #[inline]
     pub fn loan(&mut self, len: usize, timeout: Option<Duration>) -> Result<Loan<'_>, LoanError> {
         let mut waiter = Waiter::new(self.wait, timeout);
         // Larger lengths fail in `claim` before any wait.
@@ -137,6 +140,7 @@ impl Publisher {
     }
 
     /// Copies `payload` into the ring without waiting. Returns the frame's sequence number.
+    #[inline]
     pub fn try_publish(&mut self, payload: &[u8]) -> Result<u64, TryLoanError> {
         let mut loan = self.try_loan(payload.len())?;
         loan.as_mut_slice().copy_from_slice(payload);
@@ -145,12 +149,14 @@ impl Publisher {
 
     /// Copies `payload` into the ring, waiting up to `timeout` for space. Returns the frame's
     /// sequence number.
+    #[inline]
     pub fn publish(&mut self, payload: &[u8], timeout: Option<Duration>) -> Result<u64, LoanError> {
         let mut loan = self.loan(payload.len(), timeout)?;
         loan.as_mut_slice().copy_from_slice(payload);
         Ok(loan.commit())
     }
 
+    #[inline]
     fn finish(&mut self, claim: &Claim, kind: u32, len: u32) {
         let ring = &self.ring;
         self.core
@@ -185,6 +191,7 @@ impl std::fmt::Debug for Loan<'_> {
 
 impl Loan<'_> {
     /// The payload buffer, in the ring. Its bytes are whatever the ring held before.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         let ptr = self
             .publisher
@@ -214,6 +221,7 @@ impl Loan<'_> {
     }
 
     /// Publishes the whole payload. Returns the frame's sequence number.
+    #[inline]
     pub fn commit(self) -> u64 {
         let len = self.len;
         self.commit_prefix(len)
@@ -222,6 +230,7 @@ impl Loan<'_> {
     /// Publishes the first `len` bytes of the payload (for writers that learn the size as they
     /// go, such as serializers). The frame keeps the room it claimed. Panics if `len` exceeds
     /// the loan.
+    #[inline]
     pub fn commit_prefix(self, len: usize) -> u64 {
         assert!(
             len <= self.len,

@@ -81,6 +81,7 @@ impl Reader {
     /// Looks for the next message without handing it out: `Ok(true)` means
     /// [`Reader::take_ready`] will return it. For multiplexing many readers, where the sample to
     /// return is known only once one of them has a message.
+    #[inline]
     pub fn poll_ready(&mut self) -> Result<bool, ReadError> {
         if self.ready.is_some() {
             return Ok(true);
@@ -100,12 +101,14 @@ impl Reader {
     }
 
     /// The message found by [`Reader::poll_ready`], if any.
+    #[inline]
     pub fn take_ready(&mut self) -> Option<Sample<'_>> {
         let view = self.ready.take()?;
         Some(Sample { reader: self, view })
     }
 
     /// The next message, if one is committed; never waits.
+    #[inline]
     pub fn try_read(&mut self) -> Result<Option<Sample<'_>>, ReadError> {
         if self.poll_ready()? {
             Ok(self.take_ready())
@@ -150,6 +153,7 @@ impl Reader {
 }
 
 impl Drop for Reader {
+    #[inline]
     fn drop(&mut self) {
         self.core.detach(&self.ring.mem);
     }
@@ -178,6 +182,7 @@ impl std::fmt::Debug for Sample<'_> {
 
 impl Sample<'_> {
     /// The payload bytes (16-byte aligned).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         let len = self.view.header.len as usize;
         if self.view.in_place {
@@ -197,6 +202,7 @@ impl Sample<'_> {
     }
 
     /// Payload length in bytes.
+    #[inline]
     pub fn len(&self) -> usize {
         self.view.header.len as usize
     }
@@ -207,11 +213,13 @@ impl Sample<'_> {
     }
 
     /// The frame's ring-wide sequence number (one per claim, in ring order).
+    #[inline]
     pub fn sequence(&self) -> u64 {
         self.view.header.seq
     }
 
     /// The bus-wide id of the publisher that wrote it.
+    #[inline]
     pub fn publisher(&self) -> u32 {
         self.view.header.publisher
     }
@@ -223,6 +231,7 @@ impl Sample<'_> {
 }
 
 impl Drop for Sample<'_> {
+    #[inline]
     fn drop(&mut self) {
         let reader = &mut *self.reader;
         if reader.core.consume(&reader.ring.mem, &self.view) {

@@ -357,10 +357,7 @@ impl Ring {
             return Err(AttachError::ForeignDoorbell);
         }
         let mem = &self.shared.mem;
-        let start = Head {
-            pos: reserved.position,
-            seq: reserved.sequence,
-        };
+        let start = Head::new(reserved.position, reserved.sequence);
         let tethered = options.mode == ReaderMode::Tethered;
         let mut core = ReaderCore::adopt(
             mem,

@@ -15,27 +15,58 @@ pub(crate) use loom::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 pub(crate) use std::sync::atomic::{AtomicU32, AtomicU64, Ordering, fence};
 
 /// The claim cursor's value: where the next claim starts and which sequence number it gets.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Head {
     /// Absolute byte position (never wraps in practice: 2^64 bytes) of the next claim.
     pub pos: u64,
-    /// Sequence number the next claim receives; one per claim, ring-wide.
+    /// Sequence number the next claim receives; one per claim, ring-wide (below 2^63).
     pub seq: u64,
+    /// Whether one publisher owns the cursor and moves it with plain stores (see
+    /// `ring::claim`, "Exclusive claims"). Kept in the sequence's top bit.
+    pub exclusive: bool,
 }
 
+/// The sequence's top bit, which holds [`Head::exclusive`].
+const EXCLUSIVE_BIT: u64 = 1 << 63;
+
 impl Head {
-    #[cfg(not(loom))]
-    fn pack(self) -> u128 {
-        (u128::from(self.seq) << 64) | u128::from(self.pos)
+    /// A head at `pos` with sequence `seq`, not exclusively owned.
+    #[inline]
+    pub(crate) fn new(pos: u64, seq: u64) -> Head {
+        Head {
+            pos,
+            seq,
+            exclusive: false,
+        }
+    }
+
+    /// The sequence word as stored: the sequence with the exclusive flag in its top bit.
+    #[inline]
+    fn seq_word(self) -> u64 {
+        debug_assert!(self.seq < EXCLUSIVE_BIT);
+        self.seq | if self.exclusive { EXCLUSIVE_BIT } else { 0 }
+    }
+
+    #[inline]
+    fn from_words(pos: u64, seq_word: u64) -> Head {
+        Head {
+            pos,
+            seq: seq_word & !EXCLUSIVE_BIT,
+            exclusive: seq_word & EXCLUSIVE_BIT != 0,
+        }
     }
 
     #[cfg(not(loom))]
+    #[inline]
+    fn pack(self) -> u128 {
+        (u128::from(self.seq_word()) << 64) | u128::from(self.pos)
+    }
+
+    #[cfg(not(loom))]
+    #[inline]
     fn unpack(v: u128) -> Self {
         // Truncation is the point: the low half is the position, the high half the sequence.
-        Head {
-            pos: v as u64,
-            seq: (v >> 64) as u64,
-        }
+        Head::from_words(v as u64, (v >> 64) as u64)
     }
 }
 
@@ -57,10 +88,12 @@ impl HeadCell {
 
     /// A new cell holding `head` (used for in-process rings; shared memory starts zeroed).
     #[cfg_attr(not(test), allow(dead_code))]
+    #[inline]
     pub(crate) fn new(head: Head) -> Self {
         HeadCell(portable_atomic::AtomicU128::new(head.pack()))
     }
 
+    #[inline]
     pub(crate) fn load(&self, order: Ordering) -> Head {
         Head::unpack(self.0.load(order))
     }
@@ -73,6 +106,7 @@ impl HeadCell {
     /// single-copy atomic on every supported CPU: it returns the position before or after any
     /// 128-bit CAS, never a mixture. Under Miri (which rejects mixed-size atomic accesses) the
     /// 128-bit load is used instead; Miri's memory is always writable.
+    #[inline]
     pub(crate) fn load_pos(&self) -> u64 {
         #[cfg(miri)]
         {
@@ -110,12 +144,13 @@ impl HeadCell {
                 // as `self`, accessed only atomically (see `load_pos`).
                 let seq = unsafe { &*high }.load(Ordering::Acquire);
                 if self.load_pos() == pos {
-                    return Head { pos, seq };
+                    return Head::from_words(pos, seq);
                 }
             }
         }
     }
 
+    #[inline]
     pub(crate) fn compare_exchange(
         &self,
         current: Head,
@@ -130,6 +165,16 @@ impl HeadCell {
     }
 }
 
+#[cfg(not(loom))]
+impl HeadCell {
+    /// Stores `head` (an exclusive owner's plain store: no read-modify-write, no lock prefix
+    /// where the CPU has an atomic 16-byte store).
+    #[inline]
+    pub(crate) fn store(&self, head: Head, order: Ordering) {
+        self.0.store(head.pack(), order);
+    }
+}
+
 /// Loom model of the 128-bit cursor: one 64-bit atomic holding both halves (32 bits each; loom
 /// models never get near that), so every ordering the protocol asks of the cursor is modelled
 /// exactly as asked.
@@ -138,33 +183,44 @@ pub(crate) struct HeadCell(loom::sync::atomic::AtomicU64);
 
 #[cfg(loom)]
 impl HeadCell {
+    #[inline]
     fn pack(h: Head) -> u64 {
         assert!(
-            h.pos < 1 << 32 && h.seq < 1 << 32,
+            h.pos < 1 << 32 && h.seq < 1 << 31,
             "loom models use small rings"
         );
-        (h.seq << 32) | h.pos
+        (h.seq << 32) | h.pos | if h.exclusive { 1 << 63 } else { 0 }
     }
 
+    #[inline]
     fn unpack(v: u64) -> Head {
         Head {
             pos: v & 0xffff_ffff,
-            seq: v >> 32,
+            seq: (v >> 32) & 0x7fff_ffff,
+            exclusive: v >> 63 == 1,
         }
+    }
+
+    #[inline]
+    pub(crate) fn store(&self, head: Head, order: Ordering) {
+        self.0.store(Self::pack(head), order);
     }
 
     pub(crate) fn is_lock_free() -> bool {
         true
     }
 
+    #[inline]
     pub(crate) fn new(head: Head) -> Self {
         HeadCell(loom::sync::atomic::AtomicU64::new(Self::pack(head)))
     }
 
+    #[inline]
     pub(crate) fn load(&self, order: Ordering) -> Head {
         Self::unpack(self.0.load(order))
     }
 
+    #[inline]
     pub(crate) fn load_pos(&self) -> u64 {
         self.load(Ordering::Acquire).pos
     }
@@ -173,6 +229,7 @@ impl HeadCell {
         self.load(Ordering::Acquire)
     }
 
+    #[inline]
     pub(crate) fn compare_exchange(
         &self,
         current: Head,
@@ -187,6 +244,14 @@ impl HeadCell {
     }
 }
 
+/// Lets other threads run while waiting for one of them (under loom, for the model scheduler).
+pub(crate) fn yield_now() {
+    #[cfg(loom)]
+    loom::thread::yield_now();
+    #[cfg(not(loom))]
+    std::thread::yield_now();
+}
+
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
@@ -196,11 +261,12 @@ mod tests {
         let h = Head {
             pos: u64::MAX - 5,
             seq: 7,
+            exclusive: true,
         };
         assert_eq!(Head::unpack(h.pack()), h);
         let cell = HeadCell::new(h);
         assert_eq!(cell.load(Ordering::Relaxed), h);
-        let next = Head { pos: 1, seq: 2 };
+        let next = Head::new(1, 2);
         assert_eq!(
             cell.compare_exchange(next, h, Ordering::AcqRel, Ordering::Acquire),
             Err(h)

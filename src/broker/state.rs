@@ -2,7 +2,7 @@
 //! subscriptions, and the recovery of dead and stalled participants. No I/O happens here;
 //! every decision returns the messages to send, so it can be tested directly.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
@@ -72,6 +72,9 @@ struct Client {
     greeted: bool,
     /// Publisher id -> topic.
     publishers: HashMap<u32, String>,
+    /// Every ring this client ever published on: repaired when it goes, whatever it
+    /// unpublished before (it may die between unpublishing and freeing its slot).
+    publisher_rings: BTreeSet<String>,
     subscriptions: HashMap<u32, Subscription>,
 }
 
@@ -142,13 +145,18 @@ impl State {
 
     /// Registers a new connection and returns its client id.
     pub(crate) fn connect(&mut self, creds: PeerCredentials) -> u32 {
-        let id = self.next_client;
-        self.next_client = self.next_client.checked_add(1).unwrap_or(1);
+        // Ids wrap after 2^32 connections; skip any still in use.
+        let mut id = self.next_client;
+        while self.clients.contains_key(&id) {
+            id = id.checked_add(1).unwrap_or(1);
+        }
+        self.next_client = id.checked_add(1).unwrap_or(1);
         let client = Client {
             name: String::new(),
             creds,
             greeted: false,
             publishers: HashMap::new(),
+            publisher_rings: BTreeSet::new(),
             subscriptions: HashMap::new(),
         };
         self.clients.insert(id, client);
@@ -189,20 +197,28 @@ impl State {
             owner: client_owner(client).get(),
             max_payload: self.limits.ring.max_payload,
         };
-        let fds = self
-            .doorbells
-            .fd()
-            .and_then(|fd| fd.try_clone_to_owned().ok())
-            .into_iter()
-            .collect();
-        (
-            Outgoing {
-                client,
-                msg: welcome,
-                fds,
-            },
-            true,
-        )
+        let fd = self.doorbells.fd().map(|fd| fd.try_clone_to_owned());
+        match fd {
+            Some(Ok(fd)) => (
+                Outgoing {
+                    client,
+                    msg: welcome,
+                    fds: vec![fd],
+                },
+                true,
+            ),
+            Some(Err(e)) => {
+                let refusal = error(
+                    ErrorCode::Internal,
+                    format!("cannot share the doorbell table: {e}"),
+                );
+                (Outgoing::to(client, BrokerMessage::Refused(refusal)), false)
+            }
+            None => {
+                let refusal = error(ErrorCode::Internal, "the doorbell table has no descriptor");
+                (Outgoing::to(client, BrokerMessage::Refused(refusal)), false)
+            }
+        }
     }
 
     /// Whether `client` has completed the handshake.
@@ -281,6 +297,7 @@ impl State {
         let ring = entry.ring.id();
         if let Some(c) = self.clients.get_mut(&client) {
             c.publishers.insert(publisher, topic.as_str().to_string());
+            c.publisher_rings.insert(topic.as_str().to_string());
         }
         debug!(client, publisher, topic = %topic, "publisher attached");
         Ok((Reply::Publishing { publisher, ring }, fds))
@@ -418,12 +435,17 @@ impl State {
                 format!("doorbell {doorbell} is not held by this client"),
             ));
         }
-        let sub = self.next_subscription;
-        self.next_subscription = self.next_subscription.wrapping_add(1).max(1);
         let c = self
             .clients
             .get_mut(&client)
             .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))?;
+        // Ids wrap after 2^32 subscriptions; they need only be unique per client, since slot
+        // owners combine the client's id with them.
+        let mut sub = self.next_subscription;
+        while c.subscriptions.contains_key(&sub) {
+            sub = sub.wrapping_add(1).max(1);
+        }
+        self.next_subscription = sub.wrapping_add(1).max(1);
         c.subscriptions.insert(
             sub,
             Subscription {
@@ -508,7 +530,7 @@ impl State {
             self.doorbells.reclaim(index, client_owner(client));
         }
         let now = Instant::now();
-        for topic in c.publishers.into_values() {
+        for topic in c.publisher_rings {
             self.repairs_pending.insert(topic, now);
         }
         self.repair();

@@ -6,7 +6,7 @@
 //! for it, and queues ring attachments for their subscriptions, ringing the subscriber's
 //! doorbell so a parked subscriber wakes up to adopt the new ring.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::mpsc;
@@ -84,7 +84,13 @@ struct Routing {
     /// Attachments that arrived before their subscription was registered (the broker sends a
     /// subscription's existing rings before the reply that names it).
     orphans: HashMap<u32, Vec<Attachment>>,
+    /// Subscriptions recently dropped: attachments still in flight for them are discarded (the
+    /// broker frees their slots when it handles the unsubscribe).
+    closed: VecDeque<u32>,
 }
+
+/// How many dropped subscriptions [`Routing::closed`] remembers.
+const CLOSED_MEMORY: usize = 256;
 
 /// What the handshake established.
 pub(crate) struct Session {
@@ -128,7 +134,7 @@ impl Connection {
         };
         let hello = ClientMessage::Hello {
             version: PROTOCOL_VERSION,
-            name: name.chars().take(64).collect(),
+            name: truncate_at_char(name, 64).to_string(),
         };
         socket::send(sock.as_fd(), &hello, &[])
             .map_err(|e| protocol(format!("send hello: {e}")))?;
@@ -193,6 +199,9 @@ impl Connection {
         if let Err(e) = socket::send(self.sock.as_fd(), &ClientMessage::Request { id, body }, &[]) {
             lock(&self.routing).replies.remove(&id);
             debug!("request not sent: {e}");
+            // The socket is broken: the broker is gone, whether or not the control thread has
+            // noticed yet.
+            self.alive.store(false, Ordering::Release);
             return Err(RequestError::BrokerGone);
         }
         match rx.recv_timeout(REPLY_TIMEOUT) {
@@ -228,6 +237,10 @@ impl Connection {
         let mut routing = lock(&self.routing);
         routing.subscriptions.remove(&id);
         routing.orphans.remove(&id);
+        if routing.closed.len() == CLOSED_MEMORY {
+            routing.closed.pop_front();
+        }
+        routing.closed.push_back(id);
     }
 
     /// Says goodbye and closes the socket; the control thread then exits.
@@ -264,7 +277,7 @@ impl Connection {
                     if let Some(queue) = routing.subscriptions.get(&sub) {
                         queue.push([(a, fds)]);
                         doorbells.ring(queue.doorbell);
-                    } else {
+                    } else if !routing.closed.contains(&sub) {
                         routing.orphans.entry(sub).or_default().push((a, fds));
                     }
                 }
@@ -283,6 +296,15 @@ impl Connection {
             doorbells.ring(queue.doorbell);
         }
     }
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+fn truncate_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Receives and decodes one broker message.

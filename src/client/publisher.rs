@@ -55,21 +55,20 @@ impl Publisher {
             }
             Err(e) => return Err(AttachError::refused(topic.as_str(), e)),
         };
-        let [data, readers]: [_; 2] = fds
-            .try_into()
-            .map_err(|_| AttachError::shm(topic.as_str(), "the broker sent no ring descriptors"))?;
-        let ring = Ring::open(data, readers, &bus.doorbells)
-            .map_err(|e| AttachError::shm(topic.as_str(), e))?;
-        let inner = ring
-            .publisher(id, bus.owner)
-            .map_err(|e| AttachError::shm(topic.as_str(), e))?;
-        Ok(Publisher {
-            bus,
-            topic,
-            id,
-            inner,
-            _ring: ring,
-        })
+        match open_publisher(&bus, fds, id) {
+            Ok((ring, inner)) => Ok(Publisher {
+                bus,
+                topic,
+                id,
+                inner,
+                _ring: ring,
+            }),
+            Err(detail) => {
+                // The broker recorded the publisher; tell it the attachment failed.
+                bus.conn.notify(Request::Unpublish { publisher: id });
+                Err(AttachError::shm(topic.as_str(), detail))
+            }
+        }
     }
 
     /// The topic it publishes on.
@@ -158,6 +157,20 @@ impl Publisher {
             }),
         }
     }
+}
+
+/// Maps the ring the broker sent and attaches a publisher slot in it.
+fn open_publisher(
+    bus: &BusInner,
+    fds: Vec<std::os::fd::OwnedFd>,
+    id: u32,
+) -> Result<(Ring, shmbus_shm::Publisher), String> {
+    let [data, readers]: [_; 2] = fds
+        .try_into()
+        .map_err(|_| "the broker sent no ring descriptors".to_string())?;
+    let ring = Ring::open(data, readers, &bus.doorbells).map_err(|e| e.to_string())?;
+    let publisher = ring.publisher(id, bus.owner).map_err(|e| e.to_string())?;
+    Ok((ring, publisher))
 }
 
 impl Drop for Publisher {

@@ -6,9 +6,11 @@
 //! [`MAX_MESSAGE_LEN`] bytes. The full description, with the order of messages and which ones
 //! carry descriptors, is `docs/PROTOCOL.md`.
 //!
-//! Nothing here trusts the peer: [`codec`] decodes with a hard size limit and then validates
-//! every field (topic grammar, enum values, limits), and a message that fails costs the sender
-//! its connection, never the receiver's.
+//! Nothing here trusts the peer: [`codec`] decodes with a hard size limit, rejects trailing bytes
+//! and checks the length limits of names, topics and error texts (postcard itself rejects unknown
+//! enum variants); the broker then checks topics against the grammar, answering a bad one with an
+//! error that names it. A message that fails to decode costs the sender its connection, never the
+//! receiver's.
 
 pub mod codec;
 pub mod socket;
@@ -107,14 +109,15 @@ pub enum BrokerMessage {
         version: u16,
         /// The client's id on this broker.
         client: u32,
-        /// Token the client must use as owner of every slot it claims (see
-        /// `shmbus_shm::Owner`); the broker frees that owner's slots when the client goes.
+        /// Token the client must use as owner of the publisher slots and doorbells it claims (see
+        /// `shmbus_shm::Owner`). Reader slots the broker reserves carry their own token (see
+        /// [`RingAttachment::owner`]). The broker frees everything of this client when it goes.
         owner: u64,
         /// Largest payload of rings this broker creates.
         max_payload: u32,
     },
-    /// The broker will not talk to this client (bad version, not permitted); it closes the
-    /// connection after sending this.
+    /// The broker will not talk to this client (a protocol version it does not speak, or it
+    /// could not set the client up); it closes the connection after sending this.
     Refused(ErrorReply),
     /// Answer to [`ClientMessage::Request`].
     Reply {

@@ -121,12 +121,14 @@ pub enum Received {
 }
 
 /// Receives one message into `buf` (which should hold more than [`MAX_MESSAGE_LEN`] bytes, so an
-/// oversized message shows as such), appending any descriptors to `fds` (close-on-exec).
+/// oversized message shows as such), putting any descriptors into `fds` (close-on-exec), which
+/// must be empty.
 /// `WouldBlock` on an empty non-blocking socket.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io::Result<Received> {
     // Room for the kernel's maximum (SCM_MAX_FD), so that descriptors a misbehaving peer floods
     // us with are all handed to us, and closed, rather than left installed in this process with
     // the control data truncated.
+    debug_assert!(fds.is_empty(), "recv counts descriptors against MAX_FDS");
     let mut cmsg = nix::cmsg_space!([RawFd; SCM_MAX_FD]);
     let mut iov = [IoSliceMut::new(buf)];
     let msg = nix::sys::socket::recvmsg::<UnixAddr>(
@@ -200,16 +202,18 @@ mod tests {
         };
         assert_eq!(codec::decode_client(&buf[..n]).unwrap(), hello);
         assert_eq!(fds.len(), 1);
-        let Received::Message(n) = recv(b.as_fd(), &mut buf, &mut fds).unwrap() else {
+        let mut none = Vec::new();
+        let Received::Message(n) = recv(b.as_fd(), &mut buf, &mut none).unwrap() else {
             panic!()
         };
         assert_eq!(
             codec::decode_client(&buf[..n]).unwrap(),
             ClientMessage::Goodbye
         );
+        assert!(none.is_empty());
         drop(a);
         assert!(matches!(
-            recv(b.as_fd(), &mut buf, &mut fds).unwrap(),
+            recv(b.as_fd(), &mut buf, &mut none).unwrap(),
             Received::Closed
         ));
     }
@@ -224,6 +228,7 @@ mod tests {
             recv(b.as_fd(), &mut buf, &mut fds).unwrap(),
             Received::Oversized
         ));
+        let mut fds = Vec::new();
         let pipes: Vec<_> = (0..MAX_FDS + 3)
             .map(|_| nix::unistd::pipe().unwrap().0)
             .collect();

@@ -13,10 +13,31 @@
 //! intent := none                              publisher slot          ── others may now lap it
 //! ```
 
+//!
+//! # Exclusive claims
+//!
+//! The CAS of a claim is a locked instruction, and on x86 a locked instruction waits until every
+//! earlier store of the thread is visible — for a publisher streaming frames that a reader is
+//! polling, a cross-core transfer per message. Most rings have one publisher, which needs no
+//! CAS: a publisher that finds itself alone takes the cursor (an epoch-stamped token in
+//! `RingControl::exclusive`, and the exclusive flag in the head, which makes every other
+//! publisher's CAS impossible) and from then on claims with intent stores, a light fence, a check
+//! that its token is still in place, and a plain store of the head.
+//!
+//! Another publisher that finds the flag revokes: it marks the token `REVOKING`, issues the heavy
+//! fence (`SYNC(exclusive)`, see `crate::fence`), then waits until the owner holds no claim it
+//! might still publish with a plain store — its intent withdrawn, or the head past it — and clears
+//! the flag with a CAS. The owner either saw `REVOKING` before storing (and withdrew its intent) or
+//! its intent was visible to the revoker, whose wait covers that last plain store. Ownership is
+//! only taken where the heavy fence is available.
+
 use crate::frame::{FrameHeader, kind, stamp};
-use crate::layout::{NO_INTENT, frame_size, mode};
+use crate::layout::{ACKNOWLEDGED, NO_INTENT, REVOKING, frame_size, mode};
 use crate::memory::RingMemory;
-use crate::sync::{Head, Ordering, fence};
+use crate::sync::{Head, Ordering, fence, yield_now};
+
+/// Shared-mode claims between two checks whether this publisher is alone and may own the cursor.
+const ALONE_CHECK_INTERVAL: u32 = 1024;
 
 use super::write_frame_header;
 
@@ -59,6 +80,10 @@ pub(crate) struct PublisherCore {
     /// Invariant: `limit <= m + capacity`, where `m` is a lower bound, at the time it was
     /// computed, of every tethered reader's position and every other publisher's intent.
     limit: u64,
+    /// This publisher's ownership token while it owns the cursor, else 0.
+    token: u64,
+    /// Claims made through the shared path (paces the checks for being alone).
+    shared_claims: u32,
 }
 
 impl PublisherCore {
@@ -79,17 +104,108 @@ impl PublisherCore {
                 .publisher_high_water
                 .fetch_max(slot + 1, Ordering::Release);
             let head = mem.control().head.load(Ordering::Acquire);
-            Some(PublisherCore {
+            let mut core = PublisherCore {
                 slot,
                 id,
                 head,
                 limit: 0,
-            })
+                token: 0,
+                shared_claims: 0,
+            };
+            core.try_take_exclusive(mem);
+            Some(core)
         })
     }
 
+    /// Takes ownership of the cursor if this publisher is the only one on the ring and the heavy
+    /// fence is available to take it back.
+    fn try_take_exclusive(&mut self, mem: &RingMemory) {
+        if self.token != 0 || !crate::fence::light_is_asymmetric() {
+            return;
+        }
+        let g = mem.geometry();
+        let slots = mem
+            .counters()
+            .publisher_high_water
+            .load(Ordering::Acquire)
+            .min(g.publisher_slots);
+        let alone = (0..slots)
+            .all(|s| s == self.slot || mem.publisher(s).owner.load(Ordering::Relaxed) == 0);
+        if !alone {
+            return;
+        }
+        let control = mem.control();
+        let epoch = control
+            .epoch
+            .fetch_add(1, Ordering::Relaxed)
+            .wrapping_add(1)
+            & 0x7fff_ffff;
+        let token = (epoch.max(1) << 32) | u64::from(self.slot + 1);
+        if control
+            .exclusive
+            .compare_exchange(0, token, Ordering::Relaxed, Ordering::Relaxed)
+            .is_err()
+        {
+            return;
+        }
+        let head = control.head.load(Ordering::Acquire);
+        let owned = Head {
+            exclusive: true,
+            ..head
+        };
+        // AcqRel: like any claim CAS, it continues the release sequence of the claims before it
+        // (SYNC(intent)), so our later plain stores carry their intents' visibility along.
+        if head.exclusive
+            || control
+                .head
+                .compare_exchange(head, owned, Ordering::AcqRel, Ordering::Acquire)
+                .is_err()
+        {
+            let _ =
+                control
+                    .exclusive
+                    .compare_exchange(token, 0, Ordering::Relaxed, Ordering::Relaxed);
+            return;
+        }
+        self.token = token;
+        self.head = owned;
+    }
+
+    /// Gives up ownership of the cursor, if held.
+    fn release_exclusive(&mut self, mem: &RingMemory) {
+        if self.token == 0 {
+            return;
+        }
+        let control = mem.control();
+        let head = control.head.load(Ordering::Acquire);
+        // If a revoker is at work it clears the flag itself; either CAS may win.
+        let _ = control.head.compare_exchange(
+            head,
+            Head {
+                exclusive: false,
+                ..head
+            },
+            Ordering::AcqRel,
+            Ordering::Relaxed,
+        );
+        for current in [
+            self.token,
+            self.token | REVOKING,
+            self.token | REVOKING | ACKNOWLEDGED,
+        ] {
+            let _ = control.exclusive.compare_exchange(
+                current,
+                0,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
+        self.token = 0;
+    }
+
     /// Frees this publisher's slot. Must not hold a claim.
-    pub(crate) fn detach(&self, mem: &RingMemory) {
+    pub(crate) fn detach(&mut self, mem: &RingMemory) {
+        self.release_exclusive(mem);
         let s = mem.publisher(self.slot);
         debug_assert_eq!(s.intent_pos.load(Ordering::Relaxed), NO_INTENT);
         // Release pairs with the Acquire CAS in `attach`.
@@ -164,6 +280,7 @@ impl PublisherCore {
     }
 
     /// Claims room for a frame with `payload` bytes.
+    #[inline]
     pub(crate) fn try_claim(
         &mut self,
         mem: &RingMemory,
@@ -198,13 +315,56 @@ impl PublisherCore {
                 }
                 continue;
             }
+            if cur.exclusive && self.token == 0 {
+                // Another publisher owns the cursor: take it back before claiming.
+                cur = revoke(mem);
+                continue;
+            }
             slot.intent_seq.store(cur.seq, Ordering::Relaxed);
             slot.intent_end.store(end, Ordering::Relaxed);
             slot.intent_pos.store(cur.pos, Ordering::Relaxed);
-            let next = Head {
-                pos: end,
-                seq: cur.seq + 1,
+            let claim = Claim {
+                start: cur.pos,
+                frame,
+                end,
+                seq: cur.seq,
+                payload,
             };
+            if self.token != 0 {
+                // SYNC(exclusive): intent stores, light fence, token load; a revoker stores
+                // REVOKING, issues the heavy fence, loads our intent. Either we see REVOKING here
+                // and make no plain store, or it sees our intent and waits for this claim.
+                crate::fence::light();
+                if mem.control().exclusive.load(Ordering::Relaxed) == self.token {
+                    let next = Head {
+                        pos: end,
+                        seq: cur.seq + 1,
+                        exclusive: true,
+                    };
+                    // SYNC(intent): Release publishes the intent stored above to whoever loads
+                    // the head with Acquire and sees this claim or a later one.
+                    mem.control().head.store(next, Ordering::Release);
+                    // SYNC(overwrite): as after a CAS below.
+                    fence(Ordering::Release);
+                    self.head = next;
+                    return Ok(claim);
+                }
+                // Revoked. No claim was made: withdraw the intent and acknowledge, which lets
+                // the revoker finish, and claim like everyone else once it has.
+                slot.intent_pos.store(NO_INTENT, Ordering::Release);
+                let revoking = self.token | REVOKING;
+                // Release: the withdrawal above is visible to a revoker that sees the ack.
+                let _ = mem.control().exclusive.compare_exchange(
+                    revoking,
+                    revoking | ACKNOWLEDGED,
+                    Ordering::Release,
+                    Ordering::Relaxed,
+                );
+                self.token = 0;
+                cur = mem.control().head.load(Ordering::Acquire);
+                continue;
+            }
+            let next = Head::new(end, cur.seq + 1);
             // SYNC(intent): the Release half publishes the intent stored above to everyone who
             // loads the head with Acquire and sees this claim or a later one (all later head
             // writes are RMWs, so they continue the release sequence).
@@ -220,13 +380,11 @@ impl PublisherCore {
                     // (after an Acquire fence) sees this claim and discards what it read.
                     fence(Ordering::Release);
                     self.head = next;
-                    return Ok(Claim {
-                        start: cur.pos,
-                        frame,
-                        end,
-                        seq: cur.seq,
-                        payload,
-                    });
+                    self.shared_claims = self.shared_claims.wrapping_add(1);
+                    if self.shared_claims % ALONE_CHECK_INTERVAL == 0 {
+                        self.try_take_exclusive(mem);
+                    }
+                    return Ok(claim);
                 }
                 Err(actual) => cur = actual,
             }
@@ -235,6 +393,7 @@ impl PublisherCore {
 
     /// Makes a claim visible to readers as a frame of `kind` with `len` payload bytes, wakes
     /// parked readers through `ring_doorbell`, and retires the intent.
+    #[inline]
     pub(crate) fn commit(
         &mut self,
         mem: &RingMemory,
@@ -285,11 +444,94 @@ impl PublisherCore {
         // SYNC(retire): Release pairs with the Acquire loads of intents in `refresh_limit` and in
         // the broker's repair: everything written above happens-before their decisions.
         slot.intent_pos.store(NO_INTENT, Ordering::Release);
-        mem.prefetch_for_write(self.head.pos);
+    }
+}
+
+/// Takes the cursor back from the publisher that owns it (see "Exclusive claims"), waiting until
+/// that publisher can no longer store it; returns the head, shared again.
+pub(crate) fn revoke(mem: &RingMemory) -> Head {
+    let control = mem.control();
+    let g = mem.geometry();
+    loop {
+        let head = control.head.load(Ordering::Acquire);
+        if !head.exclusive {
+            return head;
+        }
+        let token = control.exclusive.load(Ordering::Acquire) & !(REVOKING | ACKNOWLEDGED);
+        let owner_slot = (token & 0xffff_ffff)
+            .checked_sub(1)
+            .filter(|&s| s < u64::from(g.publisher_slots));
+        let Some(owner_slot) = owner_slot else {
+            // Flag set and no valid owner yet (an owner taking or giving up the cursor): its next
+            // step changes one of the two.
+            yield_now();
+            continue;
+        };
+        let current = control.exclusive.load(Ordering::Relaxed);
+        if current == token
+            && control
+                .exclusive
+                .compare_exchange(
+                    token,
+                    token | REVOKING,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_err()
+        {
+            continue;
+        }
+        // SYNC(exclusive): REVOKING store, heavy fence, owner's intent load; see `try_claim`.
+        let ordered = crate::fence::heavy();
+        let owner = mem.publisher(owner_slot as u32);
+        loop {
+            // SYNC(retire): Acquire pairs with the owner's Release withdrawal or retirement of
+            // its intent.
+            let intent = owner.intent_pos.load(Ordering::Acquire);
+            let intent_seq = owner.intent_seq.load(Ordering::Relaxed);
+            let now = control.head.load(Ordering::Acquire);
+            let state = control.exclusive.load(Ordering::Acquire);
+            // With the heavy fence: done when the owner holds no claim it could still store
+            // (none, or it landed). Without it, only the owner's acknowledgement (or its release
+            // of ownership, or the repair of a dead owner freeing its slot) is proof.
+            let settled = if ordered {
+                intent == NO_INTENT || now.seq > intent_seq
+            } else {
+                state & ACKNOWLEDGED != 0 || owner.owner.load(Ordering::Acquire) == 0
+            };
+            if settled || !now.exclusive || state & !(REVOKING | ACKNOWLEDGED) != token {
+                break;
+            }
+            yield_now();
+        }
+        // Ownership first, then the flag: while the flag stays set nobody can take ownership
+        // (taking it needs the flag clear), so the flag we clear is still the revoked owner's.
+        let state = control.exclusive.load(Ordering::Relaxed);
+        if state & !(REVOKING | ACKNOWLEDGED) != token
+            || control
+                .exclusive
+                .compare_exchange(state, 0, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+        {
+            continue; // someone else finished (or the owner gave up): look again
+        }
+        let head = control.head.load(Ordering::Acquire);
+        if head.exclusive {
+            let shared = Head {
+                exclusive: false,
+                ..head
+            };
+            // A failure means another revoker cleared it first; the loop then sees it shared.
+            let _ =
+                control
+                    .head
+                    .compare_exchange(head, shared, Ordering::AcqRel, Ordering::Acquire);
+        }
     }
 }
 
 /// Rings the doorbell of every parked reader of the ring; no system call when none is parked.
+#[inline]
 pub(crate) fn wake_parked(mem: &RingMemory, ring_doorbell: &dyn Fn(u32)) {
     let rc = mem.readers_control();
     // SYNC(park): the commit's stamp store, a fence, then the parked count; a parking reader
@@ -297,7 +539,7 @@ pub(crate) fn wake_parked(mem: &RingMemory, ring_doorbell: &dyn Fn(u32)) {
     // their total order, the other side sees the first side's write: either we see the reader
     // parked, or it sees the commit and does not sleep. The fences are asymmetric: see
     // `crate::fence`.
-    crate::fence::publisher_fence();
+    crate::fence::light();
     // Acquire pairs with the reader's Release increment, making its `parked` flag visible.
     if rc.parked.load(Ordering::Acquire) == 0 {
         return;

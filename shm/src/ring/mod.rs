@@ -15,6 +15,7 @@ use crate::sync::Ordering;
 
 /// Writes words 1–3 of the frame header at absolute position `pos`. Relaxed: the stamp store
 /// that follows releases them.
+#[inline]
 pub(crate) fn write_frame_header(mem: &RingMemory, pos: u64, header: &FrameHeader) {
     for (i, word) in header.encode().into_iter().enumerate() {
         mem.word(pos + 8 * (i as u64 + 1))
@@ -24,6 +25,7 @@ pub(crate) fn write_frame_header(mem: &RingMemory, pos: u64, header: &FrameHeade
 
 /// Reads words 1–3 of the frame header at absolute position `pos`. Relaxed: callers load the
 /// stamp with Acquire first (or validate with a fence afterwards, when reading by copy).
+#[inline]
 pub(crate) fn read_frame_header(mem: &RingMemory, pos: u64) -> FrameHeader {
     let w = |i: u64| mem.word(pos + 8 * i).load(Ordering::Relaxed);
     FrameHeader::decode([w(1), w(2), w(3)])

@@ -142,10 +142,7 @@ impl ReaderCore {
 
     /// Where this reader stands: the position and sequence number of the next frame.
     pub(crate) fn position(&self) -> Head {
-        Head {
-            pos: self.pos,
-            seq: self.next_seq,
-        }
+        Head::new(self.pos, self.next_seq)
     }
 
     /// Sets the slot's mode and returns the head from which the ring is protected (tethered) or
@@ -174,6 +171,7 @@ impl ReaderCore {
     }
 
     /// Whether the broker untethered this reader (it must then [`ReaderCore::rejoin`]).
+    #[inline]
     pub(crate) fn evicted(&self, mem: &RingMemory) -> bool {
         self.tethered && mem.reader(self.slot).mode.load(Ordering::Relaxed) == mode::EVICTED
     }
@@ -233,12 +231,14 @@ impl ReaderCore {
     }
 
     /// Whether the next frame is read in place.
+    #[inline]
     fn in_place(&self) -> bool {
         self.pos >= self.safe_from
     }
 
     /// Looks for the next message, stepping over padding, skipped claims and frames before the
     /// history start. `buf` receives the payload of frames read by copy.
+    #[inline]
     pub(crate) fn poll(
         &mut self,
         mem: &RingMemory,
@@ -262,6 +262,7 @@ impl ReaderCore {
         Ok(result)
     }
 
+    #[inline]
     fn step_in_place(&mut self, mem: &RingMemory) -> Result<Step, CorruptFrame> {
         let pos = self.pos;
         // SYNC(publish): Acquire pairs with the publisher's Release (SeqCst) stamp store: the
@@ -303,6 +304,7 @@ impl ReaderCore {
         Ok(self.advance_or_deliver(pos, h, false))
     }
 
+    #[inline]
     fn check_seq(&self, pos: u64, h: &FrameHeader) -> Result<(), CorruptFrame> {
         if h.seq == self.next_seq {
             Ok(())
@@ -314,6 +316,7 @@ impl ReaderCore {
         }
     }
 
+    #[inline]
     fn advance_or_deliver(&mut self, pos: u64, h: FrameHeader, in_place: bool) -> Step {
         if h.kind == kind::DATA && h.seq >= self.deliver_from {
             return Step::Done(Poll::Frame(FrameView {
@@ -349,6 +352,7 @@ impl ReaderCore {
 
     /// Releases a delivered frame. Returns whether publishers are waiting for space (the caller
     /// then wakes them).
+    #[inline]
     pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
         debug_assert_eq!(frame.pos, self.pos);
         self.pos = frame.pos + u64::from(frame.header.size);
@@ -358,6 +362,7 @@ impl ReaderCore {
 
     /// Publishes the reader's position (the tether, for tethered readers in the protected
     /// zone). Returns whether publishers are waiting for space.
+    #[inline]
     fn publish_position(&self, mem: &RingMemory) -> bool {
         let r = mem.reader(self.slot);
         if !self.tethered {
@@ -423,7 +428,7 @@ impl ReaderCore {
 /// false when it could not order registered publishers (see `crate::fence`); the caller must then
 /// sleep with a timeout.
 pub(crate) fn park_fence() -> bool {
-    crate::fence::reader_fence()
+    crate::fence::heavy()
 }
 
 enum Step {
