@@ -1,0 +1,1 @@
+//! The C ABI of shmbus; its header is `ffi/include/shmbus.h`.
