@@ -4,6 +4,7 @@
 //! The lock-free rings themselves live in [`shmbus_shm`].
 
 pub mod address;
+pub mod bench;
 pub mod broker;
 pub mod cli;
 pub mod client;

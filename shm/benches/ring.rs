@@ -18,12 +18,13 @@ use std::hint::black_box;
 use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
 use shmbus_shm::{DoorbellTable, Owner, ReaderOptions, Ring, RingConfig, WaitStrategy};
 
+#[path = "support/floor.rs"]
+mod floor;
 #[path = "../tests/support/spawn.rs"]
 mod spawn;
 
@@ -70,73 +71,10 @@ fn arg() -> u64 {
     std::env::var("SHM_BENCH_ARG").unwrap().parse().unwrap()
 }
 
-/// Shared memory for the floors: page 0 holds the cache line (ping at word 0, pong at word 1),
-/// pages 1 and 2 the two 4 KiB buffers of the 4 KiB floor.
-struct Line {
-    map: memmap2::MmapRaw,
-    fd: OwnedFd,
-}
-
-impl Line {
-    fn create() -> Line {
-        let fd =
-            nix::sys::memfd::memfd_create("shmbus-floor", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-                .unwrap();
-        nix::unistd::ftruncate(&fd, 3 * 4096).unwrap();
-        Line::map(fd)
-    }
-
-    fn map(fd: OwnedFd) -> Line {
-        let map = memmap2::MmapOptions::new()
-            .len(3 * 4096)
-            .map_raw(&fd)
-            .unwrap();
-        Line { map, fd }
-    }
-
-    /// Page `i` (1 or 2) as a raw 4 KiB buffer.
-    fn page(&self, i: usize) -> *mut u8 {
-        assert!((1..3).contains(&i));
-        // SAFETY: pages 1 and 2 lie inside the 3-page mapping.
-        unsafe { self.map.as_mut_ptr().add(4096 * i) }
-    }
-
-    fn word(&self, i: usize) -> &AtomicU64 {
-        assert!(i < 8);
-        // SAFETY: the mapping is 4096 bytes, page-aligned and lives as long as `self`; words
-        // 0..8 are aligned u64s accessed only atomically, by this process and the child.
-        unsafe { &*self.map.as_mut_ptr().cast::<AtomicU64>().add(i) }
-    }
-}
-
-/// Echoes the floor's ping. With a non-zero argument, also reads the 4 KiB in page 1 and
-/// answers with 4 KiB written into page 2, like the ring's echo does.
+/// Echoes the floor's ping, with the 4 KiB payload if the argument is non-zero.
 fn floor_child() {
-    let line = Line::map(spawn::inherited_fds(1).pop().unwrap());
-    let (ping, pong) = (line.word(0), line.word(1));
-    let with_payload = arg() != 0;
-    let mut last = 0;
-    loop {
-        let v = ping.load(Ordering::Acquire);
-        if v == last {
-            std::hint::spin_loop();
-            continue;
-        }
-        if v == u64::MAX {
-            return;
-        }
-        if with_payload {
-            // SAFETY: the parent wrote page 1 before its Release store of `ping`, which our
-            // Acquire load saw, and does not touch it again until we answer; page 2 is ours until
-            // we store `pong`.
-            let there = unsafe { std::slice::from_raw_parts(line.page(1), 4096) };
-            let reply = sum(there) as u8;
-            // SAFETY: as above.
-            unsafe { std::ptr::write_bytes(line.page(2), reply, 4096) };
-        }
-        pong.store(v, Ordering::Release);
-        last = v;
-    }
+    let floor = floor::Floor::open(spawn::inherited_fds(1).pop().unwrap());
+    floor.echo(arg() != 0);
 }
 
 /// Two rings (there and back) and the doorbell table, as fds for the child.
@@ -171,19 +109,6 @@ impl PingPong {
     }
 }
 
-/// Reads every byte (the "fully read" part of the work), eight at a time.
-fn sum(bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    let mut total = words
-        .by_ref()
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-        .fold(0u64, u64::wrapping_add);
-    for &b in words.remainder() {
-        total = total.wrapping_add(u64::from(b));
-    }
-    total
-}
-
 fn echo_child() {
     let [
         there_data,
@@ -206,7 +131,7 @@ fn echo_child() {
         if len == 0 {
             return;
         }
-        let reply = sum(sample.payload()) as u8;
+        let reply = floor::read_all(sample.payload()) as u8;
         drop(sample);
         let mut loan = publisher.loan(len, None).unwrap();
         loan.as_mut_slice().fill(reply);
@@ -232,33 +157,18 @@ fn latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("one_way_latency");
 
     for (name, with_payload) in [("floor", false), ("floor_4KiB", true)] {
-        let line = Line::create();
-        let mut child = spawn_child("floor", &[line.fd.as_fd()], u64::from(with_payload));
-        let (ping, pong) = (line.word(0), line.word(1));
-        let mut seq = 0u64;
+        let mut floor = floor::Floor::create();
+        let mut child = spawn_child("floor", &[floor.fd()], u64::from(with_payload));
         group.bench_function(name, |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    seq += 1;
-                    if with_payload {
-                        // SAFETY: page 1 is ours until the Release store of `ping` below.
-                        unsafe { std::ptr::write_bytes(line.page(1), seq as u8, 4096) };
-                    }
-                    ping.store(seq, Ordering::Release);
-                    while pong.load(Ordering::Acquire) != seq {
-                        std::hint::spin_loop();
-                    }
-                    if with_payload {
-                        // SAFETY: the child wrote page 2 before its Release store of `pong`.
-                        let back = unsafe { std::slice::from_raw_parts(line.page(2), 4096) };
-                        black_box(sum(back));
-                    }
+                    floor.round_trip(with_payload);
                 }
                 start.elapsed() / 2
             })
         });
-        ping.store(u64::MAX, Ordering::Release);
+        floor.stop();
         child.wait().unwrap();
     }
 
@@ -296,7 +206,7 @@ fn latency(c: &mut Criterion) {
                     loan.as_mut_slice().fill(n);
                     loan.commit();
                     let reply = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
-                    black_box(sum(reply.payload()));
+                    black_box(floor::read_all(reply.payload()));
                 }
                 start.elapsed() / 2
             })
@@ -342,7 +252,7 @@ fn throughput(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     let sample = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
-                    black_box(sum(sample.payload()));
+                    black_box(floor::read_all(sample.payload()));
                 }
                 start.elapsed()
             })

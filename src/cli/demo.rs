@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 
 use crate::WaitStrategy;
+use crate::bench::now_ns;
 use crate::client::{Bus, SubscriberOptions};
 
 use super::{BusArg, Failure, Outcome};
@@ -36,13 +37,6 @@ pub struct ChildArgs {
     probes: u64,
     #[arg(long)]
     burst: u64,
-}
-
-/// Nanoseconds of CLOCK_MONOTONIC: one clock for every process on the host.
-fn now_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
-        .unwrap_or(nix::sys::time::TimeSpec::new(0, 0));
-    (t.tv_sec() as u64) * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 struct Cleanup {

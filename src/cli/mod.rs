@@ -1,5 +1,6 @@
 //! The `shmbus` command line: argument parsing, exit codes, and one module per command.
 
+mod bench;
 mod broker;
 mod demo;
 mod format;
@@ -111,6 +112,11 @@ enum Command {
     /// Start a broker, a publisher and a subscriber in separate processes, show messages and a
     /// latency summary, and exit.
     Demo(demo::Args),
+    /// Measure latency, throughput or fan-out across processes (HDR percentiles).
+    Bench(bench::Args),
+    /// (Used by `bench`.) One of the benchmark's child processes.
+    #[command(hide = true, name = "bench-role")]
+    BenchRole(bench::RoleArgs),
     /// (Used by `demo`.) The demo's publisher process.
     #[command(hide = true, name = "demo-publisher")]
     DemoPublisher(demo::ChildArgs),
@@ -138,6 +144,8 @@ pub fn main() -> ExitCode {
         Command::Pub(args) => publish::run(args),
         Command::Sub(args) => subscribe::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Bench(args) => bench::run(args),
+        Command::BenchRole(args) => bench::role(args),
         Command::DemoPublisher(args) => demo::publisher(args),
         Command::DemoSubscriber(args) => demo::subscriber(args),
     };

@@ -130,6 +130,11 @@ impl Subscriber {
         Ok(())
     }
 
+    /// How `recv` waits from now on.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.options.wait = wait;
+    }
+
     /// The patterns subscribed to.
     pub fn patterns(&self) -> impl Iterator<Item = &str> {
         self.subscriptions.iter().map(|(_, p)| p.as_str())

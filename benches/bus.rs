@@ -1,0 +1,488 @@
+//! The bus measured through its public client API, across processes, beside its baselines.
+//!
+//! Groups (each benchmark starts its child processes once, outside the timed loop):
+//!
+//! * `latency`: one-way latency (round trip / 2) of a ping-pong with an echo process, payload
+//!   fully written and fully read, busy-polling — 8 B to 64 KiB, plus 8 B with spin-then-park —
+//!   beside the floor (one cache line between two processes, and its 4 KiB variant), Unix domain
+//!   socket ping-pong (blocking, and non-blocking spinning) and TCP loopback.
+//! * `throughput`: messages and bytes per second, one publisher process and four, to this one.
+//! * `fanout`: a broadcast round trip — publish, then wait for an acknowledgement from every one
+//!   of 1, 4 or 16 subscriber processes (which park between messages: sixteen busy-polling
+//!   processes on a small machine would measure the scheduler). `shmbus bench fanout` measures
+//!   the one-way latency to the last subscriber.
+//! * `typed`: the latency ping-pong with an rkyv struct (a string and a vector) serialized in
+//!   place and validated on receipt, against raw bytes of the same size.
+//! * `wakeup`: the ping-pong with both sides parking on futexes, against a raw futex ping-pong.
+//!
+//! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput};
+use shmbus::bench::{self, ACK, DATA, PING, PONG, Telemetry};
+use shmbus::{Bus, WaitStrategy};
+
+#[path = "../shm/benches/support/floor.rs"]
+mod floor;
+#[path = "../shm/tests/support/spawn.rs"]
+mod spawn;
+
+fn main() {
+    if let Ok(role) = std::env::var("SHMBUS_BENCH_BASELINE") {
+        bench::pin(1);
+        baseline_child(&role);
+        return;
+    }
+    bench::pin(0);
+    let mut c = Criterion::default()
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_secs(1))
+        .configure_from_args();
+    latency(&mut c);
+    throughput(&mut c);
+    fanout(&mut c);
+    typed(&mut c);
+    wakeup(&mut c);
+    c.final_summary();
+}
+
+/// Child processes, killed when dropped.
+struct Children(Vec<Child>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Starts `shmbus bench-role ROLE --bus ADDR ARGS` and waits until it is attached.
+fn role(children: &mut Children, bus: &Bus, role: &str, args: &[&str]) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
+        .args(["bench-role", role, "--bus", &bus.address().to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("start a benchmark role");
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "the {role} process failed");
+    children.0.push(child);
+}
+
+/// Starts this benchmark binary again as the baseline child `role`, handing it `fds`.
+fn baseline(role: &str, fds: &[std::os::fd::BorrowedFd<'_>], arg: usize) -> Child {
+    let mut cmd = Command::new(std::env::current_exe().unwrap());
+    let _keep = spawn::pass_fds(&mut cmd, fds);
+    cmd.env("SHMBUS_BENCH_BASELINE", role)
+        .env("SHMBUS_BENCH_ARG", arg.to_string());
+    cmd.spawn().expect("start a baseline child")
+}
+
+fn baseline_arg() -> usize {
+    std::env::var("SHMBUS_BENCH_ARG").unwrap().parse().unwrap()
+}
+
+fn baseline_child(role: &str) {
+    let fds = spawn::inherited_fds(1);
+    let fd = fds.into_iter().next().unwrap();
+    match role {
+        "floor" => floor::Floor::open(fd).echo(baseline_arg() != 0),
+        "uds" => echo_stream(UnixStream::from(fd), baseline_arg(), false),
+        "uds-spin" => {
+            let s = UnixStream::from(fd);
+            s.set_nonblocking(true).unwrap();
+            echo_stream(s, baseline_arg(), true);
+        }
+        "tcp" => echo_stream(TcpStream::from(fd), baseline_arg(), false),
+        "futex" => futex_echo(&SharedWord::open(fd)),
+        other => panic!("unknown baseline {other}"),
+    }
+}
+
+/// Reads exactly `buf.len()` bytes, spinning on `WouldBlock` when `spin`. False at end of stream.
+fn read_full(s: &mut impl Read, buf: &mut [u8], spin: bool) -> bool {
+    let mut got = 0;
+    while got < buf.len() {
+        match s.read(&mut buf[got..]) {
+            Ok(0) => return false,
+            Ok(n) => got += n,
+            Err(e) if spin && e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => panic!("read: {e}"),
+        }
+    }
+    true
+}
+
+fn write_full(s: &mut impl Write, buf: &[u8], spin: bool) {
+    let mut sent = 0;
+    while sent < buf.len() {
+        match s.write(&buf[sent..]) {
+            Ok(n) => sent += n,
+            Err(e) if spin && e.kind() == std::io::ErrorKind::WouldBlock => std::hint::spin_loop(),
+            Err(e) => panic!("write: {e}"),
+        }
+    }
+}
+
+/// The socket baselines' echo: reads a message of `size` bytes, answers with `size` bytes.
+fn echo_stream(mut s: impl Read + Write, size: usize, spin: bool) {
+    let mut buf = vec![0u8; size];
+    while read_full(&mut s, &mut buf, spin) {
+        let reply = floor::read_all(&buf) as u8;
+        buf.fill(reply);
+        write_full(&mut s, &buf, spin);
+    }
+}
+
+/// One socket round trip: write every byte, read every byte back.
+fn stream_round_trip(s: &mut (impl Read + Write), buf: &mut [u8], n: u8, spin: bool) {
+    buf.fill(n);
+    write_full(s, buf, spin);
+    assert!(read_full(s, buf, spin));
+    std::hint::black_box(floor::read_all(buf));
+}
+
+/// A process-shared futex word pair for the raw futex ping-pong.
+struct SharedWord {
+    map: memmap2::MmapRaw,
+    fd: OwnedFd,
+}
+
+impl SharedWord {
+    fn create() -> SharedWord {
+        let fd =
+            nix::sys::memfd::memfd_create("shmbus-futex", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
+                .unwrap();
+        nix::unistd::ftruncate(&fd, 4096).unwrap();
+        SharedWord::open(fd)
+    }
+
+    fn open(fd: OwnedFd) -> SharedWord {
+        let map = memmap2::MmapOptions::new().len(4096).map_raw(&fd).unwrap();
+        SharedWord { map, fd }
+    }
+
+    /// Word 0 carries pings, word 16 (another cache line) pongs.
+    fn word(&self, i: usize) -> &AtomicU32 {
+        // SAFETY: the mapping is 4096 bytes, page-aligned, and outlives the reference; words
+        // 0 and 16 are aligned u32s accessed only atomically (and by futex).
+        unsafe { &*self.map.as_mut_ptr().cast::<AtomicU32>().add(i * 16) }
+    }
+}
+
+fn futex_wait(word: &AtomicU32, expected: u32) {
+    // SAFETY: `word` is a valid aligned u32 in a shared mapping; FUTEX_WAIT only reads it.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAIT,
+            expected,
+            0usize,
+            0usize,
+            0u32,
+        )
+    };
+}
+
+fn futex_wake(word: &AtomicU32) {
+    // SAFETY: as above; FUTEX_WAKE only uses the address as a key.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex,
+            word.as_ptr(),
+            libc::FUTEX_WAKE,
+            1,
+            0usize,
+            0usize,
+            0u32,
+        )
+    };
+}
+
+/// Sleeps on `word` until it differs from `seen`; returns the new value.
+fn futex_await(word: &AtomicU32, seen: u32) -> u32 {
+    loop {
+        let v = word.load(Ordering::Acquire);
+        if v != seen {
+            return v;
+        }
+        futex_wait(word, seen);
+    }
+}
+
+fn futex_echo(w: &SharedWord) {
+    let mut seen = 0;
+    loop {
+        seen = futex_await(w.word(0), seen);
+        if seen == u32::MAX {
+            return;
+        }
+        w.word(1).store(seen, Ordering::Release);
+        futex_wake(w.word(1));
+    }
+}
+
+fn size_name(size: usize) -> String {
+    match size {
+        s if s >= 1024 => format!("{}KiB", s / 1024),
+        s => format!("{s}B"),
+    }
+}
+
+/// The shmbus ping-pong against an echo process waiting with `wait`, for each of `sizes`.
+fn bus_ping_pong(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    name: &str,
+    wait: WaitStrategy,
+    wait_arg: &str,
+    sizes: &[usize],
+) {
+    let bus = Bus::embedded().unwrap();
+    let mut children = Children(Vec::new());
+    let mut pongs = bench::subscriber(&bus, PONG, wait).unwrap();
+    let mut pings = bench::publisher(&bus, PING, wait).unwrap();
+    role(&mut children, &bus, "echo", &["--wait", wait_arg]);
+    for &size in sizes {
+        group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
+            b.iter_custom(|iters| {
+                bench::ping_pong(&mut pings, &mut pongs, size, iters, |_| {}).unwrap() / 2
+            })
+        });
+    }
+    pings.publish(&[]).unwrap();
+}
+
+fn latency(c: &mut Criterion) {
+    let mut group = c.benchmark_group("latency");
+
+    for (name, payload) in [("floor", false), ("floor_4KiB", true)] {
+        let mut floor = floor::Floor::create();
+        let mut child = baseline("floor", &[floor.fd()], usize::from(payload));
+        group.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for _ in 0..iters {
+                    floor.round_trip(payload);
+                }
+                start.elapsed() / 2
+            })
+        });
+        floor.stop();
+        child.wait().unwrap();
+    }
+
+    for size in [8usize, 4096] {
+        for (name, spin) in [("uds_blocking", false), ("uds_spinning", true)] {
+            let (mut mine, theirs) = UnixStream::pair().unwrap();
+            let mut child = baseline(
+                if spin { "uds-spin" } else { "uds" },
+                &[theirs.as_fd()],
+                size,
+            );
+            drop(theirs);
+            mine.set_nonblocking(spin).unwrap();
+            let mut buf = vec![0u8; size];
+            group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
+                b.iter_custom(|iters| {
+                    let start = Instant::now();
+                    for i in 0..iters {
+                        stream_round_trip(&mut mine, &mut buf, i as u8, spin);
+                    }
+                    start.elapsed() / 2
+                })
+            });
+            drop(mine);
+            child.wait().unwrap();
+        }
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut mine = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (theirs, _) = listener.accept().unwrap();
+        mine.set_nodelay(true).unwrap();
+        theirs.set_nodelay(true).unwrap();
+        let mut child = baseline("tcp", &[theirs.as_fd()], size);
+        drop(theirs);
+        let mut buf = vec![0u8; size];
+        group.bench_function(BenchmarkId::new("tcp_loopback", size_name(size)), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    stream_round_trip(&mut mine, &mut buf, i as u8, false);
+                }
+                start.elapsed() / 2
+            })
+        });
+        drop(mine);
+        child.wait().unwrap();
+    }
+
+    bus_ping_pong(
+        &mut group,
+        "shmbus_busy",
+        WaitStrategy::BusySpin,
+        "busy",
+        &[8, 64, 1024, 4096, 65536],
+    );
+    bus_ping_pong(
+        &mut group,
+        "shmbus_spin_park",
+        WaitStrategy::default(),
+        "spin-park",
+        &[8],
+    );
+    group.finish();
+}
+
+fn throughput(c: &mut Criterion) {
+    let mut group = c.benchmark_group("throughput");
+    for (publishers, size) in [(1usize, 8usize), (1, 65536), (4, 8)] {
+        let bus = Bus::embedded().unwrap();
+        let mut children = Children(Vec::new());
+        let mut sub = bench::subscriber(&bus, DATA, WaitStrategy::BusySpin).unwrap();
+        for _ in 0..publishers {
+            // Far more than any run consumes; the processes are killed at the end.
+            role(
+                &mut children,
+                &bus,
+                "flood",
+                &[
+                    "--size",
+                    &size.to_string(),
+                    "--count",
+                    &u64::MAX.to_string(),
+                ],
+            );
+        }
+        if size >= 1024 {
+            group.throughput(Throughput::Bytes(size as u64));
+        } else {
+            group.throughput(Throughput::Elements(1));
+        }
+        let name = format!("{publishers}_to_1");
+        group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                bench::drain(&mut sub, iters, |_| {}).unwrap();
+                start.elapsed()
+            })
+        });
+    }
+    group.finish();
+}
+
+fn fanout(c: &mut Criterion) {
+    let mut group = c.benchmark_group("fanout");
+    let wait = WaitStrategy::default();
+    for subscribers in [1usize, 4, 16] {
+        let bus = Bus::embedded().unwrap();
+        let mut children = Children(Vec::new());
+        let mut acks = bench::subscriber(&bus, ACK, wait).unwrap();
+        let mut data = bench::publisher(&bus, DATA, wait).unwrap();
+        for _ in 0..subscribers {
+            role(&mut children, &bus, "ack", &["--wait", "spin-park"]);
+        }
+        group.bench_function(BenchmarkId::new("broadcast_round_trip", subscribers), |b| {
+            b.iter_custom(|iters| {
+                let start = Instant::now();
+                for i in 0..iters {
+                    bench::send(&mut data, 8, i).unwrap();
+                    for _ in 0..subscribers {
+                        bench::receive(&mut acks).unwrap();
+                    }
+                }
+                start.elapsed()
+            })
+        });
+        data.publish(&[]).unwrap();
+    }
+    group.finish();
+}
+
+fn typed(c: &mut Criterion) {
+    let mut group = c.benchmark_group("typed");
+    let value = Telemetry::of_size(256);
+    let bus = Bus::embedded().unwrap();
+    let mut children = Children(Vec::new());
+    let mut pongs = bus.typed_subscriber::<Telemetry>(PONG).unwrap();
+    pongs.raw().set_wait_strategy(WaitStrategy::BusySpin);
+    let mut pings = bus.typed_publisher::<Telemetry>(PING).unwrap();
+    pings.raw().set_wait_strategy(WaitStrategy::BusySpin);
+    role(&mut children, &bus, "typed-echo", &["--wait", "busy"]);
+    group.bench_function("rkyv_struct_256B", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                pings.publish(&value).unwrap();
+                let reply = pongs.recv().unwrap();
+                std::hint::black_box(reply.samples.iter().map(|v| v.to_native()).sum::<u32>());
+            }
+            start.elapsed() / 2
+        })
+    });
+    pings
+        .publish(&Telemetry {
+            name: String::new(),
+            samples: Vec::new(),
+        })
+        .unwrap();
+    drop(children);
+    let raw_size = {
+        let bytes = rkyv::to_bytes::<rkyv::rancor::Error>(&value).unwrap();
+        bytes.len()
+    };
+    bus_ping_pong(
+        &mut group,
+        "raw_bytes_same_size",
+        WaitStrategy::BusySpin,
+        "busy",
+        &[raw_size],
+    );
+    group.finish();
+}
+
+fn wakeup(c: &mut Criterion) {
+    let mut group = c.benchmark_group("wakeup");
+    let words = SharedWord::create();
+    let mut child = baseline("futex", &[words.fd.as_fd()], 0);
+    let mut seq = 0u32;
+    group.bench_function("raw_futex", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                seq += 1;
+                assert!(seq < u32::MAX, "u32::MAX stops the echo");
+                words.word(0).store(seq, Ordering::Release);
+                futex_wake(words.word(0));
+                while words.word(1).load(Ordering::Acquire) != seq {
+                    futex_wait(words.word(1), words.word(1).load(Ordering::Relaxed));
+                }
+            }
+            start.elapsed() / 2
+        })
+    });
+    words.word(0).store(u32::MAX, Ordering::Release);
+    futex_wake(words.word(0));
+    child.wait().unwrap();
+    bus_ping_pong(
+        &mut group,
+        "shmbus_parked",
+        WaitStrategy::Park,
+        "park",
+        &[8],
+    );
+    group.finish();
+}

@@ -1,0 +1,96 @@
+//! `shmbus-ring`: the `shmbus_shm` rings on their own, without broker or client — two rings
+//! (there and back) sharing one doorbell table, set up as in `shm/benches/ring.rs`.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::process::Child;
+use std::sync::Arc;
+
+use shmbus_shm::{
+    DoorbellTable, Owner, Publisher, Reader, ReaderOptions, Ring, RingConfig, WaitStrategy,
+};
+
+use crate::harness::{self, Endpoint};
+
+/// A publisher on one ring and a tethered, busy-spinning reader on the other.
+pub struct RingEnd {
+    publisher: Publisher,
+    reader: Reader,
+    // Declared last, so dropped after the publisher and reader attached to them.
+    _rings: [Ring; 2],
+    _doorbells: DoorbellTable,
+}
+
+impl Endpoint for RingEnd {
+    fn send(&mut self, len: usize, fill: u8) {
+        let mut loan = self.publisher.loan(len, None).expect("loan from the ring");
+        loan.as_mut_slice().fill(fill);
+        loan.commit();
+    }
+
+    fn recv(&mut self) -> (usize, u64) {
+        let sample = self
+            .reader
+            .read(WaitStrategy::BusySpin, None)
+            .expect("read the ring")
+            .expect("no timeout was set");
+        (sample.len(), harness::sum(sample.payload()))
+    }
+}
+
+/// 1 MiB rings for 64 KiB payloads: the broker's default ring.
+fn config() -> RingConfig {
+    RingConfig {
+        capacity: 1 << 20,
+        max_payload: 64 * 1024,
+        publisher_slots: 4,
+        reader_slots: 4,
+    }
+}
+
+fn attach(there: Ring, back: Ring, doorbells: DoorbellTable, publisher_id: u32) -> RingEnd {
+    let me = Owner::this_process();
+    let bell = Arc::new(doorbells.claim(me).expect("claim a doorbell"));
+    let reader = back
+        .reader(ReaderOptions::default(), &bell, me)
+        .expect("attach a reader");
+    let mut publisher = there.publisher(publisher_id, me).expect("attach a publisher");
+    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    RingEnd {
+        publisher,
+        reader,
+        _rings: [there, back],
+        _doorbells: doorbells,
+    }
+}
+
+/// Parent side: creates the rings, attaches (its reader before the child can publish) and starts
+/// the child with the rings' descriptors.
+pub fn parent() -> (RingEnd, Child) {
+    let doorbells = DoorbellTable::create(8).expect("create the doorbell table");
+    let there = Ring::create(&config(), &doorbells).expect("create a ring");
+    let back = Ring::create(&config(), &doorbells).expect("create a ring");
+    let fds: [OwnedFd; 5] = [
+        there
+            .data_fd_read_only()
+            .expect("read-only data fd")
+            .expect("a shared ring has a data fd"),
+        there.readers_fd().expect("readers fd").try_clone_to_owned().unwrap(),
+        back.data_fd().expect("data fd").try_clone_to_owned().unwrap(),
+        back.readers_fd().expect("readers fd").try_clone_to_owned().unwrap(),
+        doorbells.fd().expect("doorbell fd").try_clone_to_owned().unwrap(),
+    ];
+    let end = attach(there, back, doorbells, 1);
+    let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
+    let child = harness::spawn_child("shmbus-ring", &borrowed, "");
+    (end, child)
+}
+
+/// Child side: opens the rings it was passed, the other way round.
+pub fn child() {
+    let [there_data, there_readers, back_data, back_readers, doorbells]: [OwnedFd; 5] =
+        harness::inherited_fds().try_into().expect("five ring descriptors");
+    let doorbells = DoorbellTable::open(doorbells).expect("open the doorbell table");
+    let there = Ring::open(there_data, there_readers, &doorbells).expect("open a ring");
+    let back = Ring::open(back_data, back_readers, &doorbells).expect("open a ring");
+    harness::echo(&mut attach(back, there, doorbells, 2));
+}
