@@ -231,3 +231,49 @@ fn the_demo_runs_and_exits_by_itself() {
     assert!(out.contains("latency"), "{out}");
     assert!(out.contains("demo finished"), "{out}");
 }
+
+#[test]
+fn bench_reports_percentiles_and_draws_the_distribution() {
+    let dir = TestDir::new();
+    let svg = dir.path.join("latency.svg");
+    for (mode, extra) in [
+        (
+            "latency",
+            vec!["--count", "300", "--plot", svg.to_str().unwrap()],
+        ),
+        ("latency", vec!["--count", "300", "--rate", "20000"]),
+        ("throughput", vec!["--count", "5000", "--size", "64"]),
+        (
+            "fanout",
+            vec![
+                "--count",
+                "200",
+                "--subscribers",
+                "2",
+                "--wait",
+                "spin-park",
+            ],
+        ),
+    ] {
+        let mut cmd = std::process::Command::new(support::bin());
+        cmd.args(["bench", mode, "--json"])
+            .args(&extra)
+            .env("RUST_LOG", "warn");
+        let mut p = Proc::spawn(cmd);
+        assert_eq!(p.wait_code(), 0, "{mode}: {}", p.stderr.text());
+        let v: serde_json::Value = serde_json::from_str(&p.stdout.text()).unwrap();
+        let p50 = v["p50_ns"].as_u64().unwrap();
+        assert!(
+            p50 > 0 && p50 <= v["p99_ns"].as_u64().unwrap() && p50 <= v["max_ns"].as_u64().unwrap(),
+            "{v}"
+        );
+        if mode == "throughput" {
+            assert!(v["messages_per_second"].as_f64().unwrap() > 0.0, "{v}");
+        }
+    }
+    let drawn = std::fs::read_to_string(&svg).unwrap();
+    assert!(
+        drawn.starts_with("<svg") && drawn.contains("percentile"),
+        "an SVG plot"
+    );
+}
