@@ -192,3 +192,34 @@ fn typed_messages_round_trip_and_invalid_ones_are_reported() {
         Ok(_) => panic!("expected Invalid, got a value"),
     }
 }
+
+#[test]
+fn idle_rings_are_released_and_a_topic_used_again_gets_a_fresh_one() {
+    let bus = Bus::embedded_with(|c| c.ring_idle = Duration::from_millis(50)).unwrap();
+    let mut first = bus.publisher("gc").unwrap();
+    first.publish(b"old").unwrap();
+    let old_ring = first.ring_id();
+    drop(first);
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        let probe = bus.publisher("gc").unwrap();
+        if probe.ring_id() != old_ring {
+            break; // the idle ring was released and this is a new one
+        }
+        drop(probe);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the idle ring was never released"
+        );
+        std::thread::sleep(Duration::from_millis(20)); // polling interval, not synchronisation
+    }
+    let options = SubscriberOptions {
+        history: 10,
+        ..Default::default()
+    };
+    let mut sub = bus.subscribe_with("gc", options).unwrap();
+    assert!(
+        sub.try_recv().unwrap().is_none(),
+        "a released ring's history is gone"
+    );
+}

@@ -31,6 +31,9 @@ use state::{Outgoing, State};
 /// How often the loop retries repairs and checks for stalled readers.
 const TICK: Duration = Duration::from_millis(100);
 
+/// How often the loop looks for idle rings to release.
+const COLLECTION_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Most messages waiting for one client before it is dropped as not reading its socket.
 const MAX_OUTBOX: usize = 4096;
 
@@ -46,10 +49,13 @@ pub struct BrokerConfig {
     pub limits: Limits,
     /// Doorbells in the bus's table: one per subscriber object.
     pub doorbells: u32,
+    /// A ring nobody publishes on or reads from for this long is released.
+    pub ring_idle: Duration,
 }
 
 impl BrokerConfig {
-    /// Defaults for a broker at `socket`: 1 MiB rings with 64 KiB payloads, 5 s eviction.
+    /// Defaults for a broker at `socket`: 1 MiB rings with 64 KiB payloads, 5 s eviction, idle
+    /// rings released after 60 s.
     pub fn new(socket: impl Into<PathBuf>) -> BrokerConfig {
         BrokerConfig {
             socket: socket.into(),
@@ -58,6 +64,7 @@ impl BrokerConfig {
                 evict_after: Duration::from_secs(5),
             },
             doorbells: 16_384,
+            ring_idle: Duration::from_secs(60),
         }
     }
 }
@@ -131,6 +138,7 @@ pub struct Broker {
     handle: BrokerHandle,
     state: State,
     conns: HashMap<u32, Conn>,
+    ring_idle: Duration,
 }
 
 impl std::fmt::Debug for Broker {
@@ -203,6 +211,7 @@ impl Broker {
             handle,
             state: State::new(config.limits, doorbells),
             conns: HashMap::new(),
+            ring_idle: config.ring_idle,
         })
     }
 
@@ -220,6 +229,8 @@ impl Broker {
     pub fn run(mut self) -> io::Result<()> {
         let mut events = Events::with_capacity(1024);
         let mut next_tick = Instant::now() + TICK;
+        let collection_interval = self.ring_idle.clamp(TICK, COLLECTION_INTERVAL);
+        let mut next_collection = Instant::now() + collection_interval;
         while !self.handle.stop.load(Ordering::Acquire) {
             let timeout = next_tick.saturating_duration_since(Instant::now());
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
@@ -249,6 +260,10 @@ impl Broker {
                     self.state.repair();
                 }
                 self.state.evict_stalled(now);
+                if now >= next_collection {
+                    self.state.collect_idle_rings(now, self.ring_idle);
+                    next_collection = now + collection_interval;
+                }
                 next_tick = now + TICK;
             }
         }

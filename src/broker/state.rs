@@ -56,6 +56,8 @@ struct RingEntry {
     ring: Ring,
     /// A read-only descriptor of the data segment, duplicated for each subscriber.
     read_only_data: OwnedFd,
+    /// Since when nobody publishes or reads on it, if so.
+    idle_since: Option<Instant>,
 }
 
 struct Subscription {
@@ -327,6 +329,7 @@ impl State {
             RingEntry {
                 ring,
                 read_only_data,
+                idle_since: None,
             },
         );
         let mut matching = Vec::new();
@@ -575,6 +578,36 @@ impl State {
     /// Whether some repair waits to be retried.
     pub(crate) fn repairs_pending(&self) -> bool {
         !self.repairs_pending.is_empty()
+    }
+
+    /// Forgets rings nobody has published on or read from for `idle_for`: no publisher or reader
+    /// slot in use and no publisher registered. The memfds go once the last process that mapped
+    /// them lets go. A topic published on again gets a fresh ring (with no history).
+    pub(crate) fn collect_idle_rings(&mut self, now: Instant, idle_for: Duration) {
+        let published: BTreeSet<&str> = self
+            .clients
+            .values()
+            .flat_map(|c| c.publishers.values().map(String::as_str))
+            .collect();
+        let mut gone = Vec::new();
+        for (topic, entry) in &mut self.rings {
+            let idle = entry.ring.publishers().is_empty()
+                && entry.ring.readers().is_empty()
+                && !published.contains(topic.as_str())
+                && !self.repairs_pending.contains_key(topic);
+            match (idle, entry.idle_since) {
+                (false, _) => entry.idle_since = None,
+                (true, None) => entry.idle_since = Some(now),
+                (true, Some(since)) if now.duration_since(since) >= idle_for => {
+                    gone.push(topic.clone())
+                }
+                (true, Some(_)) => {}
+            }
+        }
+        for topic in gone {
+            self.rings.remove(&topic);
+            info!(topic, "idle ring released");
+        }
     }
 
     /// Untethers tethered readers that have held publishers back without progress for the

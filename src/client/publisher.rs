@@ -19,7 +19,7 @@ pub struct Publisher {
     topic: Topic,
     id: u32,
     inner: shmbus_shm::Publisher,
-    _ring: Ring,
+    ring: Ring,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -61,7 +61,7 @@ impl Publisher {
                 topic,
                 id,
                 inner,
-                _ring: ring,
+                ring,
             }),
             Err(detail) => {
                 // The broker recorded the publisher; tell it the attachment failed.
@@ -74,6 +74,12 @@ impl Publisher {
     /// The topic it publishes on.
     pub fn topic(&self) -> &str {
         self.topic.as_str()
+    }
+
+    /// The id of the ring it writes into (rings are per topic; the broker releases idle ones, and
+    /// a topic published on again gets a new ring).
+    pub fn ring_id(&self) -> u64 {
+        self.ring.id()
     }
 
     /// Its bus-wide id, which subscribers see on its messages.
