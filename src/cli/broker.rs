@@ -14,6 +14,9 @@ pub struct Args {
     /// Untether a subscriber that holds publishers back without reading for this long.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     evict_after: f64,
+    /// Release a topic's ring after this long without publishers or subscribers.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    ring_idle: f64,
     /// Bytes of each topic's ring (a power of two).
     #[arg(long, value_name = "BYTES", default_value_t = 1 << 20)]
     ring_capacity: u64,
@@ -40,7 +43,17 @@ pub fn run(args: Args) -> Outcome {
             ),
         ));
     }
+    if !(args.ring_idle.is_finite() && args.ring_idle >= 0.0) {
+        return Err(Failure::new(
+            Exit::Usage,
+            format!(
+                "--ring-idle must be a number of seconds, not {}",
+                args.ring_idle
+            ),
+        ));
+    }
     let mut config = BrokerConfig::new(socket);
+    config.ring_idle = Duration::from_secs_f64(args.ring_idle);
     config.limits.evict_after = Duration::from_secs_f64(args.evict_after);
     config.limits.ring.capacity = args.ring_capacity;
     config.limits.ring.max_payload = args.max_payload;
