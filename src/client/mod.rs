@@ -185,6 +185,21 @@ impl Bus {
     }
 
     /// A subscriber with options (lossy, history, wait strategy).
+    ///
+    /// ```
+    /// use shmbus::{Bus, SubscriberOptions, WaitStrategy};
+    ///
+    /// let bus = Bus::embedded()?;
+    /// let mut publisher = bus.publisher("log/app")?;
+    /// publisher.publish(b"before")?;
+    /// // Lossy: never holds the publisher back; history: also the last message before joining.
+    /// let options = SubscriberOptions { lossy: true, history: 1, wait: WaitStrategy::Park };
+    /// let mut sub = bus.subscribe_with("log/*", options)?;
+    /// publisher.publish(b"after")?;
+    /// assert_eq!(sub.recv()?.payload(), b"before");
+    /// assert_eq!(sub.recv()?.payload(), b"after");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn subscribe_with(
         &self,
         pattern: &str,

@@ -124,6 +124,17 @@ impl Publisher {
     /// Claims room for a `len`-byte message in the ring, waiting as long as it takes: fill
     /// [`Loan::as_mut_slice`] and [`Loan::commit`] — zero copy. Dropped uncommitted, nothing is
     /// published.
+    ///
+    /// ```
+    /// let bus = shmbus::Bus::embedded()?;
+    /// let mut sub = bus.subscribe("frames")?;
+    /// let mut publisher = bus.publisher("frames")?;
+    /// let mut loan = publisher.loan(4)?;
+    /// loan.as_mut_slice().copy_from_slice(&[1, 2, 3, 4]); // written in shared memory
+    /// loan.commit();
+    /// assert_eq!(sub.recv()?.payload(), [1, 2, 3, 4]);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         self.loan_timeout(len, None)
     }

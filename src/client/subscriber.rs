@@ -258,6 +258,15 @@ impl Subscriber {
     }
 
     /// The next message, waiting up to `timeout`; `Ok(None)` when it passed.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    ///
+    /// let bus = shmbus::Bus::embedded()?;
+    /// let mut sub = bus.subscribe("quiet")?;
+    /// assert!(sub.recv_timeout(Duration::from_millis(10))?.is_none());
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<'_>>, RecvError> {
         Ok(self.wait(Some(timeout))?.map(|idx| self.sample(idx)))
     }
