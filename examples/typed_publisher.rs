@@ -23,12 +23,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "left".into());
     let bus = shmbus::Bus::connect_default()?;
     let mut publisher = bus.typed_publisher::<Reading>(&format!("sensors/{name}"))?;
-    let mut reading = Reading { sensor: name, sequence: 0, values: Vec::new() };
+    let mut reading = Reading {
+        sensor: name,
+        sequence: 0,
+        values: Vec::new(),
+    };
     loop {
         reading.values.clear();
-        reading.values.extend((0..4).map(|i| (reading.sequence as f32).sin() + i as f32));
+        reading
+            .values
+            .extend((0..4).map(|i| (reading.sequence as f32).sin() + i as f32));
         publisher.publish(&reading)?;
-        println!("published reading {} from {}", reading.sequence, reading.sensor);
+        println!(
+            "published reading {} from {}",
+            reading.sequence, reading.sensor
+        );
         reading.sequence += 1;
         std::thread::sleep(Duration::from_millis(100));
     }
