@@ -72,7 +72,9 @@
 //! limit, see below), records its *intent* `(pos, seq, end)` in its slot, and CASes the cursor to
 //! `(end, seq + 1)`. The intent is what lets the broker repair the claim if the publisher dies,
 //! and it tethers other publishers: nobody claims more than a buffer's length beyond any intent,
-//! so a publisher stalled mid-write is never lapped and overwritten.
+//! so a publisher stalled mid-write is never lapped and overwritten. A publisher alone on its ring
+//! takes the cursor for itself and then claims with a plain store instead of the locked CAS, until
+//! another publisher revokes that ownership ("Exclusive claims" in the `ring::claim` module).
 //!
 //! **Commit.** The publisher writes the payload in place, then header words 1–3, then stores the
 //! *stamp* — a keyed mix of the frame's position — into word 0, then checks whether any reader is
@@ -110,25 +112,32 @@
 //!
 //! | tag | release side | acquire side | what it guarantees |
 //! | --- | --- | --- | --- |
-//! | `publish` | stamp store (Release ⊂ SeqCst) | reader's stamp load (Acquire) | header and payload are visible with the stamp |
+//! | `publish` | stamp store (Release) | reader's stamp load (Acquire) | header and payload are visible with the stamp |
 //! | `release` | reader's position store (Release) | publisher's position load (Acquire) in the room check | a reader is done with bytes before they are overwritten |
-//! | `intent` | cursor CAS (AcqRel) after the intent stores | cursor load (Acquire) by other publishers and the broker | a made claim's intent is visible to whoever sees the claim |
+//! | `intent` | cursor CAS (AcqRel), or an exclusive owner's cursor store (Release), after the intent stores | cursor load (Acquire) by other publishers and the broker | a made claim's intent is visible to whoever sees the claim |
 //! | `retire` | intent clear (Release) after the commit | intent load (Acquire) in the room check and repair | a publisher's writes are finished before others lap or repair them |
-//! | `overwrite` | `fence(Release)` after the claim CAS, before writing | `fence(Acquire)` after a lossy copy, before re-loading the cursor | a torn copy is always detected |
-//! | `join` | reader's mode store and cursor load (SeqCst) | publisher's cursor load and mode load (SeqCst) | a joining reader is either seen or never overrun |
-//! | `park` | publisher: stamp store, fence, parked-count load | reader: parked-count increment, fence, stamp load | a commit never misses a reader that is going to sleep |
+//! | `overwrite` | `fence(Release)` after the claim, before writing | `fence(Acquire)` after a lossy copy, before re-loading the cursor | a torn copy is always detected |
+//! | `join` | reader: mode store, `fence(SeqCst)`, cursor load | publisher: cursor load, `fence(SeqCst)`, mode loads | a joining reader is either seen or never overrun |
+//! | `park` | publisher: stamp store, light fence, parked-count load | reader: parked-count increment, heavy fence, stamp load | a commit never misses a reader that is going to sleep |
+//! | `exclusive` | owner: intent stores, light fence, ownership load | revoker: `REVOKING` store, heavy fence, owner's intent load | a revoked owner never stores the cursor over another claim |
 //! | `doorbell` | doorbell bump (Release) | doorbell load before sleeping (Acquire) | a woken reader sees what woke it |
 //!
-//! SeqCst appears only in `join` and `park`, the two store-then-load (Dekker) patterns, where
-//! acquire/release cannot order a store before a later load.
+//! Sequential consistency appears only as fences in `join`, `park` and `exclusive`, the three
+//! store-then-load (Dekker) patterns, where acquire/release cannot order a store before a later
+//! load. They are fences rather than SeqCst accesses because the fence rules are what the
+//! arguments use (and what loom models exactly). In `park` and `exclusive` the fences are
+//! asymmetric: the publisher's hot path has only a compiler fence ("light"), and the rare side
+//! issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` ("heavy"), which puts a full barrier into
+//! every running thread of every publishing process — see the `fence` module, and its fallback
+//! where the kernel refuses the call.
 //!
 //! ## Waiting for space
 //!
-//! A publisher whose claim does not fit spins, then sleeps on the ring's space word. Readers
-//! wake it when they release a frame and see a publisher waiting, but they check with a relaxed
-//! load and no fence — putting a full fence on every release to make the wake-up exact would cost
-//! every reader on every message to save a blocked publisher at most one millisecond, which is
-//! how often a sleeping publisher re-checks.
+//! A publisher whose claim does not fit spins, then sleeps on the ring's space word. A reader that
+//! releases a frame and sees a publisher waiting takes the waiter count (so one wake-up serves a
+//! whole parking) and wakes it. It checks with a relaxed load and no fence — a full fence on every
+//! release, to make the wake-up exact, would cost every reader on every message to save a blocked
+//! publisher at most one millisecond, which is how often a sleeping publisher re-checks.
 //!
 //! ## Recovery
 //!

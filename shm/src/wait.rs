@@ -55,7 +55,7 @@ pub enum Idle {
 /// Drives one blocking call's wait strategy.
 ///
 /// The clock is read only once the first poll came back empty, and then only every
-/// [`SPINS_PER_CLOCK_CHECK`] spins, so a call that finds work at once costs no clock read.
+/// 64 spins, so a call that finds work at once costs no clock read.
 #[derive(Debug)]
 pub struct Waiter {
     strategy: WaitStrategy,

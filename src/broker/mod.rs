@@ -2,9 +2,10 @@
 //! and cleans up after clients that die or stall.
 //!
 //! One thread runs an event loop (mio/epoll) over the listening socket and every client
-//! connection. Messages are handled to completion as they arrive ([`state`] decides, this module
+//! connection. Messages are handled to completion as they arrive (the `state` module decides, this one
 //! moves bytes); replies that do not fit in a client's socket buffer wait in its outbox. Every
-//! [`TICK`] the loop retries deferred repairs and looks for stalled readers.
+//! 100 ms the loop retries deferred repairs and looks for stalled readers; every few seconds it
+//! releases rings nobody uses.
 
 mod state;
 

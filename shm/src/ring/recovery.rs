@@ -33,7 +33,7 @@ pub enum RepairOutcome {
     Deferred,
 }
 
-/// One dead publisher slot handled by [`repair_dead_publishers`].
+/// One dead publisher slot handled by `Ring::repair_dead_publishers`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Repair {
     /// The publisher slot.
