@@ -1,0 +1,305 @@
+//! The C API as C programs use it: the examples (`ffi/examples/*.c`) and a test program
+//! (`ffi/tests/c/peer.c`), compiled with the system C compiler during the test, run as separate
+//! processes against a real broker, with Rust peers on the other side where it matters.
+//!
+//! See `support/mod.rs` for how the library and the broker are found.
+
+mod support;
+
+use std::time::Duration;
+
+use shmbus::{Bus, SubscriberOptions};
+use support::{Proc, TestBroker, TestDir, compile};
+
+fn example(name: &str) -> std::path::PathBuf {
+    compile(&format!("examples/{name}.c"))
+}
+
+fn peer() -> std::path::PathBuf {
+    compile("tests/c/peer.c")
+}
+
+/// Receives `n` messages as (topic, payload) pairs.
+fn receive(sub: &mut shmbus::Subscriber, n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|_| {
+            let sample = sub
+                .recv_timeout(support::PATIENCE)
+                .expect("recv")
+                .expect("a message in time");
+            (
+                sample.topic().to_string(),
+                String::from_utf8(sample.payload().to_vec()).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn c_publisher_to_rust_subscriber_by_copy_by_loan_and_from_stdin() {
+    let broker = TestBroker::start();
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut sub = bus.subscribe("c2r/**").unwrap();
+    let publish = example("pub");
+
+    let mut by_copy = Proc::spawn(
+        &publish,
+        &["-b", broker.bus(), "c2r/args", "one", "two words"],
+    );
+    by_copy.expect_success();
+    assert_eq!(
+        receive(&mut sub, 2),
+        [
+            ("c2r/args".to_string(), "one".to_string()),
+            ("c2r/args".into(), "two words".into())
+        ]
+    );
+
+    let mut by_loan = Proc::spawn(&publish, &["-b", broker.bus(), "-n", "3", "c2r/loaned"]);
+    by_loan.expect_success();
+    let got = receive(&mut sub, 3);
+    let want: Vec<_> = (0..3)
+        .map(|i| ("c2r/loaned".to_string(), format!("c2r/loaned #{i}")))
+        .collect();
+    assert_eq!(got, want);
+
+    let mut from_stdin = Proc::spawn(&publish, &["-b", broker.bus(), "c2r/lines"]);
+    from_stdin.send("first line\nsecond\n");
+    from_stdin.expect_success();
+    assert_eq!(
+        receive(&mut sub, 2),
+        [
+            ("c2r/lines".to_string(), "first line".to_string()),
+            ("c2r/lines".into(), "second".into())
+        ]
+    );
+    assert!(sub.try_recv().unwrap().is_none(), "nothing more");
+}
+
+#[test]
+fn rust_publisher_to_c_subscriber() {
+    let broker = TestBroker::start();
+    let mut c_sub = Proc::spawn(&example("sub"), &["-b", broker.bus(), "-n", "3", "r2c"]);
+    c_sub.stderr.wait_for("subscribed r2c");
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = bus.publisher("r2c").unwrap();
+    publisher.publish(b"hello from Rust").unwrap();
+    publisher.publish(b"tab\there\nnewline").unwrap();
+    let mut loan = publisher.loan(5).unwrap();
+    loan.as_mut_slice().copy_from_slice(b"loan!");
+    loan.commit();
+    c_sub.expect_success();
+    assert_eq!(
+        c_sub.stdout.lines(),
+        [
+            "r2c\thello from Rust",
+            "r2c\ttab\\there\\nnewline",
+            "r2c\tloan!"
+        ]
+    );
+}
+
+#[test]
+fn c_to_c_with_wildcard_subscriptions() {
+    let broker = TestBroker::start();
+    let publish = example("pub");
+    let run_pub = |topic: &str, message: &str| {
+        Proc::spawn(&publish, &["-b", broker.bus(), topic, message]).expect_success();
+    };
+    // A ring that exists before the subscription; what it held then is not delivered.
+    run_pub("w/old", "before");
+    let mut c_sub = Proc::spawn(
+        &example("sub"),
+        &["-b", broker.bus(), "-n", "5", "w/**", "x/*"],
+    );
+    c_sub.stderr.wait_for("subscribed w/**");
+    c_sub.stderr.wait_for("subscribed x/*");
+    run_pub("w/old", "after");
+    run_pub("w/new/deep", "created later");
+    run_pub("x/y", "one level");
+    run_pub("x/y/z", "too deep for x/*");
+    run_pub("other", "not matched");
+    run_pub("w/*", "a wildcard publish");
+    run_pub("x/**", "matched by both patterns, delivered once");
+    c_sub.expect_success();
+    let mut lines = c_sub.stdout.lines();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "w/*\ta wildcard publish",
+            "w/new/deep\tcreated later",
+            "w/old\tafter",
+            "x/**\tmatched by both patterns, delivered once",
+            "x/y\tone level",
+        ]
+    );
+}
+
+#[test]
+fn c_subscriber_times_out_with_exit_code_4() {
+    let broker = TestBroker::start();
+    let mut c_sub = Proc::spawn(
+        &example("sub"),
+        &["-b", broker.bus(), "-n", "1", "-t", "100", "quiet"],
+    );
+    assert_eq!(c_sub.wait_code(), 4);
+    assert!(c_sub.stderr.text().contains("timed out after 0 messages"));
+}
+
+#[test]
+fn c_subscriber_with_history_gets_earlier_messages() {
+    let broker = TestBroker::start();
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = bus.publisher("hist").unwrap();
+    for i in 0..5 {
+        publisher.publish(format!("m{i}").as_bytes()).unwrap();
+    }
+    let mut c_sub = Proc::spawn(
+        &example("sub"),
+        &["-b", broker.bus(), "-n", "3", "-H", "2", "hist"],
+    );
+    c_sub.stderr.wait_for("subscribed hist");
+    publisher.publish(b"m5").unwrap();
+    c_sub.expect_success();
+    assert_eq!(c_sub.stdout.lines(), ["hist\tm3", "hist\tm4", "hist\tm5"]);
+}
+
+#[test]
+fn zero_copy_loan_writes_in_the_ring_and_recv_reads_in_place() {
+    let broker = TestBroker::start();
+    let mut p = Proc::spawn(&peer(), &["zerocopy", broker.bus()]);
+    p.expect_success();
+    assert_eq!(
+        p.stdout.lines(),
+        ["ok loan-in-ring", "ok recv-in-place", "ok abort"]
+    );
+}
+
+#[test]
+fn every_error_path_returns_its_code_and_message() {
+    let broker = TestBroker::start();
+    let dir = TestDir::new();
+    let mut p = Proc::spawn(
+        &peer(),
+        &["errors", broker.bus(), dir.path.to_str().unwrap()],
+    );
+    p.expect_success();
+    assert_eq!(
+        p.stdout.lines(),
+        [
+            "ok null-arguments",
+            "ok invalid-topic",
+            "ok addresses",
+            "ok invalid-argument",
+            "ok too-large",
+            "ok state",
+            "ok timeout-and-full",
+            "ok strerror",
+        ]
+    );
+}
+
+#[test]
+fn lossy_c_subscriber_reports_lagged_with_the_count() {
+    let broker = TestBroker::start();
+    let mut p = Proc::spawn(&peer(), &["lossy", broker.bus(), "lossy/t"]);
+    p.stdout.wait_for("subscribed");
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = bus.publisher("lossy/t").unwrap();
+    // Far more than the ring holds; a lossy subscriber never holds the publisher back.
+    let chunk = vec![7u8; 60_000];
+    for _ in 0..100 {
+        publisher
+            .publish_timeout(&chunk, Some(Duration::from_secs(10)))
+            .unwrap();
+    }
+    p.send("go\n");
+    let lagged = p.stdout.wait_for("lagged ");
+    let missed: u64 = lagged["lagged ".len()..].parse().unwrap();
+    assert!(missed > 0 && missed < 100, "{lagged}");
+    p.expect_success();
+    assert!(p.stdout.lines().contains(&"ok lossy".to_string()));
+}
+
+#[test]
+fn broker_gone_fails_new_attachments_while_attached_rings_keep_working() {
+    let mut broker = TestBroker::start();
+    let mut p = Proc::spawn(&peer(), &["gone", broker.bus()]);
+    p.stdout.wait_for("ready");
+    broker.stop();
+    p.send("stopped\n");
+    p.expect_success();
+    assert_eq!(p.stdout.lines(), ["ready", "ok broker-gone"]);
+}
+
+#[test]
+fn chat_between_two_terminals() {
+    let broker = TestBroker::start();
+    let chat = example("chat");
+    let mut alice = Proc::spawn(&chat, &["-b", broker.bus(), "lobby", "alice"]);
+    let mut bob = Proc::spawn(&chat, &["-b", broker.bus(), "lobby", "bob"]);
+    alice.stderr.wait_for("joined chat/lobby as alice");
+    bob.stderr.wait_for("joined chat/lobby as bob");
+    // A Rust participant sees the same room.
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut watcher = bus
+        .subscribe_with("chat/*", SubscriberOptions::default())
+        .unwrap();
+
+    alice.send("hello bob\n");
+    bob.stdout.wait_for("alice: hello bob");
+    bob.send("hi alice, how are you?\n");
+    alice.stdout.wait_for("bob: hi alice, how are you?");
+    alice.send("fine, bye"); // no newline: sent at end of input
+    alice.close_stdin();
+    bob.stdout.wait_for("alice: fine, bye");
+    assert_eq!(alice.wait_code(), 0, "{}", alice.stderr.text());
+    bob.expect_success();
+
+    // Nobody sees their own messages.
+    assert_eq!(alice.stdout.lines(), ["bob: hi alice, how are you?"]);
+    assert_eq!(bob.stdout.lines(), ["alice: hello bob", "alice: fine, bye"]);
+    let seen: Vec<String> = receive(&mut watcher, 3)
+        .into_iter()
+        .map(|(_, m)| m)
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            "alice: hello bob",
+            "bob: hi alice, how are you?",
+            "alice: fine, bye"
+        ]
+    );
+}
+
+#[test]
+fn c_programs_report_an_unreachable_broker() {
+    let dir = TestDir::new();
+    let nobody = dir.path.join("nobody.sock");
+    let nobody = nobody.to_str().unwrap();
+    let mut publisher = Proc::spawn(&example("pub"), &["-b", nobody, "t", "m"]);
+    assert_eq!(publisher.wait_code(), 3);
+    assert!(
+        publisher.stderr.text().contains(nobody),
+        "{}",
+        publisher.stderr.text()
+    );
+    let mut subscriber = Proc::spawn(&example("sub"), &["-b", nobody, "t"]);
+    assert_eq!(subscriber.wait_code(), 3);
+    let mut bad = Proc::spawn(&example("pub"), &["-b", nobody, "bad topic", "m"]);
+    assert_eq!(bad.wait_code(), 3);
+}
+
+#[test]
+fn c_publisher_rejects_an_invalid_topic_naming_it() {
+    let broker = TestBroker::start();
+    let mut p = Proc::spawn(&example("pub"), &["-b", broker.bus(), "a//b", "m"]);
+    assert_eq!(p.wait_code(), 1);
+    assert_eq!(
+        p.stderr.text(),
+        "pub: shmbus_publisher_new: invalid topic \"a//b\": empty fragment at position 2 \
+         (invalid topic or pattern)"
+    );
+}
