@@ -45,7 +45,7 @@ pub(crate) fn stamp(pos: u64, key: u64) -> u64 {
 }
 
 /// The decoded words 1–3 of a frame header.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FrameHeader {
     /// Payload bytes (0 for SKIP and PAD).
     pub len: u32,

@@ -24,6 +24,12 @@ pub struct Publisher {
     ring: Arc<RingShared>,
     core: PublisherCore,
     wait: WaitStrategy,
+    /// The outstanding [`Loan`]'s claim, and whether one is outstanding. Kept here rather than
+    /// in the loan so that a loan is one pointer wide: handing it out moves no bytes.
+    claim: Claim,
+    /// Payload bytes the outstanding loan lends.
+    loan_len: usize,
+    loan_open: bool,
 }
 
 impl std::fmt::Debug for Publisher {
@@ -41,6 +47,9 @@ impl Publisher {
             ring,
             core,
             wait: WaitStrategy::default(),
+            claim: Claim::default(),
+            loan_len: 0,
+            loan_open: false,
         }
     }
 
@@ -65,7 +74,7 @@ impl Publisher {
     }
 
     #[inline]
-    fn claim(&mut self, len: usize) -> Result<Claim, TryLoanError> {
+    fn try_claim(&mut self, len: usize) -> Result<Claim, TryLoanError> {
         let too_large = TryLoanError::TooLarge {
             len,
             max: self.max_payload(),
@@ -82,13 +91,8 @@ impl Publisher {
     /// Claims room for a `len`-byte payload without waiting.
     #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, TryLoanError> {
-        let claim = self.claim(len)?;
-        Ok(Loan {
-            publisher: self,
-            claim,
-            len,
-            committed: false,
-        })
+        let claim = self.try_claim(len)?;
+        Ok(self.lend(claim, len))
     }
 
     /// Claims room for a `len`-byte payload, waiting up to `timeout` (forever if `None`) for
@@ -99,7 +103,7 @@ impl Publisher {
         // Larger lengths fail in `claim` before any wait.
         let payload_len = u32::try_from(len).unwrap_or(u32::MAX);
         let claim = loop {
-            match self.claim(len) {
+            match self.try_claim(len) {
                 Ok(claim) => break claim,
                 Err(TryLoanError::Full) => {}
                 Err(e) => return Err(e.into()),
@@ -110,12 +114,15 @@ impl Publisher {
                 Idle::TimedOut => return Err(LoanError::Timeout),
             }
         };
-        Ok(Loan {
-            publisher: self,
-            claim,
-            len,
-            committed: false,
-        })
+        Ok(self.lend(claim, len))
+    }
+
+    #[inline]
+    fn lend(&mut self, claim: Claim, len: usize) -> Loan<'_> {
+        self.claim = claim;
+        self.loan_len = len;
+        self.loan_open = true;
+        Loan { publisher: self }
     }
 
     /// Sleeps until a reader releases space, `until` passes, or [`SPACE_RECHECK`] elapses.
@@ -156,11 +163,13 @@ impl Publisher {
         Ok(loan.commit())
     }
 
+    /// Ends the outstanding loan: commits its frame as `kind` with `len` payload bytes.
     #[inline]
-    fn finish(&mut self, claim: &Claim, kind: u32, len: u32) {
+    fn finish_loan(&mut self, kind: u32, len: u32) {
+        self.loan_open = false;
         let ring = &self.ring;
         self.core
-            .commit(&ring.mem, claim, kind, len, &|i| ring.ring_doorbell(i));
+            .commit(&ring.mem, &self.claim, kind, len, &|i| ring.ring_doorbell(i));
     }
 }
 
@@ -174,17 +183,15 @@ impl Drop for Publisher {
 /// [`commit`](Loan::commit). Dropped without committing, the claim becomes a skipped frame that
 /// no reader ever sees as a message.
 pub struct Loan<'a> {
+    /// The publisher whose `claim` this loan is (with `loan_open` set).
     publisher: &'a mut Publisher,
-    claim: Claim,
-    len: usize,
-    committed: bool,
 }
 
 impl std::fmt::Debug for Loan<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Loan")
-            .field("len", &self.len)
-            .field("sequence", &self.claim.seq)
+            .field("len", &self.len())
+            .field("sequence", &self.sequence())
             .finish()
     }
 }
@@ -193,37 +200,37 @@ impl Loan<'_> {
     /// The payload buffer, in the ring. Its bytes are whatever the ring held before.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
-        let ptr = self
-            .publisher
+        let publisher = &*self.publisher;
+        let ptr = publisher
             .ring
             .mem
-            .data_ptr(self.claim.frame + FRAME_HEADER_LEN);
+            .data_ptr(publisher.claim.frame + FRAME_HEADER_LEN);
         // SAFETY: the claim gives this loan exclusive write access to `len` bytes after the
         // frame header, inside the frame buffer (frames never wrap); the mapping is writable (a
         // publisher exists only on writable handles) and outlives `self`. Readers only read it
         // after the commit; a lossy reader racing with us copies and discards (see `copy_out`).
-        unsafe { std::slice::from_raw_parts_mut(ptr, self.len) }
+        unsafe { std::slice::from_raw_parts_mut(ptr, publisher.loan_len) }
     }
 
     /// Payload length.
     pub fn len(&self) -> usize {
-        self.len
+        self.publisher.loan_len
     }
 
     /// Whether the payload is empty.
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The sequence number the frame will carry.
     pub fn sequence(&self) -> u64 {
-        self.claim.seq
+        self.publisher.claim.seq
     }
 
     /// Publishes the whole payload. Returns the frame's sequence number.
     #[inline]
     pub fn commit(self) -> u64 {
-        let len = self.len;
+        let len = self.len();
         self.commit_prefix(len)
     }
 
@@ -233,23 +240,20 @@ impl Loan<'_> {
     #[inline]
     pub fn commit_prefix(self, len: usize) -> u64 {
         assert!(
-            len <= self.len,
+            len <= self.len(),
             "commit of {len} bytes exceeds the loan of {}",
-            self.len
+            self.len()
         );
-        let mut this = self;
-        let claim = this.claim;
-        this.publisher.finish(&claim, kind::DATA, len as u32);
-        this.committed = true;
-        claim.seq
+        // The loan's `Drop` then finds nothing outstanding.
+        self.publisher.finish_loan(kind::DATA, len as u32);
+        self.publisher.claim.seq
     }
 }
 
 impl Drop for Loan<'_> {
     fn drop(&mut self) {
-        if !self.committed {
-            let claim = self.claim;
-            self.publisher.finish(&claim, kind::SKIP, 0);
+        if self.publisher.loan_open {
+            self.publisher.finish_loan(kind::SKIP, 0);
         }
     }
 }

@@ -41,8 +41,12 @@ pub struct Reader {
     core: ReaderCore,
     buf: CopyBuf,
     doorbell: Arc<Doorbell>,
-    /// A message found by [`Reader::poll_ready`], not yet taken.
-    ready: Option<FrameView>,
+    /// The frame in `view` was found by [`Reader::poll_ready`] and is not consumed yet: either
+    /// waiting for [`Reader::take_ready`] or lent out as the live [`Sample`].
+    ready: bool,
+    /// The frame found last. It stays here while lent, so a [`Sample`] is one pointer wide and
+    /// handing it out moves no bytes.
+    view: FrameView,
 }
 
 impl std::fmt::Debug for Reader {
@@ -60,7 +64,8 @@ impl Reader {
             core,
             buf: CopyBuf::default(),
             doorbell,
-            ready: None,
+            ready: false,
+            view: FrameView::default(),
         }
     }
 
@@ -83,7 +88,7 @@ impl Reader {
     /// return is known only once one of them has a message.
     #[inline]
     pub fn poll_ready(&mut self) -> Result<bool, ReadError> {
-        if self.ready.is_some() {
+        if self.ready {
             return Ok(true);
         }
         let mem = &self.ring.mem;
@@ -93,7 +98,8 @@ impl Reader {
         match self.core.poll(mem, &mut self.buf)? {
             Poll::Empty => Ok(false),
             Poll::Frame(view) => {
-                self.ready = Some(view);
+                self.view = view;
+                self.ready = true;
                 Ok(true)
             }
             Poll::Lagged(missed) => Err(ReadError::Lagged { missed }),
@@ -103,8 +109,11 @@ impl Reader {
     /// The message found by [`Reader::poll_ready`], if any.
     #[inline]
     pub fn take_ready(&mut self) -> Option<Sample<'_>> {
-        let view = self.ready.take()?;
-        Some(Sample { reader: self, view })
+        if self.ready {
+            Some(Sample { reader: self })
+        } else {
+            None
+        }
     }
 
     /// The next message, if one is committed; never waits.
@@ -148,7 +157,7 @@ impl Reader {
     }
 
     pub(crate) fn ready(&self) -> bool {
-        self.ready.is_some() || self.core.ready(&self.ring.mem)
+        self.ready || self.core.ready(&self.ring.mem)
     }
 }
 
@@ -166,8 +175,8 @@ impl Drop for Reader {
 /// it stalled for longer than the eviction timeout while holding the sample. Lossy readers (and
 /// tethered ones catching up on history) get a validated private copy.
 pub struct Sample<'a> {
+    /// The reader whose `view` this sample is (with `ready` set).
     reader: &'a mut Reader,
-    view: FrameView,
 }
 
 impl std::fmt::Debug for Sample<'_> {
@@ -184,13 +193,14 @@ impl Sample<'_> {
     /// The payload bytes (16-byte aligned).
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        let len = self.view.header.len as usize;
-        if self.view.in_place {
+        let view = &self.reader.view;
+        let len = view.header.len as usize;
+        if view.in_place {
             let ptr = self
                 .reader
                 .ring
                 .mem
-                .data_ptr(self.view.pos + FRAME_HEADER_LEN);
+                .data_ptr(view.pos + FRAME_HEADER_LEN);
             // SAFETY: the header was validated, so `len` bytes after it lie inside the frame
             // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
             // readers' frames are not overwritten until `consume` moves the tether past them;
@@ -204,7 +214,7 @@ impl Sample<'_> {
     /// Payload length in bytes.
     #[inline]
     pub fn len(&self) -> usize {
-        self.view.header.len as usize
+        self.reader.view.header.len as usize
     }
 
     /// Whether the payload is empty.
@@ -215,18 +225,18 @@ impl Sample<'_> {
     /// The frame's ring-wide sequence number (one per claim, in ring order).
     #[inline]
     pub fn sequence(&self) -> u64 {
-        self.view.header.seq
+        self.reader.view.header.seq
     }
 
     /// The bus-wide id of the publisher that wrote it.
     #[inline]
     pub fn publisher(&self) -> u32 {
-        self.view.header.publisher
+        self.reader.view.header.publisher
     }
 
     /// Whether the payload is read in place in shared memory (rather than from a private copy).
     pub fn is_in_place(&self) -> bool {
-        self.view.in_place
+        self.reader.view.in_place
     }
 }
 
@@ -234,7 +244,8 @@ impl Drop for Sample<'_> {
     #[inline]
     fn drop(&mut self) {
         let reader = &mut *self.reader;
-        if reader.core.consume(&reader.ring.mem, &self.view) {
+        reader.ready = false;
+        if reader.core.consume(&reader.ring.mem, &reader.view) {
             reader.ring.signal_space();
         }
     }

@@ -204,14 +204,18 @@ impl Subscriber {
             self.adopt_pending();
         }
         let n = self.readers.len();
-        for i in 0..n {
-            let idx = (self.next + i) % n;
+        // Round robin from `next`, so that one busy topic cannot starve the others.
+        let mut idx = self.next;
+        for _ in 0..n {
+            if idx >= n {
+                idx = 0;
+            }
             match self.readers[idx].poll_ready() {
                 Ok(true) => {
                     self.next = idx + 1;
                     return Ok(Some(idx));
                 }
-                Ok(false) => {}
+                Ok(false) => idx += 1,
                 Err(ReadError::Lagged { missed }) => {
                     self.next = idx;
                     return Err(RecvError::Lagged {

@@ -42,7 +42,7 @@ const ALONE_CHECK_INTERVAL: u32 = 1024;
 use super::write_frame_header;
 
 /// A claimed, not yet committed, range of the ring.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Claim {
     /// Where the claim starts: the head position it was made from.
     pub start: u64,

@@ -36,7 +36,7 @@ pub(crate) enum Poll {
 }
 
 /// A data frame ready to hand out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FrameView {
     /// Absolute position of the frame.
     pub pos: u64,
