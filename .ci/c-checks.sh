@@ -4,7 +4,8 @@
 # against a real `shmbus broker` under
 #   valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect --error-exitcode=1
 # Any invalid read or write, use of uninitialised memory, or definite/indirect leak fails it.
-# ("Possibly lost" blocks are the library's background thread, still alive at exit.)
+# (One 48-byte "possibly lost" block remains: the Rust standard library's handle for the C
+# program's main thread, made by `std::thread::current` and kept for the thread's lifetime.)
 #
 # Installs nothing: valgrind comes from ./.ci/install-tools.sh. Run by hand: ./.ci/c-checks.sh
 set -euo pipefail
@@ -56,7 +57,7 @@ wait_for() {
 check() {
   local name=$1 status=$2 log=$3
   local summary
-  summary=$(grep -E "ERROR SUMMARY|definitely lost|indirectly lost" "$log" | sed 's/^==[0-9]*== *//' | tr '\n' ' ')
+  summary=$(grep -E "ERROR SUMMARY|definitely lost|indirectly lost|possibly lost" "$log" | sed 's/^==[0-9]*== *//' | tr '\n' ' ')
   if [ "$status" -eq 0 ]; then
     echo "ok   $name: $summary"
   else

@@ -97,6 +97,8 @@ pub(crate) struct Session {
     pub(crate) owner: Owner,
     pub(crate) max_payload: u32,
     pub(crate) doorbells: DoorbellTable,
+    /// The control thread; it ends once [`Connection::close`] shut the socket down.
+    pub(crate) control: std::thread::JoinHandle<()>,
 }
 
 /// A live control connection.
@@ -139,7 +141,7 @@ impl Connection {
         socket::send(sock.as_fd(), &hello, &[])
             .map_err(|e| protocol(format!("send hello: {e}")))?;
         let (msg, mut fds) = recv_one(&sock).map_err(protocol)?;
-        let session = match msg {
+        let (owner, max_payload, doorbells) = match msg {
             BrokerMessage::Welcome {
                 owner, max_payload, ..
             } => {
@@ -148,11 +150,7 @@ impl Connection {
                     .pop()
                     .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
                 let doorbells = DoorbellTable::open(fd).map_err(ConnectError::Shm)?;
-                Session {
-                    owner,
-                    max_payload,
-                    doorbells,
-                }
+                (owner, max_payload, doorbells)
             }
             BrokerMessage::Refused(e) => {
                 return Err(ConnectError::Refused {
@@ -170,11 +168,17 @@ impl Connection {
             address: address.clone(),
         });
         let reader = Arc::clone(&conn);
-        let doorbells = session.doorbells.clone();
-        std::thread::Builder::new()
+        let control_doorbells = doorbells.clone();
+        let control = std::thread::Builder::new()
             .name("shmbus-control".into())
-            .spawn(move || reader.control_loop(&doorbells))
+            .spawn(move || reader.control_loop(&control_doorbells))
             .map_err(|e| protocol(format!("start control thread: {e}")))?;
+        let session = Session {
+            owner,
+            max_payload,
+            doorbells,
+            control,
+        };
         Ok((conn, session))
     }
 

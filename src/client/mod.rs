@@ -59,6 +59,8 @@ pub(crate) struct BusInner {
     owner: Owner,
     max_payload: u32,
     doorbells: DoorbellTable,
+    /// Joined on drop, so that no thread of ours outlives the last handle.
+    control: Option<std::thread::JoinHandle<()>>,
     /// Declared last: the embedded broker stops after the connection closed.
     embedded: Option<Embedded>,
 }
@@ -66,6 +68,10 @@ pub(crate) struct BusInner {
 impl Drop for BusInner {
     fn drop(&mut self) {
         self.conn.close();
+        // `close` shut the socket down, so the control thread's receive returns and it ends.
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
         drop(self.embedded.take());
     }
 }
@@ -113,6 +119,7 @@ impl Bus {
                 owner: session.owner,
                 max_payload: session.max_payload,
                 doorbells: session.doorbells,
+                control: Some(session.control),
                 embedded,
             }),
         })
