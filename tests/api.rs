@@ -223,3 +223,37 @@ fn idle_rings_are_released_and_a_topic_used_again_gets_a_fresh_one() {
         "a released ring's history is gone"
     );
 }
+
+#[test]
+fn a_subscriber_that_cannot_get_a_reader_on_a_new_ring_is_told_and_goes_on() {
+    let bus = Bus::embedded_with(|c| c.limits.ring.reader_slots = 1).unwrap();
+    // Both subscribe before the ring exists; the broker finds one reader slot for two.
+    let mut first = bus.subscribe("crowd/*").unwrap();
+    let mut second = bus.subscribe("crowd/*").unwrap();
+    let mut elsewhere = bus.publisher("other").unwrap();
+    let mut other = bus.subscribe("other").unwrap();
+    bus.publisher("crowd/x").unwrap().publish(b"hi").unwrap();
+    elsewhere.publish(b"still here").unwrap();
+
+    let outcome = |sub: &mut shmbus::Subscriber| {
+        sub.recv_timeout(WAIT)
+            .map(|m| m.map(|m| m.payload().to_vec()))
+    };
+    let outcomes = [outcome(&mut first), outcome(&mut second)];
+    // The broker attaches in an order of its choosing: one subscriber reads the ring, the other
+    // is told it cannot, naming the topic and the cause, instead of waiting forever.
+    let [read, told] = match outcomes {
+        [read @ Ok(_), told] | [told, read @ Ok(_)] => [read, told],
+        other => panic!("expected one subscriber to read: {other:?}"),
+    };
+    assert_eq!(read.unwrap(), Some(b"hi".to_vec()));
+    match told {
+        Err(RecvError::Unavailable { topic, detail }) => {
+            assert_eq!(topic, "crowd/x");
+            assert!(detail.contains("reader"), "{detail}");
+        }
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    // Other topics are unaffected.
+    assert_eq!(outcome(&mut other).unwrap(), Some(b"still here".to_vec()));
+}

@@ -136,6 +136,10 @@ typedef enum shmbus_status {
     SHMBUS_ERR_IO = -18,
     // An error this version of the header has no specific code for; the message says what.
     SHMBUS_ERR_OTHER = -19,
+    // A topic matching the subscription appeared, but this subscriber cannot read it (its ring
+    // has no free reader slot, or could not be mapped); the message names the topic. That
+    // topic's messages are not delivered; call again to go on with the others.
+    SHMBUS_ERR_UNAVAILABLE = -20,
 } shmbus_status;
 
 // Special values of the `timeout_ms` arguments (any other value is a number of milliseconds).
@@ -649,7 +653,9 @@ void shmbus_subscriber_free(struct shmbus_subscriber *subscriber);
 // subscriber), `SHMBUS_ERR_TIMEOUT` (no message in time, also with a timeout of 0),
 // `SHMBUS_ERR_LAGGED` (messages were lost; call again to go on; `shmbus_subscriber_lagged` says
 // how many), `SHMBUS_ERR_CORRUPT` (a ring broke the layout rules; that topic is dropped, call
-// again to go on with the others), `SHMBUS_ERR_STATE` (a sample is still held).
+// again to go on with the others), `SHMBUS_ERR_UNAVAILABLE` (a new matching topic cannot be
+// read, reported once; call again to go on with the others), `SHMBUS_ERR_STATE` (a sample is
+// still held).
 //
 // Thread safety: one thread at a time per subscriber.
 //

@@ -72,6 +72,10 @@ pub enum shmbus_status {
     SHMBUS_ERR_IO = -18,
     /// An error this version of the header has no specific code for; the message says what.
     SHMBUS_ERR_OTHER = -19,
+    /// A topic matching the subscription appeared, but this subscriber cannot read it (its ring
+    /// has no free reader slot, or could not be mapped); the message names the topic. That
+    /// topic's messages are not delivered; call again to go on with the others.
+    SHMBUS_ERR_UNAVAILABLE = -20,
 }
 
 /// Every status code with its description, for `shmbus_strerror`.
@@ -102,6 +106,10 @@ pub(crate) const DESCRIPTIONS: &[(shmbus_status, &CStr)] = &[
     (SHMBUS_ERR_PANIC, c"internal error (caught panic)"),
     (SHMBUS_ERR_IO, c"operating-system error"),
     (SHMBUS_ERR_OTHER, c"other error"),
+    (
+        SHMBUS_ERR_UNAVAILABLE,
+        c"a matching topic cannot be read by this subscriber",
+    ),
 ];
 
 /// A failed call: its status code and the message for `shmbus_last_error`.
@@ -215,6 +223,7 @@ impl From<RecvError> for Error {
         let code = match &e {
             RecvError::Lagged { .. } => SHMBUS_ERR_LAGGED,
             RecvError::Corrupt { .. } => SHMBUS_ERR_CORRUPT,
+            RecvError::Unavailable { .. } => SHMBUS_ERR_UNAVAILABLE,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

@@ -513,7 +513,9 @@ pub unsafe extern "C" fn shmbus_subscriber_free(subscriber: *mut shmbus_subscrib
 /// subscriber), `SHMBUS_ERR_TIMEOUT` (no message in time, also with a timeout of 0),
 /// `SHMBUS_ERR_LAGGED` (messages were lost; call again to go on; `shmbus_subscriber_lagged` says
 /// how many), `SHMBUS_ERR_CORRUPT` (a ring broke the layout rules; that topic is dropped, call
-/// again to go on with the others), `SHMBUS_ERR_STATE` (a sample is still held).
+/// again to go on with the others), `SHMBUS_ERR_UNAVAILABLE` (a new matching topic cannot be
+/// read, reported once; call again to go on with the others), `SHMBUS_ERR_STATE` (a sample is
+/// still held).
 ///
 /// Thread safety: one thread at a time per subscriber.
 ///

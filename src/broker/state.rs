@@ -344,7 +344,14 @@ impl State {
             match self.attach(client, sub, topic.as_str()) {
                 Ok(o) => out.push(o),
                 Err(e) => {
-                    warn!(client, subscription = sub, topic = %topic, "cannot attach reader: {}", e.message)
+                    warn!(client, subscription = sub, topic = %topic, "cannot attach reader: {}", e.message);
+                    // The subscriber learns it misses this topic rather than wait for it forever.
+                    let msg = BrokerMessage::RingUnavailable {
+                        subscription: sub,
+                        topic: topic.as_str().to_string(),
+                        error: e,
+                    };
+                    out.push(Outgoing::to(client, msg));
                 }
             }
         }

@@ -84,7 +84,12 @@ pub fn run(args: Args) -> Outcome {
                 received += 1;
             }
             Ok(None) => {}
-            Err(e @ RecvError::Lagged { .. }) => eprintln!("shmbus: {e}"),
+            // Each concerns one topic; the others go on.
+            Err(
+                e @ (RecvError::Lagged { .. }
+                | RecvError::Corrupt { .. }
+                | RecvError::Unavailable { .. }),
+            ) => eprintln!("shmbus: {e}"),
             Err(e) => return Err(Failure::error(e)),
         }
     }

@@ -31,8 +31,18 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 /// A reply with the descriptors it carried.
 pub(crate) type ReplyWithFds = (Result<Reply, ErrorReply>, Vec<OwnedFd>);
 
-/// A ring attachment with its descriptors (data read-only, readers).
-pub(crate) type Attachment = (RingAttachment, Vec<OwnedFd>);
+/// What the broker sent a subscription about one matching ring.
+pub(crate) enum Attachment {
+    /// A reader slot on the ring, with the ring's descriptors (data read-only, readers).
+    Ring(RingAttachment, Vec<OwnedFd>),
+    /// The ring the broker could not attach a reader to: the subscription misses `topic`.
+    Unavailable {
+        /// The ring's topic.
+        topic: String,
+        /// Why, from the broker.
+        reason: String,
+    },
+}
 
 /// Attachments waiting for their subscriber to adopt them, and how to wake it.
 pub(crate) struct AttachmentQueue {
@@ -87,6 +97,19 @@ struct Routing {
     /// Subscriptions recently dropped: attachments still in flight for them are discarded (the
     /// broker frees their slots when it handles the unsubscribe).
     closed: VecDeque<u32>,
+}
+
+impl Routing {
+    /// Hands `item` to subscription `sub` and wakes its subscriber; keeps it for a subscription
+    /// not registered yet, drops it for one recently closed.
+    fn route(&mut self, sub: u32, item: Attachment, doorbells: &DoorbellTable) {
+        if let Some(queue) = self.subscriptions.get(&sub) {
+            queue.push([item]);
+            doorbells.ring(queue.doorbell);
+        } else if !self.closed.contains(&sub) {
+            self.orphans.entry(sub).or_default().push(item);
+        }
+    }
 }
 
 /// How many dropped subscriptions [`Routing::closed`] remembers.
@@ -278,12 +301,16 @@ impl Connection {
                 }
                 BrokerMessage::RingAttached(a) => {
                     let sub = a.subscription;
-                    if let Some(queue) = routing.subscriptions.get(&sub) {
-                        queue.push([(a, fds)]);
-                        doorbells.ring(queue.doorbell);
-                    } else if !routing.closed.contains(&sub) {
-                        routing.orphans.entry(sub).or_default().push((a, fds));
-                    }
+                    routing.route(sub, Attachment::Ring(a, fds), doorbells);
+                }
+                BrokerMessage::RingUnavailable {
+                    subscription,
+                    topic,
+                    error,
+                } => {
+                    let reason = error.message;
+                    let item = Attachment::Unavailable { topic, reason };
+                    routing.route(subscription, item, doorbells);
                 }
                 other => {
                     warn!(address = %self.address, "unexpected message from the broker: {other:?}");

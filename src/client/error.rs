@@ -175,6 +175,16 @@ pub enum RecvError {
         /// What is wrong.
         detail: String,
     },
+    /// A ring for `topic` matches the subscription but cannot be read (the broker found no free
+    /// reader slot on it, or its memory could not be mapped): this subscriber does not receive
+    /// that topic's messages. Reported once; receiving goes on with the other topics.
+    #[error("topic {topic:?} matches but cannot be read: {detail}")]
+    Unavailable {
+        /// The ring's topic.
+        topic: String,
+        /// Why.
+        detail: String,
+    },
     /// A typed message failed validation (it is skipped; receiving goes on).
     #[error(
         "topic {topic:?}: message {sequence} is not a valid archive of the expected type: {detail}"

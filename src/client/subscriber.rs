@@ -50,6 +50,8 @@ pub struct Subscriber {
     rings: Vec<Ring>,
     /// Where the next poll starts, so no ring starves the others.
     next: usize,
+    /// Matching rings this subscriber cannot read, (topic, why), not yet reported by `recv`.
+    unavailable: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for Subscriber {
@@ -84,6 +86,7 @@ impl Subscriber {
             topics: Vec::new(),
             rings: Vec::new(),
             next: 0,
+            unavailable: Vec::new(),
         };
         for pattern in patterns {
             sub.add_pattern(pattern)?;
@@ -148,7 +151,14 @@ impl Subscriber {
     /// Adopts the readers the broker attached since the last call.
     fn adopt_pending(&mut self) {
         let pending: Vec<Attachment> = self.queue.take();
-        for (a, fds) in pending {
+        for item in pending {
+            let (a, fds) = match item {
+                Attachment::Ring(a, fds) => (a, fds),
+                Attachment::Unavailable { topic, reason } => {
+                    self.unavailable.push((topic, reason));
+                    continue;
+                }
+            };
             let Some(owner) = Owner::new(a.owner) else {
                 continue;
             };
@@ -163,9 +173,16 @@ impl Subscriber {
                     self.topics.push(Arc::from(a.topic.as_str()));
                     self.rings.push(ring);
                 }
-                Err(e) => warn!(topic = a.topic, "cannot read a matching ring: {e}"),
+                Err(e) => {
+                    warn!(topic = a.topic, "cannot read a matching ring: {e}");
+                    self.unavailable.push((a.topic, e));
+                }
             }
         }
+        // A ring another of our patterns reads is not missed.
+        let topics = &self.topics;
+        self.unavailable
+            .retain(|(topic, _)| !topics.iter().any(|t| **t == **topic));
     }
 
     fn adopt(
@@ -202,6 +219,9 @@ impl Subscriber {
     fn poll(&mut self) -> Result<Option<usize>, RecvError> {
         if self.queue.has_pending() {
             self.adopt_pending();
+        }
+        if let Some((topic, detail)) = self.unavailable.pop() {
+            return Err(RecvError::Unavailable { topic, detail });
         }
         let n = self.readers.len();
         // Round robin from `next`, so that one busy topic cannot starve the others.

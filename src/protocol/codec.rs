@@ -81,6 +81,10 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
             limit("error message", &e.message, MAX_ERROR_LEN)?;
         }
         BrokerMessage::RingAttached(a) => limit("topic", &a.topic, crate::topic::MAX_TOPIC_LEN)?,
+        BrokerMessage::RingUnavailable { topic, error, .. } => {
+            limit("topic", topic, crate::topic::MAX_TOPIC_LEN)?;
+            limit("error message", &error.message, MAX_ERROR_LEN)?;
+        }
         BrokerMessage::Welcome { .. } | BrokerMessage::Reply { result: Ok(_), .. } => {}
     }
     Ok(msg)

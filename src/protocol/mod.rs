@@ -129,6 +129,17 @@ pub enum BrokerMessage {
     /// A reader slot was attached for the client to a ring matching one of its subscriptions.
     /// Carries the ring's data (read-only) and readers descriptors.
     RingAttached(RingAttachment),
+    /// A ring matching one of the client's subscriptions was created, but no reader could be
+    /// attached for it (say, the ring has no free reader slot): the subscription will not see
+    /// that topic's messages. Sent instead of [`BrokerMessage::RingAttached`].
+    RingUnavailable {
+        /// The subscription that misses the ring.
+        subscription: u32,
+        /// The ring's topic.
+        topic: String,
+        /// Why (`Exhausted` for no free reader slot, `Internal` otherwise).
+        error: ErrorReply,
+    },
 }
 
 /// A reader the broker attached for a subscription.
