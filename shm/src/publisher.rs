@@ -168,8 +168,9 @@ impl Publisher {
     fn finish_loan(&mut self, kind: u32, len: u32) {
         self.loan_open = false;
         let ring = &self.ring;
-        self.core
-            .commit(&ring.mem, &self.claim, kind, len, &|i| ring.ring_doorbell(i));
+        self.core.commit(&ring.mem, &self.claim, kind, len, &|i| {
+            ring.ring_doorbell(i)
+        });
     }
 }
 

@@ -196,11 +196,7 @@ impl Sample<'_> {
         let view = &self.reader.view;
         let len = view.header.len as usize;
         if view.in_place {
-            let ptr = self
-                .reader
-                .ring
-                .mem
-                .data_ptr(view.pos + FRAME_HEADER_LEN);
+            let ptr = self.reader.ring.mem.data_ptr(view.pos + FRAME_HEADER_LEN);
             // SAFETY: the header was validated, so `len` bytes after it lie inside the frame
             // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
             // readers' frames are not overwritten until `consume` moves the tether past them;

@@ -89,11 +89,13 @@ impl Endpoint for Floor {
         // only between our Release store of the sequence below and its reply, and it replied to
         // the previous message before we send the next (strict ping-pong).
         unsafe { std::ptr::write_bytes(payload, fill, len) };
-        self.word(self.outbox, 1).store(len as u64, Ordering::Relaxed);
+        self.word(self.outbox, 1)
+            .store(len as u64, Ordering::Relaxed);
         self.sent += 1;
         // SYNC POINT(floor): publishes the payload and length above to the Acquire load in
         // `recv` of the other process.
-        self.word(self.outbox, 0).store(self.sent, Ordering::Release);
+        self.word(self.outbox, 0)
+            .store(self.sent, Ordering::Release);
     }
 
     fn recv(&mut self) -> (usize, u64) {
@@ -111,17 +113,18 @@ impl Endpoint for Floor {
         assert!(len <= MAX_PAYLOAD);
         // SAFETY: the other process wrote these `len` bytes before the Release store our
         // Acquire load saw, and does not write them again until we answer.
-        let payload =
-            unsafe { std::slice::from_raw_parts(self.mailbox(inbox).add(HEADER), len) };
+        let payload = unsafe { std::slice::from_raw_parts(self.mailbox(inbox).add(HEADER), len) };
         (len, harness::sum(payload))
     }
 }
 
 /// Parent side: creates the memfd, starts the child on it.
 pub fn parent() -> (Floor, Child) {
-    let fd: OwnedFd =
-        nix::sys::memfd::memfd_create("shmbus-compare-floor", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)
-            .expect("memfd_create");
+    let fd: OwnedFd = nix::sys::memfd::memfd_create(
+        "shmbus-compare-floor",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )
+    .expect("memfd_create");
     nix::unistd::ftruncate(&fd, (2 * MAILBOX) as i64).expect("size the floor's memfd");
     let floor = Floor::map(&fd, 0);
     let child = harness::spawn_child("floor", &[fd.as_fd()], "");

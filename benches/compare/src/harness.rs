@@ -170,7 +170,11 @@ mod tests {
     fn expected_sum_matches_sum() {
         for len in [0, 1, 7, 8, 9, 64, 1000, 4096] {
             for fill in [0u8, 1, 0x7f, 0xff] {
-                assert_eq!(sum(&vec![fill; len]), expected_sum(len, fill), "{len} x {fill}");
+                assert_eq!(
+                    sum(&vec![fill; len]),
+                    expected_sum(len, fill),
+                    "{len} x {fill}"
+                );
             }
         }
     }

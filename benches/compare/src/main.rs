@@ -11,6 +11,9 @@
 //! cargo run --release [-- [--runs N] [--quick] [TRANSPORT...]]
 //! ```
 
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 mod bus;
 mod floor;
 mod harness;
@@ -22,6 +25,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
+use nix::sys::resource::{UsageWho, getrusage};
 
 /// The transports, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -81,8 +85,13 @@ const PAYLOADS: [(usize, usize); 5] = [
     (64, 200_000),
     (1024, 100_000),
     (4096, 50_000),
-    (65536, 10_000),
+    (65536, 20_000),
 ];
+
+/// At least this many untimed round trips first. A fresh shmbus ring takes page faults on its
+/// first lap (writer and reader each fault every page in), and a 1 MiB ring holds 16,384 frames
+/// of 8 bytes: the timed round trips should see the steady state, for every transport alike.
+const WARMUP_MIN: usize = 20_000;
 
 /// A case that takes longer than this is stuck (a lost message): the alarm ends the process and,
 /// through its parent-death signal, the child.
@@ -155,13 +164,14 @@ fn main() {
     harness::pin(harness::PARENT_CPU);
 
     let load_before = loadavg();
+    let cpu_before = CpuTimes::now();
     let started = Instant::now();
     // results[payload][transport]: (p50, p99) one-way ns of each run.
     let mut results = vec![vec![Vec::new(); options.transports.len()]; PAYLOADS.len()];
     for run in 0..options.runs {
         for (p, &(len, rounds)) in PAYLOADS.iter().enumerate() {
             let rounds = if options.quick { rounds / 10 } else { rounds };
-            let warmup = (rounds / 10).max(1000);
+            let warmup = (rounds / 10).max(WARMUP_MIN);
             for (t, &transport) in options.transports.iter().enumerate() {
                 nix::unistd::alarm::set(CASE_LIMIT.as_secs() as u32);
                 let rtt = transport.measure(len, warmup, rounds);
@@ -181,14 +191,20 @@ fn main() {
             }
         }
     }
-    let elapsed = started.elapsed();
+    let elapsed = started.elapsed().as_secs_f64();
     let load_after = loadavg();
+    let cpu = CpuTimes::now().since(&cpu_before);
 
     println!("{}", machine());
     println!(
-        "{} runs; load average (1/5/15 min) before: {load_before}, after: {load_after}; took {:.0} s\n",
+        "{} runs in {elapsed:.0} s; load average (1/5/15 min) before: {load_before}, after: \
+         {load_after} (this benchmark alone adds about 2)",
         options.runs,
-        elapsed.as_secs_f64()
+    );
+    println!(
+        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
+        (cpu.busy - cpu.own) / elapsed,
+        cpu.steal / elapsed
     );
     print!("{}", table(&options.transports, &results));
 }
@@ -220,7 +236,10 @@ fn table(transports: &[Transport], results: &[Vec<Vec<(f64, f64)>>]) -> String {
         let (iox, floor) = (position(Transport::Iceoryx2), position(Transport::Floor));
         for (t, &transport) in transports.iter().enumerate() {
             let (p50, p99) = medians[t];
-            let lo = results[p][t].iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+            let lo = results[p][t]
+                .iter()
+                .map(|r| r.0)
+                .fold(f64::INFINITY, f64::min);
             let hi = results[p][t].iter().map(|r| r.0).fold(0.0, f64::max);
             let _ = writeln!(
                 out,
@@ -265,6 +284,59 @@ fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
+}
+
+/// CPU seconds, machine-wide from /proc/stat and this process's own (with its children).
+struct CpuTimes {
+    /// Every CPU's busy time (all but idle, iowait and steal).
+    busy: f64,
+    /// Time the hypervisor ran something else while a CPU of ours wanted to run.
+    steal: f64,
+    /// This process and its waited-for children, user and system.
+    own: f64,
+}
+
+impl CpuTimes {
+    fn now() -> CpuTimes {
+        let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+        let ticks: Vec<f64> = stat
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .skip(1)
+            .map(|t| t.parse().unwrap_or(0.0))
+            .collect();
+        let tick = |i: usize| ticks.get(i).copied().unwrap_or(0.0);
+        // user nice system idle iowait irq softirq steal (guest time is already in user).
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as f64;
+        let busy = (tick(0) + tick(1) + tick(2) + tick(5) + tick(6)) / hz;
+        let own = [UsageWho::RUSAGE_SELF, UsageWho::RUSAGE_CHILDREN]
+            .into_iter()
+            .filter_map(|who| getrusage(who).ok())
+            .map(|u| seconds(u.user_time()) + seconds(u.system_time()))
+            .sum();
+        CpuTimes {
+            busy,
+            steal: tick(7) / hz,
+            own,
+        }
+    }
+
+    fn since(&self, earlier: &CpuTimes) -> CpuTimes {
+        CpuTimes {
+            busy: self.busy - earlier.busy,
+            steal: self.steal - earlier.steal,
+            own: self.own - earlier.own,
+        }
+    }
+}
+
+fn seconds(t: nix::sys::time::TimeVal) -> f64 {
+    t.tv_sec() as f64 + t.tv_usec() as f64 / 1e6
 }
 
 /// CPU model, CPU count and whether a hypervisor is reported, from /proc/cpuinfo.

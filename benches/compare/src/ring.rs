@@ -53,7 +53,9 @@ fn attach(there: Ring, back: Ring, doorbells: DoorbellTable, publisher_id: u32) 
     let reader = back
         .reader(ReaderOptions::default(), &bell, me)
         .expect("attach a reader");
-    let mut publisher = there.publisher(publisher_id, me).expect("attach a publisher");
+    let mut publisher = there
+        .publisher(publisher_id, me)
+        .expect("attach a publisher");
     publisher.set_wait_strategy(WaitStrategy::BusySpin);
     RingEnd {
         publisher,
@@ -74,10 +76,24 @@ pub fn parent() -> (RingEnd, Child) {
             .data_fd_read_only()
             .expect("read-only data fd")
             .expect("a shared ring has a data fd"),
-        there.readers_fd().expect("readers fd").try_clone_to_owned().unwrap(),
-        back.data_fd().expect("data fd").try_clone_to_owned().unwrap(),
-        back.readers_fd().expect("readers fd").try_clone_to_owned().unwrap(),
-        doorbells.fd().expect("doorbell fd").try_clone_to_owned().unwrap(),
+        there
+            .readers_fd()
+            .expect("readers fd")
+            .try_clone_to_owned()
+            .unwrap(),
+        back.data_fd()
+            .expect("data fd")
+            .try_clone_to_owned()
+            .unwrap(),
+        back.readers_fd()
+            .expect("readers fd")
+            .try_clone_to_owned()
+            .unwrap(),
+        doorbells
+            .fd()
+            .expect("doorbell fd")
+            .try_clone_to_owned()
+            .unwrap(),
     ];
     let end = attach(there, back, doorbells, 1);
     let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
@@ -87,8 +103,15 @@ pub fn parent() -> (RingEnd, Child) {
 
 /// Child side: opens the rings it was passed, the other way round.
 pub fn child() {
-    let [there_data, there_readers, back_data, back_readers, doorbells]: [OwnedFd; 5] =
-        harness::inherited_fds().try_into().expect("five ring descriptors");
+    let [
+        there_data,
+        there_readers,
+        back_data,
+        back_readers,
+        doorbells,
+    ]: [OwnedFd; 5] = harness::inherited_fds()
+        .try_into()
+        .expect("five ring descriptors");
     let doorbells = DoorbellTable::open(doorbells).expect("open the doorbell table");
     let there = Ring::open(there_data, there_readers, &doorbells).expect("open a ring");
     let back = Ring::open(back_data, back_readers, &doorbells).expect("open a ring");

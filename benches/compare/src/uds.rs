@@ -4,7 +4,7 @@
 //! receiver `recv`s into its own buffer (the kernel copies it out) and reads it. `uds-spin` sets
 //! the sockets non-blocking and retries on `EAGAIN`; `uds-block` sleeps in the kernel.
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::process::Child;
 
 use nix::errno::Errno;
@@ -27,7 +27,7 @@ impl Endpoint for UdsEnd {
         let message = &mut self.out[..len];
         message.fill(fill);
         loop {
-            match socket::send(self.fd.as_fd(), message, MsgFlags::empty()) {
+            match socket::send(self.fd.as_raw_fd(), message, MsgFlags::empty()) {
                 Ok(n) => {
                     assert_eq!(n, len, "a SOCK_SEQPACKET send is all or nothing");
                     return;
@@ -40,7 +40,7 @@ impl Endpoint for UdsEnd {
 
     fn recv(&mut self) -> (usize, u64) {
         loop {
-            match socket::recv(self.fd.as_fd(), &mut self.inbound, MsgFlags::empty()) {
+            match socket::recv(self.fd.as_raw_fd(), &mut self.inbound, MsgFlags::empty()) {
                 Ok(n) => return (n, harness::sum(&self.inbound[..n])),
                 Err(Errno::EAGAIN | Errno::EINTR) => std::hint::spin_loop(),
                 Err(e) => panic!("recv on the socket pair: {e}"),
@@ -68,9 +68,8 @@ pub fn parent(spin: bool) -> (UdsEnd, Child) {
     } else {
         SockFlag::SOCK_CLOEXEC
     };
-    let (mine, theirs) =
-        socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)
-            .expect("socketpair");
+    let (mine, theirs) = socket::socketpair(AddressFamily::Unix, SockType::SeqPacket, None, flags)
+        .expect("socketpair");
     let role = if spin { "uds-spin" } else { "uds-block" };
     let child = harness::spawn_child(role, &[theirs.as_fd()], "");
     (UdsEnd::new(mine), child)
