@@ -1,4 +1,4 @@
-//! One-way latency of shmbus beside iceoryx2 and Unix domain sockets, measured one way.
+//! One-way latency of shmbus beside iceoryx2 and Unix domain sockets, all measured by one method.
 //!
 //! Every case is a ping-pong between this process (pinned to CPU 0) and a copy of it started as
 //! the child (pinned to CPU 1), both busy-polling except `uds-block`. The sender writes every
