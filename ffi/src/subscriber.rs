@@ -16,13 +16,12 @@
 //!   `subscriber_mut` hands out for the duration of a call.
 //!
 //! The pointers C gets (`data`, `topic`) point into shared memory (or, for lossy subscribers,
-//! into the reader's private copy) and into the handle's topic names; both stay put while the
-//! sample is held. `shmbus_sample` carries the handle and a token naming the sample, so that
+//! into the reader's private copy) and into the `Subscriber`'s NUL-terminated topic names; both
+//! stay put while the sample is held. `shmbus_sample` carries the handle and a token naming the sample, so that
 //! releasing it twice — through a copy of the struct — is caught instead of releasing a later
 //! sample.
 
-use std::collections::HashMap;
-use std::ffi::{CStr, CString, c_char, c_int, c_void};
+use std::ffi::{c_char, c_int, c_void};
 use std::ptr::NonNull;
 
 use shmbus::{RecvError, Sample, Subscriber, SubscriberOptions};
@@ -107,8 +106,6 @@ pub struct shmbus_subscriber {
     token: u64,
     /// Owned (from `Box::leak`); freed in `Drop` after `held`.
     subscriber: NonNull<Subscriber>,
-    /// NUL-terminated copies of the topics seen, which `shmbus_sample.topic` points into.
-    topics: TopicNames,
     /// `missed` of the last `SHMBUS_ERR_LAGGED`.
     lagged: u64,
 }
@@ -126,7 +123,6 @@ impl shmbus_subscriber {
             held: None,
             token: 0,
             subscriber: NonNull::from(Box::leak(Box::new(subscriber))),
-            topics: TopicNames::default(),
             lagged: 0,
         }
     }
@@ -211,12 +207,11 @@ impl shmbus_subscriber {
         sample: Sample<'static>,
         out: &mut shmbus_sample,
     ) {
-        let topic = self.topics.get(sample.topic());
         let payload = sample.payload();
         self.token = self.token.wrapping_add(1);
         *out = shmbus_sample {
-            topic: topic.as_ptr(),
-            topic_len: topic.count_bytes(),
+            topic: sample.topic_c_str().as_ptr(),
+            topic_len: sample.topic().len(),
             data: payload.as_ptr().cast(),
             len: payload.len(),
             sequence: sample.sequence(),
@@ -236,64 +231,6 @@ impl Drop for shmbus_subscriber {
         // borrowing it was dropped above, so no reference to it remains.
         drop(unsafe { Box::from_raw(self.subscriber.as_ptr()) });
     }
-}
-
-/// NUL-terminated copies of topic names, made once per topic. Each `CString` keeps its heap
-/// buffer for the life of the handle, so pointers into it stay valid while a sample is held.
-#[derive(Default)]
-struct TopicNames {
-    names: Vec<CString>,
-    index: HashMap<Box<str>, usize>,
-    /// The name returned last: consecutive messages usually share a topic.
-    last: usize,
-}
-
-impl TopicNames {
-    #[inline]
-    fn get(&mut self, topic: &str) -> &CStr {
-        if let Some(name) = self.names.get(self.last)
-            && same_bytes(name.to_bytes(), topic.as_bytes())
-        {
-            return &self.names[self.last];
-        }
-        self.get_slow(topic)
-    }
-
-    #[inline(never)]
-    fn get_slow(&mut self, topic: &str) -> &CStr {
-        let i = match self.index.get(topic) {
-            Some(&i) => i,
-            None => {
-                // Topics are validated ASCII without NUL; a NUL would only come from a broken
-                // broker and is dropped rather than lose the message.
-                let name = CString::new(topic.replace('\0', "")).unwrap_or_default();
-                self.names.push(name);
-                self.index.insert(topic.into(), self.names.len() - 1);
-                self.names.len() - 1
-            }
-        };
-        self.last = i;
-        &self.names[i]
-    }
-}
-
-/// `a == b`, inline: topics are short, and a call to `bcmp` costs as much as the comparison.
-#[inline]
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    let mut ca = a.chunks_exact(8);
-    let mut cb = b.chunks_exact(8);
-    for (x, y) in ca.by_ref().zip(cb.by_ref()) {
-        if x != y {
-            return false;
-        }
-    }
-    ca.remainder()
-        .iter()
-        .zip(cb.remainder())
-        .all(|(x, y)| x == y)
 }
 
 /// Borrows a subscriber handle.

@@ -61,6 +61,7 @@ mod imp {
     }
 
     /// Whether [`light`] is only a compiler fence in this process (it registered).
+    #[inline]
     pub(crate) fn light_is_asymmetric() -> bool {
         PUBLISHER.load(Ordering::Relaxed) == REGISTERED
     }

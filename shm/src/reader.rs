@@ -195,7 +195,7 @@ impl Sample<'_> {
     pub fn payload(&self) -> &[u8] {
         let view = &self.reader.view;
         let len = view.header.len as usize;
-        if view.in_place {
+        if self.reader.core.reads_in_place() {
             let ptr = self.reader.ring.mem.data_ptr(view.pos + FRAME_HEADER_LEN);
             // SAFETY: the header was validated, so `len` bytes after it lie inside the frame
             // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
@@ -232,7 +232,7 @@ impl Sample<'_> {
 
     /// Whether the payload is read in place in shared memory (rather than from a private copy).
     pub fn is_in_place(&self) -> bool {
-        self.reader.view.in_place
+        self.reader.core.reads_in_place()
     }
 }
 

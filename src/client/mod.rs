@@ -20,6 +20,7 @@ mod connection;
 mod error;
 mod publisher;
 mod subscriber;
+mod topic_name;
 mod typed;
 
 use std::path::PathBuf;

@@ -99,11 +99,13 @@ impl Publisher {
 
     /// Copies `payload` into the ring, waiting as long as it takes for room. Returns the
     /// message's sequence number.
+    #[inline]
     pub fn publish(&mut self, payload: &[u8]) -> Result<u64, PublishError> {
         self.publish_timeout(payload, None)
     }
 
     /// Copies `payload` into the ring, waiting up to `timeout` for room.
+    #[inline]
     pub fn publish_timeout(
         &mut self,
         payload: &[u8],
@@ -115,6 +117,7 @@ impl Publisher {
     }
 
     /// Copies `payload` into the ring if there is room now.
+    #[inline]
     pub fn try_publish(&mut self, payload: &[u8]) -> Result<u64, PublishError> {
         let mut loan = self.try_loan(payload.len())?;
         loan.as_mut_slice().copy_from_slice(payload);
@@ -135,11 +138,13 @@ impl Publisher {
     /// assert_eq!(sub.recv()?.payload(), [1, 2, 3, 4]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         self.loan_timeout(len, None)
     }
 
     /// [`Publisher::loan`], waiting up to `timeout`.
+    #[inline]
     pub fn loan_timeout(
         &mut self,
         len: usize,
@@ -148,11 +153,7 @@ impl Publisher {
         let topic = self.topic.as_str();
         match self.inner.loan(len, timeout) {
             Ok(loan) => Ok(Loan { inner: loan }),
-            Err(LoanError::TooLarge { len, max }) => Err(PublishError::TooLarge {
-                topic: topic.into(),
-                len,
-                max,
-            }),
+            Err(LoanError::TooLarge { len, max }) => Err(too_large(topic, len, max)),
             Err(_) => Err(PublishError::Timeout {
                 topic: topic.into(),
             }),
@@ -160,19 +161,25 @@ impl Publisher {
     }
 
     /// [`Publisher::loan`] without waiting.
+    #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
         let topic = self.topic.as_str();
         match self.inner.try_loan(len) {
             Ok(loan) => Ok(Loan { inner: loan }),
-            Err(TryLoanError::TooLarge { len, max }) => Err(PublishError::TooLarge {
-                topic: topic.into(),
-                len,
-                max,
-            }),
+            Err(TryLoanError::TooLarge { len, max }) => Err(too_large(topic, len, max)),
             Err(_) => Err(PublishError::Full {
                 topic: topic.into(),
             }),
         }
+    }
+}
+
+#[cold]
+fn too_large(topic: &str, len: usize, max: usize) -> PublishError {
+    PublishError::TooLarge {
+        topic: topic.into(),
+        len,
+        max,
     }
 }
 
@@ -206,11 +213,13 @@ pub struct Loan<'a> {
 
 impl Loan<'_> {
     /// The message buffer, in shared memory.
+    #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         self.inner.as_mut_slice()
     }
 
     /// Its length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.inner.len()
     }
@@ -221,11 +230,13 @@ impl Loan<'_> {
     }
 
     /// Publishes the message. Returns its sequence number.
+    #[inline]
     pub fn commit(self) -> u64 {
         self.inner.commit()
     }
 
     /// Publishes the first `len` bytes only (for writers that learn the size as they go).
+    #[inline]
     pub fn commit_prefix(self, len: usize) -> u64 {
         self.inner.commit_prefix(len)
     }

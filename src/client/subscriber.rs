@@ -1,5 +1,6 @@
 //! Subscribing: one subscriber reads every ring its pattern matches, in place.
 
+use std::ffi::CStr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +14,7 @@ use tracing::warn;
 use super::BusInner;
 use super::connection::{Attachment, AttachmentQueue};
 use super::error::{AttachError, RecvError};
+use super::topic_name::TopicName;
 use crate::protocol::RingAttachment;
 use crate::protocol::{ReaderMode, Reply, Request};
 use crate::topic::Topic;
@@ -45,7 +47,7 @@ pub struct Subscriber {
     queue: Arc<AttachmentQueue>,
     readers: Vec<Reader>,
     /// The topic of `readers[i]`.
-    topics: Vec<Arc<str>>,
+    topics: Vec<TopicName>,
     /// The ring of `readers[i]`.
     rings: Vec<Ring>,
     /// Where the next poll starts, so no ring starves the others.
@@ -145,10 +147,12 @@ impl Subscriber {
 
     /// The topics of the rings this subscriber reads now.
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        self.topics.iter().map(|t| &**t)
+        self.topics.iter().map(TopicName::as_str)
     }
 
     /// Adopts the readers the broker attached since the last call.
+    #[cold]
+    #[inline(never)]
     fn adopt_pending(&mut self) {
         let pending: Vec<Attachment> = self.queue.take();
         for item in pending {
@@ -162,6 +166,11 @@ impl Subscriber {
             let Some(owner) = Owner::new(a.owner) else {
                 continue;
             };
+            let Some(name) = TopicName::new(&a.topic) else {
+                let why = "the topic holds a NUL byte".to_string();
+                self.unavailable.push((a.topic, why));
+                continue;
+            };
             if let Some(i) = self.rings.iter().position(|r| r.id() == a.ring) {
                 // Another pattern already reads this ring: free the extra slot (fds drop).
                 self.rings[i].reclaim_reader(a.slot, owner);
@@ -170,7 +179,7 @@ impl Subscriber {
             match self.adopt(&a, owner, fds) {
                 Ok((ring, reader)) => {
                     self.readers.push(reader);
-                    self.topics.push(Arc::from(a.topic.as_str()));
+                    self.topics.push(name);
                     self.rings.push(ring);
                 }
                 Err(e) => {
@@ -182,7 +191,7 @@ impl Subscriber {
         // A ring another of our patterns reads is not missed.
         let topics = &self.topics;
         self.unavailable
-            .retain(|(topic, _)| !topics.iter().any(|t| **t == **topic));
+            .retain(|(topic, _)| !topics.iter().any(|t| t.as_str() == topic));
     }
 
     fn adopt(
@@ -216,6 +225,7 @@ impl Subscriber {
     }
 
     /// Finds the next message without waiting; returns the index of the reader holding it.
+    #[inline]
     fn poll(&mut self) -> Result<Option<usize>, RecvError> {
         if self.queue.has_pending() {
             self.adopt_pending();
@@ -236,31 +246,37 @@ impl Subscriber {
                     return Ok(Some(idx));
                 }
                 Ok(false) => idx += 1,
-                Err(ReadError::Lagged { missed }) => {
-                    self.next = idx;
-                    return Err(RecvError::Lagged {
-                        topic: self.topics[idx].to_string(),
-                        missed,
-                    });
-                }
-                Err(e) => {
-                    // A corrupt ring cannot be read past; stop reading it, keep the others.
-                    self.readers.remove(idx);
-                    self.rings.remove(idx);
-                    let topic = self.topics.remove(idx);
-                    return Err(RecvError::Corrupt {
-                        topic: topic.to_string(),
-                        detail: e.to_string(),
-                    });
-                }
+                Err(e) => return Err(self.read_failed(idx, e)),
             }
         }
         Ok(None)
     }
 
+    /// The error for reader `idx` failing to read.
+    #[cold]
+    #[inline(never)]
+    fn read_failed(&mut self, idx: usize, e: ReadError) -> RecvError {
+        if let ReadError::Lagged { missed } = e {
+            self.next = idx;
+            return RecvError::Lagged {
+                topic: self.topics[idx].as_str().to_string(),
+                missed,
+            };
+        }
+        // A corrupt ring cannot be read past; stop reading it, keep the others.
+        self.readers.remove(idx);
+        self.rings.remove(idx);
+        let topic = self.topics.remove(idx);
+        RecvError::Corrupt {
+            topic: topic.as_str().to_string(),
+            detail: e.to_string(),
+        }
+    }
+
     /// The message `poll` found in reader `idx`.
+    #[inline]
     fn sample(&mut self, idx: usize) -> Sample<'_> {
-        let topic = &*self.topics[idx];
+        let topic = &self.topics[idx];
         let inner = self.readers[idx]
             .take_ready()
             .expect("poll found a message in this reader");
@@ -268,11 +284,13 @@ impl Subscriber {
     }
 
     /// The next message if one is there; never waits.
+    #[inline]
     pub fn try_recv(&mut self) -> Result<Option<Sample<'_>>, RecvError> {
         Ok(self.poll()?.map(|idx| self.sample(idx)))
     }
 
     /// The next message, waiting as long as it takes.
+    #[inline]
     pub fn recv(&mut self) -> Result<Sample<'_>, RecvError> {
         loop {
             if let Some(idx) = self.wait(None)? {
@@ -291,11 +309,13 @@ impl Subscriber {
     /// assert!(sub.recv_timeout(Duration::from_millis(10))?.is_none());
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
+    #[inline]
     pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Option<Sample<'_>>, RecvError> {
         Ok(self.wait(Some(timeout))?.map(|idx| self.sample(idx)))
     }
 
     /// Polls with the wait strategy until a reader holds a message or the timeout passes.
+    #[inline]
     fn wait(&mut self, timeout: Option<Duration>) -> Result<Option<usize>, RecvError> {
         let mut waiter = Waiter::new(self.options.wait, timeout);
         loop {
@@ -331,7 +351,7 @@ impl Drop for Subscriber {
 /// One message, read in place until dropped.
 pub struct Sample<'a> {
     inner: shmbus_shm::Sample<'a>,
-    topic: &'a str,
+    topic: &'a TopicName,
 }
 
 impl std::fmt::Debug for Sample<'_> {
@@ -347,16 +367,26 @@ impl std::fmt::Debug for Sample<'_> {
 
 impl Sample<'_> {
     /// The topic it was published on, exactly as the publisher wrote it.
+    #[inline]
     pub fn topic(&self) -> &str {
-        self.topic
+        self.topic.as_str()
+    }
+
+    /// [`Sample::topic`] as a NUL-terminated C string, without a copy (for foreign-function
+    /// interfaces).
+    #[inline]
+    pub fn topic_c_str(&self) -> &CStr {
+        self.topic.as_c_str()
     }
 
     /// The payload (16-byte aligned, in shared memory for tethered subscribers).
+    #[inline]
     pub fn payload(&self) -> &[u8] {
         self.inner.payload()
     }
 
     /// Payload length.
+    #[inline]
     pub fn len(&self) -> usize {
         self.inner.len()
     }
@@ -367,11 +397,13 @@ impl Sample<'_> {
     }
 
     /// The publisher's bus-wide id.
+    #[inline]
     pub fn publisher(&self) -> u32 {
         self.inner.publisher()
     }
 
     /// The message's sequence number in its ring (increasing in publication order).
+    #[inline]
     pub fn sequence(&self) -> u64 {
         self.inner.sequence()
     }

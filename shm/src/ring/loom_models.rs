@@ -83,7 +83,7 @@ fn read_n(r: &mut ReaderCore, mem: &RingMemory, n: usize) -> Vec<u64> {
             Poll::Empty => thread::yield_now(),
             Poll::Lagged(_) => panic!("a tethered reader lagged"),
             Poll::Frame(f) => {
-                let payload = if f.in_place {
+                let payload = if r.reads_in_place() {
                     in_place_payload(mem, f.pos)
                 } else {
                     copied_payload(&buf)
@@ -185,7 +185,7 @@ fn loom_lossy_reader_never_hands_out_a_torn_frame() {
                 Poll::Empty => thread::yield_now(),
                 Poll::Lagged(missed) => assert!(missed > 0),
                 Poll::Frame(f) => {
-                    assert!(!f.in_place, "lossy readers read by copy");
+                    assert!(!r.reads_in_place(), "lossy readers read by copy");
                     let [a, b] = copied_payload(&buf);
                     assert_eq!(a, b, "torn frame handed out");
                     assert_eq!(a, f.header.seq + 1, "payload belongs to another frame");

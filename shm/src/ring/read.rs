@@ -35,15 +35,15 @@ pub(crate) enum Poll {
     Lagged(u64),
 }
 
-/// A data frame ready to hand out.
+/// A data frame ready to hand out. Whether its payload is read in the ring or from the copy
+/// buffer is [`ReaderCore::reads_in_place`] until it is consumed. (No flag here: 32 bytes without
+/// padding move as two vector stores, where a padded struct was copied byte-wise.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct FrameView {
     /// Absolute position of the frame.
     pub pos: u64,
     /// Its header.
     pub header: FrameHeader,
-    /// Whether the payload is to be read in the ring (else it is in the copy buffer).
-    pub in_place: bool,
 }
 
 /// A reader's private protocol state.
@@ -230,9 +230,9 @@ impl ReaderCore {
         }
     }
 
-    /// Whether the next frame is read in place.
+    /// Whether the next frame (the one `poll` delivered, until it is consumed) is read in place.
     #[inline]
-    fn in_place(&self) -> bool {
+    pub(crate) fn reads_in_place(&self) -> bool {
         self.pos >= self.safe_from
     }
 
@@ -246,7 +246,7 @@ impl ReaderCore {
     ) -> Result<Poll, CorruptFrame> {
         let start = self.pos;
         let result = loop {
-            let step = if self.in_place() {
+            let step = if self.reads_in_place() {
                 self.step_in_place(mem)?
             } else {
                 self.step_by_copy(mem, buf)?
@@ -273,7 +273,7 @@ impl ReaderCore {
         let h = read_frame_header(mem, pos);
         h.validate(pos, mem.geometry())?;
         self.check_seq(pos, &h)?;
-        Ok(self.advance_or_deliver(pos, h, true))
+        Ok(self.advance_or_deliver(pos, h))
     }
 
     fn step_by_copy(&mut self, mem: &RingMemory, buf: &mut CopyBuf) -> Result<Step, CorruptFrame> {
@@ -301,7 +301,7 @@ impl ReaderCore {
         }
         valid?;
         self.check_seq(pos, &h)?;
-        Ok(self.advance_or_deliver(pos, h, false))
+        Ok(self.advance_or_deliver(pos, h))
     }
 
     #[inline]
@@ -317,13 +317,9 @@ impl ReaderCore {
     }
 
     #[inline]
-    fn advance_or_deliver(&mut self, pos: u64, h: FrameHeader, in_place: bool) -> Step {
+    fn advance_or_deliver(&mut self, pos: u64, h: FrameHeader) -> Step {
         if h.kind == kind::DATA && h.seq >= self.deliver_from {
-            return Step::Done(Poll::Frame(FrameView {
-                pos,
-                header: h,
-                in_place,
-            }));
+            return Step::Done(Poll::Frame(FrameView { pos, header: h }));
         }
         self.pos = pos + u64::from(h.size);
         if h.kind != kind::PAD {
