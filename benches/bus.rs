@@ -467,8 +467,12 @@ fn wakeup(c: &mut Criterion) {
                 assert!(seq < u32::MAX, "u32::MAX stops the echo");
                 words.word(0).store(seq, Ordering::Release);
                 futex_wake(words.word(0));
-                while words.word(1).load(Ordering::Acquire) != seq {
-                    futex_wait(words.word(1), words.word(1).load(Ordering::Relaxed));
+                // One load per check: sleeping on a second, later load could sleep on the
+                // very value that answers us, after its wake-up went by.
+                let mut seen = words.word(1).load(Ordering::Acquire);
+                while seen != seq {
+                    futex_wait(words.word(1), seen);
+                    seen = words.word(1).load(Ordering::Acquire);
                 }
             }
             start.elapsed() / 2
