@@ -1,7 +1,7 @@
-//! One-way latency of shmbus beside iceoryx2 and Unix domain sockets, all measured by one method.
+//! One-way latency of shmbus beside iceoryx2, Unix domain sockets and TCP, all measured by one method.
 //!
 //! Every case is a ping-pong between this process (pinned to CPU 0) and a copy of it started as
-//! the child (pinned to CPU 1), both busy-polling except `uds-block`. The sender writes every
+//! the child (pinned to CPU 1), both busy-polling except `uds-block` and `tcp`. The sender writes every
 //! payload byte, the receiver reads every byte. Round trips go into an HDR histogram; one-way
 //! latency is half a round trip. Each case runs several times, interleaved with the others so
 //! that noise from the shared machine spreads over all of them, and the table shows the median
@@ -19,6 +19,7 @@ mod floor;
 mod harness;
 mod iox;
 mod ring;
+mod tcp;
 mod uds;
 
 use std::fmt::Write as _;
@@ -36,16 +37,18 @@ enum Transport {
     Iceoryx2,
     UdsSpin,
     UdsBlock,
+    Tcp,
 }
 
 impl Transport {
-    const ALL: [Transport; 6] = [
+    const ALL: [Transport; 7] = [
         Transport::Floor,
         Transport::ShmbusRing,
         Transport::ShmbusBus,
         Transport::Iceoryx2,
         Transport::UdsSpin,
         Transport::UdsBlock,
+        Transport::Tcp,
     ];
 
     fn name(self) -> &'static str {
@@ -56,6 +59,7 @@ impl Transport {
             Transport::Iceoryx2 => "iceoryx2",
             Transport::UdsSpin => "uds-spin",
             Transport::UdsBlock => "uds-block",
+            Transport::Tcp => "tcp",
         }
     }
 
@@ -74,6 +78,7 @@ impl Transport {
             Transport::Iceoryx2 => ping_pong!(iox::parent(len)),
             Transport::UdsSpin => ping_pong!(uds::parent(true)),
             Transport::UdsBlock => ping_pong!(uds::parent(false)),
+            Transport::Tcp => ping_pong!(tcp::parent()),
         }
     }
 }
@@ -156,6 +161,7 @@ fn main() {
             "shmbus-bus" => bus::child(),
             "iceoryx2" => iox::child(),
             "uds-spin" | "uds-block" => uds::child(),
+            "tcp" => tcp::child(),
             other => panic!("unknown role {other:?}"),
         }
         return;
