@@ -1,11 +1,12 @@
-//! One-way latency of shmbus beside iceoryx2, Unix domain sockets and TCP, all measured by one method.
+//! One-way latency of shmbus beside iceoryx2, Unix domain sockets and TCP, all measured by one
+//! method.
 //!
 //! Every case is a ping-pong between this process (pinned to CPU 0) and a copy of it started as
-//! the child (pinned to CPU 1), both busy-polling except `uds-block` and `tcp`. The sender writes every
-//! payload byte, the receiver reads every byte. Round trips go into an HDR histogram; one-way
-//! latency is half a round trip. Each case runs several times, interleaved with the others so
-//! that noise from the shared machine spreads over all of them, and the table shows the median
-//! across runs of each run's p50 and p99. See README.md.
+//! the child (pinned to CPU 1), both busy-polling except `uds-block` and `tcp`. The sender
+//! writes every payload byte, the receiver reads every byte. Round trips go into an HDR
+//! histogram; one-way latency is half a round trip. Each case runs several times, interleaved
+//! with the others so that noise from the shared machine spreads over all of them, and the table
+//! shows the median across runs of each run's p50 and p99. See README.md.
 //!
 //! ```text
 //! cargo run --release [-- [--runs N] [--quick] [TRANSPORT...]]
@@ -84,7 +85,7 @@ impl Transport {
 }
 
 /// Payload sizes and the timed round trips per run for each (fewer for large payloads, whose
-/// round trips take longer, so that the whole benchmark stays within about five minutes).
+/// round trips take longer, so that the whole benchmark stays within about five to ten minutes).
 const PAYLOADS: [(usize, usize); 5] = [
     (8, 200_000),
     (64, 200_000),
