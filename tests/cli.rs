@@ -66,19 +66,15 @@ fn several_publishers_keep_their_order_and_lose_nothing() {
     let mut publishers: Vec<Proc> = ["load/a", "load/b", "load/a"]
         .iter()
         .map(|topic| {
-            let mut cmd = shmbus(broker.bus(), &["pub", topic]);
-            cmd.stdin(std::process::Stdio::piped());
-            cmd.stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-            let mut child = cmd.spawn().unwrap();
-            let mut stdin = child.stdin.take().unwrap();
+            let mut p = Proc::start(
+                shmbus(broker.bus(), &["pub", topic]),
+                std::process::Stdio::piped(),
+            );
+            // Fed from a thread each, so that the three publishers run at once.
+            let mut stdin = p.stdin.take().unwrap();
             let input = lines.clone();
             std::thread::spawn(move || std::io::Write::write_all(&mut stdin, input.as_bytes()));
-            Proc {
-                stdout: support_lines(child.stdout.take().unwrap()),
-                stderr: support_lines(child.stderr.take().unwrap()),
-                child,
-            }
+            p
         })
         .collect();
     for p in &mut publishers {
@@ -96,11 +92,6 @@ fn several_publishers_keep_their_order_and_lose_nothing() {
     }
     assert_eq!(next.len(), 3);
     assert!(next.values().all(|&n| n == per), "{next:?}");
-}
-
-fn support_lines(stream: impl std::io::Read + Send + 'static) -> support::Lines {
-    // Proc::spawn owns the usual path; this test feeds stdin, so it builds the Proc by hand.
-    support::Lines::from_stream(stream)
 }
 
 #[test]
