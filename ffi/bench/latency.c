@@ -49,7 +49,7 @@ static uint64_t now_ns(void) {
     return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
 }
 
-/* Reads every byte, eight at a time, like the Rust benchmark's `sum`. */
+/* Reads every byte, eight at a time, like `shmbus::bench::read_all` in the Rust twin. */
 static uint64_t sum(const unsigned char *p, size_t len) {
     uint64_t total = 0;
     size_t i = 0;

@@ -18,28 +18,8 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
+use shmbus::bench::{pin, read_all};
 use shmbus::{Bus, Publisher, Subscriber, SubscriberOptions, WaitStrategy};
-
-fn pin(cpu: usize) {
-    let mut set = nix::sched::CpuSet::new();
-    if set.set(cpu).is_ok() {
-        // Best effort, as in the ring benchmark.
-        let _ = nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set);
-    }
-}
-
-/// Reads every byte, eight at a time (the ring benchmark's `sum`).
-fn sum(bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    let mut total = words
-        .by_ref()
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-        .fold(0u64, u64::wrapping_add);
-    for &b in words.remainder() {
-        total = total.wrapping_add(u64::from(b));
-    }
-    total
-}
 
 fn send_filled(publisher: &mut Publisher, len: usize, byte: u8) {
     let mut loan = publisher.loan(len).expect("loan");
@@ -69,7 +49,7 @@ fn echo(bus: &str, ping: &str, pong: &str) {
     loop {
         let sample = sub.recv().expect("recv");
         let len = sample.len();
-        let reply = sum(sample.payload()) as u8;
+        let reply = read_all(sample.payload()) as u8;
         drop(sample);
         if len == 0 {
             return;
@@ -118,7 +98,7 @@ fn main() {
         n = n.wrapping_add(1);
         send_filled(&mut publisher, size, n);
         let reply = sub.recv().expect("recv");
-        black_box(sum(reply.payload()));
+        black_box(read_all(reply.payload()));
         drop(reply);
         let t1 = Instant::now();
         if i >= warmup {

@@ -27,25 +27,15 @@ pub trait Endpoint {
     /// Sends a message of `len` bytes, writing `fill` into every one of them.
     fn send(&mut self, len: usize, fill: u8);
     /// Waits (busy-polling, unless the transport blocks) for the next message; returns its
-    /// length and [`sum`] of all its bytes.
+    /// length and [`read_all`] of all its bytes.
     fn recv(&mut self) -> (usize, u64);
 }
 
-/// Reads every byte (the "fully read" part of the work), eight at a time — the same as
-/// `shm/benches/ring.rs`.
-pub fn sum(bytes: &[u8]) -> u64 {
-    let mut words = bytes.chunks_exact(8);
-    let mut total = words
-        .by_ref()
-        .map(|w| u64::from_le_bytes(w.try_into().unwrap()))
-        .fold(0u64, u64::wrapping_add);
-    for &b in words.remainder() {
-        total = total.wrapping_add(u64::from(b));
-    }
-    total
-}
+/// Reads every byte (the "fully read" part of the work), eight at a time — the same as the
+/// shmbus benchmarks.
+pub use shmbus::bench::read_all;
 
-/// What [`sum`] returns for `len` bytes that all hold `fill`.
+/// What [`read_all`] returns for `len` bytes that all hold `fill`.
 fn expected_sum(len: usize, fill: u8) -> u64 {
     let word = u64::from(fill).wrapping_mul(0x0101_0101_0101_0101);
     word.wrapping_mul((len / 8) as u64)
@@ -167,11 +157,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn expected_sum_matches_sum() {
+    fn expected_sum_matches_read_all() {
         for len in [0, 1, 7, 8, 9, 64, 1000, 4096] {
             for fill in [0u8, 1, 0x7f, 0xff] {
                 assert_eq!(
-                    sum(&vec![fill; len]),
+                    read_all(&vec![fill; len]),
                     expected_sum(len, fill),
                     "{len} x {fill}"
                 );

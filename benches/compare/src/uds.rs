@@ -41,7 +41,7 @@ impl Endpoint for UdsEnd {
     fn recv(&mut self) -> (usize, u64) {
         loop {
             match socket::recv(self.fd.as_raw_fd(), &mut self.inbound, MsgFlags::empty()) {
-                Ok(n) => return (n, harness::sum(&self.inbound[..n])),
+                Ok(n) => return (n, harness::read_all(&self.inbound[..n])),
                 Err(Errno::EAGAIN | Errno::EINTR) => std::hint::spin_loop(),
                 Err(e) => panic!("recv on the socket pair: {e}"),
             }
