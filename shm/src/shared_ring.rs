@@ -306,18 +306,9 @@ impl Ring {
         doorbell: &Arc<Doorbell>,
         owner: Owner,
     ) -> Result<Reader, AttachError> {
-        if !doorbell.table().same_table(&self.shared.doorbells) {
-            return Err(AttachError::ForeignDoorbell);
-        }
-        let mem = &self.shared.mem;
-        let tethered = options.mode == ReaderMode::Tethered;
-        let mut core = ReaderCore::attach(mem, owner.get(), tethered, doorbell.index()).ok_or(
-            AttachError::NoFreeSlot {
-                what: "reader",
-                slots: mem.geometry().reader_slots,
-            },
-        )?;
-        core.start_with_history(mem, options.history);
+        self.check_doorbell(doorbell)?;
+        let mut core = self.attach_core(options.mode, owner, doorbell.index())?;
+        core.start_with_history(&self.shared.mem, options.history);
         Ok(Reader::new(self.shared.clone(), core, doorbell.clone()))
     }
 
@@ -331,12 +322,7 @@ impl Ring {
         owner: Owner,
         doorbell: u32,
     ) -> Result<ReservedReader, AttachError> {
-        let mem = &self.shared.mem;
-        let core = ReaderCore::attach(mem, owner.get(), mode == ReaderMode::Tethered, doorbell)
-            .ok_or(AttachError::NoFreeSlot {
-                what: "reader",
-                slots: mem.geometry().reader_slots,
-            })?;
+        let core = self.attach_core(mode, owner, doorbell)?;
         let start = core.position();
         Ok(ReservedReader {
             slot: core.slot,
@@ -353,9 +339,7 @@ impl Ring {
         doorbell: &Arc<Doorbell>,
         owner: Owner,
     ) -> Result<Reader, AttachError> {
-        if !doorbell.table().same_table(&self.shared.doorbells) {
-            return Err(AttachError::ForeignDoorbell);
-        }
+        self.check_doorbell(doorbell)?;
         let mem = &self.shared.mem;
         let start = Head::new(reserved.position, reserved.sequence);
         let tethered = options.mode == ReaderMode::Tethered;
@@ -372,6 +356,31 @@ impl Ring {
         })?;
         core.start_with_history(mem, options.history);
         Ok(Reader::new(self.shared.clone(), core, doorbell.clone()))
+    }
+
+    /// Refuses a doorbell of another table: its index would name someone else's wake word.
+    fn check_doorbell(&self, doorbell: &Doorbell) -> Result<(), AttachError> {
+        if doorbell.table().same_table(&self.shared.doorbells) {
+            Ok(())
+        } else {
+            Err(AttachError::ForeignDoorbell)
+        }
+    }
+
+    /// Claims a free reader slot for `owner`, joined at the current head.
+    fn attach_core(
+        &self,
+        mode: ReaderMode,
+        owner: Owner,
+        doorbell: u32,
+    ) -> Result<ReaderCore, AttachError> {
+        let mem = &self.shared.mem;
+        ReaderCore::attach(mem, owner.get(), mode == ReaderMode::Tethered, doorbell).ok_or(
+            AttachError::NoFreeSlot {
+                what: "reader",
+                slots: mem.geometry().reader_slots,
+            },
+        )
     }
 
     /// The claim cursor.
