@@ -17,11 +17,11 @@
 //!
 //! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::UnixStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
@@ -54,33 +54,16 @@ fn main() {
     c.final_summary();
 }
 
-/// Child processes, killed when dropped.
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// `shmbus bench-role` processes, killed when dropped.
+fn roles() -> bench::Roles {
+    bench::Roles::new(env!("CARGO_BIN_EXE_shmbus"))
 }
 
 /// Starts `shmbus bench-role ROLE --bus ADDR ARGS` and waits until it is attached.
-fn role(children: &mut Children, bus: &Bus, role: &str, args: &[&str]) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_shmbus"))
-        .args(["bench-role", role, "--bus", &bus.address().to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
+fn role(roles: &mut bench::Roles, bus: &Bus, role: &str, args: &[&str]) {
+    roles
+        .start(role, &bus.address().to_string(), args)
         .expect("start a benchmark role");
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert_eq!(line.trim(), "ready", "the {role} process failed");
-    children.0.push(child);
 }
 
 /// Starts this benchmark binary again as the baseline child `role`, handing it `fds`.
@@ -253,7 +236,7 @@ fn bus_ping_pong(
     sizes: &[usize],
 ) {
     let bus = Bus::embedded().unwrap();
-    let mut children = Children(Vec::new());
+    let mut children = roles();
     let mut pongs = bench::subscriber(&bus, PONG, wait).unwrap();
     let mut pings = bench::publisher(&bus, PING, wait).unwrap();
     role(&mut children, &bus, "echo", &["--wait", wait_arg]);
@@ -351,7 +334,7 @@ fn throughput(c: &mut Criterion) {
     let mut group = c.benchmark_group("throughput");
     for (publishers, size) in [(1usize, 8usize), (1, 65536), (4, 8)] {
         let bus = Bus::embedded().unwrap();
-        let mut children = Children(Vec::new());
+        let mut children = roles();
         let mut sub = bench::subscriber(&bus, DATA, WaitStrategy::BusySpin).unwrap();
         for _ in 0..publishers {
             // Far more than any run consumes; the processes are killed at the end.
@@ -389,7 +372,7 @@ fn fanout(c: &mut Criterion) {
     let wait = WaitStrategy::default();
     for subscribers in [1usize, 4, 16] {
         let bus = Bus::embedded().unwrap();
-        let mut children = Children(Vec::new());
+        let mut children = roles();
         let mut acks = bench::subscriber(&bus, ACK, wait).unwrap();
         let mut data = bench::publisher(&bus, DATA, wait).unwrap();
         for _ in 0..subscribers {
@@ -416,7 +399,7 @@ fn typed(c: &mut Criterion) {
     let mut group = c.benchmark_group("typed");
     let value = Telemetry::of_size(256);
     let bus = Bus::embedded().unwrap();
-    let mut children = Children(Vec::new());
+    let mut children = roles();
     let mut pongs = bus.typed_subscriber::<Telemetry>(PONG).unwrap();
     pongs.raw().set_wait_strategy(WaitStrategy::BusySpin);
     let mut pings = bus.typed_publisher::<Telemetry>(PING).unwrap();

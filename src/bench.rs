@@ -8,6 +8,10 @@
 //! the message, so a stall delays the samples behind it instead of hiding them (no coordinated
 //! omission).
 
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::client::{Bus, PublishError, Publisher, RecvError, Subscriber, SubscriberOptions};
@@ -60,6 +64,89 @@ pub enum BenchError {
     /// A message was too short to carry a timestamp.
     #[error("benchmark messages carry an 8-byte timestamp; got {0} bytes")]
     Short(usize),
+    /// A role process could not be started or failed before it was ready.
+    #[error("the {role} process: {detail}")]
+    Role {
+        /// The role (`echo`, `flood`, ...).
+        role: String,
+        /// What went wrong.
+        detail: String,
+    },
+}
+
+/// Processes running benchmark roles (`shmbus bench-role ROLE ...`), killed and reaped when
+/// dropped.
+pub struct Roles {
+    exe: PathBuf,
+    /// Each process with its role.
+    children: Vec<(String, Child)>,
+}
+
+impl Roles {
+    /// Roles run by `exe`, the `shmbus` executable.
+    pub fn new(exe: impl Into<PathBuf>) -> Roles {
+        Roles {
+            exe: exe.into(),
+            children: Vec::new(),
+        }
+    }
+
+    /// Starts `EXE bench-role ROLE --bus BUS ARGS` and waits until it says `ready` (it has
+    /// attached its publishers and subscribers).
+    pub fn start(
+        &mut self,
+        role: &str,
+        bus: &str,
+        args: &[impl AsRef<OsStr>],
+    ) -> Result<(), BenchError> {
+        let failed = |detail: String| BenchError::Role {
+            role: role.to_string(),
+            detail,
+        };
+        let mut child = Command::new(&self.exe)
+            .args(["bench-role", role, "--bus", bus])
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| failed(format!("cannot start {}: {e}", self.exe.display())))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        self.children.push((role.to_string(), child));
+        let mut line = String::new();
+        BufReader::new(stdout)
+            .read_line(&mut line)
+            .map_err(|e| failed(format!("cannot read its output: {e}")))?;
+        if line.trim() != "ready" {
+            return Err(failed("ended before it was ready".into()));
+        }
+        Ok(())
+    }
+
+    /// Waits until every role has exited on its own; fails on the first that did not succeed.
+    pub fn wait(&mut self) -> Result<(), BenchError> {
+        for (role, child) in &mut self.children {
+            let failed = |detail: String| BenchError::Role {
+                role: role.clone(),
+                detail,
+            };
+            let status = child
+                .wait()
+                .map_err(|e| failed(format!("cannot wait for it: {e}")))?;
+            if !status.success() {
+                return Err(failed(format!("failed ({status})")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Roles {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// How long a benchmark waits for any one message before giving up.

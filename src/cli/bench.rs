@@ -1,8 +1,6 @@
 //! `shmbus bench`: latency, throughput and fan-out across processes, with HDR percentiles.
 
-use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
@@ -140,48 +138,11 @@ pub fn role(args: RoleArgs) -> Outcome {
     }
 }
 
-struct Children(Vec<Child>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Starts a role and waits until it says it is ready.
-fn spawn_role(
-    children: &mut Children,
-    bus: &str,
-    role: &str,
-    extra: &[String],
-) -> Result<(), Failure> {
+/// The role processes of one measurement, run by this executable.
+fn roles() -> Result<bench::Roles, Failure> {
     let exe =
         std::env::current_exe().map_err(|e| Failure::error(format!("find own executable: {e}")))?;
-    let mut child = Command::new(exe)
-        .args(["bench-role", role, "--bus", bus])
-        .args(extra)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .map_err(|e| Failure::error(format!("start the {role} process: {e}")))?;
-    let stdout = child
-        .stdout
-        .take()
-        .ok_or_else(|| Failure::error("no stdout pipe"))?;
-    children.0.push(child);
-    let mut line = String::new();
-    BufReader::new(stdout)
-        .read_line(&mut line)
-        .map_err(|e| Failure::error(format!("read from the {role} process: {e}")))?;
-    if line.trim() != "ready" {
-        return Err(Failure::error(format!(
-            "the {role} process failed to start"
-        )));
-    }
-    Ok(())
+    Ok(bench::Roles::new(exe))
 }
 
 fn histogram() -> Histogram<u64> {
@@ -249,15 +210,12 @@ fn progress(count: u64) -> ProgressBar {
 
 fn ping_pong(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
     let wait = args.wait.strategy();
-    let mut children = Children(Vec::new());
+    let mut children = roles()?;
     let mut pongs = bench::subscriber(bus, bench::PONG, wait).map_err(fail)?;
     let mut pings = bench::publisher(bus, bench::PING, wait).map_err(fail)?;
-    spawn_role(
-        &mut children,
-        address,
-        "echo",
-        &["--wait".into(), args.wait.name().into()],
-    )?;
+    children
+        .start("echo", address, &["--wait", args.wait.name()])
+        .map_err(fail)?;
     bench::ping_pong(
         &mut pings,
         &mut pongs,
@@ -293,7 +251,7 @@ fn ping_pong(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
 }
 
 fn stream(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
-    let mut children = Children(Vec::new());
+    let mut children = roles()?;
     let mut sub = bench::subscriber(bus, bench::DATA, args.wait.strategy()).map_err(fail)?;
     let mut extra = vec![
         "--size".to_string(),
@@ -304,7 +262,7 @@ fn stream(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
     if let Some(hz) = args.rate {
         extra.extend(["--rate".to_string(), hz.to_string()]);
     }
-    spawn_role(&mut children, address, "flood", &extra)?;
+    children.start("flood", address, &extra).map_err(fail)?;
     let mut latency = histogram();
     let bar = progress(args.count);
     let mut n = 0u64;
@@ -357,7 +315,7 @@ fn fanout_in(
     args: &Args,
     dir: &std::path::Path,
 ) -> Result<Report, Failure> {
-    let mut children = Children(Vec::new());
+    let mut children = roles()?;
     let outs: Vec<PathBuf> = (0..args.subscribers)
         .map(|i| dir.join(format!("sub-{i}")))
         .collect();
@@ -370,7 +328,9 @@ fn fanout_in(
             "--out".into(),
             out.to_string_lossy().into_owned(),
         ];
-        spawn_role(&mut children, address, "fanout-sub", &extra)?;
+        children
+            .start("fanout-sub", address, &extra)
+            .map_err(fail)?;
     }
     let mut publisher = bench::publisher(bus, bench::DATA, WaitStrategy::BusySpin).map_err(fail)?;
     // Paced so that latency, not queueing, is measured: 10 kHz unless --rate says otherwise.
@@ -388,16 +348,7 @@ fn fanout_in(
         }
     }
     bar.finish_and_clear();
-    for child in &mut children.0 {
-        let status = child
-            .wait()
-            .map_err(|e| Failure::error(format!("wait for a subscriber: {e}")))?;
-        if !status.success() {
-            return Err(Failure::error(format!(
-                "a fan-out subscriber failed ({status})"
-            )));
-        }
-    }
+    children.wait().map_err(fail)?;
     let mut last = vec![0u64; args.count as usize];
     for out in &outs {
         let bytes = std::fs::read(out)
