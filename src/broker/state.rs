@@ -110,6 +110,16 @@ pub(crate) struct State {
     stalls: HashMap<(String, u32), Stall>,
 }
 
+/// The client `client` (a registered connection), or the error for an unknown one.
+fn known_client(
+    clients: &mut HashMap<u32, Client>,
+    client: u32,
+) -> Result<&mut Client, ErrorReply> {
+    clients
+        .get_mut(&client)
+        .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))
+}
+
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     let mut message = message.into();
     if message.len() > MAX_ERROR_LEN {
@@ -413,10 +423,7 @@ impl State {
         client: u32,
         publisher: u32,
     ) -> Result<(Reply, Vec<OwnedFd>), ErrorReply> {
-        let c = self
-            .clients
-            .get_mut(&client)
-            .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))?;
+        let c = known_client(&mut self.clients, client)?;
         let topic = c
             .publishers
             .remove(&publisher)
@@ -445,10 +452,7 @@ impl State {
                 format!("doorbell {doorbell} is not held by this client"),
             ));
         }
-        let c = self
-            .clients
-            .get_mut(&client)
-            .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))?;
+        let c = known_client(&mut self.clients, client)?;
         // Ids wrap after 2^32 subscriptions; they need only be unique per client, since slot
         // owners combine the client's id with them.
         let mut sub = self.next_subscription;
@@ -497,10 +501,7 @@ impl State {
     }
 
     fn unsubscribe(&mut self, client: u32, sub: u32) -> Result<(Reply, Vec<OwnedFd>), ErrorReply> {
-        let c = self
-            .clients
-            .get_mut(&client)
-            .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))?;
+        let c = known_client(&mut self.clients, client)?;
         let s = c
             .subscriptions
             .remove(&sub)
