@@ -179,6 +179,7 @@ impl DoorbellTable {
     pub fn reclaim(&self, index: u32, owner: Owner) -> bool {
         self.cell(index).is_some_and(|c| {
             c.owner
+                // Release pairs with the Acquire CAS of the doorbell's next holder in `claim`.
                 .compare_exchange(owner.get(), 0, Ordering::Release, Ordering::Relaxed)
                 .is_ok()
         })

@@ -121,10 +121,12 @@
 //! | `park` | publisher: stamp store, light fence, parked-count load | reader: parked-count increment, heavy fence, stamp load | a commit never misses a reader that is going to sleep |
 //! | `exclusive` | owner: intent stores, light fence, ownership load | revoker: `REVOKING` store, heavy fence, owner's intent load | a revoked owner never stores the cursor over another claim |
 //! | `doorbell` | doorbell bump (Release) | doorbell load before sleeping (Acquire) | a woken reader sees what woke it |
+//! | `space` | reader: position store, then swap of the space-waiter count (Release) | publisher: count increment (Acquire), room check | a publisher waiting for room is either woken or sees the room |
 //!
 //! Sequential consistency appears only as fences in `join`, `park` and `exclusive`, the three
 //! store-then-load (Dekker) patterns, where acquire/release cannot order a store before a later
-//! load. They are fences rather than SeqCst accesses because the fence rules are what the
+//! load (`space` needs none: both of its sides are read-modify-writes of one counter, which
+//! the counter's modification order puts one before the other). They are fences rather than SeqCst accesses because the fence rules are what the
 //! arguments use (and what loom models exactly). In `park` and `exclusive` the fences are
 //! asymmetric: the publisher's hot path has only a compiler fence ("light"), and the rare side
 //! issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` ("heavy"), which puts a full barrier into

@@ -129,7 +129,9 @@ impl Publisher {
     fn park_for_space(&mut self, len: u32, until: Option<std::time::Instant>) {
         let mem = &self.ring.mem;
         let sw = mem.space_wait();
-        sw.waiters.fetch_add(1, Ordering::SeqCst);
+        // SYNC(space): Acquire pairs with the Release swap in `RingShared::signal_space` (see
+        // there), and keeps the word load and room check below after the increment.
+        sw.waiters.fetch_add(1, Ordering::Acquire);
         // Acquire pairs with the Release bump in `RingShared::signal_space`.
         let armed = sw.word.load(Ordering::Acquire);
         // A reader that released space before it could see us waiting did not wake us.

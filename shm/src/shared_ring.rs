@@ -39,7 +39,11 @@ impl RingShared {
         let sw = self.mem.space_wait();
         // Taking the count makes this one wake-up per parking: the releases that follow, until a
         // publisher parks again, see no waiter and make no system call.
-        if sw.waiters.swap(0, Ordering::Relaxed) == 0 {
+        // SYNC(space): Release pairs with the Acquire half of the publisher's increment in
+        // `park_for_space`. Both are read-modify-writes of one word, so one comes first: if the
+        // increment, we see the waiter and wake it; if this swap, the publisher synchronizes
+        // with it and its room check sees the position our caller released before calling.
+        if sw.waiters.swap(0, Ordering::Release) == 0 {
             return;
         }
         // Release pairs with the publisher's Acquire load of the word before it re-checks.
@@ -395,14 +399,16 @@ impl Ring {
     /// Snapshots of the reader slots in use.
     pub fn readers(&self) -> Vec<ReaderInfo> {
         let mem = &self.shared.mem;
+        // Relaxed: a snapshot; a reader attaching meanwhile may or may not be in it.
         let n = mem
             .readers_control()
             .high_water
-            .load(Ordering::Acquire)
+            .load(Ordering::Relaxed)
             .min(mem.geometry().reader_slots);
         (0..n)
             .filter_map(|slot| {
                 let r = mem.reader(slot);
+                // Acquire pairs with the Release clear of the owner in `ReaderCore::detach`.
                 let owner = r.owner.load(Ordering::Acquire);
                 (owner != 0).then(|| ReaderInfo {
                     slot,
@@ -424,6 +430,7 @@ impl Ring {
     /// Snapshots of the publisher slots in use.
     pub fn publishers(&self) -> Vec<PublisherInfo> {
         let mem = &self.shared.mem;
+        // Acquire pairs with the Release fetch_max in `PublisherCore::attach`.
         let n = mem
             .counters()
             .publisher_high_water
@@ -432,6 +439,7 @@ impl Ring {
         (0..n)
             .filter_map(|slot| {
                 let p = mem.publisher(slot);
+                // Acquire pairs with the Release clear of the owner in `PublisherCore::detach`.
                 let owner = p.owner.load(Ordering::Acquire);
                 let intent = p.intent_pos.load(Ordering::Relaxed);
                 (owner != 0).then(|| PublisherInfo {

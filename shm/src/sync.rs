@@ -108,6 +108,7 @@ impl HeadCell {
     /// 128-bit load is used instead; Miri's memory is always writable.
     #[inline]
     pub(crate) fn load_pos(&self) -> u64 {
+        // SYNC(intent): Acquire, the cursor-load side that callers rely on.
         #[cfg(miri)]
         {
             self.load(Ordering::Acquire).pos
@@ -129,6 +130,7 @@ impl HeadCell {
     /// agree. Every claim moves the position forward, so equal positions mean no claim happened
     /// between the loads and the sequence read between them belongs to that position.
     pub(crate) fn load_for_reader(&self) -> Head {
+        // SYNC(intent): Acquire loads, as in `load_pos`.
         #[cfg(miri)]
         {
             self.load(Ordering::Acquire)
@@ -220,6 +222,7 @@ impl HeadCell {
         Self::unpack(self.0.load(order))
     }
 
+    // SYNC(intent): Acquire, as in the non-loom `load_pos` and `load_for_reader`.
     #[inline]
     pub(crate) fn load_pos(&self) -> u64 {
         self.load(Ordering::Acquire).pos

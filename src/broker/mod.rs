@@ -117,6 +117,7 @@ pub struct BrokerHandle {
 impl BrokerHandle {
     /// Asks the broker to stop; [`Broker::run`] returns soon after.
     pub fn stop(&self) {
+        // Release pairs with the Acquire load at the top of `Broker::run`'s loop.
         self.stop.store(true, Ordering::Release);
         // A failed wake only delays the stop to the next tick.
         let _ = self.waker.wake();

@@ -129,6 +129,8 @@ pub(crate) struct Connection {
     sock: OwnedFd,
     routing: Mutex<Routing>,
     next_id: AtomicU32,
+    /// Whether the broker is still there. Its Release stores and AcqRel swaps (by whichever
+    /// thread notices the loss first) pair with the Acquire load in `is_alive`.
     alive: AtomicBool,
     address: BusAddress,
 }

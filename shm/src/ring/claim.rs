@@ -124,6 +124,7 @@ impl PublisherCore {
             return;
         }
         let g = mem.geometry();
+        // Acquire pairs with the Release fetch_max in `attach`, as in `refresh_limit`.
         let slots = mem
             .counters()
             .publisher_high_water
@@ -148,6 +149,7 @@ impl PublisherCore {
         {
             return;
         }
+        // SYNC(intent): Acquire, as in `refresh_limit`.
         let head = control.head.load(Ordering::Acquire);
         let owned = Head {
             exclusive: true,
@@ -177,8 +179,10 @@ impl PublisherCore {
             return;
         }
         let control = mem.control();
+        // SYNC(intent): Acquire, as in `refresh_limit`.
         let head = control.head.load(Ordering::Acquire);
-        // If a revoker is at work it clears the flag itself; either CAS may win.
+        // If a revoker is at work it clears the flag itself; either CAS may win. AcqRel, like
+        // every claim CAS, continues the release sequence of the claims (SYNC(intent)).
         let _ = control.head.compare_exchange(
             head,
             Head {
@@ -351,9 +355,11 @@ impl PublisherCore {
                 }
                 // Revoked. No claim was made: withdraw the intent and acknowledge, which lets
                 // the revoker finish, and claim like everyone else once it has.
+                // SYNC(retire): Release pairs with the revoker's Acquire load of our intent in `revoke`.
                 slot.intent_pos.store(NO_INTENT, Ordering::Release);
                 let revoking = self.token | REVOKING;
-                // Release: the withdrawal above is visible to a revoker that sees the ack.
+                // Release pairs with the revoker's Acquire loads of `exclusive` in `revoke`: the
+                // withdrawal above is visible to a revoker that sees the ack.
                 let _ = mem.control().exclusive.compare_exchange(
                     revoking,
                     revoking | ACKNOWLEDGED,
@@ -361,6 +367,7 @@ impl PublisherCore {
                     Ordering::Relaxed,
                 );
                 self.token = 0;
+                // SYNC(intent): Acquire, as in `refresh_limit`.
                 cur = mem.control().head.load(Ordering::Acquire);
                 continue;
             }
@@ -453,10 +460,13 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
     let control = mem.control();
     let g = mem.geometry();
     loop {
+        // SYNC(intent): Acquire, as in `refresh_limit`.
         let head = control.head.load(Ordering::Acquire);
         if !head.exclusive {
             return head;
         }
+        // Acquire pairs with an owner's Release acknowledgement in `try_claim` (the token bits
+        // are all this needs; the ack is looked at again in the wait below).
         let token = control.exclusive.load(Ordering::Acquire) & !(REVOKING | ACKNOWLEDGED);
         let owner_slot = (token & 0xffff_ffff)
             .checked_sub(1)
@@ -489,7 +499,10 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             // its intent.
             let intent = owner.intent_pos.load(Ordering::Acquire);
             let intent_seq = owner.intent_seq.load(Ordering::Relaxed);
+            // SYNC(intent): Acquire, as in `refresh_limit`.
             let now = control.head.load(Ordering::Acquire);
+            // Acquire pairs with the owner's Release acknowledgement in `try_claim`, which follows
+            // its withdrawal of the intent.
             let state = control.exclusive.load(Ordering::Acquire);
             // With the heavy fence: done when the owner holds no claim it could still store
             // (none, or it landed). Without it, only the owner's acknowledgement (or its release
@@ -497,6 +510,8 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             let settled = if ordered {
                 intent == NO_INTENT || now.seq > intent_seq
             } else {
+                // Acquire pairs with the Release clear of the owner in `detach` (or in the
+                // broker's reclaim of a dead publisher's slot).
                 state & ACKNOWLEDGED != 0 || owner.owner.load(Ordering::Acquire) == 0
             };
             if settled || !now.exclusive || state & !(REVOKING | ACKNOWLEDGED) != token {
@@ -515,6 +530,7 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
         {
             continue; // someone else finished (or the owner gave up): look again
         }
+        // SYNC(intent): Acquire, as in `refresh_limit`.
         let head = control.head.load(Ordering::Acquire);
         if head.exclusive {
             let shared = Head {
@@ -522,10 +538,11 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
                 ..head
             };
             // A failure means another revoker cleared it first; the loop then sees it shared.
-            let _ =
-                control
-                    .head
-                    .compare_exchange(head, shared, Ordering::AcqRel, Ordering::Acquire);
+            let _ = control
+                .head
+                // SYNC(intent): AcqRel like every claim CAS: it continues the release sequence of the
+                // claims before it.
+                .compare_exchange(head, shared, Ordering::AcqRel, Ordering::Acquire);
         }
     }
 }

@@ -151,7 +151,9 @@ impl ReaderCore {
         let r = mem.reader(self.slot);
         let head = &mem.control().head;
         if !self.tethered {
-            r.mode.store(mode::LOSSY, Ordering::Release);
+            // Relaxed: publishers read modes only to count tethered readers (SYNC(join) orders
+            // that); nothing else travels with a lossy reader's mode.
+            r.mode.store(mode::LOSSY, Ordering::Relaxed);
             self.safe_from = u64::MAX;
             return head.load_for_reader();
         }
@@ -201,6 +203,7 @@ impl ReaderCore {
             let mut last: VecDeque<u64> = VecDeque::new();
             let mut pos = oldest;
             while pos < join_pos {
+                // SYNC(publish): Acquire pairs with the commit's Release stamp store.
                 if mem.word(pos).load(Ordering::Acquire) != stamp(pos, key) {
                     break; // in flight: history ends here, reading will wait for it
                 }
@@ -280,6 +283,7 @@ impl ReaderCore {
         let g = mem.geometry();
         let pos = self.pos;
         let head = &mem.control().head;
+        // SYNC(publish): Acquire pairs with the commit's Release stamp store.
         if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
             if head.load_pos() > pos + g.capacity {
                 return Ok(self.recover(mem));
@@ -408,7 +412,8 @@ impl ReaderCore {
     pub(crate) fn detach(&self, mem: &RingMemory) {
         let r = mem.reader(self.slot);
         self.cancel_park(mem);
-        r.mode.store(mode::INACTIVE, Ordering::Release);
+        // Relaxed: the owner's Release clear below orders it for the slot's next holder.
+        r.mode.store(mode::INACTIVE, Ordering::Relaxed);
         // Release pairs with the Acquire CAS in `attach`.
         r.owner.store(0, Ordering::Release);
     }
@@ -445,6 +450,7 @@ pub(crate) fn oldest_frame(mem: &RingMemory) -> Option<(u64, u64)> {
         let h = head.load_pos();
         let mut u = align_up(h.saturating_sub(g.capacity), FRAME_ALIGN);
         while u < h {
+            // SYNC(publish): Acquire pairs with the commit's Release stamp store.
             if mem.word(u).load(Ordering::Acquire) == stamp(u, key) {
                 let header = read_frame_header(mem, u);
                 // SYNC(overwrite): as in `step_by_copy`.

@@ -60,6 +60,7 @@ pub(crate) fn repair_dead_publishers(
     let g = mem.geometry();
     // SYNC(intent): Acquire: every claim CAS up to this head value released its intent to us.
     let head = mem.control().head.load(Ordering::Acquire);
+    // Acquire pairs with the Release fetch_max in `PublisherCore::attach`.
     let slots = mem
         .counters()
         .publisher_high_water
@@ -68,6 +69,8 @@ pub(crate) fn repair_dead_publishers(
     let mut repairs = Vec::new();
     for slot in 0..slots {
         let s = mem.publisher(slot);
+        // Acquire pairs with the Release clear of the owner in `PublisherCore::detach`: a slot
+        // that reads as free was left with its intent retired.
         let owner = s.owner.load(Ordering::Acquire);
         if owner == 0 || alive(owner) {
             continue;
@@ -101,12 +104,14 @@ fn repair_slot(
     let end = s.intent_end.load(Ordering::Relaxed);
     if pos == NO_INTENT || head.seq <= seq {
         // No claim, or a CAS that never happened (nobody has claimed from (pos, seq) yet).
+        // SYNC(retire): Release, as a publisher's own clear after a commit.
         s.intent_pos.store(NO_INTENT, Ordering::Release);
         return RepairOutcome::Released;
     }
     // The claim (pos, seq) exists. If a live publisher names it, that publisher may own it.
     let live_claimant = (0..slots).filter(|&o| o != slot).any(|o| {
         let other = mem.publisher(o);
+        // Acquire for the owner as above; SYNC(retire) for the intent.
         let owner = other.owner.load(Ordering::Acquire);
         owner != 0 && alive(owner) && other.intent_pos.load(Ordering::Acquire) == pos
     });
@@ -115,8 +120,10 @@ fn repair_slot(
     }
     let key = mem.stamp_key();
     // Read after the intents: a live owner that committed and retired its intent (Release)
-    // made its stamp visible to the Acquire loads above.
+    // made its stamp visible to the Acquire loads above. SYNC(publish): Acquire pairs with the
+    // stamp's Release store in the commit.
     if mem.word(pos).load(Ordering::Acquire) == stamp(pos, key) {
+        // SYNC(retire): Release, as a publisher's own clear after a commit.
         s.intent_pos.store(NO_INTENT, Ordering::Release);
         return RepairOutcome::Released;
     }
@@ -166,6 +173,7 @@ fn claim_end(
         .filter(|&o| o != slot)
         .map(|o| mem.publisher(o))
         .filter(|p| {
+            // SYNC(retire): Acquire pairs with the Release clear of an intent.
             p.intent_pos.load(Ordering::Acquire) == pos
                 && p.intent_seq.load(Ordering::Relaxed) == seq
         })
@@ -180,6 +188,7 @@ fn claim_end(
     }
     let key = mem.stamp_key();
     std::iter::once(end).chain(rivals).find(|&candidate| {
+        // SYNC(publish) for the stamp, SYNC(retire) for the intents, as above.
         let committed = mem.word(candidate).load(Ordering::Acquire) == stamp(candidate, key)
             && read_frame_header(mem, candidate).seq == seq + 1;
         committed
@@ -212,6 +221,8 @@ pub(crate) fn untether_reader(mem: &RingMemory, slot: u32) -> bool {
 /// whether it was freed.
 pub(crate) fn reclaim_reader(mem: &RingMemory, slot: u32, owner: u64) -> bool {
     let r = mem.reader(slot);
+    // Acquire pairs with the Release clear of the owner when a reader detaches: a slot that
+    // reads as free is no longer used by its last holder.
     if r.owner.load(Ordering::Acquire) != owner {
         return false;
     }
