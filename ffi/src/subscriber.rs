@@ -472,7 +472,6 @@ pub unsafe extern "C" fn shmbus_recv(
         let this = subscriber;
         // SAFETY: NULL or a live subscriber used by this thread only, by the caller's contract.
         let subscriber = unsafe { subscriber_arg(F, this)? };
-        subscriber.subscriber_mut(F)?;
         // SAFETY: `sample` is non-NULL, valid for reading and writing, and not aliased during the
         // call, by the caller's contract.
         let out = unsafe { out.as_mut() };
