@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Model-checks the ring protocol with loom (shm/src/ring/loom_models.rs).
+# Model-checks the ring protocol with loom (shm/src/protocol/loom_models.rs).
 # LOOM_MAX_PREEMPTIONS bounds the search; 3 explores every model in seconds.
 set -euo pipefail
 cd "$(dirname "$0")/.."

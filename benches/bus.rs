@@ -400,10 +400,18 @@ fn typed(c: &mut Criterion) {
     let value = Telemetry::of_size(256);
     let bus = Bus::embedded().unwrap();
     let mut children = roles();
-    let mut pongs = bus.typed_subscriber::<Telemetry>(PONG).unwrap();
-    pongs.raw().set_wait_strategy(WaitStrategy::BusySpin);
-    let mut pings = bus.typed_publisher::<Telemetry>(PING).unwrap();
-    pings.raw().set_wait_strategy(WaitStrategy::BusySpin);
+    let mut pongs = bus
+        .subscriber(PONG)
+        .wait(WaitStrategy::BusySpin)
+        .typed::<Telemetry>()
+        .create()
+        .unwrap();
+    let mut pings = bus
+        .publisher_builder(PING)
+        .wait(WaitStrategy::BusySpin)
+        .typed::<Telemetry>()
+        .create()
+        .unwrap();
     role(&mut children, &bus, "typed-echo", &["--wait", "busy"]);
     group.bench_function("rkyv_struct_256B", |b| {
         b.iter_custom(|iters| {

@@ -22,7 +22,10 @@ pub struct Reading {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let name = std::env::args().nth(1).unwrap_or_else(|| "left".into());
     let bus = shmbus::Bus::connect_default()?;
-    let mut publisher = bus.typed_publisher::<Reading>(&format!("sensors/{name}"))?;
+    let mut publisher = bus
+        .publisher_builder(&format!("sensors/{name}"))
+        .typed::<Reading>()
+        .create()?;
     let mut reading = Reading {
         sensor: name,
         sequence: 0,

@@ -15,7 +15,7 @@ pub struct Reading {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bus = shmbus::Bus::connect_default()?;
-    let mut subscriber = bus.typed_subscriber::<Reading>("sensors/*")?;
+    let mut subscriber = bus.subscriber("sensors/*").typed::<Reading>().create()?;
     eprintln!("subscribed sensors/*");
     loop {
         // `reading` is an `&ArchivedReading` in shared memory: no copy, no allocation.

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::client::{Bus, PublishError, Publisher, RecvError, Subscriber, SubscriberOptions};
+use crate::{Bus, PublishError, Publisher, RecvError, RecvTimeoutError, Subscriber};
 use shmbus_shm::WaitStrategy;
 
 /// Topic the latency ping travels on.
@@ -51,7 +51,7 @@ impl Telemetry {
 pub enum BenchError {
     /// Attaching a publisher or subscriber failed.
     #[error(transparent)]
-    Attach(#[from] crate::client::AttachError),
+    Attach(#[from] crate::AttachError),
     /// Publishing failed.
     #[error(transparent)]
     Publish(#[from] PublishError),
@@ -183,20 +183,12 @@ pub fn read_all(payload: &[u8]) -> u64 {
 
 /// A subscriber that busy-polls (or parks, with `wait`).
 pub fn subscriber(bus: &Bus, pattern: &str, wait: WaitStrategy) -> Result<Subscriber, BenchError> {
-    Ok(bus.subscribe_with(
-        pattern,
-        SubscriberOptions {
-            wait,
-            ..Default::default()
-        },
-    )?)
+    Ok(bus.subscriber(pattern).wait(wait).create()?)
 }
 
 /// A publisher that waits for room with `wait`.
 pub fn publisher(bus: &Bus, topic: &str, wait: WaitStrategy) -> Result<Publisher, BenchError> {
-    let mut p = bus.publisher(topic)?;
-    p.set_wait_strategy(wait);
-    Ok(p)
+    Ok(bus.publisher_builder(topic).wait(wait).create()?)
 }
 
 /// Publishes a `size`-byte message, every byte written, the first eight (if room) holding
@@ -215,9 +207,10 @@ pub fn send(publisher: &mut Publisher, size: usize, stamp: u64) -> Result<(), Be
 /// Receives one message (waiting at most [`PATIENCE`]), reads all of it, and returns its length
 /// and its leading timestamp (0 if shorter than 8 bytes).
 pub fn receive(subscriber: &mut Subscriber) -> Result<(usize, u64), BenchError> {
-    let sample = subscriber
-        .recv_timeout(PATIENCE)?
-        .ok_or(BenchError::Timeout(PATIENCE))?;
+    let sample = subscriber.recv_timeout(PATIENCE).map_err(|e| match e {
+        RecvTimeoutError::Failed(e) => BenchError::Recv(e),
+        _ => BenchError::Timeout(PATIENCE),
+    })?;
     let payload = sample.payload();
     std::hint::black_box(read_all(payload));
     let stamp = payload
@@ -260,10 +253,16 @@ pub fn acknowledge(bus: &Bus, wait: WaitStrategy, ready: impl FnOnce()) -> Resul
 /// with the same value serialized on [`PONG`]; stops at a message with no samples. Calls `ready`
 /// once attached.
 pub fn typed_echo(bus: &Bus, wait: WaitStrategy, ready: impl FnOnce()) -> Result<(), BenchError> {
-    let mut pings = bus.typed_subscriber::<Telemetry>(PING)?;
-    pings.raw().set_wait_strategy(wait);
-    let mut pongs = bus.typed_publisher::<Telemetry>(PONG)?;
-    pongs.raw().set_wait_strategy(wait);
+    let mut pings = bus
+        .subscriber(PING)
+        .wait(wait)
+        .typed::<Telemetry>()
+        .create()?;
+    let mut pongs = bus
+        .publisher_builder(PONG)
+        .wait(wait)
+        .typed::<Telemetry>()
+        .create()?;
     ready();
     let mut reply = Telemetry {
         name: String::new(),

@@ -1,18 +1,54 @@
-//! shmbus: a shared-memory publish/subscribe and request/response bus for processes on one host.
+//! shmbus: a shared-memory publish/subscribe bus for processes on one host.
 //!
-//! This crate holds the topics, the control protocol, the broker, the Rust client API and the CLI.
-//! The lock-free rings themselves live in [`shmbus_shm`].
+//! A broker hands out one ring per topic over a Unix socket; publishers write messages straight
+//! into the rings and subscribers read them in place, so after attaching no message passes
+//! through the broker or the kernel.
+//!
+//! ```
+//! use shmbus::Bus;
+//!
+//! let bus = Bus::embedded()?;                         // or Bus::connect_default()?
+//! let mut sub = bus.subscribe("chat/**")?;            // every topic under chat/, now and later
+//! let mut publisher = bus.publisher("chat/lobby")?;
+//! publisher.publish(b"hello")?;                       // written into shared memory
+//! let msg = sub.recv()?;                              // read in place, zero copy
+//! assert_eq!((msg.topic(), msg.payload()), ("chat/lobby", &b"hello"[..]));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Options go through builders — [`Bus::subscriber`], [`Bus::publisher_builder`],
+//! [`Bus::builder`], [`Broker::builder`] — and typed (rkyv) messages through their `typed`
+//! step. Every blocking call has a `try_` twin that never waits and `_timeout`/`_deadline` twins
+//! that give up with an error. The rings themselves are in [`shmbus_shm`].
+//!
+//! Layers, in `src/`: [`topic`] (grammar and matching), `protocol` (the control messages, one
+//! module per messaging pattern), [`broker`] (an I/O-free core that decides, and the event loop
+//! around it), `client` (the API above, one module per pattern), and the `shmbus` command line
+//! behind the default feature `cli` (an embedder with `default-features = false` compiles none of
+//! its dependencies).
 
 pub mod address;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod bench;
 pub mod broker;
+#[cfg(feature = "cli")]
+#[doc(hidden)]
 pub mod cli;
-pub mod client;
+mod client;
+#[doc(hidden)]
 pub mod protocol;
 pub mod topic;
 
-pub use client::{
-    AttachError, Bus, ConnectError, Loan, PublishError, Publisher, RecvError, RequestError, Sample,
-    Subscriber, SubscriberOptions, TypedPublisher, TypedSample, TypedSubscriber,
+pub use address::BusAddress;
+pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
+pub use client::pubsub::{
+    Loan, OwnedSample, OwnedTypedSample, PublishError, PublishTimeoutError, Publisher,
+    PublisherBuilder, RecvError, RecvTimeoutError, RingSerializer, Sample, Subscriber,
+    SubscriberBuilder, TryPublishError, TryRecvError, TypedPublisher, TypedPublisherBuilder,
+    TypedSample, TypedSubscriber, TypedSubscriberBuilder,
 };
+pub use client::{AttachError, Bus, BusBuilder, ConnectError, RequestError};
+pub use protocol::{ErrorCode, PublisherId, RingId};
 pub use shmbus_shm::WaitStrategy;
+pub use topic::Topic;

@@ -3,9 +3,17 @@
 
 use std::time::Duration;
 
-use shmbus::{Bus, PublishError, RecvError, SubscriberOptions};
+use shmbus::{
+    Broker, BrokerBuilder, Bus, PublishError, RecvError, RecvTimeoutError, TryPublishError,
+    TryRecvError,
+};
 
 const WAIT: Duration = Duration::from_secs(30);
+
+/// A bus of its own with a broker configured by `broker`.
+fn embedded(broker: BrokerBuilder) -> Bus {
+    Bus::builder().embedded(broker).connect().unwrap()
+}
 
 #[test]
 fn samples_carry_topic_publisher_and_sequence() {
@@ -18,7 +26,7 @@ fn samples_carry_topic_publisher_and_sequence() {
     assert_eq!(b.publish(b"three").unwrap(), 0);
     let mut got = Vec::new();
     for _ in 0..3 {
-        let s = sub.recv_timeout(WAIT).unwrap().unwrap();
+        let s = sub.recv_timeout(WAIT).unwrap();
         got.push((
             s.topic().to_string(),
             s.publisher(),
@@ -35,11 +43,10 @@ fn samples_carry_topic_publisher_and_sequence() {
             ("m/b".into(), b.id(), 0, b"three".to_vec()),
         ]
     );
-    assert!(sub.try_recv().unwrap().is_none());
-    assert!(
-        sub.recv_timeout(Duration::from_millis(20))
-            .unwrap()
-            .is_none()
+    assert_eq!(sub.try_recv().unwrap_err(), TryRecvError::Empty);
+    assert_eq!(
+        sub.recv_timeout(Duration::from_millis(20)).unwrap_err(),
+        RecvTimeoutError::Timeout
     );
 }
 
@@ -47,21 +54,23 @@ fn samples_carry_topic_publisher_and_sequence() {
 fn a_topic_matched_by_two_patterns_is_read_once() {
     let bus = Bus::embedded().unwrap();
     let mut sub = bus
-        .subscribe_all(&["x/*", "x/y", "**"], SubscriberOptions::default())
+        .subscriber("x/*")
+        .pattern("x/y")
+        .pattern("**")
+        .create()
         .unwrap();
     bus.publisher("x/y").unwrap().publish(b"once").unwrap();
-    assert_eq!(sub.recv_timeout(WAIT).unwrap().unwrap().payload(), b"once");
-    assert!(
-        sub.recv_timeout(Duration::from_millis(50))
-            .unwrap()
-            .is_none()
+    assert_eq!(sub.recv_timeout(WAIT).unwrap().payload(), b"once");
+    assert_eq!(
+        sub.recv_timeout(Duration::from_millis(50)).unwrap_err(),
+        RecvTimeoutError::Timeout
     );
     assert_eq!(sub.topics().collect::<Vec<_>>(), ["x/y"]);
 }
 
 #[test]
 fn oversized_messages_fail_naming_the_topic_before_anything_is_written() {
-    let bus = Bus::embedded_with(|c| c.limits.ring.max_payload = 1024).unwrap();
+    let bus = embedded(Broker::builder().max_payload(1024));
     let mut sub = bus.subscribe("big").unwrap();
     let mut p = bus.publisher("big").unwrap();
     match p.publish(&[0; 1025]) {
@@ -75,36 +84,25 @@ fn oversized_messages_fail_naming_the_topic_before_anything_is_written() {
         other => panic!("{other:?}"),
     }
     p.publish(&[1; 1024]).unwrap();
-    assert_eq!(sub.recv_timeout(WAIT).unwrap().unwrap().len(), 1024);
+    assert_eq!(sub.recv_timeout(WAIT).unwrap().len(), 1024);
 }
 
 #[test]
 fn a_lossy_subscriber_reports_lag_and_goes_on() {
-    let bus = Bus::embedded_with(|c| {
-        c.limits.ring.capacity = 1 << 16;
-        c.limits.ring.max_payload = 4096;
-    })
-    .unwrap();
-    let options = SubscriberOptions {
-        lossy: true,
-        ..Default::default()
-    };
-    let mut sub = bus.subscribe_with("fast", options).unwrap();
+    let bus = embedded(Broker::builder().ring_capacity(1 << 16).max_payload(4096));
+    let mut sub = bus.subscriber("fast").lossy().create().unwrap();
     let mut p = bus.publisher("fast").unwrap();
     for i in 0u32..5000 {
         p.publish(&i.to_le_bytes()).unwrap(); // never blocked by the lossy subscriber
     }
     let missed = match sub.recv_timeout(WAIT) {
-        Err(RecvError::Lagged { topic, missed }) => {
+        Err(RecvTimeoutError::Failed(RecvError::Lagged { topic, missed })) => {
             assert_eq!(topic, "fast");
             missed
         }
-        other => panic!(
-            "expected Lagged, got {:?}",
-            other.map(|s| s.map(|s| s.sequence()))
-        ),
+        other => panic!("expected Lagged, got {:?}", other.map(|s| s.sequence())),
     };
-    let first = sub.recv_timeout(WAIT).unwrap().unwrap();
+    let first = sub.recv_timeout(WAIT).unwrap();
     assert_eq!(
         u64::from(u32::from_le_bytes(first.payload().try_into().unwrap())),
         missed
@@ -118,38 +116,27 @@ fn history_and_late_joining() {
     for i in 0u8..10 {
         p.publish(&[i]).unwrap();
     }
-    let options = SubscriberOptions {
-        history: 4,
-        ..Default::default()
-    };
-    let mut with_history = bus.subscribe_with("h", options).unwrap();
+    let mut with_history = bus.subscriber("h").history(4).create().unwrap();
     let mut late = bus.subscribe("h").unwrap();
     p.publish(&[10]).unwrap();
     for i in 6u8..=10 {
-        assert_eq!(
-            with_history.recv_timeout(WAIT).unwrap().unwrap().payload(),
-            [i]
-        );
+        assert_eq!(with_history.recv_timeout(WAIT).unwrap().payload(), [i]);
     }
-    assert_eq!(late.recv_timeout(WAIT).unwrap().unwrap().payload(), [10]);
+    assert_eq!(late.recv_timeout(WAIT).unwrap().payload(), [10]);
 }
 
 #[test]
 fn dropping_a_subscriber_releases_the_ring() {
-    let bus = Bus::embedded_with(|c| {
-        c.limits.ring.capacity = 1 << 16;
-        c.limits.ring.max_payload = 4096;
-    })
-    .unwrap();
+    let bus = embedded(Broker::builder().ring_capacity(1 << 16).max_payload(4096));
     let sub = bus.subscribe("r").unwrap();
     let mut p = bus.publisher("r").unwrap();
     let mut sent = 0;
     while p.try_publish(&[0; 1000]).is_ok() {
         sent += 1;
     }
-    assert!(sent > 0 && matches!(p.try_publish(&[0; 1000]), Err(PublishError::Full { .. })));
+    assert!(sent > 0 && p.try_publish(&[0; 1000]) == Err(TryPublishError::Full));
     drop(sub);
-    p.publish_timeout(&[0; 1000], Some(WAIT))
+    p.publish_timeout(&[0; 1000], WAIT)
         .expect("no reader holds the ring any more");
 }
 
@@ -163,8 +150,12 @@ struct Telemetry {
 #[test]
 fn typed_messages_round_trip_and_invalid_ones_are_reported() {
     let bus = Bus::embedded().unwrap();
-    let mut sub = bus.typed_subscriber::<Telemetry>("t/*").unwrap();
-    let mut p = bus.typed_publisher::<Telemetry>("t/x").unwrap();
+    let mut sub = bus.subscriber("t/*").typed::<Telemetry>().create().unwrap();
+    let mut p = bus
+        .publisher_builder("t/x")
+        .typed::<Telemetry>()
+        .create()
+        .unwrap();
     for n in [0usize, 3, 10_000] {
         let value = Telemetry {
             name: format!("n{n}"),
@@ -195,7 +186,7 @@ fn typed_messages_round_trip_and_invalid_ones_are_reported() {
 
 #[test]
 fn idle_rings_are_released_and_a_topic_used_again_gets_a_fresh_one() {
-    let bus = Bus::embedded_with(|c| c.ring_idle = Duration::from_millis(50)).unwrap();
+    let bus = embedded(Broker::builder().ring_idle(Duration::from_millis(50)));
     let mut first = bus.publisher("gc").unwrap();
     first.publish(b"old").unwrap();
     let old_ring = first.ring_id();
@@ -213,20 +204,17 @@ fn idle_rings_are_released_and_a_topic_used_again_gets_a_fresh_one() {
         );
         std::thread::sleep(Duration::from_millis(20)); // polling interval, not synchronisation
     }
-    let options = SubscriberOptions {
-        history: 10,
-        ..Default::default()
-    };
-    let mut sub = bus.subscribe_with("gc", options).unwrap();
-    assert!(
-        sub.try_recv().unwrap().is_none(),
+    let mut sub = bus.subscriber("gc").history(10).create().unwrap();
+    assert_eq!(
+        sub.try_recv().unwrap_err(),
+        TryRecvError::Empty,
         "a released ring's history is gone"
     );
 }
 
 #[test]
 fn a_subscriber_that_cannot_get_a_reader_on_a_new_ring_is_told_and_goes_on() {
-    let bus = Bus::embedded_with(|c| c.limits.ring.reader_slots = 1).unwrap();
+    let bus = embedded(Broker::builder().subscribers_per_topic(1));
     // Both subscribe before the ring exists; the broker finds one reader slot for two.
     let mut first = bus.subscribe("crowd/*").unwrap();
     let mut second = bus.subscribe("crowd/*").unwrap();
@@ -235,10 +223,8 @@ fn a_subscriber_that_cannot_get_a_reader_on_a_new_ring_is_told_and_goes_on() {
     bus.publisher("crowd/x").unwrap().publish(b"hi").unwrap();
     elsewhere.publish(b"still here").unwrap();
 
-    let outcome = |sub: &mut shmbus::Subscriber| {
-        sub.recv_timeout(WAIT)
-            .map(|m| m.map(|m| m.payload().to_vec()))
-    };
+    let outcome =
+        |sub: &mut shmbus::Subscriber| sub.recv_timeout(WAIT).map(|m| m.payload().to_vec());
     let outcomes = [outcome(&mut first), outcome(&mut second)];
     // The broker attaches in an order of its choosing: one subscriber reads the ring, the other
     // is told it cannot, naming the topic and the cause, instead of waiting forever.
@@ -246,14 +232,14 @@ fn a_subscriber_that_cannot_get_a_reader_on_a_new_ring_is_told_and_goes_on() {
         [read @ Ok(_), told] | [told, read @ Ok(_)] => [read, told],
         other => panic!("expected one subscriber to read: {other:?}"),
     };
-    assert_eq!(read.unwrap(), Some(b"hi".to_vec()));
+    assert_eq!(read.unwrap(), b"hi");
     match told {
-        Err(RecvError::Unavailable { topic, detail }) => {
+        Err(RecvTimeoutError::Failed(RecvError::Unavailable { topic, detail })) => {
             assert_eq!(topic, "crowd/x");
             assert!(detail.contains("reader"), "{detail}");
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
     // Other topics are unaffected.
-    assert_eq!(outcome(&mut other).unwrap(), Some(b"still here".to_vec()));
+    assert_eq!(outcome(&mut other).unwrap(), b"still here");
 }

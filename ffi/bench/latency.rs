@@ -19,7 +19,7 @@ use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use shmbus::bench::{pin, read_all};
-use shmbus::{Bus, Publisher, Subscriber, SubscriberOptions, WaitStrategy};
+use shmbus::{Bus, Publisher, Subscriber, WaitStrategy};
 
 fn send_filled(publisher: &mut Publisher, len: usize, byte: u8) {
     let mut loan = publisher.loan(len).expect("loan");
@@ -29,13 +29,16 @@ fn send_filled(publisher: &mut Publisher, len: usize, byte: u8) {
 
 fn connect_pair(bus: &str, input: &str, output: &str) -> (Bus, Subscriber, Publisher) {
     let bus = Bus::connect(bus).expect("connect");
-    let options = SubscriberOptions {
-        wait: WaitStrategy::BusySpin,
-        ..SubscriberOptions::default()
-    };
-    let sub = bus.subscribe_with(input, options).expect("subscribe");
-    let mut publisher = bus.publisher(output).expect("publisher");
-    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let sub = bus
+        .subscriber(input)
+        .wait(WaitStrategy::BusySpin)
+        .create()
+        .expect("subscribe");
+    let publisher = bus
+        .publisher_builder(output)
+        .wait(WaitStrategy::BusySpin)
+        .create()
+        .expect("publisher");
     (bus, sub, publisher)
 }
 

@@ -167,8 +167,8 @@ typedef struct shmbus_publisher shmbus_publisher;
 // A subscriber to one or more topic patterns (opaque).
 //
 // Thread safety: one thread at a time. A subscriber may be handed to another thread between
-// calls (with no sample held), but two threads must not call functions on the same subscriber
-// at once. Different subscribers are independent.
+// calls, but two threads must not call functions on the same subscriber at once. Different
+// subscribers are independent.
 typedef struct shmbus_subscriber shmbus_subscriber;
 
 // How a subscriber reads. A zero-initialised struct (`shmbus_subscriber_options opts = {0};`)
@@ -666,6 +666,34 @@ void shmbus_subscriber_free(struct shmbus_subscriber *subscriber);
 int shmbus_recv(struct shmbus_subscriber *subscriber,
                 struct shmbus_sample *sample,
                 int32_t timeout_ms);
+
+// Releases the sample the subscriber holds, if any, and receives the next message into
+// `*sample`: `shmbus_sample_release` and `shmbus_recv` in one call, for loops that handle one
+// message at a time.
+//
+// ```c
+// shmbus_sample s = {0};
+// while (shmbus_recv_next(sub, &s, SHMBUS_WAIT_FOREVER) == SHMBUS_OK) {
+//     handle(s.topic, s.data, s.len);   // valid until the next call
+// }
+// shmbus_sample_release(&s);
+// ```
+//
+// The sample released is the one the subscriber holds, whichever struct describes it; its
+// pointers become invalid. Timeouts, errors and the state of `*sample` afterwards are as for
+// `shmbus_recv` (on failure nothing is held).
+//
+// Errors: those of `shmbus_recv`, except `SHMBUS_ERR_STATE`.
+//
+// Thread safety: one thread at a time per subscriber.
+//
+// # Safety
+//
+// `subscriber` is NULL or a live subscriber; `sample` is NULL or valid for reading and writing
+// a `shmbus_sample`.
+int shmbus_recv_next(struct shmbus_subscriber *subscriber,
+                     struct shmbus_sample *sample,
+                     int32_t timeout_ms);
 
 // Releases a sample filled by `shmbus_recv`: its pointers become invalid, the subscriber may
 // receive again, and a tethered subscriber lets publishers reuse the frame. The struct is

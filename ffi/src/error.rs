@@ -12,8 +12,10 @@ use std::ffi::{CStr, CString, c_char, c_int};
 pub(crate) use shmbus_status::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
-use shmbus::protocol::ErrorCode;
-use shmbus::{AttachError, ConnectError, PublishError, RecvError, RequestError};
+use shmbus::{
+    AttachError, ConnectError, ErrorCode, PublishError, PublishTimeoutError, RecvError,
+    RequestError, TryPublishError,
+};
 
 /// The status every function returns as an `int`: `SHMBUS_OK` (0) or a negative error.
 /// `shmbus_strerror` describes each one; `shmbus_last_error` has the detail of the last failure.
@@ -209,11 +211,31 @@ impl From<PublishError> for Error {
     fn from(e: PublishError) -> Error {
         let code = match &e {
             PublishError::TooLarge { .. } => SHMBUS_ERR_TOO_LARGE,
-            PublishError::Full { .. } => SHMBUS_ERR_FULL,
-            PublishError::Timeout { .. } => SHMBUS_ERR_TIMEOUT,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())
+    }
+}
+
+impl From<TryPublishError> for Error {
+    #[cold]
+    fn from(e: TryPublishError) -> Error {
+        match e {
+            TryPublishError::Failed(e) => e.into(),
+            e @ TryPublishError::Full => Error::new(SHMBUS_ERR_FULL, e.to_string()),
+            e => Error::new(SHMBUS_ERR_OTHER, e.to_string()),
+        }
+    }
+}
+
+impl From<PublishTimeoutError> for Error {
+    #[cold]
+    fn from(e: PublishTimeoutError) -> Error {
+        match e {
+            PublishTimeoutError::Failed(e) => e.into(),
+            e @ PublishTimeoutError::Timeout => Error::new(SHMBUS_ERR_TIMEOUT, e.to_string()),
+            e => Error::new(SHMBUS_ERR_OTHER, e.to_string()),
+        }
     }
 }
 
@@ -224,6 +246,7 @@ impl From<RecvError> for Error {
             RecvError::Lagged { .. } => SHMBUS_ERR_LAGGED,
             RecvError::Corrupt { .. } => SHMBUS_ERR_CORRUPT,
             RecvError::Unavailable { .. } => SHMBUS_ERR_UNAVAILABLE,
+            RecvError::HeldLimit { .. } => SHMBUS_ERR_STATE,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

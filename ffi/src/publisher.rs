@@ -18,7 +18,7 @@
 use std::ffi::{c_char, c_int, c_void};
 use std::ptr::NonNull;
 
-use shmbus::{Loan, PublishError, Publisher};
+use shmbus::{Loan, Publisher};
 
 use crate::args::{Handle, Wait, bytes_arg, handle_mut, out_ptr, str_arg, wait_strategy};
 use crate::client::{client_arg, shmbus_client};
@@ -53,7 +53,7 @@ impl shmbus_publisher {
         shmbus_publisher {
             tag: Self::TAG,
             loan: None,
-            id: publisher.id(),
+            id: publisher.id().get(),
             max_payload: publisher.max_payload(),
             publisher: NonNull::from(Box::leak(Box::new(publisher))),
             last_sequence: None,
@@ -76,10 +76,10 @@ impl shmbus_publisher {
     fn publish(&mut self, function: &str, payload: &[u8], wait: Wait) -> Result<(), Error> {
         let publisher = self.publisher_mut(function)?;
         let sequence = match wait {
-            Wait::Forever => publisher.publish(payload),
-            Wait::Never => publisher.try_publish(payload),
-            Wait::For(d) => publisher.publish_timeout(payload, Some(d)),
-        }?;
+            Wait::Forever => publisher.publish(payload)?,
+            Wait::Never => publisher.try_publish(payload)?,
+            Wait::For(d) => publisher.publish_timeout(payload, d)?,
+        };
         self.last_sequence = Some(sequence);
         Ok(())
     }
@@ -93,10 +93,10 @@ impl shmbus_publisher {
         // so this is the only reference to the `Publisher`, and none is made while the loan it
         // creates is kept in `self.loan` (see `publisher_mut`).
         let publisher: &'static mut Publisher = unsafe { &mut *self.publisher.as_ptr() };
-        let result: Result<Loan<'static>, PublishError> = match wait {
-            Wait::Forever => publisher.loan(len),
-            Wait::Never => publisher.try_loan(len),
-            Wait::For(d) => publisher.loan_timeout(len, Some(d)),
+        let result: Result<Loan<'static>, Error> = match wait {
+            Wait::Forever => publisher.loan(len).map_err(Error::from),
+            Wait::Never => publisher.try_loan(len).map_err(Error::from),
+            Wait::For(d) => publisher.loan_timeout(len, d).map_err(Error::from),
         };
         let mut loan = result?;
         let buf = loan.as_mut_slice().as_mut_ptr();

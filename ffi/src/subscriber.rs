@@ -2,29 +2,20 @@
 //!
 //! # The sample inside the handle
 //!
-//! The Rust [`Sample<'a>`] mutably borrows its [`Subscriber`] for `'a`, but C holds a sample
-//! across calls: between `shmbus_recv` and `shmbus_sample_release` the handle keeps it in
-//! `held` as a `Sample<'static>`. That lifetime is a promise this module keeps by hand:
-//!
-//! * the `Subscriber` lives in its own heap allocation (`subscriber`, from `Box::leak`), which
-//!   does not move when the handle does and is freed only in `Drop`, after `held` was dropped;
-//! * while `held` is `Some`, nothing else touches the `Subscriber`: every function that needs it
-//!   goes through [`shmbus_subscriber::subscriber_mut`], which refuses with `SHMBUS_ERR_STATE`
-//!   (so `shmbus_recv` while holding a sample fails rather than invalidating the sample the
-//!   caller still looks at);
-//! * so at most one `&mut Subscriber` exists at any time: the one inside the sample, or the one
-//!   `subscriber_mut` hands out for the duration of a call.
-//!
-//! The pointers C gets (`data`, `topic`) point into shared memory (or, for lossy subscribers,
-//! into the reader's private copy) and into the `Subscriber`'s NUL-terminated topic names; both
-//! stay put while the sample is held. `shmbus_sample` carries the handle and a token naming the sample, so that
-//! releasing it twice — through a copy of the struct — is caught instead of releasing a later
-//! sample.
+//! C holds a sample across calls, between `shmbus_recv` and `shmbus_sample_release`. The handle
+//! keeps it as an [`OwnedSample`], which borrows nothing: it keeps its frame in place (and the
+//! reader's slot alive) until it drops, so the pointers C gets (`data` into shared memory or the
+//! sample's private copy, `topic` into the sample's shared topic string) stay valid while it is
+//! held, whatever happens to the subscriber meanwhile. A handle holds one sample at a time;
+//! `shmbus_recv_next` releases it and receives the next in one call. `shmbus_sample` carries the
+//! handle and a token naming the sample, so that releasing it twice — through a copy of the
+//! struct — is caught instead of releasing a later sample.
 
 use std::ffi::{c_char, c_int, c_void};
-use std::ptr::NonNull;
 
-use shmbus::{RecvError, Sample, Subscriber, SubscriberOptions};
+use shmbus::{
+    OwnedSample, RecvError, RecvTimeoutError, Subscriber, SubscriberBuilder, TryRecvError,
+};
 
 use crate::args::{Handle, Wait, handle_mut, out_ptr, str_arg, wait_strategy};
 use crate::client::{client_arg, shmbus_client};
@@ -95,17 +86,16 @@ impl shmbus_sample {
 /// A subscriber to one or more topic patterns (opaque).
 ///
 /// Thread safety: one thread at a time. A subscriber may be handed to another thread between
-/// calls (with no sample held), but two threads must not call functions on the same subscriber
-/// at once. Different subscribers are independent.
+/// calls, but two threads must not call functions on the same subscriber at once. Different
+/// subscribers are independent.
 #[allow(non_camel_case_types)]
 pub struct shmbus_subscriber {
     tag: u64,
-    /// The sample C holds, borrowing `*subscriber` (see the module documentation).
-    held: Option<Sample<'static>>,
+    /// The sample C holds (see the module documentation).
+    held: Option<OwnedSample>,
     /// The token of the last sample handed out (of `held`, while it is `Some`).
     token: u64,
-    /// Owned (from `Box::leak`); freed in `Drop` after `held`.
-    subscriber: NonNull<Subscriber>,
+    subscriber: Subscriber,
     /// `missed` of the last `SHMBUS_ERR_LAGGED`.
     lagged: u64,
 }
@@ -122,22 +112,20 @@ impl shmbus_subscriber {
             tag: Self::TAG,
             held: None,
             token: 0,
-            subscriber: NonNull::from(Box::leak(Box::new(subscriber))),
+            subscriber,
             lagged: 0,
         }
     }
 
-    /// The subscriber, unless a held sample borrows it.
-    fn subscriber_mut(&mut self, function: &str) -> Result<&mut Subscriber, Error> {
+    /// Fails while a sample is held (for the calls that keep one sample at a time).
+    fn check_not_holding(&self, function: &str) -> Result<(), Error> {
         if self.held.is_some() {
             return Err(Error::state(
                 function,
                 "a sample is still held: shmbus_sample_release it first",
             ));
         }
-        // SAFETY: `subscriber` is live until `Drop` and, with no sample held, no other reference
-        // to it exists; the returned borrow is tied to `&mut self`, so none can be made meanwhile.
-        Ok(unsafe { self.subscriber.as_mut() })
+        Ok(())
     }
 
     /// Receives the next message into `held` and describes it in `out`; `this` is the pointer C
@@ -150,24 +138,16 @@ impl shmbus_subscriber {
         wait: Wait,
         out: &mut shmbus_sample,
     ) -> Result<(), Error> {
-        self.subscriber_mut(function)?;
-        // SAFETY: the `Subscriber` stays allocated until `Drop`, which drops `self.held` first,
-        // so a `'static` borrow outlives every use of it; no sample is held (checked just above),
-        // so this is the only reference to the `Subscriber`, and none is made while the sample
-        // it returns is kept in `self.held` (see `subscriber_mut`).
-        let subscriber: &'static mut Subscriber = unsafe { &mut *self.subscriber.as_ptr() };
-        // `Err(None)`: no message in time.
-        let received: Result<Sample<'static>, Option<RecvError>> = match wait {
-            Wait::Forever => subscriber.recv().map_err(Some),
-            Wait::Never => subscriber
-                .try_recv()
-                .map_err(Some)
-                .and_then(|s| s.ok_or(None)),
-            Wait::For(d) => subscriber
-                .recv_timeout(d)
-                .map_err(Some)
-                .and_then(|s| s.ok_or(None)),
-        };
+        let subscriber = &mut self.subscriber;
+        let received = match wait {
+            Wait::Forever => subscriber.recv().map_err(RecvTimeoutError::Failed),
+            Wait::Never => subscriber.try_recv().map_err(|e| match e {
+                TryRecvError::Failed(e) => RecvTimeoutError::Failed(e),
+                _ => RecvTimeoutError::Timeout,
+            }),
+            Wait::For(d) => subscriber.recv_timeout(d),
+        }
+        .map(shmbus::Sample::detach);
         match received {
             Ok(sample) => {
                 self.hold(this, sample, out);
@@ -180,33 +160,27 @@ impl shmbus_subscriber {
         }
     }
 
-    /// The error for a failed receive (`None`: it timed out); remembers how many messages a lag
-    /// lost.
+    /// The error for a failed receive; remembers how many messages a lag lost.
     #[cold]
     #[inline(never)]
-    fn recv_failed(&mut self, function: &str, e: Option<RecvError>) -> Error {
+    fn recv_failed(&mut self, function: &str, e: RecvTimeoutError) -> Error {
         match e {
-            None => Error::new(
-                SHMBUS_ERR_TIMEOUT,
-                format!("{function}: no message before the timeout"),
-            ),
-            Some(e) => {
+            RecvTimeoutError::Failed(e) => {
                 if let RecvError::Lagged { missed, .. } = e {
                     self.lagged = missed;
                 }
                 e.into()
             }
+            _ => Error::new(
+                SHMBUS_ERR_TIMEOUT,
+                format!("{function}: no message before the timeout"),
+            ),
         }
     }
 
     /// Keeps `sample` in `held` and describes it in `out`.
     #[inline]
-    fn hold(
-        &mut self,
-        this: *mut shmbus_subscriber,
-        sample: Sample<'static>,
-        out: &mut shmbus_sample,
-    ) {
+    fn hold(&mut self, this: *mut shmbus_subscriber, sample: OwnedSample, out: &mut shmbus_sample) {
         let payload = sample.payload();
         self.token = self.token.wrapping_add(1);
         *out = shmbus_sample {
@@ -215,21 +189,11 @@ impl shmbus_subscriber {
             data: payload.as_ptr().cast(),
             len: payload.len(),
             sequence: sample.sequence(),
-            publisher: sample.publisher(),
+            publisher: sample.publisher().get(),
             _subscriber: this,
             _token: self.token,
         };
         self.held = Some(sample);
-    }
-}
-
-impl Drop for shmbus_subscriber {
-    fn drop(&mut self) {
-        // Releases a held sample, ending its borrow of the `Subscriber` before it is freed.
-        drop(self.held.take());
-        // SAFETY: `subscriber` came from `Box::leak` in `new` and is freed only here; the sample
-        // borrowing it was dropped above, so no reference to it remains.
-        drop(unsafe { Box::from_raw(self.subscriber.as_ptr()) });
     }
 }
 
@@ -246,21 +210,24 @@ unsafe fn subscriber_arg<'a>(
     unsafe { handle_mut(function, "subscriber", subscriber) }
 }
 
-/// Converts C options (NULL: defaults).
+/// Applies C options (NULL: defaults) to a subscriber builder.
 ///
 /// # Safety
 ///
 /// `options` is NULL or valid for reading a `shmbus_subscriber_options`.
-unsafe fn options_arg(
+unsafe fn with_options(
     function: &str,
+    builder: SubscriberBuilder,
     options: *const shmbus_subscriber_options,
-) -> Result<SubscriberOptions, Error> {
+) -> Result<SubscriberBuilder, Error> {
     // SAFETY: NULL or readable by the caller's contract.
     let options = unsafe { options.as_ref() }.copied().unwrap_or_default();
-    Ok(SubscriberOptions {
-        lossy: options.lossy,
-        history: options.history,
-        wait: wait_strategy(function, options.wait, options.spin_us)?,
+    let wait = wait_strategy(function, options.wait, options.spin_us)?;
+    let builder = builder.history(options.history).wait(wait);
+    Ok(if options.lossy {
+        builder.lossy()
+    } else {
+        builder
     })
 }
 
@@ -320,8 +287,8 @@ pub unsafe extern "C" fn shmbus_subscribe_with(
         // SAFETY: NULL or NUL-terminated by the caller's contract; read during the call only.
         let pattern = unsafe { str_arg(F, "pattern", pattern, SHMBUS_ERR_INVALID_TOPIC)? };
         // SAFETY: NULL or readable by the caller's contract.
-        let options = unsafe { options_arg(F, options)? };
-        let subscriber = client.bus.subscribe_with(pattern, options)?;
+        let builder = unsafe { with_options(F, client.bus.subscriber(pattern), options)? };
+        let subscriber = builder.create()?;
         let handle = Box::new(shmbus_subscriber::new(subscriber));
         // SAFETY: as above.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -372,9 +339,11 @@ pub unsafe extern "C" fn shmbus_subscribe_all(
             // SAFETY: NULL or NUL-terminated by the caller's contract; read during the call.
             list.push(unsafe { str_arg(F, &name, p, SHMBUS_ERR_INVALID_TOPIC)? });
         }
+        let builder = list
+            .into_iter()
+            .fold(client.bus.subscriber_builder(), |b, p| b.pattern(p));
         // SAFETY: NULL or readable by the caller's contract.
-        let options = unsafe { options_arg(F, options)? };
-        let subscriber = client.bus.subscribe_all(&list, options)?;
+        let subscriber = unsafe { with_options(F, builder, options)? }.create()?;
         let handle = Box::new(shmbus_subscriber::new(subscriber));
         // SAFETY: as above.
         unsafe { out.write(Box::into_raw(handle)) };
@@ -402,7 +371,8 @@ pub unsafe extern "C" fn shmbus_subscriber_add_pattern(
         let subscriber = unsafe { subscriber_arg(F, subscriber)? };
         // SAFETY: NULL or NUL-terminated by the caller's contract; read during the call only.
         let pattern = unsafe { str_arg(F, "pattern", pattern, SHMBUS_ERR_INVALID_TOPIC)? };
-        subscriber.subscriber_mut(F)?.add_pattern(pattern)?;
+        subscriber.check_not_holding(F)?;
+        subscriber.subscriber.add_pattern(pattern)?;
         Ok(())
     })
 }
@@ -475,6 +445,51 @@ pub unsafe extern "C" fn shmbus_recv(
         // SAFETY: `sample` is non-NULL, valid for reading and writing, and not aliased during the
         // call, by the caller's contract.
         let out = unsafe { out.as_mut() };
+        subscriber.check_not_holding(F)?;
+        subscriber.recv(this, F, Wait::from_ms(timeout_ms), out)
+    })
+}
+
+/// Releases the sample the subscriber holds, if any, and receives the next message into
+/// `*sample`: `shmbus_sample_release` and `shmbus_recv` in one call, for loops that handle one
+/// message at a time.
+///
+/// ```c
+/// shmbus_sample s = {0};
+/// while (shmbus_recv_next(sub, &s, SHMBUS_WAIT_FOREVER) == SHMBUS_OK) {
+///     handle(s.topic, s.data, s.len);   // valid until the next call
+/// }
+/// shmbus_sample_release(&s);
+/// ```
+///
+/// The sample released is the one the subscriber holds, whichever struct describes it; its
+/// pointers become invalid. Timeouts, errors and the state of `*sample` afterwards are as for
+/// `shmbus_recv` (on failure nothing is held).
+///
+/// Errors: those of `shmbus_recv`, except `SHMBUS_ERR_STATE`.
+///
+/// Thread safety: one thread at a time per subscriber.
+///
+/// # Safety
+///
+/// `subscriber` is NULL or a live subscriber; `sample` is NULL or valid for reading and writing
+/// a `shmbus_sample`.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn shmbus_recv_next(
+    subscriber: *mut shmbus_subscriber,
+    sample: *mut shmbus_sample,
+    timeout_ms: i32,
+) -> c_int {
+    const F: &str = "shmbus_recv_next";
+    guard(|| {
+        let mut out = out_ptr(F, "sample", sample)?;
+        let this = subscriber;
+        // SAFETY: NULL or a live subscriber used by this thread only, by the caller's contract.
+        let subscriber = unsafe { subscriber_arg(F, this)? };
+        // SAFETY: `sample` is non-NULL, valid for reading and writing, and not aliased during the
+        // call, by the caller's contract.
+        let out = unsafe { out.as_mut() };
+        drop(subscriber.held.take());
         subscriber.recv(this, F, Wait::from_ms(timeout_ms), out)
     })
 }

@@ -8,7 +8,7 @@
 //!   payload byte into a loan and reads every byte of what it receives. Round trip / 2.
 //! * `one_way_latency/copy_4KiB_twice`: copying 4 KiB twice in one process, the allowance the 4 KiB
 //!   target adds to the floor.
-//! * `throughput/{8B,64KiB}`: one publisher process writing as fast as it can, this process
+//! * `throughput/{8B,64KiB}`: one writer process writing as fast as it can, this process
 //!   reading and summing every byte.
 //!
 //! Both processes are pinned (parent on CPU 0, child on CPU 1) and busy-poll. Children are
@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, Throughput};
-use shmbus_shm::{DoorbellTable, Owner, ReaderOptions, Ring, RingConfig, WaitStrategy};
+use shmbus_shm::{Deadline, DoorbellTable, Owner, ReaderOptions, Ring, RingConfig, WaitStrategy};
 
 #[path = "support/floor.rs"]
 mod floor;
@@ -91,7 +91,7 @@ fn ring_config(max_payload: u32) -> RingConfig {
     RingConfig {
         capacity,
         max_payload,
-        publisher_slots: 4,
+        writer_slots: 4,
         reader_slots: 4,
     }
 }
@@ -123,17 +123,19 @@ fn echo_child() {
     let me = Owner::this_process();
     let bell = Arc::new(doorbells.claim(me).unwrap());
     let mut reader = there.reader(ReaderOptions::default(), &bell, me).unwrap();
-    let mut publisher = back.publisher(2, me).unwrap();
-    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let mut writer = back.writer(2, me).unwrap();
+    writer.set_wait_strategy(WaitStrategy::BusySpin);
     loop {
-        let sample = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+        let sample = reader
+            .read(WaitStrategy::BusySpin, Deadline::Never)
+            .unwrap();
         let len = sample.len();
         if len == 0 {
             return;
         }
         let reply = floor::read_all(sample.payload()) as u8;
         drop(sample);
-        let mut loan = publisher.loan(len, None).unwrap();
+        let mut loan = writer.loan(len, Deadline::Never).unwrap();
         loan.as_mut_slice().fill(reply);
         loan.commit();
     }
@@ -143,11 +145,11 @@ fn flood_child() {
     let [data, readers, doorbells]: [OwnedFd; 3] = spawn::inherited_fds(3).try_into().unwrap();
     let doorbells = DoorbellTable::open(doorbells).unwrap();
     let ring = Ring::open(data, readers, &doorbells).unwrap();
-    let mut publisher = ring.publisher(3, Owner::this_process()).unwrap();
-    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let mut writer = ring.writer(3, Owner::this_process()).unwrap();
+    writer.set_wait_strategy(WaitStrategy::BusySpin);
     let len = arg() as usize;
     for n in 0u64.. {
-        let mut loan = publisher.loan(len, None).unwrap();
+        let mut loan = writer.loan(len, Deadline::Never).unwrap();
         loan.as_mut_slice().fill(n as u8);
         loan.commit();
     }
@@ -186,8 +188,8 @@ fn latency(c: &mut Criterion) {
         let me = Owner::this_process();
         let bell = Arc::new(pp.doorbells.claim(me).unwrap());
         let mut reader = pp.back.reader(ReaderOptions::default(), &bell, me).unwrap();
-        let mut publisher = pp.there.publisher(1, me).unwrap();
-        publisher.set_wait_strategy(WaitStrategy::BusySpin);
+        let mut writer = pp.there.writer(1, me).unwrap();
+        writer.set_wait_strategy(WaitStrategy::BusySpin);
         // Wait until the echo child is attached before the first message.
         while pp.there.readers().is_empty() {
             std::thread::yield_now();
@@ -202,16 +204,18 @@ fn latency(c: &mut Criterion) {
                 let start = Instant::now();
                 for _ in 0..iters {
                     n = n.wrapping_add(1);
-                    let mut loan = publisher.loan(size, None).unwrap();
+                    let mut loan = writer.loan(size, Deadline::Never).unwrap();
                     loan.as_mut_slice().fill(n);
                     loan.commit();
-                    let reply = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+                    let reply = reader
+                        .read(WaitStrategy::BusySpin, Deadline::Never)
+                        .unwrap();
                     black_box(floor::read_all(reply.payload()));
                 }
                 start.elapsed() / 2
             })
         });
-        publisher.publish(&[], None).unwrap();
+        writer.publish(&[], Deadline::Never).unwrap();
         child.wait().unwrap();
     }
 
@@ -251,7 +255,9 @@ fn throughput(c: &mut Criterion) {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    let sample = reader.read(WaitStrategy::BusySpin, None).unwrap().unwrap();
+                    let sample = reader
+                        .read(WaitStrategy::BusySpin, Deadline::Never)
+                        .unwrap();
                     black_box(floor::read_all(sample.payload()));
                 }
                 start.elapsed()

@@ -1,7 +1,7 @@
 //! Lock-free shared-memory rings for shmbus.
 //!
 //! This crate is shmbus's data plane and nothing else: segments in sealed memfds, broadcast rings
-//! of variable-length frames that several publishers and many readers in different processes use
+//! of variable-length frames that several writers and many readers in different processes use
 //! at once without locks or system calls, futex-based waiting, and the primitives a broker needs
 //! to clean up after processes that die. There are no sockets and no broker here.
 //!
@@ -14,14 +14,14 @@
 //! let me = Owner::this_process();
 //! let bell = Arc::new(doorbells.claim(me)?);
 //! let mut reader = ring.reader(ReaderOptions::default(), &bell, me)?;
-//! let mut publisher = ring.publisher(1, me)?;
+//! let mut writer = ring.writer(1, me)?;
 //!
-//! let mut loan = publisher.try_loan(5)?;          // room in the ring
+//! let mut loan = writer.try_loan(5)?;             // room in the ring
 //! loan.as_mut_slice().copy_from_slice(b"hello");  // written in place
-//! loan.commit();                                   // visible to readers
+//! loan.commit();                                  // visible to readers
 //!
-//! let sample = reader.try_read()?.expect("committed");
-//! assert_eq!(sample.payload(), b"hello");          // read in place
+//! let frame = reader.try_read()?.expect("committed");
+//! assert_eq!(frame.payload(), b"hello");          // read in place
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
@@ -33,17 +33,17 @@
 //! [`OpenError`], never undefined behaviour.
 //!
 //! ```text
-//! ring data segment (publishers write; subscribers map it PROT_READ)
+//! ring data segment (writers write; subscribers map it PROT_READ)
 //!   0     header
 //!   256   claim cursor: (position, sequence), one 128-bit word, alone on 128 bytes
-//!   384   counters (publisher high-water mark)
-//!   512   publisher slots, 128 bytes each: owner, intent (pos, seq, end), published, id
+//!   384   counters (writer high-water mark)
+//!   512   writer slots, 128 bytes each: owner, intent (pos, seq, end), published, id
 //!   page  frame buffer, `capacity` bytes (a power of two)
 //!
 //! ring readers segment (subscribers write; everyone maps it read-write)
 //!   0     header
 //!   256   parked-reader count, reader high-water mark
-//!   384   publishers' space-wait counter and futex word
+//!   384   writers' space-wait counter and futex word
 //!   512   reader slots, 128 bytes each: owner, position, missed, mode, doorbell, parked
 //!
 //! doorbell table (one per bus; read-write for all)
@@ -61,33 +61,33 @@
 //! # Frames
 //!
 //! A frame is a 32-byte header — commit stamp, payload length and frame size, sequence number,
-//! publisher id and kind — followed by the payload, padded to 32 bytes, so payloads are 16-byte
+//! writer id and kind — followed by the payload, padded to 32 bytes, so payloads are 16-byte
 //! aligned for rkyv. A frame never wraps around the end of the buffer: a claim that would is
 //! preceded by a padding frame up to the end. Kinds: data, skip (a loan dropped uncommitted, or a
-//! dead publisher's claim after repair), pad.
+//! dead writer's claim after repair), pad.
 //!
 //! # Protocol
 //!
-//! **Claim.** A publisher reads the cursor `(pos, seq)`, checks there is room (below its cached
+//! **Claim.** A writer reads the cursor `(pos, seq)`, checks there is room (below its cached
 //! limit, see below), records its *intent* `(pos, seq, end)` in its slot, and CASes the cursor to
-//! `(end, seq + 1)`. The intent is what lets the broker repair the claim if the publisher dies,
-//! and it tethers other publishers: nobody claims more than a buffer's length beyond any intent,
-//! so a publisher stalled mid-write is never lapped and overwritten. A publisher alone on its ring
+//! `(end, seq + 1)`. The intent is what lets the broker repair the claim if the writer dies,
+//! and it tethers other writers: nobody claims more than a buffer's length beyond any intent,
+//! so a writer stalled mid-write is never lapped and overwritten. A writer alone on its ring
 //! takes the cursor for itself and then claims with a plain store instead of the locked CAS, until
-//! another publisher revokes that ownership ("Exclusive claims" in the `ring::claim` module).
+//! another writer revokes that ownership ("Exclusive claims" in the `ring::claim` module).
 //!
-//! **Commit.** The publisher writes the payload in place, then header words 1–3, then stores the
+//! **Commit.** The writer writes the payload in place, then header words 1–3, then stores the
 //! *stamp* — a keyed mix of the frame's position — into word 0, then checks whether any reader is
 //! parked (waking it if so), then clears its intent.
 //!
 //! **Read.** A reader at position `p` loads word 0 at `p`; equal to the stamp of `p` means a
 //! committed frame starts there. It reads the header, validates it against the geometry (so no
-//! publisher, however broken, can make it step outside the buffer or loop), checks the sequence
+//! writer, however broken, can make it step outside the buffer or loop), checks the sequence
 //! number, and hands out the payload in place. Releasing the frame stores the next position in
 //! the reader's slot.
 //!
 //! **Room.** A claim ending at `end` is allowed when `end ≤ m + capacity`, `m` being the minimum
-//! of the cursor, every other publisher's intent and every tethered reader's position. Publishers
+//! of the cursor, every other writer's intent and every tethered reader's position. Writers
 //! cache the bound and recompute it only when a claim would cross it, so in steady state a
 //! publish reads no reader state at all.
 //!
@@ -100,9 +100,9 @@
 //!
 //! Word 0 of a frame lies in the buffer, so before the frame is committed it holds stale bytes.
 //! A stale value is either an older frame's stamp — a different position, hence a different
-//! value, as the mixer is a bijection — or payload bytes written a lap earlier by a publisher of
+//! value, as the mixer is a bijection — or payload bytes written a lap earlier by a writer of
 //! this ring; those equal the stamp only by a 2^-64 accident, the key being random per ring. A
-//! publisher of the ring that wanted to forge a frame could simply publish it, so the stamp gives
+//! writer of the ring that wanted to forge a frame could simply publish it, so the stamp gives
 //! subscribers nothing less than an out-of-band commit array would, and it keeps the commit flag
 //! in the cache line the reader needs anyway.
 //!
@@ -113,103 +113,53 @@
 //! | tag | release side | acquire side | what it guarantees |
 //! | --- | --- | --- | --- |
 //! | `publish` | stamp store (Release) | reader's stamp load (Acquire) | header and payload are visible with the stamp |
-//! | `release` | reader's position store (Release) | publisher's position load (Acquire) in the room check | a reader is done with bytes before they are overwritten |
-//! | `intent` | cursor CAS (AcqRel), or an exclusive owner's cursor store (Release), after the intent stores | cursor load (Acquire) by other publishers and the broker | a made claim's intent is visible to whoever sees the claim |
-//! | `retire` | intent clear (Release) after the commit | intent load (Acquire) in the room check and repair | a publisher's writes are finished before others lap or repair them |
+//! | `release` | reader's position store (Release) | writer's position load (Acquire) in the room check | a reader is done with bytes before they are overwritten |
+//! | `intent` | cursor CAS (AcqRel), or an exclusive owner's cursor store (Release), after the intent stores | cursor load (Acquire) by other writers and the broker | a made claim's intent is visible to whoever sees the claim |
+//! | `retire` | intent clear (Release) after the commit | intent load (Acquire) in the room check and repair | a writer's writes are finished before others lap or repair them |
 //! | `overwrite` | `fence(Release)` after the claim, before writing | `fence(Acquire)` after a lossy copy, before re-loading the cursor | a torn copy is always detected |
-//! | `join` | reader: mode store, `fence(SeqCst)`, cursor load | publisher: cursor load, `fence(SeqCst)`, mode loads | a joining reader is either seen or never overrun |
-//! | `park` | publisher: stamp store, light fence, parked-count load | reader: parked-count increment, heavy fence, stamp load | a commit never misses a reader that is going to sleep |
+//! | `join` | reader: mode store, `fence(SeqCst)`, cursor load | writer: cursor load, `fence(SeqCst)`, mode loads | a joining reader is either seen or never overrun |
+//! | `park` | writer: stamp store, light fence, parked-count load | reader: parked-count increment, heavy fence, stamp load | a commit never misses a reader that is going to sleep |
 //! | `exclusive` | owner: intent stores, light fence, ownership load | revoker: `REVOKING` store, heavy fence, owner's intent load | a revoked owner never stores the cursor over another claim |
 //! | `doorbell` | doorbell bump (Release) | doorbell load before sleeping (Acquire) | a woken reader sees what woke it |
-//! | `space` | reader: position store, then swap of the space-waiter count (Release) | publisher: count increment (Acquire), room check | a publisher waiting for room is either woken or sees the room |
+//! | `space` | reader: position store, then swap of the space-waiter count (Release) | writer: count increment (Acquire), room check | a writer waiting for room is either woken or sees the room |
 //!
 //! Sequential consistency appears only as fences in `join`, `park` and `exclusive`, the three
 //! store-then-load (Dekker) patterns, where acquire/release cannot order a store before a later
 //! load (`space` needs none: both of its sides are read-modify-writes of one counter, which
 //! the counter's modification order puts one before the other). They are fences rather than SeqCst accesses because the fence rules are what the
 //! arguments use (and what loom models exactly). In `park` and `exclusive` the fences are
-//! asymmetric: the publisher's hot path has only a compiler fence ("light"), and the rare side
+//! asymmetric: the writer's hot path has only a compiler fence ("light"), and the rare side
 //! issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` ("heavy"), which puts a full barrier into
 //! every running thread of every publishing process — see the `fence` module, and its fallback
 //! where the kernel refuses the call.
 //!
 //! ## Waiting for space
 //!
-//! A publisher whose claim does not fit spins, then sleeps on the ring's space word. A reader that
-//! releases a frame and sees a publisher waiting takes the waiter count (so one wake-up serves a
+//! A writer whose claim does not fit spins, then sleeps on the ring's space word. A reader that
+//! releases a frame and sees a writer waiting takes the waiter count (so one wake-up serves a
 //! whole parking) and wakes it. It checks with a relaxed load and no fence — a full fence on every
 //! release, to make the wake-up exact, would cost every reader on every message to save a blocked
-//! publisher at most one millisecond, which is how often a sleeping publisher re-checks.
+//! writer at most one millisecond, which is how often a sleeping writer re-checks.
 //!
 //! ## Recovery
 //!
-//! The broker decides who is dead; [`Ring::repair_dead_publishers`] then turns a dead publisher's
-//! uncommitted claim into a skipped frame (only when no live publisher's intent names the same
-//! claim, so it never races a live writer), [`Ring::untether_reader`] stops publishers waiting for
+//! The broker decides who is dead; [`Ring::repair_dead_writers`] then turns a dead writer's
+//! uncommitted claim into a skipped frame (only when no live writer's intent names the same
+//! claim, so it never races a live writer), [`Ring::untether_reader`] stops writers waiting for
 //! a stalled reader, and [`Ring::reclaim_reader`] frees a dead reader's slot.
 
-#[cfg(not(loom))]
-mod doorbell;
-#[cfg(not(loom))]
-mod error;
-mod fence;
-mod frame;
-#[cfg(not(loom))]
-mod futex;
-mod layout;
-mod memory;
-#[cfg(not(loom))]
-mod owner;
-#[cfg(not(loom))]
-mod publisher;
-#[cfg(not(loom))]
-mod reader;
-mod ring;
-#[cfg(not(loom))]
-mod segment;
-#[cfg(not(loom))]
-mod shared_ring;
-mod sync;
-#[cfg(not(loom))]
-pub mod wait;
+mod protocol;
 
 #[cfg(not(loom))]
-pub use doorbell::{Doorbell, DoorbellTable};
+mod api;
 #[cfg(not(loom))]
-pub use error::{AttachError, CreateError, LoanError, OpenError, ReadError, TryLoanError};
-pub use frame::CorruptFrame;
-pub use layout::{
+mod os;
+
+#[cfg(not(loom))]
+pub use api::*;
+pub use protocol::frame::CorruptFrame;
+pub use protocol::layout::{
     FRAME_ALIGN, FRAME_HEADER_LEN, LAYOUT_VERSION, LayoutError, MAGIC, MAX_CAPACITY, MAX_SLOTS,
     MIN_CAPACITY, RingConfig, SegmentKind,
 };
-#[cfg(not(loom))]
-pub use owner::Owner;
-#[cfg(not(loom))]
-pub use publisher::{Loan, Publisher};
-#[cfg(not(loom))]
-pub use reader::{Reader, ReaderMode, ReaderOptions, Sample};
-pub use ring::recovery::{Repair, RepairOutcome};
-#[cfg(not(loom))]
-pub use segment::{Access, SegmentError};
-#[cfg(not(loom))]
-pub use shared_ring::{PublisherInfo, ReaderInfo, ReaderState, ReservedReader, Ring, RingHead};
-#[cfg(not(loom))]
-pub use wait::WaitStrategy;
-
-/// A random u64 from the kernel, or from the clock if the kernel cannot provide one (ids and
-/// keys need to be unpredictable by accident, not by an adversary).
-#[cfg(not(loom))]
-pub(crate) fn random_u64() -> u64 {
-    getrandom::u64().unwrap_or_else(|_| {
-        let t = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64);
-        t ^ (u64::from(std::process::id()) << 32)
-    })
-}
-
-/// A random u32; see [`random_u64`].
-#[cfg(not(loom))]
-pub(crate) fn random_u32() -> u32 {
-    (random_u64() >> 16) as u32
-}
+pub use protocol::recovery::{Repair, RepairOutcome};

@@ -1,4 +1,4 @@
-//! The ring across real processes: many publishers and subscribers, lossy readers, `kill -9`
+//! The ring across real processes: many writers and subscribers, lossy readers, `kill -9`
 //! mid-write and mid-read, read-only mappings, and the system calls of the data path.
 //!
 //! This test binary is its own child: started with `SHM_ROLE` set, `main` runs that role instead
@@ -19,8 +19,8 @@ use libtest_mimic::{Arguments, Failed, Trial};
 #[path = "support/spawn.rs"]
 mod spawn;
 use shmbus_shm::{
-    DoorbellTable, Owner, ReadError, ReaderMode, ReaderOptions, Ring, RingConfig, TryLoanError,
-    WaitStrategy,
+    Deadline, DoorbellTable, Owner, ReadError, ReadTimeoutError, ReaderMode, ReaderOptions, Ring,
+    RingConfig, TryLoanError, WaitStrategy,
 };
 
 /// How long a child waits for anything before giving up.
@@ -40,16 +40,16 @@ fn main() {
     let args = Arguments::from_args();
     let trials = vec![
         Trial::test(
-            "three_publishers_four_subscribers_lose_and_duplicate_nothing",
+            "three_writers_four_subscribers_lose_and_duplicate_nothing",
             many_to_many,
         ),
         Trial::test(
             "lossy_subscriber_reports_lag_and_never_a_corrupt_frame",
-            lossy_behind_fast_publisher,
+            lossy_behind_fast_writer,
         ),
         Trial::test(
-            "publisher_killed_between_claim_and_commit_is_repaired",
-            publisher_killed_mid_write,
+            "writer_killed_between_claim_and_commit_is_repaired",
+            writer_killed_mid_write,
         ),
         Trial::test(
             "subscriber_killed_holding_frames_is_reclaimed",
@@ -67,8 +67,8 @@ fn main() {
     libtest_mimic::run(&args, trials).exit();
 }
 
-/// Frames per publisher in the many-to-many test.
-fn frames_per_publisher() -> u64 {
+/// Frames per writer in the many-to-many test.
+fn frames_per_writer() -> u64 {
     if cfg!(debug_assertions) {
         100_000
     } else {
@@ -88,7 +88,7 @@ impl Bus {
         let config = RingConfig {
             capacity,
             max_payload,
-            publisher_slots: 8,
+            writer_slots: 8,
             reader_slots: 16,
         };
         let ring = Ring::create(&config, &doorbells).unwrap();
@@ -200,14 +200,14 @@ fn check(cond: bool, msg: impl FnOnce() -> String) -> Result<(), Failed> {
 
 fn many_to_many() -> Result<(), Failed> {
     let bus = Bus::new(1 << 20, 1024);
-    let n = frames_per_publisher();
-    let publishers = 3u32;
+    let n = frames_per_writer();
+    let writers = 3u32;
     let mut subscribers: Vec<Child> = (0..4)
         .map(|i| {
             bus.spawn(
                 "subscriber",
                 100 + i,
-                &[publishers.to_string(), n.to_string()],
+                &[writers.to_string(), n.to_string()],
                 true,
             )
         })
@@ -215,10 +215,10 @@ fn many_to_many() -> Result<(), Failed> {
     for s in &mut subscribers {
         s.expect("ready")?;
     }
-    let pubs: Vec<Child> = (0..publishers)
+    let pubs: Vec<Child> = (0..writers)
         .map(|id| {
             bus.spawn(
-                "publisher",
+                "writer",
                 200 + u64::from(id),
                 &[id.to_string(), n.to_string()],
                 false,
@@ -230,7 +230,7 @@ fn many_to_many() -> Result<(), Failed> {
     }
     for s in subscribers {
         let out = s.succeed()?;
-        let want = format!("received {}", u64::from(publishers) * n);
+        let want = format!("received {}", u64::from(writers) * n);
         check(out.contains(&want), || {
             format!("subscriber said {out:?}, wanted {want:?}")
         })?;
@@ -238,12 +238,12 @@ fn many_to_many() -> Result<(), Failed> {
     Ok(())
 }
 
-fn lossy_behind_fast_publisher() -> Result<(), Failed> {
+fn lossy_behind_fast_writer() -> Result<(), Failed> {
     let bus = Bus::new(1 << 16, 1024);
     let n: u64 = 200_000;
     let mut sub = bus.spawn("lossy_subscriber", 100, &[n.to_string()], true);
     sub.expect("ready")?;
-    bus.spawn("publisher", 200, &["0".into(), n.to_string()], false)
+    bus.spawn("writer", 200, &["0".into(), n.to_string()], false)
         .succeed()?;
     let out = sub.succeed()?;
     // "received R missed M lags L": every frame is accounted for, exactly once.
@@ -263,7 +263,7 @@ fn lossy_behind_fast_publisher() -> Result<(), Failed> {
     Ok(())
 }
 
-fn publisher_killed_mid_write() -> Result<(), Failed> {
+fn writer_killed_mid_write() -> Result<(), Failed> {
     let bus = Bus::new(1 << 16, 1024);
     let per: u64 = 5_000;
     let mut subs: Vec<Child> = (0..2)
@@ -272,7 +272,7 @@ fn publisher_killed_mid_write() -> Result<(), Failed> {
     for s in &mut subs {
         s.expect("ready")?;
     }
-    // Publisher 0 publishes everything, then claims one more frame and stops between claim and
+    // Writer 0 publishes everything, then claims one more frame and stops between claim and
     // commit, saying so; we kill it there.
     let victim_owner = 200;
     let mut victim = bus.spawn(
@@ -283,20 +283,20 @@ fn publisher_killed_mid_write() -> Result<(), Failed> {
     );
     let seq: u64 = victim.expect("claimed ")?.parse()?;
     victim.kill9();
-    // Publisher 1's frames are stuck behind the dead claim until the repair.
-    let mut other = bus.spawn("publisher", 201, &["1".into(), per.to_string()], false);
+    // Writer 1's frames are stuck behind the dead claim until the repair.
+    let mut other = bus.spawn("writer", 201, &["1".into(), per.to_string()], false);
     let head = bus.ring.head();
     check(head.sequence > seq, || {
         "the dead claim was never made".into()
     })?;
-    let repairs = bus.ring.repair_dead_publishers(|o| o.get() != victim_owner);
+    let repairs = bus.ring.repair_dead_writers(|o| o.get() != victim_owner);
     let skipped = repairs.iter().any(
         |r| matches!(r.outcome, shmbus_shm::RepairOutcome::Skipped { seq: s, .. } if s == seq),
     );
     check(skipped, || {
         format!("repair did not skip claim {seq}: {repairs:?}")
     })?;
-    let _ = other.line(); // the publisher's "done" (or its exit)
+    let _ = other.line(); // the writer's "done" (or its exit)
     for s in subs {
         let out = s.succeed()?;
         check(out.contains(&format!("received {}", 2 * per)), || out)?;
@@ -310,21 +310,21 @@ fn subscriber_killed_holding() -> Result<(), Failed> {
     let mut holder = bus.spawn("hold_sample", holder_owner, &[], true);
     holder.expect("ready")?;
     let me = Owner::new(1).unwrap();
-    let mut publisher = bus.ring.publisher(9, me).unwrap();
-    publisher.try_publish(b"held").unwrap();
+    let mut writer = bus.ring.writer(9, me).unwrap();
+    writer.try_publish(b"held").unwrap();
     holder.expect("holding")?;
     let mut n = 0;
-    while publisher.try_publish(&[0; 200]).is_ok() {
+    while writer.try_publish(&[0; 200]).is_ok() {
         n += 1;
     }
     check(n > 0, || "nothing fit after the held frame".into())?;
     check(
-        publisher.try_loan(200).unwrap_err() == TryLoanError::Full,
+        writer.try_loan(200).unwrap_err() == TryLoanError::Full,
         || "not full".into(),
     )?;
     holder.kill9();
     check(
-        publisher.try_loan(200).unwrap_err() == TryLoanError::Full,
+        writer.try_loan(200).unwrap_err() == TryLoanError::Full,
         || "a dead tethered reader still holds the ring until it is reclaimed".into(),
     )?;
     let dead: Vec<_> = bus
@@ -342,7 +342,7 @@ fn subscriber_killed_holding() -> Result<(), Failed> {
         || "reclaim failed".into(),
     )?;
     for _ in 0..100 {
-        publisher
+        writer
             .try_publish(&[0; 200])
             .map_err(|e| format!("still held back: {e}"))?;
     }
@@ -353,8 +353,8 @@ fn read_only_mapping() -> Result<(), Failed> {
     let bus = Bus::new(1 << 14, 256);
     let mut child = bus.spawn("write_through_sample", 100, &[], true);
     child.expect("ready")?;
-    let mut publisher = bus.ring.publisher(9, Owner::new(1).unwrap()).unwrap();
-    publisher.try_publish(b"read me, don't write me").unwrap();
+    let mut writer = bus.ring.writer(9, Owner::new(1).unwrap()).unwrap();
+    writer.try_publish(b"read me, don't write me").unwrap();
     child.expect("read ok")?;
     let status = child.process.wait().unwrap();
     check(status.signal() == Some(libc::SIGSEGV), || {
@@ -389,16 +389,11 @@ fn syscall_count() -> Result<(), Failed> {
     };
     let mut sub = traced("busy_subscriber", 100, &[frames.to_string()], true);
     sub.expect("ready")?;
-    let publisher = traced(
-        "busy_publisher",
-        200,
-        &["0".into(), frames.to_string()],
-        false,
-    );
-    publisher.succeed()?;
+    let writer = traced("busy_writer", 200, &["0".into(), frames.to_string()], false);
+    writer.succeed()?;
     sub.succeed()?;
     let mut total = 0;
-    for role in ["busy_subscriber", "busy_publisher"] {
+    for role in ["busy_subscriber", "busy_writer"] {
         let summary = std::fs::read_to_string(dir.join(role)).unwrap();
         let calls = summary
             .lines()
@@ -457,8 +452,8 @@ mod child {
     pub(super) fn run(role: &str) -> Result {
         let e = env()?;
         match role {
-            "publisher" => publisher(&e, WaitStrategy::default()),
-            "busy_publisher" => publisher(&e, WaitStrategy::BusySpin),
+            "writer" => writer(&e, WaitStrategy::default()),
+            "busy_writer" => writer(&e, WaitStrategy::BusySpin),
             "claim_and_hang" => claim_and_hang(&e),
             "subscriber" => subscriber(&e),
             "busy_subscriber" => busy_subscriber(&e),
@@ -473,18 +468,18 @@ mod child {
         Ok(Arc::new(e.doorbells.claim(e.owner)?))
     }
 
-    fn publish_all(p: &mut shmbus_shm::Publisher, id: u32, count: u64) -> Result {
+    fn publish_all(p: &mut shmbus_shm::Writer, id: u32, count: u64) -> Result {
         let mut body = vec![0u8; 1024];
         for n in 0..count {
             let len = frame::fill(&mut body, id, n);
-            p.publish(&body[..len], Some(CHILD_PATIENCE))?;
+            p.publish(&body[..len], Deadline::After(CHILD_PATIENCE))?;
         }
         Ok(())
     }
 
-    fn publisher(e: &Env, wait: WaitStrategy) -> Result {
+    fn writer(e: &Env, wait: WaitStrategy) -> Result {
         let (id, count) = (e.args[0] as u32, e.args[1]);
-        let mut p = e.ring.publisher(id, e.owner)?;
+        let mut p = e.ring.writer(id, e.owner)?;
         p.set_wait_strategy(wait);
         publish_all(&mut p, id, count)?;
         say("done");
@@ -493,9 +488,9 @@ mod child {
 
     fn claim_and_hang(e: &Env) -> Result {
         let (id, count) = (e.args[0] as u32, e.args[1]);
-        let mut p = e.ring.publisher(id, e.owner)?;
+        let mut p = e.ring.writer(id, e.owner)?;
         publish_all(&mut p, id, count)?;
-        let mut loan = p.loan(500, Some(CHILD_PATIENCE))?;
+        let mut loan = p.loan(500, Deadline::After(CHILD_PATIENCE))?;
         loan.as_mut_slice()[..250].fill(0xdd); // half-written
         say(&format!("claimed {}", loan.sequence()));
         std::thread::sleep(CHILD_PATIENCE); // killed here
@@ -503,21 +498,19 @@ mod child {
     }
 
     fn subscriber(e: &Env) -> Result {
-        let (publishers, per) = (e.args[0] as usize, e.args[1]);
+        let (writers, per) = (e.args[0] as usize, e.args[1]);
         let mut reader = e
             .ring
             .reader(ReaderOptions::default(), &bell(e)?, e.owner)?;
         say("ready");
-        let mut next = vec![0u64; publishers];
+        let mut next = vec![0u64; writers];
         let mut received = 0u64;
-        while received < publishers as u64 * per {
-            let sample = reader
-                .read(WaitStrategy::default(), Some(CHILD_PATIENCE))?
-                .ok_or("timed out")?;
+        while received < writers as u64 * per {
+            let sample = reader.read(WaitStrategy::default(), Deadline::After(CHILD_PATIENCE))?;
             let (id, n) = frame::check(sample.payload())?;
-            let expected = next.get(id as usize).ok_or("unknown publisher")?;
+            let expected = next.get(id as usize).ok_or("unknown writer")?;
             if n != *expected {
-                return Err(format!("publisher {id}: got frame {n}, expected {expected}").into());
+                return Err(format!("writer {id}: got frame {n}, expected {expected}").into());
             }
             next[id as usize] += 1;
             received += 1;
@@ -533,9 +526,7 @@ mod child {
             .reader(ReaderOptions::default(), &bell(e)?, e.owner)?;
         say("ready");
         for expected in 0..count {
-            let sample = reader
-                .read(WaitStrategy::BusySpin, Some(CHILD_PATIENCE))?
-                .ok_or("timed out")?;
+            let sample = reader.read(WaitStrategy::BusySpin, Deadline::After(CHILD_PATIENCE))?;
             let (_, n) = frame::check(sample.payload())?;
             if n != expected {
                 return Err(format!("got frame {n}, expected {expected}").into());
@@ -546,10 +537,7 @@ mod child {
 
     fn lossy_subscriber(e: &Env) -> Result {
         let total = e.args[0];
-        let options = ReaderOptions {
-            mode: ReaderMode::Lossy,
-            history: 0,
-        };
+        let options = ReaderOptions::default().mode(ReaderMode::Lossy);
         let mut reader = e.ring.reader(options, &bell(e)?, e.owner)?;
         say("ready");
         let (mut received, mut missed, mut lags, mut last) = (0u64, 0u64, 0u64, None);
@@ -558,8 +546,8 @@ mod child {
             if Instant::now() > deadline {
                 return Err("timed out".into());
             }
-            match reader.read(WaitStrategy::default(), Some(CHILD_PATIENCE)) {
-                Ok(Some(sample)) => {
+            match reader.read(WaitStrategy::default(), Deadline::After(CHILD_PATIENCE)) {
+                Ok(sample) => {
                     let (_, n) = frame::check(sample.payload())?;
                     if last.is_some_and(|l| n <= l) {
                         return Err(format!("frame {n} after {last:?}").into());
@@ -574,8 +562,8 @@ mod child {
                         }
                     }
                 }
-                Ok(None) => return Err("timed out".into()),
-                Err(ReadError::Lagged { missed: m }) => {
+                Err(ReadTimeoutError::Timeout) => return Err("timed out".into()),
+                Err(ReadTimeoutError::Failed(ReadError::Lagged { missed: m })) => {
                     missed += m;
                     lags += 1;
                 }
@@ -591,9 +579,7 @@ mod child {
             .ring
             .reader(ReaderOptions::default(), &bell(e)?, e.owner)?;
         say("ready");
-        let sample = reader
-            .read(WaitStrategy::default(), Some(CHILD_PATIENCE))?
-            .ok_or("timed out")?;
+        let sample = reader.read(WaitStrategy::default(), Deadline::After(CHILD_PATIENCE))?;
         say("holding");
         std::thread::sleep(CHILD_PATIENCE); // killed here, sample held
         drop(sample);
@@ -608,9 +594,7 @@ mod child {
             .ring
             .reader(ReaderOptions::default(), &bell(e)?, e.owner)?;
         say("ready");
-        let sample = reader
-            .read(WaitStrategy::default(), Some(CHILD_PATIENCE))?
-            .ok_or("timed out")?;
+        let sample = reader.read(WaitStrategy::default(), Deadline::After(CHILD_PATIENCE))?;
         if sample.payload() != b"read me, don't write me" {
             return Err("wrong payload".into());
         }
@@ -632,7 +616,7 @@ mod child {
             })
         }
 
-        /// Writes frame `n` of publisher `id` into `buf`: id, n, filler whose length varies with
+        /// Writes frame `n` of writer `id` into `buf`: id, n, filler whose length varies with
         /// n, and a checksum of all that. Returns its length.
         pub(super) fn fill(buf: &mut [u8], id: u32, n: u64) -> usize {
             let len = 20 + (n.wrapping_mul(2_654_435_761) % 480) as usize;

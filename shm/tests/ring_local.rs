@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use shmbus_shm::{
-    AttachError, Doorbell, DoorbellTable, LayoutError, LoanError, OpenError, Owner, Publisher,
-    ReadError, Reader, ReaderMode, ReaderOptions, RepairOutcome, Ring, RingConfig, TryLoanError,
-    WaitStrategy,
+    Deadline, Doorbell, DoorbellTable, LayoutError, LoanError, OpenError, OwnedFrame, Owner,
+    ReadError, ReadTimeoutError, Reader, ReaderMode, ReaderOptions, ReaderSet, RepairOutcome, Ring,
+    RingConfig, SlotError, TryLoanError, WaitStrategy, Writer,
 };
 
 const ME: fn() -> Owner = || Owner::new(7).unwrap();
@@ -19,7 +19,7 @@ fn local_ring(capacity: u64, max_payload: u32) -> (Ring, Arc<Doorbell>) {
     let config = RingConfig {
         capacity,
         max_payload,
-        publisher_slots: 4,
+        writer_slots: 4,
         reader_slots: 4,
     };
     let ring = Ring::create_local(&config, &doorbells).unwrap();
@@ -32,10 +32,7 @@ fn tethered(ring: &Ring, bell: &Arc<Doorbell>) -> Reader {
 }
 
 fn lossy(ring: &Ring, bell: &Arc<Doorbell>) -> Reader {
-    let options = ReaderOptions {
-        mode: ReaderMode::Lossy,
-        history: 0,
-    };
+    let options = ReaderOptions::default().mode(ReaderMode::Lossy);
     ring.reader(options, bell, ME()).unwrap()
 }
 
@@ -59,19 +56,16 @@ fn next(reader: &mut Reader) -> (Vec<u8>, u64) {
 fn frames_are_read_in_place_in_order_with_their_metadata() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(42, ME()).unwrap();
+    let mut writer = ring.writer(42, ME()).unwrap();
     assert!(reader.try_read().unwrap().is_none());
     for n in 0..10u64 {
-        assert_eq!(
-            publisher.try_publish(&payload(n, n as usize * 7)).unwrap(),
-            n
-        );
+        assert_eq!(writer.try_publish(&payload(n, n as usize * 7)).unwrap(), n);
     }
     for n in 0..10u64 {
         let sample = reader.try_read().unwrap().unwrap();
         assert_eq!(sample.payload(), &payload(n, n as usize * 7)[..]);
         assert_eq!(sample.sequence(), n);
-        assert_eq!(sample.publisher(), 42);
+        assert_eq!(sample.writer(), 42);
         assert!(sample.is_in_place());
         assert_eq!(
             sample.payload().as_ptr() as usize % 16,
@@ -87,12 +81,12 @@ fn wrap_around_keeps_every_frame_whole() {
     // Frame sizes that do not divide the capacity force padding at every lap.
     let (ring, bell) = local_ring(4096, 1000);
     let mut reader = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     let sizes = [1000usize, 3, 517, 64, 999, 0, 250];
     let total = if cfg!(miri) { 40 } else { 2000 };
     for n in 0..total {
         let len = sizes[n as usize % sizes.len()];
-        publisher.try_publish(&payload(n, len)).unwrap();
+        writer.try_publish(&payload(n, len)).unwrap();
         let (got, seq) = next(&mut reader);
         assert_eq!(got, payload(n, len), "frame {n}");
         assert_eq!(seq, n);
@@ -107,13 +101,13 @@ fn wrap_around_keeps_every_frame_whole() {
 fn a_dropped_loan_never_becomes_a_message() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     {
-        let mut loan = publisher.try_loan(100).unwrap();
+        let mut loan = writer.try_loan(100).unwrap();
         loan.as_mut_slice().fill(0xee);
         assert_eq!(loan.sequence(), 0);
     } // dropped: skipped
-    publisher.try_publish(b"after").unwrap();
+    writer.try_publish(b"after").unwrap();
     let (got, seq) = next(&mut reader);
     assert_eq!((got.as_slice(), seq), (&b"after"[..], 1));
     assert!(reader.try_read().unwrap().is_none());
@@ -123,11 +117,11 @@ fn a_dropped_loan_never_becomes_a_message() {
 fn commit_prefix_publishes_only_the_prefix() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
-    let mut loan = publisher.try_loan(200).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
+    let mut loan = writer.try_loan(200).unwrap();
     loan.as_mut_slice()[..3].copy_from_slice(b"abc");
     loan.commit_prefix(3);
-    publisher.try_publish(b"next").unwrap();
+    writer.try_publish(b"next").unwrap();
     assert_eq!(next(&mut reader).0, b"abc");
     assert_eq!(next(&mut reader).0, b"next");
 }
@@ -135,15 +129,15 @@ fn commit_prefix_publishes_only_the_prefix() {
 #[test]
 fn oversized_frames_fail_before_anything_is_written() {
     let (ring, _bell) = local_ring(4096, 256);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     let before = ring.head();
     assert_eq!(
-        publisher.try_loan(257).unwrap_err(),
+        writer.try_loan(257).unwrap_err(),
         TryLoanError::TooLarge { len: 257, max: 256 }
     );
     assert_eq!(
-        publisher
-            .publish(&[0; 300], Some(Duration::ZERO))
+        writer
+            .publish(&[0; 300], Deadline::After(Duration::ZERO))
             .unwrap_err(),
         LoanError::TooLarge { len: 300, max: 256 }
     );
@@ -151,24 +145,24 @@ fn oversized_frames_fail_before_anything_is_written() {
 }
 
 #[test]
-fn a_tethered_reader_holds_publishers_back_until_it_releases() {
+fn a_tethered_reader_holds_writers_back_until_it_releases() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     let mut published = 0u64;
-    while publisher.try_publish(&payload(published, 200)).is_ok() {
+    while writer.try_publish(&payload(published, 200)).is_ok() {
         published += 1;
     }
-    assert_eq!(publisher.try_loan(200).unwrap_err(), TryLoanError::Full);
+    assert_eq!(writer.try_loan(200).unwrap_err(), TryLoanError::Full);
     assert_eq!(
-        publisher
-            .publish(&[1; 200], Some(Duration::from_millis(10)))
+        writer
+            .publish(&[1; 200], Deadline::After(Duration::from_millis(10)))
             .unwrap_err(),
         LoanError::Timeout
     );
     // Nothing was overwritten: every frame is intact, and reading frees room.
     assert_eq!(next(&mut reader).0, payload(0, 200));
-    publisher.try_publish(&payload(published, 200)).unwrap();
+    writer.try_publish(&payload(published, 200)).unwrap();
     for n in 1..=published {
         assert_eq!(next(&mut reader).0, payload(n, 200), "frame {n}");
     }
@@ -178,10 +172,10 @@ fn a_tethered_reader_holds_publishers_back_until_it_releases() {
 fn a_lossy_reader_reports_exactly_what_it_missed_and_resumes_at_the_oldest_frame() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = lossy(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     // 224-byte frames, 18 per 4096-byte lap (with padding): 100 of them lap it several times.
     for n in 0..100u64 {
-        publisher.try_publish(&payload(n, 192)).unwrap();
+        writer.try_publish(&payload(n, 192)).unwrap();
     }
     let missed = match reader.try_read() {
         Err(ReadError::Lagged { missed }) => missed,
@@ -211,22 +205,18 @@ fn a_lossy_reader_reports_exactly_what_it_missed_and_resumes_at_the_oldest_frame
 #[test]
 fn late_joiners_see_nothing_earlier_unless_they_ask_for_history() {
     let (ring, bell) = local_ring(4096, 256);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     for n in 0..10u64 {
-        publisher.try_publish(&payload(n, 10)).unwrap();
+        writer.try_publish(&payload(n, 10)).unwrap();
     }
     let mut late = tethered(&ring, &bell);
-    let options = ReaderOptions {
-        mode: ReaderMode::Tethered,
-        history: 3,
-    };
+    let options = ReaderOptions::default().history(3);
     let mut with_history = ring.reader(options, &bell, ME()).unwrap();
-    let options = ReaderOptions {
-        mode: ReaderMode::Lossy,
-        history: 100,
-    };
+    let options = ReaderOptions::default()
+        .mode(ReaderMode::Lossy)
+        .history(100);
     let mut lossy_all = ring.reader(options, &bell, ME()).unwrap();
-    publisher.try_publish(&payload(10, 10)).unwrap();
+    writer.try_publish(&payload(10, 10)).unwrap();
 
     assert_eq!(next(&mut late), (payload(10, 10), 10));
     assert!(late.try_read().unwrap().is_none());
@@ -244,12 +234,12 @@ fn late_joiners_see_nothing_earlier_unless_they_ask_for_history() {
 }
 
 #[test]
-fn an_evicted_reader_lets_publishers_go_on_and_sees_lagged_when_it_resumes() {
+fn an_evicted_reader_lets_writers_go_on_and_sees_lagged_when_it_resumes() {
     let (ring, bell) = local_ring(4096, 256);
     let mut stuck = tethered(&ring, &bell);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     let mut n = 0;
-    while publisher.try_publish(&payload(n, 200)).is_ok() {
+    while writer.try_publish(&payload(n, 200)).is_ok() {
         n += 1;
     }
     assert!(ring.untether_reader(stuck.slot()));
@@ -258,7 +248,7 @@ fn an_evicted_reader_lets_publishers_go_on_and_sees_lagged_when_it_resumes() {
         "only tethered readers can be untethered"
     );
     for _ in 0..40 {
-        publisher
+        writer
             .try_publish(&payload(n, 200))
             .expect("no longer held back");
         n += 1;
@@ -277,34 +267,34 @@ fn an_evicted_reader_lets_publishers_go_on_and_sees_lagged_when_it_resumes() {
         expected += 1;
     }
     assert_eq!(expected, n);
-    // Re-tethered: publishers are held back by it again, and new frames are read in place.
-    while publisher.try_publish(&payload(n, 200)).is_ok() {
+    // Re-tethered: writers are held back by it again, and new frames are read in place.
+    while writer.try_publish(&payload(n, 200)).is_ok() {
         n += 1;
     }
-    assert_eq!(publisher.try_loan(200).unwrap_err(), TryLoanError::Full);
+    assert_eq!(writer.try_loan(200).unwrap_err(), TryLoanError::Full);
     let sample = stuck.try_read().unwrap().unwrap();
     assert!(sample.is_in_place());
     assert_eq!(sample.sequence(), expected);
 }
 
 #[test]
-fn a_dead_publishers_claim_is_repaired_into_a_skip() {
+fn a_dead_writers_claim_is_repaired_into_a_skip() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);
     let dead = Owner::new(99).unwrap();
-    let mut victim = ring.publisher(9, dead).unwrap();
+    let mut victim = ring.writer(9, dead).unwrap();
     let loan = victim.try_loan(100).unwrap();
-    // The publisher "dies" mid-write: neither its loan nor its handle ever runs again.
+    // The writer "dies" mid-write: neither its loan nor its handle ever runs again.
     std::mem::forget(loan);
     std::mem::forget(victim);
-    let mut live = ring.publisher(1, ME()).unwrap();
+    let mut live = ring.writer(1, ME()).unwrap();
     live.try_publish(b"behind the dead claim").unwrap();
     assert!(
         reader.try_read().unwrap().is_none(),
         "stuck at the uncommitted claim"
     );
 
-    let repairs = ring.repair_dead_publishers(|owner| owner != dead);
+    let repairs = ring.repair_dead_writers(|owner| owner != dead);
     assert_eq!(repairs.len(), 1);
     assert!(matches!(
         repairs[0].outcome,
@@ -312,44 +302,39 @@ fn a_dead_publishers_claim_is_repaired_into_a_skip() {
     ));
     assert_eq!(next(&mut reader), (b"behind the dead claim".to_vec(), 1));
     assert!(
-        ring.publishers().iter().all(|p| p.owner != dead.get()),
+        ring.writers().iter().all(|p| p.owner != dead.get()),
         "slot freed"
     );
-    assert!(
-        ring.repair_dead_publishers(|owner| owner != dead)
-            .is_empty()
-    );
+    assert!(ring.repair_dead_writers(|owner| owner != dead).is_empty());
 }
 
 #[test]
-fn a_dead_publisher_between_claims_is_just_released() {
+fn a_dead_writer_between_claims_is_just_released() {
     let (ring, _bell) = local_ring(4096, 256);
     let dead = Owner::new(99).unwrap();
-    let mut victim = ring.publisher(9, dead).unwrap();
+    let mut victim = ring.writer(9, dead).unwrap();
     victim.try_publish(b"done").unwrap();
     std::mem::forget(victim);
-    let repairs = ring.repair_dead_publishers(|owner| owner != dead);
+    let repairs = ring.repair_dead_writers(|owner| owner != dead);
     assert_eq!(repairs.len(), 1);
     assert_eq!(repairs[0].outcome, RepairOutcome::Released);
 }
 
 #[test]
-fn reclaiming_a_dead_readers_slot_frees_publishers() {
+fn reclaiming_a_dead_readers_slot_frees_writers() {
     let (ring, bell) = local_ring(4096, 256);
     let dead = Owner::new(98).unwrap();
     let stuck = ring.reader(ReaderOptions::default(), &bell, dead).unwrap();
     let slot = stuck.slot();
     std::mem::forget(stuck);
-    let mut publisher = ring.publisher(1, ME()).unwrap();
-    while publisher.try_publish(&[0; 200]).is_ok() {}
+    let mut writer = ring.writer(1, ME()).unwrap();
+    while writer.try_publish(&[0; 200]).is_ok() {}
     assert!(
         !ring.reclaim_reader(slot, ME()),
         "only the holder's token frees a slot"
     );
     assert!(ring.reclaim_reader(slot, dead));
-    publisher
-        .try_publish(&[0; 200])
-        .expect("no longer held back");
+    writer.try_publish(&[0; 200]).expect("no longer held back");
 }
 
 #[test]
@@ -358,14 +343,14 @@ fn a_parked_reader_is_woken_by_a_publish() {
     let mut reader = tethered(&ring, &bell);
     let waiter = std::thread::spawn(move || {
         let sample = reader
-            .read(WaitStrategy::Park, Some(Duration::from_secs(60)))
+            .read(WaitStrategy::Park, Deadline::After(Duration::from_secs(60)))
             .unwrap();
-        sample.map(|s| s.payload().to_vec())
+        Some(sample.payload().to_vec())
     });
-    let mut publisher = ring.publisher(1, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
     // Keep publishing until the waiter has its message (whether it parked before the first
     // publish or not, it must wake and return the first one).
-    publisher.try_publish(b"wake up").unwrap();
+    writer.try_publish(b"wake up").unwrap();
     assert_eq!(waiter.join().unwrap().as_deref(), Some(&b"wake up"[..]));
 }
 
@@ -378,47 +363,47 @@ fn read_times_out_when_nothing_comes() {
         WaitStrategy::default(),
         WaitStrategy::Park,
     ] {
-        assert!(
+        assert_eq!(
             reader
-                .read(wait, Some(Duration::from_millis(5)))
-                .unwrap()
-                .is_none()
+                .read(wait, Deadline::After(Duration::from_millis(5)))
+                .unwrap_err(),
+            ReadTimeoutError::Timeout
         );
     }
 }
 
 #[test]
-fn several_publisher_threads_lose_and_duplicate_nothing() {
+fn several_writer_threads_lose_and_duplicate_nothing() {
     let (ring, bell) = local_ring(1 << 14, 512);
-    let per_publisher: u64 = if cfg!(miri) { 30 } else { 20_000 };
+    let per_writer: u64 = if cfg!(miri) { 30 } else { 20_000 };
     let mut reader = tethered(&ring, &bell);
-    let publishers: Vec<_> = (0..3u32)
+    let writers: Vec<_> = (0..3u32)
         .map(|id| {
             let ring = ring.clone();
             std::thread::spawn(move || {
-                let mut p: Publisher = ring
-                    .publisher(id, Owner::new(100 + u64::from(id)).unwrap())
+                let mut p: Writer = ring
+                    .writer(id, Owner::new(100 + u64::from(id)).unwrap())
                     .unwrap();
-                for n in 0..per_publisher {
+                for n in 0..per_writer {
                     let mut body = payload(n, (n % 97) as usize + 16);
                     body[..8].copy_from_slice(&n.to_le_bytes());
-                    p.publish(&body, None).unwrap();
+                    p.publish(&body, Deadline::Never).unwrap();
                 }
             })
         })
         .collect();
     let mut next_from = [0u64; 3];
     let mut last_seq = None;
-    while next_from.iter().sum::<u64>() < 3 * per_publisher {
-        let Some(sample) = reader
-            .read(WaitStrategy::default(), Some(Duration::from_secs(60)))
-            .unwrap()
-        else {
-            panic!("timed out with {next_from:?}");
-        };
-        let id = sample.publisher() as usize;
+    while next_from.iter().sum::<u64>() < 3 * per_writer {
+        let sample = reader
+            .read(
+                WaitStrategy::default(),
+                Deadline::After(Duration::from_secs(60)),
+            )
+            .unwrap_or_else(|e| panic!("{e} with {next_from:?}"));
+        let id = sample.writer() as usize;
         let n = u64::from_le_bytes(sample.payload()[..8].try_into().unwrap());
-        assert_eq!(n, next_from[id], "publisher {id} out of order");
+        assert_eq!(n, next_from[id], "writer {id} out of order");
         let mut expected = payload(n, (n % 97) as usize + 16);
         expected[..8].copy_from_slice(&n.to_le_bytes());
         assert_eq!(sample.payload(), &expected[..]);
@@ -426,7 +411,7 @@ fn several_publisher_threads_lose_and_duplicate_nothing() {
         last_seq = Some(sample.sequence());
         next_from[id] += 1;
     }
-    for p in publishers {
+    for p in writers {
         p.join().unwrap();
     }
 }
@@ -443,10 +428,10 @@ fn read_only_handles_cannot_publish() {
     )
     .unwrap();
     assert!(!ro.is_writable());
-    assert_eq!(ro.publisher(1, ME()).unwrap_err(), AttachError::ReadOnly);
+    assert_eq!(ro.writer(1, ME()).unwrap_err(), SlotError::ReadOnly);
     let bell = Arc::new(doorbells.claim(ME()).unwrap());
     let mut reader = ro.reader(ReaderOptions::default(), &bell, ME()).unwrap();
-    ring.publisher(1, ME())
+    ring.writer(1, ME())
         .unwrap()
         .try_publish(b"via the writable handle")
         .unwrap();
@@ -457,7 +442,7 @@ fn read_only_handles_cannot_publish() {
     assert_eq!(
         ring.reader(ReaderOptions::default(), &foreign, ME())
             .unwrap_err(),
-        AttachError::ForeignDoorbell
+        SlotError::ForeignDoorbell
     );
 }
 
@@ -552,17 +537,14 @@ fn a_corrupt_header_is_an_error_not_a_crash() {
     let config = RingConfig {
         capacity: 4096,
         max_payload: 256,
-        publisher_slots: 4,
+        writer_slots: 4,
         reader_slots: 4,
     };
     let ring = Ring::create(&config, &doorbells).unwrap();
     let bell = Arc::new(doorbells.claim(ME()).unwrap());
     let mut reader = tethered(&ring, &bell);
-    ring.publisher(1, ME())
-        .unwrap()
-        .try_publish(b"fine")
-        .unwrap();
-    // A hostile publisher rewrites the committed header: size 0, which would loop a naive reader.
+    ring.writer(1, ME()).unwrap().try_publish(b"fine").unwrap();
+    // A hostile writer rewrites the committed header: size 0, which would loop a naive reader.
     let data = ring.data_fd().unwrap();
     let len = read_all(data).len();
     let map = memmap2::MmapOptions::new()
@@ -589,7 +571,7 @@ fn a_corrupt_header_is_an_error_not_a_crash() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: if cfg!(miri) { 2 } else { 64 }, ..ProptestConfig::default() })]
 
-    /// Any sequence of frame sizes, with the reader trailing the publisher by up to a random
+    /// Any sequence of frame sizes, with the reader trailing the writer by up to a random
     /// number of frames, comes out exactly as it went in, across many laps.
     #[test]
     fn frames_survive_wrap_around(
@@ -598,12 +580,12 @@ proptest! {
     ) {
         let (ring, bell) = local_ring(4096, 300);
         let mut reader = tethered(&ring, &bell);
-        let mut publisher = ring.publisher(1, ME()).unwrap();
+        let mut writer = ring.writer(1, ME()).unwrap();
         let mut in_flight = std::collections::VecDeque::new();
         for (n, &len) in sizes.iter().enumerate() {
             let body = payload(n as u64, len);
             loop {
-                match publisher.try_publish(&body) {
+                match writer.try_publish(&body) {
                     Ok(seq) => { prop_assert_eq!(seq, n as u64); break; }
                     Err(TryLoanError::Full) => {
                         let expected = in_flight.pop_front().expect("full with nothing unread");
@@ -632,21 +614,203 @@ fn a_reserved_reader_misses_nothing_published_before_it_is_adopted() {
     let reserved = ring
         .reserve_reader(ReaderMode::Tethered, client, bell.index())
         .unwrap();
-    let mut publisher = ring.publisher(1, ME()).unwrap();
-    publisher.try_publish(b"before adoption").unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
+    writer.try_publish(b"before adoption").unwrap();
     assert_eq!(
-        ring.adopt_reader(reserved, ReaderOptions::default(), &bell, ME())
+        ring.adopt_reader(reserved, ReaderOptions::default(), &bell, ME(), ())
             .unwrap_err(),
-        AttachError::NotReserved {
+        SlotError::NotReserved {
             slot: reserved.slot
         },
         "another owner cannot take it"
     );
     let mut reader = ring
-        .adopt_reader(reserved, ReaderOptions::default(), &bell, client)
+        .adopt_reader(reserved, ReaderOptions::default(), &bell, client, ())
         .unwrap();
     assert_eq!(next(&mut reader).0, b"before adoption");
-    // Reserved slots hold publishers back like any tethered reader.
-    while publisher.try_publish(&[0; 200]).is_ok() {}
-    assert_eq!(publisher.try_loan(200).unwrap_err(), TryLoanError::Full);
+    // Reserved slots hold writers back like any tethered reader.
+    while writer.try_publish(&[0; 200]).is_ok() {}
+    assert_eq!(writer.try_loan(200).unwrap_err(), TryLoanError::Full);
+}
+
+/// Fills the ring with 200-byte frames until the writer is refused; returns how many fit.
+fn fill(writer: &mut Writer, from: u64) -> u64 {
+    let mut n = from;
+    while writer.try_publish(&payload(n, 200)).is_ok() {
+        n += 1;
+    }
+    n - from
+}
+
+#[test]
+fn owned_frames_keep_the_tether_until_the_oldest_is_given_back_in_any_order() {
+    let (ring, bell) = local_ring(4096, 256);
+    let options = ReaderOptions::default().max_held(4);
+    let mut reader = ring.reader(options, &bell, ME()).unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
+    let published = fill(&mut writer, 0);
+    let owned: Vec<OwnedFrame> = (0..3)
+        .map(|_| reader.try_read().unwrap().unwrap().detach())
+        .collect();
+    assert_eq!(reader.lent(), 3);
+    // Borrowed reads go on past the owned frames, but the tether stays below the first.
+    for n in 3..published {
+        assert_eq!(next(&mut reader).0, payload(n, 200));
+    }
+    assert_eq!(writer.try_loan(200).unwrap_err(), TryLoanError::Full);
+    let [first, second, third]: [OwnedFrame; 3] = owned.try_into().unwrap();
+    assert_eq!(
+        second.payload(),
+        payload(1, 200),
+        "intact while the ring is full"
+    );
+    drop(third);
+    drop(second);
+    assert!(reader.try_read().unwrap().is_none()); // collects what came back
+    assert_eq!(
+        writer.try_loan(200).unwrap_err(),
+        TryLoanError::Full,
+        "the oldest is still out"
+    );
+    assert_eq!(first.payload(), payload(0, 200));
+    assert_eq!((first.sequence(), first.writer()), (0, 1));
+    assert!(first.is_in_place());
+    drop(first);
+    assert!(reader.try_read().unwrap().is_none());
+    assert_eq!(reader.lent(), 0);
+    // Everything was read and given back: the whole ring is free again (but for padding).
+    assert!(fill(&mut writer, published) >= published - 1);
+}
+
+#[test]
+fn a_reader_lends_at_most_max_held_frames() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut reader = ring
+        .reader(ReaderOptions::default().max_held(2), &bell, ME())
+        .unwrap();
+    let mut writer = ring.writer(1, ME()).unwrap();
+    for n in 0..4 {
+        writer.try_publish(&payload(n, 10)).unwrap();
+    }
+    let a = reader.try_read().unwrap().unwrap().detach();
+    let _b = reader.try_read().unwrap().unwrap().detach();
+    assert_eq!(
+        reader.try_read().unwrap_err(),
+        ReadError::HeldLimit { max: 2 }
+    );
+    drop(a);
+    assert_eq!(
+        next(&mut reader),
+        (payload(2, 10), 2),
+        "nothing was consumed"
+    );
+}
+
+#[test]
+fn owned_frames_given_back_on_another_thread_free_a_blocked_writer() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut reader = tethered(&ring, &bell);
+    let mut writer = ring.writer(1, ME()).unwrap();
+    let published = fill(&mut writer, 0);
+    let owned: Vec<OwnedFrame> = (0..published)
+        .map(|_| reader.try_read().unwrap().unwrap().detach())
+        .collect();
+    let writer = std::thread::spawn(move || {
+        writer
+            .publish(&[9; 200], Deadline::After(Duration::from_secs(60)))
+            .map(|_| ())
+    });
+    let holder = std::thread::spawn(move || drop(owned));
+    holder.join().unwrap();
+    // The reader parks, comes back for what was given back, and sees the writer's frame.
+    let frame = reader
+        .read(WaitStrategy::Park, Deadline::After(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(frame.payload(), [9; 200]);
+    drop(frame);
+    writer.join().unwrap().unwrap();
+}
+
+#[test]
+fn an_owned_frame_outlives_its_reader_and_keeps_the_slot_until_it_drops() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut reader = tethered(&ring, &bell);
+    let mut writer = ring.writer(1, ME()).unwrap();
+    writer.try_publish(b"kept").unwrap();
+    let owned = reader.try_read().unwrap().unwrap().detach();
+    drop(reader);
+    assert_eq!(ring.readers().len(), 1, "the slot holds the frame");
+    fill(&mut writer, 0);
+    assert_eq!(owned.payload(), b"kept");
+    drop(owned);
+    assert!(ring.readers().is_empty());
+    writer.try_publish(b"room again").unwrap();
+}
+
+#[test]
+fn owned_frames_of_lossy_readers_are_private_copies() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut reader = lossy(&ring, &bell);
+    let mut writer = ring.writer(1, ME()).unwrap();
+    writer.try_publish(b"copied").unwrap();
+    let owned = reader.try_read().unwrap().unwrap().detach();
+    assert!(!owned.is_in_place());
+    for n in 0..100 {
+        writer.try_publish(&payload(n, 200)).unwrap(); // laps the ring: lossy holds nobody
+    }
+    assert_eq!(owned.payload(), b"copied");
+    assert_eq!(reader.lent(), 0);
+}
+
+#[test]
+fn a_reader_set_reads_every_ring_round_robin_and_parks_on_one_doorbell() {
+    let doorbells = DoorbellTable::create_local(4).unwrap();
+    let config = RingConfig {
+        capacity: 4096,
+        max_payload: 256,
+        writer_slots: 2,
+        reader_slots: 2,
+    };
+    let rings: Vec<Ring> = (0..2)
+        .map(|_| Ring::create_local(&config, &doorbells).unwrap())
+        .collect();
+    let bell = Arc::new(doorbells.claim(ME()).unwrap());
+    let mut set = ReaderSet::new(Arc::clone(&bell));
+    for (i, ring) in rings.iter().enumerate() {
+        let reserved = ring
+            .reserve_reader(ReaderMode::Tethered, ME(), bell.index())
+            .unwrap();
+        let reader = ring
+            .adopt_reader(reserved, ReaderOptions::default(), &bell, ME(), i)
+            .unwrap();
+        set.insert(reader);
+    }
+    let mut writers: Vec<Writer> = rings.iter().map(|r| r.writer(1, ME()).unwrap()).collect();
+    for n in 0..3 {
+        for w in &mut writers {
+            w.try_publish(&payload(n, 8)).unwrap();
+        }
+    }
+    let mut order = Vec::new();
+    while let Some(i) = set.poll().unwrap() {
+        let frame = set.frame(i).unwrap();
+        order.push((*frame.label(), frame.sequence()));
+    }
+    assert_eq!(order, [(0, 0), (1, 0), (0, 1), (1, 1), (0, 2), (1, 2)]);
+
+    // A commit on either ring wakes the set.
+    for ring_index in [1usize, 0] {
+        let ring = rings[ring_index].clone();
+        let waker = std::thread::spawn(move || {
+            ring.writer(2, ME()).unwrap().try_publish(b"wake").unwrap();
+        });
+        let i = loop {
+            if let Some(i) = set.poll().unwrap() {
+                break i;
+            }
+            set.park(None, &|| false);
+        };
+        assert_eq!(*set.frame(i).unwrap().label(), ring_index);
+        waker.join().unwrap();
+    }
 }

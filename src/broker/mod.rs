@@ -1,74 +1,41 @@
 //! The broker: owns the bus's rings and doorbell table, serves clients over the control socket,
-//! and cleans up after clients that die or stall.
+//! and cleans up after clients that die or stall. Embed one with [`Broker::builder`]:
 //!
-//! One thread runs an event loop (mio/epoll) over the listening socket and every client
-//! connection. Messages are handled to completion as they arrive (the `state` module decides, this one
-//! moves bytes); replies that do not fit in a client's socket buffer wait in its outbox. Every
-//! 100 ms the loop retries deferred repairs and looks for stalled readers; every few seconds it
-//! releases rings nobody uses.
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! let broker = shmbus::Broker::builder()
+//!     .socket("/run/my-app/bus.sock")
+//!     .evict_after(Duration::from_secs(2))
+//!     .bind()?;
+//! let handle = broker.handle(); // stops it from another thread
+//! broker.run()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Inside, the [`core`] decides (registration, rings, subscriptions, recovery; no I/O) and the
+//! [`event_loop`] moves bytes between it and the sockets.
 
-mod state;
+mod core;
+mod event_loop;
 
-use std::collections::{HashMap, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mio::unix::SourceFd;
-use mio::{Events, Interest, Poll, Token, Waker};
+use mio::{Interest, Poll, Waker};
 use nix::fcntl::{Flock, FlockArg};
 use shmbus_shm::{DoorbellTable, RingConfig};
-use tracing::{debug, warn};
+use tracing::warn;
 
-use crate::address::ensure_private_dir;
-use crate::protocol::socket::{self, Received};
-use crate::protocol::{ClientMessage, MAX_MESSAGE_LEN, codec};
-pub use state::Limits;
-use state::{Outgoing, State};
-
-/// How often the loop retries repairs and checks for stalled readers.
-const TICK: Duration = Duration::from_millis(100);
-
-/// How often the loop looks for idle rings to release.
-const COLLECTION_INTERVAL: Duration = Duration::from_secs(5);
-
-/// Most messages waiting for one client before it is dropped as not reading its socket.
-const MAX_OUTBOX: usize = 4096;
-
-const LISTENER: Token = Token(usize::MAX - 1);
-const WAKER: Token = Token(usize::MAX - 2);
-
-/// How to run a broker.
-#[derive(Clone, Debug)]
-pub struct BrokerConfig {
-    /// The control socket's path.
-    pub socket: PathBuf,
-    /// Ring sizes and the eviction timeout.
-    pub limits: Limits,
-    /// Doorbells in the bus's table: one per subscriber object.
-    pub doorbells: u32,
-    /// A ring nobody publishes on or reads from for this long is released.
-    pub ring_idle: Duration,
-}
-
-impl BrokerConfig {
-    /// Defaults for a broker at `socket`: 1 MiB rings with 64 KiB payloads, 5 s eviction, idle
-    /// rings released after 60 s.
-    pub fn new(socket: impl Into<PathBuf>) -> BrokerConfig {
-        BrokerConfig {
-            socket: socket.into(),
-            limits: Limits {
-                ring: RingConfig::default(),
-                evict_after: Duration::from_secs(5),
-            },
-            doorbells: 16_384,
-            ring_idle: Duration::from_secs(60),
-        }
-    }
-}
+use self::core::{Core, Limits};
+use crate::address::{BusAddress, ensure_private_dir};
+use crate::protocol::seqpacket;
+use event_loop::{EventLoop, LISTENER, WAKER};
 
 /// Why a broker could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +47,12 @@ pub enum BrokerError {
     /// A file that is not a socket is in the way.
     #[error("{0} exists and is not a socket; not replacing it")]
     NotASocket(PathBuf),
+    /// The address is not a local socket (a broker serves a socket on this host).
+    #[error("a broker serves a local socket; {0} is not one")]
+    NotLocal(String),
+    /// No socket was given and the default bus address is invalid.
+    #[error(transparent)]
+    Address(#[from] crate::address::AddressError),
     /// Setting up the socket or its directory failed.
     #[error("{what} {path}: {source}")]
     Io {
@@ -107,6 +80,164 @@ fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> B
     }
 }
 
+/// How to start a broker; from [`Broker::builder`]. Every option has a default: the default bus's
+/// socket (`$SHMBUS_BUS`, else the name `default`), 1 MiB rings carrying payloads up to 64 KiB,
+/// 64 publishers and 128 subscribers per ring, eviction after 5 s, idle rings released after
+/// 60 s, 16,384 doorbells.
+#[derive(Clone, Debug)]
+#[must_use = "a builder does nothing until `bind` is called"]
+pub struct BrokerBuilder {
+    socket: Option<PathBuf>,
+    limits: Limits,
+    doorbells: u32,
+    ring_idle: Duration,
+}
+
+impl Default for BrokerBuilder {
+    fn default() -> Self {
+        BrokerBuilder {
+            socket: None,
+            limits: Limits {
+                ring: RingConfig::default(),
+                evict_after: Duration::from_secs(5),
+            },
+            doorbells: 16_384,
+            ring_idle: Duration::from_secs(60),
+        }
+    }
+}
+
+impl BrokerBuilder {
+    /// Serve the control socket at `path` (its directory is created private if missing).
+    pub fn socket(mut self, path: impl Into<PathBuf>) -> Self {
+        self.socket = Some(path.into());
+        self
+    }
+
+    /// Bytes of each topic's ring (a power of two, at least twice the largest frame).
+    pub fn ring_capacity(mut self, bytes: u64) -> Self {
+        self.limits.ring.capacity = bytes;
+        self
+    }
+
+    /// The largest payload one message can carry.
+    pub fn max_payload(mut self, bytes: u32) -> Self {
+        self.limits.ring.max_payload = bytes;
+        self
+    }
+
+    /// How many publishers may write one topic at once.
+    pub fn publishers_per_topic(mut self, n: u32) -> Self {
+        self.limits.ring.writer_slots = n;
+        self
+    }
+
+    /// How many subscribers may read one topic at once.
+    pub fn subscribers_per_topic(mut self, n: u32) -> Self {
+        self.limits.ring.reader_slots = n;
+        self
+    }
+
+    /// Untether a subscriber that holds publishers back without reading for this long.
+    pub fn evict_after(mut self, timeout: Duration) -> Self {
+        self.limits.evict_after = timeout;
+        self
+    }
+
+    /// Release a topic's ring (and its history) after this long without publishers or
+    /// subscribers.
+    pub fn ring_idle(mut self, timeout: Duration) -> Self {
+        self.ring_idle = timeout;
+        self
+    }
+
+    /// Doorbells in the bus's table: one per subscriber, so at most this many at once.
+    pub fn doorbells(mut self, n: u32) -> Self {
+        self.doorbells = n;
+        self
+    }
+
+    /// Binds the control socket: creates its private directory, refuses to start if a live
+    /// broker owns the socket, and replaces a stale socket file left by a dead one.
+    pub fn bind(self) -> Result<Broker, BrokerError> {
+        self.limits.ring.validate()?;
+        let path = match self.socket {
+            Some(path) => path,
+            None => {
+                let address = BusAddress::from_env()?;
+                address
+                    .socket_path()
+                    .ok_or_else(|| BrokerError::NotLocal(address.to_string()))?
+                    .to_path_buf()
+            }
+        };
+        ensure_private_dir(&path).map_err(io_err("prepare directory of", &path))?;
+        let lock = lock_socket(&path)?;
+        remove_stale_socket(&path)?;
+        let listener = seqpacket::listen(&path).map_err(io_err("listen on", &path))?;
+        raise_descriptor_limit();
+        let doorbells = DoorbellTable::create(self.doorbells)?;
+        let poll = Poll::new().map_err(io_err("create event loop for", &path))?;
+        poll.registry()
+            .register(
+                &mut SourceFd(&listener.as_raw_fd()),
+                LISTENER,
+                Interest::READABLE,
+            )
+            .map_err(io_err("register", &path))?;
+        let waker =
+            Waker::new(poll.registry(), WAKER).map_err(io_err("create waker for", &path))?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let handle = BrokerHandle {
+            stop: Arc::clone(&stop),
+            waker: Arc::new(waker),
+        };
+        let core = Core::new(self.limits, doorbells);
+        Ok(Broker {
+            socket: path,
+            _lock: lock,
+            handle,
+            event_loop: EventLoop::new(listener, poll, core, self.ring_idle, stop),
+        })
+    }
+}
+
+/// The lock file serialises brokers for a socket: whoever holds it owns the socket, and a socket
+/// file found while holding it is stale.
+fn lock_socket(path: &Path) -> Result<Flock<std::fs::File>, BrokerError> {
+    let lock_path = path.with_extension("lock");
+    let lock_file = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(io_err("open lock file", &lock_path))?;
+    match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
+        Ok(lock) => Ok(lock),
+        Err((_, nix::Error::EWOULDBLOCK)) => Err(BrokerError::AlreadyRunning(path.to_path_buf())),
+        Err((_, e)) => Err(io_err("lock", &lock_path)(e.into())),
+    }
+}
+
+/// Removes a socket file a dead broker left; refuses to touch anything else.
+fn remove_stale_socket(path: &Path) -> Result<(), BrokerError> {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) => {
+            use std::os::unix::fs::FileTypeExt;
+            if !meta.file_type().is_socket() {
+                return Err(BrokerError::NotASocket(path.to_path_buf()));
+            }
+            if seqpacket::connect(path).is_ok() {
+                return Err(BrokerError::AlreadyRunning(path.to_path_buf()));
+            }
+            warn!(socket = %path.display(), "replacing a stale socket left by a broker that died");
+            std::fs::remove_file(path).map_err(io_err("remove stale socket", path))
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err("inspect", path)(e)),
+    }
+}
+
 /// Stops a running broker from another thread (or a signal-handling thread).
 #[derive(Clone, Debug)]
 pub struct BrokerHandle {
@@ -117,30 +248,20 @@ pub struct BrokerHandle {
 impl BrokerHandle {
     /// Asks the broker to stop; [`Broker::run`] returns soon after.
     pub fn stop(&self) {
-        // Release pairs with the Acquire load at the top of `Broker::run`'s loop.
+        // Release pairs with the Acquire load at the top of the event loop.
         self.stop.store(true, Ordering::Release);
         // A failed wake only delays the stop to the next tick.
         let _ = self.waker.wake();
     }
 }
 
-struct Conn {
-    fd: OwnedFd,
-    outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
-    writable: bool,
-}
-
 /// A broker bound to its socket, ready to [`run`](Broker::run).
 pub struct Broker {
     socket: PathBuf,
-    listener: OwnedFd,
     /// Held while the broker lives; released when the descriptor closes.
     _lock: Flock<std::fs::File>,
-    poll: Poll,
     handle: BrokerHandle,
-    state: State,
-    conns: HashMap<u32, Conn>,
-    ring_idle: Duration,
+    event_loop: EventLoop,
 }
 
 impl std::fmt::Debug for Broker {
@@ -152,69 +273,9 @@ impl std::fmt::Debug for Broker {
 }
 
 impl Broker {
-    /// Binds the control socket: creates its private directory, refuses to start if a live
-    /// broker owns the socket, and replaces a stale socket file left by a dead one.
-    pub fn bind(config: BrokerConfig) -> Result<Broker, BrokerError> {
-        config.limits.ring.validate()?;
-        let path = config.socket.clone();
-        ensure_private_dir(&path).map_err(io_err("prepare directory of", &path))?;
-        // The lock file serialises brokers for this socket: whoever holds it owns the socket,
-        // and a socket file found while holding it is stale.
-        let lock_path = path.with_extension("lock");
-        let lock_file = std::fs::File::options()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(io_err("open lock file", &lock_path))?;
-        let lock = match Flock::lock(lock_file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::Error::EWOULDBLOCK)) => return Err(BrokerError::AlreadyRunning(path)),
-            Err((_, e)) => return Err(io_err("lock", &lock_path)(e.into())),
-        };
-        match std::fs::symlink_metadata(&path) {
-            Ok(meta) => {
-                use std::os::unix::fs::FileTypeExt;
-                if !meta.file_type().is_socket() {
-                    return Err(BrokerError::NotASocket(path));
-                }
-                if socket::connect(&path).is_ok() {
-                    return Err(BrokerError::AlreadyRunning(path));
-                }
-                warn!(socket = %path.display(), "replacing a stale socket left by a broker that died");
-                std::fs::remove_file(&path).map_err(io_err("remove stale socket", &path))?;
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err("inspect", &path)(e)),
-        }
-        let listener = socket::listen(&path).map_err(io_err("listen on", &path))?;
-        raise_descriptor_limit();
-        let doorbells = DoorbellTable::create(config.doorbells)?;
-        let poll = Poll::new().map_err(io_err("create event loop for", &path))?;
-        poll.registry()
-            .register(
-                &mut SourceFd(&listener.as_raw_fd()),
-                LISTENER,
-                Interest::READABLE,
-            )
-            .map_err(io_err("register", &path))?;
-        let waker = Arc::new(
-            Waker::new(poll.registry(), WAKER).map_err(io_err("create waker for", &path))?,
-        );
-        let handle = BrokerHandle {
-            stop: Arc::new(AtomicBool::new(false)),
-            waker,
-        };
-        Ok(Broker {
-            socket: path,
-            listener,
-            _lock: lock,
-            poll,
-            handle,
-            state: State::new(config.limits, doorbells),
-            conns: HashMap::new(),
-            ring_idle: config.ring_idle,
-        })
+    /// How to start a broker, with defaults for everything.
+    pub fn builder() -> BrokerBuilder {
+        BrokerBuilder::default()
     }
 
     /// The control socket's path.
@@ -229,236 +290,9 @@ impl Broker {
 
     /// Serves clients until [`BrokerHandle::stop`]. Removes the socket file when it returns.
     pub fn run(mut self) -> io::Result<()> {
-        let mut events = Events::with_capacity(1024);
-        let mut next_tick = Instant::now() + TICK;
-        let collection_interval = self.ring_idle.clamp(TICK, COLLECTION_INTERVAL);
-        let mut next_collection = Instant::now() + collection_interval;
-        while !self.handle.stop.load(Ordering::Acquire) {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(e);
-            }
-            for event in &events {
-                match event.token() {
-                    LISTENER => self.accept_all(),
-                    WAKER => {}
-                    Token(id) => {
-                        let id = id as u32;
-                        if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_all(id);
-                        }
-                        if event.is_writable() {
-                            self.flush(id);
-                        }
-                    }
-                }
-            }
-            let now = Instant::now();
-            if now >= next_tick {
-                if self.state.repairs_pending() {
-                    self.state.repair();
-                }
-                self.state.evict_stalled(now);
-                if now >= next_collection {
-                    self.state.collect_idle_rings(now, self.ring_idle);
-                    next_collection = now + collection_interval;
-                }
-                next_tick = now + TICK;
-            }
-        }
-        debug!(clients = self.state.client_count(), "broker stopping");
+        let result = self.event_loop.run();
         let _ = std::fs::remove_file(&self.socket);
-        Ok(())
-    }
-
-    fn accept_all(&mut self) {
-        loop {
-            match socket::accept(self.listener.as_fd()) {
-                Ok(Some(fd)) => {
-                    let creds = match socket::peer_credentials(fd.as_fd()) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            warn!("dropping a connection without peer credentials: {e}");
-                            continue;
-                        }
-                    };
-                    let id = self.state.connect(creds);
-                    let token = Token(id as usize);
-                    if let Err(e) = self.poll.registry().register(
-                        &mut SourceFd(&fd.as_raw_fd()),
-                        token,
-                        Interest::READABLE,
-                    ) {
-                        warn!("cannot watch a new connection: {e}");
-                        self.state.disconnect(id, "could not be registered");
-                        continue;
-                    }
-                    self.conns.insert(
-                        id,
-                        Conn {
-                            fd,
-                            outbox: VecDeque::new(),
-                            writable: false,
-                        },
-                    );
-                }
-                Ok(None) => return,
-                Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog until descriptors free up.
-                    warn!("accept failed: {e}");
-                    return;
-                }
-            }
-        }
-    }
-
-    fn read_all(&mut self, id: u32) {
-        let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
-        loop {
-            let Some(conn) = self.conns.get(&id) else {
-                return;
-            };
-            let mut fds = Vec::new();
-            let received = socket::recv(conn.fd.as_fd(), &mut buf, &mut fds);
-            if !fds.is_empty() {
-                // Clients never send descriptors; these are closed as `fds` drops.
-                self.drop_client(id, "sent file descriptors, which clients never do");
-                return;
-            }
-            match received {
-                Ok(Received::Message(n)) => {
-                    if !self.handle_bytes(id, &buf[..n]) {
-                        return;
-                    }
-                }
-                Ok(Received::Closed) => return self.drop_client(id, "connection closed"),
-                Ok(Received::Oversized) => {
-                    return self.drop_client(id, "sent an oversized message");
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return self.drop_client(id, &format!("receive failed: {e}")),
-            }
-        }
-    }
-
-    /// Decodes and handles one message; returns false if the client was dropped.
-    fn handle_bytes(&mut self, id: u32, bytes: &[u8]) -> bool {
-        let msg = match codec::decode_client(bytes) {
-            Ok(m) => m,
-            Err(e) => {
-                self.drop_client(id, &format!("protocol violation: {e}"));
-                return false;
-            }
-        };
-        let greeted = self.state.greeted(id);
-        match (greeted, msg) {
-            (false, ClientMessage::Hello { version, name }) => {
-                let (welcome, keep) = self.state.hello(id, version, name);
-                self.send(welcome);
-                if !keep {
-                    self.flush(id);
-                    self.drop_client(id, "refused at handshake");
-                    return false;
-                }
-            }
-            (false, _) => {
-                self.drop_client(id, "protocol violation: first message was not Hello");
-                return false;
-            }
-            (true, ClientMessage::Hello { .. }) => {
-                self.drop_client(id, "protocol violation: second Hello");
-                return false;
-            }
-            (true, ClientMessage::Request { id: request, body }) => {
-                for out in self.state.request(id, request, body) {
-                    self.send(out);
-                }
-            }
-            (true, ClientMessage::Goodbye) => {
-                self.drop_client(id, "said goodbye");
-                return false;
-            }
-        }
-        self.conns.contains_key(&id)
-    }
-
-    /// Queues a message and tries to send it at once.
-    fn send(&mut self, out: Outgoing) {
-        let Some(conn) = self.conns.get_mut(&out.client) else {
-            return;
-        };
-        let mut buf = [0u8; MAX_MESSAGE_LEN];
-        let bytes = match codec::encode(&out.msg, &mut buf) {
-            Ok(b) => b.to_vec(),
-            Err(e) => {
-                warn!(client = out.client, "cannot encode a reply: {e}");
-                return;
-            }
-        };
-        if conn.outbox.len() >= MAX_OUTBOX {
-            self.drop_client(out.client, "not reading its socket (outbox full)");
-            return;
-        }
-        conn.outbox.push_back((bytes, out.fds));
-        self.flush(out.client);
-    }
-
-    /// Sends queued messages until the socket is full; asks for writability if it is.
-    fn flush(&mut self, id: u32) {
-        let Some(conn) = self.conns.get_mut(&id) else {
-            return;
-        };
-        while let Some((bytes, fds)) = conn.outbox.front() {
-            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            match socket::send_bytes(conn.fd.as_fd(), bytes, &borrowed) {
-                Ok(()) => {
-                    conn.outbox.pop_front();
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    let reason = format!("send failed: {e}");
-                    return self.drop_client(id, &reason);
-                }
-            }
-        }
-        let want_write = !conn.outbox.is_empty();
-        if want_write != conn.writable {
-            let interest = if want_write {
-                Interest::READABLE | Interest::WRITABLE
-            } else {
-                Interest::READABLE
-            };
-            let raw = conn.fd.as_raw_fd();
-            if self
-                .poll
-                .registry()
-                .reregister(&mut SourceFd(&raw), Token(id as usize), interest)
-                .is_ok()
-            {
-                conn.writable = want_write;
-            }
-        }
-    }
-
-    fn drop_client(&mut self, id: u32, reason: &str) {
-        if let Some(conn) = self.conns.remove(&id) {
-            let _ = self
-                .poll
-                .registry()
-                .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
-        }
-        if reason.starts_with("protocol")
-            || reason.contains("oversized")
-            || reason.contains("descriptors")
-        {
-            warn!(client = id, "closing connection: {reason}");
-        }
-        self.state.disconnect(id, reason);
+        result
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::broker::{Broker, BrokerConfig, BrokerError};
+use crate::broker::{Broker, BrokerError};
 
 use super::{BusArg, Exit, Failure, Outcome};
 
@@ -52,20 +52,17 @@ pub fn run(args: Args) -> Outcome {
             ),
         ));
     }
-    let mut config = BrokerConfig::new(socket);
-    config.ring_idle = Duration::from_secs_f64(args.ring_idle);
-    config.limits.evict_after = Duration::from_secs_f64(args.evict_after);
-    config.limits.ring.capacity = args.ring_capacity;
-    config.limits.ring.max_payload = args.max_payload;
-    config
-        .limits
-        .ring
-        .validate()
-        .map_err(|e| Failure::new(Exit::Usage, e))?;
-    let broker = Broker::bind(config).map_err(|e| match e {
-        BrokerError::AlreadyRunning(_) => Failure::error(e),
-        other => Failure::error(other),
-    })?;
+    let broker = Broker::builder()
+        .socket(socket)
+        .ring_idle(Duration::from_secs_f64(args.ring_idle))
+        .evict_after(Duration::from_secs_f64(args.evict_after))
+        .ring_capacity(args.ring_capacity)
+        .max_payload(args.max_payload)
+        .bind()
+        .map_err(|e| match e {
+            BrokerError::Config(_) => Failure::new(Exit::Usage, e),
+            other => Failure::error(other),
+        })?;
     let handle = broker.handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -10,7 +10,6 @@ use hdrhistogram::Histogram;
 
 use crate::WaitStrategy;
 use crate::bench::now_ns;
-use crate::client::{Bus, SubscriberOptions};
 
 use super::{BusArg, Failure, Outcome};
 
@@ -173,7 +172,7 @@ pub fn run(args: Args) -> Outcome {
 
 /// The demo's publisher: a few chat lines, latency probes, a burst, goodbye.
 pub fn publisher(args: ChildArgs) -> Outcome {
-    let bus = Bus::connect_to(&args.bus.address()?)?;
+    let bus = args.bus.connect()?;
     let mut chat = bus.publisher("demo/chat").map_err(Failure::error)?;
     let mut probes = bus.publisher("demo/latency").map_err(Failure::error)?;
     let mut burst = bus.publisher("demo/burst").map_err(Failure::error)?;
@@ -204,13 +203,11 @@ pub fn publisher(args: ChildArgs) -> Outcome {
 
 /// The demo's subscriber: prints chat lines and a summary of the probes and the burst.
 pub fn subscriber(args: ChildArgs) -> Outcome {
-    let bus = Bus::connect_to(&args.bus.address()?)?;
-    let options = SubscriberOptions {
-        wait: WaitStrategy::BusySpin,
-        ..Default::default()
-    };
+    let bus = args.bus.connect()?;
     let mut sub = bus
-        .subscribe_with("demo/**", options)
+        .subscriber("demo/**")
+        .wait(WaitStrategy::BusySpin)
+        .create()
         .map_err(Failure::error)?;
     eprintln!("subscribed demo/**");
     let mut latency =

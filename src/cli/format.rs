@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::client::Sample;
+use crate::Sample;
 
 /// How `sub` prints messages.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -57,7 +57,7 @@ pub fn line(format: Format, sample: &Sample<'_>) -> String {
                     obj.insert("payload_hex".into(), hex.into())
                 }
             };
-            obj.insert("publisher".into(), sample.publisher().into());
+            obj.insert("publisher".into(), sample.publisher().get().into());
             obj.insert("sequence".into(), sample.sequence().into());
             serde_json::Value::Object(obj).to_string()
         }

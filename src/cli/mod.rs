@@ -12,7 +12,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::address::BusAddress;
-use crate::client::{AttachError, ConnectError, RequestError};
+use crate::{AttachError, Bus, ConnectError, RequestError};
 
 /// Exit codes, as the contract fixes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -98,6 +98,11 @@ pub struct BusArg {
 impl BusArg {
     fn address(&self) -> Result<BusAddress, Failure> {
         BusAddress::parse(&self.bus).map_err(|e| Failure::new(Exit::Usage, e))
+    }
+
+    /// Connects to the bus.
+    fn connect(&self) -> Result<Bus, Failure> {
+        Ok(Bus::builder().address(self.address()?).connect()?)
     }
 }
 

@@ -3,8 +3,6 @@
 use std::io::BufRead;
 use std::time::{Duration, Instant};
 
-use crate::client::Bus;
-
 use super::{BusArg, Exit, Failure, Outcome};
 
 /// Arguments of `shmbus pub`.
@@ -36,7 +34,7 @@ pub fn run(args: Args) -> Outcome {
             ));
         }
     };
-    let bus = Bus::connect_to(&args.bus.address()?)?;
+    let bus = args.bus.connect()?;
     let mut publisher = bus.publisher(&args.topic)?;
     let start = Instant::now();
     let mut sent = 0u64;

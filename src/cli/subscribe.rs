@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::client::{Bus, RecvError, SubscriberOptions};
+use crate::{RecvError, RecvTimeoutError};
 
 use super::format::{Format, line};
 use super::{BusArg, Exit, Failure, Outcome};
@@ -45,14 +45,18 @@ pub fn run(args: Args) -> Outcome {
             ));
         }
     };
-    let bus = Bus::connect_to(&args.bus.address()?)?;
-    let options = SubscriberOptions {
-        lossy: args.lossy,
-        history: args.history,
-        ..Default::default()
-    };
-    let mut subscriber = bus.subscribe_all(&[], options)?;
-    for pattern in &args.patterns {
+    let bus = args.bus.connect()?;
+    let (first, rest) = args
+        .patterns
+        .split_first()
+        .ok_or_else(|| Failure::new(Exit::Usage, "give at least one pattern"))?;
+    let mut builder = bus.subscriber(first).history(args.history);
+    if args.lossy {
+        builder = builder.lossy();
+    }
+    let mut subscriber = builder.create()?;
+    eprintln!("subscribed {first}");
+    for pattern in rest {
         subscriber.add_pattern(pattern)?;
         eprintln!("subscribed {pattern}");
     }
@@ -60,36 +64,27 @@ pub fn run(args: Args) -> Outcome {
     let mut out = stdout.lock();
     let mut received = 0u64;
     while args.count.is_none_or(|n| received < n) {
-        let remaining = match deadline {
-            Some(d) => match d.checked_duration_since(Instant::now()) {
-                Some(r) if !r.is_zero() => Some(r),
-                _ => {
-                    return Err(Failure::new(
-                        Exit::Timeout,
-                        timeout_message(received, args.count),
-                    ));
-                }
-            },
-            None => None,
-        };
-        let sample = match remaining {
-            Some(r) => subscriber.recv_timeout(r),
-            None => subscriber.recv().map(Some),
+        let sample = match deadline {
+            Some(d) => subscriber.recv_deadline(d),
+            None => subscriber.recv().map_err(RecvTimeoutError::Failed),
         };
         match sample {
-            Ok(Some(sample)) => {
+            Ok(sample) => {
                 if writeln!(out, "{}", line(args.format, &sample)).is_err() {
                     return Ok(()); // the reader of our stdout went away (e.g. `| head`)
                 }
                 received += 1;
             }
-            Ok(None) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                let message = timeout_message(received, args.count);
+                return Err(Failure::new(Exit::Timeout, message));
+            }
             // Each concerns one topic; the others go on.
-            Err(
+            Err(RecvTimeoutError::Failed(
                 e @ (RecvError::Lagged { .. }
                 | RecvError::Corrupt { .. }
                 | RecvError::Unavailable { .. }),
-            ) => eprintln!("shmbus: {e}"),
+            )) => eprintln!("shmbus: {e}"),
             Err(e) => return Err(Failure::error(e)),
         }
     }

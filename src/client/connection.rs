@@ -1,10 +1,10 @@
-//! The client's side of the control socket: the handshake, requests and their replies, and a
+//! The client's side of the control socket: the handshake, typed calls and their replies, and a
 //! thread that reads everything the broker sends.
 //!
 //! The socket is blocking. Any thread sends (a `SOCK_SEQPACKET` datagram goes out whole, so
-//! senders need no lock); one control thread receives, hands each reply to the thread waiting
-//! for it, and queues ring attachments for their subscriptions, ringing the subscriber's
-//! doorbell so a parked subscriber wakes up to adopt the new ring.
+//! senders need no lock); one control thread receives, hands each reply to the thread waiting for
+//! it, and routes what the broker sends unasked to whom it concerns (ring attachments to their
+//! subscriber).
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -16,104 +16,49 @@ use std::time::Duration;
 use shmbus_shm::{DoorbellTable, Owner};
 use tracing::{debug, warn};
 
+use super::error::{CallError, ConnectError, RequestError};
+use super::pubsub::attachments::{Attachment, AttachmentQueue};
 use crate::address::BusAddress;
-use crate::protocol::socket::{self, Received};
+use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
-    BrokerMessage, ClientMessage, ErrorReply, MAX_MESSAGE_LEN, PROTOCOL_VERSION, Reply, Request,
-    RingAttachment, codec,
+    BrokerMessage, Call, ClientMessage, ErrorReply, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
+    Reply, RequestId, SubscriptionId, Welcome, codec,
 };
-
-use super::error::{ConnectError, RequestError};
 
 /// How long a request waits for its reply before the broker is deemed unresponsive.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How many dropped subscriptions [`Routing::closed`] remembers.
+const CLOSED_MEMORY: usize = 256;
+
 /// A reply with the descriptors it carried.
-pub(crate) type ReplyWithFds = (Result<Reply, ErrorReply>, Vec<OwnedFd>);
+type ReplyWithFds = (Result<Reply, ErrorReply>, Vec<OwnedFd>);
 
-/// What the broker sent a subscription about one matching ring.
-pub(crate) enum Attachment {
-    /// A reader slot on the ring, with the ring's descriptors (data read-only, readers).
-    Ring(RingAttachment, Vec<OwnedFd>),
-    /// The ring the broker could not attach a reader to: the subscription misses `topic`.
-    Unavailable {
-        /// The ring's topic.
-        topic: String,
-        /// Why, from the broker.
-        reason: String,
-    },
-}
-
-/// Attachments waiting for their subscriber to adopt them, and how to wake it.
-pub(crate) struct AttachmentQueue {
-    pending: Mutex<Vec<Attachment>>,
-    /// Whether `pending` may be non-empty: lets the subscriber's poll skip the lock.
-    nonempty: AtomicBool,
-    doorbell: u32,
-}
-
-impl AttachmentQueue {
-    /// An empty queue whose subscriber parks on `doorbell`.
-    pub(crate) fn new(doorbell: u32) -> AttachmentQueue {
-        AttachmentQueue {
-            pending: Mutex::new(Vec::new()),
-            nonempty: AtomicBool::new(false),
-            doorbell,
-        }
-    }
-
-    /// Queues attachments; the caller then rings the doorbell.
-    fn push(&self, items: impl IntoIterator<Item = Attachment>) {
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(items);
-        // Release pairs with the Acquire load in `has_pending`: the items are visible with it.
-        self.nonempty.store(true, Ordering::Release);
-    }
-
-    /// Whether attachments wait (cheap: no lock).
-    pub(crate) fn has_pending(&self) -> bool {
-        self.nonempty.load(Ordering::Acquire)
-    }
-
-    /// Takes every waiting attachment.
-    pub(crate) fn take(&self) -> Vec<Attachment> {
-        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-        // Cleared under the lock, so a concurrent push (which sets it after extending, also under
-        // the lock) is never lost.
-        self.nonempty.store(false, Ordering::Relaxed);
-        std::mem::take(&mut *pending)
-    }
-}
-
+/// Where the control thread sends what it receives.
 #[derive(Default)]
 struct Routing {
-    replies: HashMap<u32, mpsc::Sender<ReplyWithFds>>,
-    subscriptions: HashMap<u32, Arc<AttachmentQueue>>,
+    replies: HashMap<RequestId, mpsc::Sender<ReplyWithFds>>,
+    subscriptions: HashMap<SubscriptionId, Arc<AttachmentQueue>>,
     /// Attachments that arrived before their subscription was registered (the broker sends a
     /// subscription's existing rings before the reply that names it).
-    orphans: HashMap<u32, Vec<Attachment>>,
+    orphans: HashMap<SubscriptionId, Vec<Attachment>>,
     /// Subscriptions recently dropped: attachments still in flight for them are discarded (the
     /// broker frees their slots when it handles the unsubscribe).
-    closed: VecDeque<u32>,
+    closed: VecDeque<SubscriptionId>,
 }
 
 impl Routing {
     /// Hands `item` to subscription `sub` and wakes its subscriber; keeps it for a subscription
     /// not registered yet, drops it for one recently closed.
-    fn route(&mut self, sub: u32, item: Attachment, doorbells: &DoorbellTable) {
+    fn route(&mut self, sub: SubscriptionId, item: Attachment, doorbells: &DoorbellTable) {
         if let Some(queue) = self.subscriptions.get(&sub) {
             queue.push([item]);
-            doorbells.ring(queue.doorbell);
+            doorbells.ring(queue.doorbell());
         } else if !self.closed.contains(&sub) {
             self.orphans.entry(sub).or_default().push(item);
         }
     }
 }
-
-/// How many dropped subscriptions [`Routing::closed`] remembers.
-const CLOSED_MEMORY: usize = 256;
 
 /// What the handshake established.
 pub(crate) struct Session {
@@ -151,7 +96,7 @@ impl Connection {
             .ok_or_else(|| ConnectError::RemoteUnsupported {
                 address: address.to_string(),
             })?;
-        let sock = socket::connect(path).map_err(|source| ConnectError::Unreachable {
+        let sock = seqpacket::connect(path).map_err(|source| ConnectError::Unreachable {
             address: address.to_string(),
             source,
         })?;
@@ -159,24 +104,15 @@ impl Connection {
             address: address.to_string(),
             detail,
         };
-        let hello = ClientMessage::Hello {
+        let hello = ClientMessage::Hello(Hello {
             version: PROTOCOL_VERSION,
             name: truncate_at_char(name, 64).to_string(),
-        };
-        socket::send(sock.as_fd(), &hello, &[])
+        });
+        seqpacket::send(sock.as_fd(), &hello, &[])
             .map_err(|e| protocol(format!("send hello: {e}")))?;
         let (msg, mut fds) = recv_one(&sock).map_err(protocol)?;
-        let (owner, max_payload, doorbells) = match msg {
-            BrokerMessage::Welcome {
-                owner, max_payload, ..
-            } => {
-                let owner = Owner::new(owner).ok_or_else(|| protocol("owner token 0".into()))?;
-                let fd = fds
-                    .pop()
-                    .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
-                let doorbells = DoorbellTable::open(fd).map_err(ConnectError::Shm)?;
-                (owner, max_payload, doorbells)
-            }
+        let welcome: Welcome = match msg {
+            BrokerMessage::Welcome(w) => w,
             BrokerMessage::Refused(e) => {
                 return Err(ConnectError::Refused {
                     address: address.to_string(),
@@ -185,6 +121,11 @@ impl Connection {
             }
             other => return Err(protocol(format!("expected Welcome, got {other:?}"))),
         };
+        let owner = Owner::new(welcome.owner).ok_or_else(|| protocol("owner token 0".into()))?;
+        let fd = fds
+            .pop()
+            .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
+        let doorbells = DoorbellTable::open(fd).map_err(ConnectError::Shm)?;
         let conn = Arc::new(Connection {
             sock,
             routing: Mutex::new(Routing::default()),
@@ -200,7 +141,7 @@ impl Connection {
             .map_err(|e| protocol(format!("start control thread: {e}")))?;
         let session = Session {
             owner,
-            max_payload,
+            max_payload: welcome.max_payload,
             doorbells,
             control,
         };
@@ -217,43 +158,61 @@ impl Connection {
         self.alive.load(Ordering::Acquire)
     }
 
-    /// Sends a request and waits for its reply.
-    pub(crate) fn request(&self, body: Request) -> Result<ReplyWithFds, RequestError> {
+    fn next_id(&self) -> RequestId {
+        RequestId::from_raw(self.next_id.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Sends a request and waits for its reply, which must be of the kind the request calls for.
+    pub(crate) fn call<C: Call>(&self, request: C) -> Result<(C::Reply, Vec<OwnedFd>), CallError> {
+        let gone = || CallError::Request(RequestError::BrokerGone);
         if !self.is_alive() {
-            return Err(RequestError::BrokerGone);
+            return Err(gone());
         }
-        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let id = self.next_id();
         let (tx, rx) = mpsc::channel();
         lock(&self.routing).replies.insert(id, tx);
-        if let Err(e) = socket::send(self.sock.as_fd(), &ClientMessage::Request { id, body }, &[]) {
+        let msg = ClientMessage::Request {
+            id,
+            body: request.into_request(),
+        };
+        if let Err(e) = seqpacket::send(self.sock.as_fd(), &msg, &[]) {
             lock(&self.routing).replies.remove(&id);
             debug!("request not sent: {e}");
             // The socket is broken: the broker is gone, whether or not the control thread has
             // noticed yet.
             self.alive.store(false, Ordering::Release);
-            return Err(RequestError::BrokerGone);
+            return Err(gone());
         }
-        match rx.recv_timeout(REPLY_TIMEOUT) {
-            Ok(reply) => Ok(reply),
-            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::BrokerGone),
+        let (result, fds) = match rx.recv_timeout(REPLY_TIMEOUT) {
+            Ok(answer) => answer,
+            Err(mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 lock(&self.routing).replies.remove(&id);
-                Err(RequestError::Timeout)
+                return Err(CallError::Request(RequestError::Timeout));
             }
+        };
+        match C::reply(result.map_err(CallError::Refused)?) {
+            Ok(reply) => Ok((reply, fds)),
+            Err(other) => Err(CallError::Request(RequestError::Protocol {
+                detail: format!("unexpected reply {other:?}"),
+            })),
         }
     }
 
     /// Sends a request whose reply nobody waits for (releasing something on drop).
-    pub(crate) fn notify(&self, body: Request) {
+    pub(crate) fn notify<C: Call>(&self, request: C) {
         if self.is_alive() {
-            let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+            let msg = ClientMessage::Request {
+                id: self.next_id(),
+                body: request.into_request(),
+            };
             // Best effort: if the broker is gone, it has released everything anyway.
-            let _ = socket::send(self.sock.as_fd(), &ClientMessage::Request { id, body }, &[]);
+            let _ = seqpacket::send(self.sock.as_fd(), &msg, &[]);
         }
     }
 
     /// Routes subscription `id`'s attachments to `queue`, starting with any that came first.
-    pub(crate) fn register_subscription(&self, id: u32, queue: Arc<AttachmentQueue>) {
+    pub(crate) fn register_subscription(&self, id: SubscriptionId, queue: Arc<AttachmentQueue>) {
         let mut routing = lock(&self.routing);
         if let Some(early) = routing.orphans.remove(&id) {
             queue.push(early);
@@ -262,7 +221,7 @@ impl Connection {
     }
 
     /// Forgets subscription `id`.
-    pub(crate) fn unregister_subscription(&self, id: u32) {
+    pub(crate) fn unregister_subscription(&self, id: SubscriptionId) {
         let mut routing = lock(&self.routing);
         routing.subscriptions.remove(&id);
         routing.orphans.remove(&id);
@@ -275,7 +234,7 @@ impl Connection {
     /// Says goodbye and closes the socket; the control thread then exits.
     pub(crate) fn close(&self) {
         if self.alive.swap(false, Ordering::AcqRel) {
-            let _ = socket::send(self.sock.as_fd(), &ClientMessage::Goodbye, &[]);
+            let _ = seqpacket::send(self.sock.as_fd(), &ClientMessage::Goodbye, &[]);
         }
         let _ = nix::sys::socket::shutdown(
             std::os::fd::AsRawFd::as_raw_fd(&self.sock),
@@ -314,7 +273,7 @@ impl Connection {
                     let item = Attachment::Unavailable { topic, reason };
                     routing.route(subscription, item, doorbells);
                 }
-                other => {
+                other @ (BrokerMessage::Welcome(_) | BrokerMessage::Refused(_)) => {
                     warn!(address = %self.address, "unexpected message from the broker: {other:?}");
                     self.alive.store(false, Ordering::Release);
                     break;
@@ -326,7 +285,7 @@ impl Connection {
         let mut routing = lock(&self.routing);
         routing.replies.clear();
         for queue in routing.subscriptions.values() {
-            doorbells.ring(queue.doorbell);
+            doorbells.ring(queue.doorbell());
         }
     }
 }
@@ -345,7 +304,7 @@ fn recv_one(sock: &OwnedFd) -> Result<(BrokerMessage, Vec<OwnedFd>), String> {
     let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
     loop {
         let mut fds = Vec::new();
-        return match socket::recv(sock.as_fd(), &mut buf, &mut fds) {
+        return match seqpacket::recv(sock.as_fd(), &mut buf, &mut fds) {
             Ok(Received::Message(n)) => match codec::decode_broker(&buf[..n]) {
                 Ok(msg) => Ok((msg, fds)),
                 Err(e) => Err(format!("malformed message: {e}")),

@@ -1,4 +1,5 @@
-//! Client errors: one enum per operation, each message naming the topic or address at fault.
+//! Errors of connecting and attaching, each message naming the topic or address at fault. The
+//! errors of publishing and receiving are in `pubsub::error`.
 
 use std::io;
 
@@ -52,8 +53,8 @@ pub enum ConnectError {
     Embedded(#[source] crate::broker::BrokerError),
 }
 
-/// Why a request to the broker got no answer.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+/// Why a request to the broker got no usable answer.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 #[non_exhaustive]
 pub enum RequestError {
     /// The broker closed the connection or died.
@@ -62,6 +63,12 @@ pub enum RequestError {
     /// The broker did not answer in time.
     #[error("the broker did not answer")]
     Timeout,
+    /// The broker answered with something other than the reply the request calls for.
+    #[error("the broker's answer made no sense: {detail}")]
+    Protocol {
+        /// What was wrong with it.
+        detail: String,
+    },
 }
 
 /// Why creating a publisher or subscriber failed.
@@ -100,101 +107,32 @@ pub enum AttachError {
     },
 }
 
+/// How a call to the broker failed: no usable answer, or a refusal.
+#[derive(Debug)]
+pub(crate) enum CallError {
+    Request(RequestError),
+    Refused(ErrorReply),
+}
+
 impl AttachError {
-    pub(crate) fn refused(topic: &str, e: ErrorReply) -> AttachError {
-        AttachError::Refused {
-            topic: topic.to_string(),
-            code: e.code,
-            message: e.message,
+    /// The error for `topic` when attaching failed at the broker.
+    pub(crate) fn call(topic: &str, e: CallError) -> AttachError {
+        let topic = topic.to_string();
+        match e {
+            CallError::Request(source) => AttachError::Broker { topic, source },
+            CallError::Refused(e) => AttachError::Refused {
+                topic,
+                code: e.code,
+                message: e.message,
+            },
         }
     }
 
+    /// The error for `topic` when its shared memory failed.
     pub(crate) fn shm(topic: &str, e: impl std::fmt::Display) -> AttachError {
         AttachError::Shm {
             topic: topic.to_string(),
             detail: e.to_string(),
         }
     }
-}
-
-/// Why a message was not published. Nothing was written to the ring.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-#[non_exhaustive]
-pub enum PublishError {
-    /// The payload exceeds the ring's largest payload.
-    #[error("topic {topic:?}: payload of {len} bytes exceeds the limit of {max} bytes")]
-    TooLarge {
-        /// The topic.
-        topic: String,
-        /// Payload length.
-        len: usize,
-        /// The limit.
-        max: usize,
-    },
-    /// The ring is full (`try_` variants only): a tethered subscriber has not caught up.
-    #[error("topic {topic:?}: ring full, a subscriber has not caught up")]
-    Full {
-        /// The topic.
-        topic: String,
-    },
-    /// The ring stayed full until the timeout.
-    #[error("topic {topic:?}: ring still full when the timeout passed")]
-    Timeout {
-        /// The topic.
-        topic: String,
-    },
-    /// The message could not be serialized (typed publishers).
-    #[error("topic {topic:?}: cannot serialize the message: {detail}")]
-    Serialize {
-        /// The topic.
-        topic: String,
-        /// The serializer's error.
-        detail: String,
-    },
-}
-
-/// Why a receive returned no message.
-#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
-#[non_exhaustive]
-pub enum RecvError {
-    /// Messages on `topic` were overwritten before this subscriber read them (a lossy
-    /// subscriber overrun, or a stalled one that the broker evicted). Receiving goes on.
-    #[error("topic {topic:?}: {missed} messages were lost before they were read")]
-    Lagged {
-        /// The ring's topic.
-        topic: String,
-        /// How many.
-        missed: u64,
-    },
-    /// The ring for `topic` holds a frame that breaks the layout rules; this subscriber stops
-    /// reading that ring.
-    #[error("topic {topic:?}: {detail}; no longer reading this topic")]
-    Corrupt {
-        /// The ring's topic.
-        topic: String,
-        /// What is wrong.
-        detail: String,
-    },
-    /// A ring for `topic` matches the subscription but cannot be read (the broker found no free
-    /// reader slot on it, or its memory could not be mapped): this subscriber does not receive
-    /// that topic's messages. Reported once; receiving goes on with the other topics.
-    #[error("topic {topic:?} matches but cannot be read: {detail}")]
-    Unavailable {
-        /// The ring's topic.
-        topic: String,
-        /// Why.
-        detail: String,
-    },
-    /// A typed message failed validation (it is skipped; receiving goes on).
-    #[error(
-        "topic {topic:?}: message {sequence} is not a valid archive of the expected type: {detail}"
-    )]
-    Invalid {
-        /// The ring's topic.
-        topic: String,
-        /// The message's sequence number.
-        sequence: u64,
-        /// The validator's error.
-        detail: String,
-    },
 }

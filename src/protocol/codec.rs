@@ -67,8 +67,8 @@ fn limit(what: &str, value: &str, max: usize) -> Result<(), DecodeError> {
 /// bad one with an error naming it; here only structure and sizes are judged.
 pub fn decode_client(bytes: &[u8]) -> Result<ClientMessage, DecodeError> {
     let msg: ClientMessage = decode(bytes)?;
-    if let ClientMessage::Hello { name, .. } = &msg {
-        limit("client name", name, MAX_NAME_LEN)?;
+    if let ClientMessage::Hello(hello) = &msg {
+        limit("client name", &hello.name, MAX_NAME_LEN)?;
     }
     Ok(msg)
 }
@@ -85,7 +85,7 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
             limit("topic", topic, crate::topic::MAX_TOPIC_LEN)?;
             limit("error message", &error.message, MAX_ERROR_LEN)?;
         }
-        BrokerMessage::Welcome { .. } | BrokerMessage::Reply { result: Ok(_), .. } => {}
+        BrokerMessage::Welcome(_) | BrokerMessage::Reply { result: Ok(_), .. } => {}
     }
     Ok(msg)
 }
@@ -93,7 +93,14 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{ErrorCode, ErrorReply, ReaderMode, Reply, Request, RingAttachment};
+    use crate::protocol::pubsub::{
+        Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
+    };
+    use crate::protocol::{
+        ClientId, ErrorCode, ErrorReply, Hello, PublisherId, Reply, Request, RequestId, RingId,
+        SubscriptionId, Welcome,
+    };
+    use shmbus_shm::ReaderMode;
 
     fn round_trip_client(msg: ClientMessage) {
         let mut buf = [0; MAX_MESSAGE_LEN];
@@ -110,74 +117,74 @@ mod tests {
         }
     }
 
+    fn hello(name: String) -> ClientMessage {
+        ClientMessage::Hello(Hello { version: 1, name })
+    }
+
     #[test]
     fn client_messages_round_trip_and_reject_truncation() {
-        round_trip_client(ClientMessage::Hello {
-            version: 1,
-            name: "demo".into(),
-        });
+        round_trip_client(hello("demo".into()));
         round_trip_client(ClientMessage::Goodbye);
         for body in [
-            Request::Publish {
+            Request::Publish(Publish {
                 topic: "a/b".into(),
                 max_payload: 4096,
-            },
-            Request::Unpublish { publisher: 3 },
-            Request::Subscribe {
+            }),
+            Request::Unpublish(Unpublish {
+                publisher: PublisherId::from_raw(3),
+            }),
+            Request::Subscribe(Subscribe {
                 pattern: "a/**".into(),
                 mode: ReaderMode::Lossy,
                 history: 5,
                 doorbell: 2,
-            },
-            Request::Unsubscribe { subscription: 9 },
+            }),
+            Request::Unsubscribe(Unsubscribe {
+                subscription: SubscriptionId::from_raw(9),
+            }),
         ] {
-            round_trip_client(ClientMessage::Request { id: 77, body });
+            round_trip_client(ClientMessage::Request {
+                id: RequestId::from_raw(77),
+                body,
+            });
         }
     }
 
     #[test]
     fn broker_messages_round_trip() {
         let mut buf = [0; MAX_MESSAGE_LEN];
+        let reply = |result| BrokerMessage::Reply {
+            id: RequestId::from_raw(1),
+            result,
+        };
         for msg in [
-            BrokerMessage::Welcome {
+            BrokerMessage::Welcome(Welcome {
                 version: 1,
-                client: 2,
+                client: ClientId::from_raw(2),
                 owner: 3,
                 max_payload: 4,
-            },
+            }),
             BrokerMessage::Refused(ErrorReply {
                 code: ErrorCode::Version,
                 message: "no".into(),
             }),
-            BrokerMessage::Reply {
-                id: 1,
-                result: Ok(Reply::Publishing {
-                    publisher: 5,
-                    ring: 6,
-                }),
-            },
-            BrokerMessage::Reply {
-                id: 1,
-                result: Ok(Reply::Subscribed {
-                    subscription: 5,
-                    rings: 0,
-                }),
-            },
-            BrokerMessage::Reply {
-                id: 1,
-                result: Ok(Reply::Done),
-            },
-            BrokerMessage::Reply {
-                id: 2,
-                result: Err(ErrorReply {
-                    code: ErrorCode::InvalidTopic,
-                    message: "bad".into(),
-                }),
-            },
+            reply(Ok(Reply::Publishing(Publishing {
+                publisher: PublisherId::from_raw(5),
+                ring: RingId::from_raw(6),
+            }))),
+            reply(Ok(Reply::Subscribed(Subscribed {
+                subscription: SubscriptionId::from_raw(5),
+                rings: 0,
+            }))),
+            reply(Ok(Reply::Done)),
+            reply(Err(ErrorReply {
+                code: ErrorCode::InvalidTopic,
+                message: "bad".into(),
+            })),
             BrokerMessage::RingAttached(RingAttachment {
-                subscription: 1,
+                subscription: SubscriptionId::from_raw(1),
                 topic: "x".into(),
-                ring: 2,
+                ring: RingId::from_raw(2),
                 slot: 3,
                 owner: 8,
                 position: 4,
@@ -192,19 +199,13 @@ mod tests {
     #[test]
     fn limits_are_enforced() {
         let mut buf = [0; MAX_MESSAGE_LEN];
-        let long_name = ClientMessage::Hello {
-            version: 1,
-            name: "n".repeat(MAX_NAME_LEN + 1),
-        };
+        let long_name = hello("n".repeat(MAX_NAME_LEN + 1));
         let bytes = encode(&long_name, &mut buf).unwrap().to_vec();
         assert!(matches!(
             decode_client(&bytes),
             Err(DecodeError::Invalid(_))
         ));
-        let huge = ClientMessage::Hello {
-            version: 1,
-            name: "n".repeat(MAX_MESSAGE_LEN),
-        };
+        let huge = hello("n".repeat(MAX_MESSAGE_LEN));
         assert_eq!(encode(&huge, &mut buf), Err(EncodeError::TooLong));
         assert_eq!(
             decode_client(&[0; MAX_MESSAGE_LEN + 1]),

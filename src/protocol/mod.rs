@@ -1,10 +1,16 @@
 //! The control protocol between clients and the broker.
 //!
-//! Messages travel over a Unix `SOCK_SEQPACKET` socket: one datagram per message (so message
-//! boundaries come from the kernel), file descriptors alongside (`SCM_RIGHTS`). Each message is
-//! one [`ClientMessage`] or [`BrokerMessage`] encoded with postcard, at most
+//! Messages travel over a Unix `SOCK_SEQPACKET` socket ([`seqpacket`]): one datagram per message
+//! (so message boundaries come from the kernel), file descriptors alongside (`SCM_RIGHTS`). Each
+//! message is one [`ClientMessage`] or [`BrokerMessage`] encoded with postcard, at most
 //! [`MAX_MESSAGE_LEN`] bytes. The full description, with the order of messages and which ones
 //! carry descriptors, is `docs/PROTOCOL.md`.
+//!
+//! This module holds the envelope (handshake, requests and replies, errors) and the ids; each
+//! messaging pattern has its own module with its requests, their replies and what the broker
+//! sends unasked ([`pubsub`]). Every request type names its reply type through [`Call`], so a
+//! client asks `call(Subscribe { .. })` and gets a [`Subscribed`] back, or a protocol error —
+//! never a reply of the wrong kind to sort out.
 //!
 //! Nothing here trusts the peer: [`codec`] decodes with a hard size limit, rejects trailing bytes
 //! and checks the length limits of names, topics and error texts (postcard itself rejects unknown
@@ -13,9 +19,14 @@
 //! receiver's.
 
 pub mod codec;
-pub mod socket;
+mod ids;
+pub mod pubsub;
+pub mod seqpacket;
 
 use serde::{Deserialize, Serialize};
+
+pub use ids::{ClientId, PublisherId, RequestId, RingId, SubscriptionId};
+use pubsub::{Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe};
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
@@ -37,16 +48,11 @@ pub const MAX_ERROR_LEN: usize = 1024;
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ClientMessage {
     /// First message of every connection.
-    Hello {
-        /// [`PROTOCOL_VERSION`] of the client.
-        version: u16,
-        /// Free-form name for logs and `shmbus stat` (at most [`MAX_NAME_LEN`] bytes).
-        name: String,
-    },
+    Hello(Hello),
     /// A request; the broker answers with [`BrokerMessage::Reply`] carrying the same `id`.
     Request {
         /// Chosen by the client to match the reply.
-        id: u32,
+        id: RequestId,
         /// What is asked.
         body: Request,
     },
@@ -54,75 +60,63 @@ pub enum ClientMessage {
     Goodbye,
 }
 
-/// What a client can ask of the broker.
+/// The handshake's first message.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Request {
-    /// Publish on `topic`: the ring is created if needed. Answered with
-    /// [`Reply::Publishing`], carrying the ring's data (read-write) and readers descriptors.
-    Publish {
-        /// The topic, exactly as subscribers will see it.
-        topic: String,
-        /// Largest payload the publisher will write; refused if the ring's is smaller.
-        max_payload: u32,
-    },
-    /// Stop publishing with a publisher id from [`Reply::Publishing`].
-    Unpublish {
-        /// The publisher.
-        publisher: u32,
-    },
-    /// Subscribe to every ring whose topic overlaps `pattern`, now and later. The broker
-    /// attaches a reader for the client to each such ring before telling it — so nothing
-    /// published after the reply is missed — and sends one [`BrokerMessage::RingAttached`] per
-    /// ring: those for existing rings before the reply, the others as rings appear.
-    Subscribe {
-        /// Topic pattern (wildcards allowed).
-        pattern: String,
-        /// Tethered or lossy.
-        mode: ReaderMode,
-        /// Deliver the last `history` messages of each ring too.
-        history: u32,
-        /// Index of the doorbell (claimed by the client in the bus's table) its readers park on.
-        doorbell: u32,
-    },
-    /// End a subscription.
-    Unsubscribe {
-        /// The subscription id from [`Reply::Subscribed`].
-        subscription: u32,
-    },
+pub struct Hello {
+    /// [`PROTOCOL_VERSION`] of the client.
+    pub version: u16,
+    /// Free-form name for logs and `shmbus stat` (at most [`MAX_NAME_LEN`] bytes).
+    pub name: String,
 }
 
-/// Reader modes, as in `shmbus_shm::ReaderMode`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum ReaderMode {
-    /// Holds publishers back until read.
-    Tethered,
-    /// Never holds publishers back.
-    Lossy,
+/// What a client can ask of the broker, one variant per request type of every pattern.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Request {
+    /// See [`Publish`].
+    Publish(Publish),
+    /// See [`Unpublish`].
+    Unpublish(Unpublish),
+    /// See [`Subscribe`].
+    Subscribe(Subscribe),
+    /// See [`Unsubscribe`].
+    Unsubscribe(Unsubscribe),
+}
+
+/// Successful replies, one variant per reply type.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// To [`Publish`]; carries the ring's data and readers descriptors.
+    Publishing(Publishing),
+    /// To [`Subscribe`].
+    Subscribed(Subscribed),
+    /// To requests with nothing to report.
+    Done,
+}
+
+/// A request type and the reply it is answered with.
+pub trait Call {
+    /// What a successful answer carries.
+    type Reply;
+
+    /// The request as sent.
+    fn into_request(self) -> Request;
+
+    /// The typed answer, or `reply` back if it is not of this request's kind.
+    fn reply(reply: Reply) -> Result<Self::Reply, Reply>;
 }
 
 /// A message from the broker to a client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BrokerMessage {
-    /// Answer to [`ClientMessage::Hello`]; carries the bus's doorbell table descriptor.
-    Welcome {
-        /// The broker's [`PROTOCOL_VERSION`].
-        version: u16,
-        /// The client's id on this broker.
-        client: u32,
-        /// Token the client must use as owner of the publisher slots and doorbells it claims (see
-        /// `shmbus_shm::Owner`). Reader slots the broker reserves carry their own token (see
-        /// [`RingAttachment::owner`]). The broker frees everything of this client when it goes.
-        owner: u64,
-        /// Largest payload of rings this broker creates.
-        max_payload: u32,
-    },
+    /// Answer to [`Hello`]; carries the bus's doorbell table descriptor.
+    Welcome(Welcome),
     /// The broker will not talk to this client (a protocol version it does not speak, or it
     /// could not set the client up); it closes the connection after sending this.
     Refused(ErrorReply),
     /// Answer to [`ClientMessage::Request`].
     Reply {
         /// The request's id.
-        id: u32,
+        id: RequestId,
         /// Its outcome.
         result: Result<Reply, ErrorReply>,
     },
@@ -134,7 +128,7 @@ pub enum BrokerMessage {
     /// that topic's messages. Sent instead of [`BrokerMessage::RingAttached`].
     RingUnavailable {
         /// The subscription that misses the ring.
-        subscription: u32,
+        subscription: SubscriptionId,
         /// The ring's topic.
         topic: String,
         /// Why (`Exhausted` for no free reader slot, `Internal` otherwise).
@@ -142,44 +136,19 @@ pub enum BrokerMessage {
     },
 }
 
-/// A reader the broker attached for a subscription.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RingAttachment {
-    /// The subscription.
-    pub subscription: u32,
-    /// The ring's topic, as its publishers wrote it.
-    pub topic: String,
-    /// The ring's id (as in its segment headers).
-    pub ring: u64,
-    /// The reader slot reserved for the client.
-    pub slot: u32,
-    /// The owner token the slot is held under (the client adopts it with this token).
+/// The answer to [`Hello`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// The broker's [`PROTOCOL_VERSION`].
+    pub version: u16,
+    /// The client's id on this broker.
+    pub client: ClientId,
+    /// Token the client must use as owner of the publisher slots and doorbells it claims (see
+    /// `shmbus_shm::Owner`). Reader slots the broker reserves carry their own token (see
+    /// [`RingAttachment::owner`]). The broker frees everything of this client when it goes.
     pub owner: u64,
-    /// Ring position where the reader was joined.
-    pub position: u64,
-    /// Sequence number expected there.
-    pub sequence: u64,
-}
-
-/// Successful replies.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Reply {
-    /// To [`Request::Publish`]; carries the ring's data and readers descriptors.
-    Publishing {
-        /// Bus-wide id of the new publisher, to be stamped on its frames.
-        publisher: u32,
-        /// The ring's id.
-        ring: u64,
-    },
-    /// To [`Request::Subscribe`]; `rings` attachments were sent before it.
-    Subscribed {
-        /// The subscription's id.
-        subscription: u32,
-        /// How many rings it was attached to before this reply.
-        rings: u32,
-    },
-    /// To requests with nothing to report.
-    Done,
+    /// Largest payload of rings this broker creates.
+    pub max_payload: u32,
 }
 
 /// Why a request failed.

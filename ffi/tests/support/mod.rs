@@ -27,7 +27,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
 
-use shmbus::broker::{Broker, BrokerConfig, BrokerHandle};
+use shmbus::{Broker, BrokerHandle};
 
 pub use process::{PATIENCE, Proc, TestDir};
 
@@ -110,7 +110,10 @@ impl TestBroker {
     pub fn start() -> TestBroker {
         let dir = TestDir::new();
         let socket = dir.path.join("bus.sock");
-        let broker = Broker::bind(BrokerConfig::new(&socket)).expect("bind the broker");
+        let broker = Broker::builder()
+            .socket(&socket)
+            .bind()
+            .expect("bind the broker");
         let handle = broker.handle();
         let thread = std::thread::Builder::new()
             .name("broker".into())

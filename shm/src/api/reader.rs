@@ -1,0 +1,614 @@
+//! Reading: [`Reader`], the [`Frame`]s it lends, and the [`OwnedFrame`]s they become.
+//!
+//! # Owned frames
+//!
+//! A [`Frame`] borrows its reader: the fastest path, and the frame is given back when it drops.
+//! [`Frame::detach`] turns it into an [`OwnedFrame`] that borrows nothing, can move to another
+//! thread, and gives the frame back when it drops, in any order. The reader keeps a queue of the
+//! frames it lent out in place: its tether (what it tells writers they may overwrite) never passes
+//! the oldest one not given back, so an owned frame's bytes stay put while it lives. Dropping one
+//! sets its flag in the queue (`SYNC(give-back)`: a Release store); the reader collects flags from
+//! the front of the queue at its next poll and moves the tether up. A reader lends at most
+//! [`ReaderOptions::max_held`] frames this way; at the limit a read fails with
+//! [`ReadError::HeldLimit`] until some are dropped.
+//!
+//! The queue and the reader slot live in a lease that the reader and its owned frames share: the
+//! slot is freed when the last of them drops, so a frame outlives its reader safely.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::api::doorbell::Doorbell;
+use crate::api::error::{ReadError, ReadTimeoutError};
+use crate::api::ring::RingShared;
+use crate::api::wait::{Deadline, Idle, WaitStrategy, Waiter};
+use crate::protocol::frame::FrameHeader;
+use crate::protocol::layout::FRAME_HEADER_LEN;
+use crate::protocol::memory::CopyBuf;
+use crate::protocol::read::{self, FrameView, Poll, ReaderCore};
+
+/// Longest sleep of a reader whose park could not be ordered against writers, or that waits for
+/// owned frames to come back from other threads.
+const RECHECK: Duration = Duration::from_millis(1);
+
+/// Owned frames a reader lends at most, by default.
+pub const DEFAULT_MAX_HELD: u32 = 16;
+
+/// Whether a reader holds writers back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ReaderMode {
+    /// Writers never overwrite what this reader has not read: nothing is lost, frames are read in
+    /// place (zero copy), and a reader that stops reading eventually blocks writers (until the
+    /// broker evicts it).
+    #[default]
+    Tethered,
+    /// Writers never wait for this reader; when they lap it, it gets [`ReadError::Lagged`] and
+    /// resumes at the oldest frame still held. Frames are copied out and checked, so a read that
+    /// raced with an overwrite is never handed out.
+    Lossy,
+}
+
+/// How to attach a reader: tethered, no history, [`DEFAULT_MAX_HELD`] owned frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReaderOptions {
+    mode: ReaderMode,
+    history: u64,
+    max_held: u32,
+}
+
+impl Default for ReaderOptions {
+    fn default() -> Self {
+        ReaderOptions {
+            mode: ReaderMode::Tethered,
+            history: 0,
+            max_held: DEFAULT_MAX_HELD,
+        }
+    }
+}
+
+impl ReaderOptions {
+    /// Tethered (default) or lossy.
+    pub fn mode(self, mode: ReaderMode) -> Self {
+        ReaderOptions { mode, ..self }
+    }
+
+    /// Also deliver the last `n` frames committed before attaching, as far as the ring still
+    /// holds them (default 0: only what is committed after attaching).
+    pub fn history(self, n: u64) -> Self {
+        ReaderOptions { history: n, ..self }
+    }
+
+    /// Lend at most `n` (at least 1) owned frames at once (see [`Frame::detach`]).
+    pub fn max_held(self, n: u32) -> Self {
+        ReaderOptions {
+            max_held: n.max(1),
+            ..self
+        }
+    }
+
+    /// The mode.
+    pub fn reader_mode(&self) -> ReaderMode {
+        self.mode
+    }
+
+    pub(crate) fn history_len(&self) -> u64 {
+        self.history
+    }
+}
+
+/// What a reader and the frames it lent out share: the reader slot (freed when the last of them
+/// drops), the flags of the frames given back, and the reader's label.
+pub(crate) struct ReaderLease<L> {
+    ring: Arc<RingShared>,
+    slot: u32,
+    /// `given_back[k % len]` is set when owned frame `k` drops. Only the reader clears a flag,
+    /// when it lends the entry out again.
+    given_back: Box<[AtomicBool]>,
+    label: L,
+}
+
+impl<L> Drop for ReaderLease<L> {
+    fn drop(&mut self) {
+        read::detach(&self.ring.mem, self.slot);
+    }
+}
+
+/// The reader's side of the lent-out queue: start positions of frames lent out in place, oldest
+/// first, as a ring of absolute indices `head..tail` (entries `k % len`).
+#[derive(Debug)]
+struct Lent {
+    starts: Box<[u64]>,
+    head: u64,
+    tail: u64,
+}
+
+impl Lent {
+    fn new(max: u32) -> Lent {
+        Lent {
+            starts: vec![0; max as usize].into_boxed_slice(),
+            head: 0,
+            tail: 0,
+        }
+    }
+
+    #[inline]
+    fn is_empty(&self) -> bool {
+        self.head == self.tail
+    }
+
+    fn is_full(&self) -> bool {
+        self.tail - self.head == self.starts.len() as u64
+    }
+
+    fn entry(&self, k: u64) -> usize {
+        (k % self.starts.len() as u64) as usize
+    }
+
+    /// Where the tether must stay: the start of the oldest frame out, or `u64::MAX`.
+    fn oldest(&self) -> u64 {
+        if self.is_empty() {
+            u64::MAX
+        } else {
+            self.starts[self.entry(self.head)]
+        }
+    }
+}
+
+/// Reads every frame of one ring, in order, from the moment it attached. `L` is a label the
+/// reader carries for its user (the subscriber's topic, say), which its frames show too.
+pub struct Reader<L = ()> {
+    lease: Arc<ReaderLease<L>>,
+    core: ReaderCore,
+    buf: CopyBuf,
+    doorbell: Arc<Doorbell>,
+    lent: Lent,
+    /// The frame in `view` was found by [`Reader::poll_ready`] and is not consumed yet: either
+    /// waiting for [`Reader::take_ready`] or lent out as the live [`Frame`].
+    ready: bool,
+    /// The frame found last. It stays here while lent, so a [`Frame`] is one pointer wide and
+    /// handing it out moves no bytes.
+    view: FrameView,
+}
+
+impl<L> std::fmt::Debug for Reader<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader")
+            .field("slot", &self.core.slot)
+            .field("lent", &(self.lent.tail - self.lent.head))
+            .finish()
+    }
+}
+
+impl<L> Reader<L> {
+    pub(crate) fn new(
+        ring: Arc<RingShared>,
+        core: ReaderCore,
+        doorbell: Arc<Doorbell>,
+        options: &ReaderOptions,
+        label: L,
+    ) -> Reader<L> {
+        let given_back = (0..options.max_held)
+            .map(|_| AtomicBool::new(false))
+            .collect();
+        Reader {
+            lease: Arc::new(ReaderLease {
+                ring,
+                slot: core.slot,
+                given_back,
+                label,
+            }),
+            core,
+            buf: CopyBuf::default(),
+            doorbell,
+            lent: Lent::new(options.max_held),
+            ready: false,
+            view: FrameView::default(),
+        }
+    }
+
+    fn shared(&self) -> &RingShared {
+        &self.lease.ring
+    }
+
+    /// The slot this reader occupies in the ring.
+    pub fn slot(&self) -> u32 {
+        self.core.slot
+    }
+
+    /// The sequence number of the next claim this reader expects.
+    pub fn next_sequence(&self) -> u64 {
+        self.core.next_seq()
+    }
+
+    /// A handle to the ring this reader reads.
+    pub fn ring(&self) -> crate::Ring {
+        crate::Ring {
+            shared: Arc::clone(&self.lease.ring),
+        }
+    }
+
+    /// The label given when the reader was attached.
+    pub fn label(&self) -> &L {
+        &self.lease.label
+    }
+
+    /// Owned frames lent out and not known to be given back yet.
+    pub fn lent(&self) -> u32 {
+        (self.lent.tail - self.lent.head) as u32
+    }
+
+    pub(crate) fn doorbell(&self) -> &Arc<Doorbell> {
+        &self.doorbell
+    }
+
+    /// Looks for the next message without handing it out: `Ok(true)` means
+    /// [`Reader::take_ready`] will return it. For multiplexing many readers, where the frame to
+    /// return is known only once one of them has a message.
+    #[inline]
+    pub fn poll_ready(&mut self) -> Result<bool, ReadError> {
+        if self.ready {
+            return Ok(true);
+        }
+        if !self.lent.is_empty() {
+            self.collect_given_back();
+            if self.lent.is_full() {
+                return Err(ReadError::HeldLimit {
+                    max: self.lent.starts.len() as u32,
+                });
+            }
+        }
+        let mem = &self.lease.ring.mem;
+        if self.core.evicted(mem) {
+            self.core.rejoin(mem);
+        }
+        match self.core.poll(mem, &mut self.buf)? {
+            Poll::Empty => Ok(false),
+            Poll::Frame(view) => {
+                self.view = view;
+                self.ready = true;
+                Ok(true)
+            }
+            Poll::Lagged(missed) => Err(ReadError::Lagged { missed }),
+        }
+    }
+
+    /// Moves the tether past the owned frames given back at the front of the queue.
+    #[cold]
+    #[inline(never)]
+    fn collect_given_back(&mut self) {
+        let before = self.lent.head;
+        while !self.lent.is_empty() {
+            let entry = self.lent.entry(self.lent.head);
+            // SYNC(give-back): Acquire pairs with the Release store in `OwnedFrame::drop`: the
+            // owner's reads of the frame happen-before the tether store below lets writers
+            // overwrite it.
+            if !self.lease.given_back[entry].load(Ordering::Acquire) {
+                break;
+            }
+            self.lent.head += 1;
+        }
+        if self.lent.head != before {
+            let oldest = self.lent.oldest();
+            let shared = &self.lease.ring;
+            if self.core.hold_from(&shared.mem, oldest) {
+                shared.signal_space();
+            }
+        }
+    }
+
+    /// The message found by [`Reader::poll_ready`], if any.
+    #[inline]
+    pub fn take_ready(&mut self) -> Option<Frame<'_, L>> {
+        if self.ready {
+            Some(Frame { reader: self })
+        } else {
+            None
+        }
+    }
+
+    /// The next message, if one is committed; never waits.
+    #[inline]
+    pub fn try_read(&mut self) -> Result<Option<Frame<'_, L>>, ReadError> {
+        if self.poll_ready()? {
+            Ok(self.take_ready())
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The next message, waiting with `wait` until `deadline`.
+    pub fn read(
+        &mut self,
+        wait: WaitStrategy,
+        deadline: Deadline,
+    ) -> Result<Frame<'_, L>, ReadTimeoutError> {
+        let mut waiter = Waiter::new(wait, deadline);
+        loop {
+            if self.poll_ready()? {
+                return Ok(Frame { reader: self });
+            }
+            match waiter.idle() {
+                Idle::Retry => {}
+                Idle::Park(until) => {
+                    park(&self.doorbell, std::slice::from_ref(self), until, &|| false)
+                }
+                Idle::TimedOut => return Err(ReadTimeoutError::Timeout),
+            }
+        }
+    }
+
+    fn prepare_park(&self) {
+        self.core.prepare_park(&self.shared().mem);
+    }
+
+    fn cancel_park(&self) {
+        self.core.cancel_park(&self.shared().mem);
+    }
+
+    /// Whether a poll would find something (a frame, a lag, an eviction to handle).
+    fn ready(&self) -> bool {
+        self.ready || self.core.ready(&self.shared().mem)
+    }
+}
+
+/// Parks the calling thread on `doorbell` until one of `readers` has something to read (a frame,
+/// a lag to report, an eviction to handle), `also_ready` returns true, or `until`.
+///
+/// The readers must park on `doorbell`; parking announces itself on every reader's ring, so a
+/// commit on any of them wakes the thread, with a system call only because someone is actually
+/// parked. Whoever makes `also_ready` true must ring the doorbell afterwards. Readers with owned
+/// frames out sleep at most [`RECHECK`] at a time, since a frame given back on another thread
+/// rings nothing. May return early (spuriously); callers poll again.
+pub(crate) fn park<L>(
+    doorbell: &Doorbell,
+    readers: &[Reader<L>],
+    until: Option<Instant>,
+    also_ready: &dyn Fn() -> bool,
+) {
+    debug_assert!(
+        readers
+            .iter()
+            .all(|r| r.doorbell.index() == doorbell.index())
+    );
+    for r in readers {
+        r.prepare_park();
+    }
+    let ordered = read::park_fence();
+    let armed = doorbell.arm();
+    if !also_ready() && !readers.iter().any(Reader::ready) {
+        let mut timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
+        if !ordered || readers.iter().any(|r| !r.lent.is_empty()) {
+            // Writers may not see us parked (see `crate::protocol::fence`), or owned frames may
+            // come back without a wake-up: sleep briefly, then look again.
+            timeout = Some(timeout.map_or(RECHECK, |t| t.min(RECHECK)));
+        }
+        if timeout != Some(Duration::ZERO) {
+            doorbell.sleep(armed, timeout);
+        }
+    }
+    for r in readers {
+        r.cancel_park();
+    }
+}
+
+/// One message, lent by a [`Reader`] until dropped (or [detached](Frame::detach)).
+///
+/// For a tethered reader the payload is read in place, in shared memory mapped read-only; no
+/// writer overwrites it while the frame lives — unless the broker evicts the reader because it
+/// stalled for longer than the eviction timeout while holding the frame. Lossy readers (and
+/// tethered ones catching up on history) get a validated private copy.
+pub struct Frame<'a, L = ()> {
+    /// The reader whose `view` this frame is (with `ready` set).
+    reader: &'a mut Reader<L>,
+}
+
+impl<L> std::fmt::Debug for Frame<'_, L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("sequence", &self.sequence())
+            .field("writer", &self.writer())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<L> Frame<'_, L> {
+    /// The payload bytes (16-byte aligned).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        let reader = &*self.reader;
+        let view = &reader.view;
+        if reader.core.reads_in_place() {
+            // SAFETY: the header was validated, so `len` bytes after it lie inside the frame
+            // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
+            // readers' frames are not overwritten until `consume` moves the tether past them;
+            // the mapping lives as long as the reader this frame borrows.
+            unsafe { in_place(&reader.lease.ring, view.pos, view.header.len) }
+        } else {
+            reader.buf.as_slice()
+        }
+    }
+
+    /// Payload length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.reader.view.header.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's ring-wide sequence number (one per claim, in ring order).
+    #[inline]
+    pub fn sequence(&self) -> u64 {
+        self.reader.view.header.seq
+    }
+
+    /// The bus-wide id of the writer that wrote it.
+    #[inline]
+    pub fn writer(&self) -> u32 {
+        self.reader.view.header.writer
+    }
+
+    /// Whether the payload is read in place in shared memory (rather than from a private copy).
+    pub fn is_in_place(&self) -> bool {
+        self.reader.core.reads_in_place()
+    }
+
+    /// The reader's label.
+    #[inline]
+    pub fn label(&self) -> &L {
+        &self.reader.lease.label
+    }
+
+    /// Turns the frame into an [`OwnedFrame`], which borrows nothing and gives the frame back
+    /// when it drops — on any thread, in any order. The reader reads on meanwhile.
+    pub fn detach(self) -> OwnedFrame<L> {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again; the reference is moved out of it, so
+        // the frame's `Drop` (which would consume the frame a second time) does not run.
+        let reader: &mut Reader<L> = unsafe { std::ptr::read(&this.reader) };
+        reader.ready = false;
+        let view = reader.view;
+        let shared = Arc::clone(&reader.lease);
+        let body = if reader.core.reads_in_place() {
+            // `poll_ready` delivers nothing while the queue is full, so there is room.
+            debug_assert!(!reader.lent.is_full());
+            let k = reader.lent.tail;
+            let entry = reader.lent.entry(k);
+            reader.lent.starts[entry] = view.pos;
+            // Relaxed: the entry's last owned frame was given back (we saw its flag with Acquire
+            // before collecting it), and the new owner's Release store comes after this one.
+            shared.given_back[entry].store(false, Ordering::Relaxed);
+            reader.lent.tail = k + 1;
+            reader.core.set_held_from(reader.lent.oldest());
+            Body::InPlace {
+                pos: view.pos,
+                entry,
+            }
+        } else {
+            Body::Copied(std::mem::take(&mut reader.buf))
+        };
+        if reader.core.consume(&shared.ring.mem, &view) {
+            shared.ring.signal_space();
+        }
+        OwnedFrame {
+            lease: shared,
+            header: view.header,
+            body,
+        }
+    }
+}
+
+impl<L> Drop for Frame<'_, L> {
+    #[inline]
+    fn drop(&mut self) {
+        let reader = &mut *self.reader;
+        reader.ready = false;
+        if reader.core.consume(&reader.lease.ring.mem, &reader.view) {
+            reader.lease.ring.signal_space();
+        }
+    }
+}
+
+/// The payload of the frame at `pos` with `len` payload bytes, in the ring's buffer.
+///
+/// # Safety
+///
+/// The frame's header was validated (so the bytes lie inside the buffer), the frame is committed,
+/// and the reader's tether stays at or below `pos` for as long as the returned slice is used.
+#[inline]
+unsafe fn in_place(ring: &RingShared, pos: u64, len: u32) -> &[u8] {
+    let ptr = ring.mem.data_ptr(pos + FRAME_HEADER_LEN);
+    // SAFETY: guaranteed by the caller; the mapping lives as long as `ring`.
+    unsafe { std::slice::from_raw_parts(ptr, len as usize) }
+}
+
+enum Body {
+    /// Read in place at `pos`; entry `entry` of the lease's queue keeps the tether below it.
+    InPlace { pos: u64, entry: usize },
+    /// Read by copy: the reader's copy, taken over.
+    Copied(CopyBuf),
+}
+
+/// A frame that borrows nothing (see [`Frame::detach`]): it keeps its reader's slot, and the
+/// tether below the frame, until it drops. `Send` and `Sync` when the label is.
+pub struct OwnedFrame<L = ()> {
+    lease: Arc<ReaderLease<L>>,
+    header: FrameHeader,
+    body: Body,
+}
+
+impl<L> std::fmt::Debug for OwnedFrame<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedFrame")
+            .field("sequence", &self.sequence())
+            .field("writer", &self.writer())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl<L> OwnedFrame<L> {
+    /// The payload bytes (16-byte aligned).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        match &self.body {
+            // SAFETY: the frame was validated and committed when it was read, and its queue
+            // entry keeps the reader's tether at or below `pos` until this value drops; the lease
+            // keeps the mapping alive.
+            Body::InPlace { pos, .. } => unsafe {
+                in_place(&self.lease.ring, *pos, self.header.len)
+            },
+            Body::Copied(buf) => buf.as_slice(),
+        }
+    }
+
+    /// Payload length in bytes.
+    #[inline]
+    pub fn len(&self) -> usize {
+        self.header.len as usize
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The frame's ring-wide sequence number.
+    #[inline]
+    pub fn sequence(&self) -> u64 {
+        self.header.seq
+    }
+
+    /// The bus-wide id of the writer that wrote it.
+    #[inline]
+    pub fn writer(&self) -> u32 {
+        self.header.writer
+    }
+
+    /// Whether the payload is read in place in shared memory.
+    pub fn is_in_place(&self) -> bool {
+        matches!(self.body, Body::InPlace { .. })
+    }
+
+    /// The label of the reader that read it.
+    #[inline]
+    pub fn label(&self) -> &L {
+        &self.lease.label
+    }
+}
+
+impl<L> Drop for OwnedFrame<L> {
+    #[inline]
+    fn drop(&mut self) {
+        if let Body::InPlace { entry, .. } = self.body {
+            // SYNC(give-back): Release pairs with the reader's Acquire load in
+            // `collect_given_back`.
+            self.lease.given_back[entry].store(true, Ordering::Release);
+        }
+    }
+}

@@ -1,0 +1,497 @@
+//! The reader side of the protocol: join, poll, consume, lag recovery, parking.
+//!
+//! A reader walks the ring frame by frame from its position `pos`, expecting the claim with
+//! sequence `next_seq` there. It reads in one of two ways:
+//!
+//! * **in place** (tethered readers at or after `safe_from`): writers cannot overwrite what
+//!   the reader has not released, so a committed frame is handed out as a view into the ring and
+//!   released when the caller is done with it.
+//! * **by copy** (lossy readers; tethered readers catching up on history or after an eviction):
+//!   the frame may be overwritten at any moment, so it is copied out and then checked, seqlock
+//!   style, against the claim cursor; a copy that raced with an overwrite is never handed out.
+
+use std::collections::VecDeque;
+
+use crate::protocol::frame::{CorruptFrame, FrameHeader, kind, stamp};
+use crate::protocol::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, align_up, mode};
+use crate::protocol::memory::{CopyBuf, RingMemory};
+use crate::protocol::sync::{Head, Ordering, fence};
+
+use super::read_frame_header;
+
+/// How many times lag recovery rescans before giving up for this poll (each rescan means the
+/// ring lapped the reader again while it was scanning).
+const RESCANS: usize = 16;
+
+/// What a poll found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Poll {
+    /// Nothing to read yet.
+    Empty,
+    /// A message: in place at `pos`, or copied into the caller's buffer.
+    Frame(FrameView),
+    /// Frames were overwritten before the reader got to them; it now stands at the oldest frame
+    /// still held.
+    Lagged(u64),
+}
+
+/// A data frame ready to hand out. Whether its payload is read in the ring or from the copy
+/// buffer is [`ReaderCore::reads_in_place`] until it is consumed. (No flag here: 32 bytes without
+/// padding move as two vector stores, where a padded struct was copied byte-wise.)
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct FrameView {
+    /// Absolute position of the frame.
+    pub pos: u64,
+    /// Its header.
+    pub header: FrameHeader,
+}
+
+/// A reader's private protocol state.
+#[derive(Debug)]
+pub(crate) struct ReaderCore {
+    /// Index of this reader's slot.
+    pub slot: u32,
+    /// Whether the reader holds writers back.
+    tethered: bool,
+    /// Absolute position of the next frame to look at.
+    pos: u64,
+    /// Sequence number of the claim expected at `pos`.
+    next_seq: u64,
+    /// Tethered readers: frames at or after this position are protected by the tether (the
+    /// slot's position never goes below it) and are read in place. `u64::MAX` for lossy readers.
+    safe_from: u64,
+    /// Data frames with a smaller sequence number are stepped over (history selection).
+    deliver_from: u64,
+    /// Start of the oldest frame lent out in place and not yet given back (see
+    /// [`ReaderCore::hold_from`]), or `u64::MAX`. The tether never passes it.
+    held_from: u64,
+}
+
+impl ReaderCore {
+    /// Claims a free reader slot for `owner` and joins the ring at its current head. `doorbell`
+    /// is the index of the doorbell to park on.
+    pub(crate) fn attach(
+        mem: &RingMemory,
+        owner: u64,
+        tethered: bool,
+        doorbell: u32,
+    ) -> Option<ReaderCore> {
+        let g = mem.geometry();
+        let slot = (0..g.reader_slots).find(|&slot| {
+            // Acquire pairs with the Release store of 0 in `detach` or the broker's reclaim.
+            mem.reader(slot)
+                .owner
+                .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        })?;
+        let r = mem.reader(slot);
+        r.doorbell.store(doorbell + 1, Ordering::Relaxed);
+        r.parked.store(0, Ordering::Relaxed);
+        r.missed.store(0, Ordering::Relaxed);
+        // Relaxed: the SeqCst fence in `join` orders it before our head load (SYNC(join)).
+        mem.readers_control()
+            .high_water
+            .fetch_max(slot + 1, Ordering::Relaxed);
+        let mut core = ReaderCore {
+            slot,
+            tethered,
+            pos: 0,
+            next_seq: 0,
+            safe_from: u64::MAX,
+            deliver_from: 0,
+            held_from: u64::MAX,
+        };
+        let head = core.join(mem);
+        core.pos = head.pos;
+        core.next_seq = head.seq;
+        Some(core)
+    }
+
+    /// Takes over slot `slot`, which another process (the broker) attached for `owner` with
+    /// [`ReaderCore::attach`], joined at `start`. Returns `None` if `owner` does not hold the slot
+    /// or its mode does not match.
+    pub(crate) fn adopt(
+        mem: &RingMemory,
+        slot: u32,
+        owner: u64,
+        tethered: bool,
+        doorbell: u32,
+        start: Head,
+    ) -> Option<ReaderCore> {
+        if slot >= mem.geometry().reader_slots {
+            return None;
+        }
+        let r = mem.reader(slot);
+        // Acquire pairs with the Release CAS that claimed the slot for us.
+        if r.owner.load(Ordering::Acquire) != owner {
+            return None;
+        }
+        let expected = matches!(
+            (tethered, r.mode.load(Ordering::Relaxed)),
+            (true, mode::TETHERED | mode::EVICTED) | (false, mode::LOSSY)
+        );
+        if !expected {
+            return None;
+        }
+        r.doorbell.store(doorbell + 1, Ordering::Relaxed);
+        Some(ReaderCore {
+            slot,
+            tethered,
+            pos: start.pos,
+            next_seq: start.seq,
+            safe_from: if tethered { start.pos } else { u64::MAX },
+            deliver_from: 0,
+            held_from: u64::MAX,
+        })
+    }
+
+    /// Where this reader stands: the position and sequence number of the next frame.
+    pub(crate) fn position(&self) -> Head {
+        Head::new(self.pos, self.next_seq)
+    }
+
+    /// Sets the slot's mode and returns the head from which the ring is protected (tethered) or
+    /// watched (lossy). Used to start, and to restart after an eviction.
+    fn join(&mut self, mem: &RingMemory) -> Head {
+        let r = mem.reader(self.slot);
+        let head = &mem.control().head;
+        if !self.tethered {
+            // Relaxed: writers read modes only to count tethered readers (SYNC(join) orders
+            // that); nothing else travels with a lossy reader's mode.
+            r.mode.store(mode::LOSSY, Ordering::Relaxed);
+            self.safe_from = u64::MAX;
+            return head.load_for_reader();
+        }
+        // A lower bound first, so the slot never advertises a position above what it will read.
+        r.pos.store(head.load_pos(), Ordering::Relaxed);
+        // SYNC(join): mode store, SeqCst fence, head load; writers refreshing their limit do
+        // head load, SeqCst fence, mode load (see `WriterCore::refresh_limit`). Either a
+        // writer sees us tethered, or its head snapshot is no later than ours and its limit
+        // never lets it write past our start + capacity.
+        r.mode.store(mode::TETHERED, Ordering::Relaxed);
+        fence(Ordering::SeqCst);
+        let h = head.load_for_reader();
+        // SYNC(release): from here on the tether is at `h.pos`.
+        r.pos.store(h.pos, Ordering::Release);
+        self.safe_from = h.pos;
+        h
+    }
+
+    /// Whether the broker untethered this reader (it must then [`ReaderCore::rejoin`]).
+    #[inline]
+    pub(crate) fn evicted(&self, mem: &RingMemory) -> bool {
+        self.tethered && mem.reader(self.slot).mode.load(Ordering::Relaxed) == mode::EVICTED
+    }
+
+    /// Re-tethers after an eviction: protected again from the current head, and what lies
+    /// between the old position and that head is read by copy (reporting what was lost).
+    pub(crate) fn rejoin(&mut self, mem: &RingMemory) {
+        self.join(mem);
+    }
+
+    /// Positions the reader so that it delivers the last `n` messages committed before it
+    /// joined (as far as the ring still holds them), read by copy.
+    pub(crate) fn start_with_history(&mut self, mem: &RingMemory, n: u64) {
+        if n == 0 {
+            return;
+        }
+        let join_pos = self.pos;
+        'rescan: for _ in 0..RESCANS {
+            let Some((oldest, oldest_seq)) = oldest_frame(mem) else {
+                return;
+            };
+            if oldest >= join_pos {
+                return;
+            }
+            let g = mem.geometry();
+            let key = mem.stamp_key();
+            let mut last: VecDeque<u64> = VecDeque::new();
+            let mut pos = oldest;
+            while pos < join_pos {
+                // SYNC(publish): Acquire pairs with the commit's Release stamp store.
+                if mem.word(pos).load(Ordering::Acquire) != stamp(pos, key) {
+                    break; // in flight: history ends here, reading will wait for it
+                }
+                let h = read_frame_header(mem, pos);
+                // SYNC(overwrite): see `poll_by_copy`.
+                fence(Ordering::Acquire);
+                if mem.control().head.load_pos() > pos + g.capacity {
+                    continue 'rescan;
+                }
+                if h.validate(pos, g).is_err() {
+                    break;
+                }
+                if h.kind == kind::DATA {
+                    if last.len() as u64 == n {
+                        last.pop_front();
+                    }
+                    last.push_back(h.seq);
+                }
+                pos += u64::from(h.size);
+            }
+            if let Some(&first) = last.front() {
+                self.pos = oldest;
+                self.next_seq = oldest_seq;
+                self.deliver_from = first;
+            }
+            return;
+        }
+    }
+
+    /// Whether the next frame (the one `poll` delivered, until it is consumed) is read in place.
+    #[inline]
+    pub(crate) fn reads_in_place(&self) -> bool {
+        self.pos >= self.safe_from
+    }
+
+    /// Looks for the next message, stepping over padding, skipped claims and frames before the
+    /// history start. `buf` receives the payload of frames read by copy.
+    #[inline]
+    pub(crate) fn poll(
+        &mut self,
+        mem: &RingMemory,
+        buf: &mut CopyBuf,
+    ) -> Result<Poll, CorruptFrame> {
+        let start = self.pos;
+        let result = loop {
+            let step = if self.reads_in_place() {
+                self.step_in_place(mem)?
+            } else {
+                self.step_by_copy(mem, buf)?
+            };
+            match step {
+                Step::Advanced => continue,
+                Step::Done(poll) => break poll,
+            }
+        };
+        if self.pos != start && !matches!(result, Poll::Frame(_)) {
+            self.publish_position(mem);
+        }
+        Ok(result)
+    }
+
+    #[inline]
+    fn step_in_place(&mut self, mem: &RingMemory) -> Result<Step, CorruptFrame> {
+        let pos = self.pos;
+        // SYNC(publish): Acquire pairs with the writer's Release (SeqCst) stamp store: the
+        // header and payload are visible once the stamp is.
+        if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
+            return Ok(Step::Done(Poll::Empty));
+        }
+        let h = read_frame_header(mem, pos);
+        h.validate(pos, mem.geometry())?;
+        self.check_seq(pos, &h)?;
+        Ok(self.advance_or_deliver(pos, h))
+    }
+
+    fn step_by_copy(&mut self, mem: &RingMemory, buf: &mut CopyBuf) -> Result<Step, CorruptFrame> {
+        let g = mem.geometry();
+        let pos = self.pos;
+        let head = &mem.control().head;
+        // SYNC(publish): Acquire pairs with the commit's Release stamp store.
+        if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
+            if head.load_pos() > pos + g.capacity {
+                return Ok(self.recover(mem));
+            }
+            return Ok(Step::Done(Poll::Empty));
+        }
+        let h = read_frame_header(mem, pos);
+        let valid = h.validate(pos, g);
+        let deliver = valid.is_ok() && h.kind == kind::DATA && h.seq >= self.deliver_from;
+        if deliver {
+            mem.copy_out(pos + FRAME_HEADER_LEN, h.len as usize, buf);
+        }
+        // SYNC(overwrite): the Acquire fence pairs with the Release fence a writer issues
+        // after claiming and before writing. If anything we read above came from a writer
+        // that claimed past `pos + capacity`, this load sees that claim, and we discard the read.
+        fence(Ordering::Acquire);
+        if head.load_pos() > pos + g.capacity {
+            return Ok(self.recover(mem));
+        }
+        valid?;
+        self.check_seq(pos, &h)?;
+        Ok(self.advance_or_deliver(pos, h))
+    }
+
+    #[inline]
+    fn check_seq(&self, pos: u64, h: &FrameHeader) -> Result<(), CorruptFrame> {
+        if h.seq == self.next_seq {
+            Ok(())
+        } else {
+            Err(CorruptFrame {
+                pos,
+                why: "sequence number out of order",
+            })
+        }
+    }
+
+    #[inline]
+    fn advance_or_deliver(&mut self, pos: u64, h: FrameHeader) -> Step {
+        if h.kind == kind::DATA && h.seq >= self.deliver_from {
+            return Step::Done(Poll::Frame(FrameView { pos, header: h }));
+        }
+        self.pos = pos + u64::from(h.size);
+        if h.kind != kind::PAD {
+            self.next_seq = h.seq + 1;
+        }
+        Step::Advanced
+    }
+
+    /// Jumps to the oldest committed frame still in the ring and reports how many claims were
+    /// lost on the way.
+    fn recover(&mut self, mem: &RingMemory) -> Step {
+        let Some((pos, seq)) = oldest_frame(mem) else {
+            return Step::Done(Poll::Empty);
+        };
+        let missed = seq.saturating_sub(self.next_seq);
+        self.pos = pos;
+        self.next_seq = seq;
+        if missed == 0 {
+            return Step::Advanced;
+        }
+        let r = mem.reader(self.slot);
+        r.missed
+            .store(r.missed.load(Ordering::Relaxed) + missed, Ordering::Relaxed);
+        Step::Done(Poll::Lagged(missed))
+    }
+
+    /// Releases a delivered frame. Returns whether writers are waiting for space (the caller
+    /// then wakes them).
+    #[inline]
+    pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
+        debug_assert_eq!(frame.pos, self.pos);
+        self.pos = frame.pos + u64::from(frame.header.size);
+        self.next_seq = frame.header.seq + 1;
+        self.publish_position(mem)
+    }
+
+    /// Keeps the tether at or below `pos` (the start of the oldest frame lent out in place), or
+    /// lifts that limit with `u64::MAX`, and publishes the resulting tether. Returns whether
+    /// writers are waiting for space.
+    pub(crate) fn hold_from(&mut self, mem: &RingMemory, pos: u64) -> bool {
+        self.held_from = pos;
+        self.publish_position(mem)
+    }
+
+    /// [`ReaderCore::hold_from`] without publishing: the caller publishes next (a
+    /// [`ReaderCore::consume`] does).
+    pub(crate) fn set_held_from(&mut self, pos: u64) {
+        self.held_from = pos;
+    }
+
+    /// Publishes the reader's position (the tether, for tethered readers in the protected
+    /// zone, never past a frame still lent out). Returns whether writers are waiting for space.
+    #[inline]
+    fn publish_position(&self, mem: &RingMemory) -> bool {
+        let r = mem.reader(self.slot);
+        if !self.tethered {
+            // Statistics only: lossy positions hold nobody back.
+            r.pos.store(self.pos, Ordering::Relaxed);
+            return false;
+        }
+        let tether = self.pos.min(self.held_from);
+        if tether < self.safe_from {
+            return false; // catching up below the tether, which stays at `safe_from`
+        }
+        // SYNC(release): Release pairs with the writer's Acquire load in `refresh_limit`: our
+        // reads of every frame below the tether happen-before a writer overwrites them.
+        r.pos.store(tether, Ordering::Release);
+        // Relaxed, and no fence: a writer that parks re-checks the ring at least every
+        // millisecond, so a wake-up missed here delays it by at most that (see crate docs,
+        // "Waiting for space").
+        mem.space_wait().waiters.load(Ordering::Relaxed) != 0
+    }
+
+    /// Announces that this reader is about to sleep on its doorbell.
+    pub(crate) fn prepare_park(&self, mem: &RingMemory) {
+        mem.reader(self.slot).parked.store(1, Ordering::Relaxed);
+        // Release: makes the flag above visible to a writer that reads the count (Acquire).
+        // SYNC(park): the caller issues `park_fence` after this and before `ready`.
+        mem.readers_control().parked.fetch_add(1, Ordering::Release);
+    }
+
+    /// Withdraws [`ReaderCore::prepare_park`].
+    pub(crate) fn cancel_park(&self, mem: &RingMemory) {
+        withdraw_park(mem, self.slot);
+    }
+
+    /// Whether a poll would find something (a frame, a lag, an eviction to handle).
+    pub(crate) fn ready(&self, mem: &RingMemory) -> bool {
+        // SYNC(park): after `park_fence`. Acquire also pairs with the commit (SYNC(publish)),
+        // though the caller polls again before reading anything.
+        let committed =
+            mem.word(self.pos).load(Ordering::Acquire) == stamp(self.pos, mem.stamp_key());
+        committed
+            || self.evicted(mem)
+            || mem.control().head.load_pos() > self.pos + mem.geometry().capacity
+    }
+
+    /// Sequence number of the claim expected next.
+    pub(crate) fn next_seq(&self) -> u64 {
+        self.next_seq
+    }
+}
+
+/// Frees reader slot `slot`: withdraws any park, stops holding writers back, clears the owner.
+pub(crate) fn detach(mem: &RingMemory, slot: u32) {
+    let r = mem.reader(slot);
+    withdraw_park(mem, slot);
+    // Relaxed: the owner's Release clear below orders it for the slot's next holder.
+    r.mode.store(mode::INACTIVE, Ordering::Relaxed);
+    // Release pairs with the Acquire CAS in `ReaderCore::attach`.
+    r.owner.store(0, Ordering::Release);
+}
+
+/// Clears slot `slot`'s parked flag and, if it was set, takes it out of the parked count.
+pub(crate) fn withdraw_park(mem: &RingMemory, slot: u32) {
+    // Relaxed: the count is a hint for committers (see `SYNC(park)`); the swap makes sure one
+    // flag is subtracted once, whoever withdraws it.
+    if mem.reader(slot).parked.swap(0, Ordering::Relaxed) != 0 {
+        mem.readers_control().parked.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The reader's side of `SYNC(park)`, issued once after [`ReaderCore::prepare_park`] on every
+/// reader that is about to sleep and before checking them with [`ReaderCore::ready`]. Returns
+/// false when it could not order registered writers (see `crate::protocol::fence`); the caller must then
+/// sleep with a timeout.
+pub(crate) fn park_fence() -> bool {
+    crate::protocol::fence::heavy()
+}
+
+enum Step {
+    Advanced,
+    Done(Poll),
+}
+
+/// The oldest committed frame still held in the ring, as `(position, sequence)`.
+///
+/// Scans the last `capacity` bytes below the head for a unit whose word holds its own stamp —
+/// which only a committed frame's header does (see `frame::stamp`) — and checks, seqlock style,
+/// that it was not overwritten while being read.
+pub(crate) fn oldest_frame(mem: &RingMemory) -> Option<(u64, u64)> {
+    let g = mem.geometry();
+    let key = mem.stamp_key();
+    let head = &mem.control().head;
+    'rescan: for _ in 0..RESCANS {
+        let h = head.load_pos();
+        let mut u = align_up(h.saturating_sub(g.capacity), FRAME_ALIGN);
+        while u < h {
+            // SYNC(publish): Acquire pairs with the commit's Release stamp store.
+            if mem.word(u).load(Ordering::Acquire) == stamp(u, key) {
+                let header = read_frame_header(mem, u);
+                // SYNC(overwrite): as in `step_by_copy`.
+                fence(Ordering::Acquire);
+                if head.load_pos() > u + g.capacity {
+                    continue 'rescan;
+                }
+                if header.validate(u, g).is_ok() {
+                    return Some((u, header.seq));
+                }
+            }
+            u += FRAME_ALIGN;
+        }
+        return None;
+    }
+    None
+}

@@ -1,0 +1,236 @@
+//! What the broker does when participants die or stall.
+//!
+//! Everything here works from outside the affected process, using only what shared memory
+//! records: writer intents (which claim a writer may hold), reader modes and positions,
+//! and slot owners. The caller decides who is alive (the broker knows from its connections).
+
+use crate::protocol::frame::{FrameHeader, kind, stamp};
+use crate::protocol::layout::{NO_INTENT, mode};
+use crate::protocol::memory::RingMemory;
+use crate::protocol::sync::{Head, Ordering};
+
+use super::claim::wake_parked;
+use super::read_frame_header;
+use super::write_frame_header;
+
+/// What repair did with one dead writer's slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepairOutcome {
+    /// The writer held no claim (or its claim was committed): its slot was freed.
+    Released,
+    /// Its claim `pos..pos + size` (sequence `seq`) was never committed; it is now a skipped
+    /// frame that readers step over, and the slot was freed.
+    Skipped {
+        /// Start of the claim.
+        pos: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// Its length in bytes.
+        size: u64,
+    },
+    /// A live writer may hold the same claim, or its extent is not yet known; try again
+    /// later.
+    Deferred,
+}
+
+/// One dead writer slot handled by `Ring::repair_dead_writers`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Repair {
+    /// The writer slot.
+    pub slot: u32,
+    /// The dead owner's token.
+    pub owner: u64,
+    /// What was done.
+    pub outcome: RepairOutcome,
+}
+
+/// Frees the slots of dead writers, turning any claim one of them left uncommitted into a
+/// skipped frame so readers (and, through them, writers) can go on.
+///
+/// A claim is repaired only when no live writer could hold it: every writer records its
+/// intent `(pos, seq, end)` before the CAS that makes the claim, and that CAS releases the intent
+/// to us through the head we load first. So if the claim at `pos` exists (the head's sequence
+/// has passed `seq`) and no live writer's intent names `pos`, its owner is dead, and nobody
+/// will write there again.
+pub(crate) fn repair_dead_writers(
+    mem: &RingMemory,
+    alive: &dyn Fn(u64) -> bool,
+    ring_doorbell: &dyn Fn(u32),
+) -> Vec<Repair> {
+    let g = mem.geometry();
+    // SYNC(intent): Acquire: every claim CAS up to this head value released its intent to us.
+    let head = mem.control().head.load(Ordering::Acquire);
+    // Acquire pairs with the Release fetch_max in `WriterCore::attach`.
+    let slots = mem
+        .counters()
+        .writer_high_water
+        .load(Ordering::Acquire)
+        .min(g.writer_slots);
+    let mut repairs = Vec::new();
+    for slot in 0..slots {
+        let s = mem.writer(slot);
+        // Acquire pairs with the Release clear of the owner in `WriterCore::detach`: a slot
+        // that reads as free was left with its intent retired.
+        let owner = s.owner.load(Ordering::Acquire);
+        if owner == 0 || alive(owner) {
+            continue;
+        }
+        let outcome = repair_slot(mem, slot, head, slots, alive, ring_doorbell);
+        if outcome != RepairOutcome::Deferred {
+            // Release pairs with the Acquire CAS of the next holder in `WriterCore::attach`.
+            s.owner.store(0, Ordering::Release);
+        }
+        repairs.push(Repair {
+            slot,
+            owner,
+            outcome,
+        });
+    }
+    repairs
+}
+
+fn repair_slot(
+    mem: &RingMemory,
+    slot: u32,
+    head: Head,
+    slots: u32,
+    alive: &dyn Fn(u64) -> bool,
+    ring_doorbell: &dyn Fn(u32),
+) -> RepairOutcome {
+    let s = mem.writer(slot);
+    // SYNC(retire): Acquire pairs with the Release clear after a commit.
+    let pos = s.intent_pos.load(Ordering::Acquire);
+    let seq = s.intent_seq.load(Ordering::Relaxed);
+    let end = s.intent_end.load(Ordering::Relaxed);
+    if pos == NO_INTENT || head.seq <= seq {
+        // No claim, or a CAS that never happened (nobody has claimed from (pos, seq) yet).
+        // SYNC(retire): Release, as a writer's own clear after a commit.
+        s.intent_pos.store(NO_INTENT, Ordering::Release);
+        return RepairOutcome::Released;
+    }
+    // The claim (pos, seq) exists. If a live writer names it, that writer may own it.
+    let live_claimant = (0..slots).filter(|&o| o != slot).any(|o| {
+        let other = mem.writer(o);
+        // Acquire for the owner as above; SYNC(retire) for the intent.
+        let owner = other.owner.load(Ordering::Acquire);
+        owner != 0 && alive(owner) && other.intent_pos.load(Ordering::Acquire) == pos
+    });
+    if live_claimant {
+        return RepairOutcome::Deferred;
+    }
+    let key = mem.stamp_key();
+    // Read after the intents: a live owner that committed and retired its intent (Release)
+    // made its stamp visible to the Acquire loads above. SYNC(publish): Acquire pairs with the
+    // stamp's Release store in the commit.
+    if mem.word(pos).load(Ordering::Acquire) == stamp(pos, key) {
+        // SYNC(retire): Release, as a writer's own clear after a commit.
+        s.intent_pos.store(NO_INTENT, Ordering::Release);
+        return RepairOutcome::Released;
+    }
+    let Some(end) = claim_end(mem, slot, pos, seq, end, head, slots) else {
+        return RepairOutcome::Deferred;
+    };
+    let g = mem.geometry();
+    let size = end - pos;
+    // A claim that wrapped holds a frame at the lap boundary, possibly committed; erase its
+    // stamp so nothing ever reads it as part of the stream (it is inside the skipped range).
+    let lap = (pos / g.capacity + 1) * g.capacity;
+    if pos % g.capacity != 0 && lap < end {
+        mem.word(lap).store(0, Ordering::Relaxed);
+    }
+    let skip = FrameHeader {
+        len: 0,
+        size: size as u32,
+        seq,
+        writer: 0,
+        kind: kind::SKIP,
+    };
+    write_frame_header(mem, pos, &skip);
+    // SYNC(publish): as in `WriterCore::commit` (and `wake_parked` issues the park fence).
+    mem.word(pos).store(stamp(pos, key), Ordering::Release);
+    wake_parked(mem, ring_doorbell);
+    // SYNC(retire): as in `WriterCore::commit`.
+    s.intent_pos.store(NO_INTENT, Ordering::Release);
+    RepairOutcome::Skipped { pos, seq, size }
+}
+
+/// The end of the claim `(pos, seq)` recorded by dead slot `slot` as ending at `end`.
+///
+/// Normally that is `end`. But two dead writers may have recorded intents from the same head
+/// value with different ends, only one of whose CAS succeeded; then the true end is where the
+/// head went next: the head itself if no later claim exists, else the start of claim `seq + 1`,
+/// known from its committed header or from its claimant's intent.
+fn claim_end(
+    mem: &RingMemory,
+    slot: u32,
+    pos: u64,
+    seq: u64,
+    end: u64,
+    head: Head,
+    slots: u32,
+) -> Option<u64> {
+    let rivals: Vec<u64> = (0..slots)
+        .filter(|&o| o != slot)
+        .map(|o| mem.writer(o))
+        .filter(|p| {
+            // SYNC(retire): Acquire pairs with the Release clear of an intent.
+            p.intent_pos.load(Ordering::Acquire) == pos
+                && p.intent_seq.load(Ordering::Relaxed) == seq
+        })
+        .map(|p| p.intent_end.load(Ordering::Relaxed))
+        .filter(|&e| e != end)
+        .collect();
+    if rivals.is_empty() {
+        return Some(end);
+    }
+    if head.seq == seq + 1 {
+        return Some(head.pos);
+    }
+    let key = mem.stamp_key();
+    std::iter::once(end).chain(rivals).find(|&candidate| {
+        // SYNC(publish) for the stamp, SYNC(retire) for the intents, as above.
+        let committed = mem.word(candidate).load(Ordering::Acquire) == stamp(candidate, key)
+            && read_frame_header(mem, candidate).seq == seq + 1;
+        committed
+            || (0..slots).any(|o| {
+                let p = mem.writer(o);
+                p.intent_pos.load(Ordering::Acquire) == candidate
+                    && p.intent_seq.load(Ordering::Relaxed) == seq + 1
+            })
+    })
+}
+
+/// Untethers a tethered reader that stopped making progress: writers stop waiting for it, and
+/// it reports `Lagged` for whatever they overwrite before it resumes. Returns whether the reader
+/// was tethered.
+pub(crate) fn untether_reader(mem: &RingMemory, slot: u32) -> bool {
+    // Relaxed: writers that later see EVICTED stop counting the reader; nothing written
+    // before needs to be visible with it.
+    mem.reader(slot)
+        .mode
+        .compare_exchange(
+            mode::TETHERED,
+            mode::EVICTED,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        )
+        .is_ok()
+}
+
+/// Frees the slot of reader `slot` if `owner` still holds it (its process died). Returns
+/// whether it was freed.
+pub(crate) fn reclaim_reader(mem: &RingMemory, slot: u32, owner: u64) -> bool {
+    let r = mem.reader(slot);
+    // Acquire pairs with the Release clear of the owner when a reader detaches: a slot that
+    // reads as free is no longer used by its last holder.
+    if r.owner.load(Ordering::Acquire) != owner {
+        return false;
+    }
+    // Relaxed: writers that later see it stop counting the reader, which is all we need.
+    r.mode.store(mode::INACTIVE, Ordering::Relaxed);
+    super::read::withdraw_park(mem, slot);
+    // Release pairs with the Acquire CAS of the next holder in `ReaderCore::attach`.
+    r.owner
+        .compare_exchange(owner, 0, Ordering::Release, Ordering::Relaxed)
+        .is_ok()
+}

@@ -1,0 +1,116 @@
+//! Who is connected: client records, their ids, and the owner tokens their slots are held under.
+//!
+//! Owner tokens are how shared memory says who holds a slot. A client's publishers and doorbells
+//! are held under its client token (`client << 32`); the reader slots of each of its
+//! subscriptions under the subscription's token (`client << 32 | subscription`), so that
+//! unsubscribing frees exactly that subscription's slots. The packing lives here and nowhere else.
+
+use std::collections::{BTreeSet, HashMap};
+
+use shmbus_shm::{Owner, ReaderMode};
+
+use super::error;
+use crate::protocol::seqpacket::PeerCredentials;
+use crate::protocol::{ClientId, ErrorCode, ErrorReply, PublisherId, SubscriptionId};
+use crate::topic::Topic;
+
+/// The owner token of client `client`'s publishers and doorbells.
+pub(super) fn client_owner(client: ClientId) -> Owner {
+    Owner::new(u64::from(client.get()) << 32).expect("client ids start at 1")
+}
+
+/// The owner token of the reader slots of subscription `sub` of client `client`.
+pub(super) fn subscription_owner(client: ClientId, sub: SubscriptionId) -> Owner {
+    Owner::new((u64::from(client.get()) << 32) | u64::from(sub.get()))
+        .expect("client ids start at 1")
+}
+
+/// The client an owner token belongs to.
+pub(super) fn owner_client(owner: u64) -> ClientId {
+    ClientId::from_raw((owner >> 32) as u32)
+}
+
+/// One pattern a client subscribed to.
+pub(super) struct Subscription {
+    pub pattern: Topic,
+    pub mode: ReaderMode,
+    pub doorbell: u32,
+    /// Reader slots reserved for it: (topic, slot).
+    pub reserved: Vec<(String, u32)>,
+}
+
+/// A connected client.
+pub(super) struct Client {
+    pub name: String,
+    pub creds: PeerCredentials,
+    pub greeted: bool,
+    /// Publisher id -> topic.
+    pub publishers: HashMap<PublisherId, String>,
+    /// Every ring this client ever published on: repaired when it goes, whatever it unpublished
+    /// before (it may die between unpublishing and freeing its slot).
+    pub publisher_rings: BTreeSet<String>,
+    pub subscriptions: HashMap<SubscriptionId, Subscription>,
+}
+
+/// The connected clients, by id.
+#[derive(Default)]
+pub(super) struct Clients {
+    map: HashMap<ClientId, Client>,
+    next: u32,
+}
+
+impl Clients {
+    /// Registers a connection under a fresh id (ids start at 1 and wrap after 2^32
+    /// connections, skipping those still in use).
+    pub fn insert(&mut self, creds: PeerCredentials) -> ClientId {
+        let mut raw = self.next.max(1);
+        while self.map.contains_key(&ClientId::from_raw(raw)) {
+            raw = raw.checked_add(1).unwrap_or(1);
+        }
+        self.next = raw.checked_add(1).unwrap_or(1);
+        let id = ClientId::from_raw(raw);
+        self.map.insert(
+            id,
+            Client {
+                name: String::new(),
+                creds,
+                greeted: false,
+                publishers: HashMap::new(),
+                publisher_rings: BTreeSet::new(),
+                subscriptions: HashMap::new(),
+            },
+        );
+        id
+    }
+
+    pub fn get(&self, id: ClientId) -> Option<&Client> {
+        self.map.get(&id)
+    }
+
+    pub fn get_mut(&mut self, id: ClientId) -> Option<&mut Client> {
+        self.map.get_mut(&id)
+    }
+
+    /// The client `id`, or the error for an unknown one.
+    pub fn known(&mut self, id: ClientId) -> Result<&mut Client, ErrorReply> {
+        self.map
+            .get_mut(&id)
+            .ok_or_else(|| error(ErrorCode::Unknown, "no such client"))
+    }
+
+    pub fn remove(&mut self, id: ClientId) -> Option<Client> {
+        self.map.remove(&id)
+    }
+
+    pub fn contains(&self, id: ClientId) -> bool {
+        self.map.contains_key(&id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (ClientId, &Client)> {
+        self.map.iter().map(|(&id, c)| (id, c))
+    }
+}

@@ -1,0 +1,280 @@
+//! What the broker knows and decides: clients, rings by topic, publishers and subscriptions,
+//! and the recovery of dead and stalled participants. No socket is touched here: every decision
+//! returns the messages to send ([`Outgoing`]), so the event loop stays a thin shell around it
+//! and the decisions are unit-tested directly (`tests` below).
+//!
+//! One file per concern: [`clients`] (who is connected, their ids and owner tokens), [`rings`]
+//! (creating and releasing rings), [`pubsub`] (the publish/subscribe requests), [`recovery`]
+//! (repairing dead publishers' claims, evicting stalled readers).
+
+mod clients;
+mod pubsub;
+mod recovery;
+mod rings;
+
+use std::collections::{BTreeMap, HashMap};
+use std::os::fd::OwnedFd;
+use std::time::Duration;
+
+use shmbus_shm::{DoorbellTable, RingConfig};
+use tracing::{debug, info, warn};
+
+use crate::protocol::seqpacket::PeerCredentials;
+use crate::protocol::{
+    BrokerMessage, ClientId, ErrorCode, ErrorReply, Hello, MAX_ERROR_LEN, PROTOCOL_VERSION, Reply,
+    Request, RequestId, Welcome,
+};
+use clients::{Client, Clients, client_owner};
+use recovery::Stall;
+use rings::RingEntry;
+
+/// A message for one client, with the descriptors it carries.
+#[derive(Debug)]
+pub(crate) struct Outgoing {
+    pub client: ClientId,
+    pub msg: BrokerMessage,
+    pub fds: Vec<OwnedFd>,
+}
+
+impl Outgoing {
+    fn to(client: ClientId, msg: BrokerMessage) -> Outgoing {
+        Outgoing {
+            client,
+            msg,
+            fds: Vec::new(),
+        }
+    }
+}
+
+/// The outcome of one request: its reply and the descriptors that go with it.
+type Handled<T = Reply> = Result<(T, Vec<OwnedFd>), ErrorReply>;
+
+/// Ring geometry and the eviction timeout, as the broker was configured.
+#[derive(Clone, Debug)]
+pub(crate) struct Limits {
+    /// Geometry of every ring the broker creates.
+    pub ring: RingConfig,
+    /// A tethered reader that holds publishers back without progress for this long is untethered.
+    pub evict_after: Duration,
+}
+
+/// Why a client's connection ended. Faults of the client are logged as warnings, ordinary
+/// departures as information.
+#[derive(Debug)]
+pub(crate) enum DisconnectReason {
+    /// It said goodbye.
+    Goodbye,
+    /// It closed the connection (or its process ended).
+    Closed,
+    /// The broker refused it at the handshake (and told it why).
+    Refused,
+    /// It broke the protocol: what it did.
+    Protocol(String),
+    /// It sent a message longer than the protocol allows.
+    Oversized,
+    /// It sent file descriptors, which clients never do.
+    SentDescriptors,
+    /// It did not read its socket while the broker's messages for it piled up.
+    NotReading,
+    /// The connection could not be watched or used.
+    Io(std::io::Error),
+}
+
+impl DisconnectReason {
+    /// Whether the client did something wrong (rather than leave).
+    pub(crate) fn is_fault(&self) -> bool {
+        !matches!(
+            self,
+            DisconnectReason::Goodbye | DisconnectReason::Closed | DisconnectReason::Refused
+        )
+    }
+}
+
+impl std::fmt::Display for DisconnectReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DisconnectReason::Goodbye => f.write_str("said goodbye"),
+            DisconnectReason::Closed => f.write_str("closed the connection"),
+            DisconnectReason::Refused => f.write_str("refused at the handshake"),
+            DisconnectReason::Protocol(what) => write!(f, "protocol violation: {what}"),
+            DisconnectReason::Oversized => f.write_str("sent an oversized message"),
+            DisconnectReason::SentDescriptors => {
+                f.write_str("sent file descriptors, which clients never do")
+            }
+            DisconnectReason::NotReading => f.write_str("not reading its socket (outbox full)"),
+            DisconnectReason::Io(e) => write!(f, "connection failed: {e}"),
+        }
+    }
+}
+
+/// The broker's state and decisions.
+pub(crate) struct Core {
+    limits: Limits,
+    doorbells: DoorbellTable,
+    rings: BTreeMap<String, RingEntry>,
+    clients: Clients,
+    next_publisher: u32,
+    next_subscription: u32,
+    /// Rings where dead publishers' claims still wait for repair, since when.
+    repairs_pending: BTreeMap<String, std::time::Instant>,
+    /// Tethered readers holding publishers back, watched for eviction: (topic, slot).
+    stalls: HashMap<(String, u32), Stall>,
+}
+
+/// An error reply, its message cut to [`MAX_ERROR_LEN`] bytes.
+fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
+    let mut message = message.into();
+    if message.len() > MAX_ERROR_LEN {
+        let mut cut = MAX_ERROR_LEN - 3;
+        while !message.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        message.truncate(cut);
+        message.push_str("...");
+    }
+    ErrorReply { code, message }
+}
+
+impl Core {
+    pub(crate) fn new(limits: Limits, doorbells: DoorbellTable) -> Core {
+        Core {
+            limits,
+            doorbells,
+            rings: BTreeMap::new(),
+            clients: Clients::default(),
+            next_publisher: 1,
+            next_subscription: 1,
+            repairs_pending: BTreeMap::new(),
+            stalls: HashMap::new(),
+        }
+    }
+
+    /// Registers a new connection and returns its client id.
+    pub(crate) fn connect(&mut self, creds: PeerCredentials) -> ClientId {
+        self.clients.insert(creds)
+    }
+
+    /// Number of connected clients.
+    pub(crate) fn client_count(&self) -> usize {
+        self.clients.len()
+    }
+
+    /// Handles `Hello`. Returns the answer and whether to keep the connection.
+    pub(crate) fn hello(&mut self, client: ClientId, hello: Hello) -> (Outgoing, bool) {
+        let refuse = |code, message: String| {
+            let refusal = BrokerMessage::Refused(error(code, message));
+            (Outgoing::to(client, refusal), false)
+        };
+        if hello.version != PROTOCOL_VERSION {
+            return refuse(
+                ErrorCode::Version,
+                format!(
+                    "protocol version {} is not supported (this broker speaks {PROTOCOL_VERSION})",
+                    hello.version
+                ),
+            );
+        }
+        let Some(c) = self.clients.get_mut(client) else {
+            return refuse(ErrorCode::Internal, "unknown client".into());
+        };
+        c.greeted = true;
+        c.name = hello.name;
+        debug!(client = %client, name = %c.name.escape_debug(), pid = c.creds.pid, uid = c.creds.uid, "client connected");
+        let welcome = BrokerMessage::Welcome(Welcome {
+            version: PROTOCOL_VERSION,
+            client,
+            owner: client_owner(client).get(),
+            max_payload: self.limits.ring.max_payload,
+        });
+        match self.doorbells.fd().map(|fd| fd.try_clone_to_owned()) {
+            Some(Ok(fd)) => (
+                Outgoing {
+                    client,
+                    msg: welcome,
+                    fds: vec![fd],
+                },
+                true,
+            ),
+            Some(Err(e)) => refuse(
+                ErrorCode::Internal,
+                format!("cannot share the doorbell table: {e}"),
+            ),
+            None => refuse(
+                ErrorCode::Internal,
+                "the doorbell table has no descriptor".into(),
+            ),
+        }
+    }
+
+    /// Whether `client` has completed the handshake.
+    pub(crate) fn greeted(&self, client: ClientId) -> bool {
+        self.clients.get(client).is_some_and(|c| c.greeted)
+    }
+
+    /// Handles a request; returns the reply and any messages for other clients. The client's own
+    /// messages come first, its reply after them (a subscriber must have all its existing rings
+    /// before it hears that it is subscribed), then the rest.
+    pub(crate) fn request(
+        &mut self,
+        client: ClientId,
+        id: RequestId,
+        body: Request,
+    ) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let result = match body {
+            Request::Publish(r) => self.publish(client, r, &mut out),
+            Request::Unpublish(r) => self.unpublish(client, r),
+            Request::Subscribe(r) => self.subscribe(client, r, &mut out),
+            Request::Unsubscribe(r) => self.unsubscribe(client, r),
+        };
+        let (result, fds) = match result {
+            Ok((reply, fds)) => (Ok(reply), fds),
+            Err(e) => (Err(e), Vec::new()),
+        };
+        let (mut ordered, others): (Vec<_>, Vec<_>) =
+            out.into_iter().partition(|o| o.client == client);
+        ordered.push(Outgoing {
+            client,
+            msg: BrokerMessage::Reply { id, result },
+            fds,
+        });
+        ordered.extend(others);
+        ordered
+    }
+
+    /// Forgets a client that left or died, freeing everything it held: its reserved and adopted
+    /// reader slots, its doorbells, and — through repair — its publishers' slots and any frame one
+    /// of them was writing.
+    pub(crate) fn disconnect(&mut self, client: ClientId, reason: &DisconnectReason) {
+        let Some(c) = self.clients.remove(client) else {
+            return;
+        };
+        let name = c.name.escape_debug();
+        let (pid, uid) = (c.creds.pid, c.creds.uid);
+        if reason.is_fault() {
+            warn!(client = %client, name = %name, pid, uid, "connection closed: {reason}");
+        } else {
+            info!(client = %client, name = %name, pid, uid, "client left: {reason}");
+        }
+        self.release(client, c);
+    }
+
+    /// Frees what a departed client held.
+    fn release(&mut self, client: ClientId, c: Client) {
+        for (sub, s) in c.subscriptions {
+            self.reclaim_reserved(client, sub, &s);
+        }
+        let owner = client_owner(client);
+        for index in self.doorbells.held_by(owner) {
+            self.doorbells.reclaim(index, owner);
+        }
+        let now = std::time::Instant::now();
+        for topic in c.publisher_rings {
+            self.repairs_pending.insert(topic, now);
+        }
+        self.repair();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,204 @@
+//! The publish/subscribe requests: attaching publishers to rings (creating them on first use),
+//! subscriptions, and the reader slots the broker reserves for subscriptions on matching rings.
+
+use shmbus_shm::ReaderMode;
+use tracing::debug;
+
+use super::clients::{Subscription, client_owner, subscription_owner};
+use super::{Core, Handled, Outgoing, error};
+use crate::protocol::pubsub::{
+    Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
+};
+use crate::protocol::{
+    BrokerMessage, ClientId, ErrorCode, ErrorReply, PublisherId, Reply, RingId, SubscriptionId,
+};
+use crate::topic::{Topic, overlaps};
+
+impl Core {
+    pub(super) fn publish(
+        &mut self,
+        client: ClientId,
+        request: Publish,
+        out: &mut Vec<Outgoing>,
+    ) -> Handled {
+        let topic = Topic::new(&request.topic)
+            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let limit = self.limits.ring.max_payload;
+        if request.max_payload > limit {
+            return Err(error(
+                ErrorCode::TooLarge,
+                format!(
+                    "payloads of {} bytes exceed this bus's limit of {limit} bytes (topic {topic:?})",
+                    request.max_payload
+                ),
+            ));
+        }
+        self.clients.known(client)?;
+        if !self.rings.contains_key(topic.as_str()) {
+            self.create_ring(&topic, out)?;
+        }
+        let entry = &self.rings[topic.as_str()];
+        let fds = [entry.ring.data_fd(), entry.ring.readers_fd()]
+            .into_iter()
+            .flatten()
+            .map(|fd| fd.try_clone_to_owned());
+        let fds = Self::duplicate(topic.as_str(), fds)?;
+        let publisher = PublisherId::from_raw(self.next_publisher);
+        self.next_publisher = self.next_publisher.wrapping_add(1).max(1);
+        let ring = RingId::from_raw(entry.ring.id());
+        let c = self.clients.known(client)?;
+        c.publishers.insert(publisher, topic.as_str().to_string());
+        c.publisher_rings.insert(topic.as_str().to_string());
+        debug!(client = %client, publisher = %publisher, topic = %topic, "publisher attached");
+        Ok((Reply::Publishing(Publishing { publisher, ring }), fds))
+    }
+
+    pub(super) fn unpublish(&mut self, client: ClientId, request: Unpublish) -> Handled {
+        let c = self.clients.known(client)?;
+        let publisher = request.publisher;
+        let topic = c
+            .publishers
+            .remove(&publisher)
+            .ok_or_else(|| error(ErrorCode::Unknown, format!("no publisher {publisher}")))?;
+        debug!(client = %client, publisher = %publisher, topic, "publisher detached");
+        Ok((Reply::Done, Vec::new()))
+    }
+
+    pub(super) fn subscribe(
+        &mut self,
+        client: ClientId,
+        request: Subscribe,
+        out: &mut Vec<Outgoing>,
+    ) -> Handled {
+        let pattern = Topic::new(&request.pattern)
+            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let doorbell = request.doorbell;
+        let held = self.doorbells.held_by(client_owner(client));
+        if !held.contains(&doorbell) {
+            return Err(error(
+                ErrorCode::NotPermitted,
+                format!("doorbell {doorbell} is not held by this client"),
+            ));
+        }
+        let c = self.clients.known(client)?;
+        // Ids need only be unique per client, since slot owners combine them with the client's.
+        let mut raw = self.next_subscription;
+        while c.subscriptions.contains_key(&SubscriptionId::from_raw(raw)) {
+            raw = raw.wrapping_add(1).max(1);
+        }
+        self.next_subscription = raw.wrapping_add(1).max(1);
+        let sub = SubscriptionId::from_raw(raw);
+        // History is applied by the client when it adopts each reader.
+        c.subscriptions.insert(
+            sub,
+            Subscription {
+                pattern: pattern.clone(),
+                mode: request.mode,
+                doorbell,
+                reserved: Vec::new(),
+            },
+        );
+        let topics: Vec<String> = self
+            .rings
+            .keys()
+            .filter(|t| Topic::new(t).is_ok_and(|t| overlaps(&pattern, &t)))
+            .cloned()
+            .collect();
+        let mut rings = 0u32;
+        for topic in topics {
+            match self.attach(client, sub, &topic) {
+                Ok(o) => {
+                    out.push(o);
+                    rings += 1;
+                }
+                Err(e) => {
+                    // All or nothing: release what was reserved and forget the subscription.
+                    let _ = self.unsubscribe(client, Unsubscribe { subscription: sub });
+                    out.retain(|o| !matches!(&o.msg, BrokerMessage::RingAttached(a) if a.subscription == sub));
+                    return Err(e);
+                }
+            }
+        }
+        debug!(client = %client, subscription = %sub, pattern = %pattern, rings, "subscribed");
+        let reply = Subscribed {
+            subscription: sub,
+            rings,
+        };
+        Ok((Reply::Subscribed(reply), Vec::new()))
+    }
+
+    pub(super) fn unsubscribe(&mut self, client: ClientId, request: Unsubscribe) -> Handled {
+        let c = self.clients.known(client)?;
+        let sub = request.subscription;
+        let s = c
+            .subscriptions
+            .remove(&sub)
+            .ok_or_else(|| error(ErrorCode::Unknown, format!("no subscription {sub}")))?;
+        self.reclaim_reserved(client, sub, &s);
+        debug!(client = %client, subscription = %sub, "unsubscribed");
+        Ok((Reply::Done, Vec::new()))
+    }
+
+    /// Frees the reader slots reserved for a subscription that ends. Slots the client adopted
+    /// and dropped are already free (owner 0); the rest — attached but never adopted, or held by
+    /// a client that died — are freed here. The per-subscription owner token makes sure no slot
+    /// of another subscription is touched.
+    pub(super) fn reclaim_reserved(&self, client: ClientId, sub: SubscriptionId, s: &Subscription) {
+        let owner = subscription_owner(client, sub);
+        for (topic, slot) in &s.reserved {
+            if let Some(entry) = self.rings.get(topic) {
+                if entry.ring.reclaim_reader(*slot, owner) {
+                    debug!(client = %client, topic, slot, "reader slot reclaimed");
+                }
+            }
+        }
+    }
+
+    /// Reserves a reader on ring `topic` for subscription `sub` and returns the attachment.
+    pub(super) fn attach(
+        &mut self,
+        client: ClientId,
+        sub: SubscriptionId,
+        topic: &str,
+    ) -> Result<Outgoing, ErrorReply> {
+        let entry = &self.rings[topic];
+        let s = self
+            .clients
+            .get_mut(client)
+            .and_then(|c| c.subscriptions.get_mut(&sub))
+            .ok_or_else(|| error(ErrorCode::Unknown, "no such subscription"))?;
+        let owner = subscription_owner(client, sub);
+        let mode: ReaderMode = s.mode;
+        let reserved = entry
+            .ring
+            .reserve_reader(mode, owner, s.doorbell)
+            .map_err(|e| error(ErrorCode::Exhausted, format!("topic {topic:?}: {e}")))?;
+        let readers = entry.ring.readers_fd().expect("memfd ring");
+        let fds = [
+            entry.read_only_data.try_clone(),
+            readers.try_clone_to_owned(),
+        ];
+        let fds = match Self::duplicate(topic, fds) {
+            Ok(fds) => fds,
+            Err(e) => {
+                entry.ring.reclaim_reader(reserved.slot, owner);
+                return Err(e);
+            }
+        };
+        s.reserved.push((topic.to_string(), reserved.slot));
+        let attachment = RingAttachment {
+            subscription: sub,
+            topic: topic.to_string(),
+            ring: RingId::from_raw(entry.ring.id()),
+            slot: reserved.slot,
+            owner: owner.get(),
+            position: reserved.position,
+            sequence: reserved.sequence,
+        };
+        Ok(Outgoing {
+            client,
+            msg: BrokerMessage::RingAttached(attachment),
+            fds,
+        })
+    }
+}

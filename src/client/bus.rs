@@ -1,0 +1,267 @@
+//! [`Bus`]: a connection to a broker, and what publishers and subscribers share through it.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use shmbus_shm::{DoorbellTable, Owner};
+
+use super::connection::Connection;
+use super::error::{AttachError, ConnectError};
+use super::pubsub::{Publisher, PublisherBuilder, Subscriber, SubscriberBuilder};
+use crate::address::BusAddress;
+use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
+
+/// A broker running on a thread of this process, owned by a [`Bus`].
+struct Embedded {
+    handle: BrokerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    dir: PathBuf,
+}
+
+impl Drop for Embedded {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Embedded {
+    /// Starts `broker` on a thread, on a socket in a private directory of its own.
+    fn start(broker: BrokerBuilder) -> Result<(Embedded, BusAddress), ConnectError> {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let base = match std::env::var_os("XDG_RUNTIME_DIR") {
+            Some(d) if !d.is_empty() => PathBuf::from(d),
+            _ => std::env::temp_dir(),
+        };
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = base.join(format!("shmbus-embedded-{}-{n}", std::process::id()));
+        let broker = broker
+            .socket(dir.join("bus.sock"))
+            .bind()
+            .map_err(ConnectError::Embedded)?;
+        let address = BusAddress::Local(broker.socket_path().to_path_buf());
+        let handle = broker.handle();
+        let thread = std::thread::Builder::new()
+            .name("shmbus-broker".into())
+            .spawn(move || broker.run())
+            .map_err(|e| {
+                ConnectError::Embedded(BrokerError::Io {
+                    what: "start broker thread for",
+                    path: dir.clone(),
+                    source: e,
+                })
+            })?;
+        let embedded = Embedded {
+            handle,
+            thread: Some(thread),
+            dir,
+        };
+        Ok((embedded, address))
+    }
+}
+
+/// What every handle of a bus shares.
+pub(crate) struct BusInner {
+    pub(crate) conn: Arc<Connection>,
+    pub(crate) owner: Owner,
+    pub(crate) max_payload: u32,
+    pub(crate) doorbells: DoorbellTable,
+    /// Joined on drop, so that no thread of ours outlives the last handle.
+    control: Option<std::thread::JoinHandle<()>>,
+    /// Declared last: the embedded broker stops after the connection closed.
+    embedded: Option<Embedded>,
+}
+
+impl Drop for BusInner {
+    fn drop(&mut self) {
+        self.conn.close();
+        // `close` shut the socket down, so the control thread's receive returns and it ends.
+        if let Some(control) = self.control.take() {
+            let _ = control.join();
+        }
+        drop(self.embedded.take());
+    }
+}
+
+/// A connection to a bus. Cheap to clone; publishers and subscribers keep it alive.
+///
+/// ```
+/// use shmbus::Bus;
+///
+/// let bus = Bus::embedded()?;                    // a private broker on a thread, for the example
+/// let mut sub = bus.subscribe("chat/**")?;
+/// let mut publisher = bus.publisher("chat/lobby")?;
+/// publisher.publish(b"hello")?;
+/// let sample = sub.recv()?;
+/// assert_eq!((sample.topic(), sample.payload()), ("chat/lobby", &b"hello"[..]));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct Bus {
+    pub(crate) inner: Arc<BusInner>,
+}
+
+impl std::fmt::Debug for Bus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Bus")
+            .field("address", &self.address().to_string())
+            .finish()
+    }
+}
+
+/// How to reach a bus; from [`Bus::builder`].
+#[derive(Debug, Default)]
+#[must_use = "a builder does nothing until `connect` is called"]
+pub struct BusBuilder {
+    address: Option<BusAddress>,
+    name: Option<String>,
+    embedded: Option<BrokerBuilder>,
+}
+
+impl BusBuilder {
+    /// The bus's address (default: `$SHMBUS_BUS`, else the name `default`).
+    pub fn address(mut self, address: BusAddress) -> Self {
+        self.address = Some(address);
+        self
+    }
+
+    /// The name this client shows in the broker's logs (default: the program's name).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// Starts `broker` on a thread of this process, on a private socket, and connects to it
+    /// instead of to an address: a bus of the program's own, for tests and self-contained
+    /// applications. Other processes can join it at [`Bus::address`]. The broker stops when the
+    /// last handle of this bus drops.
+    pub fn embedded(mut self, broker: BrokerBuilder) -> Self {
+        self.embedded = Some(broker);
+        self
+    }
+
+    /// Connects (starting the embedded broker first, if one was asked for).
+    pub fn connect(self) -> Result<Bus, ConnectError> {
+        let (embedded, address) = match self.embedded {
+            Some(broker) => {
+                let (embedded, address) = Embedded::start(broker)?;
+                (Some(embedded), address)
+            }
+            None => match self.address {
+                Some(address) => (None, address),
+                None => (None, BusAddress::from_env()?),
+            },
+        };
+        let name = self.name.unwrap_or_else(program_name);
+        let (conn, session) = Connection::open(&address, &name)?;
+        Ok(Bus {
+            inner: Arc::new(BusInner {
+                conn,
+                owner: session.owner,
+                max_payload: session.max_payload,
+                doorbells: session.doorbells,
+                control: Some(session.control),
+                embedded,
+            }),
+        })
+    }
+}
+
+/// The name of the running program, as clients introduce themselves by default.
+fn program_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "client".into())
+}
+
+impl Bus {
+    /// Connects to the broker at `address`: a bus name, a socket path, or a URL (see
+    /// [`BusAddress`]).
+    pub fn connect(address: &str) -> Result<Bus, ConnectError> {
+        Bus::builder()
+            .address(BusAddress::parse(address)?)
+            .connect()
+    }
+
+    /// Connects to the default bus: `$SHMBUS_BUS`, else the name `default`.
+    pub fn connect_default() -> Result<Bus, ConnectError> {
+        Bus::builder().connect()
+    }
+
+    /// Starts a broker with default settings on a thread of this process and connects to it; see
+    /// [`BusBuilder::embedded`] for one with other settings.
+    pub fn embedded() -> Result<Bus, ConnectError> {
+        Bus::builder()
+            .embedded(crate::broker::Broker::builder())
+            .connect()
+    }
+
+    /// How to reach a bus, when the defaults do not do.
+    pub fn builder() -> BusBuilder {
+        BusBuilder::default()
+    }
+
+    /// The address this bus was reached at.
+    pub fn address(&self) -> &BusAddress {
+        self.inner.conn.address()
+    }
+
+    /// Whether the broker is still connected. Attached publishers and subscribers work either
+    /// way.
+    pub fn is_connected(&self) -> bool {
+        self.inner.conn.is_alive()
+    }
+
+    /// The largest payload this bus's rings carry.
+    pub fn max_payload(&self) -> usize {
+        self.inner.max_payload as usize
+    }
+
+    /// A publisher of raw bytes on `topic`, with default options (see
+    /// [`Bus::publisher_builder`]). Wildcards are allowed: subscribers whose pattern overlaps the
+    /// topic receive its messages.
+    pub fn publisher(&self, topic: &str) -> Result<Publisher, AttachError> {
+        self.publisher_builder(topic).create()
+    }
+
+    /// A publisher with options: how it waits for room, typed messages.
+    pub fn publisher_builder(&self, topic: &str) -> PublisherBuilder {
+        PublisherBuilder::new(Arc::clone(&self.inner), topic)
+    }
+
+    /// A tethered subscriber to every topic matching `pattern`, from now on, with default
+    /// options (see [`Bus::subscriber`]).
+    pub fn subscribe(&self, pattern: &str) -> Result<Subscriber, AttachError> {
+        self.subscriber(pattern).create()
+    }
+
+    /// A subscriber with options: more patterns, lossy, history, how it waits, typed messages.
+    ///
+    /// ```
+    /// use shmbus::Bus;
+    ///
+    /// let bus = Bus::embedded()?;
+    /// let mut publisher = bus.publisher("log/app")?;
+    /// publisher.publish(b"before")?;
+    /// // Lossy: never holds the publisher back; history: also the last message before joining.
+    /// let mut sub = bus.subscriber("log/*").lossy().history(1).create()?;
+    /// publisher.publish(b"after")?;
+    /// assert_eq!(sub.recv()?.payload(), b"before");
+    /// assert_eq!(sub.recv()?.payload(), b"after");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn subscriber(&self, pattern: &str) -> SubscriberBuilder {
+        self.subscriber_builder().pattern(pattern)
+    }
+
+    /// A subscriber with options and no pattern yet: add them with
+    /// [`SubscriberBuilder::pattern`], or later with [`Subscriber::add_pattern`].
+    pub fn subscriber_builder(&self) -> SubscriberBuilder {
+        SubscriberBuilder::new(Arc::clone(&self.inner))
+    }
+}

@@ -1,0 +1,78 @@
+//! Ring attachments on their way from the control thread to their subscriber.
+//!
+//! The broker sends a subscription one attachment per matching ring — before it replies to the
+//! subscribe, and later whenever a matching ring appears. The control thread queues each for the
+//! subscriber that owns the subscription and rings its doorbell, so a parked subscriber wakes up
+//! to adopt the new ring.
+
+use std::os::fd::OwnedFd;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crossbeam_utils::CachePadded;
+
+use crate::protocol::pubsub::RingAttachment;
+
+/// What the broker sent a subscription about one matching ring.
+pub(crate) enum Attachment {
+    /// A reader slot on the ring, with the ring's descriptors (data read-only, readers).
+    Ring(RingAttachment, Vec<OwnedFd>),
+    /// The ring the broker could not attach a reader to: the subscription misses `topic`.
+    Unavailable {
+        /// The ring's topic.
+        topic: String,
+        /// Why, from the broker.
+        reason: String,
+    },
+}
+
+/// Attachments waiting for their subscriber to adopt them, and how to wake it.
+pub(crate) struct AttachmentQueue {
+    /// Whether `pending` may be non-empty: the subscriber polls it on every receive, so it sits
+    /// on a line of its own.
+    nonempty: CachePadded<AtomicBool>,
+    pending: Mutex<Vec<Attachment>>,
+    doorbell: u32,
+}
+
+impl AttachmentQueue {
+    /// An empty queue whose subscriber parks on `doorbell`.
+    pub(crate) fn new(doorbell: u32) -> AttachmentQueue {
+        AttachmentQueue {
+            nonempty: CachePadded::new(AtomicBool::new(false)),
+            pending: Mutex::new(Vec::new()),
+            doorbell,
+        }
+    }
+
+    /// The doorbell to ring after a push.
+    pub(crate) fn doorbell(&self) -> u32 {
+        self.doorbell
+    }
+
+    /// Queues attachments; the caller then rings the doorbell.
+    pub(crate) fn push(&self, items: impl IntoIterator<Item = Attachment>) {
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(items);
+        // Release pairs with the Acquire load in `has_pending`: the items are visible with it.
+        self.nonempty.store(true, Ordering::Release);
+    }
+
+    /// Whether attachments wait (cheap: no lock).
+    #[inline]
+    pub(crate) fn has_pending(&self) -> bool {
+        self.nonempty.load(Ordering::Acquire)
+    }
+
+    /// Takes every waiting attachment.
+    pub(crate) fn take(&self) -> Vec<Attachment> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        // Cleared before the items are taken, under the lock: a push that extends after this take
+        // sets the flag again once it has, so no item goes unseen (a flag left set over an empty
+        // queue only costs one more look).
+        self.nonempty.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *pending)
+    }
+}

@@ -1,0 +1,138 @@
+//! Errors of publishing and receiving: one enum per kind of call, after crossbeam's channels.
+//!
+//! A blocking call fails only for what it cannot wait out ([`PublishError`], [`RecvError`]); its
+//! `try_` twin also reports that nothing could be done now ([`TryPublishError::Full`],
+//! [`TryRecvError::Empty`]); its `_timeout`/`_deadline` twins that the time ran out
+//! ([`PublishTimeoutError::Timeout`], [`RecvTimeoutError::Timeout`]). A timeout is always an
+//! error, never an `Ok(None)`. None of them allocates: the errors a busy loop meets (`Full`,
+//! `Empty`, `Timeout`) carry nothing, since the handle knows its topic, and the others carry the
+//! topic as a shared [`Topic`].
+
+use crate::topic::Topic;
+
+/// Why a message was not published. Nothing was written to the ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum PublishError {
+    /// The payload exceeds the ring's largest payload.
+    #[error("topic {topic:?}: payload of {len} bytes exceeds the limit of {max} bytes")]
+    TooLarge {
+        /// The publisher's topic.
+        topic: Topic,
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        max: usize,
+    },
+    /// The message could not be serialized (typed publishers).
+    #[error("cannot serialize the message: {detail}")]
+    Serialize {
+        /// The serializer's error.
+        detail: String,
+    },
+}
+
+/// Why a message was not published without waiting. Nothing was written to the ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum TryPublishError {
+    /// The ring is full: a tethered subscriber has not caught up.
+    #[error("ring full: a tethered subscriber has not caught up")]
+    Full,
+    /// Publishing failed whether or not it waited.
+    #[error(transparent)]
+    Failed(#[from] PublishError),
+}
+
+/// Why a message was not published before the timeout. Nothing was written to the ring.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum PublishTimeoutError {
+    /// The ring stayed full until the timeout: a tethered subscriber has not caught up.
+    #[error("the ring stayed full until the timeout passed")]
+    Timeout,
+    /// Publishing failed whether or not it waited.
+    #[error(transparent)]
+    Failed(#[from] PublishError),
+}
+
+/// Why a receive returned no message. Every variant concerns one topic; receiving the others
+/// goes on.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum RecvError {
+    /// Messages on `topic` were overwritten before this subscriber read them (a lossy
+    /// subscriber overrun, or a stalled one that the broker evicted). Receiving goes on.
+    #[error("topic {topic:?}: {missed} messages were lost before they were read")]
+    Lagged {
+        /// The ring's topic.
+        topic: Topic,
+        /// How many.
+        missed: u64,
+    },
+    /// The ring for `topic` holds a frame that breaks the layout rules; this subscriber stops
+    /// reading that ring.
+    #[error("topic {topic:?}: {detail}; no longer reading this topic")]
+    Corrupt {
+        /// The ring's topic.
+        topic: Topic,
+        /// What is wrong.
+        detail: String,
+    },
+    /// A ring for `topic` matches the subscription but cannot be read (the broker found no free
+    /// reader slot on it, or its memory could not be mapped): this subscriber does not receive
+    /// that topic's messages. Reported once; receiving goes on with the other topics.
+    #[error("topic {topic:?} matches but cannot be read: {detail}")]
+    Unavailable {
+        /// The ring's topic.
+        topic: String,
+        /// Why.
+        detail: String,
+    },
+    /// The subscriber holds as many owned samples of `topic` as it may (see
+    /// [`SubscriberBuilder::max_held`](super::SubscriberBuilder::max_held)): drop some to
+    /// receive that topic's next message. Nothing was consumed.
+    #[error("topic {topic:?}: {max} owned samples are held; drop some to receive more")]
+    HeldLimit {
+        /// The ring's topic.
+        topic: Topic,
+        /// The limit.
+        max: u32,
+    },
+    /// A typed message failed validation (it is skipped; receiving goes on).
+    #[error(
+        "topic {topic:?}: message {sequence} is not a valid archive of the expected type: {detail}"
+    )]
+    Invalid {
+        /// The ring's topic.
+        topic: Topic,
+        /// The message's sequence number.
+        sequence: u64,
+        /// The validator's error.
+        detail: String,
+    },
+}
+
+/// Why a receive without waiting returned no message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum TryRecvError {
+    /// No message is there yet.
+    #[error("no message yet")]
+    Empty,
+    /// Receiving failed (see [`RecvError`]).
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}
+
+/// Why a receive with a timeout returned no message.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+#[non_exhaustive]
+pub enum RecvTimeoutError {
+    /// No message came before the timeout.
+    #[error("no message before the timeout")]
+    Timeout,
+    /// Receiving failed (see [`RecvError`]).
+    #[error(transparent)]
+    Failed(#[from] RecvError),
+}

@@ -1,0 +1,219 @@
+//! Received messages: [`Sample`], read in place and borrowed from its subscriber, and
+//! [`OwnedSample`], which borrows nothing.
+
+use std::ffi::CStr;
+
+use shmbus_shm::{Frame, OwnedFrame};
+
+use super::subscriber::RingLabel;
+use crate::protocol::PublisherId;
+use crate::topic::Topic;
+
+/// One message, read in place until dropped; the fastest way to read.
+///
+/// A sample borrows its subscriber: drop it before receiving the next, or [detach](Sample::detach)
+/// it to keep it longer.
+pub struct Sample<'a> {
+    inner: SampleFlavor<'a>,
+}
+
+/// Where a sample's bytes are: a frame in a ring (remote buses will add theirs).
+enum SampleFlavor<'a> {
+    Ring(Frame<'a, RingLabel>),
+}
+
+/// One message that borrows nothing: it may be kept while the subscriber receives on, sent to
+/// another thread, and dropped in any order. Its frame stays in place (a tethered subscriber's
+/// ring holds publishers back behind the oldest owned sample) until it drops. A subscriber lends
+/// at most [`max_held`](super::SubscriberBuilder::max_held) of them per topic at once.
+pub struct OwnedSample {
+    inner: OwnedFlavor,
+}
+
+enum OwnedFlavor {
+    Ring(OwnedFrame<RingLabel>),
+}
+
+impl<'a> Sample<'a> {
+    #[inline]
+    pub(crate) fn ring(frame: Frame<'a, RingLabel>) -> Sample<'a> {
+        Sample {
+            inner: SampleFlavor::Ring(frame),
+        }
+    }
+
+    /// The topic it was published on, exactly as the publisher wrote it.
+    #[inline]
+    pub fn topic(&self) -> &str {
+        self.topic_ref().as_str()
+    }
+
+    /// [`Sample::topic`] as a NUL-terminated C string, without a copy (for foreign-function
+    /// interfaces).
+    #[inline]
+    pub fn topic_c_str(&self) -> &CStr {
+        self.topic_ref().as_c_str()
+    }
+
+    #[inline]
+    pub(crate) fn topic_ref(&self) -> &Topic {
+        match &self.inner {
+            SampleFlavor::Ring(f) => &f.label().topic,
+        }
+    }
+
+    /// The payload (16-byte aligned; in shared memory for tethered subscribers).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        match &self.inner {
+            SampleFlavor::Ring(f) => f.payload(),
+        }
+    }
+
+    /// Payload length.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            SampleFlavor::Ring(f) => f.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The publisher's bus-wide id.
+    #[inline]
+    pub fn publisher(&self) -> PublisherId {
+        match &self.inner {
+            SampleFlavor::Ring(f) => PublisherId::from_raw(f.writer()),
+        }
+    }
+
+    /// The message's sequence number in its ring (increasing in publication order).
+    #[inline]
+    pub fn sequence(&self) -> u64 {
+        match &self.inner {
+            SampleFlavor::Ring(f) => f.sequence(),
+        }
+    }
+
+    /// Whether the payload is read in place in shared memory (rather than from a private copy,
+    /// as lossy subscribers read).
+    pub fn is_in_place(&self) -> bool {
+        match &self.inner {
+            SampleFlavor::Ring(f) => f.is_in_place(),
+        }
+    }
+
+    /// Keeps the message beyond the next receive: an [`OwnedSample`] that borrows nothing.
+    ///
+    /// ```
+    /// let bus = shmbus::Bus::embedded()?;
+    /// let mut sub = bus.subscribe("jobs")?;
+    /// let mut publisher = bus.publisher("jobs")?;
+    /// publisher.publish(b"first")?;
+    /// publisher.publish(b"second")?;
+    /// let first = sub.recv()?.detach();
+    /// let second = sub.recv()?.detach();
+    /// let worker = std::thread::spawn(move || first.payload().to_vec());
+    /// assert_eq!(second.payload(), b"second");
+    /// assert_eq!(worker.join().unwrap(), b"first");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn detach(self) -> OwnedSample {
+        match self.inner {
+            SampleFlavor::Ring(f) => OwnedSample {
+                inner: OwnedFlavor::Ring(f.detach()),
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for Sample<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sample")
+            .field("topic", &self.topic())
+            .field("publisher", &self.publisher())
+            .field("sequence", &self.sequence())
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl OwnedSample {
+    /// The topic it was published on, exactly as the publisher wrote it.
+    #[inline]
+    pub fn topic(&self) -> &str {
+        self.topic_ref().as_str()
+    }
+
+    /// [`OwnedSample::topic`] as a NUL-terminated C string, without a copy.
+    #[inline]
+    pub fn topic_c_str(&self) -> &CStr {
+        self.topic_ref().as_c_str()
+    }
+
+    #[inline]
+    pub(crate) fn topic_ref(&self) -> &Topic {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => &f.label().topic,
+        }
+    }
+
+    /// The payload (16-byte aligned; in shared memory for tethered subscribers).
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => f.payload(),
+        }
+    }
+
+    /// Payload length.
+    #[inline]
+    pub fn len(&self) -> usize {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => f.len(),
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The publisher's bus-wide id.
+    #[inline]
+    pub fn publisher(&self) -> PublisherId {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => PublisherId::from_raw(f.writer()),
+        }
+    }
+
+    /// The message's sequence number in its ring.
+    #[inline]
+    pub fn sequence(&self) -> u64 {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => f.sequence(),
+        }
+    }
+
+    /// Whether the payload is read in place in shared memory.
+    pub fn is_in_place(&self) -> bool {
+        match &self.inner {
+            OwnedFlavor::Ring(f) => f.is_in_place(),
+        }
+    }
+}
+
+impl std::fmt::Debug for OwnedSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedSample")
+            .field("topic", &self.topic())
+            .field("publisher", &self.publisher())
+            .field("sequence", &self.sequence())
+            .field("len", &self.len())
+            .finish()
+    }
+}

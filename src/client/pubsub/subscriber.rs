@@ -1,0 +1,454 @@
+//! Subscribing: one [`Subscriber`] reads every ring its patterns match, in place, waiting on all
+//! of them with one doorbell.
+
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmbus_shm::wait::{Deadline, Idle, Waiter};
+use shmbus_shm::{
+    MemberError, Owner, ReadError, Reader, ReaderMode, ReaderOptions, ReaderSet, ReservedReader,
+    Ring, WaitStrategy,
+};
+use tracing::warn;
+
+use super::attachments::{Attachment, AttachmentQueue};
+use super::error::{RecvError, RecvTimeoutError, TryRecvError};
+use super::publisher::Patience;
+use super::sample::Sample;
+use super::typed::TypedSubscriberBuilder;
+use crate::client::bus::BusInner;
+use crate::client::error::AttachError;
+use crate::protocol::SubscriptionId;
+use crate::protocol::pubsub::{RingAttachment, Subscribe, Unsubscribe};
+use crate::topic::Topic;
+
+/// How a subscriber is made; from [`Bus::subscriber`](crate::Bus::subscriber). Defaults:
+/// tethered (lossless), no history, spin 50 µs then park, 16 owned samples per topic.
+#[must_use = "a builder does nothing until `create` is called"]
+pub struct SubscriberBuilder {
+    bus: Arc<BusInner>,
+    patterns: Vec<String>,
+    options: ReaderOptions,
+    history: u32,
+    wait: WaitStrategy,
+}
+
+impl std::fmt::Debug for SubscriberBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SubscriberBuilder")
+            .field("patterns", &self.patterns)
+            .field("options", &self.options)
+            .field("wait", &self.wait)
+            .finish()
+    }
+}
+
+impl SubscriberBuilder {
+    pub(crate) fn new(bus: Arc<BusInner>) -> SubscriberBuilder {
+        SubscriberBuilder {
+            bus,
+            patterns: Vec::new(),
+            options: ReaderOptions::default(),
+            history: 0,
+            wait: WaitStrategy::default(),
+        }
+    }
+
+    /// Also receive the topics matching `pattern` (a topic matched by several patterns is read
+    /// once).
+    pub fn pattern(mut self, pattern: &str) -> Self {
+        self.patterns.push(pattern.to_string());
+        self
+    }
+
+    /// Never hold publishers back: when overrun, get [`RecvError::Lagged`] and go on from the
+    /// oldest message still in the ring (messages are then copied out and checked, not read in
+    /// place). The default is tethered: lossless, and a subscriber that stops reading holds
+    /// publishers back until the broker evicts it.
+    pub fn lossy(mut self) -> Self {
+        self.options = self.options.mode(ReaderMode::Lossy);
+        self
+    }
+
+    /// Also deliver the last `n` messages of each matching topic published before subscribing,
+    /// as far as its ring still holds them.
+    pub fn history(mut self, n: u32) -> Self {
+        self.history = n;
+        self.options = self.options.history(u64::from(n));
+        self
+    }
+
+    /// How receiving waits (default: spin 50 µs, then park).
+    pub fn wait(mut self, wait: WaitStrategy) -> Self {
+        self.wait = wait;
+        self
+    }
+
+    /// At most `n` (at least 1) [owned samples](Sample::detach) per topic at once; at the limit
+    /// a receive fails with [`RecvError::HeldLimit`] until some are dropped.
+    pub fn max_held(mut self, n: u32) -> Self {
+        self.options = self.options.max_held(n);
+        self
+    }
+
+    /// Receive values of `T`, validated and read in place.
+    pub fn typed<T>(self) -> TypedSubscriberBuilder<T> {
+        TypedSubscriberBuilder::new(self)
+    }
+
+    /// Subscribes: every pattern is attached before this returns, so every message published
+    /// afterwards on a matching topic is delivered. Without patterns, the subscriber receives
+    /// nothing until [`Subscriber::add_pattern`].
+    pub fn create(self) -> Result<Subscriber, AttachError> {
+        let first = self.patterns.first().map_or("(none yet)", String::as_str);
+        let doorbell = self
+            .bus
+            .doorbells
+            .claim(self.bus.owner)
+            .map_err(|e| AttachError::shm(first, e))?;
+        let doorbell = Arc::new(doorbell);
+        let queue = Arc::new(AttachmentQueue::new(doorbell.index()));
+        let mut sub = RingSubscriber {
+            set: ReaderSet::new(doorbell),
+            lease: Arc::new(SubscriptionLease {
+                bus: self.bus,
+                ids: Mutex::new(Vec::new()),
+            }),
+            queue,
+            options: self.options,
+            history: self.history,
+            wait: self.wait,
+            patterns: Vec::new(),
+            unavailable: Vec::new(),
+        };
+        for pattern in &self.patterns {
+            sub.add_pattern(pattern)?;
+        }
+        Ok(Subscriber {
+            inner: Flavor::Rings(sub),
+        })
+    }
+}
+
+/// Receives the messages of every topic matching its patterns — rings that exist now and rings
+/// created later — from the moment the pattern was added.
+///
+/// Messages of one publisher arrive in order; messages of different topics interleave (round
+/// robin, so one busy topic cannot starve the others). A topic matched by several of the
+/// subscriber's patterns is read once.
+pub struct Subscriber {
+    inner: Flavor,
+}
+
+/// What a subscriber reads from: rings in shared memory (remote buses will add theirs).
+enum Flavor {
+    Rings(RingSubscriber),
+}
+
+/// What each reader of a subscriber carries: its ring's topic, and the subscription, which is
+/// ended only when the last reader and the last sample of it are gone.
+pub(crate) struct RingLabel {
+    pub(crate) topic: Topic,
+    _subscription: Arc<SubscriptionLease>,
+}
+
+/// A subscriber's subscriptions at the broker, ended when the last of the subscriber and its
+/// owned samples lets go: only then are its reader slots unused, and may be reclaimed.
+struct SubscriptionLease {
+    bus: Arc<BusInner>,
+    ids: Mutex<Vec<SubscriptionId>>,
+}
+
+impl Drop for SubscriptionLease {
+    fn drop(&mut self) {
+        let ids = self.ids.get_mut().unwrap_or_else(|p| p.into_inner());
+        for &subscription in ids.iter() {
+            self.bus.conn.notify(Unsubscribe { subscription });
+        }
+    }
+}
+
+/// A subscriber of local rings.
+struct RingSubscriber {
+    /// Declared first: readers let go of their slots before the subscription may end.
+    set: ReaderSet<RingLabel>,
+    lease: Arc<SubscriptionLease>,
+    queue: Arc<AttachmentQueue>,
+    options: ReaderOptions,
+    history: u32,
+    wait: WaitStrategy,
+    patterns: Vec<Topic>,
+    /// Matching rings this subscriber cannot read, (topic, why), not yet reported.
+    unavailable: Vec<(String, String)>,
+}
+
+impl Drop for RingSubscriber {
+    fn drop(&mut self) {
+        // Attachments that still come are discarded at once (their descriptors closed); the
+        // broker frees their slots when the subscription ends.
+        let ids = self.lease.ids.lock().unwrap_or_else(|p| p.into_inner());
+        for &id in ids.iter() {
+            self.lease.bus.conn.unregister_subscription(id);
+        }
+    }
+}
+
+impl std::fmt::Debug for Subscriber {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("patterns", &self.patterns().collect::<Vec<_>>())
+            .field("topics", &self.topics().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+impl Subscriber {
+    /// Also receives the topics matching `pattern`, from now on.
+    pub fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
+        match &mut self.inner {
+            Flavor::Rings(s) => s.add_pattern(pattern),
+        }
+    }
+
+    /// How receiving waits from now on.
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        match &mut self.inner {
+            Flavor::Rings(s) => s.wait = wait,
+        }
+    }
+
+    /// The patterns subscribed to.
+    pub fn patterns(&self) -> impl Iterator<Item = &str> {
+        match &self.inner {
+            Flavor::Rings(s) => s.patterns.iter().map(Topic::as_str),
+        }
+    }
+
+    /// The topics of the rings this subscriber reads now.
+    pub fn topics(&self) -> impl Iterator<Item = &str> {
+        match &self.inner {
+            Flavor::Rings(s) => s.set.readers().iter().map(|r| r.label().topic.as_str()),
+        }
+    }
+
+    /// The next message, waiting as long as it takes.
+    #[inline]
+    pub fn recv(&mut self) -> Result<Sample<'_>, RecvError> {
+        match self.receive(Patience::Until(Deadline::Never)) {
+            Ok(sample) => Ok(sample),
+            Err(Wait::Failed(e)) => Err(e),
+            Err(Wait::Empty | Wait::Timeout) => {
+                unreachable!("a wait without a deadline ends only with a message or an error")
+            }
+        }
+    }
+
+    /// The next message if one is there; never waits.
+    #[inline]
+    pub fn try_recv(&mut self) -> Result<Sample<'_>, TryRecvError> {
+        self.receive(Patience::Now).map_err(|e| match e {
+            Wait::Failed(e) => TryRecvError::Failed(e),
+            Wait::Empty | Wait::Timeout => TryRecvError::Empty,
+        })
+    }
+
+    /// The next message, waiting up to `timeout`.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use shmbus::RecvTimeoutError;
+    ///
+    /// let bus = shmbus::Bus::embedded()?;
+    /// let mut sub = bus.subscribe("quiet")?;
+    /// let outcome = sub.recv_timeout(Duration::from_millis(10));
+    /// assert_eq!(outcome.unwrap_err(), RecvTimeoutError::Timeout);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    #[inline]
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Sample<'_>, RecvTimeoutError> {
+        self.receive_until(Deadline::After(timeout))
+    }
+
+    /// The next message, waiting until `deadline`.
+    #[inline]
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Sample<'_>, RecvTimeoutError> {
+        self.receive_until(Deadline::At(deadline))
+    }
+
+    #[inline]
+    fn receive_until(&mut self, deadline: Deadline) -> Result<Sample<'_>, RecvTimeoutError> {
+        self.receive(Patience::Until(deadline))
+            .map_err(|e| match e {
+                Wait::Failed(e) => RecvTimeoutError::Failed(e),
+                Wait::Empty | Wait::Timeout => RecvTimeoutError::Timeout,
+            })
+    }
+
+    #[inline]
+    fn receive(&mut self, patience: Patience) -> Result<Sample<'_>, Wait> {
+        match &mut self.inner {
+            Flavor::Rings(s) => {
+                let index = s.wait_for_frame(patience)?;
+                let frame = s.set.frame(index).expect("the poll found a frame there");
+                Ok(Sample::ring(frame))
+            }
+        }
+    }
+}
+
+/// Why a wait for a message ended without one.
+enum Wait {
+    /// Nothing there, and no waiting asked for.
+    Empty,
+    /// The deadline passed.
+    Timeout,
+    Failed(RecvError),
+}
+
+impl RingSubscriber {
+    fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
+        let pattern = Topic::new(pattern)?;
+        let bus = &self.lease.bus;
+        let request = Subscribe {
+            pattern: pattern.as_str().to_string(),
+            mode: self.options.reader_mode(),
+            history: self.history,
+            doorbell: self.set.doorbell().index(),
+        };
+        let (reply, _) = bus
+            .conn
+            .call(request)
+            .map_err(|e| AttachError::call(pattern.as_str(), e))?;
+        let id = reply.subscription;
+        bus.conn.register_subscription(id, Arc::clone(&self.queue));
+        self.lease
+            .ids
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id);
+        self.patterns.push(pattern);
+        self.adopt_pending();
+        Ok(())
+    }
+
+    /// Polls every reader, waiting with the subscriber's strategy as `patience` allows, until
+    /// one holds a message; returns its index in the set.
+    #[inline]
+    fn wait_for_frame(&mut self, patience: Patience) -> Result<usize, Wait> {
+        let mut waiter = match patience {
+            Patience::Now => None,
+            Patience::Until(deadline) => Some(Waiter::new(self.wait, deadline)),
+        };
+        loop {
+            if self.queue.has_pending() {
+                self.adopt_pending();
+            }
+            if let Some((topic, detail)) = self.unavailable.pop() {
+                return Err(Wait::Failed(RecvError::Unavailable { topic, detail }));
+            }
+            match self.set.poll() {
+                Ok(Some(index)) => return Ok(index),
+                Ok(None) => {}
+                Err(e) => return Err(Wait::Failed(self.read_failed(e))),
+            }
+            let Some(waiter) = waiter.as_mut() else {
+                return Err(Wait::Empty);
+            };
+            match waiter.idle() {
+                Idle::Retry => {}
+                Idle::Park(until) => {
+                    let queue = &self.queue;
+                    self.set.park(until, &|| queue.has_pending());
+                }
+                Idle::TimedOut => return Err(Wait::Timeout),
+            }
+        }
+    }
+
+    /// The error for a reader failing to read.
+    #[cold]
+    #[inline(never)]
+    fn read_failed(&mut self, e: MemberError) -> RecvError {
+        let topic = self.set.readers()[e.index].label().topic.clone();
+        match e.error {
+            ReadError::Lagged { missed } => RecvError::Lagged { topic, missed },
+            ReadError::HeldLimit { max } => RecvError::HeldLimit { topic, max },
+            other => {
+                // A corrupt ring cannot be read past; stop reading it, keep the others.
+                self.set.remove(e.index);
+                RecvError::Corrupt {
+                    topic,
+                    detail: other.to_string(),
+                }
+            }
+        }
+    }
+
+    /// Adopts the readers the broker attached since the last call.
+    #[cold]
+    #[inline(never)]
+    fn adopt_pending(&mut self) {
+        for item in self.queue.take() {
+            let (a, fds) = match item {
+                Attachment::Ring(a, fds) => (a, fds),
+                Attachment::Unavailable { topic, reason } => {
+                    self.unavailable.push((topic, reason));
+                    continue;
+                }
+            };
+            let Some(owner) = Owner::new(a.owner) else {
+                continue;
+            };
+            let existing = self
+                .set
+                .readers()
+                .iter()
+                .find(|r| r.ring().id() == a.ring.get());
+            if let Some(reader) = existing {
+                // Another pattern already reads this ring: free the extra slot (fds drop).
+                reader.ring().reclaim_reader(a.slot, owner);
+                continue;
+            }
+            match self.adopt(&a, owner, fds) {
+                Ok(reader) => self.set.insert(reader),
+                Err(e) => {
+                    warn!(topic = a.topic, "cannot read a matching ring: {e}");
+                    self.unavailable.push((a.topic, e));
+                }
+            }
+        }
+        // A ring another of our patterns reads is not missed.
+        let set = &self.set;
+        self.unavailable.retain(|(topic, _)| {
+            !set.readers()
+                .iter()
+                .any(|r| r.label().topic.as_str() == topic)
+        });
+    }
+
+    fn adopt(
+        &self,
+        a: &RingAttachment,
+        owner: Owner,
+        fds: Vec<OwnedFd>,
+    ) -> Result<Reader<RingLabel>, String> {
+        let topic = Topic::new(&a.topic).map_err(|e| format!("the broker sent {e}"))?;
+        let [data, readers]: [_; 2] = fds
+            .try_into()
+            .map_err(|_| "the broker sent no ring descriptors".to_string())?;
+        let bus = &self.lease.bus;
+        let ring = Ring::open(data, readers, &bus.doorbells).map_err(|e| e.to_string())?;
+        let reserved = ReservedReader {
+            slot: a.slot,
+            position: a.position,
+            sequence: a.sequence,
+        };
+        let label = RingLabel {
+            topic,
+            _subscription: Arc::clone(&self.lease),
+        };
+        ring.adopt_reader(reserved, self.options, self.set.doorbell(), owner, label)
+            .map_err(|e| e.to_string())
+    }
+}

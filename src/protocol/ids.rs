@@ -1,0 +1,54 @@
+//! Ids the broker hands out, as newtypes: one type per kind of thing, so that a publisher id is
+//! never passed where a subscription id belongs, and packing them lives in one place.
+
+use serde::{Deserialize, Serialize};
+
+macro_rules! id {
+    ($(#[$doc:meta])* $name:ident($raw:ty)) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name($raw);
+
+        impl $name {
+            /// The id with raw value `raw` (as carried on the wire and in shared memory).
+            pub const fn from_raw(raw: $raw) -> $name {
+                $name(raw)
+            }
+
+            /// The raw value.
+            pub const fn get(self) -> $raw {
+                self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                self.0.fmt(f)
+            }
+        }
+    };
+}
+
+id!(
+    /// A client connection of one broker (unique among its live connections).
+    ClientId(u32)
+);
+id!(
+    /// A publisher, bus-wide: stamped into every frame it writes, so subscribers see who wrote
+    /// each message.
+    PublisherId(u32)
+);
+id!(
+    /// One pattern of a subscriber (unique per client).
+    SubscriptionId(u32)
+);
+id!(
+    /// A ring, as recorded in its segment headers; a topic's ring released when idle and created
+    /// again gets a new id.
+    RingId(u64)
+);
+id!(
+    /// A request, chosen by the client to match its reply.
+    RequestId(u32)
+);
