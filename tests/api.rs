@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use shmbus::{
-    Broker, BrokerBuilder, Bus, PublishError, RecvError, RecvTimeoutError, TryPublishError,
-    TryRecvError,
+    Broker, BrokerBuilder, Bus, OwnedSample, PublishError, RecvError, RecvTimeoutError,
+    TryPublishError, TryRecvError,
 };
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -242,4 +242,79 @@ fn a_subscriber_that_cannot_get_a_reader_on_a_new_ring_is_told_and_goes_on() {
     }
     // Other topics are unaffected.
     assert_eq!(outcome(&mut other).unwrap(), b"still here");
+}
+
+#[test]
+fn owned_samples_outlive_their_subscriber_and_cross_threads() {
+    let bus = embedded(Broker::builder().ring_capacity(1 << 16).max_payload(4096));
+    let mut sub = bus.subscribe("own/*").unwrap();
+    let mut p = bus.publisher("own/a").unwrap();
+    for i in 0u8..3 {
+        p.publish(&[i; 100]).unwrap();
+    }
+    let kept: Vec<OwnedSample> = (0..3)
+        .map(|_| sub.recv_timeout(WAIT).unwrap().detach())
+        .collect();
+    drop(sub);
+    // The frames stay in place: the publisher cannot lap the oldest kept sample.
+    let mut sent = 0;
+    while p.try_publish(&[9; 1000]).is_ok() {
+        sent += 1;
+    }
+    assert!(sent > 0 && sent < 100, "the kept samples hold the ring");
+    let handles: Vec<_> = kept
+        .into_iter()
+        .map(|s| std::thread::spawn(move || (s.topic().to_string(), s.payload().to_vec())))
+        .collect();
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.join().unwrap(), ("own/a".into(), vec![i as u8; 100]));
+    }
+    // All dropped: the subscription is gone and holds nobody back.
+    p.publish_timeout(&[1; 1000], WAIT)
+        .expect("nobody holds the ring any more");
+}
+
+#[test]
+fn a_subscriber_holds_at_most_max_held_owned_samples_per_topic() {
+    let bus = Bus::embedded().unwrap();
+    let mut sub = bus.subscriber("lim").max_held(2).create().unwrap();
+    let mut p = bus.publisher("lim").unwrap();
+    for i in 0u8..4 {
+        p.publish(&[i]).unwrap();
+    }
+    let first = sub.recv_timeout(WAIT).unwrap().detach();
+    let second = sub.recv_timeout(WAIT).unwrap().detach();
+    match sub.try_recv() {
+        Err(TryRecvError::Failed(RecvError::HeldLimit { topic, max: 2 })) => {
+            assert_eq!(topic, "lim")
+        }
+        other => panic!("expected HeldLimit, got {:?}", other.map(|s| s.sequence())),
+    }
+    drop(first);
+    assert_eq!(
+        sub.recv_timeout(WAIT).unwrap().payload(),
+        [2],
+        "nothing was lost"
+    );
+    assert_eq!(second.payload(), [1]);
+}
+
+#[test]
+fn deadlines_and_subscribers_without_patterns() {
+    let bus = Bus::embedded().unwrap();
+    let mut sub = bus.subscriber_builder().create().unwrap();
+    assert_eq!(sub.patterns().count(), 0);
+    let soon = std::time::Instant::now() + Duration::from_millis(20);
+    assert_eq!(
+        sub.recv_deadline(soon).unwrap_err(),
+        RecvTimeoutError::Timeout
+    );
+    assert!(std::time::Instant::now() >= soon);
+    sub.add_pattern("later").unwrap();
+    let mut p = bus.publisher("later").unwrap();
+    p.publish_deadline(b"in time", std::time::Instant::now() + WAIT)
+        .unwrap();
+    let got = sub.recv_deadline(std::time::Instant::now() + WAIT).unwrap();
+    assert_eq!(got.payload(), b"in time");
+    assert_eq!(got.publisher(), p.id());
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 
 use nix::sys::signal::Signal;
-use support::{Broker, Proc, TestDir, run, shmbus};
+use support::{Broker, Proc, run, shmbus};
 
 #[test]
 fn wildcard_subscription_receives_rings_created_before_and_after_it() {
@@ -134,8 +134,8 @@ fn invalid_topics_are_rejected_naming_the_topic() {
 
 #[test]
 fn exit_code_3_without_a_broker_and_4_on_timeout() {
-    let dir = TestDir::new();
-    let nowhere = dir.path.join("none.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let nowhere = dir.path().join("none.sock");
     let (code, _, stderr) = run(nowhere.to_str().unwrap(), &["pub", "t", "x"]);
     assert_eq!(code, 3, "{stderr}");
     assert!(stderr.contains("none.sock"), "names the address: {stderr}");
@@ -152,8 +152,8 @@ fn exit_code_3_without_a_broker_and_4_on_timeout() {
 
 #[test]
 fn broker_refuses_a_second_instance_replaces_stale_sockets_and_stops_cleanly() {
-    let dir = TestDir::new();
-    let private = dir.path.join("shmbus-bus");
+    let dir = tempfile::tempdir().unwrap();
+    let private = dir.path().join("shmbus-bus");
     let socket = private.join("b.sock");
     let mut first = Broker::start_at(&socket, &[]);
     let mode = std::fs::metadata(&private).unwrap().permissions().mode();
@@ -225,8 +225,8 @@ fn the_demo_runs_and_exits_by_itself() {
 
 #[test]
 fn bench_reports_percentiles_and_draws_the_distribution() {
-    let dir = TestDir::new();
-    let svg = dir.path.join("latency.svg");
+    let dir = tempfile::tempdir().unwrap();
+    let svg = dir.path().join("latency.svg");
     for (mode, extra) in [
         (
             "latency",

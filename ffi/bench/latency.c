@@ -89,15 +89,16 @@ static void echo(const char *bus, const char *ping, const char *pong, int ready_
     connect_pair(bus, ping, pong, &client, &sub, &pub);
     if (write(ready_fd, "r", 1) != 1) exit(1);
     close(ready_fd);
+    shmbus_sample s = {0};
     for (;;) {
-        shmbus_sample s;
-        TRY(shmbus_recv(sub, &s, SHMBUS_WAIT_FOREVER));
+        /* Releases the previous ping and receives the next, in one call. */
+        TRY(shmbus_recv_next(sub, &s, SHMBUS_WAIT_FOREVER));
         size_t len = s.len;
         unsigned char reply = (unsigned char)sum(s.data, len);
-        TRY(shmbus_sample_release(&s));
         if (len == 0) break;
         send_filled(pub, len, reply);
     }
+    TRY(shmbus_sample_release(&s));
     shmbus_publisher_free(pub);
     shmbus_subscriber_free(sub);
     shmbus_client_free(client);
@@ -151,16 +152,16 @@ int main(int argc, char **argv) {
     if (!samples) return 1;
     volatile uint64_t sink = 0;
     unsigned char n = 0;
+    shmbus_sample s = {0};
     for (long i = -warmup; i < iterations; i++) {
         uint64_t t0 = now_ns();
         send_filled(pub, size, ++n);
-        shmbus_sample s;
-        TRY(shmbus_recv(sub, &s, SHMBUS_WAIT_FOREVER));
+        TRY(shmbus_recv_next(sub, &s, SHMBUS_WAIT_FOREVER));
         sink += sum(s.data, s.len);
-        TRY(shmbus_sample_release(&s));
         uint64_t t1 = now_ns();
         if (i >= 0) samples[i] = (t1 - t0) / 2;
     }
+    TRY(shmbus_sample_release(&s));
     (void)sink;
     TRY(shmbus_publish(pub, NULL, 0)); /* tells the child to stop */
     int status;

@@ -13,7 +13,8 @@ cd "$(dirname "$0")/../.."
 iterations=${1:-200000}
 rounds=${2:-3}
 
-cargo build --release -p shmbus -p shmbus-ffi --example latency
+cargo build --release -p shmbus -p shmbus-ffi
+cargo build --release -p shmbus-ffi --example latency
 work=$(mktemp -d)
 broker_pid=
 cleanup() {
@@ -22,7 +23,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cc -O2 -std=c11 -Wall -Wextra -Werror -pedantic -Iffi/include -o "$work/latency_c" ffi/bench/latency.c \
+cc -O3 -std=c11 -Wall -Wextra -Werror -pedantic -Iffi/include -o "$work/latency_c" ffi/bench/latency.c \
   -Ltarget/release -Wl,-rpath,"$PWD/target/release" -lshmbus_ffi
 latency_rust=target/release/examples/latency
 

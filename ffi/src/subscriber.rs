@@ -129,7 +129,8 @@ impl shmbus_subscriber {
     }
 
     /// Receives the next message into `held` and describes it in `out`; `this` is the pointer C
-    /// passed for `self`, which the sample records for `shmbus_sample_release`.
+    /// passed for `self`, which the sample records for `shmbus_sample_release`. A sample still
+    /// held is given back (after the next one is read, so that its handle can be reused).
     #[inline]
     fn recv(
         &mut self,
@@ -138,7 +139,9 @@ impl shmbus_subscriber {
         wait: Wait,
         out: &mut shmbus_sample,
     ) -> Result<(), Error> {
-        let subscriber = &mut self.subscriber;
+        let shmbus_subscriber {
+            subscriber, held, ..
+        } = self;
         let received = match wait {
             Wait::Forever => subscriber.recv().map_err(RecvTimeoutError::Failed),
             Wait::Never => subscriber.try_recv().map_err(|e| match e {
@@ -147,13 +150,14 @@ impl shmbus_subscriber {
             }),
             Wait::For(d) => subscriber.recv_timeout(d),
         }
-        .map(shmbus::Sample::detach);
+        .map(|sample| sample.detach_into(held));
         match received {
-            Ok(sample) => {
-                self.hold(this, sample, out);
+            Ok(()) => {
+                self.describe(this, out);
                 Ok(())
             }
             Err(e) => {
+                drop(held.take());
                 *out = shmbus_sample::EMPTY;
                 Err(self.recv_failed(function, e))
             }
@@ -178,9 +182,12 @@ impl shmbus_subscriber {
         }
     }
 
-    /// Keeps `sample` in `held` and describes it in `out`.
+    /// Describes the held sample in `out`, under a new token.
     #[inline]
-    fn hold(&mut self, this: *mut shmbus_subscriber, sample: OwnedSample, out: &mut shmbus_sample) {
+    fn describe(&mut self, this: *mut shmbus_subscriber, out: &mut shmbus_sample) {
+        let Some(sample) = &self.held else {
+            return;
+        };
         let payload = sample.payload();
         self.token = self.token.wrapping_add(1);
         *out = shmbus_sample {
@@ -193,7 +200,6 @@ impl shmbus_subscriber {
             _subscriber: this,
             _token: self.token,
         };
-        self.held = Some(sample);
     }
 }
 
@@ -489,7 +495,6 @@ pub unsafe extern "C" fn shmbus_recv_next(
         // SAFETY: `sample` is non-NULL, valid for reading and writing, and not aliased during the
         // call, by the caller's contract.
         let out = unsafe { out.as_mut() };
-        drop(subscriber.held.take());
         subscriber.recv(this, F, Wait::from_ms(timeout_ms), out)
     })
 }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use shmbus::{Bus, TryRecvError};
-use support::{Proc, TestBroker, TestDir, compile};
+use support::{Proc, TestBroker, compile};
 
 fn example(name: &str) -> std::path::PathBuf {
     compile(&format!("examples/{name}.c"))
@@ -175,17 +175,22 @@ fn zero_copy_loan_writes_in_the_ring_and_recv_reads_in_place() {
     p.expect_success();
     assert_eq!(
         p.stdout.lines(),
-        ["ok loan-in-ring", "ok recv-in-place", "ok abort"]
+        [
+            "ok loan-in-ring",
+            "ok recv-in-place",
+            "ok abort",
+            "ok recv-next"
+        ]
     );
 }
 
 #[test]
 fn every_error_path_returns_its_code_and_message() {
     let broker = TestBroker::start();
-    let dir = TestDir::new();
+    let dir = tempfile::tempdir().unwrap();
     let mut p = Proc::spawn(
         &peer(),
-        &["errors", broker.bus(), dir.path.to_str().unwrap()],
+        &["errors", broker.bus(), dir.path().to_str().unwrap()],
     );
     p.expect_success();
     assert_eq!(
@@ -277,8 +282,8 @@ fn chat_between_two_terminals() {
 
 #[test]
 fn c_programs_report_an_unreachable_broker() {
-    let dir = TestDir::new();
-    let nobody = dir.path.join("nobody.sock");
+    let dir = tempfile::tempdir().unwrap();
+    let nobody = dir.path().join("nobody.sock");
     let nobody = nobody.to_str().unwrap();
     let mut publisher = Proc::spawn(&example("pub"), &["-b", nobody, "t", "m"]);
     assert_eq!(publisher.wait_code(), 3);

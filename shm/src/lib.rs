@@ -122,16 +122,27 @@
 //! | `exclusive` | owner: intent stores, light fence, ownership load | revoker: `REVOKING` store, heavy fence, owner's intent load | a revoked owner never stores the cursor over another claim |
 //! | `doorbell` | doorbell bump (Release) | doorbell load before sleeping (Acquire) | a woken reader sees what woke it |
 //! | `space` | reader: position store, then swap of the space-waiter count (Release) | writer: count increment (Acquire), room check | a writer waiting for room is either woken or sees the room |
+//! | `give-back` | an owned frame's drop: its queue flag (Release), on any thread | the reader collecting flags (Acquire) before moving its tether | the owner is done with a frame before the reader lets writers overwrite it |
 //!
 //! Sequential consistency appears only as fences in `join`, `park` and `exclusive`, the three
 //! store-then-load (Dekker) patterns, where acquire/release cannot order a store before a later
 //! load (`space` needs none: both of its sides are read-modify-writes of one counter, which
-//! the counter's modification order puts one before the other). They are fences rather than SeqCst accesses because the fence rules are what the
-//! arguments use (and what loom models exactly). In `park` and `exclusive` the fences are
+//! the counter's modification order puts one before the other). They are fences rather than
+//! SeqCst accesses because the fence rules are what the arguments use (and what loom models
+//! exactly). In `park` and `exclusive` the fences are
 //! asymmetric: the writer's hot path has only a compiler fence ("light"), and the rare side
 //! issues `membarrier(MEMBARRIER_CMD_GLOBAL_EXPEDITED)` ("heavy"), which puts a full barrier into
 //! every running thread of every publishing process — see the `fence` module, and its fallback
 //! where the kernel refuses the call.
+//!
+//! ## Owned frames
+//!
+//! A frame read in place can be detached from its reader ([`Frame::detach`]): the reader keeps a
+//! queue of the frames it lent out and never moves its tether past the oldest one not given back,
+//! so the bytes of an [`OwnedFrame`] stay put until it drops — on any thread, in any order. A
+//! drop only sets the frame's flag (`SYNC(give-back)`); the reader collects the flags at its next
+//! poll, so a reader that lends frames parks at most a millisecond at a time. The queue and the
+//! reader slot live in a lease the reader and its owned frames share, freed with the last of them.
 //!
 //! ## Waiting for space
 //!

@@ -8,7 +8,7 @@ mod process;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-pub use process::{Proc, TestDir};
+pub use process::Proc;
 
 /// The binary under test.
 pub fn bin() -> &'static str {
@@ -52,13 +52,13 @@ pub fn run(bus: &str, args: &[&str]) -> (i32, String, String) {
 pub struct Broker {
     pub proc: Proc,
     pub socket: PathBuf,
-    pub dir: TestDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl Broker {
     pub fn start(extra: &[&str]) -> Broker {
-        let dir = TestDir::new();
-        let socket = dir.path.join("bus.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus.sock");
         let broker = Broker::start_at(&socket, extra);
         Broker {
             proc: broker,

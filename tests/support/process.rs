@@ -1,43 +1,18 @@
-//! Child processes whose output lines can be awaited, and private directories. Shared by the
-//! root package's tests (`tests/support/mod.rs`) and the C API tests (`ffi/tests/support/mod.rs`,
-//! which include this file with `#[path]`); each adds its own way of spawning.
+//! Child processes whose output lines can be awaited. Shared by the root package's tests
+//! (`tests/support/mod.rs`) and the C API tests (`ffi/tests/support/mod.rs`, which include this
+//! file with `#[path]`); each adds its own way of spawning. Private directories are
+//! `tempfile::TempDir`s (created mode 0700).
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::os::unix::fs::DirBuilderExt;
-use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use wait_timeout::ChildExt;
+
 /// How long a test waits for something a process should do before failing.
 pub const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A private (0700) directory, removed on drop.
-pub struct TestDir {
-    pub path: PathBuf,
-}
-
-impl TestDir {
-    pub fn new() -> TestDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let path = std::env::temp_dir().join(format!("shmbus-test-{}-{n}", std::process::id()));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .recursive(true)
-            .create(&path)
-            .unwrap();
-        TestDir { path }
-    }
-}
-
-impl Drop for TestDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.path);
-    }
-}
 
 /// What the collector thread has seen of a stream.
 #[derive(Default)]
@@ -159,25 +134,21 @@ impl Proc {
     /// output, and returns the exit code.
     pub fn wait_code(&mut self) -> i32 {
         self.close_stdin();
-        let deadline = Instant::now() + PATIENCE;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                self.stdout.settle();
-                self.stderr.settle();
-                return status.code().unwrap_or_else(|| {
-                    panic!(
-                        "killed by a signal: {status}; stderr: {}",
-                        self.stderr.text()
-                    )
-                });
-            }
-            assert!(
-                Instant::now() < deadline,
+        let status = self.child.wait_timeout(PATIENCE).unwrap();
+        let Some(status) = status else {
+            panic!(
                 "process did not exit in time; stderr: {}",
                 self.stderr.text()
             );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        };
+        self.stdout.settle();
+        self.stderr.settle();
+        status.code().unwrap_or_else(|| {
+            panic!(
+                "killed by a signal: {status}; stderr: {}",
+                self.stderr.text()
+            )
+        })
     }
 
     /// Waits for a successful exit; panics with its output otherwise.

@@ -4,7 +4,7 @@
 
 use std::process::Child;
 
-use shmbus::{Bus, Publisher, Subscriber, SubscriberOptions, WaitStrategy};
+use shmbus::{Bus, Publisher, Subscriber, WaitStrategy};
 
 use crate::harness::{self, Endpoint};
 
@@ -30,15 +30,16 @@ impl Endpoint for BusEnd {
 }
 
 fn attach(bus: Bus, send_to: &str, receive_from: &str) -> BusEnd {
-    let options = SubscriberOptions {
-        wait: WaitStrategy::BusySpin,
-        ..SubscriberOptions::default()
-    };
     let subscriber = bus
-        .subscribe_with(receive_from, options)
+        .subscriber(receive_from)
+        .wait(WaitStrategy::BusySpin)
+        .create()
         .expect("subscribe");
-    let mut publisher = bus.publisher(send_to).expect("attach a publisher");
-    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let publisher = bus
+        .publisher_builder(send_to)
+        .wait(WaitStrategy::BusySpin)
+        .create()
+        .expect("attach a publisher");
     BusEnd {
         publisher,
         subscriber,

@@ -6,14 +6,14 @@ use std::process::Child;
 use std::sync::Arc;
 
 use shmbus_shm::{
-    DoorbellTable, Owner, Publisher, Reader, ReaderOptions, Ring, RingConfig, WaitStrategy,
+    Deadline, DoorbellTable, Owner, Reader, ReaderOptions, Ring, RingConfig, WaitStrategy, Writer,
 };
 
 use crate::harness::{self, Endpoint};
 
-/// A publisher on one ring and a tethered, busy-spinning reader on the other.
+/// A writer on one ring and a tethered, busy-spinning reader on the other.
 pub struct RingEnd {
-    publisher: Publisher,
+    writer: Writer,
     reader: Reader,
     // Declared last, so dropped after the publisher and reader attached to them.
     _rings: [Ring; 2],
@@ -22,7 +22,10 @@ pub struct RingEnd {
 
 impl Endpoint for RingEnd {
     fn send(&mut self, len: usize, fill: u8) {
-        let mut loan = self.publisher.loan(len, None).expect("loan from the ring");
+        let mut loan = self
+            .writer
+            .loan(len, Deadline::Never)
+            .expect("loan from the ring");
         loan.as_mut_slice().fill(fill);
         loan.commit();
     }
@@ -30,9 +33,8 @@ impl Endpoint for RingEnd {
     fn recv(&mut self) -> (usize, u64) {
         let sample = self
             .reader
-            .read(WaitStrategy::BusySpin, None)
-            .expect("read the ring")
-            .expect("no timeout was set");
+            .read(WaitStrategy::BusySpin, Deadline::Never)
+            .expect("read the ring");
         (sample.len(), harness::read_all(sample.payload()))
     }
 }
@@ -42,23 +44,21 @@ fn config() -> RingConfig {
     RingConfig {
         capacity: 1 << 20,
         max_payload: 64 * 1024,
-        publisher_slots: 4,
+        writer_slots: 4,
         reader_slots: 4,
     }
 }
 
-fn attach(there: Ring, back: Ring, doorbells: DoorbellTable, publisher_id: u32) -> RingEnd {
+fn attach(there: Ring, back: Ring, doorbells: DoorbellTable, writer_id: u32) -> RingEnd {
     let me = Owner::this_process();
     let bell = Arc::new(doorbells.claim(me).expect("claim a doorbell"));
     let reader = back
         .reader(ReaderOptions::default(), &bell, me)
         .expect("attach a reader");
-    let mut publisher = there
-        .publisher(publisher_id, me)
-        .expect("attach a publisher");
-    publisher.set_wait_strategy(WaitStrategy::BusySpin);
+    let mut writer = there.writer(writer_id, me).expect("attach a writer");
+    writer.set_wait_strategy(WaitStrategy::BusySpin);
     RingEnd {
-        publisher,
+        writer,
         reader,
         _rings: [there, back],
         _doorbells: doorbells,

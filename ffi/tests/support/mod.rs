@@ -29,7 +29,7 @@ use std::sync::Mutex;
 
 use shmbus::{Broker, BrokerHandle};
 
-pub use process::{PATIENCE, Proc, TestDir};
+pub use process::{PATIENCE, Proc};
 
 /// The crate's directory (`ffi/`).
 pub fn crate_dir() -> &'static Path {
@@ -103,13 +103,13 @@ pub struct TestBroker {
     pub socket: PathBuf,
     handle: BrokerHandle,
     thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
-    pub dir: TestDir,
+    pub dir: tempfile::TempDir,
 }
 
 impl TestBroker {
     pub fn start() -> TestBroker {
-        let dir = TestDir::new();
-        let socket = dir.path.join("bus.sock");
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus.sock");
         let broker = Broker::builder()
             .socket(&socket)
             .bind()

@@ -115,21 +115,32 @@ impl<L> Drop for ReaderLease<L> {
 }
 
 /// The reader's side of the lent-out queue: start positions of frames lent out in place, oldest
-/// first, as a ring of absolute indices `head..tail` (entries `k % len`).
+/// first, as a ring of absolute indices `head..tail` (entries `k & mask`, the ring's length a
+/// power of two at least `max`).
 #[derive(Debug)]
 struct Lent {
     starts: Box<[u64]>,
+    mask: u64,
+    max: u32,
     head: u64,
     tail: u64,
 }
 
 impl Lent {
     fn new(max: u32) -> Lent {
+        let len = max.next_power_of_two();
         Lent {
-            starts: vec![0; max as usize].into_boxed_slice(),
+            starts: vec![0; len as usize].into_boxed_slice(),
+            mask: u64::from(len) - 1,
+            max,
             head: 0,
             tail: 0,
         }
+    }
+
+    /// Entries of the shared flag array (one per entry of `starts`).
+    fn capacity(max: u32) -> usize {
+        max.next_power_of_two() as usize
     }
 
     #[inline]
@@ -137,12 +148,14 @@ impl Lent {
         self.head == self.tail
     }
 
+    #[inline]
     fn is_full(&self) -> bool {
-        self.tail - self.head == self.starts.len() as u64
+        self.tail - self.head >= u64::from(self.max)
     }
 
+    #[inline]
     fn entry(&self, k: u64) -> usize {
-        (k % self.starts.len() as u64) as usize
+        (k & self.mask) as usize
     }
 
     /// Where the tether must stay: the start of the oldest frame out, or `u64::MAX`.
@@ -188,7 +201,7 @@ impl<L> Reader<L> {
         options: &ReaderOptions,
         label: L,
     ) -> Reader<L> {
-        let given_back = (0..options.max_held)
+        let given_back = (0..Lent::capacity(options.max_held))
             .map(|_| AtomicBool::new(false))
             .collect();
         Reader {
@@ -251,11 +264,11 @@ impl<L> Reader<L> {
             return Ok(true);
         }
         if !self.lent.is_empty() {
-            self.collect_given_back();
+            if self.oldest_given_back() {
+                self.collect_given_back();
+            }
             if self.lent.is_full() {
-                return Err(ReadError::HeldLimit {
-                    max: self.lent.starts.len() as u32,
-                });
+                return Err(ReadError::HeldLimit { max: self.lent.max });
             }
         }
         let mem = &self.lease.ring.mem;
@@ -273,28 +286,42 @@ impl<L> Reader<L> {
         }
     }
 
+    /// Whether the oldest frame lent out was given back (the queue is not empty).
+    #[inline]
+    fn oldest_given_back(&self) -> bool {
+        // SYNC(give-back): Acquire pairs with the Release store in `OwnedFrame::drop` (see
+        // `skip_given_back`, which loads it again).
+        self.lease.given_back[self.lent.entry(self.lent.head)].load(Ordering::Acquire)
+    }
+
     /// Moves the tether past the owned frames given back at the front of the queue.
     #[cold]
     #[inline(never)]
     fn collect_given_back(&mut self) {
-        let before = self.lent.head;
-        while !self.lent.is_empty() {
-            let entry = self.lent.entry(self.lent.head);
-            // SYNC(give-back): Acquire pairs with the Release store in `OwnedFrame::drop`: the
-            // owner's reads of the frame happen-before the tether store below lets writers
-            // overwrite it.
-            if !self.lease.given_back[entry].load(Ordering::Acquire) {
-                break;
-            }
-            self.lent.head += 1;
-        }
-        if self.lent.head != before {
+        if self.skip_given_back() {
             let oldest = self.lent.oldest();
             let shared = &self.lease.ring;
             if self.core.hold_from(&shared.mem, oldest) {
                 shared.signal_space();
             }
         }
+    }
+
+    /// Steps the queue's head past the frames given back; returns whether it moved. The caller
+    /// moves the tether.
+    fn skip_given_back(&mut self) -> bool {
+        let before = self.lent.head;
+        while !self.lent.is_empty() {
+            let entry = self.lent.entry(self.lent.head);
+            // SYNC(give-back): Acquire pairs with the Release store in `OwnedFrame::drop`: the
+            // owner's reads of the frame happen-before the tether store that lets writers
+            // overwrite it (in our caller, or in the next consume).
+            if !self.lease.given_back[entry].load(Ordering::Acquire) {
+                break;
+            }
+            self.lent.head += 1;
+        }
+        self.lent.head != before
     }
 
     /// The message found by [`Reader::poll_ready`], if any.
@@ -467,36 +494,82 @@ impl<L> Frame<'_, L> {
     /// Turns the frame into an [`OwnedFrame`], which borrows nothing and gives the frame back
     /// when it drops — on any thread, in any order. The reader reads on meanwhile.
     pub fn detach(self) -> OwnedFrame<L> {
+        let mut slot = None;
+        self.detach_into(&mut slot);
+        slot.expect("detach_into fills the slot")
+    }
+
+    /// [`Frame::detach`] into `slot`, giving back the frame the slot holds first: for loops that
+    /// keep one owned frame at a time. A frame of this reader is given back on the spot (no flag
+    /// for a later poll to collect) and its lease handle is reused, so the loop costs no more
+    /// than reading borrowed frames.
+    pub fn detach_into(self, slot: &mut Option<OwnedFrame<L>>) {
         let this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again; the reference is moved out of it, so
         // the frame's `Drop` (which would consume the frame a second time) does not run.
         let reader: &mut Reader<L> = unsafe { std::ptr::read(&this.reader) };
-        reader.ready = false;
-        let view = reader.view;
-        let shared = Arc::clone(&reader.lease);
-        let body = if reader.core.reads_in_place() {
+        let lease = match slot.take() {
+            Some(old) if Arc::ptr_eq(&old.lease, &reader.lease) => reader.take_back(old),
+            other => {
+                drop(other);
+                Arc::clone(&reader.lease)
+            }
+        };
+        *slot = Some(reader.lend(lease));
+    }
+}
+
+impl<L> Reader<L> {
+    /// Gives back an owned frame of this reader directly, and returns its lease handle for reuse.
+    fn take_back(&mut self, frame: OwnedFrame<L>) -> Arc<ReaderLease<L>> {
+        let (lease, body) = frame.into_parts();
+        match body {
+            Body::InPlace { entry, .. } if entry == self.lent.entry(self.lent.head) => {
+                // The oldest frame out: the queue moves on at once (and past any given back
+                // behind it); the next consume moves the tether.
+                self.lent.head += 1;
+                self.skip_given_back();
+                self.core.set_held_from(self.lent.oldest());
+            }
+            Body::InPlace { entry, .. } => {
+                // Out of order: flagged like any frame given back, collected when it is the oldest.
+                // SYNC(give-back): Release, as in `OwnedFrame::drop`.
+                lease.given_back[entry].store(true, Ordering::Release);
+            }
+            // A copy's buffer goes back to the reader, which copies the next frame into it.
+            Body::Copied(buf) => self.buf = buf,
+        }
+        lease
+    }
+
+    /// Lends the ready frame out as an owned frame holding `lease`, and consumes it.
+    fn lend(&mut self, lease: Arc<ReaderLease<L>>) -> OwnedFrame<L> {
+        self.ready = false;
+        let view = self.view;
+        let body = if self.core.reads_in_place() {
             // `poll_ready` delivers nothing while the queue is full, so there is room.
-            debug_assert!(!reader.lent.is_full());
-            let k = reader.lent.tail;
-            let entry = reader.lent.entry(k);
-            reader.lent.starts[entry] = view.pos;
+            debug_assert!(!self.lent.is_full());
+            let k = self.lent.tail;
+            let entry = self.lent.entry(k);
+            self.lent.starts[entry] = view.pos;
             // Relaxed: the entry's last owned frame was given back (we saw its flag with Acquire
-            // before collecting it), and the new owner's Release store comes after this one.
-            shared.given_back[entry].store(false, Ordering::Relaxed);
-            reader.lent.tail = k + 1;
-            reader.core.set_held_from(reader.lent.oldest());
+            // before collecting it, or took it back ourselves), and the new owner's Release store
+            // comes after this one.
+            lease.given_back[entry].store(false, Ordering::Relaxed);
+            self.lent.tail = k + 1;
+            self.core.set_held_from(self.lent.oldest());
             Body::InPlace {
                 pos: view.pos,
                 entry,
             }
         } else {
-            Body::Copied(std::mem::take(&mut reader.buf))
+            Body::Copied(std::mem::take(&mut self.buf))
         };
-        if reader.core.consume(&shared.ring.mem, &view) {
-            shared.ring.signal_space();
+        if self.core.consume(&lease.ring.mem, &view) {
+            lease.ring.signal_space();
         }
         OwnedFrame {
-            lease: shared,
+            lease,
             header: view.header,
             body,
         }
@@ -553,6 +626,14 @@ impl<L> std::fmt::Debug for OwnedFrame<L> {
 }
 
 impl<L> OwnedFrame<L> {
+    /// Takes the frame apart without giving it back (its `Drop` does not run).
+    fn into_parts(self) -> (Arc<ReaderLease<L>>, Body) {
+        let this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so each field is moved out exactly once
+        // and nothing is dropped twice.
+        unsafe { (std::ptr::read(&this.lease), std::ptr::read(&this.body)) }
+    }
+
     /// The payload bytes (16-byte aligned).
     #[inline]
     pub fn payload(&self) -> &[u8] {

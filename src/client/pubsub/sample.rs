@@ -129,6 +129,24 @@ impl<'a> Sample<'a> {
             },
         }
     }
+
+    /// [`Sample::detach`] into `slot`, giving back the sample the slot holds first: for loops
+    /// that keep one owned sample at a time (the C API's `shmbus_recv_next`, iterators). A sample
+    /// of the same topic is given back on the spot and its handle reused, so such a loop costs
+    /// hardly more than reading borrowed samples.
+    pub fn detach_into(self, slot: &mut Option<OwnedSample>) {
+        match self.inner {
+            SampleFlavor::Ring(frame) => {
+                let mut frames = slot.take().map(|old| match old.inner {
+                    OwnedFlavor::Ring(f) => f,
+                });
+                frame.detach_into(&mut frames);
+                *slot = frames.map(|f| OwnedSample {
+                    inner: OwnedFlavor::Ring(f),
+                });
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Sample<'_> {
