@@ -13,8 +13,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Inside, the [`core`] decides (registration, rings, subscriptions, recovery; no I/O) and the
-//! [`event_loop`] moves bytes between it and the sockets.
+//! Inside, the `core` module decides (registration, rings, subscriptions, recovery; no I/O) and
+//! the `event_loop` moves bytes between it and the sockets.
 
 mod core;
 mod event_loop;

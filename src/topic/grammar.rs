@@ -7,7 +7,7 @@ pub const MAX_TOPIC_LEN: usize = 255;
 /// [`TopicError`], so that its message stays readable on one line.
 const ERROR_TOPIC_MAX_CHARS: usize = 300;
 
-/// Why a string is not a valid [`Topic`].
+/// Why a string is not a valid [`Topic`](super::Topic).
 ///
 /// Every variant carries the offending topic (shortened to 300 characters plus `…` if it is longer)
 /// and its message names it in quotes, on one line; control characters are escaped.

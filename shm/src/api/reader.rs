@@ -171,6 +171,9 @@ impl Lent {
 /// Reads every frame of one ring, in order, from the moment it attached. `L` is a label the
 /// reader carries for its user (the subscriber's topic, say), which its frames show too.
 pub struct Reader<L = ()> {
+    /// The ring, as the lease holds it too: kept here as well so that every poll reaches the
+    /// ring's memory in one step.
+    ring: Arc<RingShared>,
     lease: Arc<ReaderLease<L>>,
     core: ReaderCore,
     buf: CopyBuf,
@@ -205,6 +208,7 @@ impl<L> Reader<L> {
             .map(|_| AtomicBool::new(false))
             .collect();
         Reader {
+            ring: Arc::clone(&ring),
             lease: Arc::new(ReaderLease {
                 ring,
                 slot: core.slot,
@@ -221,7 +225,7 @@ impl<L> Reader<L> {
     }
 
     fn shared(&self) -> &RingShared {
-        &self.lease.ring
+        &self.ring
     }
 
     /// The slot this reader occupies in the ring.
@@ -237,7 +241,7 @@ impl<L> Reader<L> {
     /// A handle to the ring this reader reads.
     pub fn ring(&self) -> crate::Ring {
         crate::Ring {
-            shared: Arc::clone(&self.lease.ring),
+            shared: Arc::clone(&self.ring),
         }
     }
 
@@ -271,7 +275,7 @@ impl<L> Reader<L> {
                 return Err(ReadError::HeldLimit { max: self.lent.max });
             }
         }
-        let mem = &self.lease.ring.mem;
+        let mem = &self.ring.mem;
         if self.core.evicted(mem) {
             self.core.rejoin(mem);
         }
@@ -300,7 +304,7 @@ impl<L> Reader<L> {
     fn collect_given_back(&mut self) {
         if self.skip_given_back() {
             let oldest = self.lent.oldest();
-            let shared = &self.lease.ring;
+            let shared = &self.ring;
             if self.core.hold_from(&shared.mem, oldest) {
                 shared.signal_space();
             }
@@ -451,7 +455,7 @@ impl<L> Frame<'_, L> {
             // buffer; the frame is committed (its stamp was loaded with Acquire) and tethered
             // readers' frames are not overwritten until `consume` moves the tether past them;
             // the mapping lives as long as the reader this frame borrows.
-            unsafe { in_place(&reader.lease.ring, view.pos, view.header.len) }
+            unsafe { in_place(&reader.ring, view.pos, view.header.len) }
         } else {
             reader.buf.as_slice()
         }
@@ -565,8 +569,8 @@ impl<L> Reader<L> {
         } else {
             Body::Copied(std::mem::take(&mut self.buf))
         };
-        if self.core.consume(&lease.ring.mem, &view) {
-            lease.ring.signal_space();
+        if self.core.consume(&self.ring.mem, &view) {
+            self.ring.signal_space();
         }
         OwnedFrame {
             lease,
@@ -581,8 +585,8 @@ impl<L> Drop for Frame<'_, L> {
     fn drop(&mut self) {
         let reader = &mut *self.reader;
         reader.ready = false;
-        if reader.core.consume(&reader.lease.ring.mem, &reader.view) {
-            reader.lease.ring.signal_space();
+        if reader.core.consume(&reader.ring.mem, &reader.view) {
+            reader.ring.signal_space();
         }
     }
 }

@@ -53,8 +53,13 @@ pub(crate) struct ReaderCore {
     pub slot: u32,
     /// Whether the reader holds writers back.
     tethered: bool,
-    /// Absolute position of the next frame to look at.
+    /// Absolute position of the next frame to look at. Moved only by [`ReaderCore::move_to`].
     pos: u64,
+    /// The commit stamp a frame at `pos` will carry (`stamp(pos, key)`), kept so that a poll
+    /// that finds nothing is one load and one compare.
+    expected: u64,
+    /// The ring's stamp key.
+    key: u64,
     /// Sequence number of the claim expected at `pos`.
     next_seq: u64,
     /// Tethered readers: frames at or after this position are protected by the tether (the
@@ -96,13 +101,15 @@ impl ReaderCore {
             slot,
             tethered,
             pos: 0,
+            expected: stamp(0, mem.stamp_key()),
+            key: mem.stamp_key(),
             next_seq: 0,
             safe_from: u64::MAX,
             deliver_from: 0,
             held_from: u64::MAX,
         };
         let head = core.join(mem);
-        core.pos = head.pos;
+        core.move_to(head.pos);
         core.next_seq = head.seq;
         Some(core)
     }
@@ -138,11 +145,20 @@ impl ReaderCore {
             slot,
             tethered,
             pos: start.pos,
+            expected: stamp(start.pos, mem.stamp_key()),
+            key: mem.stamp_key(),
             next_seq: start.seq,
             safe_from: if tethered { start.pos } else { u64::MAX },
             deliver_from: 0,
             held_from: u64::MAX,
         })
+    }
+
+    /// Moves the reader to `pos`, with the stamp a frame there will carry.
+    #[inline]
+    fn move_to(&mut self, pos: u64) {
+        self.pos = pos;
+        self.expected = stamp(pos, self.key);
     }
 
     /// Where this reader stands: the position and sequence number of the next frame.
@@ -230,7 +246,7 @@ impl ReaderCore {
                 pos += u64::from(h.size);
             }
             if let Some(&first) = last.front() {
-                self.pos = oldest;
+                self.move_to(oldest);
                 self.next_seq = oldest_seq;
                 self.deliver_from = first;
             }
@@ -275,7 +291,7 @@ impl ReaderCore {
         let pos = self.pos;
         // SYNC(publish): Acquire pairs with the writer's Release (SeqCst) stamp store: the
         // header and payload are visible once the stamp is.
-        if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
+        if mem.word(pos).load(Ordering::Acquire) != self.expected {
             return Ok(Step::Done(Poll::Empty));
         }
         let h = read_frame_header(mem, pos);
@@ -289,7 +305,7 @@ impl ReaderCore {
         let pos = self.pos;
         let head = &mem.control().head;
         // SYNC(publish): Acquire pairs with the commit's Release stamp store.
-        if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
+        if mem.word(pos).load(Ordering::Acquire) != self.expected {
             if head.load_pos() > pos + g.capacity {
                 return Ok(self.recover(mem));
             }
@@ -330,7 +346,7 @@ impl ReaderCore {
         if h.kind == kind::DATA && h.seq >= self.deliver_from {
             return Step::Done(Poll::Frame(FrameView { pos, header: h }));
         }
-        self.pos = pos + u64::from(h.size);
+        self.move_to(pos + u64::from(h.size));
         if h.kind != kind::PAD {
             self.next_seq = h.seq + 1;
         }
@@ -344,7 +360,7 @@ impl ReaderCore {
             return Step::Done(Poll::Empty);
         };
         let missed = seq.saturating_sub(self.next_seq);
-        self.pos = pos;
+        self.move_to(pos);
         self.next_seq = seq;
         if missed == 0 {
             return Step::Advanced;
@@ -360,7 +376,7 @@ impl ReaderCore {
     #[inline]
     pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
         debug_assert_eq!(frame.pos, self.pos);
-        self.pos = frame.pos + u64::from(frame.header.size);
+        self.move_to(frame.pos + u64::from(frame.header.size));
         self.next_seq = frame.header.seq + 1;
         self.publish_position(mem)
     }
@@ -419,8 +435,7 @@ impl ReaderCore {
     pub(crate) fn ready(&self, mem: &RingMemory) -> bool {
         // SYNC(park): after `park_fence`. Acquire also pairs with the commit (SYNC(publish)),
         // though the caller polls again before reading anything.
-        let committed =
-            mem.word(self.pos).load(Ordering::Acquire) == stamp(self.pos, mem.stamp_key());
+        let committed = mem.word(self.pos).load(Ordering::Acquire) == self.expected;
         committed
             || self.evicted(mem)
             || mem.control().head.load_pos() > self.pos + mem.geometry().capacity
