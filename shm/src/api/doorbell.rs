@@ -62,7 +62,7 @@ impl DoorbellTable {
     /// Creates a table of `count` doorbells in a new sealed memfd.
     pub fn create(count: u32) -> Result<DoorbellTable, CreateError> {
         let len = layout::doorbells_segment_len(count)?;
-        let segment = Arc::new(MappedSegment::create("shmbus-doorbells", len)?);
+        let segment = Arc::new(MappedSegment::create("shmbus-doorbells", len, 0o600)?);
         write_header(&*segment, header(count, len));
         Ok(DoorbellTable::from_parts(
             segment.clone(),
@@ -105,6 +105,42 @@ impl DoorbellTable {
         ))
     }
 
+    /// Maps a table of `count` doorbells from a descriptor its creator handed out, trusting
+    /// `count` (the creator's word) rather than the segment's header, which every participant can
+    /// write: the segment's length is checked with `fstat`. The descriptor is closed once mapped.
+    pub fn attach(fd: OwnedFd, count: u32) -> Result<DoorbellTable, OpenError> {
+        let len = layout::doorbells_segment_len(count)?;
+        let segment = Arc::new(MappedSegment::open(fd)?.without_fd());
+        if !segment.writable() {
+            return Err(OpenError::ReadOnly("doorbell"));
+        }
+        let actual = segment.len() as u64;
+        if actual < len {
+            return Err(layout::LayoutError::Truncated {
+                actual,
+                expected: len,
+            }
+            .into());
+        }
+        Ok(DoorbellTable::from_parts(
+            segment.clone(),
+            Some(segment),
+            count,
+        ))
+    }
+
+    /// Doorbell `index`, without claiming it: for clients whose broker hands doorbells out (and
+    /// records who holds which), instead of claiming one in the shared table. `None` if the index
+    /// is out of range.
+    pub fn bell(&self, index: u32) -> Option<Doorbell> {
+        self.cell(index)?;
+        Some(Doorbell {
+            table: self.clone(),
+            index,
+            owner: None,
+        })
+    }
+
     fn from_parts(
         backing: Arc<dyn Backing>,
         segment: Option<Arc<MappedSegment>>,
@@ -121,7 +157,7 @@ impl DoorbellTable {
 
     /// The table's memfd, to hand to other processes (`None` for process-local tables).
     pub fn fd(&self) -> Option<BorrowedFd<'_>> {
-        self.inner.segment.as_ref().map(|s| s.fd())
+        self.inner.segment.as_ref().and_then(|s| s.fd())
     }
 
     /// Number of doorbells.
@@ -164,7 +200,7 @@ impl DoorbellTable {
                 return Ok(Doorbell {
                     table: self.clone(),
                     index,
-                    owner,
+                    owner: Some(owner),
                 });
             }
         }
@@ -208,12 +244,14 @@ impl DoorbellTable {
     }
 }
 
-/// One claimed doorbell. Readers that share it are woken together.
+/// One doorbell: claimed from the table (freed on drop) or handed out by a broker (which
+/// records who holds it). Readers that share it are woken together.
 #[derive(Debug)]
 pub struct Doorbell {
     table: DoorbellTable,
     index: u32,
-    owner: Owner,
+    /// The token it was claimed with; `None` for a broker-assigned doorbell.
+    owner: Option<Owner>,
 }
 
 impl Doorbell {
@@ -249,7 +287,9 @@ impl Doorbell {
 
 impl Drop for Doorbell {
     fn drop(&mut self) {
-        self.table.reclaim(self.index, self.owner);
+        if let Some(owner) = self.owner {
+            self.table.reclaim(self.index, owner);
+        }
     }
 }
 

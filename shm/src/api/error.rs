@@ -41,6 +41,10 @@ pub enum OpenError {
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SlotError {
+    /// The ring's claim cursor holds a position no ring can have (a faulty writer wrote it): a
+    /// reader cannot join it.
+    #[error("the ring is corrupt: its claim cursor holds an impossible position")]
+    CorruptRing,
     /// Every slot of that kind is taken.
     #[error("all {slots} {what} slots are in use")]
     NoFreeSlot {
@@ -78,6 +82,9 @@ pub enum TryLoanError {
     /// A tethered reader has not released enough space (or a writer is mid-write a lap ago).
     #[error("ring is full: a tethered reader has not released enough space")]
     Full,
+    /// The ring's claim cursor was corrupted (by a faulty writer): nothing can be written to it.
+    #[error("the ring is corrupt: its claim cursor holds an impossible position")]
+    Corrupt,
 }
 
 /// Why a blocking loan failed. Nothing was written to the ring.
@@ -95,6 +102,9 @@ pub enum LoanError {
     /// The ring stayed full until the timeout passed.
     #[error("ring stayed full until the timeout passed")]
     Timeout,
+    /// The ring's claim cursor was corrupted (by a faulty writer): nothing can be written to it.
+    #[error("the ring is corrupt: its claim cursor holds an impossible position")]
+    Corrupt,
 }
 
 impl From<TryLoanError> for LoanError {
@@ -102,6 +112,7 @@ impl From<TryLoanError> for LoanError {
         match e {
             TryLoanError::TooLarge { len, max } => LoanError::TooLarge { len, max },
             TryLoanError::Full => LoanError::Timeout,
+            TryLoanError::Corrupt => LoanError::Corrupt,
         }
     }
 }

@@ -32,6 +32,11 @@ use crate::protocol::read::{self, FrameView, Poll, ReaderCore};
 /// owned frames to come back from other threads.
 const RECHECK: Duration = Duration::from_millis(1);
 
+/// Longest sleep of any parked reader. Writers ring a reader's doorbell only when the ring's
+/// parked count says someone sleeps, and that count lives where every subscriber can write: one
+/// that zeroes it (by bug or malice) delays the others' wake-ups by at most this long.
+const PARK_MAX: Duration = Duration::from_millis(100);
+
 /// Owned frames a reader lends at most, by default.
 pub const DEFAULT_MAX_HELD: u32 = 16;
 
@@ -277,7 +282,7 @@ impl<L> Reader<L> {
         }
         let mem = &self.ring.mem;
         if self.core.evicted(mem) {
-            self.core.rejoin(mem);
+            self.core.become_lossy(mem);
         }
         match self.core.poll(mem, &mut self.buf)? {
             Poll::Empty => Ok(false),
@@ -388,9 +393,9 @@ impl<L> Reader<L> {
 ///
 /// The readers must park on `doorbell`; parking announces itself on every reader's ring, so a
 /// commit on any of them wakes the thread, with a system call only because someone is actually
-/// parked. Whoever makes `also_ready` true must ring the doorbell afterwards. Readers with owned
-/// frames out sleep at most [`RECHECK`] at a time, since a frame given back on another thread
-/// rings nothing. May return early (spuriously); callers poll again.
+/// parked. Whoever makes `also_ready` true must ring the doorbell afterwards. Readers sleep at most
+/// [`PARK_MAX`] at a time, and those with owned frames out at most [`RECHECK`], since a frame
+/// given back on another thread rings nothing. May return early (spuriously); callers poll again.
 pub(crate) fn park<L>(
     doorbell: &Doorbell,
     readers: &[Reader<L>],
@@ -408,14 +413,18 @@ pub(crate) fn park<L>(
     let ordered = read::park_fence();
     let armed = doorbell.arm();
     if !also_ready() && !readers.iter().any(Reader::ready) {
-        let mut timeout = until.map(|u| u.saturating_duration_since(Instant::now()));
-        if !ordered || readers.iter().any(|r| !r.lent.is_empty()) {
-            // Writers may not see us parked (see `crate::protocol::fence`), or owned frames may
-            // come back without a wake-up: sleep briefly, then look again.
-            timeout = Some(timeout.map_or(RECHECK, |t| t.min(RECHECK)));
-        }
-        if timeout != Some(Duration::ZERO) {
-            doorbell.sleep(armed, timeout);
+        let left = until.map_or(PARK_MAX, |u| {
+            u.saturating_duration_since(Instant::now()).min(PARK_MAX)
+        });
+        // Writers may not see us parked (see `crate::protocol::fence`), or owned frames may come
+        // back without a wake-up: then sleep briefly, and look again.
+        let timeout = if !ordered || readers.iter().any(|r| !r.lent.is_empty()) {
+            left.min(RECHECK)
+        } else {
+            left
+        };
+        if !timeout.is_zero() {
+            doorbell.sleep(armed, Some(timeout));
         }
     }
     for r in readers {

@@ -16,7 +16,7 @@ use crate::protocol::layout::{
     Geometry, LayoutError, NO_INTENT, RingConfig, SegmentHeader, SegmentKind, mode,
 };
 use crate::protocol::memory::{Backing, HeapBacking, RingMemory, read_header, write_header};
-use crate::protocol::read::ReaderCore;
+use crate::protocol::read::{JoinError, ReaderCore};
 use crate::protocol::recovery::{self, Repair};
 use crate::protocol::sync::{Head, HeadCell, Ordering};
 
@@ -69,6 +69,17 @@ impl std::fmt::Debug for Ring {
             .field("writable", &self.is_writable())
             .finish()
     }
+}
+
+/// A ring as its creator describes it to others (see [`Ring::attach`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RingSpec {
+    /// The ring's random id.
+    pub id: u64,
+    /// Its sizes.
+    pub config: RingConfig,
+    /// The key of its commit stamps.
+    pub stamp_key: u64,
 }
 
 /// The claim cursor: where the next frame goes and which sequence number it gets.
@@ -144,13 +155,17 @@ impl Ring {
     /// Creates a ring in two new sealed memfds, waking parked readers through `doorbells`.
     pub fn create(config: &RingConfig, doorbells: &DoorbellTable) -> Result<Ring, CreateError> {
         let g = Geometry::new(config)?;
+        // Readers only ever get a read-only descriptor of the data (and cannot reopen it
+        // writable); every participant gets the readers segment read-write.
         let data = Arc::new(MappedSegment::create(
             "shmbus-ring-data",
             g.data_segment_len,
+            0o400,
         )?);
         let readers = Arc::new(MappedSegment::create(
             "shmbus-ring-readers",
             g.readers_segment_len,
+            0o600,
         )?);
         let ring = Ring::init(
             g,
@@ -252,6 +267,62 @@ impl Ring {
         })
     }
 
+    /// Maps a ring from descriptors its creator handed out, trusting `spec` — the creator's
+    /// description of the ring — instead of anything the segments say: their headers lie where
+    /// other participants can write (the readers segment, by every subscriber), so a faulty one
+    /// could otherwise lock newcomers out. The segments' lengths are checked (with `fstat`) against
+    /// the geometry, and their seals; the descriptors are closed once mapped.
+    ///
+    /// A read-only `data` descriptor gives a read-only handle (readers only); `readers` must be
+    /// read-write.
+    pub fn attach(
+        data: OwnedFd,
+        readers: OwnedFd,
+        doorbells: &DoorbellTable,
+        spec: &RingSpec,
+    ) -> Result<Ring, OpenError> {
+        if !HeadCell::is_lock_free() {
+            return Err(OpenError::Unsupported);
+        }
+        let g = Geometry::new(&spec.config)?;
+        let data = Arc::new(MappedSegment::open(data)?.without_fd());
+        let readers = Arc::new(MappedSegment::open(readers)?.without_fd());
+        if !readers.writable() {
+            return Err(OpenError::ReadOnly("readers"));
+        }
+        for (segment, len) in [
+            (&data, g.data_segment_len),
+            (&readers, g.readers_segment_len),
+        ] {
+            let actual = segment.len() as u64;
+            if actual < len {
+                return Err(LayoutError::Truncated {
+                    actual,
+                    expected: len,
+                }
+                .into());
+            }
+        }
+        let mem = RingMemory::new(g, spec.stamp_key, data.clone(), readers.clone());
+        Ok(Ring {
+            shared: Arc::new(RingShared {
+                mem,
+                doorbells: doorbells.clone(),
+                ring_id: spec.id,
+                segments: Some((data, readers)),
+            }),
+        })
+    }
+
+    /// What [`Ring::attach`] needs to map this ring elsewhere: its id, geometry and stamp key.
+    pub fn spec(&self) -> RingSpec {
+        RingSpec {
+            id: self.shared.ring_id,
+            config: self.config(),
+            stamp_key: self.shared.mem.stamp_key(),
+        }
+    }
+
     /// The ring's sizes.
     pub fn config(&self) -> RingConfig {
         self.shared.mem.geometry().config()
@@ -269,7 +340,7 @@ impl Ring {
 
     /// The data segment's descriptor (`None` for process-local rings).
     pub fn data_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.shared.segments.as_ref().map(|(d, _)| d.fd())
+        self.shared.segments.as_ref().and_then(|(d, _)| d.fd())
     }
 
     /// A new read-only descriptor of the data segment, for subscribers (`None` for process-local
@@ -280,7 +351,7 @@ impl Ring {
 
     /// The readers segment's descriptor (`None` for process-local rings).
     pub fn readers_fd(&self) -> Option<BorrowedFd<'_>> {
-        self.shared.segments.as_ref().map(|(_, r)| r.fd())
+        self.shared.segments.as_ref().and_then(|(_, r)| r.fd())
     }
 
     /// The doorbell table parked readers of this ring are woken through.
@@ -383,12 +454,14 @@ impl Ring {
         doorbell: u32,
     ) -> Result<ReaderCore, SlotError> {
         let mem = &self.shared.mem;
-        ReaderCore::attach(mem, owner.get(), mode == ReaderMode::Tethered, doorbell).ok_or(
-            SlotError::NoFreeSlot {
+        let tethered = mode == ReaderMode::Tethered;
+        ReaderCore::attach(mem, owner.get(), tethered, doorbell).map_err(|e| match e {
+            JoinError::NoFreeSlot => SlotError::NoFreeSlot {
                 what: "reader",
                 slots: mem.geometry().reader_slots,
             },
-        )
+            JoinError::CorruptHead => SlotError::CorruptRing,
+        })
     }
 
     /// The claim cursor.

@@ -85,6 +85,7 @@ impl Writer {
             .map_err(|e| match e {
                 ClaimError::TooLarge => too_large,
                 ClaimError::Full => TryLoanError::Full,
+                ClaimError::Corrupt => TryLoanError::Corrupt,
             })
     }
 

@@ -54,14 +54,21 @@ fn io_err(what: &'static str) -> impl FnOnce(nix::Error) -> SegmentError {
 /// A mapped memfd.
 pub(crate) struct MappedSegment {
     map: MmapRaw,
-    fd: OwnedFd,
+    /// The descriptor, kept by creators (who hand it out); `None` once a user that only maps the
+    /// segment let it go (a subscriber of thousands of rings would otherwise hold thousands).
+    fd: Option<OwnedFd>,
     access: Access,
 }
 
 impl MappedSegment {
     /// Creates a memfd of `len` bytes named `name` (visible in `/proc/PID/fd` and `/proc/PID/maps`
-    /// as `memfd:NAME`), seals its size, and maps it read-write.
-    pub(crate) fn create(name: &str, len: u64) -> Result<MappedSegment, SegmentError> {
+    /// as `memfd:NAME`) with file mode `mode`, seals its size, and maps it read-write.
+    ///
+    /// The mode is what `/proc/PID/fd/N` reopens are checked against: a segment that some
+    /// holders may only read gets `0o400`, so that a read-only descriptor cannot be turned into
+    /// a writable one by reopening it (other uids cannot reopen it at all; the creator's own uid
+    /// only for reading).
+    pub(crate) fn create(name: &str, len: u64, mode: u32) -> Result<MappedSegment, SegmentError> {
         let fd = memfd_create(name, MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)
             .map_err(io_err("memfd_create"))?;
         let len_off = i64::try_from(len).map_err(|_| SegmentError::Io {
@@ -71,10 +78,12 @@ impl MappedSegment {
         nix::unistd::ftruncate(&fd, len_off).map_err(io_err("ftruncate memfd"))?;
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         fcntl(&fd, FcntlArg::F_ADD_SEALS(seals)).map_err(io_err("seal memfd"))?;
+        let mode = nix::sys::stat::Mode::from_bits_truncate(mode);
+        nix::sys::stat::fchmod(&fd, mode).map_err(io_err("chmod memfd"))?;
         let map = map(&fd, len, Access::ReadWrite)?;
         Ok(MappedSegment {
             map,
-            fd,
+            fd: Some(fd),
             access: Access::ReadWrite,
         })
     }
@@ -94,18 +103,29 @@ impl MappedSegment {
         let stat = nix::sys::stat::fstat(&fd).map_err(io_err("fstat memfd"))?;
         let len = u64::try_from(stat.st_size).unwrap_or(0);
         let map = map(&fd, len, access)?;
-        Ok(MappedSegment { map, fd, access })
+        Ok(MappedSegment {
+            map,
+            fd: Some(fd),
+            access,
+        })
     }
 
-    /// The descriptor, as created or received.
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+    /// The same mapping without its descriptor (closed now; the mapping stays).
+    pub(crate) fn without_fd(mut self) -> MappedSegment {
+        self.fd = None;
+        self
+    }
+
+    /// The descriptor, as created or received (`None` once let go).
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        self.fd.as_ref().map(AsFd::as_fd)
     }
 
     /// A new descriptor for the same memory that only allows reading, for handing to
     /// subscribers: they can map it `PROT_READ` and nothing else.
     pub(crate) fn read_only_fd(&self) -> io::Result<OwnedFd> {
-        let path = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        let fd = self.fd.as_ref().ok_or(io::ErrorKind::NotFound)?;
+        let path = format!("/proc/self/fd/{}", fd.as_raw_fd());
         let file = File::options().read(true).open(path)?;
         Ok(OwnedFd::from(file))
     }
@@ -157,7 +177,7 @@ mod tests {
     #[test]
     #[cfg_attr(miri, ignore = "memfd and mmap are not available under Miri")]
     fn created_segments_are_sealed_zeroed_and_reopenable_read_only() {
-        let seg = MappedSegment::create("shmbus-test", 8192).unwrap();
+        let seg = MappedSegment::create("shmbus-test", 8192, 0o400).unwrap();
         assert!(seg.writable());
         // SAFETY: 8192 bytes are mapped and nothing else touches them.
         let bytes = unsafe { std::slice::from_raw_parts(seg.base().as_ptr(), seg.len()) };
@@ -169,7 +189,7 @@ mod tests {
         assert_eq!(ro.len(), 8192);
         // SAFETY: in bounds of the read-only mapping.
         assert_eq!(unsafe { ro.base().as_ptr().add(100).read_volatile() }, 42);
-        let grow = nix::unistd::ftruncate(seg.fd(), 16384);
+        let grow = nix::unistd::ftruncate(seg.fd().unwrap(), 16384);
         assert!(grow.is_err(), "the size is sealed");
     }
 

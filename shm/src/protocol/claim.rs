@@ -32,7 +32,9 @@
 //! only taken where the heavy fence is available.
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
-use crate::protocol::layout::{ACKNOWLEDGED, NO_INTENT, REVOKING, frame_size, mode};
+use crate::protocol::layout::{
+    ACKNOWLEDGED, NO_INTENT, REVOKING, frame_size, mode, valid_position,
+};
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Backoff, Head, Ordering, fence};
 
@@ -64,6 +66,9 @@ pub(crate) enum ClaimError {
     TooLarge,
     /// Not enough released space.
     Full,
+    /// The claim cursor holds a value no ring can have (a faulty writer wrote it): nothing can be
+    /// claimed on this ring any more.
+    Corrupt,
 }
 
 /// A writer's private protocol state. Its slot in shared memory holds what others need to see.
@@ -263,7 +268,8 @@ impl WriterCore {
                 min = min.min(r.pos.load(Ordering::Acquire));
             }
         }
-        self.limit = min + g.capacity;
+        // Saturating: `min` is at most the head, which a faulty writer may have made anything.
+        self.limit = min.saturating_add(g.capacity);
         if head.seq > self.head.seq {
             self.head = head;
         }
@@ -274,6 +280,9 @@ impl WriterCore {
         self.refresh_limit(mem);
         let g = mem.geometry();
         let size = frame_size(u64::from(payload));
+        if !valid_position(self.head.pos) {
+            return true; // a claim attempt reports the corruption
+        }
         let offset = self.head.pos & (g.capacity - 1);
         let pad = if offset + size > g.capacity {
             g.capacity - offset
@@ -299,6 +308,12 @@ impl WriterCore {
         let mut cur = self.head;
         let mut refreshed = false;
         loop {
+            if !valid_position(cur.pos) {
+                // Nothing was claimed; drop any intent left from a failed CAS.
+                slot.intent_pos.store(NO_INTENT, Ordering::Relaxed);
+                return Err(ClaimError::Corrupt);
+            }
+            // From here on `cur.pos <= MAX_POSITION`, so no sum below overflows.
             let offset = cur.pos & (g.capacity - 1);
             let frame = if offset + size > g.capacity {
                 cur.pos + (g.capacity - offset)

@@ -230,6 +230,18 @@ pub(crate) struct RingCounters {
 /// Sentinel for "no claim in progress" in [`WriterSlot::intent_pos`].
 pub(crate) const NO_INTENT: u64 = u64::MAX;
 
+/// Positions never get this far (2^62 bytes through one ring); anything beyond is corruption, and
+/// below it `position + capacity` and the like cannot overflow.
+pub(crate) const MAX_POSITION: u64 = 1 << 62;
+
+/// Whether `pos`, read from shared memory, can be a ring position: a multiple of
+/// [`FRAME_ALIGN`] no larger than [`MAX_POSITION`]. Everything a participant can write is checked
+/// with this before it becomes an offset or a bound.
+#[inline]
+pub(crate) fn valid_position(pos: u64) -> bool {
+    pos % FRAME_ALIGN == 0 && pos <= MAX_POSITION
+}
+
 /// One writer's slot in the data segment. Only its owner writes it, except the broker when it
 /// reclaims a dead owner's slot.
 ///

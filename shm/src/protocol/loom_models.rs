@@ -44,7 +44,7 @@ fn claim(p: &mut WriterCore, mem: &RingMemory) -> Claim {
         match p.try_claim(mem, PAYLOAD) {
             Ok(c) => return c,
             Err(ClaimError::Full) => thread::yield_now(),
-            Err(ClaimError::TooLarge) => unreachable!(),
+            Err(ClaimError::TooLarge | ClaimError::Corrupt) => unreachable!(),
         }
     }
 }

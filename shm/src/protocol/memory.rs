@@ -250,14 +250,16 @@ mod mapped {
             unsafe { self.at(self.readers, off) }
         }
 
-        /// The 64-bit word at absolute ring position `offset` (8-aligned; taken modulo the
-        /// capacity) of the frame buffer.
+        /// The 64-bit word at absolute ring position `offset` of the frame buffer, taken modulo
+        /// the capacity and rounded down to 8 bytes: whatever a position read from shared memory
+        /// holds, the word is inside the buffer and aligned (a misaligned position only makes the
+        /// caller find garbage, which frame validation rejects).
         #[inline]
         pub(crate) fn word(&self, offset: u64) -> &AtomicU64 {
-            debug_assert!(offset % 8 == 0);
-            // SAFETY: masking keeps the offset inside the frame buffer, which is page-aligned, so
-            // an 8-aligned offset is an aligned, in-bounds AtomicU64.
-            unsafe { self.at(self.buffer, offset & self.mask) }
+            // SAFETY: the mask keeps the offset inside the frame buffer and clears its low three
+            // bits; the buffer is page-aligned and its length a multiple of 8, so the result is an
+            // aligned, in-bounds AtomicU64.
+            unsafe { self.at(self.buffer, offset & self.mask & !7) }
         }
 
         /// Address of the byte at absolute ring position `offset` (taken modulo the capacity).

@@ -13,7 +13,7 @@
 use std::collections::VecDeque;
 
 use crate::protocol::frame::{CorruptFrame, FrameHeader, kind, stamp};
-use crate::protocol::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, align_up, mode};
+use crate::protocol::layout::{FRAME_ALIGN, FRAME_HEADER_LEN, align_up, mode, valid_position};
 use crate::protocol::memory::{CopyBuf, RingMemory};
 use crate::protocol::sync::{Head, Ordering, fence};
 
@@ -22,6 +22,11 @@ use super::read_frame_header;
 /// How many times lag recovery rescans before giving up for this poll (each rescan means the
 /// ring lapped the reader again while it was scanning).
 const RESCANS: usize = 16;
+
+/// Most frames one poll steps over (padding, skipped claims, history before its start) before it
+/// returns, so that a flood of them cannot keep a receive from returning (the next poll goes on
+/// where this one stopped).
+const MAX_STEPS: u32 = 1024;
 
 /// What a poll found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,21 +79,24 @@ pub(crate) struct ReaderCore {
 
 impl ReaderCore {
     /// Claims a free reader slot for `owner` and joins the ring at its current head. `doorbell`
-    /// is the index of the doorbell to park on.
+    /// is the index of the doorbell to park on. Fails when no slot is free, or when the head holds
+    /// an impossible position (then the slot is given back).
     pub(crate) fn attach(
         mem: &RingMemory,
         owner: u64,
         tethered: bool,
         doorbell: u32,
-    ) -> Option<ReaderCore> {
+    ) -> Result<ReaderCore, JoinError> {
         let g = mem.geometry();
-        let slot = (0..g.reader_slots).find(|&slot| {
-            // Acquire pairs with the Release store of 0 in `detach` or the broker's reclaim.
-            mem.reader(slot)
-                .owner
-                .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
-                .is_ok()
-        })?;
+        let slot = (0..g.reader_slots)
+            .find(|&slot| {
+                // Acquire pairs with the Release store of 0 in `detach` or the broker's reclaim.
+                mem.reader(slot)
+                    .owner
+                    .compare_exchange(0, owner, Ordering::Acquire, Ordering::Relaxed)
+                    .is_ok()
+            })
+            .ok_or(JoinError::NoFreeSlot)?;
         let r = mem.reader(slot);
         r.doorbell.store(doorbell + 1, Ordering::Relaxed);
         r.parked.store(0, Ordering::Relaxed);
@@ -109,9 +117,13 @@ impl ReaderCore {
             held_from: u64::MAX,
         };
         let head = core.join(mem);
+        if !valid_position(head.pos) {
+            detach(mem, slot);
+            return Err(JoinError::CorruptHead);
+        }
         core.move_to(head.pos);
         core.next_seq = head.seq;
-        Some(core)
+        Ok(core)
     }
 
     /// Takes over slot `slot`, which another process (the broker) attached for `owner` with
@@ -125,7 +137,7 @@ impl ReaderCore {
         doorbell: u32,
         start: Head,
     ) -> Option<ReaderCore> {
-        if slot >= mem.geometry().reader_slots {
+        if slot >= mem.geometry().reader_slots || !valid_position(start.pos) {
             return None;
         }
         let r = mem.reader(slot);
@@ -193,16 +205,22 @@ impl ReaderCore {
         h
     }
 
-    /// Whether the broker untethered this reader (it must then [`ReaderCore::rejoin`]).
+    /// Whether the broker untethered this reader (it must then [`ReaderCore::become_lossy`]).
     #[inline]
     pub(crate) fn evicted(&self, mem: &RingMemory) -> bool {
         self.tethered && mem.reader(self.slot).mode.load(Ordering::Relaxed) == mode::EVICTED
     }
 
-    /// Re-tethers after an eviction: protected again from the current head, and what lies
-    /// between the old position and that head is read by copy (reporting what was lost).
-    pub(crate) fn rejoin(&mut self, mem: &RingMemory) {
-        self.join(mem);
+    /// After an eviction: the reader goes on as a lossy one — reading by copy, reporting what
+    /// writers overwrote before it got there, holding nobody back. It never tethers again, so a
+    /// reader that keeps stalling makes writers wait at most once.
+    pub(crate) fn become_lossy(&mut self, mem: &RingMemory) {
+        self.tethered = false;
+        self.safe_from = u64::MAX;
+        // Relaxed: as a lossy join (writers count only tethered readers, and EVICTED is not).
+        mem.reader(self.slot)
+            .mode
+            .store(mode::LOSSY, Ordering::Relaxed);
     }
 
     /// Positions the reader so that it delivers the last `n` messages committed before it
@@ -213,7 +231,7 @@ impl ReaderCore {
         }
         let join_pos = self.pos;
         'rescan: for _ in 0..RESCANS {
-            let Some((oldest, oldest_seq)) = oldest_frame(mem) else {
+            let Ok(Some((oldest, oldest_seq))) = oldest_frame(mem) else {
                 return;
             };
             if oldest >= join_pos {
@@ -243,6 +261,8 @@ impl ReaderCore {
                     }
                     last.push_back(h.seq);
                 }
+                // Validated sizes are at least a frame header, so the walk ends within a
+                // capacity's worth of steps.
                 pos += u64::from(h.size);
             }
             if let Some(&first) = last.front() {
@@ -269,6 +289,7 @@ impl ReaderCore {
         buf: &mut CopyBuf,
     ) -> Result<Poll, CorruptFrame> {
         let start = self.pos;
+        let mut steps = 0;
         let result = loop {
             let step = if self.reads_in_place() {
                 self.step_in_place(mem)?
@@ -276,7 +297,9 @@ impl ReaderCore {
                 self.step_by_copy(mem, buf)?
             };
             match step {
-                Step::Advanced => continue,
+                Step::Advanced if steps < MAX_STEPS => steps += 1,
+                // Enough for one poll: the caller polls again (its next poll goes on from here).
+                Step::Advanced => break Poll::Empty,
                 Step::Done(poll) => break poll,
             }
         };
@@ -307,7 +330,7 @@ impl ReaderCore {
         // SYNC(publish): Acquire pairs with the commit's Release stamp store.
         if mem.word(pos).load(Ordering::Acquire) != self.expected {
             if head.load_pos() > pos + g.capacity {
-                return Ok(self.recover(mem));
+                return self.recover(mem);
             }
             return Ok(Step::Done(Poll::Empty));
         }
@@ -322,7 +345,7 @@ impl ReaderCore {
         // that claimed past `pos + capacity`, this load sees that claim, and we discard the read.
         fence(Ordering::Acquire);
         if head.load_pos() > pos + g.capacity {
-            return Ok(self.recover(mem));
+            return self.recover(mem);
         }
         valid?;
         self.check_seq(pos, &h)?;
@@ -348,27 +371,29 @@ impl ReaderCore {
         }
         self.move_to(pos + u64::from(h.size));
         if h.kind != kind::PAD {
-            self.next_seq = h.seq + 1;
+            // Wrapping: the sequence numbers come from writers, who may have written anything.
+            self.next_seq = h.seq.wrapping_add(1);
         }
         Step::Advanced
     }
 
     /// Jumps to the oldest committed frame still in the ring and reports how many claims were
     /// lost on the way.
-    fn recover(&mut self, mem: &RingMemory) -> Step {
-        let Some((pos, seq)) = oldest_frame(mem) else {
-            return Step::Done(Poll::Empty);
+    fn recover(&mut self, mem: &RingMemory) -> Result<Step, CorruptFrame> {
+        let Some((pos, seq)) = oldest_frame(mem)? else {
+            return Ok(Step::Done(Poll::Empty));
         };
         let missed = seq.saturating_sub(self.next_seq);
         self.move_to(pos);
         self.next_seq = seq;
         if missed == 0 {
-            return Step::Advanced;
+            return Ok(Step::Advanced);
         }
+        // A statistic others can overwrite: wrapping.
         let r = mem.reader(self.slot);
-        r.missed
-            .store(r.missed.load(Ordering::Relaxed) + missed, Ordering::Relaxed);
-        Step::Done(Poll::Lagged(missed))
+        let total = r.missed.load(Ordering::Relaxed).wrapping_add(missed);
+        r.missed.store(total, Ordering::Relaxed);
+        Ok(Step::Done(Poll::Lagged(missed)))
     }
 
     /// Releases a delivered frame. Returns whether writers are waiting for space (the caller
@@ -377,7 +402,7 @@ impl ReaderCore {
     pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
         debug_assert_eq!(frame.pos, self.pos);
         self.move_to(frame.pos + u64::from(frame.header.size));
-        self.next_seq = frame.header.seq + 1;
+        self.next_seq = frame.header.seq.wrapping_add(1);
         self.publish_position(mem)
     }
 
@@ -479,17 +504,25 @@ enum Step {
     Done(Poll),
 }
 
-/// The oldest committed frame still held in the ring, as `(position, sequence)`.
+/// The oldest committed frame still held in the ring, as `(position, sequence)`; an error when the
+/// head holds an impossible position.
 ///
 /// Scans the last `capacity` bytes below the head for a unit whose word holds its own stamp —
 /// which only a committed frame's header does (see `frame::stamp`) — and checks, seqlock style,
 /// that it was not overwritten while being read.
-pub(crate) fn oldest_frame(mem: &RingMemory) -> Option<(u64, u64)> {
+pub(crate) fn oldest_frame(mem: &RingMemory) -> Result<Option<(u64, u64)>, CorruptFrame> {
     let g = mem.geometry();
     let key = mem.stamp_key();
     let head = &mem.control().head;
     'rescan: for _ in 0..RESCANS {
         let h = head.load_pos();
+        if !valid_position(h) {
+            return Err(CorruptFrame {
+                pos: h,
+                why: "the claim cursor holds an impossible position",
+            });
+        }
+        // At most capacity / FRAME_ALIGN steps: from a capacity below the head up to it.
         let mut u = align_up(h.saturating_sub(g.capacity), FRAME_ALIGN);
         while u < h {
             // SYNC(publish): Acquire pairs with the commit's Release stamp store.
@@ -501,12 +534,21 @@ pub(crate) fn oldest_frame(mem: &RingMemory) -> Option<(u64, u64)> {
                     continue 'rescan;
                 }
                 if header.validate(u, g).is_ok() {
-                    return Some((u, header.seq));
+                    return Ok(Some((u, header.seq)));
                 }
             }
             u += FRAME_ALIGN;
         }
-        return None;
+        return Ok(None);
     }
-    None
+    Ok(None)
+}
+
+/// Why a reader could not join a ring.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum JoinError {
+    /// Every reader slot is taken.
+    NoFreeSlot,
+    /// The claim cursor holds an impossible position.
+    CorruptHead,
 }

@@ -5,7 +5,7 @@
 //! and slot owners. The caller decides who is alive (the broker knows from its connections).
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
-use crate::protocol::layout::{NO_INTENT, mode};
+use crate::protocol::layout::{Geometry, NO_INTENT, mode, valid_position};
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Head, Ordering};
 
@@ -31,6 +31,10 @@ pub enum RepairOutcome {
     /// A live writer may hold the same claim, or its extent is not yet known; try again
     /// later.
     Deferred,
+    /// The claim cursor or the writer's intent holds values no claim can have (the writer was
+    /// faulty): the slot was freed without touching the frames, and the ring cannot be trusted
+    /// to go on — readers may wait at a claim nobody can repair.
+    Corrupt,
 }
 
 /// One dead writer slot handled by `Ring::repair_dead_writers`.
@@ -108,6 +112,12 @@ fn repair_slot(
         s.intent_pos.store(NO_INTENT, Ordering::Release);
         return RepairOutcome::Released;
     }
+    if !plausible_claim(mem.geometry(), head, pos, end) {
+        // Whatever the writer recorded, no frame is touched on its word.
+        // SYNC(retire): Release, as a writer's own clear after a commit.
+        s.intent_pos.store(NO_INTENT, Ordering::Release);
+        return RepairOutcome::Corrupt;
+    }
     // The claim (pos, seq) exists. If a live writer names it, that writer may own it.
     let live_claimant = (0..slots).filter(|&o| o != slot).any(|o| {
         let other = mem.writer(o);
@@ -131,6 +141,12 @@ fn repair_slot(
         return RepairOutcome::Deferred;
     };
     let g = mem.geometry();
+    // The claim's true end: the head has passed it.
+    if !plausible_claim(g, head, pos, end) || end > head.pos {
+        // SYNC(retire): Release, as a writer's own clear after a commit.
+        s.intent_pos.store(NO_INTENT, Ordering::Release);
+        return RepairOutcome::Corrupt;
+    }
     let size = end - pos;
     // A claim that wrapped holds a frame at the lap boundary, possibly committed; erase its
     // stamp so nothing ever reads it as part of the stream (it is inside the skipped range).
@@ -152,6 +168,20 @@ fn repair_slot(
     // SYNC(retire): as in `WriterCore::commit`.
     s.intent_pos.store(NO_INTENT, Ordering::Release);
     RepairOutcome::Skipped { pos, seq, size }
+}
+
+/// Whether `pos..end`, read from a writer's slot, can be a claim made below the head `head`:
+/// positions valid, a claim of at most a buffer's length, starting within the last lap below the
+/// head. Only such a claim is ever repaired, so repair never writes over a live frame on the word
+/// of a faulty writer (and `RingMemory::word` keeps every access inside the buffer anyway).
+fn plausible_claim(g: &Geometry, head: Head, pos: u64, end: u64) -> bool {
+    valid_position(pos)
+        && valid_position(end)
+        && valid_position(head.pos)
+        && pos < end
+        && end - pos <= g.capacity
+        && pos < head.pos
+        && head.pos - pos <= g.capacity
 }
 
 /// The end of the claim `(pos, seq)` recorded by dead slot `slot` as ending at `end`.

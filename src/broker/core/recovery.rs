@@ -43,6 +43,13 @@ impl Core {
                         debug!(topic, slot = r.slot, "dead publisher's slot freed")
                     }
                     RepairOutcome::Deferred => deferred = true,
+                    RepairOutcome::Corrupt => {
+                        warn!(
+                            topic,
+                            slot = r.slot,
+                            "a dead publisher left an impossible claim"
+                        )
+                    }
                 }
             }
             if deferred && since.elapsed() > REPAIR_PATIENCE {
