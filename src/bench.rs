@@ -200,7 +200,7 @@ pub fn send(publisher: &mut Publisher, size: usize, stamp: u64) -> Result<(), Be
     if let Some(head) = buf.get_mut(..8) {
         head.copy_from_slice(&stamp.to_le_bytes());
     }
-    loan.commit();
+    loan.commit()?;
     Ok(())
 }
 

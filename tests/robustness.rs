@@ -52,6 +52,7 @@ fn recv(sock: &OwnedFd) -> Option<BrokerMessage> {
         Received::Message(n) => Some(codec::decode_broker(&buf[..n]).expect("broker sent garbage")),
         Received::Closed => None,
         Received::Oversized => panic!("broker sent an oversized message"),
+        Received::DescriptorsLost(_) => panic!("descriptors from the broker were lost"),
     }
 }
 

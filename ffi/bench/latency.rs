@@ -24,7 +24,7 @@ use shmbus::{Bus, Publisher, Subscriber, WaitStrategy};
 fn send_filled(publisher: &mut Publisher, len: usize, byte: u8) {
     let mut loan = publisher.loan(len).expect("loan");
     loan.as_mut_slice().fill(byte);
-    loan.commit();
+    loan.commit().expect("not revoked");
 }
 
 fn connect_pair(bus: &str, input: &str, output: &str) -> (Bus, Subscriber, Publisher) {

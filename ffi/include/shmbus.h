@@ -140,6 +140,13 @@ typedef enum shmbus_status {
     // has no free reader slot, or could not be mapped); the message names the topic. That
     // topic's messages are not delivered; call again to go on with the others.
     SHMBUS_ERR_UNAVAILABLE = -20,
+    // The loan was held uncommitted longer than the broker's unblock timeout (the process was
+    // stopped between loan and commit), so the broker took it back; nothing was published.
+    // Publishing again works.
+    SHMBUS_ERR_REVOKED = -21,
+    // What listens at the bus address is not trusted to be the broker (its socket's directory,
+    // or its process, belongs to another user).
+    SHMBUS_ERR_UNTRUSTED = -22,
 } shmbus_status;
 
 // Special values of the `timeout_ms` arguments (any other value is a number of milliseconds).

@@ -78,6 +78,13 @@ pub enum shmbus_status {
     /// has no free reader slot, or could not be mapped); the message names the topic. That
     /// topic's messages are not delivered; call again to go on with the others.
     SHMBUS_ERR_UNAVAILABLE = -20,
+    /// The loan was held uncommitted longer than the broker's unblock timeout (the process was
+    /// stopped between loan and commit), so the broker took it back; nothing was published.
+    /// Publishing again works.
+    SHMBUS_ERR_REVOKED = -21,
+    /// What listens at the bus address is not trusted to be the broker (its socket's directory,
+    /// or its process, belongs to another user).
+    SHMBUS_ERR_UNTRUSTED = -22,
 }
 
 /// Every status code with its description, for `shmbus_strerror`.
@@ -111,6 +118,14 @@ pub(crate) const DESCRIPTIONS: &[(shmbus_status, &CStr)] = &[
     (
         SHMBUS_ERR_UNAVAILABLE,
         c"a matching topic cannot be read by this subscriber",
+    ),
+    (
+        SHMBUS_ERR_REVOKED,
+        c"the broker took back a loan held too long",
+    ),
+    (
+        SHMBUS_ERR_UNTRUSTED,
+        c"the process at the bus address is not trusted to be the broker",
     ),
 ];
 
@@ -162,6 +177,7 @@ impl From<ConnectError> for Error {
             ConnectError::Address(_) => SHMBUS_ERR_INVALID_ADDRESS,
             ConnectError::Unreachable { .. } => SHMBUS_ERR_UNREACHABLE,
             ConnectError::Refused { .. } => SHMBUS_ERR_REFUSED,
+            ConnectError::Untrusted { .. } => SHMBUS_ERR_UNTRUSTED,
             ConnectError::Protocol { .. } => SHMBUS_ERR_PROTOCOL,
             ConnectError::Shm(_) => SHMBUS_ERR_SHM,
             ConnectError::RemoteUnsupported { .. } => SHMBUS_ERR_UNSUPPORTED,
@@ -211,6 +227,8 @@ impl From<PublishError> for Error {
     fn from(e: PublishError) -> Error {
         let code = match &e {
             PublishError::TooLarge { .. } => SHMBUS_ERR_TOO_LARGE,
+            PublishError::Revoked { .. } => SHMBUS_ERR_REVOKED,
+            PublishError::RingReplaced { .. } | PublishError::RingLost { .. } => SHMBUS_ERR_CORRUPT,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

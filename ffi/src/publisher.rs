@@ -413,7 +413,7 @@ pub unsafe extern "C" fn shmbus_commit(publisher: *mut shmbus_publisher, len: us
                 format!("commit of {len} bytes exceeds the loan of {loaned} bytes"),
             ));
         }
-        publisher.last_sequence = Some(loan.commit_prefix(len));
+        publisher.last_sequence = Some(loan.commit_prefix(len)?);
         Ok(())
     })
 }

@@ -90,7 +90,7 @@ fn rust_publisher_to_c_subscriber() {
     publisher.publish(b"tab\there\nnewline").unwrap();
     let mut loan = publisher.loan(5).unwrap();
     loan.as_mut_slice().copy_from_slice(b"loan!");
-    loan.commit();
+    loan.commit().expect("not revoked");
     c_sub.expect_success();
     assert_eq!(
         c_sub.stdout.lines(),

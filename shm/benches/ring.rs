@@ -137,7 +137,7 @@ fn echo_child() {
         drop(sample);
         let mut loan = writer.loan(len, Deadline::Never).unwrap();
         loan.as_mut_slice().fill(reply);
-        loan.commit();
+        loan.commit().expect("not revoked");
     }
 }
 
@@ -151,7 +151,7 @@ fn flood_child() {
     for n in 0u64.. {
         let mut loan = writer.loan(len, Deadline::Never).unwrap();
         loan.as_mut_slice().fill(n as u8);
-        loan.commit();
+        loan.commit().expect("not revoked");
     }
 }
 
@@ -206,7 +206,7 @@ fn latency(c: &mut Criterion) {
                     n = n.wrapping_add(1);
                     let mut loan = writer.loan(size, Deadline::Never).unwrap();
                     loan.as_mut_slice().fill(n);
-                    loan.commit();
+                    loan.commit().expect("not revoked");
                     let reply = reader
                         .read(WaitStrategy::BusySpin, Deadline::Never)
                         .unwrap();

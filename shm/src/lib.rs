@@ -170,7 +170,8 @@ mod os;
 pub use api::*;
 pub use protocol::frame::CorruptFrame;
 pub use protocol::layout::{
-    FRAME_ALIGN, FRAME_HEADER_LEN, LAYOUT_VERSION, LayoutError, MAGIC, MAX_CAPACITY, MAX_SLOTS,
-    MIN_CAPACITY, RingConfig, SegmentKind,
+    DOORBELL_LEN, DOORBELLS_OFFSET, FRAME_ALIGN, FRAME_HEADER_LEN, LAYOUT_VERSION, LayoutError,
+    MAGIC, MAX_CAPACITY, MAX_SLOTS, MIN_CAPACITY, RingConfig, RingLayout, SegmentKind, reader_slot,
+    writer_slot,
 };
-pub use protocol::recovery::{Repair, RepairOutcome};
+pub use protocol::recovery::{Repair, RepairOutcome, UnblockOutcome};

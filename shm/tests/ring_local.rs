@@ -120,7 +120,7 @@ fn commit_prefix_publishes_only_the_prefix() {
     let mut writer = ring.writer(1, ME()).unwrap();
     let mut loan = writer.try_loan(200).unwrap();
     loan.as_mut_slice()[..3].copy_from_slice(b"abc");
-    loan.commit_prefix(3);
+    loan.commit_prefix(3).unwrap();
     writer.try_publish(b"next").unwrap();
     assert_eq!(next(&mut reader).0, b"abc");
     assert_eq!(next(&mut reader).0, b"next");

@@ -1,12 +1,17 @@
 //! The broker's event loop: one thread, mio (epoll) over the listening socket and every client
 //! connection. It moves bytes and nothing else: each message is decoded and handed to the
 //! [`Core`], and what the core returns is encoded and sent; replies that do not fit in a
-//! client's socket buffer wait in its outbox. Every [`TICK`] the loop retries deferred repairs and
-//! looks for stalled readers; every few seconds it releases rings nobody uses.
+//! client's socket buffer wait in its outbox, within the client's quota of bytes and descriptors.
+//! Every [`TICK`] the loop runs the core's recovery work and drops connections that did not say
+//! Hello in time; every few seconds it releases rings nobody uses.
+//!
+//! No client can hold the loop: each gets at most [`BATCH`] messages per turn (the rest wait for
+//! the next turn, after everyone else's), and the listener is retried every tick after the
+//! process ran out of descriptors.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -16,7 +21,9 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::core::{Core, DisconnectReason, Outgoing};
 use crate::protocol::seqpacket::{self, Received};
-use crate::protocol::{ClientId, ClientMessage, MAX_MESSAGE_LEN, codec};
+use crate::protocol::{
+    BrokerMessage, ClientId, ClientMessage, ErrorCode, ErrorReply, MAX_MESSAGE_LEN, codec,
+};
 
 /// How often the loop retries repairs and checks for stalled readers.
 const TICK: Duration = Duration::from_millis(100);
@@ -24,8 +31,8 @@ const TICK: Duration = Duration::from_millis(100);
 /// How often the loop looks for idle rings to release.
 const COLLECTION_INTERVAL: Duration = Duration::from_secs(5);
 
-/// Most messages waiting for one client before it is dropped as not reading its socket.
-const MAX_OUTBOX: usize = 4096;
+/// Most messages handled from one client per turn of the loop.
+const BATCH: usize = 32;
 
 pub(super) const LISTENER: Token = Token(usize::MAX - 1);
 pub(super) const WAKER: Token = Token(usize::MAX - 2);
@@ -34,6 +41,9 @@ pub(super) const WAKER: Token = Token(usize::MAX - 2);
 struct Conn {
     fd: OwnedFd,
     outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    /// Bytes and descriptors in the outbox.
+    outbox_bytes: usize,
+    outbox_fds: usize,
     /// Whether the socket is registered for writability (the outbox is not empty).
     writable: bool,
 }
@@ -50,6 +60,15 @@ pub(super) struct EventLoop {
     pub(super) ring_idle: Duration,
     pub(super) stop: Arc<AtomicBool>,
     conns: HashMap<ClientId, Conn>,
+    /// Connections that have not said Hello yet, oldest first, with when they were accepted.
+    unwelcomed: VecDeque<(ClientId, Instant)>,
+    /// Clients with messages left over from their last turn.
+    backlog: VecDeque<ClientId>,
+    backlogged: HashSet<ClientId>,
+    /// Whether accepting stopped for lack of descriptors (retried every tick).
+    accept_stalled: bool,
+    /// Whether connections are being refused at the client limit (logged once per episode).
+    refusing: bool,
 }
 
 impl EventLoop {
@@ -67,6 +86,11 @@ impl EventLoop {
             ring_idle,
             stop,
             conns: HashMap::new(),
+            unwelcomed: VecDeque::new(),
+            backlog: VecDeque::new(),
+            backlogged: HashSet::new(),
+            accept_stalled: false,
+            refusing: false,
         }
     }
 
@@ -78,7 +102,11 @@ impl EventLoop {
         let mut next_collection = Instant::now() + collection_interval;
         // Acquire pairs with the Release store in `BrokerHandle::stop`.
         while !self.stop.load(Ordering::Acquire) {
-            let timeout = next_tick.saturating_duration_since(Instant::now());
+            let timeout = if self.backlog.is_empty() {
+                next_tick.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
             if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
@@ -92,7 +120,7 @@ impl EventLoop {
                     Token(raw) => {
                         let id = ClientId::from_raw(raw as u32);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {
-                            self.read_all(id);
+                            self.read_some(id);
                         }
                         if event.is_writable() {
                             self.flush(id);
@@ -100,12 +128,22 @@ impl EventLoop {
                     }
                 }
             }
+            // One more turn for each client that had more to say than its batch.
+            for _ in 0..self.backlog.len() {
+                if let Some(id) = self.backlog.pop_front() {
+                    self.backlogged.remove(&id);
+                    self.read_some(id);
+                }
+            }
             let now = Instant::now();
             if now >= next_tick {
-                if self.core.repairs_pending() {
-                    self.core.repair();
+                for out in self.core.tick(now) {
+                    self.send(out);
                 }
-                self.core.evict_stalled(now);
+                self.expire_unwelcomed(now);
+                if self.accept_stalled {
+                    self.accept_all();
+                }
                 if now >= next_collection {
                     self.core.collect_idle_rings(now, self.ring_idle);
                     next_collection = now + collection_interval;
@@ -121,42 +159,98 @@ impl EventLoop {
         loop {
             match seqpacket::accept(self.listener.as_fd()) {
                 Ok(Some(fd)) => {
-                    let creds = match seqpacket::peer_credentials(fd.as_fd()) {
-                        Ok(c) => c,
-                        Err(e) => {
-                            tracing::warn!("dropping a connection without peer credentials: {e}");
-                            continue;
-                        }
-                    };
-                    let id = self.core.connect(creds);
-                    if let Err(e) = self.poll.registry().register(
-                        &mut SourceFd(&fd.as_raw_fd()),
-                        token(id),
-                        Interest::READABLE,
-                    ) {
-                        self.core.disconnect(id, &DisconnectReason::Io(e));
-                        continue;
+                    if self.accept_stalled {
+                        self.accept_stalled = false;
+                        tracing::info!("accepting connections again");
                     }
-                    let conn = Conn {
-                        fd,
-                        outbox: VecDeque::new(),
-                        writable: false,
-                    };
-                    self.conns.insert(id, conn);
+                    self.admit(fd);
                 }
                 Ok(None) => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    // EMFILE and friends: leave the rest in the backlog until descriptors free up.
-                    tracing::warn!("accept failed: {e}");
+                    // EMFILE and friends: the rest stay in the backlog, retried every tick
+                    // (the listener is edge-triggered: no new event would come for them).
+                    if !self.accept_stalled {
+                        tracing::warn!("accept failed, retrying every tick: {e}");
+                        self.accept_stalled = true;
+                    }
                     return;
                 }
             }
         }
     }
 
-    fn read_all(&mut self, id: ClientId) {
+    /// Registers an accepted connection, within the connection quotas.
+    fn admit(&mut self, fd: OwnedFd) {
+        let quotas = &self.core.limits().quotas;
+        if self.conns.len() >= quotas.clients {
+            let refusal = format!("the broker serves {} clients, its limit", quotas.clients);
+            if !self.refusing {
+                tracing::warn!("refusing connections: {refusal}");
+                self.refusing = true;
+            }
+            refuse(fd.as_fd(), refusal);
+            return;
+        }
+        self.refusing = false;
+        let creds = match seqpacket::peer_credentials(fd.as_fd()) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!("dropping a connection without peer credentials: {e}");
+                return;
+            }
+        };
+        if self.unwelcomed.len() >= quotas.unwelcomed {
+            // Connections that never say Hello cannot keep newcomers out: the oldest goes.
+            if let Some((oldest, _)) = self.unwelcomed.pop_front() {
+                let why = "did not say Hello before the pending-connection limit".to_string();
+                self.drop_client(oldest, DisconnectReason::Protocol(why));
+            }
+        }
+        let id = self.core.connect(creds);
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&fd.as_raw_fd()),
+            token(id),
+            Interest::READABLE,
+        ) {
+            for out in self.core.disconnect(id, &DisconnectReason::Io(e)) {
+                self.send(out);
+            }
+            return;
+        }
+        let conn = Conn {
+            fd,
+            outbox: VecDeque::new(),
+            outbox_bytes: 0,
+            outbox_fds: 0,
+            writable: false,
+        };
+        self.conns.insert(id, conn);
+        self.unwelcomed.push_back((id, Instant::now()));
+    }
+
+    /// Drops connections that did not complete the handshake within the Hello timeout, and
+    /// forgets those that did.
+    fn expire_unwelcomed(&mut self, now: Instant) {
+        let timeout = self.core.limits().quotas.hello_timeout;
+        while let Some(&(id, since)) = self.unwelcomed.front() {
+            if !self.conns.contains_key(&id) || self.core.greeted(id) {
+                self.unwelcomed.pop_front();
+            } else if now.duration_since(since) >= timeout {
+                self.unwelcomed.pop_front();
+                let why = format!("did not say Hello within {timeout:?}");
+                self.drop_client(id, DisconnectReason::Protocol(why));
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// Handles up to [`BATCH`] messages from client `id`; if it may have more, queues it for
+    /// another turn.
+    fn read_some(&mut self, id: ClientId) {
         let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
-        loop {
+        for _ in 0..BATCH {
             let Some(conn) = self.conns.get(&id) else {
                 return;
             };
@@ -176,6 +270,9 @@ impl EventLoop {
                 Ok(Received::Oversized) => {
                     return self.drop_client(id, DisconnectReason::Oversized);
                 }
+                Ok(Received::DescriptorsLost(_)) => {
+                    return self.drop_client(id, DisconnectReason::SentDescriptors);
+                }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
@@ -183,6 +280,9 @@ impl EventLoop {
                 }
                 Err(e) => return self.drop_client(id, DisconnectReason::Io(e)),
             }
+        }
+        if self.conns.contains_key(&id) && self.backlogged.insert(id) {
+            self.backlog.push_back(id);
         }
     }
 
@@ -199,6 +299,7 @@ impl EventLoop {
         match (greeted, msg) {
             (false, ClientMessage::Hello(hello)) => {
                 let (welcome, keep) = self.core.hello(id, hello);
+                self.unwelcomed.retain(|&(pending, _)| pending != id);
                 self.send(welcome);
                 if !keep {
                     self.flush(id);
@@ -242,9 +343,14 @@ impl EventLoop {
                 return;
             }
         };
-        if conn.outbox.len() >= MAX_OUTBOX {
+        let quotas = &self.core.limits().quotas;
+        if conn.outbox_bytes + bytes.len() > quotas.outbox_bytes
+            || conn.outbox_fds + out.fds.len() > quotas.outbox_fds
+        {
             return self.drop_client(out.client, DisconnectReason::NotReading);
         }
+        conn.outbox_bytes += bytes.len();
+        conn.outbox_fds += out.fds.len();
         conn.outbox.push_back((bytes, out.fds));
         self.flush(out.client);
     }
@@ -258,6 +364,8 @@ impl EventLoop {
             let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
             match seqpacket::send_bytes(conn.fd.as_fd(), bytes, &borrowed) {
                 Ok(()) => {
+                    conn.outbox_bytes -= bytes.len();
+                    conn.outbox_fds -= fds.len();
                     conn.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -300,6 +408,18 @@ impl EventLoop {
                 .registry()
                 .deregister(&mut SourceFd(&conn.fd.as_raw_fd()));
         }
-        self.core.disconnect(id, &reason);
+        for out in self.core.disconnect(id, &reason) {
+            self.send(out);
+        }
     }
+}
+
+/// Tells a connection the broker will not serve it, and closes it (dropping `fd`).
+fn refuse(fd: BorrowedFd<'_>, message: String) {
+    let refusal = BrokerMessage::Refused(ErrorReply {
+        code: ErrorCode::Exhausted,
+        message,
+    });
+    // Best effort: a fresh connection's socket buffer has room for one message.
+    let _ = seqpacket::send(fd, &refusal, &[]);
 }

@@ -32,7 +32,7 @@ use nix::fcntl::{Flock, FlockArg};
 use shmbus_shm::{DoorbellTable, RingConfig};
 use tracing::warn;
 
-use self::core::{Core, Limits};
+use self::core::{Core, Limits, Quotas};
 use crate::address::{BusAddress, ensure_private_dir};
 use crate::protocol::seqpacket;
 use event_loop::{EventLoop, LISTENER, WAKER};
@@ -82,8 +82,9 @@ fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> B
 
 /// How to start a broker; from [`Broker::builder`]. Every option has a default: the default bus's
 /// socket (`$SHMBUS_BUS`, else the name `default`), 1 MiB rings carrying payloads up to 64 KiB,
-/// 64 publishers and 128 subscribers per ring, eviction after 5 s, idle rings released after
-/// 60 s, 16,384 doorbells.
+/// 64 publishers and 128 subscribers per ring, eviction after 5 s, claims held uncommitted taken
+/// back after 15 s, idle rings released after 60 s, 16,384 doorbells; and the quotas below
+/// (`docs/THREAT_MODEL.md` lists them with their defaults).
 #[derive(Clone, Debug)]
 #[must_use = "a builder does nothing until `bind` is called"]
 pub struct BrokerBuilder {
@@ -100,6 +101,8 @@ impl Default for BrokerBuilder {
             limits: Limits {
                 ring: RingConfig::default(),
                 evict_after: Duration::from_secs(5),
+                unblock_after: Duration::from_secs(15),
+                quotas: Quotas::default(),
             },
             doorbells: 16_384,
             ring_idle: Duration::from_secs(60),
@@ -141,6 +144,77 @@ impl BrokerBuilder {
     /// Untether a subscriber that holds publishers back without reading for this long.
     pub fn evict_after(mut self, timeout: Duration) -> Self {
         self.limits.evict_after = timeout;
+        self
+    }
+
+    /// Take back a claim a live publisher has held uncommitted this long (it was stopped or
+    /// descheduled between loan and commit), so that subscribers and other publishers go on; its
+    /// late commit then fails. Default 15 s.
+    pub fn unblock_after(mut self, timeout: Duration) -> Self {
+        self.limits.unblock_after = timeout;
+        self
+    }
+
+    /// Drop a connection that has not completed the handshake within this long. Default 5 s.
+    pub fn hello_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.quotas.hello_timeout = timeout;
+        self
+    }
+
+    /// Serve at most this many connections; more are refused. Default 10,000.
+    pub fn max_clients(mut self, n: usize) -> Self {
+        self.limits.quotas.clients = n;
+        self
+    }
+
+    /// Keep at most this many connections that have not said Hello yet; beyond it the oldest is
+    /// dropped, so silent connections cannot keep newcomers out. Default 1,024.
+    pub fn max_pending_connections(mut self, n: usize) -> Self {
+        self.limits.quotas.unwelcomed = n;
+        self
+    }
+
+    /// At most this many rings (topics published on) on the bus. Default 8,192.
+    pub fn max_rings(mut self, n: usize) -> Self {
+        self.limits.quotas.rings = n;
+        self
+    }
+
+    /// At most this many rings created by one client's publishes. Default 2,048.
+    pub fn max_rings_per_client(mut self, n: usize) -> Self {
+        self.limits.quotas.rings_per_client = n;
+        self
+    }
+
+    /// At most this many publishers per client. Default 4,096.
+    pub fn max_publishers_per_client(mut self, n: usize) -> Self {
+        self.limits.quotas.publishers_per_client = n;
+        self
+    }
+
+    /// At most this many subscription patterns per client. Default 1,024.
+    pub fn max_subscriptions_per_client(mut self, n: usize) -> Self {
+        self.limits.quotas.subscriptions_per_client = n;
+        self
+    }
+
+    /// At most this many subscribers (each holds a doorbell) per client. Default 256.
+    pub fn max_subscribers_per_client(mut self, n: usize) -> Self {
+        self.limits.quotas.doorbells_per_client = n;
+        self
+    }
+
+    /// At most this many bytes of messages waiting for one client that does not read its
+    /// socket; beyond, it is disconnected. Default 8 MiB.
+    pub fn max_outbox_bytes(mut self, n: usize) -> Self {
+        self.limits.quotas.outbox_bytes = n;
+        self
+    }
+
+    /// At most this many descriptors waiting for one client that does not read its socket
+    /// (each ring attachment carries two); beyond, it is disconnected. Default 32,768.
+    pub fn max_outbox_descriptors(mut self, n: usize) -> Self {
+        self.limits.quotas.outbox_fds = n;
         self
     }
 

@@ -195,7 +195,7 @@ pub fn publisher(args: ChildArgs) -> Outcome {
     for i in 0..args.burst {
         let mut loan = burst.loan(8).map_err(Failure::error)?;
         loan.as_mut_slice().copy_from_slice(&i.to_le_bytes());
-        loan.commit();
+        loan.commit().map_err(Failure::error)?;
     }
     chat.publish(b"bye").map_err(Failure::error)?;
     Ok(())

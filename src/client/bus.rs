@@ -3,10 +3,12 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
 
 use shmbus_shm::{DoorbellTable, Owner};
 
-use super::connection::Connection;
+use super::broker_identity::TrustedUsers;
+use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
 use super::pubsub::{Publisher, PublisherBuilder, Subscriber, SubscriberBuilder};
 use crate::address::BusAddress;
@@ -113,6 +115,9 @@ impl std::fmt::Debug for Bus {
     }
 }
 
+/// How long connecting and the handshake may take by default.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How to reach a bus; from [`Bus::builder`].
 #[derive(Debug, Default)]
 #[must_use = "a builder does nothing until `connect` is called"]
@@ -120,6 +125,8 @@ pub struct BusBuilder {
     address: Option<BusAddress>,
     name: Option<String>,
     embedded: Option<BrokerBuilder>,
+    connect_timeout: Option<Duration>,
+    broker_uid: Option<u32>,
 }
 
 impl BusBuilder {
@@ -144,6 +151,21 @@ impl BusBuilder {
         self
     }
 
+    /// How long connecting and the handshake may take before [`ConnectError::Unreachable`]
+    /// (default 5 s): a broker that is stopped or overloaded cannot hang the client.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout);
+        self
+    }
+
+    /// Also trust a broker running as user `uid` (a service account). By default the broker
+    /// must run as this process's user or root, and its socket's directory belong to one of
+    /// them; anything else is refused with [`ConnectError::Untrusted`].
+    pub fn broker_uid(mut self, uid: u32) -> Self {
+        self.broker_uid = Some(uid);
+        self
+    }
+
     /// Connects (starting the embedded broker first, if one was asked for).
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let (embedded, address) = match self.embedded {
@@ -157,7 +179,13 @@ impl BusBuilder {
             },
         };
         let name = self.name.unwrap_or_else(program_name);
-        let (conn, session) = Connection::open(&address, &name)?;
+        let options = ConnectOptions {
+            timeout: self.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+            trusted: TrustedUsers {
+                extra: self.broker_uid,
+            },
+        };
+        let (conn, session) = Connection::open(&address, &name, options)?;
         Ok(Bus {
             inner: Arc::new(BusInner {
                 conn,

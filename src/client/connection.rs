@@ -1,10 +1,13 @@
 //! The client's side of the control socket: the handshake, typed calls and their replies, and a
 //! thread that reads everything the broker sends.
 //!
-//! The socket is blocking. Any thread sends (a `SOCK_SEQPACKET` datagram goes out whole, so
-//! senders need no lock); one control thread receives, hands each reply to the thread waiting for
-//! it, and routes what the broker sends unasked to whom it concerns (ring attachments to their
-//! subscriber).
+//! The socket is blocking, with timeouts: connecting and the handshake give up after the connect
+//! timeout, and a send after [`REPLY_TIMEOUT`] (a broker that stopped reading cannot hang a
+//! client). Any thread sends (a `SOCK_SEQPACKET` datagram goes out whole, so senders need no
+//! lock); one control thread receives, hands each reply to the thread waiting for it, and routes
+//! what the broker sends unasked to whom it concerns (ring attachments, mapped at once so that no
+//! descriptor piles up, to their subscriber). A reply that comes after its caller gave up is
+//! undone: what it created at the broker is released.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
@@ -13,25 +16,37 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use shmbus_shm::{DoorbellTable, Owner};
+use shmbus_shm::{DoorbellTable, Owner, Ring};
 use tracing::{debug, warn};
 
+use super::broker_identity::TrustedUsers;
 use super::error::{CallError, ConnectError, RequestError};
 use super::pubsub::attachments::{Attachment, AttachmentQueue};
 use crate::address::BusAddress;
+use crate::protocol::pubsub::{ReleaseDoorbell, RingAttachment, Unpublish, Unsubscribe};
 use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
     BrokerMessage, Call, ClientMessage, ErrorReply, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
     Reply, RequestId, SubscriptionId, Welcome, codec,
 };
 
-/// How long a request waits for its reply before the broker is deemed unresponsive.
+/// How long a request waits for its reply (and a send for room) before the broker is deemed
+/// unresponsive.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a client connects: how long it waits for the broker, and whom it trusts as one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ConnectOptions {
+    /// How long connecting and the handshake may take.
+    pub(crate) timeout: Duration,
+    pub(crate) trusted: TrustedUsers,
+}
 
 /// How many dropped subscriptions [`Routing::closed`] remembers.
 const CLOSED_MEMORY: usize = 256;
 
-/// A reply with the descriptors it carried.
+/// A reply with the descriptors it carried (none if they were lost on the way: see
+/// [`Received::DescriptorsLost`]).
 type ReplyWithFds = (Result<Reply, ErrorReply>, Vec<OwnedFd>);
 
 /// Where the control thread sends what it receives.
@@ -48,6 +63,14 @@ struct Routing {
 }
 
 impl Routing {
+    /// Remembers that subscription `id` ended, so late attachments for it are dropped.
+    fn remember_closed(&mut self, id: SubscriptionId) {
+        if self.closed.len() == CLOSED_MEMORY {
+            self.closed.pop_front();
+        }
+        self.closed.push_back(id);
+    }
+
     /// Hands `item` to subscription `sub` and wakes its subscriber; keeps it for a subscription
     /// not registered yet, drops it for one recently closed.
     fn route(&mut self, sub: SubscriptionId, item: Attachment, doorbells: &DoorbellTable) {
@@ -90,16 +113,27 @@ impl Connection {
     pub(crate) fn open(
         address: &BusAddress,
         name: &str,
+        options: ConnectOptions,
     ) -> Result<(Arc<Connection>, Session), ConnectError> {
         let path = address
             .socket_path()
             .ok_or_else(|| ConnectError::RemoteUnsupported {
                 address: address.to_string(),
             })?;
-        let sock = seqpacket::connect(path).map_err(|source| ConnectError::Unreachable {
+        let untrusted = |detail: String| ConnectError::Untrusted {
+            address: address.to_string(),
+            detail,
+        };
+        options.trusted.check_directory(path).map_err(untrusted)?;
+        let unreachable = |source| ConnectError::Unreachable {
             address: address.to_string(),
             source,
-        })?;
+        };
+        let sock = seqpacket::connect_timeout(path, options.timeout).map_err(unreachable)?;
+        options
+            .trusted
+            .check_peer(sock.as_fd())
+            .map_err(untrusted)?;
         let protocol = |detail: String| ConnectError::Protocol {
             address: address.to_string(),
             detail,
@@ -108,9 +142,24 @@ impl Connection {
             version: PROTOCOL_VERSION,
             name: truncate_at_char(name, 64).to_string(),
         });
-        seqpacket::send(sock.as_fd(), &hello, &[])
-            .map_err(|e| protocol(format!("send hello: {e}")))?;
-        let (msg, mut fds) = recv_one(&sock).map_err(protocol)?;
+        let silent = |what: &str| {
+            unreachable(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the broker did not {what} within {:?}", options.timeout),
+            ))
+        };
+        match seqpacket::send(sock.as_fd(), &hello, &[]) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                return Err(silent("take the handshake"));
+            }
+            Err(e) => return Err(protocol(format!("send hello: {e}"))),
+        }
+        let (msg, mut fds) = match recv_one(&sock) {
+            Ok(m) => m,
+            Err(Failure::Timeout) => return Err(silent("answer the handshake")),
+            Err(Failure::Other(detail)) => return Err(protocol(detail)),
+        };
         let welcome: Welcome = match msg {
             BrokerMessage::Welcome(w) => w,
             BrokerMessage::Refused(e) => {
@@ -125,7 +174,11 @@ impl Connection {
         let fd = fds
             .pop()
             .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
-        let doorbells = DoorbellTable::open(fd).map_err(ConnectError::Shm)?;
+        let doorbells = DoorbellTable::attach(fd, welcome.doorbells).map_err(ConnectError::Shm)?;
+        // From now on the control thread waits for the broker as long as it takes; a send still
+        // gives up when the broker stops reading.
+        seqpacket::set_timeouts(sock.as_fd(), None, Some(REPLY_TIMEOUT))
+            .map_err(|e| protocol(format!("set socket timeouts: {e}")))?;
         let conn = Arc::new(Connection {
             sock,
             routing: Mutex::new(Routing::default()),
@@ -178,6 +231,10 @@ impl Connection {
         if let Err(e) = seqpacket::send(self.sock.as_fd(), &msg, &[]) {
             lock(&self.routing).replies.remove(&id);
             debug!("request not sent: {e}");
+            if e.kind() == std::io::ErrorKind::WouldBlock {
+                // The broker has not read its socket for the send timeout.
+                return Err(CallError::Request(RequestError::Timeout));
+            }
             // The socket is broken: the broker is gone, whether or not the control thread has
             // noticed yet.
             self.alive.store(false, Ordering::Release);
@@ -225,10 +282,7 @@ impl Connection {
         let mut routing = lock(&self.routing);
         routing.subscriptions.remove(&id);
         routing.orphans.remove(&id);
-        if routing.closed.len() == CLOSED_MEMORY {
-            routing.closed.pop_front();
-        }
-        routing.closed.push_back(id);
+        routing.remember_closed(id);
     }
 
     /// Says goodbye and closes the socket; the control thread then exits.
@@ -255,14 +309,16 @@ impl Connection {
             };
             let mut routing = lock(&self.routing);
             match msg {
-                BrokerMessage::Reply { id, result } => {
-                    if let Some(tx) = routing.replies.remove(&id) {
+                BrokerMessage::Reply { id, result } => match routing.replies.remove(&id) {
+                    Some(tx) => {
                         let _ = tx.send((result, fds));
                     }
-                }
+                    None => self.undo_abandoned(&mut routing, result),
+                },
                 BrokerMessage::RingAttached(a) => {
                     let sub = a.subscription;
-                    routing.route(sub, Attachment::Ring(a, fds), doorbells);
+                    let item = map_attachment(a, fds, doorbells);
+                    routing.route(sub, item, doorbells);
                 }
                 BrokerMessage::RingUnavailable {
                     subscription,
@@ -272,6 +328,9 @@ impl Connection {
                     let reason = error.message;
                     let item = Attachment::Unavailable { topic, reason };
                     routing.route(subscription, item, doorbells);
+                }
+                BrokerMessage::RingRetired { subscription, ring } => {
+                    routing.route(subscription, Attachment::Retired { ring }, doorbells);
                 }
                 other @ (BrokerMessage::Welcome(_) | BrokerMessage::Refused(_)) => {
                     warn!(address = %self.address, "unexpected message from the broker: {other:?}");
@@ -288,6 +347,42 @@ impl Connection {
             doorbells.ring(queue.doorbell());
         }
     }
+
+    /// Releases at the broker what a request whose caller stopped waiting created after all.
+    fn undo_abandoned(&self, routing: &mut Routing, result: Result<Reply, ErrorReply>) {
+        match result {
+            Ok(Reply::Publishing(p)) => self.notify(Unpublish {
+                publisher: p.publisher,
+            }),
+            Ok(Reply::Subscribed(s)) => {
+                routing.orphans.remove(&s.subscription);
+                routing.remember_closed(s.subscription);
+                self.notify(Unsubscribe {
+                    subscription: s.subscription,
+                });
+            }
+            Ok(Reply::DoorbellClaimed(d)) => self.notify(ReleaseDoorbell { index: d.index }),
+            Ok(Reply::Done) | Err(_) => {}
+        }
+    }
+}
+
+/// Maps the ring of an attachment at once (its descriptors are closed then), so a subscription
+/// to thousands of rings holds mappings, not thousands of descriptors.
+fn map_attachment(a: RingAttachment, fds: Vec<OwnedFd>, doorbells: &DoorbellTable) -> Attachment {
+    let unavailable = |a: RingAttachment, reason: String| Attachment::Unavailable {
+        topic: a.topic,
+        reason,
+    };
+    let Ok([data, readers]) = <[OwnedFd; 2]>::try_from(fds) else {
+        let reason = "the ring's descriptors were lost on the way (is this process out of file \
+                      descriptors?)";
+        return unavailable(a, reason.to_string());
+    };
+    match Ring::attach(data, readers, doorbells, &a.ring.into()) {
+        Ok(ring) => Attachment::Ring(a, ring),
+        Err(e) => unavailable(a, format!("cannot map the ring: {e}")),
+    }
 }
 
 /// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
@@ -299,20 +394,44 @@ fn truncate_at_char(s: &str, max: usize) -> &str {
     &s[..end]
 }
 
-/// Receives and decodes one broker message.
-fn recv_one(sock: &OwnedFd) -> Result<(BrokerMessage, Vec<OwnedFd>), String> {
+/// Why [`recv_one`] returned no message.
+enum Failure {
+    /// The socket's receive timeout passed (only set during the handshake).
+    Timeout,
+    /// The connection ended or broke the protocol.
+    Other(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Timeout => f.write_str("timed out"),
+            Failure::Other(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Receives and decodes one broker message. A message whose descriptors were lost comes with
+/// none; whoever needs them reports it.
+fn recv_one(sock: &OwnedFd) -> Result<(BrokerMessage, Vec<OwnedFd>), Failure> {
     let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
     loop {
         let mut fds = Vec::new();
-        return match seqpacket::recv(sock.as_fd(), &mut buf, &mut fds) {
-            Ok(Received::Message(n)) => match codec::decode_broker(&buf[..n]) {
-                Ok(msg) => Ok((msg, fds)),
-                Err(e) => Err(format!("malformed message: {e}")),
-            },
-            Ok(Received::Closed) => Err("connection closed".into()),
-            Ok(Received::Oversized) => Err("oversized message".into()),
+        let n = match seqpacket::recv(sock.as_fd(), &mut buf, &mut fds) {
+            Ok(Received::Message(n)) => n,
+            Ok(Received::DescriptorsLost(n)) => {
+                warn!("descriptors from the broker were lost (is this process out of them?)");
+                n
+            }
+            Ok(Received::Closed) => return Err(Failure::Other("connection closed".into())),
+            Ok(Received::Oversized) => return Err(Failure::Other("oversized message".into())),
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => Err(format!("receive failed: {e}")),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Err(Failure::Timeout),
+            Err(e) => return Err(Failure::Other(format!("receive failed: {e}"))),
+        };
+        return match codec::decode_broker(&buf[..n]) {
+            Ok(msg) => Ok((msg, fds)),
+            Err(e) => Err(Failure::Other(format!("malformed message: {e}"))),
         };
     }
 }

@@ -14,7 +14,7 @@ pub enum ConnectError {
     /// The address could not be parsed.
     #[error(transparent)]
     Address(#[from] AddressError),
-    /// No broker answers at the address.
+    /// No broker answers at the address (or it did not answer within the connect timeout).
     #[error("cannot reach the broker at {address}: {source}")]
     Unreachable {
         /// The address tried.
@@ -22,6 +22,16 @@ pub enum ConnectError {
         /// Why.
         #[source]
         source: io::Error,
+    },
+    /// What listens at the address is not trusted to be the broker: the socket's directory, or
+    /// the process that accepted, belongs to another user (see
+    /// [`BusBuilder::broker_uid`](crate::BusBuilder::broker_uid)).
+    #[error("not connecting to {address}: {detail}")]
+    Untrusted {
+        /// The address.
+        address: String,
+        /// What is wrong.
+        detail: String,
     },
     /// The broker refused the connection.
     #[error("the broker at {address} refused the connection: {message}")]

@@ -5,6 +5,7 @@
 //! rings and subscribers read them in place. If the broker dies, rings already attached keep
 //! working; new attachments fail with [`RequestError::BrokerGone`].
 
+mod broker_identity;
 mod bus;
 mod connection;
 mod error;

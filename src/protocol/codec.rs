@@ -85,7 +85,9 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
             limit("topic", topic, crate::topic::MAX_TOPIC_LEN)?;
             limit("error message", &error.message, MAX_ERROR_LEN)?;
         }
-        BrokerMessage::Welcome(_) | BrokerMessage::Reply { result: Ok(_), .. } => {}
+        BrokerMessage::Welcome(_)
+        | BrokerMessage::Reply { result: Ok(_), .. }
+        | BrokerMessage::RingRetired { .. } => {}
     }
     Ok(msg)
 }
@@ -94,7 +96,8 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
 mod tests {
     use super::*;
     use crate::protocol::pubsub::{
-        Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
+        ClaimDoorbell, DoorbellClaimed, Publish, Publishing, ReleaseDoorbell, RingAttachment,
+        RingGeometry, Subscribe, Subscribed, Unpublish, Unsubscribe,
     };
     use crate::protocol::{
         ClientId, ErrorCode, ErrorReply, Hello, PublisherId, Reply, Request, RequestId, RingId,
@@ -117,6 +120,17 @@ mod tests {
         }
     }
 
+    fn geometry() -> RingGeometry {
+        RingGeometry {
+            id: RingId::from_raw(6),
+            capacity: 1 << 20,
+            max_payload: 65_536,
+            writer_slots: 64,
+            reader_slots: 128,
+            stamp_key: 0x1234_5678_9abc_def0,
+        }
+    }
+
     fn hello(name: String) -> ClientMessage {
         ClientMessage::Hello(Hello { version: 1, name })
     }
@@ -129,6 +143,12 @@ mod tests {
             Request::Publish(Publish {
                 topic: "a/b".into(),
                 max_payload: 4096,
+                replace: None,
+            }),
+            Request::Publish(Publish {
+                topic: "a/b".into(),
+                max_payload: 4096,
+                replace: Some(RingId::from_raw(u64::MAX)),
             }),
             Request::Unpublish(Unpublish {
                 publisher: PublisherId::from_raw(3),
@@ -142,6 +162,8 @@ mod tests {
             Request::Unsubscribe(Unsubscribe {
                 subscription: SubscriptionId::from_raw(9),
             }),
+            Request::ClaimDoorbell(ClaimDoorbell),
+            Request::ReleaseDoorbell(ReleaseDoorbell { index: 4 }),
         ] {
             round_trip_client(ClientMessage::Request {
                 id: RequestId::from_raw(77),
@@ -163,6 +185,7 @@ mod tests {
                 client: ClientId::from_raw(2),
                 owner: 3,
                 max_payload: 4,
+                doorbells: 16_384,
             }),
             BrokerMessage::Refused(ErrorReply {
                 code: ErrorCode::Version,
@@ -170,8 +193,9 @@ mod tests {
             }),
             reply(Ok(Reply::Publishing(Publishing {
                 publisher: PublisherId::from_raw(5),
-                ring: RingId::from_raw(6),
+                ring: geometry(),
             }))),
+            reply(Ok(Reply::DoorbellClaimed(DoorbellClaimed { index: 7 }))),
             reply(Ok(Reply::Subscribed(Subscribed {
                 subscription: SubscriptionId::from_raw(5),
                 rings: 0,
@@ -184,12 +208,16 @@ mod tests {
             BrokerMessage::RingAttached(RingAttachment {
                 subscription: SubscriptionId::from_raw(1),
                 topic: "x".into(),
-                ring: RingId::from_raw(2),
+                ring: geometry(),
                 slot: 3,
                 owner: 8,
                 position: 4,
                 sequence: 5,
             }),
+            BrokerMessage::RingRetired {
+                subscription: SubscriptionId::from_raw(1),
+                ring: RingId::from_raw(2),
+            },
         ] {
             let bytes = encode(&msg, &mut buf).unwrap().to_vec();
             assert_eq!(decode_broker(&bytes), Ok(msg));

@@ -26,11 +26,14 @@ pub mod seqpacket;
 use serde::{Deserialize, Serialize};
 
 pub use ids::{ClientId, PublisherId, RequestId, RingId, SubscriptionId};
-use pubsub::{Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe};
+use pubsub::{
+    ClaimDoorbell, DoorbellClaimed, Publish, Publishing, ReleaseDoorbell, RingAttachment,
+    Subscribe, Subscribed, Unpublish, Unsubscribe,
+};
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Largest encoded message, in bytes. Anything larger is a protocol error.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -80,6 +83,10 @@ pub enum Request {
     Subscribe(Subscribe),
     /// See [`Unsubscribe`].
     Unsubscribe(Unsubscribe),
+    /// See [`ClaimDoorbell`].
+    ClaimDoorbell(ClaimDoorbell),
+    /// See [`ReleaseDoorbell`].
+    ReleaseDoorbell(ReleaseDoorbell),
 }
 
 /// Successful replies, one variant per reply type.
@@ -89,6 +96,8 @@ pub enum Reply {
     Publishing(Publishing),
     /// To [`Subscribe`].
     Subscribed(Subscribed),
+    /// To [`ClaimDoorbell`].
+    DoorbellClaimed(DoorbellClaimed),
     /// To requests with nothing to report.
     Done,
 }
@@ -134,6 +143,15 @@ pub enum BrokerMessage {
         /// Why (`Exhausted` for no free reader slot, `Internal` otherwise).
         error: ErrorReply,
     },
+    /// The broker retired a ring the subscription reads (it found the ring corrupt): read what
+    /// is left in it and drop it. A fresh ring for the topic is attached as usual when it is
+    /// published on again.
+    RingRetired {
+        /// The subscription that reads the ring.
+        subscription: SubscriptionId,
+        /// The retired ring.
+        ring: RingId,
+    },
 }
 
 /// The answer to [`Hello`].
@@ -143,12 +161,15 @@ pub struct Welcome {
     pub version: u16,
     /// The client's id on this broker.
     pub client: ClientId,
-    /// Token the client must use as owner of the publisher slots and doorbells it claims (see
+    /// Token the client must use as owner of the publisher slots it claims (see
     /// `shmbus_shm::Owner`). Reader slots the broker reserves carry their own token (see
     /// [`RingAttachment::owner`]). The broker frees everything of this client when it goes.
     pub owner: u64,
     /// Largest payload of rings this broker creates.
     pub max_payload: u32,
+    /// Number of doorbells in the table whose descriptor comes with this message (the table's
+    /// own header is not trusted: every client can write it).
+    pub doorbells: u32,
 }
 
 /// Why a request failed.
@@ -171,7 +192,7 @@ pub enum ErrorCode {
     TooLarge,
     /// The id does not name something this client holds.
     Unknown,
-    /// A limit was reached (slots, rings, subscriptions).
+    /// A limit was reached (slots, rings, subscriptions, a quota of the client).
     Exhausted,
     /// The client may not do this.
     NotPermitted,

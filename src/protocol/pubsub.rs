@@ -2,10 +2,56 @@
 //! the ring attachments the broker sends for them. Messages themselves never pass here.
 
 use serde::{Deserialize, Serialize};
-use shmbus_shm::ReaderMode;
+use shmbus_shm::{ReaderMode, RingConfig, RingSpec};
 
 use super::ids::{PublisherId, RingId, SubscriptionId};
 use super::{Call, Reply, Request};
+
+/// A ring as the broker describes it: participants map the ring's descriptors with this
+/// geometry and never trust the segments' own headers, which others can write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RingGeometry {
+    /// The ring's id (as in its segment headers).
+    pub id: RingId,
+    /// Bytes of frame storage.
+    pub capacity: u64,
+    /// Largest payload of one frame.
+    pub max_payload: u32,
+    /// Writer slots.
+    pub writer_slots: u32,
+    /// Reader slots.
+    pub reader_slots: u32,
+    /// Key of the ring's commit stamps.
+    pub stamp_key: u64,
+}
+
+impl From<RingSpec> for RingGeometry {
+    fn from(spec: RingSpec) -> RingGeometry {
+        RingGeometry {
+            id: RingId::from_raw(spec.id),
+            capacity: spec.config.capacity,
+            max_payload: spec.config.max_payload,
+            writer_slots: spec.config.writer_slots,
+            reader_slots: spec.config.reader_slots,
+            stamp_key: spec.stamp_key,
+        }
+    }
+}
+
+impl From<RingGeometry> for RingSpec {
+    fn from(g: RingGeometry) -> RingSpec {
+        RingSpec {
+            id: g.id.get(),
+            config: RingConfig {
+                capacity: g.capacity,
+                max_payload: g.max_payload,
+                writer_slots: g.writer_slots,
+                reader_slots: g.reader_slots,
+            },
+            stamp_key: g.stamp_key,
+        }
+    }
+}
 
 /// Publish on `topic`: the ring is created if needed. Answered with [`Publishing`], carrying
 /// the ring's data (read-write) and readers descriptors.
@@ -15,6 +61,9 @@ pub struct Publish {
     pub topic: String,
     /// Largest payload the publisher will write; refused if the ring's is smaller.
     pub max_payload: u32,
+    /// A ring of this topic the publisher found corrupt (or retired): the broker checks it and,
+    /// if so, retires it and answers with a fresh ring.
+    pub replace: Option<RingId>,
 }
 
 /// The answer to [`Publish`].
@@ -22,8 +71,8 @@ pub struct Publish {
 pub struct Publishing {
     /// Bus-wide id of the new publisher, to be stamped on its frames.
     pub publisher: PublisherId,
-    /// The ring's id.
-    pub ring: RingId,
+    /// The ring.
+    pub ring: RingGeometry,
 }
 
 /// Stop publishing with a publisher from [`Publishing`]. Answered with [`Reply::Done`].
@@ -46,8 +95,28 @@ pub struct Subscribe {
     pub mode: ReaderMode,
     /// Deliver the last `history` messages of each ring too (applied by the client).
     pub history: u32,
-    /// Index of the doorbell (claimed by the client in the bus's table) its readers park on.
+    /// Index of the doorbell its readers park on (one the client holds: see [`ClaimDoorbell`]).
     pub doorbell: u32,
+}
+
+/// Claim a doorbell of the bus's table for a subscriber to park on. The broker records who holds
+/// which (the table itself is writable by every client, so nothing in it is trusted), and frees
+/// a client's doorbells when it goes. Answered with [`DoorbellClaimed`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimDoorbell;
+
+/// The answer to [`ClaimDoorbell`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DoorbellClaimed {
+    /// The doorbell's index in the table.
+    pub index: u32,
+}
+
+/// Give back a doorbell from [`DoorbellClaimed`]. Answered with [`Reply::Done`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseDoorbell {
+    /// The doorbell's index.
+    pub index: u32,
 }
 
 /// The answer to [`Subscribe`]; `rings` attachments were sent before it.
@@ -74,8 +143,8 @@ pub struct RingAttachment {
     pub subscription: SubscriptionId,
     /// The ring's topic, as its publishers wrote it.
     pub topic: String,
-    /// The ring's id (as in its segment headers).
-    pub ring: RingId,
+    /// The ring.
+    pub ring: RingGeometry,
     /// The reader slot reserved for the client.
     pub slot: u32,
     /// The owner token the slot is held under (the client adopts it with this token).
@@ -145,6 +214,36 @@ impl Call for Unsubscribe {
 
     fn into_request(self) -> Request {
         Request::Unsubscribe(self)
+    }
+
+    fn reply(reply: Reply) -> Result<(), Reply> {
+        match reply {
+            Reply::Done => Ok(()),
+            other => Err(other),
+        }
+    }
+}
+
+impl Call for ClaimDoorbell {
+    type Reply = DoorbellClaimed;
+
+    fn into_request(self) -> Request {
+        Request::ClaimDoorbell(self)
+    }
+
+    fn reply(reply: Reply) -> Result<DoorbellClaimed, Reply> {
+        match reply {
+            Reply::DoorbellClaimed(d) => Ok(d),
+            other => Err(other),
+        }
+    }
+}
+
+impl Call for ReleaseDoorbell {
+    type Reply = ();
+
+    fn into_request(self) -> Request {
+        Request::ReleaseDoorbell(self)
     }
 
     fn reply(reply: Reply) -> Result<(), Reply> {

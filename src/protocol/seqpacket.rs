@@ -4,6 +4,7 @@
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use nix::sys::socket::{
     AddressFamily, Backlog, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, SockType,
@@ -42,6 +43,69 @@ pub fn connect(path: &Path) -> io::Result<OwnedFd> {
     let sock = socket(false)?;
     nix::sys::socket::connect(sock.as_raw_fd(), &UnixAddr::new(path)?)?;
     Ok(sock)
+}
+
+/// A blocking connection to the listener at `path`, given up with `TimedOut` if its backlog stays
+/// full for `timeout` (a listener that stopped accepting). Receives and sends on it time out
+/// after `timeout` too, until [`set_timeouts`] says otherwise.
+pub fn connect_timeout(path: &Path, timeout: Duration) -> io::Result<OwnedFd> {
+    let sock = socket(true)?;
+    let addr = UnixAddr::new(path)?;
+    let deadline = Instant::now() + timeout;
+    // A Unix socket reports a full backlog with EAGAIN at once, and offers nothing to wait on
+    // for room: retry with a growing pause.
+    let mut pause = Duration::from_micros(100);
+    loop {
+        match nix::sys::socket::connect(sock.as_raw_fd(), &addr) {
+            Ok(()) => break,
+            Err(nix::Error::EINTR) => {}
+            Err(nix::Error::EAGAIN) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("its connection backlog stayed full for {timeout:?}"),
+                    ));
+                }
+                std::thread::sleep(pause.min(left));
+                pause = (pause * 2).min(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let flags = nix::fcntl::OFlag::from_bits_truncate(nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_GETFL,
+    )?);
+    nix::fcntl::fcntl(
+        &sock,
+        nix::fcntl::FcntlArg::F_SETFL(flags - nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    set_timeouts(
+        std::os::fd::AsFd::as_fd(&sock),
+        Some(timeout),
+        Some(timeout),
+    )?;
+    Ok(sock)
+}
+
+/// Sets how long a blocking receive and send on `sock` may wait (`None`: forever). A receive
+/// or send that times out fails with `WouldBlock`.
+pub fn set_timeouts(
+    sock: BorrowedFd<'_>,
+    recv: Option<Duration>,
+    send: Option<Duration>,
+) -> io::Result<()> {
+    let tv = |d: Option<Duration>| {
+        let d = d.unwrap_or(Duration::ZERO);
+        nix::sys::time::TimeVal::new(
+            d.as_secs().try_into().unwrap_or(i64::MAX),
+            d.subsec_micros().into(),
+        )
+    };
+    nix::sys::socket::setsockopt(&sock, sockopt::ReceiveTimeout, &tv(recv))?;
+    nix::sys::socket::setsockopt(&sock, sockopt::SendTimeout, &tv(send))?;
+    Ok(())
 }
 
 /// Accepts one pending connection (non-blocking); `None` when there is none.
@@ -118,6 +182,11 @@ pub enum Received {
     /// The message, or its descriptors, did not fit: a protocol violation (the excess was
     /// discarded by the kernel, descriptors included).
     Oversized,
+    /// A message of this many bytes (in the caller's buffer) whose descriptors could not all be
+    /// received: the kernel could not install them (this process is out of descriptors), or
+    /// the peer sent more than any message may carry. The bytes are intact; the descriptors are
+    /// gone.
+    DescriptorsLost(usize),
 }
 
 /// Receives one message into `buf` (which should hold more than [`MAX_MESSAGE_LEN`] bytes, so an
@@ -138,9 +207,15 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
         MsgFlags::MSG_CMSG_CLOEXEC,
     )?;
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        // Cannot happen with a buffer for SCM_MAX_FD descriptors; nix refuses to parse
-        // truncated control data, so there is nothing to take ownership of.
-        return Ok(Received::Oversized);
+        // With room for SCM_MAX_FD descriptors, the kernel truncates only when it cannot
+        // install them (EMFILE). nix refuses to parse truncated control data, so any it did
+        // install before running out cannot be taken ownership of.
+        let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC) || msg.bytes > MAX_MESSAGE_LEN;
+        return Ok(if truncated || msg.bytes == 0 {
+            Received::Oversized
+        } else {
+            Received::DescriptorsLost(msg.bytes)
+        });
     }
     for c in msg.cmsgs()? {
         if let ControlMessageOwned::ScmRights(received) = c {
@@ -154,9 +229,7 @@ pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], fds: &mut Vec<OwnedFd>) -> io:
             );
         }
     }
-    let truncated = msg
-        .flags
-        .intersects(MsgFlags::MSG_TRUNC | MsgFlags::MSG_CTRUNC);
+    let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
     let (bytes, empty) = (msg.bytes, msg.bytes == 0);
     if truncated || bytes > MAX_MESSAGE_LEN || fds.len() > MAX_FDS {
         return Ok(Received::Oversized);

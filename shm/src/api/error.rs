@@ -85,6 +85,26 @@ pub enum TryLoanError {
     /// The ring's claim cursor was corrupted (by a faulty writer): nothing can be written to it.
     #[error("the ring is corrupt: its claim cursor holds an impossible position")]
     Corrupt,
+    /// The broker retired the ring (it found it corrupt): nothing can be written to it; attach
+    /// to the topic's new ring.
+    #[error("the ring was retired by the broker")]
+    Retired,
+    /// The frame was claimed but taken back before its commit (see [`CommitError::Revoked`]).
+    #[error(transparent)]
+    Commit(#[from] CommitError),
+}
+
+/// Why a commit failed. Nothing was published.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone, Copy)]
+#[non_exhaustive]
+pub enum CommitError {
+    /// The claim was held longer than the broker's unblock timeout (the writing process was
+    /// stopped or descheduled between loan and commit), so the broker took it back to let
+    /// readers go on. The writer claims again as usual.
+    #[error(
+        "the claim was taken back by the broker after it was held longer than the unblock timeout"
+    )]
+    Revoked,
 }
 
 /// Why a blocking loan failed. Nothing was written to the ring.
@@ -105,6 +125,13 @@ pub enum LoanError {
     /// The ring's claim cursor was corrupted (by a faulty writer): nothing can be written to it.
     #[error("the ring is corrupt: its claim cursor holds an impossible position")]
     Corrupt,
+    /// The broker retired the ring (it found it corrupt): nothing can be written to it; attach
+    /// to the topic's new ring.
+    #[error("the ring was retired by the broker")]
+    Retired,
+    /// The frame was claimed but taken back before its commit (see [`CommitError::Revoked`]).
+    #[error(transparent)]
+    Commit(#[from] CommitError),
 }
 
 impl From<TryLoanError> for LoanError {
@@ -113,6 +140,8 @@ impl From<TryLoanError> for LoanError {
             TryLoanError::TooLarge { len, max } => LoanError::TooLarge { len, max },
             TryLoanError::Full => LoanError::Timeout,
             TryLoanError::Corrupt => LoanError::Corrupt,
+            TryLoanError::Retired => LoanError::Retired,
+            TryLoanError::Commit(e) => LoanError::Commit(e),
         }
     }
 }

@@ -15,11 +15,12 @@ mod writer;
 pub use crate::os::segment::{Access, SegmentError};
 pub use doorbell::{Doorbell, DoorbellTable};
 pub use error::{
-    CreateError, LoanError, OpenError, ReadError, ReadTimeoutError, SlotError, TryLoanError,
+    CommitError, CreateError, LoanError, OpenError, ReadError, ReadTimeoutError, SlotError,
+    TryLoanError,
 };
 pub use owner::Owner;
 pub use reader::{DEFAULT_MAX_HELD, Frame, OwnedFrame, Reader, ReaderMode, ReaderOptions};
 pub use reader_set::{MemberError, ReaderSet};
-pub use ring::{ReaderInfo, ReaderState, ReservedReader, Ring, RingHead, WriterInfo};
+pub use ring::{ReaderInfo, ReaderState, ReservedReader, Ring, RingHead, RingSpec, WriterInfo};
 pub use wait::{Deadline, WaitStrategy};
 pub use writer::{FrameLoan, Writer};

@@ -17,7 +17,7 @@ use crate::protocol::layout::{
 };
 use crate::protocol::memory::{Backing, HeapBacking, RingMemory, read_header, write_header};
 use crate::protocol::read::{JoinError, ReaderCore};
-use crate::protocol::recovery::{self, Repair};
+use crate::protocol::recovery::{self, Repair, UnblockOutcome};
 use crate::protocol::sync::{Head, HeadCell, Ordering};
 
 /// Everything a ring's handles share.
@@ -208,9 +208,10 @@ impl Ring {
         let mem = RingMemory::new(g, stamp_key, data, readers);
         for slot in 0..g.writer_slots {
             // Nobody else sees the segment yet; the descriptor's hand-over orders these stores.
-            mem.writer(slot)
-                .intent_pos
-                .store(NO_INTENT, Ordering::Relaxed);
+            let w = mem.writer(slot);
+            for word in [&w.intent_pos, &w.committing, &w.revoked] {
+                word.store(NO_INTENT, Ordering::Relaxed);
+            }
         }
         Ok(Ring {
             shared: Arc::new(RingShared {
@@ -545,6 +546,42 @@ impl Ring {
             &|raw| Owner::new(raw).is_some_and(&alive),
             &|i| shared.ring_doorbell(i),
         )
+    }
+
+    /// Takes back the claim starting at `pos` that the live writer in `slot` has held too long
+    /// (readers wait at it), turning it into a skipped frame; the writer's commit of it then
+    /// fails with [`CommitError::Revoked`](crate::CommitError::Revoked). Needs a writable handle
+    /// (the broker's). Call it again for [`UnblockOutcome::Deferred`].
+    pub fn unblock_claim(&self, slot: u32, pos: u64) -> UnblockOutcome {
+        assert!(
+            self.is_writable(),
+            "unblocking needs the ring's data mapped writable"
+        );
+        if slot >= self.shared.mem.geometry().writer_slots {
+            return UnblockOutcome::Gone;
+        }
+        let shared = &self.shared;
+        recovery::unblock_claim(&shared.mem, slot, pos, &|i| shared.ring_doorbell(i))
+    }
+
+    /// Retires the ring: writers' next claims fail with `Retired` (their owners move to a fresh
+    /// ring) and readers find nothing new. For rings the broker found corrupt. A claim the
+    /// cursor's exclusive owner was making at that moment may still land: call again until
+    /// [`Ring::is_retired`] holds and [`Ring::writers`] is empty.
+    pub fn retire(&self) {
+        recovery::retire(&self.shared.mem);
+    }
+
+    /// Whether the ring is retired (see [`Ring::retire`]).
+    pub fn is_retired(&self) -> bool {
+        recovery::is_retired(&self.shared.mem)
+    }
+
+    /// Whether the claim cursor holds a position no healthy ring can have (a faulty writer
+    /// wrote it): writers and joining readers then fail with `Corrupt`.
+    pub fn is_corrupt(&self) -> bool {
+        let pos = self.shared.mem.control().head.load_pos();
+        !crate::protocol::layout::valid_position(pos) && !self.is_retired()
     }
 
     /// Untethers reader `slot` (it stopped making progress); writers no longer wait for it

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::api::error::{LoanError, TryLoanError};
+use crate::api::error::{CommitError, LoanError, TryLoanError};
 use crate::api::ring::RingShared;
 use crate::api::wait::{Deadline, Idle, WaitStrategy, Waiter};
 use crate::protocol::claim::{Claim, ClaimError, WriterCore};
@@ -86,6 +86,7 @@ impl Writer {
                 ClaimError::TooLarge => too_large,
                 ClaimError::Full => TryLoanError::Full,
                 ClaimError::Corrupt => TryLoanError::Corrupt,
+                ClaimError::Retired => TryLoanError::Retired,
             })
     }
 
@@ -154,7 +155,7 @@ impl Writer {
     pub fn try_publish(&mut self, payload: &[u8]) -> Result<u64, TryLoanError> {
         let mut loan = self.try_loan(payload.len())?;
         loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        Ok(loan.commit()?)
     }
 
     /// Copies `payload` into the ring, waiting until `deadline` for space. Returns the frame's
@@ -163,17 +164,19 @@ impl Writer {
     pub fn publish(&mut self, payload: &[u8], deadline: Deadline) -> Result<u64, LoanError> {
         let mut loan = self.loan(payload.len(), deadline)?;
         loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        Ok(loan.commit()?)
     }
 
     /// Ends the outstanding loan: commits its frame as `kind` with `len` payload bytes.
     #[inline]
-    fn finish_loan(&mut self, kind: u32, len: u32) {
+    fn finish_loan(&mut self, kind: u32, len: u32) -> Result<(), CommitError> {
         self.loan_open = false;
         let ring = &self.ring;
-        self.core.commit(&ring.mem, &self.claim, kind, len, &|i| {
-            ring.ring_doorbell(i)
-        });
+        self.core
+            .commit(&ring.mem, &self.claim, kind, len, &|i| {
+                ring.ring_doorbell(i)
+            })
+            .map_err(|_| CommitError::Revoked)
     }
 }
 
@@ -233,7 +236,7 @@ impl FrameLoan<'_> {
 
     /// Publishes the whole payload. Returns the frame's sequence number.
     #[inline]
-    pub fn commit(self) -> u64 {
+    pub fn commit(self) -> Result<u64, CommitError> {
         let len = self.len();
         self.commit_prefix(len)
     }
@@ -242,22 +245,23 @@ impl FrameLoan<'_> {
     /// go, such as serializers). The frame keeps the room it claimed. Panics if `len` exceeds
     /// the loan.
     #[inline]
-    pub fn commit_prefix(self, len: usize) -> u64 {
+    pub fn commit_prefix(self, len: usize) -> Result<u64, CommitError> {
         assert!(
             len <= self.len(),
             "commit of {len} bytes exceeds the loan of {}",
             self.len()
         );
         // The loan's `Drop` then finds nothing outstanding.
-        self.writer.finish_loan(kind::DATA, len as u32);
-        self.writer.claim.seq
+        self.writer.finish_loan(kind::DATA, len as u32)?;
+        Ok(self.writer.claim.seq)
     }
 }
 
 impl Drop for FrameLoan<'_> {
     fn drop(&mut self) {
         if self.writer.loan_open {
-            self.writer.finish_loan(kind::SKIP, 0);
+            // A claim taken back is padded by the broker: nothing more to do either way.
+            let _ = self.writer.finish_loan(kind::SKIP, 0);
         }
     }
 }

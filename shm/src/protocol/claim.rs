@@ -12,6 +12,19 @@
 //! parked readers? ring their doorbells        readers segment, doorbells
 //! intent := none                              writer slot          ── others may now lap it
 //! ```
+//!
+//! # Claims held too long
+//!
+//! A writer stopped between claim and commit (a debugger, SIGSTOP, a descheduled VM) holds up
+//! every reader at its claim. The broker takes such a claim back after its unblock timeout
+//! (`crate::protocol::recovery::unblock_claim`) and pads it with a skipped frame, like a dead
+//! writer's. The writer must then never commit it: `SYNC(unblock)` is a Dekker pattern between
+//! the commit (store `committing`, light fence, load `revoked`) and the broker (store `revoked`,
+//! heavy fence, load `committing`). Either the writer sees `revoked` and commits nothing, or
+//! the broker sees `committing` and leaves the claim alone until the writer's commit lands.
+//! A writer whose claim was taken back waits, before claiming again, until the broker has
+//! padded it (its intent is cleared), so that the intent keeps every writer from lapping the
+//! claim before then.
 
 //!
 //! # Exclusive claims
@@ -33,7 +46,7 @@
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
 use crate::protocol::layout::{
-    ACKNOWLEDGED, NO_INTENT, REVOKING, frame_size, mode, valid_position,
+    ACKNOWLEDGED, NO_INTENT, RETIRED_POSITION, REVOKING, frame_size, mode, valid_position,
 };
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Backoff, Head, Ordering, fence};
@@ -69,7 +82,14 @@ pub(crate) enum ClaimError {
     /// The claim cursor holds a value no ring can have (a faulty writer wrote it): nothing can be
     /// claimed on this ring any more.
     Corrupt,
+    /// The broker retired the ring: nothing can be claimed on it any more.
+    Retired,
 }
+
+/// The broker took the claim back (it was held longer than the unblock timeout): nothing was
+/// committed, and the broker pads the claim.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Revoked;
 
 /// A writer's private protocol state. Its slot in shared memory holds what others need to see.
 #[derive(Debug)]
@@ -89,6 +109,8 @@ pub(crate) struct WriterCore {
     token: u64,
     /// Claims made through the shared path (paces the checks for being alone).
     shared_claims: u32,
+    /// Start of a claim the broker took back and has not yet padded, or `NO_INTENT`.
+    revoked: u64,
 }
 
 impl WriterCore {
@@ -116,6 +138,7 @@ impl WriterCore {
                 limit: 0,
                 token: 0,
                 shared_claims: 0,
+                revoked: NO_INTENT,
             };
             core.try_take_exclusive(mem);
             Some(core)
@@ -212,13 +235,33 @@ impl WriterCore {
         self.token = 0;
     }
 
-    /// Frees this writer's slot. Must not hold a claim.
+    /// Frees this writer's slot. Must not hold a claim. A slot whose claim was taken back and
+    /// not yet padded stays held: the broker pads it (its owner is alive) and frees the slot
+    /// when the owner's connection ends.
     pub(crate) fn detach(&mut self, mem: &RingMemory) {
         self.release_exclusive(mem);
+        if self.awaiting_unblock(mem) {
+            return;
+        }
         let s = mem.writer(self.slot);
         debug_assert_eq!(s.intent_pos.load(Ordering::Relaxed), NO_INTENT);
         // Release pairs with the Acquire CAS in `attach`.
         s.owner.store(0, Ordering::Release);
+    }
+
+    /// Whether a claim of this writer that the broker took back still waits for its padding.
+    #[inline]
+    fn awaiting_unblock(&mut self, mem: &RingMemory) -> bool {
+        if self.revoked == NO_INTENT {
+            return false;
+        }
+        // Acquire pairs with the broker's Release clear of the intent in `unblock_claim`, after
+        // it wrote the padding.
+        if mem.writer(self.slot).intent_pos.load(Ordering::Acquire) == self.revoked {
+            return true;
+        }
+        self.revoked = NO_INTENT;
+        false
     }
 
     /// Recomputes [`WriterCore::limit`] from the claim cursor, the other writers' intents
@@ -303,6 +346,10 @@ impl WriterCore {
         if payload > g.max_payload {
             return Err(ClaimError::TooLarge);
         }
+        if self.awaiting_unblock(mem) {
+            // The broker pads the claim it took back within a tick: wait as for space.
+            return Err(ClaimError::Full);
+        }
         let size = frame_size(u64::from(payload));
         let slot = mem.writer(self.slot);
         let mut cur = self.head;
@@ -311,7 +358,11 @@ impl WriterCore {
             if !valid_position(cur.pos) {
                 // Nothing was claimed; drop any intent left from a failed CAS.
                 slot.intent_pos.store(NO_INTENT, Ordering::Relaxed);
-                return Err(ClaimError::Corrupt);
+                return Err(if cur.pos == RETIRED_POSITION {
+                    ClaimError::Retired
+                } else {
+                    ClaimError::Corrupt
+                });
             }
             // From here on `cur.pos <= MAX_POSITION`, so no sum below overflows.
             let offset = cur.pos & (g.capacity - 1);
@@ -414,7 +465,8 @@ impl WriterCore {
     }
 
     /// Makes a claim visible to readers as a frame of `kind` with `len` payload bytes, wakes
-    /// parked readers through `ring_doorbell`, and retires the intent.
+    /// parked readers through `ring_doorbell`, and retires the intent — unless the broker took
+    /// the claim back (see "Claims held too long"); then nothing is written.
     #[inline]
     pub(crate) fn commit(
         &mut self,
@@ -423,8 +475,20 @@ impl WriterCore {
         kind: u32,
         len: u32,
         ring_doorbell: &dyn Fn(u32),
-    ) {
+    ) -> Result<(), Revoked> {
         debug_assert!(len <= claim.payload);
+        let slot = mem.writer(self.slot);
+        // SYNC(unblock): committing store, light fence, revoked load; the broker stores revoked,
+        // issues the heavy fence, loads committing. Release pairs with the broker's Acquire load
+        // of `committing`: one that reads a later commit's value sees this commit's retirement.
+        slot.committing.store(claim.start, Ordering::Release);
+        crate::protocol::fence::light();
+        if slot.revoked.load(Ordering::Relaxed) == claim.start {
+            // Lets the broker, which may have seen `committing` and stepped back, pad the claim.
+            slot.committing.store(NO_INTENT, Ordering::Release);
+            self.revoked = claim.start;
+            return Err(Revoked);
+        }
         let key = mem.stamp_key();
         let header = FrameHeader {
             len,
@@ -454,7 +518,6 @@ impl WriterCore {
             mem.word(claim.start)
                 .store(stamp(claim.start, key), Ordering::Release);
         }
-        let slot = mem.writer(self.slot);
         if kind == kind::DATA {
             // Only this writer writes its counter; it is a statistic, hence Relaxed.
             slot.published.store(
@@ -466,6 +529,7 @@ impl WriterCore {
         // SYNC(retire): Release pairs with the Acquire loads of intents in `refresh_limit` and in
         // the broker's repair: everything written above happens-before their decisions.
         slot.intent_pos.store(NO_INTENT, Ordering::Release);
+        Ok(())
     }
 }
 

@@ -21,7 +21,7 @@ pub const MAGIC: u64 = u64::from_le_bytes(*b"shmbus\0\0");
 
 /// Version of the layout described in this module. Bumped on any incompatible change; a segment
 /// with a newer version is refused with [`LayoutError::NewerVersion`].
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Bytes reserved at the start of every segment for its [`SegmentHeader`].
 pub(crate) const HEADER_LEN: u64 = 256;
@@ -234,6 +234,11 @@ pub(crate) const NO_INTENT: u64 = u64::MAX;
 /// below it `position + capacity` and the like cannot overflow.
 pub(crate) const MAX_POSITION: u64 = 1 << 62;
 
+/// The claim cursor's position once the broker retired the ring (see
+/// `protocol::recovery::retire`): aligned but beyond [`MAX_POSITION`], so no claim can be made
+/// from it, and told apart from corruption.
+pub(crate) const RETIRED_POSITION: u64 = MAX_POSITION + FRAME_ALIGN;
+
 /// Whether `pos`, read from shared memory, can be a ring position: a multiple of
 /// [`FRAME_ALIGN`] no larger than [`MAX_POSITION`]. Everything a participant can write is checked
 /// with this before it becomes an offset or a bound.
@@ -243,7 +248,7 @@ pub(crate) fn valid_position(pos: u64) -> bool {
 }
 
 /// One writer's slot in the data segment. Only its owner writes it, except the broker when it
-/// reclaims a dead owner's slot.
+/// reclaims a dead owner's slot or takes back a claim held too long.
 ///
 /// Invariant: while `intent_pos != NO_INTENT`, the owner may hold the claim
 /// `intent_pos..intent_end` with sequence `intent_seq`, and no writer claims beyond
@@ -262,6 +267,12 @@ pub(crate) struct WriterSlot {
     pub published: AtomicU64,
     /// Bus-wide id of the writer, copied into its frames.
     pub writer_id: AtomicU32,
+    /// Start of the claim the owner is committing, or [`NO_INTENT`] (see `SYNC(unblock)` in
+    /// `protocol::claim`).
+    pub committing: AtomicU64,
+    /// Start of a claim the broker took back from the owner because it was held too long, or
+    /// [`NO_INTENT`]. Written only by the broker.
+    pub revoked: AtomicU64,
 }
 
 /// Parked-reader bookkeeping, read by every commit.
@@ -366,6 +377,97 @@ impl RingConfig {
         Geometry::new(self).map(|_| ())
     }
 }
+
+impl RingConfig {
+    /// Where everything is in the segments of a ring of this configuration.
+    pub fn layout(&self) -> Result<RingLayout, LayoutError> {
+        let g = Geometry::new(self)?;
+        Ok(RingLayout {
+            head: g.control_off + std::mem::offset_of!(RingControl, head) as u64,
+            exclusive: g.control_off + std::mem::offset_of!(RingControl, exclusive) as u64,
+            writer_slots: g.writers_off,
+            frames: g.data_off,
+            data_len: g.data_segment_len,
+            readers_control: g.readers_control_off,
+            space_wait: g.space_wait_off,
+            reader_slots: g.reader_slots_off,
+            readers_len: g.readers_segment_len,
+            slot_len: 128,
+        })
+    }
+}
+
+/// Where things are in a ring's two segments, in bytes from each segment's start: for tools and
+/// tests that inspect segments (or, testing robustness, damage them). The crate documentation
+/// describes what each holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RingLayout {
+    /// Data segment: the claim cursor, `pos: u64` then `seq: u64` (its top bit the exclusive
+    /// flag).
+    pub head: u64,
+    /// Data segment: the token of the writer owning the cursor.
+    pub exclusive: u64,
+    /// Data segment: the first writer slot (fields at [`writer_slot`]'s offsets).
+    pub writer_slots: u64,
+    /// Data segment: the first byte of frame storage.
+    pub frames: u64,
+    /// Data segment: its length.
+    pub data_len: u64,
+    /// Readers segment: the parked-reader count (`u32`) and the reader high-water mark (`u32`).
+    pub readers_control: u64,
+    /// Readers segment: the count of writers waiting for space (`u32`) and their futex word.
+    pub space_wait: u64,
+    /// Readers segment: the first reader slot (fields at [`reader_slot`]'s offsets).
+    pub reader_slots: u64,
+    /// Readers segment: its length.
+    pub readers_len: u64,
+    /// Length of one writer or reader slot.
+    pub slot_len: u64,
+}
+
+/// Offsets of the fields of a writer slot, from the slot's start (see [`RingLayout`]).
+pub mod writer_slot {
+    use super::WriterSlot;
+    use std::mem::offset_of;
+
+    /// Owner token (`u64`).
+    pub const OWNER: u64 = offset_of!(WriterSlot, owner) as u64;
+    /// Start of the claim being made (`u64`).
+    pub const INTENT_POS: u64 = offset_of!(WriterSlot, intent_pos) as u64;
+    /// Its sequence number (`u64`).
+    pub const INTENT_SEQ: u64 = offset_of!(WriterSlot, intent_seq) as u64;
+    /// Its end (`u64`).
+    pub const INTENT_END: u64 = offset_of!(WriterSlot, intent_end) as u64;
+    /// Start of the claim being committed (`u64`).
+    pub const COMMITTING: u64 = offset_of!(WriterSlot, committing) as u64;
+    /// Start of a claim the broker took back (`u64`).
+    pub const REVOKED: u64 = offset_of!(WriterSlot, revoked) as u64;
+}
+
+/// Offsets of the fields of a reader slot, from the slot's start (see [`RingLayout`]).
+pub mod reader_slot {
+    use super::ReaderSlot;
+    use std::mem::offset_of;
+
+    /// Owner token (`u64`).
+    pub const OWNER: u64 = offset_of!(ReaderSlot, owner) as u64;
+    /// Position (`u64`).
+    pub const POS: u64 = offset_of!(ReaderSlot, pos) as u64;
+    /// Mode (`u32`: 0 inactive, 1 tethered, 2 lossy, 3 evicted).
+    pub const MODE: u64 = offset_of!(ReaderSlot, mode) as u64;
+    /// Doorbell index + 1 (`u32`).
+    pub const DOORBELL: u64 = offset_of!(ReaderSlot, doorbell) as u64;
+    /// Parked flag (`u32`).
+    pub const PARKED: u64 = offset_of!(ReaderSlot, parked) as u64;
+}
+
+/// Offset of the first doorbell in a doorbell table; each takes [`DOORBELL_LEN`] bytes, its
+/// futex word (`u32`) first, then an owner token (`u64`) at offset 8.
+pub const DOORBELLS_OFFSET: u64 = HEADER_LEN;
+
+/// Length of one doorbell in a doorbell table.
+pub const DOORBELL_LEN: u64 = 64;
 
 /// Everything derived from a [`RingConfig`]: offsets and sizes of both segments.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

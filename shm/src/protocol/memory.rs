@@ -347,6 +347,8 @@ mod modelled {
                 intent_end: AtomicU64::new(0),
                 published: AtomicU64::new(0),
                 writer_id: AtomicU32::new(0),
+                committing: AtomicU64::new(crate::protocol::layout::NO_INTENT),
+                revoked: AtomicU64::new(crate::protocol::layout::NO_INTENT),
             };
             let reader = || ReaderSlot {
                 owner: AtomicU64::new(0),

@@ -329,7 +329,7 @@ impl ReaderCore {
         let head = &mem.control().head;
         // SYNC(publish): Acquire pairs with the commit's Release stamp store.
         if mem.word(pos).load(Ordering::Acquire) != self.expected {
-            if head.load_pos() > pos + g.capacity {
+            if overrun(head.load_pos(), pos, g) {
                 return self.recover(mem);
             }
             return Ok(Step::Done(Poll::Empty));
@@ -344,7 +344,13 @@ impl ReaderCore {
         // after claiming and before writing. If anything we read above came from a writer
         // that claimed past `pos + capacity`, this load sees that claim, and we discard the read.
         fence(Ordering::Acquire);
-        if head.load_pos() > pos + g.capacity {
+        let now = head.load_pos();
+        if !valid_position(now) {
+            // A retired (or corrupted) ring: nothing tells whether the copy raced with an
+            // overwrite, so it is not delivered; nothing new comes either.
+            return Ok(Step::Done(Poll::Empty));
+        }
+        if overrun(now, pos, g) {
             return self.recover(mem);
         }
         valid?;
@@ -502,6 +508,14 @@ pub(crate) fn park_fence() -> bool {
 enum Step {
     Advanced,
     Done(Poll),
+}
+
+/// Whether writers have claimed past `pos + capacity` (so what was at `pos` is overwritten),
+/// given the cursor's position `head`. A cursor with an impossible position (a retired ring, or
+/// a corrupted one) says nothing of the kind.
+#[inline]
+fn overrun(head: u64, pos: u64, g: &crate::protocol::layout::Geometry) -> bool {
+    valid_position(head) && head > pos + g.capacity
 }
 
 /// The oldest committed frame still held in the ring, as `(position, sequence)`; an error when the

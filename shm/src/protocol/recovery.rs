@@ -5,7 +5,7 @@
 //! and slot owners. The caller decides who is alive (the broker knows from its connections).
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
-use crate::protocol::layout::{Geometry, NO_INTENT, mode, valid_position};
+use crate::protocol::layout::{Geometry, NO_INTENT, RETIRED_POSITION, mode, valid_position};
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Head, Ordering};
 
@@ -61,15 +61,9 @@ pub(crate) fn repair_dead_writers(
     alive: &dyn Fn(u64) -> bool,
     ring_doorbell: &dyn Fn(u32),
 ) -> Vec<Repair> {
-    let g = mem.geometry();
     // SYNC(intent): Acquire: every claim CAS up to this head value released its intent to us.
     let head = mem.control().head.load(Ordering::Acquire);
-    // Acquire pairs with the Release fetch_max in `WriterCore::attach`.
-    let slots = mem
-        .counters()
-        .writer_high_water
-        .load(Ordering::Acquire)
-        .min(g.writer_slots);
+    let slots = writer_slots(mem);
     let mut repairs = Vec::new();
     for slot in 0..slots {
         let s = mem.writer(slot);
@@ -128,11 +122,9 @@ fn repair_slot(
     if live_claimant {
         return RepairOutcome::Deferred;
     }
-    let key = mem.stamp_key();
     // Read after the intents: a live owner that committed and retired its intent (Release)
-    // made its stamp visible to the Acquire loads above. SYNC(publish): Acquire pairs with the
-    // stamp's Release store in the commit.
-    if mem.word(pos).load(Ordering::Acquire) == stamp(pos, key) {
+    // made its stamp visible to the Acquire loads above.
+    if committed(mem, pos) {
         // SYNC(retire): Release, as a writer's own clear after a commit.
         s.intent_pos.store(NO_INTENT, Ordering::Release);
         return RepairOutcome::Released;
@@ -140,14 +132,28 @@ fn repair_slot(
     let Some(end) = claim_end(mem, slot, pos, seq, end, head, slots) else {
         return RepairOutcome::Deferred;
     };
-    let g = mem.geometry();
     // The claim's true end: the head has passed it.
-    if !plausible_claim(g, head, pos, end) || end > head.pos {
+    if !plausible_claim(mem.geometry(), head, pos, end) || end > head.pos {
         // SYNC(retire): Release, as a writer's own clear after a commit.
         s.intent_pos.store(NO_INTENT, Ordering::Release);
         return RepairOutcome::Corrupt;
     }
-    let size = end - pos;
+    pad_claim(mem, pos, seq, end, ring_doorbell);
+    // SYNC(retire): as in `WriterCore::commit`.
+    s.intent_pos.store(NO_INTENT, Ordering::Release);
+    RepairOutcome::Skipped {
+        pos,
+        seq,
+        size: end - pos,
+    }
+}
+
+/// Turns the uncommitted claim `pos..end` (sequence `seq`) into a skipped frame that readers
+/// step over, and wakes parked readers. The caller has made sure nobody will commit the claim
+/// and that it is plausible (see [`plausible_claim`]).
+fn pad_claim(mem: &RingMemory, pos: u64, seq: u64, end: u64, ring_doorbell: &dyn Fn(u32)) {
+    let g = mem.geometry();
+    let key = mem.stamp_key();
     // A claim that wrapped holds a frame at the lap boundary, possibly committed; erase its
     // stamp so nothing ever reads it as part of the stream (it is inside the skipped range).
     let lap = (pos / g.capacity + 1) * g.capacity;
@@ -156,7 +162,7 @@ fn repair_slot(
     }
     let skip = FrameHeader {
         len: 0,
-        size: size as u32,
+        size: (end - pos) as u32,
         seq,
         writer: 0,
         kind: kind::SKIP,
@@ -165,9 +171,106 @@ fn repair_slot(
     // SYNC(publish): as in `WriterCore::commit` (and `wake_parked` issues the park fence).
     mem.word(pos).store(stamp(pos, key), Ordering::Release);
     wake_parked(mem, ring_doorbell);
-    // SYNC(retire): as in `WriterCore::commit`.
-    s.intent_pos.store(NO_INTENT, Ordering::Release);
-    RepairOutcome::Skipped { pos, seq, size }
+}
+
+/// What [`unblock_claim`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnblockOutcome {
+    /// The claim `pos..pos + size` (sequence `seq`) was taken back from its live writer and is
+    /// now a skipped frame; the writer's commit of it will fail.
+    Unblocked {
+        /// Start of the claim.
+        pos: u64,
+        /// Its sequence number.
+        seq: u64,
+        /// Its length in bytes.
+        size: u64,
+    },
+    /// The writer is committing the claim right now, or another writer names the same claim:
+    /// look again later.
+    Deferred,
+    /// The writer no longer holds that claim (it committed, or never made it).
+    Gone,
+    /// The claim's values are impossible (the writer is faulty): nothing was touched.
+    Corrupt,
+    /// This system cannot order the writer's commit against the take-back (no global
+    /// membarrier): claims are never taken back from live writers here.
+    Unsupported,
+}
+
+/// Takes back the claim starting at `pos` that the live writer in `slot` holds (it has held it
+/// too long: readers wait at it) and pads it, so that readers and writers go on; the writer's
+/// commit then fails. See "Claims held too long" in `protocol::claim` for the protocol.
+pub(crate) fn unblock_claim(
+    mem: &RingMemory,
+    slot: u32,
+    pos: u64,
+    ring_doorbell: &dyn Fn(u32),
+) -> UnblockOutcome {
+    let s = mem.writer(slot);
+    // SYNC(intent): Acquire: the claim CAS up to this head value released its intent to us.
+    let head = mem.control().head.load(Ordering::Acquire);
+    // SYNC(retire): Acquire pairs with the Release clear of the intent after a commit.
+    let (intent, seq, end) = (
+        s.intent_pos.load(Ordering::Acquire),
+        s.intent_seq.load(Ordering::Relaxed),
+        s.intent_end.load(Ordering::Relaxed),
+    );
+    if intent != pos || head.seq <= seq || committed(mem, pos) {
+        return UnblockOutcome::Gone;
+    }
+    if !plausible_claim(mem.geometry(), head, pos, end) || end > head.pos {
+        return UnblockOutcome::Corrupt;
+    }
+    // A writer whose CAS lost to another's names the other's claim until it tries again: the
+    // claim is this writer's only if no other writer names it.
+    let slots = writer_slots(mem);
+    // SYNC(retire): Acquire, as for our own intent.
+    if (0..slots).any(|o| o != slot && mem.writer(o).intent_pos.load(Ordering::Acquire) == pos) {
+        return UnblockOutcome::Deferred;
+    }
+    // SYNC(unblock): revoked store, heavy fence, committing load; see `WriterCore::commit`.
+    s.revoked.store(pos, Ordering::Relaxed);
+    if !crate::protocol::fence::heavy() {
+        s.revoked.store(NO_INTENT, Ordering::Relaxed);
+        return UnblockOutcome::Unsupported;
+    }
+    // Acquire pairs with the writer's Release store of `committing`.
+    if s.committing.load(Ordering::Acquire) == pos {
+        return UnblockOutcome::Deferred;
+    }
+    // From here the writer cannot commit the claim (it will see `revoked`). It may have
+    // committed it before we stored `revoked`, though — then its intent moved on.
+    // SYNC(retire): Acquire, as above.
+    if s.intent_pos.load(Ordering::Acquire) != pos || committed(mem, pos) {
+        return UnblockOutcome::Gone;
+    }
+    pad_claim(mem, pos, seq, end, ring_doorbell);
+    // SYNC(retire): Release, as a writer's own clear after a commit: the padding is visible to
+    // writers that see the intent gone (and to the writer itself, waiting in `try_claim`).
+    let _ = s
+        .intent_pos
+        .compare_exchange(pos, NO_INTENT, Ordering::Release, Ordering::Relaxed);
+    UnblockOutcome::Unblocked {
+        pos,
+        seq,
+        size: end - pos,
+    }
+}
+
+/// Whether the frame at `pos` carries its commit stamp.
+fn committed(mem: &RingMemory, pos: u64) -> bool {
+    // SYNC(publish): Acquire pairs with the stamp's Release store in the commit.
+    mem.word(pos).load(Ordering::Acquire) == stamp(pos, mem.stamp_key())
+}
+
+/// The number of writer slots ever used (bounded by the geometry: the mark is shared memory).
+fn writer_slots(mem: &RingMemory) -> u32 {
+    // Acquire pairs with the Release fetch_max in `WriterCore::attach`.
+    mem.counters()
+        .writer_high_water
+        .load(Ordering::Acquire)
+        .min(mem.geometry().writer_slots)
 }
 
 /// Whether `pos..end`, read from a writer's slot, can be a claim made below the head `head`:
@@ -263,4 +366,41 @@ pub(crate) fn reclaim_reader(mem: &RingMemory, slot: u32, owner: u64) -> bool {
     r.owner
         .compare_exchange(owner, 0, Ordering::Release, Ordering::Relaxed)
         .is_ok()
+}
+
+/// Retires the ring: its claim cursor is set to `RETIRED_POSITION`, so every writer's next
+/// claim fails (and its owner moves to a fresh ring) while readers find nothing new. Used by the
+/// broker for a ring it cannot trust any more.
+///
+/// The cursor's exclusive owner (see "Exclusive claims" in `protocol::claim`) stores the cursor
+/// without reading it; clearing its token sends its next claim through the shared path, which
+/// reads the cursor. A claim it was making as we retired may still land on top: the caller
+/// retires again until no writer is left (see [`is_retired`]).
+pub(crate) fn retire(mem: &RingMemory) {
+    let control = mem.control();
+    // Relaxed: the owner compares its token after a fence and, seeing it gone, withdraws its
+    // intent and reads the cursor (Acquire) before it claims.
+    control.exclusive.store(0, Ordering::Relaxed);
+    // SYNC(intent): Acquire, as in `refresh_limit`.
+    let mut head = control.head.load(Ordering::Acquire);
+    while head.pos != RETIRED_POSITION {
+        let retired = Head {
+            pos: RETIRED_POSITION,
+            seq: head.seq,
+            exclusive: false,
+        };
+        // AcqRel like every claim CAS: it continues the release sequence of the claims before.
+        match control
+            .head
+            .compare_exchange(head, retired, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => break,
+            Err(actual) => head = actual,
+        }
+    }
+}
+
+/// Whether the ring's claim cursor says it is retired.
+pub(crate) fn is_retired(mem: &RingMemory) -> bool {
+    mem.control().head.load_pos() == RETIRED_POSITION
 }

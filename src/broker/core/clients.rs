@@ -1,9 +1,11 @@
 //! Who is connected: client records, their ids, and the owner tokens their slots are held under.
 //!
-//! Owner tokens are how shared memory says who holds a slot. A client's publishers and doorbells
-//! are held under its client token (`client << 32`); the reader slots of each of its
-//! subscriptions under the subscription's token (`client << 32 | subscription`), so that
-//! unsubscribing frees exactly that subscription's slots. The packing lives here and nowhere else.
+//! Owner tokens are how shared memory says who holds a slot. A client's publishers are held
+//! under its client token (`client << 32`); the reader slots of each of its subscriptions under
+//! the subscription's token (`client << 32 | subscription`), so that unsubscribing frees exactly
+//! that subscription's slots. The packing lives here and nowhere else. A token in shared memory
+//! is only a claim: the broker believes a writer slot's token if it names a live client, and a
+//! reader slot's if it recorded reserving that slot for it.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -14,7 +16,7 @@ use crate::protocol::seqpacket::PeerCredentials;
 use crate::protocol::{ClientId, ErrorCode, ErrorReply, PublisherId, SubscriptionId};
 use crate::topic::Topic;
 
-/// The owner token of client `client`'s publishers and doorbells.
+/// The owner token of client `client`'s publishers.
 pub(super) fn client_owner(client: ClientId) -> Owner {
     Owner::new(u64::from(client.get()) << 32).expect("client ids start at 1")
 }
@@ -28,6 +30,11 @@ pub(super) fn subscription_owner(client: ClientId, sub: SubscriptionId) -> Owner
 /// The client an owner token belongs to.
 pub(super) fn owner_client(owner: u64) -> ClientId {
     ClientId::from_raw((owner >> 32) as u32)
+}
+
+/// The client and subscription a reader slot's owner token names.
+pub(super) fn owner_subscription(owner: u64) -> (ClientId, SubscriptionId) {
+    (owner_client(owner), SubscriptionId::from_raw(owner as u32))
 }
 
 /// One pattern a client subscribed to.
@@ -46,6 +53,10 @@ pub(super) struct Client {
     pub greeted: bool,
     /// Publisher id -> topic.
     pub publishers: HashMap<PublisherId, String>,
+    /// Rings its publishes created that still exist (counted against its quota).
+    pub rings_created: usize,
+    /// Doorbells it holds.
+    pub doorbells: BTreeSet<u32>,
     /// Every ring this client ever published on: repaired when it goes, whatever it unpublished
     /// before (it may die between unpublishing and freeing its slot).
     pub publisher_rings: BTreeSet<String>,
@@ -76,6 +87,8 @@ impl Clients {
                 creds,
                 greeted: false,
                 publishers: HashMap::new(),
+                rings_created: 0,
+                doorbells: BTreeSet::new(),
                 publisher_rings: BTreeSet::new(),
                 subscriptions: HashMap::new(),
             },
@@ -104,6 +117,12 @@ impl Clients {
 
     pub fn contains(&self, id: ClientId) -> bool {
         self.map.contains_key(&id)
+    }
+
+    /// Whether `owner` is the publisher token of a live client: the only writer-slot owners the
+    /// broker believes.
+    pub fn writer_alive(&self, owner: u64) -> bool {
+        owner & 0xffff_ffff == 0 && self.contains(owner_client(owner))
     }
 
     pub fn len(&self) -> usize {

@@ -3,20 +3,27 @@
 //! returns the messages to send ([`Outgoing`]), so the event loop stays a thin shell around it
 //! and the decisions are unit-tested directly (`tests` below).
 //!
-//! One file per concern: [`clients`] (who is connected, their ids and owner tokens), [`rings`]
-//! (creating and releasing rings), [`pubsub`] (the publish/subscribe requests), [`recovery`]
-//! (repairing dead publishers' claims, evicting stalled readers).
+//! One file per concern: [`clients`] (who is connected, their ids and owner tokens),
+//! [`doorbells`] (who holds which doorbell), [`rings`] (creating, retiring and releasing rings),
+//! [`pubsub`] (the publish/subscribe requests), [`recovery`] (what the periodic tick does:
+//! repairing dead publishers' claims, taking back claims held too long, freeing slots nobody was
+//! given, evicting stalled readers).
+//!
+//! Nothing in shared memory is trusted here: who holds which slot and doorbell is what the core
+//! recorded, geometry is what it configured, and every value read from a ring is checked before
+//! it decides anything.
 
 mod clients;
+mod doorbells;
 mod pubsub;
 mod recovery;
 mod rings;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::os::fd::OwnedFd;
 use std::time::Duration;
 
-use shmbus_shm::{DoorbellTable, RingConfig};
+use shmbus_shm::{DoorbellTable, Ring, RingConfig};
 use tracing::{debug, info, warn};
 
 use crate::protocol::seqpacket::PeerCredentials;
@@ -25,7 +32,7 @@ use crate::protocol::{
     Request, RequestId, Welcome,
 };
 use clients::{Client, Clients, client_owner};
-use recovery::Stall;
+use doorbells::Doorbells;
 use rings::RingEntry;
 
 /// A message for one client, with the descriptors it carries.
@@ -49,13 +56,60 @@ impl Outgoing {
 /// The outcome of one request: its reply and the descriptors that go with it.
 type Handled<T = Reply> = Result<(T, Vec<OwnedFd>), ErrorReply>;
 
-/// Ring geometry and the eviction timeout, as the broker was configured.
+/// Ring geometry, timeouts and quotas, as the broker was configured.
 #[derive(Clone, Debug)]
 pub(crate) struct Limits {
     /// Geometry of every ring the broker creates.
     pub ring: RingConfig,
     /// A tethered reader that holds publishers back without progress for this long is untethered.
     pub evict_after: Duration,
+    /// A claim a live publisher holds uncommitted for this long is taken back.
+    pub unblock_after: Duration,
+    /// What clients may make the broker spend.
+    pub quotas: Quotas,
+}
+
+/// What one client, and all clients together, may make the broker spend. Every bound answers
+/// with an `Exhausted` error that names it (or, for the connection bounds, a refusal).
+#[derive(Clone, Debug)]
+pub(crate) struct Quotas {
+    /// Connected clients, greeted or not.
+    pub clients: usize,
+    /// Connections that have not completed the handshake; beyond it the oldest is dropped.
+    pub unwelcomed: usize,
+    /// How long a connection may take to say Hello.
+    pub hello_timeout: Duration,
+    /// Rings on the bus.
+    pub rings: usize,
+    /// Rings one client's publishes created (and that still exist).
+    pub rings_per_client: usize,
+    /// Publishers of one client.
+    pub publishers_per_client: usize,
+    /// Subscriptions (patterns) of one client.
+    pub subscriptions_per_client: usize,
+    /// Doorbells one client holds.
+    pub doorbells_per_client: usize,
+    /// Bytes of messages waiting in one client's outbox.
+    pub outbox_bytes: usize,
+    /// Descriptors waiting in one client's outbox.
+    pub outbox_fds: usize,
+}
+
+impl Default for Quotas {
+    fn default() -> Self {
+        Quotas {
+            clients: 10_000,
+            unwelcomed: 1_024,
+            hello_timeout: Duration::from_secs(5),
+            rings: 8_192,
+            rings_per_client: 2_048,
+            publishers_per_client: 4_096,
+            subscriptions_per_client: 1_024,
+            doorbells_per_client: 256,
+            outbox_bytes: 8 << 20,
+            outbox_fds: 32_768,
+        }
+    }
 }
 
 /// Why a client's connection ended. Faults of the client are logged as warnings, ordinary
@@ -110,15 +164,21 @@ impl std::fmt::Display for DisconnectReason {
 /// The broker's state and decisions.
 pub(crate) struct Core {
     limits: Limits,
-    doorbells: DoorbellTable,
+    doorbells: Doorbells,
     rings: BTreeMap<String, RingEntry>,
+    /// Rings retired while writers were still on them: retired again every tick until the last
+    /// writer has left (see `Ring::retire`).
+    retired: Vec<Ring>,
     clients: Clients,
     next_publisher: u32,
     next_subscription: u32,
-    /// Rings where dead publishers' claims still wait for repair, since when.
-    repairs_pending: BTreeMap<String, std::time::Instant>,
-    /// Tethered readers holding publishers back, watched for eviction: (topic, slot).
-    stalls: HashMap<(String, u32), Stall>,
+    /// Rings where dead publishers' claims still wait for repair: since when, and whether the
+    /// wait was reported.
+    repairs_pending: BTreeMap<String, recovery::PendingRepair>,
+    /// When the last sweep for slots nobody was given ran.
+    last_sweep: Option<std::time::Instant>,
+    /// Whether this system can take claims back from live writers (cleared when it cannot).
+    unblock_supported: bool,
 }
 
 /// An error reply, its message cut to [`MAX_ERROR_LEN`] bytes.
@@ -139,14 +199,21 @@ impl Core {
     pub(crate) fn new(limits: Limits, doorbells: DoorbellTable) -> Core {
         Core {
             limits,
-            doorbells,
+            doorbells: Doorbells::new(doorbells),
             rings: BTreeMap::new(),
+            retired: Vec::new(),
             clients: Clients::default(),
             next_publisher: 1,
             next_subscription: 1,
             repairs_pending: BTreeMap::new(),
-            stalls: HashMap::new(),
+            last_sweep: None,
+            unblock_supported: true,
         }
+    }
+
+    /// The configured limits.
+    pub(crate) fn limits(&self) -> &Limits {
+        &self.limits
     }
 
     /// Registers a new connection and returns its client id.
@@ -185,8 +252,14 @@ impl Core {
             client,
             owner: client_owner(client).get(),
             max_payload: self.limits.ring.max_payload,
+            doorbells: self.doorbells.table().len(),
         });
-        match self.doorbells.fd().map(|fd| fd.try_clone_to_owned()) {
+        match self
+            .doorbells
+            .table()
+            .fd()
+            .map(|fd| fd.try_clone_to_owned())
+        {
             Some(Ok(fd)) => (
                 Outgoing {
                     client,
@@ -226,6 +299,8 @@ impl Core {
             Request::Unpublish(r) => self.unpublish(client, r),
             Request::Subscribe(r) => self.subscribe(client, r, &mut out),
             Request::Unsubscribe(r) => self.unsubscribe(client, r),
+            Request::ClaimDoorbell(_) => self.claim_doorbell(client),
+            Request::ReleaseDoorbell(r) => self.release_doorbell(client, r.index),
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),
@@ -244,10 +319,14 @@ impl Core {
 
     /// Forgets a client that left or died, freeing everything it held: its reserved and adopted
     /// reader slots, its doorbells, and — through repair — its publishers' slots and any frame one
-    /// of them was writing.
-    pub(crate) fn disconnect(&mut self, client: ClientId, reason: &DisconnectReason) {
+    /// of them was writing. Returns what that makes the broker tell other clients.
+    pub(crate) fn disconnect(
+        &mut self,
+        client: ClientId,
+        reason: &DisconnectReason,
+    ) -> Vec<Outgoing> {
         let Some(c) = self.clients.remove(client) else {
-            return;
+            return Vec::new();
         };
         let name = c.name.escape_debug();
         let (pid, uid) = (c.creds.pid, c.creds.uid);
@@ -256,23 +335,33 @@ impl Core {
         } else {
             info!(client = %client, name = %name, pid, uid, "client left: {reason}");
         }
-        self.release(client, c);
+        self.release(client, c)
     }
 
     /// Frees what a departed client held.
-    fn release(&mut self, client: ClientId, c: Client) {
+    fn release(&mut self, client: ClientId, c: Client) -> Vec<Outgoing> {
         for (sub, s) in c.subscriptions {
             self.reclaim_reserved(client, sub, &s);
         }
-        let owner = client_owner(client);
-        for index in self.doorbells.held_by(owner) {
-            self.doorbells.reclaim(index, owner);
+        for index in c.doorbells {
+            self.doorbells.free(index);
+        }
+        if c.rings_created > 0 {
+            for entry in self.rings.values_mut() {
+                if entry.creator == Some(client) {
+                    entry.creator = None;
+                }
+            }
         }
         let now = std::time::Instant::now();
         for topic in c.publisher_rings {
-            self.repairs_pending.insert(topic, now);
+            self.repairs_pending
+                .entry(topic)
+                .or_insert_with(|| recovery::PendingRepair::since(now));
         }
-        self.repair();
+        let mut out = Vec::new();
+        self.repair(&mut out);
+        out
     }
 }
 

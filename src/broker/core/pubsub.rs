@@ -4,13 +4,13 @@
 use shmbus_shm::ReaderMode;
 use tracing::debug;
 
-use super::clients::{Subscription, client_owner, subscription_owner};
+use super::clients::{Subscription, subscription_owner};
 use super::{Core, Handled, Outgoing, error};
 use crate::protocol::pubsub::{
     Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
 };
 use crate::protocol::{
-    BrokerMessage, ClientId, ErrorCode, ErrorReply, PublisherId, Reply, RingId, SubscriptionId,
+    BrokerMessage, ClientId, ErrorCode, ErrorReply, PublisherId, Reply, SubscriptionId,
 };
 use crate::topic::{Topic, overlaps};
 
@@ -33,9 +33,25 @@ impl Core {
                 ),
             ));
         }
-        self.clients.known(client)?;
+        let quota = self.limits.quotas.publishers_per_client;
+        if self.clients.known(client)?.publishers.len() >= quota {
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!("this client has {quota} publishers, its quota (topic {topic:?})"),
+            ));
+        }
+        if let Some(suspect) = request.replace {
+            let damaged = self
+                .rings
+                .get(topic.as_str())
+                .is_some_and(|e| e.id() == suspect && (e.ring.is_corrupt() || e.ring.is_retired()));
+            if damaged {
+                let why = "a publisher found its claim cursor corrupt";
+                self.retire_ring(topic.as_str(), why, out);
+            }
+        }
         if !self.rings.contains_key(topic.as_str()) {
-            self.create_ring(&topic, out)?;
+            self.create_ring(client, &topic, out)?;
         }
         let entry = &self.rings[topic.as_str()];
         let fds = [entry.ring.data_fd(), entry.ring.readers_fd()]
@@ -45,7 +61,7 @@ impl Core {
         let fds = Self::duplicate(topic.as_str(), fds)?;
         let publisher = PublisherId::from_raw(self.next_publisher);
         self.next_publisher = self.next_publisher.wrapping_add(1).max(1);
-        let ring = RingId::from_raw(entry.ring.id());
+        let ring = entry.geometry();
         let c = self.clients.known(client)?;
         c.publishers.insert(publisher, topic.as_str().to_string());
         c.publisher_rings.insert(topic.as_str().to_string());
@@ -73,14 +89,20 @@ impl Core {
         let pattern = Topic::new(&request.pattern)
             .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
         let doorbell = request.doorbell;
-        let held = self.doorbells.held_by(client_owner(client));
-        if !held.contains(&doorbell) {
+        let quota = self.limits.quotas.subscriptions_per_client;
+        let c = self.clients.known(client)?;
+        if !c.doorbells.contains(&doorbell) {
             return Err(error(
                 ErrorCode::NotPermitted,
                 format!("doorbell {doorbell} is not held by this client"),
             ));
         }
-        let c = self.clients.known(client)?;
+        if c.subscriptions.len() >= quota {
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!("this client has {quota} subscriptions, its quota (pattern {pattern:?})"),
+            ));
+        }
         // Ids need only be unique per client, since slot owners combine them with the client's.
         let mut raw = self.next_subscription;
         while c.subscriptions.contains_key(&SubscriptionId::from_raw(raw)) {
@@ -143,10 +165,18 @@ impl Core {
     /// and dropped are already free (owner 0); the rest — attached but never adopted, or held by
     /// a client that died — are freed here. The per-subscription owner token makes sure no slot
     /// of another subscription is touched.
-    pub(super) fn reclaim_reserved(&self, client: ClientId, sub: SubscriptionId, s: &Subscription) {
+    pub(super) fn reclaim_reserved(
+        &mut self,
+        client: ClientId,
+        sub: SubscriptionId,
+        s: &Subscription,
+    ) {
         let owner = subscription_owner(client, sub);
         for (topic, slot) in &s.reserved {
-            if let Some(entry) = self.rings.get(topic) {
+            if let Some(entry) = self.rings.get_mut(topic) {
+                if entry.reserved.get(slot) == Some(&owner.get()) {
+                    entry.reserved.remove(slot);
+                }
                 if entry.ring.reclaim_reader(*slot, owner) {
                     debug!(client = %client, topic, slot, "reader slot reclaimed");
                 }
@@ -161,7 +191,9 @@ impl Core {
         sub: SubscriptionId,
         topic: &str,
     ) -> Result<Outgoing, ErrorReply> {
-        let entry = &self.rings[topic];
+        let Some(entry) = self.rings.get_mut(topic) else {
+            return Err(error(ErrorCode::Internal, format!("no ring for {topic:?}")));
+        };
         let s = self
             .clients
             .get_mut(client)
@@ -186,10 +218,13 @@ impl Core {
             }
         };
         s.reserved.push((topic.to_string(), reserved.slot));
+        entry.reserved.insert(reserved.slot, owner.get());
+        entry.evicted.remove(&reserved.slot);
+        entry.stalls.remove(&reserved.slot);
         let attachment = RingAttachment {
             subscription: sub,
             topic: topic.to_string(),
-            ring: RingId::from_raw(entry.ring.id()),
+            ring: entry.geometry(),
             slot: reserved.slot,
             owner: owner.get(),
             position: reserved.position,

@@ -1,53 +1,108 @@
 //! Rings by topic: creating one on a topic's first publish (and attaching every matching
-//! subscription to it), and releasing those nobody uses any more.
+//! subscription to it), retiring one found corrupt, and releasing those nobody uses any more.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use shmbus_shm::Ring;
 use tracing::{info, warn};
 
+use super::clients::owner_subscription;
+use super::recovery::{HeldClaim, Stall};
 use super::{Core, Outgoing, error};
-use crate::protocol::{BrokerMessage, ErrorCode, ErrorReply};
+use crate::protocol::pubsub::RingGeometry;
+use crate::protocol::{BrokerMessage, ClientId, ErrorCode, ErrorReply, RingId};
 use crate::topic::{Topic, overlaps};
 
-/// A ring the broker created.
+/// A ring the broker created, and what the broker knows about its slots.
 pub(super) struct RingEntry {
     pub ring: Ring,
     /// A read-only descriptor of the data segment, duplicated for each subscriber.
     pub read_only_data: OwnedFd,
     /// Since when nobody publishes or reads on it, if so.
     pub idle_since: Option<Instant>,
+    /// The client whose publish created it, while connected (the ring counts against its quota).
+    pub creator: Option<ClientId>,
+    /// Reader slots the broker reserved, with the owner token each was reserved for: the only
+    /// reader slots that may be in use.
+    pub reserved: HashMap<u32, u64>,
+    /// Tethered readers holding publishers back, watched for eviction, by slot.
+    pub stalls: HashMap<u32, Stall>,
+    /// Readers evicted, by slot, with the owner they were evicted under: one seen tethered again
+    /// is untethered again at once.
+    pub evicted: HashMap<u32, u64>,
+    /// Claims of live publishers seen uncommitted, by writer slot.
+    pub held: HashMap<u32, HeldClaim>,
+}
+
+impl RingEntry {
+    /// The ring as described to clients.
+    pub fn geometry(&self) -> RingGeometry {
+        RingGeometry::from(self.ring.spec())
+    }
+
+    /// The ring's id.
+    pub fn id(&self) -> RingId {
+        RingId::from_raw(self.ring.id())
+    }
 }
 
 impl Core {
-    /// Creates the ring for `topic` and reserves readers on it for every matching subscription,
-    /// so that they miss nothing its first publisher writes.
+    /// Creates the ring for `topic` on behalf of `client`, within the quotas, and reserves readers
+    /// on it for every matching subscription, so that they miss nothing its first publisher
+    /// writes.
     pub(super) fn create_ring(
         &mut self,
+        client: ClientId,
         topic: &Topic,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), ErrorReply> {
+        let quotas = &self.limits.quotas;
+        if self.rings.len() >= quotas.rings {
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!(
+                    "cannot create a ring for {topic:?}: the bus has {} rings, its limit",
+                    quotas.rings
+                ),
+            ));
+        }
+        let per_client = quotas.rings_per_client;
+        if self.clients.known(client)?.rings_created >= per_client {
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!(
+                    "cannot create a ring for {topic:?}: this client created {per_client} rings, \
+                     its quota"
+                ),
+            ));
+        }
         let internal = |what: &str, e: &dyn std::fmt::Display| {
             error(
                 ErrorCode::Internal,
                 format!("{what} ring for {topic:?}: {e}"),
             )
         };
-        let ring =
-            Ring::create(&self.limits.ring, &self.doorbells).map_err(|e| internal("create", &e))?;
+        let ring = Ring::create(&self.limits.ring, self.doorbells.table())
+            .map_err(|e| internal("create", &e))?;
         let read_only_data = ring
             .data_fd_read_only()
             .expect("memfd rings have descriptors")
             .map_err(|e| internal("reopen", &e))?;
         info!(topic = %topic, "ring created");
+        self.clients.known(client)?.rings_created += 1;
         self.rings.insert(
             topic.as_str().to_string(),
             RingEntry {
                 ring,
                 read_only_data,
                 idle_since: None,
+                creator: Some(client),
+                reserved: HashMap::new(),
+                stalls: HashMap::new(),
+                evicted: HashMap::new(),
+                held: HashMap::new(),
             },
         );
         let matching: Vec<_> = self
@@ -78,6 +133,56 @@ impl Core {
         Ok(())
     }
 
+    /// Forgets ring `topic` and gives back its creator's quota.
+    fn remove_ring(&mut self, topic: &str) -> Option<RingEntry> {
+        let entry = self.rings.remove(topic)?;
+        if let Some(c) = entry.creator.and_then(|id| self.clients.get_mut(id)) {
+            c.rings_created = c.rings_created.saturating_sub(1);
+        }
+        self.repairs_pending.remove(topic);
+        Some(entry)
+    }
+
+    /// Retires ring `topic`, which cannot be trusted any more (`why`): its claim cursor is marked
+    /// retired, so its publishers' next claims fail and they ask for the topic's ring again,
+    /// which is then a fresh one; its subscribers are told to drop it once read, and get the
+    /// fresh ring like any new ring.
+    pub(super) fn retire_ring(&mut self, topic: &str, why: &str, out: &mut Vec<Outgoing>) {
+        let Some(entry) = self.remove_ring(topic) else {
+            return;
+        };
+        warn!(topic, ring = %entry.id(), "ring retired: {why}");
+        entry.ring.retire();
+        let ring = entry.id();
+        let mut told = BTreeSet::new();
+        for (&slot, &owner) in &entry.reserved {
+            let (client, subscription) = owner_subscription(owner);
+            if let Some(s) = self
+                .clients
+                .get_mut(client)
+                .and_then(|c| c.subscriptions.get_mut(&subscription))
+            {
+                s.reserved.retain(|(t, sl)| !(t == topic && *sl == slot));
+                if told.insert((client, subscription)) {
+                    let msg = BrokerMessage::RingRetired { subscription, ring };
+                    out.push(Outgoing::to(client, msg));
+                }
+            }
+        }
+        if !entry.ring.writers().is_empty() {
+            self.retired.push(entry.ring);
+        }
+    }
+
+    /// Retires again the retired rings a writer's last claim may have revived, and forgets those
+    /// no writer is left on.
+    pub(super) fn keep_retired(&mut self) {
+        self.retired.retain(|ring| {
+            ring.retire();
+            !ring.writers().is_empty()
+        });
+    }
+
     /// Forgets rings nobody has published on or read from for `idle_for`: no publisher or reader
     /// slot in use and no publisher registered. The memfds go once the last process that mapped
     /// them lets go. A topic published on again gets a fresh ring (with no history).
@@ -103,7 +208,7 @@ impl Core {
             }
         }
         for topic in gone {
-            self.rings.remove(&topic);
+            self.remove_ring(&topic);
             info!(topic, "idle ring released");
         }
     }

@@ -2,19 +2,24 @@
 
 use std::time::{Duration, Instant};
 
-use shmbus_shm::{DoorbellTable, ReaderMode, ReaderState, Ring, RingConfig};
+use shmbus_shm::{DoorbellTable, Owner, ReaderMode, ReaderOptions, ReaderState, Ring, RingConfig};
 
 use super::clients::client_owner;
 use super::*;
 use crate::protocol::pubsub::{
-    Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
+    ClaimDoorbell, Publish, Publishing, ReleaseDoorbell, RingAttachment, Subscribe, Subscribed,
+    Unpublish, Unsubscribe,
 };
-use crate::protocol::{ErrorCode, PublisherId, SubscriptionId};
+use crate::protocol::{ErrorCode, PublisherId, RingId, SubscriptionId};
+
+#[path = "../../../tests/support/hostile.rs"]
+mod hostile;
 
 const EVICT_AFTER: Duration = Duration::from_secs(5);
+const UNBLOCK_AFTER: Duration = Duration::from_secs(15);
 
-fn core() -> Core {
-    let limits = Limits {
+fn limits() -> Limits {
+    Limits {
         ring: RingConfig {
             capacity: 1 << 16,
             max_payload: 1024,
@@ -22,7 +27,16 @@ fn core() -> Core {
             reader_slots: 4,
         },
         evict_after: EVICT_AFTER,
-    };
+        unblock_after: UNBLOCK_AFTER,
+        quotas: Quotas::default(),
+    }
+}
+
+fn core() -> Core {
+    core_with(limits())
+}
+
+fn core_with(limits: Limits) -> Core {
     Core::new(limits, DoorbellTable::create(64).unwrap())
 }
 
@@ -71,15 +85,16 @@ fn attachments(out: &[Outgoing]) -> Vec<(ClientId, RingAttachment)> {
         .collect()
 }
 
+fn publish_request(topic: &str, replace: Option<RingId>) -> Request {
+    Request::Publish(Publish {
+        topic: topic.into(),
+        max_payload: 1024,
+        replace,
+    })
+}
+
 fn publish(core: &mut Core, client: ClientId, topic: &str) -> (Publishing, Vec<Outgoing>) {
-    let mut out = call(
-        core,
-        client,
-        Request::Publish(Publish {
-            topic: topic.into(),
-            max_payload: 1024,
-        }),
-    );
+    let mut out = call(core, client, publish_request(topic, None));
     let Ok(Reply::Publishing(p)) = reply(&out, client).clone() else {
         panic!("expected Publishing");
     };
@@ -92,12 +107,19 @@ fn publish(core: &mut Core, client: ClientId, topic: &str) -> (Publishing, Vec<O
     (p, out)
 }
 
+/// Claims a doorbell for `client`.
+fn doorbell(core: &mut Core, client: ClientId) -> u32 {
+    let out = call(core, client, Request::ClaimDoorbell(ClaimDoorbell));
+    match reply(&out, client) {
+        Ok(Reply::DoorbellClaimed(d)) => d.index,
+        other => panic!("expected a doorbell, got {other:?}"),
+    }
+}
+
 /// Subscribes `client` to `pattern` with a doorbell of its own; returns the subscription and
 /// what the broker sent.
 fn subscribe(core: &mut Core, client: ClientId, pattern: &str) -> (SubscriptionId, Vec<Outgoing>) {
-    let doorbell = core.doorbells.claim(client_owner(client)).unwrap();
-    let index = doorbell.index();
-    std::mem::forget(doorbell); // held by the client until the core reclaims it
+    let index = doorbell(core, client);
     let out = call(
         core,
         client,
@@ -158,14 +180,7 @@ fn publishing_creates_a_topic_ring_once_and_checks_topic_and_size() {
     let (other, _) = publish(&mut core, a, "s/y");
     assert_ne!(other.ring, first.ring);
 
-    let out = call(
-        &mut core,
-        a,
-        Request::Publish(Publish {
-            topic: "s//x".into(),
-            max_payload: 10,
-        }),
-    );
+    let out = call(&mut core, a, publish_request("s//x", None));
     assert!(matches!(reply(&out, a), Err(e) if e.code == ErrorCode::InvalidTopic));
     let out = call(
         &mut core,
@@ -173,6 +188,7 @@ fn publishing_creates_a_topic_ring_once_and_checks_topic_and_size() {
         Request::Publish(Publish {
             topic: "s/x".into(),
             max_payload: 4096,
+            replace: None,
         }),
     );
     assert!(matches!(reply(&out, a), Err(e) if e.code == ErrorCode::TooLarge));
@@ -235,7 +251,7 @@ fn subscriptions_are_attached_to_matching_rings_now_and_later() {
 fn a_subscription_needs_a_doorbell_its_client_holds() {
     let mut core = core();
     let (a, b) = (client(&mut core), client(&mut core));
-    let theirs = core.doorbells.claim(client_owner(b)).unwrap();
+    let theirs = doorbell(&mut core, b);
     let out = call(
         &mut core,
         a,
@@ -243,8 +259,51 @@ fn a_subscription_needs_a_doorbell_its_client_holds() {
             pattern: "q".into(),
             mode: ReaderMode::Lossy,
             history: 0,
-            doorbell: theirs.index(),
+            doorbell: theirs,
         }),
+    );
+    assert!(matches!(reply(&out, a), Err(e) if e.code == ErrorCode::NotPermitted));
+    let out = call(
+        &mut core,
+        a,
+        Request::ReleaseDoorbell(ReleaseDoorbell { index: theirs }),
+    );
+    assert!(matches!(reply(&out, a), Err(e) if e.code == ErrorCode::Unknown));
+}
+
+#[test]
+fn doorbells_are_handed_out_once_and_come_back() {
+    let mut core = core();
+    let (a, b) = (client(&mut core), client(&mut core));
+    let mine = doorbell(&mut core, a);
+    let theirs = doorbell(&mut core, b);
+    assert_ne!(mine, theirs);
+    let out = call(
+        &mut core,
+        a,
+        Request::ReleaseDoorbell(ReleaseDoorbell { index: mine }),
+    );
+    assert!(matches!(reply(&out, a), Ok(Reply::Done)));
+    assert_eq!(
+        doorbell(&mut core, b),
+        mine,
+        "a released doorbell is handed out again"
+    );
+    // A doorbell a subscription parks on cannot be released under it.
+    let (_, _) = subscribe(&mut core, a, "d");
+    let used = core
+        .clients
+        .get(a)
+        .unwrap()
+        .doorbells
+        .iter()
+        .copied()
+        .next()
+        .unwrap();
+    let out = call(
+        &mut core,
+        a,
+        Request::ReleaseDoorbell(ReleaseDoorbell { index: used }),
     );
     assert!(matches!(reply(&out, a), Err(e) if e.code == ErrorCode::NotPermitted));
 }
@@ -269,13 +328,17 @@ fn unsubscribing_and_disconnecting_reclaim_what_was_reserved() {
         1,
         "only that subscription's slot went"
     );
-    assert!(!core.doorbells.held_by(client_owner(s)).is_empty());
+    let free_before = core.doorbells.free_count();
     core.disconnect(s, &DisconnectReason::Closed);
     assert!(
         ring.readers().is_empty(),
         "the client's other slots went with it"
     );
-    assert!(core.doorbells.held_by(client_owner(s)).is_empty());
+    assert_eq!(
+        core.doorbells.free_count(),
+        free_before + 2,
+        "and its doorbells"
+    );
     assert!(core.clients.get(s).is_none());
 }
 
@@ -292,7 +355,7 @@ fn a_dead_publishers_slot_is_released_by_repair() {
     assert_eq!(ring.writers().len(), 1);
     core.disconnect(p, &DisconnectReason::Closed);
     assert!(ring.writers().is_empty());
-    assert!(!core.repairs_pending());
+    assert!(core.repairs_pending.is_empty());
 }
 
 #[test]
@@ -347,4 +410,201 @@ fn idle_rings_are_released_only_after_the_idle_time_with_nobody_on_them() {
     assert!(core.rings.contains_key("idle"));
     core.collect_idle_rings(t0 + idle, idle);
     assert!(!core.rings.contains_key("idle"));
+}
+
+#[test]
+fn quotas_are_enforced_with_errors_that_name_them() {
+    let mut limits = limits();
+    limits.quotas.rings = 3;
+    limits.quotas.rings_per_client = 2;
+    limits.quotas.publishers_per_client = 3;
+    limits.quotas.subscriptions_per_client = 1;
+    limits.quotas.doorbells_per_client = 2;
+    let mut core = core_with(limits);
+    let (a, b) = (client(&mut core), client(&mut core));
+    publish(&mut core, a, "q/1");
+    publish(&mut core, a, "q/2");
+    let out = call(&mut core, a, publish_request("q/3", None));
+    assert!(
+        matches!(reply(&out, a), Err(e) if e.code == ErrorCode::Exhausted
+        && e.message.contains("created 2 rings"))
+    );
+    // Another client is still served, up to the bus-wide limit.
+    publish(&mut core, b, "q/3");
+    let out = call(&mut core, b, publish_request("q/4", None));
+    assert!(
+        matches!(reply(&out, b), Err(e) if e.code == ErrorCode::Exhausted
+        && e.message.contains("the bus has 3 rings"))
+    );
+    // Existing rings take more publishers, up to the client's quota.
+    publish(&mut core, a, "q/3");
+    let out = call(&mut core, a, publish_request("q/1", None));
+    assert!(matches!(reply(&out, a), Err(e) if e.message.contains("3 publishers")));
+    subscribe(&mut core, b, "q/*");
+    let bell = doorbell(&mut core, b);
+    let out = call(
+        &mut core,
+        b,
+        Request::Subscribe(Subscribe {
+            pattern: "x".into(),
+            mode: ReaderMode::Tethered,
+            history: 0,
+            doorbell: bell,
+        }),
+    );
+    assert!(matches!(reply(&out, b), Err(e) if e.message.contains("1 subscriptions")));
+    let out = call(&mut core, b, Request::ClaimDoorbell(ClaimDoorbell));
+    assert!(matches!(reply(&out, b), Err(e) if e.message.contains("2 doorbells")));
+    // A departed creator's rings no longer count against anyone; released rings free the bus.
+    core.disconnect(a, &DisconnectReason::Closed);
+    assert!(core.rings.values().all(|e| e.creator != Some(a)));
+}
+
+#[test]
+fn slots_held_under_tokens_the_broker_never_gave_out_are_freed() {
+    let mut core = core();
+    let (p, s) = (client(&mut core), client(&mut core));
+    publish(&mut core, p, "f");
+    subscribe(&mut core, s, "f");
+    let ring = ring(&core, "f");
+    // A faulty client claims a reader slot directly, and a writer slot under a made-up token.
+    let bell = std::sync::Arc::new(core.doorbells.table().bell(0).unwrap());
+    let bogus_reader = Owner::new(0xdead_beef).unwrap();
+    let squatter = ring
+        .reader(ReaderOptions::default(), &bell, bogus_reader)
+        .unwrap();
+    std::mem::forget(squatter);
+    let bogus_writer = Owner::new((77 << 32) | 5).unwrap();
+    std::mem::forget(ring.writer(1, bogus_writer).unwrap());
+    assert_eq!((ring.readers().len(), ring.writers().len()), (2, 1));
+    core.tick(Instant::now());
+    assert_eq!(
+        ring.readers().len(),
+        1,
+        "the reserved reader stays, the squatter goes"
+    );
+    assert_eq!(
+        ring.readers()[0].owner & 0xffff_ffff_0000_0000,
+        u64::from(s.get()) << 32
+    );
+    assert!(ring.writers().is_empty());
+}
+
+/// Fills `ring` through a writer of client `p` until the tethered reader blocks it.
+fn fill(ring: &Ring, p: ClientId, publisher: PublisherId) -> shmbus_shm::Writer {
+    let mut writer = ring.writer(publisher.get(), client_owner(p)).unwrap();
+    while writer.try_publish(&[0; 1000]).is_ok() {}
+    writer
+}
+
+#[test]
+fn a_reader_position_that_goes_back_and_forth_is_no_progress() {
+    let mut core = core();
+    let (p, s) = (client(&mut core), client(&mut core));
+    let (publishing, _) = publish(&mut core, p, "osc");
+    let (_, out) = subscribe(&mut core, s, "osc");
+    let slot = attachments(&out)[0].1.slot;
+    let ring = ring(&core, "osc");
+    let mut writer = fill(&ring, p, publishing.publisher);
+    let damage = scribbler(&ring);
+    let t0 = Instant::now();
+    core.evict_stalled(t0);
+    // The reader's slot says it moved, then moved back, every look: only the first move is
+    // progress.
+    for i in 1..=20u32 {
+        damage.reader_position(slot, if i % 2 == 0 { 0 } else { 32 });
+        core.evict_stalled(t0 + EVICT_AFTER * i / 10);
+    }
+    assert_eq!(ring.readers()[0].state, ReaderState::Evicted);
+    writer.try_publish(&[0; 1000]).expect("no longer held back");
+    // Tethering itself again does not restart the cycle: it is untethered at the next look.
+    damage.reader_mode(slot, 1);
+    core.evict_stalled(t0 + EVICT_AFTER * 3);
+    assert_eq!(ring.readers()[0].state, ReaderState::Evicted);
+}
+
+/// The broker's ring mapped as a faulty publisher would.
+fn scribbler(ring: &Ring) -> hostile::RingScribbler {
+    hostile::RingScribbler::map(&ring.config(), ring.readers_fd().unwrap(), ring.data_fd()).unwrap()
+}
+
+#[test]
+fn a_corrupt_claim_cursor_retires_the_ring_and_the_topic_gets_a_fresh_one() {
+    let mut core = core();
+    let (p, s) = (client(&mut core), client(&mut core));
+    let (first, _) = publish(&mut core, p, "c");
+    let (sub, _) = subscribe(&mut core, s, "c");
+    let old = ring(&core, "c");
+    // Two writers, so that this one claims through the cursor (a writer alone on a ring owns
+    // the cursor and does not read it back; its next claim would repair the damage).
+    let _other = old.writer(7, client_owner(p)).unwrap();
+    let mut writer = old.writer(first.publisher.get(), client_owner(p)).unwrap();
+    scribbler(&old).head(4 + (1 << 40), 0);
+    assert_eq!(
+        writer.try_publish(b"x").unwrap_err(),
+        shmbus_shm::TryLoanError::Corrupt
+    );
+    // The publisher asks for the topic's ring again, naming the one it found corrupt.
+    let out = call(&mut core, p, publish_request("c", Some(first.ring.id)));
+    let Ok(Reply::Publishing(second)) = reply(&out, p).clone() else {
+        panic!("expected Publishing");
+    };
+    assert_ne!(second.ring.id, first.ring.id, "a fresh ring");
+    assert!(old.is_retired());
+    assert!(out.iter().any(|o| o.client == s
+        && matches!(o.msg, BrokerMessage::RingRetired { subscription, ring }
+            if subscription == sub && ring == first.ring.id)));
+    let fresh = attachments(&out);
+    assert_eq!(
+        fresh.len(),
+        1,
+        "the subscriber is attached to the fresh ring"
+    );
+    assert_eq!(fresh[0].1.ring.id, second.ring.id);
+    // Naming a healthy ring replaces nothing.
+    let (third, _) = publish(&mut core, p, "c");
+    let out = call(&mut core, p, publish_request("c", Some(second.ring.id)));
+    assert!(matches!(reply(&out, p), Ok(Reply::Publishing(q)) if q.ring.id == third.ring.id));
+    // The tick finds damage by itself too.
+    scribbler(&ring(&core, "c")).head(8, 0);
+    let out = core.tick(Instant::now());
+    assert!(
+        out.iter()
+            .any(|o| matches!(o.msg, BrokerMessage::RingRetired { .. }))
+    );
+    assert!(!core.rings.contains_key("c"));
+}
+
+#[test]
+fn a_claim_held_too_long_by_a_live_publisher_is_taken_back_and_its_commit_fails() {
+    let mut core = core();
+    let (p, s) = (client(&mut core), client(&mut core));
+    let (publishing, _) = publish(&mut core, p, "u");
+    subscribe(&mut core, s, "u");
+    let ring = ring(&core, "u");
+    let mut stuck = ring
+        .writer(publishing.publisher.get(), client_owner(p))
+        .unwrap();
+    let mut other = ring.writer(99, client_owner(p)).unwrap();
+    let mut loan = stuck.try_loan(16).unwrap();
+    loan.as_mut_slice().fill(1);
+    other.try_publish(b"behind the held claim").unwrap();
+    let t0 = Instant::now();
+    core.tick(t0);
+    core.tick(t0 + UNBLOCK_AFTER - Duration::from_millis(1));
+    assert_eq!(
+        ring.writers()
+            .iter()
+            .filter(|w| w.claiming.is_some())
+            .count(),
+        1
+    );
+    core.tick(t0 + UNBLOCK_AFTER + Duration::from_secs(1));
+    assert!(
+        ring.writers().iter().all(|w| w.claiming.is_none()),
+        "the claim was padded and its intent cleared"
+    );
+    assert_eq!(loan.commit().unwrap_err(), shmbus_shm::CommitError::Revoked);
+    // The writer goes on with new claims.
+    stuck.try_publish(b"after").unwrap();
 }

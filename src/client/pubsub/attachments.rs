@@ -5,18 +5,24 @@
 //! subscriber that owns the subscription and rings its doorbell, so a parked subscriber wakes up
 //! to adopt the new ring.
 
-use std::os::fd::OwnedFd;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use crossbeam_utils::CachePadded;
+use shmbus_shm::Ring;
 
+use crate::protocol::RingId;
 use crate::protocol::pubsub::RingAttachment;
 
 /// What the broker sent a subscription about one matching ring.
 pub(crate) enum Attachment {
-    /// A reader slot on the ring, with the ring's descriptors (data read-only, readers).
-    Ring(RingAttachment, Vec<OwnedFd>),
+    /// A reader slot on the ring, which the control thread mapped.
+    Ring(RingAttachment, Ring),
+    /// The broker retired the ring: drop its reader once it is read.
+    Retired {
+        /// The ring.
+        ring: RingId,
+    },
     /// The ring the broker could not attach a reader to: the subscription misses `topic`.
     Unavailable {
         /// The ring's topic.

@@ -10,7 +10,7 @@
 
 use crate::topic::Topic;
 
-/// Why a message was not published. Nothing was written to the ring.
+/// Why a message was not published. Nothing was published.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 #[non_exhaustive]
 pub enum PublishError {
@@ -28,6 +28,34 @@ pub enum PublishError {
     #[error("cannot serialize the message: {detail}")]
     Serialize {
         /// The serializer's error.
+        detail: String,
+    },
+    /// The loan was held uncommitted longer than the broker's unblock timeout (the process was
+    /// stopped or descheduled between loan and commit), so the broker took it back to let
+    /// subscribers go on. Publishing again works.
+    #[error(
+        "topic {topic:?}: the broker took the message back: it was held uncommitted longer than the broker's unblock timeout"
+    )]
+    Revoked {
+        /// The publisher's topic.
+        topic: Topic,
+    },
+    /// The topic's ring was found corrupt (a faulty publisher wrote its claim cursor) and the
+    /// broker replaced it; the publisher moves to the new ring at its next loan. Only loans
+    /// report this: the copying publishes move and retry by themselves.
+    #[error("topic {topic:?}: the ring was found corrupt and replaced; loan again")]
+    RingReplaced {
+        /// The publisher's topic.
+        topic: Topic,
+    },
+    /// The topic's ring was found corrupt and no new one could be attached.
+    #[error(
+        "topic {topic:?}: the ring was found corrupt and no new one could be attached: {detail}"
+    )]
+    RingLost {
+        /// The publisher's topic.
+        topic: Topic,
+        /// Why the new ring could not be attached.
         detail: String,
     },
 }

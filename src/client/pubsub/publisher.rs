@@ -3,13 +3,15 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use shmbus_shm::{Deadline, FrameLoan, LoanError, Ring, TryLoanError, WaitStrategy, Writer};
+use shmbus_shm::{
+    CommitError, Deadline, FrameLoan, LoanError, Ring, TryLoanError, WaitStrategy, Writer,
+};
 
 use super::error::{PublishError, PublishTimeoutError, TryPublishError};
 use super::typed::TypedPublisherBuilder;
 use crate::client::bus::BusInner;
-use crate::client::error::AttachError;
-use crate::protocol::pubsub::{Publish, Unpublish};
+use crate::client::error::{AttachError, CallError};
+use crate::protocol::pubsub::{Publish, Publishing, Unpublish};
 use crate::protocol::{PublisherId, RingId};
 use crate::topic::Topic;
 
@@ -53,50 +55,15 @@ impl PublisherBuilder {
     /// Asks the broker for the topic's ring and attaches to it.
     pub fn create(self) -> Result<Publisher, AttachError> {
         let topic = Topic::new(&self.topic)?;
-        let request = Publish {
-            topic: topic.as_str().to_string(),
-            max_payload: self.bus.max_payload,
-        };
-        let (reply, fds) = self
-            .bus
-            .conn
-            .call(request)
-            .map_err(|e| AttachError::call(topic.as_str(), e))?;
-        let mut writer = match open_writer(&self.bus, fds, reply.publisher) {
-            Ok(writer) => writer,
-            Err(detail) => {
-                // The broker recorded the publisher; tell it the attachment failed.
-                let unpublish = Unpublish {
-                    publisher: reply.publisher,
-                };
-                self.bus.conn.notify(unpublish);
-                return Err(AttachError::shm(topic.as_str(), detail));
-            }
-        };
-        writer.set_wait_strategy(self.wait);
+        let mut ring = RingPublisher::attach(self.bus, &topic, None)
+            .map_err(|e| e.into_attach_error(topic.as_str()))?;
+        ring.writer.set_wait_strategy(self.wait);
+        ring.wait = self.wait;
         Ok(Publisher {
             topic,
-            id: reply.publisher,
-            ring: reply.ring,
-            inner: Flavor::Ring(RingPublisher {
-                writer,
-                bus: self.bus,
-            }),
+            inner: Flavor::Ring(ring),
         })
     }
-}
-
-/// Maps the ring the broker sent and attaches a writer slot in it.
-fn open_writer(
-    bus: &BusInner,
-    fds: Vec<std::os::fd::OwnedFd>,
-    id: PublisherId,
-) -> Result<Writer, String> {
-    let [data, readers]: [_; 2] = fds
-        .try_into()
-        .map_err(|_| "the broker sent no ring descriptors".to_string())?;
-    let ring = Ring::open(data, readers, &bus.doorbells).map_err(|e| e.to_string())?;
-    ring.writer(id.get(), bus.owner).map_err(|e| e.to_string())
 }
 
 /// Publishes messages on one topic.
@@ -105,8 +72,6 @@ fn open_writer(
 /// released when it drops.
 pub struct Publisher {
     topic: Topic,
-    id: PublisherId,
-    ring: RingId,
     inner: Flavor,
 }
 
@@ -118,7 +83,12 @@ enum Flavor {
 /// A publisher on a local ring: it writes frames in place.
 struct RingPublisher {
     writer: Writer,
+    ring: RingId,
+    wait: WaitStrategy,
     bus: Arc<BusInner>,
+    /// Whether a loan found the ring corrupt or retired: the next one first moves to the topic's
+    /// new ring.
+    stale: bool,
 }
 
 impl Drop for RingPublisher {
@@ -128,11 +98,138 @@ impl Drop for RingPublisher {
     }
 }
 
+/// Why attaching a writer to a topic's ring failed.
+enum AttachFailure {
+    Call(CallError),
+    Shm(String),
+}
+
+impl AttachFailure {
+    fn into_attach_error(self, topic: &str) -> AttachError {
+        match self {
+            AttachFailure::Call(e) => AttachError::call(topic, e),
+            AttachFailure::Shm(detail) => AttachError::shm(topic, detail),
+        }
+    }
+}
+
+impl std::fmt::Display for AttachFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AttachFailure::Call(CallError::Request(e)) => e.fmt(f),
+            AttachFailure::Call(CallError::Refused(e)) => {
+                write!(f, "the broker refused: {}", e.message)
+            }
+            AttachFailure::Shm(detail) => f.write_str(detail),
+        }
+    }
+}
+
+impl RingPublisher {
+    /// Asks the broker for `topic`'s ring — a fresh one if `replace` names the ring this
+    /// publisher found corrupt — maps it and attaches a writer slot in it.
+    fn attach(
+        bus: Arc<BusInner>,
+        topic: &Topic,
+        replace: Option<RingId>,
+    ) -> Result<RingPublisher, AttachFailure> {
+        let request = Publish {
+            topic: topic.as_str().to_string(),
+            max_payload: bus.max_payload,
+            replace,
+        };
+        let (reply, fds) = bus.conn.call(request).map_err(AttachFailure::Call)?;
+        match open_writer(&bus, fds, &reply) {
+            Ok(writer) => Ok(RingPublisher {
+                writer,
+                ring: reply.ring.id,
+                wait: WaitStrategy::default(),
+                bus,
+                stale: false,
+            }),
+            Err(detail) => {
+                // The broker recorded the publisher; tell it the attachment failed.
+                let unpublish = Unpublish {
+                    publisher: reply.publisher,
+                };
+                bus.conn.notify(unpublish);
+                Err(AttachFailure::Shm(detail))
+            }
+        }
+    }
+
+    /// Moves to the topic's new ring: the broker retires a corrupt one and creates another.
+    #[cold]
+    #[inline(never)]
+    fn move_to_new_ring(&mut self, topic: &Topic) -> Result<(), Refusal> {
+        let mut fresh = RingPublisher::attach(Arc::clone(&self.bus), topic, Some(self.ring))
+            .map_err(|e| Refusal::Lost(e.to_string()))?;
+        fresh.writer.set_wait_strategy(self.wait);
+        fresh.wait = self.wait;
+        // The old publisher is unpublished as it drops.
+        *self = fresh;
+        Ok(())
+    }
+
+    /// Claims room for `len` bytes with the given patience.
+    #[inline]
+    fn loan<'a>(
+        &'a mut self,
+        topic: &'a Topic,
+        len: usize,
+        patience: Patience,
+    ) -> Result<Loan<'a>, Refusal> {
+        if self.stale {
+            self.move_to_new_ring(topic)?;
+        }
+        let loan = match patience {
+            Patience::Now => self.writer.try_loan(len).map_err(|e| match e {
+                TryLoanError::TooLarge { len, max } => Refusal::TooLarge { len, max },
+                TryLoanError::Corrupt | TryLoanError::Retired => Refusal::Moved,
+                _ => Refusal::Full,
+            }),
+            Patience::Until(deadline) => self.writer.loan(len, deadline).map_err(|e| match e {
+                LoanError::TooLarge { len, max } => Refusal::TooLarge { len, max },
+                LoanError::Corrupt | LoanError::Retired => Refusal::Moved,
+                _ => Refusal::Timeout,
+            }),
+        };
+        match loan {
+            Ok(loan) => Ok(Loan {
+                inner: LoanFlavor::Ring(loan),
+                topic,
+            }),
+            Err(Refusal::Moved) => {
+                self.stale = true;
+                Err(Refusal::Moved)
+            }
+            Err(r) => Err(r),
+        }
+    }
+}
+
+/// Maps the ring the broker sent, with the geometry it described, and attaches a writer slot.
+fn open_writer(
+    bus: &BusInner,
+    fds: Vec<std::os::fd::OwnedFd>,
+    reply: &Publishing,
+) -> Result<Writer, String> {
+    let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
+        "the broker's reply came without the ring's descriptors (is this process out of file \
+         descriptors?)"
+            .to_string()
+    })?;
+    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
+        .map_err(|e| e.to_string())?;
+    ring.writer(reply.publisher.get(), bus.owner)
+        .map_err(|e| e.to_string())
+}
+
 impl std::fmt::Debug for Publisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Publisher")
             .field("topic", &self.topic)
-            .field("id", &self.id)
+            .field("id", &self.id())
             .finish()
     }
 }
@@ -146,48 +243,58 @@ pub(crate) enum Patience {
     Until(Deadline),
 }
 
-/// Why a loan was not made, before each call turns it into its own error.
-#[derive(Clone, Copy, Debug)]
+/// Why a loan or commit did not happen, before each call turns it into its own error.
+#[derive(Clone, Debug)]
 pub(crate) enum Refusal {
-    TooLarge { len: usize, max: usize },
+    TooLarge {
+        len: usize,
+        max: usize,
+    },
     Full,
     Timeout,
+    /// The ring was found corrupt or retired; the next loan moves to the topic's new ring.
+    Moved,
+    /// The broker took the claim back before the commit.
+    Revoked,
+    /// The ring was found corrupt and no new one could be attached.
+    Lost(String),
 }
 
 impl Refusal {
     /// The error of a call that may not wait (`try_`), on `topic`.
     pub(crate) fn without_waiting(self, topic: &Topic) -> TryPublishError {
         match self {
-            Refusal::TooLarge { len, max } => too_large(topic, len, max).into(),
             Refusal::Full | Refusal::Timeout => TryPublishError::Full,
+            other => other.failure(topic).into(),
         }
     }
 
     /// The error of a call that waits until a deadline, on `topic`.
     pub(crate) fn by_deadline(self, topic: &Topic) -> PublishTimeoutError {
         match self {
-            Refusal::TooLarge { len, max } => too_large(topic, len, max).into(),
             Refusal::Full | Refusal::Timeout => PublishTimeoutError::Timeout,
+            other => other.failure(topic).into(),
         }
     }
 
     /// The error of a call that waits as long as it takes, on `topic`.
     pub(crate) fn forever(self, topic: &Topic) -> PublishError {
+        self.failure(topic)
+    }
+
+    /// The error, whatever the call's patience (which alone decides about `Full` and `Timeout`).
+    #[cold]
+    fn failure(self, topic: &Topic) -> PublishError {
+        let topic = topic.clone();
         match self {
-            Refusal::TooLarge { len, max } => too_large(topic, len, max),
+            Refusal::TooLarge { len, max } => PublishError::TooLarge { topic, len, max },
+            Refusal::Moved => PublishError::RingReplaced { topic },
+            Refusal::Revoked => PublishError::Revoked { topic },
+            Refusal::Lost(detail) => PublishError::RingLost { topic, detail },
             Refusal::Full | Refusal::Timeout => {
                 unreachable!("a wait without a deadline ends only with room")
             }
         }
-    }
-}
-
-#[cold]
-fn too_large(topic: &Topic, len: usize, max: usize) -> PublishError {
-    PublishError::TooLarge {
-        topic: topic.clone(),
-        len,
-        max,
     }
 }
 
@@ -197,15 +304,20 @@ impl Publisher {
         self.topic.as_str()
     }
 
-    /// The ring it writes into (rings are per topic; the broker releases idle ones, and a topic
-    /// published on again gets a new ring).
+    /// The ring it writes into (rings are per topic; the broker releases idle ones and replaces
+    /// corrupt ones, and a topic published on again gets a new ring).
     pub fn ring_id(&self) -> RingId {
-        self.ring
+        match &self.inner {
+            Flavor::Ring(p) => p.ring,
+        }
     }
 
-    /// Its bus-wide id, which subscribers see on its messages.
+    /// Its bus-wide id, which subscribers see on its messages (a new one after a move to a new
+    /// ring).
     pub fn id(&self) -> PublisherId {
-        self.id
+        match &self.inner {
+            Flavor::Ring(p) => PublisherId::from_raw(p.writer.id()),
+        }
     }
 
     /// The largest payload one message can carry.
@@ -218,7 +330,10 @@ impl Publisher {
     /// How blocking publishes wait for a full ring from now on.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         match &mut self.inner {
-            Flavor::Ring(p) => p.writer.set_wait_strategy(wait),
+            Flavor::Ring(p) => {
+                p.writer.set_wait_strategy(wait);
+                p.wait = wait;
+            }
         }
     }
 
@@ -226,17 +341,15 @@ impl Publisher {
     /// message's sequence number.
     #[inline]
     pub fn publish(&mut self, payload: &[u8]) -> Result<u64, PublishError> {
-        let mut loan = self.loan(payload.len())?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        self.copy_in(payload, Patience::Until(Deadline::Never))
+            .map_err(|r| r.forever(&self.topic))
     }
 
     /// Copies `payload` into the ring if there is room now.
     #[inline]
     pub fn try_publish(&mut self, payload: &[u8]) -> Result<u64, TryPublishError> {
-        let mut loan = self.try_loan(payload.len())?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        self.copy_in(payload, Patience::Now)
+            .map_err(|r| r.without_waiting(&self.topic))
     }
 
     /// Copies `payload` into the ring, waiting up to `timeout` for room.
@@ -246,9 +359,8 @@ impl Publisher {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<u64, PublishTimeoutError> {
-        let mut loan = self.loan_timeout(payload.len(), timeout)?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        self.copy_in(payload, Patience::Until(Deadline::After(timeout)))
+            .map_err(|r| r.by_deadline(&self.topic))
     }
 
     /// Copies `payload` into the ring, waiting until `deadline` for room.
@@ -258,14 +370,36 @@ impl Publisher {
         payload: &[u8],
         deadline: Instant,
     ) -> Result<u64, PublishTimeoutError> {
-        let mut loan = self.loan_deadline(payload.len(), deadline)?;
-        loan.as_mut_slice().copy_from_slice(payload);
-        Ok(loan.commit())
+        self.copy_in(payload, Patience::Until(Deadline::At(deadline)))
+            .map_err(|r| r.by_deadline(&self.topic))
+    }
+
+    /// Copies `payload` into a loan and commits it. A ring found corrupt (the publisher moves to
+    /// the topic's new ring) or a claim the broker took back is tried once more.
+    #[inline]
+    fn copy_in(&mut self, payload: &[u8], patience: Patience) -> Result<u64, Refusal> {
+        let mut retried = false;
+        loop {
+            let outcome = match self.loan_with(payload.len(), patience) {
+                Ok(mut loan) => {
+                    loan.as_mut_slice().copy_from_slice(payload);
+                    loan.finish(payload.len())
+                }
+                Err(r) => Err(r),
+            };
+            match outcome {
+                Err(Refusal::Moved | Refusal::Revoked) if !retried => retried = true,
+                other => return other,
+            }
+        }
     }
 
     /// Claims room for a `len`-byte message in the ring, waiting as long as it takes: fill
     /// [`Loan::as_mut_slice`] and [`Loan::commit`] — zero copy. Dropped uncommitted, nothing is
     /// published.
+    ///
+    /// If the ring turns out corrupt, the loan fails with [`PublishError::RingReplaced`] and the
+    /// publisher moves to the topic's new ring at the next loan.
     ///
     /// ```
     /// let bus = shmbus::Bus::embedded()?;
@@ -273,24 +407,24 @@ impl Publisher {
     /// let mut publisher = bus.publisher("frames")?;
     /// let mut loan = publisher.loan(4)?;
     /// loan.as_mut_slice().copy_from_slice(&[1, 2, 3, 4]); // written in shared memory
-    /// loan.commit();
+    /// loan.commit()?;
     /// assert_eq!(sub.recv()?.payload(), [1, 2, 3, 4]);
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     #[inline]
     pub fn loan(&mut self, len: usize) -> Result<Loan<'_>, PublishError> {
-        let Publisher { topic, inner, .. } = self;
+        let Publisher { topic, inner } = self;
         inner
-            .loan(len, Patience::Until(Deadline::Never))
+            .loan(topic, len, Patience::Until(Deadline::Never))
             .map_err(|r| r.forever(topic))
     }
 
     /// [`Publisher::loan`] if there is room now.
     #[inline]
     pub fn try_loan(&mut self, len: usize) -> Result<Loan<'_>, TryPublishError> {
-        let Publisher { topic, inner, .. } = self;
+        let Publisher { topic, inner } = self;
         inner
-            .loan(len, Patience::Now)
+            .loan(topic, len, Patience::Now)
             .map_err(|r| r.without_waiting(topic))
     }
 
@@ -320,9 +454,9 @@ impl Publisher {
         len: usize,
         deadline: Deadline,
     ) -> Result<Loan<'_>, PublishTimeoutError> {
-        let Publisher { topic, inner, .. } = self;
+        let Publisher { topic, inner } = self;
         inner
-            .loan(len, Patience::Until(deadline))
+            .loan(topic, len, Patience::Until(deadline))
             .map_err(|r| r.by_deadline(topic))
     }
 
@@ -333,7 +467,8 @@ impl Publisher {
         len: usize,
         patience: Patience,
     ) -> Result<Loan<'_>, Refusal> {
-        self.inner.loan(len, patience)
+        let Publisher { topic, inner } = self;
+        inner.loan(topic, len, patience)
     }
 
     /// The topic, shared.
@@ -345,25 +480,14 @@ impl Publisher {
 impl Flavor {
     /// Claims room for `len` bytes with the given patience.
     #[inline]
-    fn loan(&mut self, len: usize, patience: Patience) -> Result<Loan<'_>, Refusal> {
+    fn loan<'a>(
+        &'a mut self,
+        topic: &'a Topic,
+        len: usize,
+        patience: Patience,
+    ) -> Result<Loan<'a>, Refusal> {
         match self {
-            Flavor::Ring(p) => {
-                let loan = match patience {
-                    Patience::Now => p.writer.try_loan(len).map_err(|e| match e {
-                        TryLoanError::TooLarge { len, max } => Refusal::TooLarge { len, max },
-                        _ => Refusal::Full,
-                    }),
-                    Patience::Until(deadline) => {
-                        p.writer.loan(len, deadline).map_err(|e| match e {
-                            LoanError::TooLarge { len, max } => Refusal::TooLarge { len, max },
-                            _ => Refusal::Timeout,
-                        })
-                    }
-                }?;
-                Ok(Loan {
-                    inner: LoanFlavor::Ring(loan),
-                })
-            }
+            Flavor::Ring(p) => p.loan(topic, len, patience),
         }
     }
 }
@@ -372,6 +496,7 @@ impl Flavor {
 #[derive(Debug)]
 pub struct Loan<'a> {
     inner: LoanFlavor<'a>,
+    topic: &'a Topic,
 }
 
 #[derive(Debug)]
@@ -408,20 +533,31 @@ impl Loan<'_> {
         }
     }
 
-    /// Publishes the message. Returns its sequence number.
+    /// Publishes the message. Returns its sequence number, or [`PublishError::Revoked`] if the
+    /// loan was held so long (the process stopped between loan and commit) that the broker took
+    /// it back to let subscribers go on.
     #[inline]
-    pub fn commit(self) -> u64 {
-        match self.inner {
-            LoanFlavor::Ring(l) => l.commit(),
-        }
+    pub fn commit(self) -> Result<u64, PublishError> {
+        let len = self.len();
+        self.commit_prefix(len)
     }
 
     /// Publishes the first `len` bytes only (for writers that learn the size as they go).
     /// Panics if `len` exceeds the loan.
     #[inline]
-    pub fn commit_prefix(self, len: usize) -> u64 {
+    pub fn commit_prefix(self, len: usize) -> Result<u64, PublishError> {
+        let topic = self.topic;
+        self.finish(len).map_err(|r| r.forever(topic))
+    }
+
+    /// Commits the first `len` bytes.
+    #[inline]
+    pub(crate) fn finish(self, len: usize) -> Result<u64, Refusal> {
         match self.inner {
-            LoanFlavor::Ring(l) => l.commit_prefix(len),
+            // A commit fails only when the broker took the claim back.
+            LoanFlavor::Ring(l) => l
+                .commit_prefix(len)
+                .map_err(|_: CommitError| Refusal::Revoked),
         }
     }
 }

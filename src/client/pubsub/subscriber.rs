@@ -1,7 +1,6 @@
 //! Subscribing: one [`Subscriber`] reads every ring its patterns match, in place, waiting on all
 //! of them with one doorbell.
 
-use std::os::fd::OwnedFd;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -19,8 +18,10 @@ use super::sample::Sample;
 use super::typed::TypedSubscriberBuilder;
 use crate::client::bus::BusInner;
 use crate::client::error::AttachError;
-use crate::protocol::SubscriptionId;
-use crate::protocol::pubsub::{RingAttachment, Subscribe, Unsubscribe};
+use crate::protocol::pubsub::{
+    ClaimDoorbell, ReleaseDoorbell, RingAttachment, Subscribe, Unsubscribe,
+};
+use crate::protocol::{RingId, SubscriptionId};
 use crate::topic::Topic;
 
 /// How a subscriber is made; from [`Bus::subscriber`](crate::Bus::subscriber). Defaults:
@@ -102,25 +103,34 @@ impl SubscriberBuilder {
     /// nothing until [`Subscriber::add_pattern`].
     pub fn create(self) -> Result<Subscriber, AttachError> {
         let first = self.patterns.first().map_or("(none yet)", String::as_str);
-        let doorbell = self
+        let (claimed, _) = self
             .bus
-            .doorbells
-            .claim(self.bus.owner)
-            .map_err(|e| AttachError::shm(first, e))?;
-        let doorbell = Arc::new(doorbell);
-        let queue = Arc::new(AttachmentQueue::new(doorbell.index()));
+            .conn
+            .call(ClaimDoorbell)
+            .map_err(|e| AttachError::call(first, e))?;
+        let lease = Arc::new(SubscriptionLease {
+            bus: self.bus,
+            ids: Mutex::new(Vec::new()),
+            doorbell: claimed.index,
+        });
+        let doorbell = lease.bus.doorbells.bell(claimed.index).ok_or_else(|| {
+            let detail = format!(
+                "the broker gave doorbell {} of a smaller table",
+                claimed.index
+            );
+            AttachError::shm(first, detail)
+        })?;
+        let queue = Arc::new(AttachmentQueue::new(claimed.index));
         let mut sub = RingSubscriber {
-            set: ReaderSet::new(doorbell),
-            lease: Arc::new(SubscriptionLease {
-                bus: self.bus,
-                ids: Mutex::new(Vec::new()),
-            }),
+            set: ReaderSet::new(Arc::new(doorbell)),
+            lease,
             queue,
             options: self.options,
             history: self.history,
             wait: self.wait,
             patterns: Vec::new(),
             unavailable: Vec::new(),
+            retired: Vec::new(),
         };
         for pattern in &self.patterns {
             sub.add_pattern(pattern)?;
@@ -153,11 +163,13 @@ pub(crate) struct RingLabel {
     _subscription: Arc<SubscriptionLease>,
 }
 
-/// A subscriber's subscriptions at the broker, ended when the last of the subscriber and its
-/// owned samples lets go: only then are its reader slots unused, and may be reclaimed.
+/// A subscriber's subscriptions and doorbell at the broker, given back when the last of the
+/// subscriber and its owned samples lets go: only then are its reader slots unused, and may be
+/// reclaimed.
 struct SubscriptionLease {
     bus: Arc<BusInner>,
     ids: Mutex<Vec<SubscriptionId>>,
+    doorbell: u32,
 }
 
 impl Drop for SubscriptionLease {
@@ -166,6 +178,8 @@ impl Drop for SubscriptionLease {
         for &subscription in ids.iter() {
             self.bus.conn.notify(Unsubscribe { subscription });
         }
+        let index = self.doorbell;
+        self.bus.conn.notify(ReleaseDoorbell { index });
     }
 }
 
@@ -181,6 +195,8 @@ struct RingSubscriber {
     patterns: Vec<Topic>,
     /// Matching rings this subscriber cannot read, (topic, why), not yet reported.
     unavailable: Vec<(String, String)>,
+    /// Rings the broker retired: their readers are dropped once nothing is left to read.
+    retired: Vec<RingId>,
 }
 
 impl Drop for RingSubscriber {
@@ -349,6 +365,7 @@ impl RingSubscriber {
             }
             match self.set.poll() {
                 Ok(Some(index)) => return Ok(index),
+                Ok(None) if !self.retired.is_empty() => self.drop_retired(),
                 Ok(None) => {}
                 Err(e) => return Err(Wait::Failed(self.read_failed(e))),
             }
@@ -385,15 +402,36 @@ impl RingSubscriber {
         }
     }
 
+    /// Drops the readers of retired rings: every reader was just found with nothing to read,
+    /// and nothing new comes to a retired ring.
+    #[cold]
+    #[inline(never)]
+    fn drop_retired(&mut self) {
+        for ring in std::mem::take(&mut self.retired) {
+            let index = self
+                .set
+                .readers()
+                .iter()
+                .position(|r| r.ring().id() == ring.get());
+            if let Some(index) = index {
+                self.set.remove(index);
+            }
+        }
+    }
+
     /// Adopts the readers the broker attached since the last call.
     #[cold]
     #[inline(never)]
     fn adopt_pending(&mut self) {
         for item in self.queue.take() {
-            let (a, fds) = match item {
-                Attachment::Ring(a, fds) => (a, fds),
+            let (a, ring) = match item {
+                Attachment::Ring(a, ring) => (a, ring),
                 Attachment::Unavailable { topic, reason } => {
                     self.unavailable.push((topic, reason));
+                    continue;
+                }
+                Attachment::Retired { ring } => {
+                    self.retired.push(ring);
                     continue;
                 }
             };
@@ -404,13 +442,13 @@ impl RingSubscriber {
                 .set
                 .readers()
                 .iter()
-                .find(|r| r.ring().id() == a.ring.get());
+                .find(|r| r.ring().id() == a.ring.id.get());
             if let Some(reader) = existing {
                 // Another pattern already reads this ring: free the extra slot (fds drop).
                 reader.ring().reclaim_reader(a.slot, owner);
                 continue;
             }
-            match self.adopt(&a, owner, fds) {
+            match self.adopt(&a, owner, ring) {
                 Ok(reader) => self.set.insert(reader),
                 Err(e) => {
                     warn!(topic = a.topic, "cannot read a matching ring: {e}");
@@ -431,14 +469,9 @@ impl RingSubscriber {
         &self,
         a: &RingAttachment,
         owner: Owner,
-        fds: Vec<OwnedFd>,
+        ring: Ring,
     ) -> Result<Reader<RingLabel>, String> {
         let topic = Topic::new(&a.topic).map_err(|e| format!("the broker sent {e}"))?;
-        let [data, readers]: [_; 2] = fds
-            .try_into()
-            .map_err(|_| "the broker sent no ring descriptors".to_string())?;
-        let bus = &self.lease.bus;
-        let ring = Ring::open(data, readers, &bus.doorbells).map_err(|e| e.to_string())?;
         let reserved = ReservedReader {
             slot: a.slot,
             position: a.position,

@@ -165,11 +165,18 @@ where
     fn publish_with(&mut self, value: &T, patience: Patience) -> Result<u64, Failure> {
         let max = self.inner.max_payload();
         let mut len = self.guess;
+        // A ring found corrupt (the publisher moves to the new one) or a claim the broker took
+        // back is tried once more, as raw publishes do.
+        let mut retried = false;
         loop {
-            let mut loan = self
-                .inner
-                .loan_with(len, patience)
-                .map_err(Failure::Refused)?;
+            let mut loan = match self.inner.loan_with(len, patience) {
+                Ok(loan) => loan,
+                Err(Refusal::Moved) if !retried => {
+                    retried = true;
+                    continue;
+                }
+                Err(r) => return Err(Failure::Refused(r)),
+            };
             let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
                 value,
                 Buffer::from(loan.as_mut_slice()),
@@ -179,7 +186,10 @@ where
                 Ok(n) => {
                     // Next time claim the size just used with half again to spare.
                     self.guess = (n + n / 2).clamp(MIN_LOAN.min(max), max);
-                    return Ok(loan.commit_prefix(n));
+                    match loan.finish(n) {
+                        Err(Refusal::Revoked) if !retried => retried = true,
+                        outcome => return outcome.map_err(Failure::Refused),
+                    }
                 }
                 Err(_) if len < max => {
                     drop(loan); // skipped, never seen
