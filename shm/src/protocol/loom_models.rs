@@ -1,4 +1,5 @@
-//! Loom models of the ring protocol: claim, commit, read, overrun, release, join, park, repair.
+//! Loom models of the ring protocol: claim, commit, read, overrun, release, join, park, repair,
+//! taking back a held claim.
 //!
 //! Run with `RUSTFLAGS="--cfg loom" cargo test -p shmbus-shm --release --lib loom` (see
 //! `.ci/loom.sh`). Each model is small (a 128-byte ring of 64-byte frames, two or three threads)
@@ -15,7 +16,9 @@ use crate::protocol::frame::kind;
 use crate::protocol::layout::{FRAME_HEADER_LEN, Geometry, RingConfig};
 use crate::protocol::memory::{CopyBuf, RingMemory};
 use crate::protocol::read::{Poll, ReaderCore};
-use crate::protocol::recovery::{RepairOutcome, repair_dead_writers};
+use crate::protocol::recovery::{
+    RepairOutcome, UnblockOutcome, repair_dead_writers, unblock_claim,
+};
 use crate::protocol::sync::Ordering;
 
 /// Payload bytes per frame: two words, so a frame is 64 bytes and two fill the ring.
@@ -44,7 +47,9 @@ fn claim(p: &mut WriterCore, mem: &RingMemory) -> Claim {
         match p.try_claim(mem, PAYLOAD) {
             Ok(c) => return c,
             Err(ClaimError::Full) => thread::yield_now(),
-            Err(ClaimError::TooLarge | ClaimError::Corrupt) => unreachable!(),
+            Err(ClaimError::TooLarge | ClaimError::Corrupt | ClaimError::Retired) => {
+                unreachable!()
+            }
         }
     }
 }
@@ -56,7 +61,8 @@ fn publish(p: &mut WriterCore, mem: &RingMemory, value: u64, ring_doorbell: &dyn
         mem.word(c.frame + FRAME_HEADER_LEN + 8 * i)
             .store(value, Ordering::Relaxed);
     }
-    p.commit(mem, &c, kind::DATA, PAYLOAD, ring_doorbell);
+    p.commit(mem, &c, kind::DATA, PAYLOAD, ring_doorbell)
+        .expect("nobody takes claims back here");
 }
 
 /// Both payload words of a frame read in place.
@@ -309,5 +315,44 @@ fn loom_exclusive_owner_is_revoked_without_losing_a_frame() {
         let mut got = read_n(&mut r, &mem, 2);
         got.sort_unstable();
         assert_eq!(got, vec![100, 200]);
+    });
+}
+
+#[test]
+fn loom_a_taken_back_claim_is_never_also_committed() {
+    model(|| {
+        let mem = ring();
+        let mut r = ReaderCore::attach(&mem, 9, true, 0).unwrap();
+        let mut p = WriterCore::attach(&mem, 1, 1).unwrap();
+        let c = claim(&mut p, &mem);
+        for i in 0..2 {
+            mem.word(c.frame + FRAME_HEADER_LEN + 8 * i)
+                .store(55, Ordering::Relaxed);
+        }
+        let m = mem.clone();
+        // The broker decides the claim was held too long while its writer commits it.
+        let broker = thread::spawn(move || unblock_claim(&m, 0, c.start, NO_WAKE));
+        let committed = p.commit(&mem, &c, kind::DATA, PAYLOAD, NO_WAKE).is_ok();
+        let mut outcome = broker.join().unwrap();
+        if outcome == UnblockOutcome::Deferred {
+            // It saw the commit under way; looking again after it settled decides.
+            outcome = unblock_claim(&mem, 0, c.start, NO_WAKE);
+        }
+        match outcome {
+            UnblockOutcome::Unblocked { .. } => {
+                assert!(!committed, "a claim was both committed and taken back");
+                // Readers step over the padding; the writer claims again once it is in place.
+                let mut buf = CopyBuf::default();
+                assert!(matches!(r.poll(&mem, &mut buf), Ok(Poll::Empty)));
+                assert_eq!(r.position().pos, c.end);
+                publish(&mut p, &mem, 66, NO_WAKE);
+                assert_eq!(read_n(&mut r, &mem, 1), vec![66]);
+            }
+            UnblockOutcome::Gone => {
+                assert!(committed, "a claim neither committed nor taken back");
+                assert_eq!(read_n(&mut r, &mem, 1), vec![55]);
+            }
+            other => panic!("unexpected outcome {other:?}"),
+        }
     });
 }
