@@ -8,12 +8,13 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use shmbus::protocol::pubsub::{Unpublish, Unsubscribe};
-use shmbus::protocol::seqpacket::{self as socket, Received};
+use shmbus::protocol::seqpacket as socket;
 use shmbus::protocol::{
     BrokerMessage, ClientMessage, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PublisherId, Request,
     RequestId, SubscriptionId, codec,
 };
 use shmbus::{AttachError, Bus, RequestError};
+use support::raw::{self, closed, hello, recv, send};
 use support::{Broker, Proc, run, shmbus};
 
 /// A deterministic byte source (xorshift64*), so a failure can be replayed.
@@ -33,49 +34,7 @@ impl Noise {
 }
 
 fn connect(broker: &Broker) -> OwnedFd {
-    let sock = socket::connect(&broker.socket).expect("connect");
-    let timeout = nix::sys::time::TimeVal::new(30, 0);
-    nix::sys::socket::setsockopt(&sock, nix::sys::socket::sockopt::ReceiveTimeout, &timeout)
-        .unwrap();
-    sock
-}
-
-fn send(sock: &OwnedFd, msg: &ClientMessage) {
-    socket::send(sock.as_fd(), msg, &[]).expect("send");
-}
-
-/// The next message from the broker, or `None` once it closed the connection.
-fn recv(sock: &OwnedFd) -> Option<BrokerMessage> {
-    let mut buf = [0u8; MAX_MESSAGE_LEN + 1];
-    let mut fds = Vec::new();
-    match socket::recv(sock.as_fd(), &mut buf, &mut fds).expect("recv (timed out?)") {
-        Received::Message(n) => Some(codec::decode_broker(&buf[..n]).expect("broker sent garbage")),
-        Received::Closed => None,
-        Received::Oversized => panic!("broker sent an oversized message"),
-        Received::DescriptorsLost(_) => panic!("descriptors from the broker were lost"),
-    }
-}
-
-fn hello(sock: &OwnedFd) {
-    send(
-        sock,
-        &ClientMessage::Hello(Hello {
-            version: PROTOCOL_VERSION,
-            name: "test".into(),
-        }),
-    );
-    assert!(matches!(recv(sock), Some(BrokerMessage::Welcome(_))));
-}
-
-/// Asserts the broker closed `sock` (after possibly one refusal message).
-fn closed(sock: &OwnedFd) {
-    loop {
-        match recv(sock) {
-            None => return,
-            Some(BrokerMessage::Refused(_)) => {}
-            Some(other) => panic!("expected the connection closed, got {other:?}"),
-        }
-    }
+    raw::connect(&broker.socket)
 }
 
 #[test]

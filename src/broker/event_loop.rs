@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 
-use super::core::{Core, DisconnectReason, Outgoing};
+use super::core::{Core, Descriptors, DisconnectReason, Outgoing};
 use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
     BrokerMessage, ClientId, ClientMessage, ErrorCode, ErrorReply, MAX_MESSAGE_LEN, codec,
@@ -40,7 +40,7 @@ pub(super) const WAKER: Token = Token(usize::MAX - 2);
 /// A client's connection.
 struct Conn {
     fd: OwnedFd,
-    outbox: VecDeque<(Vec<u8>, Vec<OwnedFd>)>,
+    outbox: VecDeque<(Vec<u8>, Descriptors)>,
     /// Bytes and descriptors in the outbox.
     outbox_bytes: usize,
     outbox_fds: usize,
@@ -69,6 +69,8 @@ pub(super) struct EventLoop {
     accept_stalled: bool,
     /// Whether connections are being refused at the client limit (logged once per episode).
     refusing: bool,
+    /// Clients whose outbox waits for descriptors to become available (retried every tick).
+    retry_flush: HashSet<ClientId>,
 }
 
 impl EventLoop {
@@ -91,6 +93,7 @@ impl EventLoop {
             backlogged: HashSet::new(),
             accept_stalled: false,
             refusing: false,
+            retry_flush: HashSet::new(),
         }
     }
 
@@ -141,6 +144,9 @@ impl EventLoop {
                     self.send(out);
                 }
                 self.expire_unwelcomed(now);
+                for id in std::mem::take(&mut self.retry_flush) {
+                    self.flush(id);
+                }
                 if self.accept_stalled {
                     self.accept_all();
                 }
@@ -345,12 +351,12 @@ impl EventLoop {
         };
         let quotas = &self.core.limits().quotas;
         if conn.outbox_bytes + bytes.len() > quotas.outbox_bytes
-            || conn.outbox_fds + out.fds.len() > quotas.outbox_fds
+            || conn.outbox_fds + out.fds.count() > quotas.outbox_fds
         {
             return self.drop_client(out.client, DisconnectReason::NotReading);
         }
         conn.outbox_bytes += bytes.len();
-        conn.outbox_fds += out.fds.len();
+        conn.outbox_fds += out.fds.count();
         conn.outbox.push_back((bytes, out.fds));
         self.flush(out.client);
     }
@@ -361,11 +367,19 @@ impl EventLoop {
             return;
         };
         while let Some((bytes, fds)) = conn.outbox.front() {
-            let borrowed: Vec<_> = fds.iter().map(AsFd::as_fd).collect();
-            match seqpacket::send_bytes(conn.fd.as_fd(), bytes, &borrowed) {
+            let sent = match fds.with(|fds| seqpacket::send_bytes(conn.fd.as_fd(), bytes, fds)) {
+                Ok(sent) => sent,
+                Err(e) => {
+                    // Out of descriptors for a moment: the message waits for the next tick.
+                    tracing::warn!(client = %id, "cannot make the descriptors of a message: {e}");
+                    self.retry_flush.insert(id);
+                    break;
+                }
+            };
+            match sent {
                 Ok(()) => {
                     conn.outbox_bytes -= bytes.len();
-                    conn.outbox_fds -= fds.len();
+                    conn.outbox_fds -= fds.count();
                     conn.outbox.pop_front();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

@@ -23,6 +23,44 @@ pub struct Args {
     /// Largest message, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     max_payload: u32,
+    /// Take back a claim a live publisher has held uncommitted for this long.
+    #[arg(long, value_name = "SECS", default_value_t = 15.0)]
+    unblock_after: f64,
+    /// Drop a connection that has not said Hello within this long.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    hello_timeout: f64,
+    /// Most publishers of one topic at once.
+    #[arg(long, value_name = "N", default_value_t = 64)]
+    publishers_per_topic: u32,
+    /// Most subscribers of one topic at once.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    subscribers_per_topic: u32,
+    /// Most connected clients.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_clients: usize,
+    /// Most rings (topics published on) on the bus.
+    #[arg(long, value_name = "N", default_value_t = 8_192)]
+    max_rings: usize,
+    /// Most rings one client's publishes may create.
+    #[arg(long, value_name = "N", default_value_t = 2_048)]
+    max_rings_per_client: usize,
+}
+
+/// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
+fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, Failure> {
+    let valid = value.is_finite() && (value > 0.0 || (zero_ok && value == 0.0));
+    if !valid {
+        let what = if zero_ok {
+            "a number"
+        } else {
+            "a positive number"
+        };
+        return Err(Failure::new(
+            Exit::Usage,
+            format!("--{flag} must be {what} of seconds, not {value}"),
+        ));
+    }
+    Ok(Duration::from_secs_f64(value))
 }
 
 /// Runs a broker until SIGINT or SIGTERM.
@@ -34,30 +72,19 @@ pub fn run(args: Args) -> Outcome {
             format!("a broker serves a local socket; {address} is not one"),
         )
     })?;
-    if !(args.evict_after.is_finite() && args.evict_after > 0.0) {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!(
-                "--evict-after must be a positive number of seconds, not {}",
-                args.evict_after
-            ),
-        ));
-    }
-    if !(args.ring_idle.is_finite() && args.ring_idle >= 0.0) {
-        return Err(Failure::new(
-            Exit::Usage,
-            format!(
-                "--ring-idle must be a number of seconds, not {}",
-                args.ring_idle
-            ),
-        ));
-    }
     let broker = Broker::builder()
         .socket(socket)
-        .ring_idle(Duration::from_secs_f64(args.ring_idle))
-        .evict_after(Duration::from_secs_f64(args.evict_after))
+        .ring_idle(seconds("ring-idle", args.ring_idle, true)?)
+        .evict_after(seconds("evict-after", args.evict_after, false)?)
+        .unblock_after(seconds("unblock-after", args.unblock_after, false)?)
+        .hello_timeout(seconds("hello-timeout", args.hello_timeout, false)?)
         .ring_capacity(args.ring_capacity)
         .max_payload(args.max_payload)
+        .publishers_per_topic(args.publishers_per_topic)
+        .subscribers_per_topic(args.subscribers_per_topic)
+        .max_clients(args.max_clients)
+        .max_rings(args.max_rings)
+        .max_rings_per_client(args.max_rings_per_client)
         .bind()
         .map_err(|e| match e {
             BrokerError::Config(_) => Failure::new(Exit::Usage, e),

@@ -93,6 +93,9 @@ pub struct BusArg {
     /// Bus address: a name, a socket path (contains '/'), or tcp://HOST:PORT.
     #[arg(long = "bus", value_name = "ADDR", env = crate::address::BUS_ENV, default_value = crate::address::DEFAULT_NAME)]
     bus: String,
+    /// Give up (exit 3) if the broker does not answer within this many seconds.
+    #[arg(long, value_name = "SECS", default_value_t = 5.0)]
+    connect_timeout: f64,
 }
 
 impl BusArg {
@@ -102,7 +105,17 @@ impl BusArg {
 
     /// Connects to the bus.
     fn connect(&self) -> Result<Bus, Failure> {
-        Ok(Bus::builder().address(self.address()?).connect()?)
+        let timeout = self.connect_timeout;
+        if !(timeout.is_finite() && timeout > 0.0) {
+            return Err(Failure::new(
+                Exit::Usage,
+                format!("--connect-timeout must be a positive number of seconds, not {timeout}"),
+            ));
+        }
+        Ok(Bus::builder()
+            .address(self.address()?)
+            .connect_timeout(std::time::Duration::from_secs_f64(timeout))
+            .connect()?)
     }
 }
 

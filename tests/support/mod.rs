@@ -3,7 +3,9 @@
 
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod hostile;
 mod process;
+pub mod raw;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

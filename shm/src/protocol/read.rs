@@ -28,6 +28,11 @@ const RESCANS: usize = 16;
 /// where this one stopped).
 const MAX_STEPS: u32 = 1024;
 
+/// A tethered reader that finds nothing this many times in a row checks whether writers lapped
+/// it anyway: they do when its slot was damaged (another process wrote a position beyond its
+/// own into it), and without the check it would wait forever at a frame that is gone.
+const LAP_CHECK_INTERVAL: u32 = 256;
+
 /// What a poll found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Poll {
@@ -75,6 +80,8 @@ pub(crate) struct ReaderCore {
     /// Start of the oldest frame lent out in place and not yet given back (see
     /// [`ReaderCore::hold_from`]), or `u64::MAX`. The tether never passes it.
     held_from: u64,
+    /// Polls in a row that found nothing (see [`LAP_CHECK_INTERVAL`]).
+    idle_polls: u32,
 }
 
 impl ReaderCore {
@@ -115,6 +122,7 @@ impl ReaderCore {
             safe_from: u64::MAX,
             deliver_from: 0,
             held_from: u64::MAX,
+            idle_polls: 0,
         };
         let head = core.join(mem);
         if !valid_position(head.pos) {
@@ -163,6 +171,7 @@ impl ReaderCore {
             safe_from: if tethered { start.pos } else { u64::MAX },
             deliver_from: 0,
             held_from: u64::MAX,
+            idle_polls: 0,
         })
     }
 
@@ -205,10 +214,12 @@ impl ReaderCore {
         h
     }
 
-    /// Whether the broker untethered this reader (it must then [`ReaderCore::become_lossy`]).
+    /// Whether this tethered reader no longer holds writers back (it must then
+    /// [`ReaderCore::become_lossy`]): the broker evicted it, or its slot says anything else
+    /// than tethered — a faulty process may have written it, and writers go by the slot.
     #[inline]
     pub(crate) fn evicted(&self, mem: &RingMemory) -> bool {
-        self.tethered && mem.reader(self.slot).mode.load(Ordering::Relaxed) == mode::EVICTED
+        self.tethered && mem.reader(self.slot).mode.load(Ordering::Relaxed) != mode::TETHERED
     }
 
     /// After an eviction: the reader goes on as a lossy one — reading by copy, reporting what
@@ -306,7 +317,32 @@ impl ReaderCore {
         if self.pos != start && !matches!(result, Poll::Frame(_)) {
             self.publish_position(mem);
         }
+        if result != Poll::Empty {
+            self.idle_polls = 0;
+        } else if self.reads_in_place() {
+            self.idle_polls = self.idle_polls.wrapping_add(1);
+            if self.idle_polls % LAP_CHECK_INTERVAL == 0 && self.lapped(mem) {
+                return self.recover_in_place(mem);
+            }
+        }
         Ok(result)
+    }
+
+    /// Whether writers claimed past this reader's position plus a lap (so what was there is
+    /// overwritten).
+    fn lapped(&self, mem: &RingMemory) -> bool {
+        overrun(mem.control().head.load_pos(), self.pos, mem.geometry())
+    }
+
+    /// A tethered reader found itself lapped: it goes on, untethered, from the oldest frame
+    /// still held, reporting what it lost.
+    #[cold]
+    fn recover_in_place(&mut self, mem: &RingMemory) -> Result<Poll, CorruptFrame> {
+        self.become_lossy(mem);
+        match self.recover(mem)? {
+            Step::Done(poll) => Ok(poll),
+            Step::Advanced => Ok(Poll::Empty),
+        }
     }
 
     #[inline]
@@ -318,8 +354,18 @@ impl ReaderCore {
             return Ok(Step::Done(Poll::Empty));
         }
         let h = read_frame_header(mem, pos);
-        h.validate(pos, mem.geometry())?;
-        self.check_seq(pos, &h)?;
+        let checked = h
+            .validate(pos, mem.geometry())
+            .and_then(|()| self.check_seq(pos, &h));
+        if let Err(corrupt) = checked {
+            // A tethered frame is never overwritten — unless the reader's slot was damaged and
+            // writers lapped it; then the frame is merely gone.
+            if self.lapped(mem) {
+                self.become_lossy(mem);
+                return self.recover(mem);
+            }
+            return Err(corrupt);
+        }
         Ok(self.advance_or_deliver(pos, h))
     }
 

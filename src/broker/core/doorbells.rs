@@ -4,7 +4,7 @@
 
 use shmbus_shm::DoorbellTable;
 
-use super::{Core, Handled, error};
+use super::{Core, Descriptors, Handled, error};
 use crate::protocol::pubsub::DoorbellClaimed;
 use crate::protocol::{ClientId, ErrorCode, Reply};
 
@@ -64,7 +64,7 @@ impl Core {
         c.doorbells.insert(index);
         Ok((
             Reply::DoorbellClaimed(DoorbellClaimed { index }),
-            Vec::new(),
+            Descriptors::None,
         ))
     }
 
@@ -83,6 +83,6 @@ impl Core {
             ));
         }
         self.doorbells.free(index);
-        Ok((Reply::Done, Vec::new()))
+        Ok((Reply::Done, Descriptors::None))
     }
 }

@@ -14,13 +14,13 @@
 //! it decides anything.
 
 mod clients;
+mod descriptors;
 mod doorbells;
 mod pubsub;
 mod recovery;
 mod rings;
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::time::Duration;
 
 use shmbus_shm::{DoorbellTable, Ring, RingConfig};
@@ -32,6 +32,7 @@ use crate::protocol::{
     Request, RequestId, Welcome,
 };
 use clients::{Client, Clients, client_owner};
+pub(crate) use descriptors::Descriptors;
 use doorbells::Doorbells;
 use rings::RingEntry;
 
@@ -40,7 +41,7 @@ use rings::RingEntry;
 pub(crate) struct Outgoing {
     pub client: ClientId,
     pub msg: BrokerMessage,
-    pub fds: Vec<OwnedFd>,
+    pub fds: Descriptors,
 }
 
 impl Outgoing {
@@ -48,13 +49,13 @@ impl Outgoing {
         Outgoing {
             client,
             msg,
-            fds: Vec::new(),
+            fds: Descriptors::None,
         }
     }
 }
 
 /// The outcome of one request: its reply and the descriptors that go with it.
-type Handled<T = Reply> = Result<(T, Vec<OwnedFd>), ErrorReply>;
+type Handled<T = Reply> = Result<(T, Descriptors), ErrorReply>;
 
 /// Ring geometry, timeouts and quotas, as the broker was configured.
 #[derive(Clone, Debug)]
@@ -264,7 +265,7 @@ impl Core {
                 Outgoing {
                     client,
                     msg: welcome,
-                    fds: vec![fd],
+                    fds: Descriptors::Owned(vec![fd]),
                 },
                 true,
             ),
@@ -304,7 +305,7 @@ impl Core {
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),
-            Err(e) => (Err(e), Vec::new()),
+            Err(e) => (Err(e), Descriptors::None),
         };
         let (mut ordered, others): (Vec<_>, Vec<_>) =
             out.into_iter().partition(|o| o.client == client);

@@ -5,7 +5,7 @@ use shmbus_shm::ReaderMode;
 use tracing::debug;
 
 use super::clients::{Subscription, subscription_owner};
-use super::{Core, Handled, Outgoing, error};
+use super::{Core, Descriptors, Handled, Outgoing, error};
 use crate::protocol::pubsub::{
     Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
 };
@@ -54,11 +54,7 @@ impl Core {
             self.create_ring(client, &topic, out)?;
         }
         let entry = &self.rings[topic.as_str()];
-        let fds = [entry.ring.data_fd(), entry.ring.readers_fd()]
-            .into_iter()
-            .flatten()
-            .map(|fd| fd.try_clone_to_owned());
-        let fds = Self::duplicate(topic.as_str(), fds)?;
+        let fds = Descriptors::Publisher(entry.ring.clone());
         let publisher = PublisherId::from_raw(self.next_publisher);
         self.next_publisher = self.next_publisher.wrapping_add(1).max(1);
         let ring = entry.geometry();
@@ -77,7 +73,7 @@ impl Core {
             .remove(&publisher)
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no publisher {publisher}")))?;
         debug!(client = %client, publisher = %publisher, topic, "publisher detached");
-        Ok((Reply::Done, Vec::new()))
+        Ok((Reply::Done, Descriptors::None))
     }
 
     pub(super) fn subscribe(
@@ -146,7 +142,7 @@ impl Core {
             subscription: sub,
             rings,
         };
-        Ok((Reply::Subscribed(reply), Vec::new()))
+        Ok((Reply::Subscribed(reply), Descriptors::None))
     }
 
     pub(super) fn unsubscribe(&mut self, client: ClientId, request: Unsubscribe) -> Handled {
@@ -158,7 +154,7 @@ impl Core {
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no subscription {sub}")))?;
         self.reclaim_reserved(client, sub, &s);
         debug!(client = %client, subscription = %sub, "unsubscribed");
-        Ok((Reply::Done, Vec::new()))
+        Ok((Reply::Done, Descriptors::None))
     }
 
     /// Frees the reader slots reserved for a subscription that ends. Slots the client adopted
@@ -205,18 +201,6 @@ impl Core {
             .ring
             .reserve_reader(mode, owner, s.doorbell)
             .map_err(|e| error(ErrorCode::Exhausted, format!("topic {topic:?}: {e}")))?;
-        let readers = entry.ring.readers_fd().expect("memfd ring");
-        let fds = [
-            entry.read_only_data.try_clone(),
-            readers.try_clone_to_owned(),
-        ];
-        let fds = match Self::duplicate(topic, fds) {
-            Ok(fds) => fds,
-            Err(e) => {
-                entry.ring.reclaim_reader(reserved.slot, owner);
-                return Err(e);
-            }
-        };
         s.reserved.push((topic.to_string(), reserved.slot));
         entry.reserved.insert(reserved.slot, owner.get());
         entry.evicted.remove(&reserved.slot);
@@ -233,7 +217,7 @@ impl Core {
         Ok(Outgoing {
             client,
             msg: BrokerMessage::RingAttached(attachment),
-            fds,
+            fds: Descriptors::Subscriber(entry.ring.clone()),
         })
     }
 }

@@ -2,7 +2,6 @@
 //! subscription to it), retiring one found corrupt, and releasing those nobody uses any more.
 
 use std::collections::{BTreeSet, HashMap};
-use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
 use shmbus_shm::Ring;
@@ -18,8 +17,6 @@ use crate::topic::{Topic, overlaps};
 /// A ring the broker created, and what the broker knows about its slots.
 pub(super) struct RingEntry {
     pub ring: Ring,
-    /// A read-only descriptor of the data segment, duplicated for each subscriber.
-    pub read_only_data: OwnedFd,
     /// Since when nobody publishes or reads on it, if so.
     pub idle_since: Option<Instant>,
     /// The client whose publish created it, while connected (the ring counts against its quota).
@@ -86,17 +83,12 @@ impl Core {
         };
         let ring = Ring::create(&self.limits.ring, self.doorbells.table())
             .map_err(|e| internal("create", &e))?;
-        let read_only_data = ring
-            .data_fd_read_only()
-            .expect("memfd rings have descriptors")
-            .map_err(|e| internal("reopen", &e))?;
         info!(topic = %topic, "ring created");
         self.clients.known(client)?.rings_created += 1;
         self.rings.insert(
             topic.as_str().to_string(),
             RingEntry {
                 ring,
-                read_only_data,
                 idle_since: None,
                 creator: Some(client),
                 reserved: HashMap::new(),
@@ -211,18 +203,5 @@ impl Core {
             self.remove_ring(&topic);
             info!(topic, "idle ring released");
         }
-    }
-
-    /// Duplicates descriptors to send along a reply.
-    pub(super) fn duplicate(
-        topic: &str,
-        fds: impl IntoIterator<Item = std::io::Result<OwnedFd>>,
-    ) -> Result<Vec<OwnedFd>, ErrorReply> {
-        fds.into_iter().collect::<Result<_, _>>().map_err(|e| {
-            error(
-                ErrorCode::Internal,
-                format!("duplicate the descriptors of ring {topic:?}: {e}"),
-            )
-        })
     }
 }

@@ -102,7 +102,7 @@ fn publish(core: &mut Core, client: ClientId, topic: &str) -> (Publishing, Vec<O
     let pos = out
         .iter()
         .position(|o| o.client == client && matches!(o.msg, BrokerMessage::Reply { .. }));
-    assert_eq!(out[pos.unwrap()].fds.len(), 2);
+    assert_eq!(out[pos.unwrap()].fds.count(), 2);
     out.retain(|o| !(o.client == client && matches!(o.msg, BrokerMessage::Reply { .. })));
     (p, out)
 }
