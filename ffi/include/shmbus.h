@@ -122,8 +122,9 @@ typedef enum shmbus_status {
     // Messages were lost before this subscriber read them (a lossy subscriber overrun, or a stalled
     // one the broker untethered). Receiving goes on; `shmbus_subscriber_lagged` tells how many.
     SHMBUS_ERR_LAGGED = -14,
-    // A ring holds a frame that breaks the layout rules; the subscriber stops reading that topic
-    // and goes on with the others.
+    // A ring held a frame that breaks the layout rules (a faulty publisher wrote it); the
+    // subscriber skipped to that topic's newest message and goes on. Also returned by a publish
+    // whose ring was found corrupt and could not be replaced.
     SHMBUS_ERR_CORRUPT = -15,
     // The call is not allowed in the handle's current state: commit or abort without a loan,
     // a second loan, publishing while a loan is outstanding, receiving while a sample is held,

@@ -148,17 +148,19 @@ impl Connection {
                 format!("the broker did not {what} within {:?}", options.timeout),
             ))
         };
-        match seqpacket::send(sock.as_fd(), &hello, &[]) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+        let sent = seqpacket::send(sock.as_fd(), &hello, &[]);
+        if let Err(e) = &sent {
+            if e.kind() == std::io::ErrorKind::WouldBlock {
                 return Err(silent("take the handshake"));
             }
-            Err(e) => return Err(protocol(format!("send hello: {e}"))),
         }
-        let (msg, mut fds) = match recv_one(&sock) {
-            Ok(m) => m,
-            Err(Failure::Timeout) => return Err(silent("answer the handshake")),
-            Err(Failure::Other(detail)) => return Err(protocol(detail)),
+        // Even if the send failed, a refusal may be waiting: a broker at its client limit
+        // refuses and closes before reading anything.
+        let (msg, mut fds) = match (recv_one(&sock), sent) {
+            (Ok(m), _) => m,
+            (Err(Failure::Timeout), _) => return Err(silent("answer the handshake")),
+            (Err(_), Err(e)) => return Err(protocol(format!("send hello: {e}"))),
+            (Err(Failure::Other(detail)), Ok(())) => return Err(protocol(detail)),
         };
         let welcome: Welcome = match msg {
             BrokerMessage::Welcome(w) => w,

@@ -139,6 +139,14 @@ impl RingScribbler {
         self.data().get_u64(self.layout.head)
     }
 
+    pub fn writer_owner_of(&self, slot: u32) -> u64 {
+        self.data().get_u64(self.writer(slot) + writer_slot::OWNER)
+    }
+
+    pub fn reader_owner_of(&self, slot: u32) -> u64 {
+        self.readers.get_u64(self.reader(slot) + reader_slot::OWNER)
+    }
+
     pub fn writer_owner(&self, slot: u32, owner: u64) {
         self.data()
             .put_u64(self.writer(slot) + writer_slot::OWNER, owner);

@@ -157,7 +157,8 @@ pub enum ReadError {
         /// How many claims (messages, and any aborted claims among them) were lost.
         missed: u64,
     },
-    /// A frame in the ring breaks the layout rules; this reader cannot go past it.
+    /// A frame in the ring breaks the layout rules (a faulty writer wrote it). Its size cannot
+    /// be trusted, so the reader skipped to the newest frame: reading goes on from there.
     #[error(transparent)]
     Corrupt(#[from] CorruptFrame),
     /// The reader lends out as many owned frames as it may ([`ReaderOptions::max_held`]);

@@ -284,7 +284,11 @@ impl<L> Reader<L> {
         if self.core.evicted(mem) {
             self.core.become_lossy(mem);
         }
-        match self.core.poll(mem, &mut self.buf)? {
+        let poll = self.core.poll(mem, &mut self.buf).map_err(|corrupt| {
+            self.core.skip_to_head(mem);
+            ReadError::Corrupt(corrupt)
+        })?;
+        match poll {
             Poll::Empty => Ok(false),
             Poll::Frame(view) => {
                 self.view = view;

@@ -474,16 +474,11 @@ impl Ring {
         }
     }
 
-    /// Snapshots of the reader slots in use.
+    /// Snapshots of the reader slots in use. Every slot is looked at, not only those below the
+    /// high-water mark the readers segment keeps (which any subscriber can write).
     pub fn readers(&self) -> Vec<ReaderInfo> {
         let mem = &self.shared.mem;
-        // Relaxed: a snapshot; a reader attaching meanwhile may or may not be in it.
-        let n = mem
-            .readers_control()
-            .high_water
-            .load(Ordering::Relaxed)
-            .min(mem.geometry().reader_slots);
-        (0..n)
+        (0..mem.geometry().reader_slots)
             .filter_map(|slot| {
                 let r = mem.reader(slot);
                 // Acquire pairs with the Release clear of the owner in `ReaderCore::detach`.
@@ -505,16 +500,11 @@ impl Ring {
             .collect()
     }
 
-    /// Snapshots of the writer slots in use.
+    /// Snapshots of the writer slots in use. Every slot is looked at, not only those below the
+    /// high-water mark (which a faulty publisher can write).
     pub fn writers(&self) -> Vec<WriterInfo> {
         let mem = &self.shared.mem;
-        // Acquire pairs with the Release fetch_max in `WriterCore::attach`.
-        let n = mem
-            .counters()
-            .writer_high_water
-            .load(Ordering::Acquire)
-            .min(mem.geometry().writer_slots);
-        (0..n)
+        (0..mem.geometry().writer_slots)
             .filter_map(|slot| {
                 let p = mem.writer(slot);
                 // Acquire pairs with the Release clear of the owner in `WriterCore::detach`.
@@ -577,11 +567,12 @@ impl Ring {
         recovery::is_retired(&self.shared.mem)
     }
 
-    /// Whether the claim cursor holds a position no healthy ring can have (a faulty writer
-    /// wrote it): writers and joining readers then fail with `Corrupt`.
+    /// Whether the claim cursor holds a position or sequence number no healthy ring can have (a
+    /// faulty writer wrote it): writers and joining readers then fail with `Corrupt`.
     pub fn is_corrupt(&self) -> bool {
-        let pos = self.shared.mem.control().head.load_pos();
-        !crate::protocol::layout::valid_position(pos) && !self.is_retired()
+        use crate::protocol::layout::{MAX_SEQUENCE, valid_position};
+        let head = self.shared.mem.control().head.load_for_reader();
+        !self.is_retired() && (!valid_position(head.pos) || head.seq >= MAX_SEQUENCE)
     }
 
     /// Untethers reader `slot` (it stopped making progress); writers no longer wait for it

@@ -46,7 +46,8 @@
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
 use crate::protocol::layout::{
-    ACKNOWLEDGED, NO_INTENT, RETIRED_POSITION, REVOKING, frame_size, mode, valid_position,
+    ACKNOWLEDGED, MAX_SEQUENCE, NO_INTENT, RETIRED_POSITION, REVOKING, frame_size, mode,
+    valid_position,
 };
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Backoff, Head, Ordering, fence};
@@ -243,10 +244,9 @@ impl WriterCore {
         if self.awaiting_unblock(mem) {
             return;
         }
-        let s = mem.writer(self.slot);
-        debug_assert_eq!(s.intent_pos.load(Ordering::Relaxed), NO_INTENT);
+        // No claim is held (the intent may say otherwise only if a faulty process wrote it).
         // Release pairs with the Acquire CAS in `attach`.
-        s.owner.store(0, Ordering::Release);
+        mem.writer(self.slot).owner.store(0, Ordering::Release);
     }
 
     /// Whether a claim of this writer that the broker took back still waits for its padding.
@@ -355,7 +355,7 @@ impl WriterCore {
         let mut cur = self.head;
         let mut refreshed = false;
         loop {
-            if !valid_position(cur.pos) {
+            if !valid_position(cur.pos) || cur.seq >= MAX_SEQUENCE {
                 // Nothing was claimed; drop any intent left from a failed CAS.
                 slot.intent_pos.store(NO_INTENT, Ordering::Relaxed);
                 return Err(if cur.pos == RETIRED_POSITION {

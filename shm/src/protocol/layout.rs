@@ -234,6 +234,11 @@ pub(crate) const NO_INTENT: u64 = u64::MAX;
 /// below it `position + capacity` and the like cannot overflow.
 pub(crate) const MAX_POSITION: u64 = 1 << 62;
 
+/// Sequence numbers never get this far (one claim per frame, frames at least 32 bytes:
+/// [`MAX_POSITION`] bytes hold fewer); a cursor with a larger one is corrupt, and below it the
+/// next sequence number cannot reach the cursor's exclusive flag.
+pub(crate) const MAX_SEQUENCE: u64 = MAX_POSITION;
+
 /// The claim cursor's position once the broker retired the ring (see
 /// `protocol::recovery::retire`): aligned but beyond [`MAX_POSITION`], so no claim can be made
 /// from it, and told apart from corruption.

@@ -319,13 +319,62 @@ impl ReaderCore {
         }
         if result != Poll::Empty {
             self.idle_polls = 0;
-        } else if self.reads_in_place() {
-            self.idle_polls = self.idle_polls.wrapping_add(1);
-            if self.idle_polls % LAP_CHECK_INTERVAL == 0 && self.lapped(mem) {
+            return Ok(result);
+        }
+        self.idle_polls = self.idle_polls.wrapping_add(1);
+        if self.idle_polls % LAP_CHECK_INTERVAL == 0 {
+            if self.reads_in_place() && self.lapped(mem) {
                 return self.recover_in_place(mem);
+            }
+            if let Some(missed) = self.skip_hole(mem) {
+                return Ok(Poll::Lagged(missed));
             }
         }
         Ok(result)
+    }
+
+    /// A reader that keeps finding nothing at its position while writers have claimed beyond
+    /// it, and no writer is making a claim there, stands at a frame that was committed and then
+    /// destroyed (a faulty process wrote over it): nothing will ever be committed there again.
+    /// Moves to the next committed frame and returns how many claims were lost; `None` if the
+    /// reader is not at such a hole.
+    #[cold]
+    fn skip_hole(&mut self, mem: &RingMemory) -> Option<u64> {
+        let g = mem.geometry();
+        // SYNC(intent): Acquire: the claim CAS (or store) up to this head value released the
+        // intent of whoever claimed at our position.
+        let head = mem.control().head.load(Ordering::Acquire);
+        if !valid_position(head.pos) || head.pos <= self.pos || overrun(head.pos, self.pos, g) {
+            return None;
+        }
+        let in_flight = (0..g.writer_slots).any(|slot| {
+            // SYNC(retire): Acquire pairs with the Release clear of an intent after a commit:
+            // a claim at our position that reads as retired has its stamp visible below.
+            mem.writer(slot).intent_pos.load(Ordering::Acquire) == self.pos
+        });
+        // SYNC(publish): Acquire pairs with the commit's stamp store.
+        if in_flight || mem.word(self.pos).load(Ordering::Acquire) == self.expected {
+            return None;
+        }
+        let (pos, seq) = next_frame(mem, self.pos, head.pos)?;
+        let missed = seq.wrapping_sub(self.next_seq);
+        self.move_to(pos);
+        self.next_seq = seq;
+        self.publish_position(mem);
+        Some(missed)
+    }
+
+    /// After a corrupt frame, which cannot be stepped over (its size is not to be trusted): goes
+    /// on from the claim cursor, skipping everything before it. Stays put if the cursor itself
+    /// is not a valid position (the broker retires such a ring).
+    pub(crate) fn skip_to_head(&mut self, mem: &RingMemory) {
+        let head = mem.control().head.load_for_reader();
+        if !valid_position(head.pos) {
+            return;
+        }
+        self.move_to(head.pos);
+        self.next_seq = head.seq;
+        self.publish_position(mem);
     }
 
     /// Whether writers claimed past this reader's position plus a lap (so what was there is
@@ -562,6 +611,32 @@ enum Step {
 #[inline]
 fn overrun(head: u64, pos: u64, g: &crate::protocol::layout::Geometry) -> bool {
     valid_position(head) && head > pos + g.capacity
+}
+
+/// The first committed frame after `pos` and below `head`, as `(position, sequence)`, checked
+/// seqlock style as in [`oldest_frame`].
+fn next_frame(mem: &RingMemory, pos: u64, head: u64) -> Option<(u64, u64)> {
+    let g = mem.geometry();
+    let key = mem.stamp_key();
+    let cursor = &mem.control().head;
+    // At most capacity / FRAME_ALIGN steps: `head` is less than a lap beyond `pos`.
+    let mut u = pos + FRAME_ALIGN;
+    while u < head {
+        // SYNC(publish): Acquire pairs with the commit's Release stamp store.
+        if mem.word(u).load(Ordering::Acquire) == stamp(u, key) {
+            let header = read_frame_header(mem, u);
+            // SYNC(overwrite): as in `step_by_copy`.
+            fence(Ordering::Acquire);
+            if overrun(cursor.load_pos(), u, g) {
+                return None;
+            }
+            if header.validate(u, g).is_ok() {
+                return Some((u, header.seq));
+            }
+        }
+        u += FRAME_ALIGN;
+    }
+    None
 }
 
 /// The oldest committed frame still held in the ring, as `(position, sequence)`; an error when the

@@ -63,7 +63,8 @@ pub(crate) fn repair_dead_writers(
 ) -> Vec<Repair> {
     // SYNC(intent): Acquire: every claim CAS up to this head value released its intent to us.
     let head = mem.control().head.load(Ordering::Acquire);
-    let slots = writer_slots(mem);
+    // Every slot, not only those below the high-water mark, which a faulty writer can lower.
+    let slots = mem.geometry().writer_slots;
     let mut repairs = Vec::new();
     for slot in 0..slots {
         let s = mem.writer(slot);
@@ -224,7 +225,7 @@ pub(crate) fn unblock_claim(
     }
     // A writer whose CAS lost to another's names the other's claim until it tries again: the
     // claim is this writer's only if no other writer names it.
-    let slots = writer_slots(mem);
+    let slots = mem.geometry().writer_slots;
     // SYNC(retire): Acquire, as for our own intent.
     if (0..slots).any(|o| o != slot && mem.writer(o).intent_pos.load(Ordering::Acquire) == pos) {
         return UnblockOutcome::Deferred;
@@ -262,15 +263,6 @@ pub(crate) fn unblock_claim(
 fn committed(mem: &RingMemory, pos: u64) -> bool {
     // SYNC(publish): Acquire pairs with the stamp's Release store in the commit.
     mem.word(pos).load(Ordering::Acquire) == stamp(pos, mem.stamp_key())
-}
-
-/// The number of writer slots ever used (bounded by the geometry: the mark is shared memory).
-fn writer_slots(mem: &RingMemory) -> u32 {
-    // Acquire pairs with the Release fetch_max in `WriterCore::attach`.
-    mem.counters()
-        .writer_high_water
-        .load(Ordering::Acquire)
-        .min(mem.geometry().writer_slots)
 }
 
 /// Whether `pos..end`, read from a writer's slot, can be a claim made below the head `head`:

@@ -1,7 +1,7 @@
 //! The publish/subscribe requests: attaching publishers to rings (creating them on first use),
 //! subscriptions, and the reader slots the broker reserves for subscriptions on matching rings.
 
-use shmbus_shm::ReaderMode;
+use shmbus_shm::{ReaderMode, SlotError};
 use tracing::debug;
 
 use super::clients::{Subscription, subscription_owner};
@@ -197,10 +197,14 @@ impl Core {
             .ok_or_else(|| error(ErrorCode::Unknown, "no such subscription"))?;
         let owner = subscription_owner(client, sub);
         let mode: ReaderMode = s.mode;
-        let reserved = entry
-            .ring
-            .reserve_reader(mode, owner, s.doorbell)
-            .map_err(|e| error(ErrorCode::Exhausted, format!("topic {topic:?}: {e}")))?;
+        let mut reserved = entry.ring.reserve_reader(mode, owner, s.doorbell);
+        if matches!(reserved, Err(SlotError::NoFreeSlot { .. }))
+            && entry.free_foreign_readers(topic) > 0
+        {
+            reserved = entry.ring.reserve_reader(mode, owner, s.doorbell);
+        }
+        let reserved =
+            reserved.map_err(|e| error(ErrorCode::Exhausted, format!("topic {topic:?}: {e}")))?;
         s.reserved.push((topic.to_string(), reserved.slot));
         entry.reserved.insert(reserved.slot, owner.get());
         entry.evicted.remove(&reserved.slot);

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use shmbus_shm::Ring;
+use shmbus_shm::{Owner, Ring};
 use tracing::{info, warn};
 
 use super::clients::owner_subscription;
@@ -42,6 +42,28 @@ impl RingEntry {
     /// The ring's id.
     pub fn id(&self) -> RingId {
         RingId::from_raw(self.ring.id())
+    }
+
+    /// Frees the reader slots held under owners the broker did not reserve them for (a faulty
+    /// process claimed or overwrote them). Returns how many (and logs them in one line).
+    pub fn free_foreign_readers(&self, topic: &str) -> usize {
+        let freed: Vec<u32> = self
+            .ring
+            .readers()
+            .into_iter()
+            .filter(|r| {
+                self.reserved.get(&r.slot) != Some(&r.owner)
+                    && Owner::new(r.owner).is_some_and(|o| self.ring.reclaim_reader(r.slot, o))
+            })
+            .map(|r| r.slot)
+            .collect();
+        if let (Some(first), n) = (freed.first(), freed.len()) {
+            warn!(
+                topic,
+                first, n, "freed reader slots held under owners the broker never gave them to"
+            );
+        }
+        freed.len()
     }
 }
 

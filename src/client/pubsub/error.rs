@@ -98,9 +98,9 @@ pub enum RecvError {
         /// How many.
         missed: u64,
     },
-    /// The ring for `topic` holds a frame that breaks the layout rules; this subscriber stops
-    /// reading that ring.
-    #[error("topic {topic:?}: {detail}; no longer reading this topic")]
+    /// The ring for `topic` held a frame that breaks the layout rules (a faulty publisher wrote
+    /// it): what was between it and the newest message is skipped. Receiving goes on.
+    #[error("topic {topic:?}: {detail}; skipped to the newest message")]
     Corrupt {
         /// The ring's topic.
         topic: Topic,

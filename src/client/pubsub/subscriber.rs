@@ -391,14 +391,11 @@ impl RingSubscriber {
         match e.error {
             ReadError::Lagged { missed } => RecvError::Lagged { topic, missed },
             ReadError::HeldLimit { max } => RecvError::HeldLimit { topic, max },
-            other => {
-                // A corrupt ring cannot be read past; stop reading it, keep the others.
-                self.set.remove(e.index);
-                RecvError::Corrupt {
-                    topic,
-                    detail: other.to_string(),
-                }
-            }
+            // The reader skipped past the corrupt frame and goes on.
+            other => RecvError::Corrupt {
+                topic,
+                detail: other.to_string(),
+            },
         }
     }
 
