@@ -386,8 +386,14 @@ impl WriterCore {
                 continue;
             }
             if cur.exclusive && self.token == 0 {
-                // Another writer owns the cursor: take it back before claiming.
-                cur = revoke(mem);
+                // Another writer owns the cursor: take it back before claiming. An owner that
+                // does not settle in time (stopped mid-claim) makes the ring full for now.
+                let Some(shared) = revoke(mem) else {
+                    // Nothing was claimed; drop any intent left from a failed CAS.
+                    slot.intent_pos.store(NO_INTENT, Ordering::Relaxed);
+                    return Err(ClaimError::Full);
+                };
+                cur = shared;
                 continue;
             }
             slot.intent_seq.store(cur.seq, Ordering::Relaxed);
@@ -533,17 +539,31 @@ impl WriterCore {
     }
 }
 
+/// How many times [`revoke`] backs off (spinning, then yielding) before it gives up for now: far
+/// more than an owner needs to finish a claim, unless it was stopped in the middle of one.
+const REVOKE_PATIENCE: u32 = 4096;
+
 /// Takes the cursor back from the writer that owns it (see "Exclusive claims"), waiting until
-/// that writer can no longer store it; returns the head, shared again.
-pub(crate) fn revoke(mem: &RingMemory) -> Head {
+/// that writer can no longer store it; returns the head, shared again. `None` if the owner did
+/// not settle within [`REVOKE_PATIENCE`] back-offs (it was stopped mid-claim, or a faulty process
+/// wrote its slot): the caller treats the ring as full for now.
+pub(crate) fn revoke(mem: &RingMemory) -> Option<Head> {
     let control = mem.control();
     let g = mem.geometry();
     let backoff = Backoff::new();
-    loop {
+    let mut patience = REVOKE_PATIENCE;
+    let mut wait = || {
+        backoff.snooze();
+        patience = patience.checked_sub(1)?;
+        Some(())
+    };
+    // Every round ends with a change to look at again; a faulty process can keep changing
+    // things, so the rounds are bounded too.
+    for _ in 0..REVOKE_PATIENCE {
         // SYNC(intent): Acquire, as in `refresh_limit`.
         let head = control.head.load(Ordering::Acquire);
         if !head.exclusive {
-            return head;
+            return Some(head);
         }
         // Acquire pairs with an owner's Release acknowledgement in `try_claim` (the token bits
         // are all this needs; the ack is looked at again in the wait below).
@@ -552,9 +572,12 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             .checked_sub(1)
             .filter(|&s| s < u64::from(g.writer_slots));
         let Some(owner_slot) = owner_slot else {
-            // Flag set and no valid owner yet (an owner taking or giving up the cursor): its next
-            // step changes one of the two.
-            backoff.snooze();
+            // Flag set and no valid owner: a revoker between clearing the token and the flag
+            // (its next step clears the flag), or a faulty process wrote the token. Nobody can
+            // store the cursor without a token; clear the flag if it stays.
+            if wait().is_none() {
+                clear_exclusive_flag(mem, head);
+            }
             continue;
         };
         let current = control.exclusive.load(Ordering::Relaxed);
@@ -584,11 +607,14 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             // Acquire pairs with the owner's Release acknowledgement in `try_claim`, which follows
             // its withdrawal of the intent.
             let state = control.exclusive.load(Ordering::Acquire);
-            // With the heavy fence: done when the owner holds no claim it could still store
-            // (none, or it landed). Without it, only the owner's acknowledgement (or its release
-            // of ownership, or the repair of a dead owner freeing its slot) is proof.
+            // With the heavy fence: done when the owner holds no claim it could still store. The
+            // only one it could is a claim from the current cursor — its intent exactly
+            // `(now.pos, now.seq)`, all three intent words written before its fence; anything
+            // else (no intent, a claim that landed, a half-written or garbage intent) it will not
+            // store. Without the fence, only the owner's acknowledgement (or its release of
+            // ownership, or the repair of a dead owner freeing its slot) is proof.
             let settled = if ordered {
-                intent == NO_INTENT || now.seq > intent_seq
+                (intent, intent_seq) != (now.pos, now.seq)
             } else {
                 // Acquire pairs with the Release clear of the owner in `detach` (or in the
                 // broker's reclaim of a dead writer's slot).
@@ -597,7 +623,7 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             if settled || !now.exclusive || state & !(REVOKING | ACKNOWLEDGED) != token {
                 break;
             }
-            backoff.snooze();
+            wait()?;
         }
         // Ownership first, then the flag: while the flag stays set nobody can take ownership
         // (taking it needs the flag clear), so the flag we clear is still the revoked owner's.
@@ -611,19 +637,27 @@ pub(crate) fn revoke(mem: &RingMemory) -> Head {
             continue; // someone else finished (or the owner gave up): look again
         }
         // SYNC(intent): Acquire, as in `refresh_limit`.
-        let head = control.head.load(Ordering::Acquire);
-        if head.exclusive {
-            let shared = Head {
-                exclusive: false,
-                ..head
-            };
-            // A failure means another revoker cleared it first; the loop then sees it shared.
-            let _ = control
-                .head
-                // SYNC(intent): AcqRel like every claim CAS: it continues the release sequence of the
-                // claims before it.
-                .compare_exchange(head, shared, Ordering::AcqRel, Ordering::Acquire);
-        }
+        clear_exclusive_flag(mem, control.head.load(Ordering::Acquire));
+    }
+    None
+}
+
+/// Clears the cursor's exclusive flag, if `head` (as last read) has it and is still current. A
+/// failure means someone else changed the cursor first; the caller looks again.
+fn clear_exclusive_flag(mem: &RingMemory, head: Head) {
+    if head.exclusive {
+        let shared = Head {
+            exclusive: false,
+            ..head
+        };
+        // SYNC(intent): AcqRel like every claim CAS: it continues the release sequence of the
+        // claims before it.
+        let _ = mem.control().head.compare_exchange(
+            head,
+            shared,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
     }
 }
 
