@@ -18,7 +18,7 @@
 //!
 //! let mut loan = writer.try_loan(5)?;             // room in the ring
 //! loan.as_mut_slice().copy_from_slice(b"hello");  // written in place
-//! loan.commit();                                  // visible to readers
+//! loan.commit()?;                                 // visible to readers
 //!
 //! let frame = reader.try_read()?.expect("committed");
 //! assert_eq!(frame.payload(), b"hello");          // read in place
@@ -29,15 +29,20 @@
 //!
 //! A ring is two segments; a bus also has one doorbell table. Every segment starts with a
 //! 256-byte header (magic `"shmbus\0\0"`, layout version, kind, length, geometry), checked when
-//! the segment is opened: a foreign, truncated, mismatched or newer segment is an
-//! [`OpenError`], never undefined behaviour.
+//! the segment is opened with [`Ring::open`] or [`DoorbellTable::open`]: a foreign, truncated,
+//! mismatched or newer segment is an [`OpenError`], never undefined behaviour. Since every
+//! subscriber can write the readers segment and the doorbell table, headers included, a bus does
+//! not rely on them: [`Ring::attach`] and [`DoorbellTable::attach`] take the geometry from their
+//! creator (the broker's messages) and check only the segments' lengths, with `fstat`.
+//! [`RingLayout`] gives the offsets below for a configuration.
 //!
 //! ```text
 //! ring data segment (writers write; subscribers map it PROT_READ)
 //!   0     header
 //!   256   claim cursor: (position, sequence), one 128-bit word, alone on 128 bytes
 //!   384   counters (writer high-water mark)
-//!   512   writer slots, 128 bytes each: owner, intent (pos, seq, end), published, id
+//!   512   writer slots, 128 bytes each: owner, intent (pos, seq, end), published, id,
+//!         committing, revoked (see "Claims held too long" in the claim protocol)
 //!   page  frame buffer, `capacity` bytes (a power of two)
 //!
 //! ring readers segment (subscribers write; everyone maps it read-write)

@@ -11,7 +11,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -21,9 +21,7 @@ use mio::{Events, Interest, Poll, Token};
 
 use super::core::{Core, Descriptors, DisconnectReason, Outgoing};
 use crate::protocol::seqpacket::{self, Received};
-use crate::protocol::{
-    BrokerMessage, ClientId, ClientMessage, ErrorCode, ErrorReply, MAX_MESSAGE_LEN, codec,
-};
+use crate::protocol::{ClientId, ClientMessage, MAX_MESSAGE_LEN, codec};
 
 /// How often the loop retries repairs and checks for stalled readers.
 const TICK: Duration = Duration::from_millis(100);
@@ -67,8 +65,6 @@ pub(super) struct EventLoop {
     backlogged: HashSet<ClientId>,
     /// Whether accepting stopped for lack of descriptors (retried every tick).
     accept_stalled: bool,
-    /// Whether connections are being refused at the client limit (logged once per episode).
-    refusing: bool,
     /// Clients whose outbox waits for descriptors to become available (retried every tick).
     retry_flush: HashSet<ClientId>,
 }
@@ -92,7 +88,6 @@ impl EventLoop {
             backlog: VecDeque::new(),
             backlogged: HashSet::new(),
             accept_stalled: false,
-            refusing: false,
             retry_flush: HashSet::new(),
         }
     }
@@ -186,19 +181,10 @@ impl EventLoop {
         }
     }
 
-    /// Registers an accepted connection, within the connection quotas.
+    /// Registers an accepted connection, within the pending-connection quota (the client limit
+    /// is applied at the handshake, so that a refused client reads why).
     fn admit(&mut self, fd: OwnedFd) {
         let quotas = &self.core.limits().quotas;
-        if self.conns.len() >= quotas.clients {
-            let refusal = format!("the broker serves {} clients, its limit", quotas.clients);
-            if !self.refusing {
-                tracing::warn!("refusing connections: {refusal}");
-                self.refusing = true;
-            }
-            refuse(fd.as_fd(), refusal);
-            return;
-        }
-        self.refusing = false;
         let creds = match seqpacket::peer_credentials(fd.as_fd()) {
             Ok(c) => c,
             Err(e) => {
@@ -426,14 +412,4 @@ impl EventLoop {
             self.send(out);
         }
     }
-}
-
-/// Tells a connection the broker will not serve it, and closes it (dropping `fd`).
-fn refuse(fd: BorrowedFd<'_>, message: String) {
-    let refusal = BrokerMessage::Refused(ErrorReply {
-        code: ErrorCode::Exhausted,
-        message,
-    });
-    // Best effort: a fresh connection's socket buffer has room for one message.
-    let _ = seqpacket::send(fd, &refusal, &[]);
 }

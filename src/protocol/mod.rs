@@ -133,14 +133,14 @@ pub enum BrokerMessage {
     /// Carries the ring's data (read-only) and readers descriptors.
     RingAttached(RingAttachment),
     /// A ring matching one of the client's subscriptions was created, but no reader could be
-    /// attached for it (say, the ring has no free reader slot): the subscription will not see
+    /// attached for it (the ring has no free reader slot): the subscription will not see
     /// that topic's messages. Sent instead of [`BrokerMessage::RingAttached`].
     RingUnavailable {
         /// The subscription that misses the ring.
         subscription: SubscriptionId,
         /// The ring's topic.
         topic: String,
-        /// Why (`Exhausted` for no free reader slot, `Internal` otherwise).
+        /// Why (`Exhausted`: no free reader slot).
         error: ErrorReply,
     },
     /// The broker retired a ring the subscription reads (it found the ring corrupt): read what

@@ -652,12 +652,10 @@ fn clear_exclusive_flag(mem: &RingMemory, head: Head) {
         };
         // SYNC(intent): AcqRel like every claim CAS: it continues the release sequence of the
         // claims before it.
-        let _ = mem.control().head.compare_exchange(
-            head,
-            shared,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
+        let _ =
+            mem.control()
+                .head
+                .compare_exchange(head, shared, Ordering::AcqRel, Ordering::Acquire);
     }
 }
 

@@ -174,7 +174,7 @@ fn pad_claim(mem: &RingMemory, pos: u64, seq: u64, end: u64, ring_doorbell: &dyn
     wake_parked(mem, ring_doorbell);
 }
 
-/// What [`unblock_claim`] did.
+/// What [`Ring::unblock_claim`](crate::Ring::unblock_claim) did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnblockOutcome {
     /// The claim `pos..pos + size` (sequence `seq`) was taken back from its live writer and is

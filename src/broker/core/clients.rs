@@ -68,6 +68,8 @@ pub(super) struct Client {
 pub(super) struct Clients {
     map: HashMap<ClientId, Client>,
     next: u32,
+    /// How many completed the handshake.
+    greeted: usize,
 }
 
 impl Clients {
@@ -112,7 +114,27 @@ impl Clients {
     }
 
     pub fn remove(&mut self, id: ClientId) -> Option<Client> {
-        self.map.remove(&id)
+        let c = self.map.remove(&id)?;
+        if c.greeted {
+            self.greeted -= 1;
+        }
+        Some(c)
+    }
+
+    /// Marks client `id` as having completed the handshake, under `name`.
+    pub fn greet(&mut self, id: ClientId, name: String) -> Option<&Client> {
+        let c = self.map.get_mut(&id)?;
+        if !c.greeted {
+            c.greeted = true;
+            self.greeted += 1;
+        }
+        c.name = name;
+        Some(c)
+    }
+
+    /// How many clients completed the handshake.
+    pub fn greeted(&self) -> usize {
+        self.greeted
     }
 
     pub fn contains(&self, id: ClientId) -> bool {

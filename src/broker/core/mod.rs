@@ -70,8 +70,9 @@ pub(crate) struct Limits {
     pub quotas: Quotas,
 }
 
-/// What one client, and all clients together, may make the broker spend. Every bound answers
-/// with an `Exhausted` error that names it (or, for the connection bounds, a refusal).
+/// What one client, and all clients together, may make the broker spend. The request bounds
+/// answer with an `Exhausted` error that names them; the client limit with a refusal; the
+/// connection bounds (Hello timeout, pending connections, outbox) close the connection.
 #[derive(Clone, Debug)]
 pub(crate) struct Quotas {
     /// Connected clients, greeted or not.
@@ -180,6 +181,8 @@ pub(crate) struct Core {
     last_sweep: Option<std::time::Instant>,
     /// Whether this system can take claims back from live writers (cleared when it cannot).
     unblock_supported: bool,
+    /// Whether clients are being refused at the client limit (logged once per episode).
+    refusing: bool,
 }
 
 /// An error reply, its message cut to [`MAX_ERROR_LEN`] bytes.
@@ -209,6 +212,7 @@ impl Core {
             repairs_pending: BTreeMap::new(),
             last_sweep: None,
             unblock_supported: true,
+            refusing: false,
         }
     }
 
@@ -242,11 +246,25 @@ impl Core {
                 ),
             );
         }
-        let Some(c) = self.clients.get_mut(client) else {
+        let limit = self.limits.quotas.clients;
+        let full = self.clients.greeted() >= limit;
+        if full != self.refusing {
+            self.refusing = full;
+            if full {
+                warn!("refusing clients: the broker serves {limit} clients, its limit");
+            } else {
+                info!("accepting clients again");
+            }
+        }
+        if full {
+            return refuse(
+                ErrorCode::Exhausted,
+                format!("the broker serves {limit} clients, its limit"),
+            );
+        }
+        let Some(c) = self.clients.greet(client, hello.name) else {
             return refuse(ErrorCode::Internal, "unknown client".into());
         };
-        c.greeted = true;
-        c.name = hello.name;
         debug!(client = %client, name = %c.name.escape_debug(), pid = c.creds.pid, uid = c.creds.uid, "client connected");
         let welcome = BrokerMessage::Welcome(Welcome {
             version: PROTOCOL_VERSION,

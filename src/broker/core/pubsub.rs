@@ -116,11 +116,15 @@ impl Core {
                 reserved: Vec::new(),
             },
         );
+        // A corrupt ring is left out: the sweep retires it, and the topic's fresh ring is
+        // attached like any new ring.
         let topics: Vec<String> = self
             .rings
-            .keys()
-            .filter(|t| Topic::new(t).is_ok_and(|t| overlaps(&pattern, &t)))
-            .cloned()
+            .iter()
+            .filter(|(t, e)| {
+                !e.ring.is_corrupt() && Topic::new(t).is_ok_and(|t| overlaps(&pattern, &t))
+            })
+            .map(|(t, _)| t.clone())
             .collect();
         let mut rings = 0u32;
         for topic in topics {
