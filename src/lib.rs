@@ -48,7 +48,11 @@ pub use client::pubsub::{
     SubscriberBuilder, TryPublishError, TryRecvError, TypedPublisher, TypedPublisherBuilder,
     TypedSample, TypedSubscriber, TypedSubscriberBuilder,
 };
-pub use client::{AttachError, Bus, BusBuilder, ConnectError, RequestError};
+pub use client::reqrep::{
+    Dispatcher, OwnedRequest, Request, RequestError, Requester, RespondError, Responder, Response,
+    ResponseSender, ResponseStream, ServeError, Server,
+};
+pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError};
 pub use protocol::{ErrorCode, PublisherId, RingId};
 pub use shmbus_shm::WaitStrategy;
 pub use topic::Topic;

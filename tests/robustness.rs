@@ -13,7 +13,7 @@ use shmbus::protocol::{
     BrokerMessage, ClientMessage, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PublisherId, Request,
     RequestId, SubscriptionId, codec,
 };
-use shmbus::{AttachError, Bus, RequestError};
+use shmbus::{AttachError, Bus, ControlError};
 use support::raw::{self, closed, hello, recv, send};
 use support::{Broker, Proc, run, shmbus};
 
@@ -245,7 +245,7 @@ fn when_the_broker_dies_attached_rings_keep_working_and_calls_fail_cleanly() {
     // New attachments report the loss instead of hanging.
     match bus.publisher("new") {
         Err(AttachError::Broker {
-            source: RequestError::BrokerGone,
+            source: ControlError::BrokerGone,
             ..
         }) => {}
         other => panic!("expected BrokerGone, got {other:?}"),

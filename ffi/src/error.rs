@@ -13,8 +13,8 @@ pub(crate) use shmbus_status::*;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 
 use shmbus::{
-    AttachError, ConnectError, ErrorCode, PublishError, PublishTimeoutError, RecvError,
-    RequestError, TryPublishError,
+    AttachError, ConnectError, ControlError, ErrorCode, PublishError, PublishTimeoutError,
+    RecvError, TryPublishError,
 };
 
 /// The status every function returns as an `int`: `SHMBUS_OK` (0) or a negative error.
@@ -195,11 +195,11 @@ impl From<AttachError> for Error {
         let code = match &e {
             AttachError::InvalidTopic(_) => SHMBUS_ERR_INVALID_TOPIC,
             AttachError::Broker {
-                source: RequestError::BrokerGone,
+                source: ControlError::BrokerGone,
                 ..
             } => SHMBUS_ERR_BROKER_GONE,
             AttachError::Broker {
-                source: RequestError::Timeout,
+                source: ControlError::Timeout,
                 ..
             } => SHMBUS_ERR_TIMEOUT,
             AttachError::Broker { .. } => SHMBUS_ERR_BROKER_GONE,

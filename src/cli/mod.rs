@@ -5,6 +5,8 @@ mod broker;
 mod demo;
 mod format;
 mod publish;
+mod request;
+mod serve;
 mod subscribe;
 
 use std::process::ExitCode;
@@ -12,7 +14,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use crate::address::BusAddress;
-use crate::{AttachError, Bus, ConnectError, RequestError};
+use crate::{AttachError, Bus, ConnectError, ControlError};
 
 /// Exit codes, as the contract fixes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +29,8 @@ pub enum Exit {
     Unreachable = 3,
     /// The timeout passed first.
     Timeout = 4,
+    /// Nobody serves the topic (`req`).
+    NoServer = 5,
 }
 
 /// A failed command: its exit code and one line for stderr.
@@ -67,7 +71,7 @@ impl From<AttachError> for Failure {
         let code = match e {
             AttachError::InvalidTopic(_) => Exit::Usage,
             AttachError::Broker {
-                source: RequestError::BrokerGone,
+                source: ControlError::BrokerGone,
                 ..
             } => Exit::Unreachable,
             _ => Exit::Error,
@@ -127,6 +131,10 @@ enum Command {
     Pub(publish::Args),
     /// Subscribe and print one line per message.
     Sub(subscribe::Args),
+    /// Send a request and print the response (each response of a stream on its own line).
+    Req(request::Args),
+    /// Serve a topic: answer each request with its payload (--echo) or a command's output.
+    Serve(serve::Args),
     /// Start a broker, a publisher and a subscriber in separate processes, show messages and a
     /// latency summary, and exit.
     Demo(demo::Args),
@@ -161,6 +169,8 @@ pub fn main() -> ExitCode {
         Command::Broker(args) => broker::run(args),
         Command::Pub(args) => publish::run(args),
         Command::Sub(args) => subscribe::run(args),
+        Command::Req(args) => request::run(args),
+        Command::Serve(args) => serve::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchRole(args) => bench::role(args),

@@ -10,7 +10,11 @@ use shmbus_shm::{DoorbellTable, Owner};
 use super::broker_identity::TrustedUsers;
 use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
-use super::pubsub::{Publisher, PublisherBuilder, Subscriber, SubscriberBuilder};
+use super::pubsub::{Publisher, PublisherBuilder, Sample, Subscriber, SubscriberBuilder};
+use super::reqrep::{
+    self, Dispatcher, InboxPool, Request, RequestError, Requester, Response, ResponseStream,
+    ServeError, Server,
+};
 use crate::address::BusAddress;
 use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
 
@@ -72,6 +76,8 @@ pub(crate) struct BusInner {
     pub(crate) owner: Owner,
     pub(crate) max_payload: u32,
     pub(crate) doorbells: DoorbellTable,
+    /// Idle inboxes for [`Bus::request`] calls.
+    pub(crate) inboxes: InboxPool,
     /// Joined on drop, so that no thread of ours outlives the last handle.
     control: Option<std::thread::JoinHandle<()>>,
     /// Declared last: the embedded broker stops after the connection closed.
@@ -192,6 +198,7 @@ impl BusBuilder {
                 owner: session.owner,
                 max_payload: session.max_payload,
                 doorbells: session.doorbells,
+                inboxes: InboxPool::default(),
                 control: Some(session.control),
                 embedded,
             }),
@@ -291,5 +298,99 @@ impl Bus {
     /// [`SubscriberBuilder::pattern`], or later with [`Subscriber::add_pattern`].
     pub fn subscriber_builder(&self) -> SubscriberBuilder {
         SubscriberBuilder::new(Arc::clone(&self.inner))
+    }
+
+    /// Serves `topic` (an exact topic, no wildcards): receive its requests with
+    /// [`Server::recv`]. Only one server per topic at a time: a second gets
+    /// [`ServeError::AlreadyServed`].
+    pub fn serve(&self, topic: &str) -> Result<Server, ServeError> {
+        Server::new(Arc::clone(&self.inner), topic)
+    }
+
+    /// Serves `topic` on a dispatcher thread: `handler` answers each request with the bytes it
+    /// returns. Serving stops when the returned guard drops. A handler that panics is reported
+    /// and its request answered as abandoned; the next request is served as usual.
+    pub fn serve_with<R: AsRef<[u8]>>(
+        &self,
+        topic: &str,
+        handler: impl FnMut(&Request<'_>) -> R + Send + 'static,
+    ) -> Result<Dispatcher, ServeError> {
+        let server = self.serve(topic)?;
+        reqrep::serve_with(server, handler).map_err(|e| {
+            ServeError::Attach(AttachError::Shm {
+                topic: topic.to_string(),
+                detail: format!("cannot start the dispatcher thread: {e}"),
+            })
+        })
+    }
+
+    /// Runs `handler` on a dispatcher thread for every message on topics matching `pattern`
+    /// (a tethered subscriber), until the returned guard drops. A handler that panics is
+    /// reported and the next message handled as usual.
+    pub fn on(
+        &self,
+        pattern: &str,
+        handler: impl FnMut(Sample<'_>) + Send + 'static,
+    ) -> Result<Dispatcher, AttachError> {
+        let sub = self.subscribe(pattern)?;
+        reqrep::on(sub, handler).map_err(|e| AttachError::Shm {
+            topic: pattern.to_string(),
+            detail: format!("cannot start the dispatcher thread: {e}"),
+        })
+    }
+
+    /// Asks the server of `topic` and waits for its answer as long as it takes. Fails at once
+    /// with [`RequestError::NoServer`] when nobody serves the topic, and with
+    /// [`RequestError::ServerGone`] as soon as the server goes without answering. Safe to call
+    /// from many threads at once: each call uses an inbox of its own.
+    pub fn request(&self, topic: &str, payload: &[u8]) -> Result<Response, RequestError> {
+        reqrep::request(&self.inner, topic, payload, None)
+    }
+
+    /// [`Bus::request`], giving up after `timeout` ([`RequestError::Timeout`]); an answer that
+    /// comes later is dropped.
+    pub fn request_timeout(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, RequestError> {
+        reqrep::request(&self.inner, topic, payload, Some(timeout))
+    }
+
+    /// [`Bus::request`], giving up at `deadline`.
+    pub fn request_deadline(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        deadline: std::time::Instant,
+    ) -> Result<Response, RequestError> {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        reqrep::request(&self.inner, topic, payload, Some(left))
+    }
+
+    /// Asks the server of `topic` for a stream of answers, waiting for each as long as it takes.
+    pub fn request_stream(
+        &self,
+        topic: &str,
+        payload: &[u8],
+    ) -> Result<ResponseStream, RequestError> {
+        reqrep::request_stream(&self.inner, topic, payload, None)
+    }
+
+    /// [`Bus::request_stream`], waiting at most `timeout` for each answer.
+    pub fn request_stream_timeout(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<ResponseStream, RequestError> {
+        reqrep::request_stream(&self.inner, topic, payload, Some(timeout))
+    }
+
+    /// A requester of `topic` with an inbox of its own: requests written in place, and a choice
+    /// of how to wait for answers.
+    pub fn requester(&self, topic: &str) -> Result<Requester, RequestError> {
+        Requester::new(Arc::clone(&self.inner), topic)
     }
 }

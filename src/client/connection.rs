@@ -20,10 +20,11 @@ use shmbus_shm::{DoorbellTable, Owner, Ring};
 use tracing::{debug, warn};
 
 use super::broker_identity::TrustedUsers;
-use super::error::{CallError, ConnectError, RequestError};
+use super::error::{CallError, ConnectError, ControlError};
 use super::pubsub::attachments::{Attachment, AttachmentQueue};
 use crate::address::BusAddress;
 use crate::protocol::pubsub::{ReleaseDoorbell, RingAttachment, Unpublish, Unsubscribe};
+use crate::protocol::reqrep::{InboxOpened, Serving};
 use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
     BrokerMessage, Call, ClientMessage, ErrorReply, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
@@ -219,7 +220,7 @@ impl Connection {
 
     /// Sends a request and waits for its reply, which must be of the kind the request calls for.
     pub(crate) fn call<C: Call>(&self, request: C) -> Result<(C::Reply, Vec<OwnedFd>), CallError> {
-        let gone = || CallError::Request(RequestError::BrokerGone);
+        let gone = || CallError::Request(ControlError::BrokerGone);
         if !self.is_alive() {
             return Err(gone());
         }
@@ -235,7 +236,7 @@ impl Connection {
             debug!("request not sent: {e}");
             if e.kind() == std::io::ErrorKind::WouldBlock {
                 // The broker has not read its socket for the send timeout.
-                return Err(CallError::Request(RequestError::Timeout));
+                return Err(CallError::Request(ControlError::Timeout));
             }
             // The socket is broken: the broker is gone, whether or not the control thread has
             // noticed yet.
@@ -247,12 +248,12 @@ impl Connection {
             Err(mpsc::RecvTimeoutError::Disconnected) => return Err(gone()),
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 lock(&self.routing).replies.remove(&id);
-                return Err(CallError::Request(RequestError::Timeout));
+                return Err(CallError::Request(ControlError::Timeout));
             }
         };
         match C::reply(result.map_err(CallError::Refused)?) {
             Ok(reply) => Ok((reply, fds)),
-            Err(other) => Err(CallError::Request(RequestError::Protocol {
+            Err(other) => Err(CallError::Request(ControlError::Protocol {
                 detail: format!("unexpected reply {other:?}"),
             })),
         }
@@ -362,6 +363,12 @@ impl Connection {
                 self.notify(Unsubscribe {
                     subscription: s.subscription,
                 });
+            }
+            Ok(Reply::Serving(Serving { subscription }))
+            | Ok(Reply::InboxOpened(InboxOpened { subscription, .. })) => {
+                routing.orphans.remove(&subscription);
+                routing.remember_closed(subscription);
+                self.notify(Unsubscribe { subscription });
             }
             Ok(Reply::DoorbellClaimed(d)) => self.notify(ReleaseDoorbell { index: d.index }),
             Ok(Reply::Done) | Err(_) => {}

@@ -66,7 +66,7 @@ pub enum ConnectError {
 /// Why a request to the broker got no usable answer.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 #[non_exhaustive]
-pub enum RequestError {
+pub enum ControlError {
     /// The broker closed the connection or died.
     #[error("the broker is gone")]
     BrokerGone,
@@ -95,7 +95,7 @@ pub enum AttachError {
         topic: String,
         /// What happened.
         #[source]
-        source: RequestError,
+        source: ControlError,
     },
     /// The broker said no.
     #[error("topic {topic:?}: the broker refused: {message}")]
@@ -120,7 +120,7 @@ pub enum AttachError {
 /// How a call to the broker failed: no usable answer, or a refusal.
 #[derive(Debug)]
 pub(crate) enum CallError {
-    Request(RequestError),
+    Request(ControlError),
     Refused(ErrorReply),
 }
 

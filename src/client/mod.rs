@@ -1,15 +1,16 @@
 //! The Rust client API: connect to a bus ([`Bus`]), then one module per messaging pattern
-//! ([`pubsub`]).
+//! ([`pubsub`], [`reqrep`]).
 //!
 //! After attaching, messages never pass through the broker: publishers write into shared-memory
 //! rings and subscribers read them in place. If the broker dies, rings already attached keep
-//! working; new attachments fail with [`RequestError::BrokerGone`].
+//! working; new attachments fail with [`ControlError::BrokerGone`].
 
 mod broker_identity;
 mod bus;
 mod connection;
 mod error;
 pub mod pubsub;
+pub mod reqrep;
 
 pub use bus::{Bus, BusBuilder};
-pub use error::{AttachError, ConnectError, RequestError};
+pub use error::{AttachError, ConnectError, ControlError};

@@ -99,6 +99,7 @@ mod tests {
         ClaimDoorbell, DoorbellClaimed, Publish, Publishing, ReleaseDoorbell, RingAttachment,
         RingGeometry, Subscribe, Subscribed, Unpublish, Unsubscribe,
     };
+    use crate::protocol::reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
     use crate::protocol::{
         ClientId, ErrorCode, ErrorReply, Hello, PublisherId, Reply, Request, RequestId, RingId,
         SubscriptionId, Welcome,
@@ -164,6 +165,17 @@ mod tests {
             }),
             Request::ClaimDoorbell(ClaimDoorbell),
             Request::ReleaseDoorbell(ReleaseDoorbell { index: 4 }),
+            Request::Serve(Serve {
+                topic: "calc/add".into(),
+                doorbell: 3,
+            }),
+            Request::OpenInbox(OpenInbox { doorbell: 3 }),
+            Request::Target(Target {
+                topic: "calc/add".into(),
+            }),
+            Request::Respond(Respond {
+                inbox: RingId::from_raw(9),
+            }),
         ] {
             round_trip_client(ClientMessage::Request {
                 id: RequestId::from_raw(77),
@@ -201,6 +213,17 @@ mod tests {
                 rings: 0,
             }))),
             reply(Ok(Reply::Done)),
+            reply(Ok(Reply::Serving(Serving {
+                subscription: SubscriptionId::from_raw(6),
+            }))),
+            reply(Ok(Reply::InboxOpened(InboxOpened {
+                subscription: SubscriptionId::from_raw(7),
+                inbox: RingId::from_raw(8),
+            }))),
+            reply(Err(ErrorReply {
+                code: ErrorCode::NoServer,
+                message: "nobody serves \"calc/add\"".into(),
+            })),
             reply(Err(ErrorReply {
                 code: ErrorCode::InvalidTopic,
                 message: "bad".into(),

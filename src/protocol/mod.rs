@@ -8,7 +8,7 @@
 //!
 //! This module holds the envelope (handshake, requests and replies, errors) and the ids; each
 //! messaging pattern has its own module with its requests, their replies and what the broker
-//! sends unasked ([`pubsub`]). Every request type names its reply type through [`Call`], so a
+//! sends unasked ([`pubsub`], [`reqrep`]). Every request type names its reply type through [`Call`], so a
 //! client asks `call(Subscribe { .. })` and gets a [`Subscribed`] back, or a protocol error —
 //! never a reply of the wrong kind to sort out.
 //!
@@ -21,6 +21,7 @@
 pub mod codec;
 mod ids;
 pub mod pubsub;
+pub mod reqrep;
 pub mod seqpacket;
 
 use serde::{Deserialize, Serialize};
@@ -30,10 +31,11 @@ use pubsub::{
     ClaimDoorbell, DoorbellClaimed, Publish, Publishing, ReleaseDoorbell, RingAttachment,
     Subscribe, Subscribed, Unpublish, Unsubscribe,
 };
+use reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Largest encoded message, in bytes. Anything larger is a protocol error.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -87,6 +89,14 @@ pub enum Request {
     ClaimDoorbell(ClaimDoorbell),
     /// See [`ReleaseDoorbell`].
     ReleaseDoorbell(ReleaseDoorbell),
+    /// See [`Serve`].
+    Serve(Serve),
+    /// See [`OpenInbox`].
+    OpenInbox(OpenInbox),
+    /// See [`Target`].
+    Target(Target),
+    /// See [`Respond`].
+    Respond(Respond),
 }
 
 /// Successful replies, one variant per reply type.
@@ -100,6 +110,10 @@ pub enum Reply {
     DoorbellClaimed(DoorbellClaimed),
     /// To requests with nothing to report.
     Done,
+    /// To [`Serve`].
+    Serving(Serving),
+    /// To [`OpenInbox`].
+    InboxOpened(InboxOpened),
 }
 
 /// A request type and the reply it is answered with.
@@ -198,4 +212,8 @@ pub enum ErrorCode {
     NotPermitted,
     /// The broker failed (for example, could not create a memfd).
     Internal,
+    /// Something only one client may hold at a time is held by another (a served topic).
+    Taken,
+    /// Nobody serves the topic a request is for.
+    NoServer,
 }

@@ -64,6 +64,14 @@ pub enum TopicError {
         /// Its position, counting fragments from 1.
         position: usize,
     },
+    /// The topic has wildcards where one exact topic is needed (serving, requests).
+    #[error(
+        "invalid topic {topic:?}: wildcards are not allowed here (it must name one exact topic)"
+    )]
+    Wildcard {
+        /// The offending topic.
+        topic: String,
+    },
 }
 
 impl TopicError {
@@ -74,7 +82,8 @@ impl TopicError {
             | TopicError::TooLong { topic, .. }
             | TopicError::EmptyFragment { topic, .. }
             | TopicError::InvalidChar { topic, .. }
-            | TopicError::MalformedWildcard { topic, .. } => topic,
+            | TopicError::MalformedWildcard { topic, .. }
+            | TopicError::Wildcard { topic } => topic,
         }
     }
 }

@@ -13,7 +13,7 @@ use shmbus_shm::{Owner, ReaderMode};
 
 use super::error;
 use crate::protocol::seqpacket::PeerCredentials;
-use crate::protocol::{ClientId, ErrorCode, ErrorReply, PublisherId, SubscriptionId};
+use crate::protocol::{ClientId, ErrorCode, ErrorReply, PublisherId, RingId, SubscriptionId};
 use crate::topic::Topic;
 
 /// The owner token of client `client`'s publishers.
@@ -37,9 +37,19 @@ pub(super) fn owner_subscription(owner: u64) -> (ClientId, SubscriptionId) {
     (owner_client(owner), SubscriptionId::from_raw(owner as u32))
 }
 
-/// One pattern a client subscribed to.
+/// What a subscription reads.
+pub(super) enum SubscriptionKind {
+    /// Every ring whose topic overlaps the pattern.
+    Pattern(Topic),
+    /// The request ring of the topic the client serves.
+    Serve(Topic),
+    /// One of the client's inboxes.
+    Inbox(RingId),
+}
+
+/// One pattern a client subscribed to, or a ring of request/response it reads.
 pub(super) struct Subscription {
-    pub pattern: Topic,
+    pub kind: SubscriptionKind,
     pub mode: ReaderMode,
     pub doorbell: u32,
     /// Reader slots reserved for it: (topic, slot).
@@ -51,7 +61,7 @@ pub(super) struct Client {
     pub name: String,
     pub creds: PeerCredentials,
     pub greeted: bool,
-    /// Publisher id -> topic.
+    /// Publisher id -> ring name (a topic, or a ring of request/response).
     pub publishers: HashMap<PublisherId, String>,
     /// Rings its publishes created that still exist (counted against its quota).
     pub rings_created: usize,
@@ -149,6 +159,20 @@ impl Clients {
 
     pub fn len(&self) -> usize {
         self.map.len()
+    }
+
+    /// Forgets every publisher on ring `name` (which is gone); returns the clients that had one.
+    pub fn forget_ring(&mut self, name: &str) -> Vec<ClientId> {
+        let mut had = Vec::new();
+        for (&id, c) in &mut self.map {
+            let before = c.publishers.len();
+            c.publishers.retain(|_, ring| ring != name);
+            c.publisher_rings.remove(name);
+            if c.publishers.len() != before {
+                had.push(id);
+            }
+        }
+        had
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (ClientId, &Client)> {

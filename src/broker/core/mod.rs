@@ -5,7 +5,8 @@
 //!
 //! One file per concern: [`clients`] (who is connected, their ids and owner tokens),
 //! [`doorbells`] (who holds which doorbell), [`rings`] (creating, retiring and releasing rings),
-//! [`pubsub`] (the publish/subscribe requests), [`recovery`] (what the periodic tick does:
+//! [`pubsub`] (the publish/subscribe requests), [`reqrep`] (serving, inboxes, and the writers
+//! on their rings), [`recovery`] (what the periodic tick does:
 //! repairing dead publishers' claims, taking back claims held too long, freeing slots nobody was
 //! given, evicting stalled readers).
 //!
@@ -18,12 +19,13 @@ mod descriptors;
 mod doorbells;
 mod pubsub;
 mod recovery;
+mod reqrep;
 mod rings;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use shmbus_shm::{DoorbellTable, Ring, RingConfig};
+use shmbus_shm::{DoorbellTable, RingConfig};
 use tracing::{debug, info, warn};
 
 use crate::protocol::seqpacket::PeerCredentials;
@@ -34,7 +36,7 @@ use crate::protocol::{
 use clients::{Client, Clients, client_owner};
 pub(crate) use descriptors::Descriptors;
 use doorbells::Doorbells;
-use rings::RingEntry;
+use rings::{Retired, RingEntry};
 
 /// A message for one client, with the descriptors it carries.
 #[derive(Debug)]
@@ -168,9 +170,11 @@ pub(crate) struct Core {
     limits: Limits,
     doorbells: Doorbells,
     rings: BTreeMap<String, RingEntry>,
-    /// Rings retired while writers were still on them: retired again every tick until the last
-    /// writer has left (see `Ring::retire`).
-    retired: Vec<Ring>,
+    /// Rings retired while writers were still on them: retired again at every sweep, until the
+    /// last writer has left (see `Ring::retire`) or, for rings of request/response, a few times.
+    retired: Vec<Retired>,
+    /// Served topics: the server's client and subscription.
+    served: std::collections::HashMap<String, (ClientId, crate::protocol::SubscriptionId)>,
     clients: Clients,
     next_publisher: u32,
     next_subscription: u32,
@@ -206,6 +210,7 @@ impl Core {
             doorbells: Doorbells::new(doorbells),
             rings: BTreeMap::new(),
             retired: Vec::new(),
+            served: std::collections::HashMap::new(),
             clients: Clients::default(),
             next_publisher: 1,
             next_subscription: 1,
@@ -320,6 +325,10 @@ impl Core {
             Request::Unsubscribe(r) => self.unsubscribe(client, r),
             Request::ClaimDoorbell(_) => self.claim_doorbell(client),
             Request::ReleaseDoorbell(r) => self.release_doorbell(client, r.index),
+            Request::Serve(r) => self.serve(client, r, &mut out),
+            Request::OpenInbox(r) => self.open_inbox(client, r, &mut out),
+            Request::Target(r) => self.target(client, r),
+            Request::Respond(r) => self.respond(client, r),
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),
@@ -361,6 +370,7 @@ impl Core {
     fn release(&mut self, client: ClientId, c: Client) -> Vec<Outgoing> {
         for (sub, s) in c.subscriptions {
             self.reclaim_reserved(client, sub, &s);
+            self.end_exchange(client, sub, &s.kind);
         }
         for index in c.doorbells {
             self.doorbells.free(index);

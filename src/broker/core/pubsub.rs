@@ -4,7 +4,8 @@
 use shmbus_shm::{ReaderMode, SlotError};
 use tracing::debug;
 
-use super::clients::{Subscription, subscription_owner};
+use super::clients::{Subscription, SubscriptionKind, subscription_owner};
+use super::reqrep::shown_topic;
 use super::{Core, Descriptors, Handled, Outgoing, error};
 use crate::protocol::pubsub::{
     Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
@@ -33,13 +34,8 @@ impl Core {
                 ),
             ));
         }
-        let quota = self.limits.quotas.publishers_per_client;
-        if self.clients.known(client)?.publishers.len() >= quota {
-            return Err(error(
-                ErrorCode::Exhausted,
-                format!("this client has {quota} publishers, its quota (topic {topic:?})"),
-            ));
-        }
+        // Checked before a ring is created for nothing.
+        self.check_publisher_quota(client, topic.as_str())?;
         if let Some(suspect) = request.replace {
             let damaged = self
                 .rings
@@ -53,15 +49,39 @@ impl Core {
         if !self.rings.contains_key(topic.as_str()) {
             self.create_ring(client, &topic, out)?;
         }
-        let entry = &self.rings[topic.as_str()];
+        self.add_publisher(client, topic.as_str())
+    }
+
+    /// Whether `client` may have one more publisher (on ring `name`).
+    fn check_publisher_quota(&mut self, client: ClientId, name: &str) -> Result<(), ErrorReply> {
+        let quota = self.limits.quotas.publishers_per_client;
+        if self.clients.known(client)?.publishers.len() >= quota {
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!(
+                    "this client has {quota} publishers, its quota (topic {:?})",
+                    shown_topic(name)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Records a new publisher of `client` on ring `name` and answers with the ring's writable
+    /// descriptors.
+    pub(super) fn add_publisher(&mut self, client: ClientId, name: &str) -> Handled {
+        self.check_publisher_quota(client, name)?;
+        let Some(entry) = self.rings.get(name) else {
+            return Err(error(ErrorCode::Internal, format!("no ring {name:?}")));
+        };
         let fds = Descriptors::Publisher(entry.ring.clone());
         let publisher = PublisherId::from_raw(self.next_publisher);
         self.next_publisher = self.next_publisher.wrapping_add(1).max(1);
         let ring = entry.geometry();
         let c = self.clients.known(client)?;
-        c.publishers.insert(publisher, topic.as_str().to_string());
-        c.publisher_rings.insert(topic.as_str().to_string());
-        debug!(client = %client, publisher = %publisher, topic = %topic, "publisher attached");
+        c.publishers.insert(publisher, name.to_string());
+        c.publisher_rings.insert(name.to_string());
+        debug!(client = %client, publisher = %publisher, ring = name, "publisher attached");
         Ok((Reply::Publishing(Publishing { publisher, ring }), fds))
     }
 
@@ -84,38 +104,8 @@ impl Core {
     ) -> Handled {
         let pattern = Topic::new(&request.pattern)
             .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
-        let doorbell = request.doorbell;
-        let quota = self.limits.quotas.subscriptions_per_client;
-        let c = self.clients.known(client)?;
-        if !c.doorbells.contains(&doorbell) {
-            return Err(error(
-                ErrorCode::NotPermitted,
-                format!("doorbell {doorbell} is not held by this client"),
-            ));
-        }
-        if c.subscriptions.len() >= quota {
-            return Err(error(
-                ErrorCode::Exhausted,
-                format!("this client has {quota} subscriptions, its quota (pattern {pattern:?})"),
-            ));
-        }
-        // Ids need only be unique per client, since slot owners combine them with the client's.
-        let mut raw = self.next_subscription;
-        while c.subscriptions.contains_key(&SubscriptionId::from_raw(raw)) {
-            raw = raw.wrapping_add(1).max(1);
-        }
-        self.next_subscription = raw.wrapping_add(1).max(1);
-        let sub = SubscriptionId::from_raw(raw);
-        // History is applied by the client when it adopts each reader.
-        c.subscriptions.insert(
-            sub,
-            Subscription {
-                pattern: pattern.clone(),
-                mode: request.mode,
-                doorbell,
-                reserved: Vec::new(),
-            },
-        );
+        let kind = SubscriptionKind::Pattern(pattern.clone());
+        let sub = self.new_subscription(client, kind, request.mode, request.doorbell)?;
         // A corrupt ring is left out: the sweep retires it, and the topic's fresh ring is
         // attached like any new ring.
         let topics: Vec<String> = self
@@ -157,8 +147,57 @@ impl Core {
             .remove(&sub)
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no subscription {sub}")))?;
         self.reclaim_reserved(client, sub, &s);
+        self.end_exchange(client, sub, &s.kind);
         debug!(client = %client, subscription = %sub, "unsubscribed");
         Ok((Reply::Done, Descriptors::None))
+    }
+
+    /// Records a new subscription of `client` reading `kind`, whose readers park on `doorbell`
+    /// (one the client holds), within the client's quota.
+    pub(super) fn new_subscription(
+        &mut self,
+        client: ClientId,
+        kind: SubscriptionKind,
+        mode: ReaderMode,
+        doorbell: u32,
+    ) -> Result<SubscriptionId, ErrorReply> {
+        let quota = self.limits.quotas.subscriptions_per_client;
+        let c = self.clients.known(client)?;
+        if !c.doorbells.contains(&doorbell) {
+            return Err(error(
+                ErrorCode::NotPermitted,
+                format!("doorbell {doorbell} is not held by this client"),
+            ));
+        }
+        if c.subscriptions.len() >= quota {
+            let what = match &kind {
+                SubscriptionKind::Pattern(p) => format!("pattern {p:?}"),
+                SubscriptionKind::Serve(t) => format!("serving {t:?}"),
+                SubscriptionKind::Inbox(_) => "an inbox".to_string(),
+            };
+            return Err(error(
+                ErrorCode::Exhausted,
+                format!("this client has {quota} subscriptions, its quota ({what})"),
+            ));
+        }
+        // Ids need only be unique per client, since slot owners combine them with the client's.
+        let mut raw = self.next_subscription;
+        while c.subscriptions.contains_key(&SubscriptionId::from_raw(raw)) {
+            raw = raw.wrapping_add(1).max(1);
+        }
+        self.next_subscription = raw.wrapping_add(1).max(1);
+        let sub = SubscriptionId::from_raw(raw);
+        // History is applied by the client when it adopts each reader.
+        c.subscriptions.insert(
+            sub,
+            Subscription {
+                kind,
+                mode,
+                doorbell,
+                reserved: Vec::new(),
+            },
+        );
+        Ok(sub)
     }
 
     /// Frees the reader slots reserved for a subscription that ends. Slots the client adopted
@@ -215,7 +254,7 @@ impl Core {
         entry.stalls.remove(&reserved.slot);
         let attachment = RingAttachment {
             subscription: sub,
-            topic: topic.to_string(),
+            topic: shown_topic(topic).to_string(),
             ring: entry.geometry(),
             slot: reserved.slot,
             owner: owner.get(),

@@ -4,15 +4,26 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
-use shmbus_shm::{Owner, Ring};
-use tracing::{info, warn};
+use shmbus_shm::{Owner, Ring, RingConfig};
+use tracing::{debug, info, warn};
 
-use super::clients::owner_subscription;
+use super::clients::{SubscriptionKind, owner_subscription};
 use super::recovery::{HeldClaim, Stall};
+use super::reqrep::{is_exchange_ring, shown_topic};
 use super::{Core, Outgoing, error};
 use crate::protocol::pubsub::RingGeometry;
 use crate::protocol::{BrokerMessage, ClientId, ErrorCode, ErrorReply, RingId};
 use crate::topic::{Topic, overlaps};
+
+/// How many sweeps retire a closed ring of request/response again before it is forgotten.
+const RETIRE_AGAIN: u32 = 2;
+
+/// A retired ring the broker retires again at each sweep (see [`Ring::retire`]).
+pub(super) struct Retired {
+    pub ring: Ring,
+    /// Sweeps left, or `None` for as long as writers are on it.
+    pub sweeps: Option<u32>,
+}
 
 /// A ring the broker created, and what the broker knows about its slots.
 pub(super) struct RingEntry {
@@ -68,21 +79,20 @@ impl RingEntry {
 }
 
 impl Core {
-    /// Creates the ring for `topic` on behalf of `client`, within the quotas, and reserves readers
-    /// on it for every matching subscription, so that they miss nothing its first publisher
-    /// writes.
-    pub(super) fn create_ring(
+    /// Creates a ring of geometry `config` for `client`, within the ring quotas; `what` names it
+    /// in errors. The ring is not in the table yet (see [`Core::add_ring`]).
+    pub(super) fn new_ring(
         &mut self,
         client: ClientId,
-        topic: &Topic,
-        out: &mut Vec<Outgoing>,
-    ) -> Result<(), ErrorReply> {
+        what: &str,
+        config: &RingConfig,
+    ) -> Result<Ring, ErrorReply> {
         let quotas = &self.limits.quotas;
         if self.rings.len() >= quotas.rings {
             return Err(error(
                 ErrorCode::Exhausted,
                 format!(
-                    "cannot create a ring for {topic:?}: the bus has {} rings, its limit",
+                    "cannot create a ring for {what}: the bus has {} rings, its limit",
                     quotas.rings
                 ),
             ));
@@ -92,23 +102,31 @@ impl Core {
             return Err(error(
                 ErrorCode::Exhausted,
                 format!(
-                    "cannot create a ring for {topic:?}: this client created {per_client} rings, \
+                    "cannot create a ring for {what}: this client created {per_client} rings, \
                      its quota"
                 ),
             ));
         }
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
+        Ring::create(config, self.doorbells.table()).map_err(|e| {
             error(
                 ErrorCode::Internal,
-                format!("{what} ring for {topic:?}: {e}"),
+                format!("cannot create a ring for {what}: {e}"),
             )
-        };
-        let ring = Ring::create(&self.limits.ring, self.doorbells.table())
-            .map_err(|e| internal("create", &e))?;
-        info!(topic = %topic, "ring created");
-        self.clients.known(client)?.rings_created += 1;
+        })
+    }
+
+    /// Puts `ring` in the table under `name`, counted against `client`'s ring quota.
+    pub(super) fn add_ring(&mut self, client: ClientId, name: &str, ring: Ring) {
+        if is_exchange_ring(name) {
+            debug!(name, "ring created");
+        } else {
+            info!(topic = name, "ring created");
+        }
+        if let Some(c) = self.clients.get_mut(client) {
+            c.rings_created += 1;
+        }
         self.rings.insert(
-            topic.as_str().to_string(),
+            name.to_string(),
             RingEntry {
                 ring,
                 idle_since: None,
@@ -119,13 +137,38 @@ impl Core {
                 held: HashMap::new(),
             },
         );
+    }
+
+    /// [`Core::new_ring`], then [`Core::add_ring`] under `name`.
+    pub(super) fn insert_ring(
+        &mut self,
+        client: ClientId,
+        name: &str,
+        config: &RingConfig,
+    ) -> Result<(), ErrorReply> {
+        let ring = self.new_ring(client, &format!("{:?}", shown_topic(name)), config)?;
+        self.add_ring(client, name, ring);
+        Ok(())
+    }
+
+    /// Creates the ring for `topic` on behalf of `client`, within the quotas, and reserves readers
+    /// on it for every matching subscription, so that they miss nothing its first publisher
+    /// writes.
+    pub(super) fn create_ring(
+        &mut self,
+        client: ClientId,
+        topic: &Topic,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), ErrorReply> {
+        let config = self.limits.ring;
+        self.insert_ring(client, topic.as_str(), &config)?;
         let matching: Vec<_> = self
             .clients
             .iter()
             .flat_map(|(client, c)| {
                 c.subscriptions
                     .iter()
-                    .filter(|(_, s)| overlaps(&s.pattern, topic))
+                    .filter(|(_, s)| matches!(&s.kind, SubscriptionKind::Pattern(p) if overlaps(p, topic)))
                     .map(move |(&sub, _)| (client, sub))
             })
             .collect();
@@ -184,16 +227,42 @@ impl Core {
             }
         }
         if !entry.ring.writers().is_empty() {
-            self.retired.push(entry.ring);
+            self.retired.push(Retired {
+                ring: entry.ring,
+                sweeps: None,
+            });
         }
+    }
+
+    /// Takes ring `name` of request/response out of use when its server or requester goes: it
+    /// is retired (its writers' claims fail, so they learn) and forgotten, with the records of
+    /// the clients writing to it, whom it returns. Its writers may hold it as long as they like;
+    /// the broker retires it again at its next sweeps, for a claim that was landing meanwhile.
+    pub(super) fn close_ring(&mut self, name: &str) -> Vec<ClientId> {
+        let Some(entry) = self.remove_ring(name) else {
+            return Vec::new();
+        };
+        entry.ring.retire();
+        let writers = self.clients.forget_ring(name);
+        self.retired.push(Retired {
+            ring: entry.ring,
+            sweeps: Some(RETIRE_AGAIN),
+        });
+        writers
     }
 
     /// Retires again the retired rings a writer's last claim may have revived, and forgets those
     /// no writer is left on.
     pub(super) fn keep_retired(&mut self) {
-        self.retired.retain(|ring| {
-            ring.retire();
-            !ring.writers().is_empty()
+        self.retired.retain_mut(|r| {
+            r.ring.retire();
+            match &mut r.sweeps {
+                None => !r.ring.writers().is_empty(),
+                Some(left) => {
+                    *left = left.saturating_sub(1);
+                    *left > 0
+                }
+            }
         });
     }
 

@@ -11,8 +11,10 @@ mod typed;
 pub use error::{
     PublishError, PublishTimeoutError, RecvError, RecvTimeoutError, TryPublishError, TryRecvError,
 };
+pub(crate) use publisher::Patience;
 pub use publisher::{Loan, Publisher, PublisherBuilder};
 pub use sample::{OwnedSample, Sample};
+pub(crate) use subscriber::{RingSubscriber, Wait, Waker};
 pub use subscriber::{Subscriber, SubscriberBuilder};
 pub use typed::{
     OwnedTypedSample, RingSerializer, TypedPublisher, TypedPublisherBuilder, TypedSample,

@@ -6,8 +6,8 @@ use std::time::{Duration, Instant};
 
 use shmbus_shm::wait::{Deadline, Idle, Waiter};
 use shmbus_shm::{
-    MemberError, Owner, ReadError, Reader, ReaderMode, ReaderOptions, ReaderSet, ReservedReader,
-    Ring, WaitStrategy,
+    Doorbell, MemberError, Owner, ReadError, Reader, ReaderMode, ReaderOptions, ReaderSet,
+    ReservedReader, Ring, WaitStrategy,
 };
 use tracing::warn;
 
@@ -17,11 +17,11 @@ use super::publisher::Patience;
 use super::sample::Sample;
 use super::typed::TypedSubscriberBuilder;
 use crate::client::bus::BusInner;
-use crate::client::error::AttachError;
+use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
     ClaimDoorbell, ReleaseDoorbell, RingAttachment, Subscribe, Unsubscribe,
 };
-use crate::protocol::{RingId, SubscriptionId};
+use crate::protocol::{Call, RingId, SubscriptionId};
 use crate::topic::Topic;
 
 /// How a subscriber is made; from [`Bus::subscriber`](crate::Bus::subscriber). Defaults:
@@ -103,35 +103,7 @@ impl SubscriberBuilder {
     /// nothing until [`Subscriber::add_pattern`].
     pub fn create(self) -> Result<Subscriber, AttachError> {
         let first = self.patterns.first().map_or("(none yet)", String::as_str);
-        let (claimed, _) = self
-            .bus
-            .conn
-            .call(ClaimDoorbell)
-            .map_err(|e| AttachError::call(first, e))?;
-        let lease = Arc::new(SubscriptionLease {
-            bus: self.bus,
-            ids: Mutex::new(Vec::new()),
-            doorbell: claimed.index,
-        });
-        let doorbell = lease.bus.doorbells.bell(claimed.index).ok_or_else(|| {
-            let detail = format!(
-                "the broker gave doorbell {} of a smaller table",
-                claimed.index
-            );
-            AttachError::shm(first, detail)
-        })?;
-        let queue = Arc::new(AttachmentQueue::new(claimed.index));
-        let mut sub = RingSubscriber {
-            set: ReaderSet::new(Arc::new(doorbell)),
-            lease,
-            queue,
-            options: self.options,
-            history: self.history,
-            wait: self.wait,
-            patterns: Vec::new(),
-            unavailable: Vec::new(),
-            retired: Vec::new(),
-        };
+        let mut sub = RingSubscriber::open(self.bus, self.options, self.history, self.wait, first)?;
         for pattern in &self.patterns {
             sub.add_pattern(pattern)?;
         }
@@ -184,7 +156,7 @@ impl Drop for SubscriptionLease {
 }
 
 /// A subscriber of local rings.
-struct RingSubscriber {
+pub(crate) struct RingSubscriber {
     /// Declared first: readers let go of their slots before the subscription may end.
     set: ReaderSet<RingLabel>,
     lease: Arc<SubscriptionLease>,
@@ -254,7 +226,7 @@ impl Subscriber {
         match self.receive(Patience::Until(Deadline::Never)) {
             Ok(sample) => Ok(sample),
             Err(Wait::Failed(e)) => Err(e),
-            Err(Wait::Empty | Wait::Timeout) => {
+            Err(Wait::Empty | Wait::Timeout | Wait::Stopped) => {
                 unreachable!("a wait without a deadline ends only with a message or an error")
             }
         }
@@ -265,7 +237,7 @@ impl Subscriber {
     pub fn try_recv(&mut self) -> Result<Sample<'_>, TryRecvError> {
         self.receive(Patience::Now).map_err(|e| match e {
             Wait::Failed(e) => TryRecvError::Failed(e),
-            Wait::Empty | Wait::Timeout => TryRecvError::Empty,
+            Wait::Empty | Wait::Timeout | Wait::Stopped => TryRecvError::Empty,
         })
     }
 
@@ -297,61 +269,163 @@ impl Subscriber {
         self.receive(Patience::Until(deadline))
             .map_err(|e| match e {
                 Wait::Failed(e) => RecvTimeoutError::Failed(e),
-                Wait::Empty | Wait::Timeout => RecvTimeoutError::Timeout,
+                Wait::Empty | Wait::Timeout | Wait::Stopped => RecvTimeoutError::Timeout,
             })
     }
 
     #[inline]
     fn receive(&mut self, patience: Patience) -> Result<Sample<'_>, Wait> {
+        self.receive_or_stop(patience, || false)
+    }
+
+    /// The next message, or [`Wait::Stopped`] once `stop` says so (see [`RingSubscriber::next`]).
+    #[inline]
+    pub(crate) fn receive_or_stop(
+        &mut self,
+        patience: Patience,
+        stop: impl Fn() -> bool,
+    ) -> Result<Sample<'_>, Wait> {
         match &mut self.inner {
-            Flavor::Rings(s) => {
-                let index = s.wait_for_frame(patience)?;
-                let frame = s.set.frame(index).expect("the poll found a frame there");
-                Ok(Sample::ring(frame))
-            }
+            Flavor::Rings(s) => s.next(patience, stop),
+        }
+    }
+
+    /// What wakes this subscriber's waits (see [`Subscriber::receive_or_stop`]).
+    pub(crate) fn waker(&self) -> Waker {
+        match &self.inner {
+            Flavor::Rings(s) => s.waker(),
         }
     }
 }
 
 /// Why a wait for a message ended without one.
-enum Wait {
+pub(crate) enum Wait {
     /// Nothing there, and no waiting asked for.
     Empty,
     /// The deadline passed.
     Timeout,
+    /// The caller's stop condition held.
+    Stopped,
+    /// Receiving failed.
     Failed(RecvError),
 }
 
+/// Wakes a subscriber's wait, so it looks at its stop condition: see [`RingSubscriber::next`].
+pub(crate) struct Waker(Arc<Doorbell>);
+
+impl Waker {
+    /// Rings the subscriber's doorbell.
+    pub(crate) fn wake(&self) {
+        self.0.table().ring(self.0.index());
+    }
+}
+
 impl RingSubscriber {
+    /// A subscriber with no subscription yet, parking on a doorbell it claims from the broker;
+    /// `what` names it in errors.
+    pub(crate) fn open(
+        bus: Arc<BusInner>,
+        options: ReaderOptions,
+        history: u32,
+        wait: WaitStrategy,
+        what: &str,
+    ) -> Result<RingSubscriber, AttachError> {
+        let (claimed, _) = bus
+            .conn
+            .call(ClaimDoorbell)
+            .map_err(|e| AttachError::call(what, e))?;
+        let lease = Arc::new(SubscriptionLease {
+            bus,
+            ids: Mutex::new(Vec::new()),
+            doorbell: claimed.index,
+        });
+        let doorbell = lease.bus.doorbells.bell(claimed.index).ok_or_else(|| {
+            let detail = format!(
+                "the broker gave doorbell {} of a smaller table",
+                claimed.index
+            );
+            AttachError::shm(what, detail)
+        })?;
+        Ok(RingSubscriber {
+            set: ReaderSet::new(Arc::new(doorbell)),
+            lease,
+            queue: Arc::new(AttachmentQueue::new(claimed.index)),
+            options,
+            history,
+            wait,
+            patterns: Vec::new(),
+            unavailable: Vec::new(),
+            retired: Vec::new(),
+        })
+    }
+
     fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
         let pattern = Topic::new(pattern)?;
-        let bus = &self.lease.bus;
-        let request = Subscribe {
+        let (mode, history) = (self.options.reader_mode(), self.history);
+        let subscribe = |doorbell| Subscribe {
             pattern: pattern.as_str().to_string(),
-            mode: self.options.reader_mode(),
-            history: self.history,
-            doorbell: self.set.doorbell().index(),
+            mode,
+            history,
+            doorbell,
         };
-        let (reply, _) = bus
-            .conn
-            .call(request)
+        self.attach_with(subscribe, |reply| reply.subscription)
             .map_err(|e| AttachError::call(pattern.as_str(), e))?;
-        let id = reply.subscription;
+        self.patterns.push(pattern);
+        Ok(())
+    }
+
+    /// Makes a subscription with `request` (given this subscriber's doorbell), whose reply names
+    /// it by `id`, and adopts the rings attached for it.
+    pub(crate) fn attach_with<C: Call>(
+        &mut self,
+        request: impl FnOnce(u32) -> C,
+        id: impl FnOnce(&C::Reply) -> SubscriptionId,
+    ) -> Result<C::Reply, CallError> {
+        let bus = &self.lease.bus;
+        let (reply, _) = bus.conn.call(request(self.set.doorbell().index()))?;
+        let id = id(&reply);
         bus.conn.register_subscription(id, Arc::clone(&self.queue));
         self.lease
             .ids
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(id);
-        self.patterns.push(pattern);
         self.adopt_pending();
-        Ok(())
+        Ok(reply)
+    }
+
+    /// How to wait for messages.
+    pub(crate) fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+    }
+
+    /// What wakes this subscriber's wait (to look at a stop condition).
+    pub(crate) fn waker(&self) -> Waker {
+        Waker(Arc::clone(self.set.doorbell()))
+    }
+
+    /// The next message, waiting with `patience`, or [`Wait::Stopped`] once nothing is there and
+    /// `stop` says so (it is asked whenever the rings are found empty, and the wait wakes for it
+    /// at least every 100 ms, and whenever the doorbell rings).
+    #[inline]
+    pub(crate) fn next(
+        &mut self,
+        patience: Patience,
+        stop: impl Fn() -> bool,
+    ) -> Result<Sample<'_>, Wait> {
+        let index = self.wait_for_frame(patience, stop)?;
+        let frame = self.set.frame(index).expect("the poll found a frame there");
+        Ok(Sample::ring(frame))
     }
 
     /// Polls every reader, waiting with the subscriber's strategy as `patience` allows, until
     /// one holds a message; returns its index in the set.
     #[inline]
-    fn wait_for_frame(&mut self, patience: Patience) -> Result<usize, Wait> {
+    fn wait_for_frame(
+        &mut self,
+        patience: Patience,
+        stop: impl Fn() -> bool,
+    ) -> Result<usize, Wait> {
         let mut waiter = match patience {
             Patience::Now => None,
             Patience::Until(deadline) => Some(Waiter::new(self.wait, deadline)),
@@ -369,6 +443,9 @@ impl RingSubscriber {
                 Ok(None) => {}
                 Err(e) => return Err(Wait::Failed(self.read_failed(e))),
             }
+            if stop() {
+                return Err(Wait::Stopped);
+            }
             let Some(waiter) = waiter.as_mut() else {
                 return Err(Wait::Empty);
             };
@@ -376,7 +453,7 @@ impl RingSubscriber {
                 Idle::Retry => {}
                 Idle::Park(until) => {
                     let queue = &self.queue;
-                    self.set.park(until, &|| queue.has_pending());
+                    self.set.park(until, &|| queue.has_pending() || stop());
                 }
                 Idle::TimedOut => return Err(Wait::Timeout),
             }

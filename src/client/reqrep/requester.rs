@@ -1,0 +1,738 @@
+//! Requesting: a [`Requester`] of one topic, the bus's pool of inboxes behind [`Bus::request`],
+//! and the answers ([`Response`], [`ResponseStream`]).
+//!
+//! An [`Inbox`] is a ring only this client reads (tethered, so responses are read in place), with
+//! the writers it holds on the request rings of the topics it asked. Each exchange takes an inbox
+//! for itself — one per [`Requester`], one from the bus's pool per [`Bus::request`] call, so
+//! concurrent requests of one process never share one — and numbers its request; anything else
+//! arriving in the inbox is dropped. An exchange that ends before its final response came (a
+//! timeout, a stream dropped early, a server gone) closes its inbox rather than reuse it, so a late
+//! answer can never reach a later request, and a server is never held back by an inbox nobody
+//! reads: the broker retires a closed inbox and the server's writes to it fail.
+//!
+//! [`Bus::request`]: crate::Bus::request
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use shmbus_shm::{Deadline, LoanError, ReaderOptions, Ring, WaitStrategy, Writer};
+use tracing::debug;
+
+use super::error::RequestError;
+use crate::client::bus::BusInner;
+use crate::client::error::CallError;
+use crate::client::pubsub::{OwnedSample, Patience, RecvError, RingSubscriber, Wait};
+use crate::protocol::pubsub::{Publishing, Unpublish};
+use crate::protocol::reqrep::{
+    EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
+};
+use crate::protocol::{ErrorCode, PublisherId, RingId};
+use crate::topic::{Topic, TopicError};
+
+/// One answer, read in place in the requester's inbox (it holds its frame until dropped).
+pub struct Response {
+    sample: OwnedSample,
+}
+
+impl Response {
+    /// The response's bytes.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.sample.payload()[EXCHANGE_HEADER_LEN..]
+    }
+
+    /// Length of the payload.
+    pub fn len(&self) -> usize {
+        self.payload().len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.payload().is_empty()
+    }
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Response")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+/// A topic with no wildcards, as requests need.
+pub(super) fn exact_topic(topic: &str) -> Result<Topic, RequestError> {
+    let topic = Topic::new(topic)?;
+    if topic.is_wildcard() {
+        return Err(RequestError::InvalidTopic(TopicError::Wildcard {
+            topic: topic.into_string(),
+        }));
+    }
+    Ok(topic)
+}
+
+/// A writer on a server's request ring.
+struct ServerLink {
+    writer: Writer,
+    /// The ring, to see when it is retired (its server went).
+    ring: Ring,
+    bus: Arc<BusInner>,
+}
+
+impl Drop for ServerLink {
+    fn drop(&mut self) {
+        let publisher = PublisherId::from_raw(self.writer.id());
+        self.bus.conn.notify(Unpublish { publisher });
+    }
+}
+
+/// A ring only this client reads, and its links to the servers it asked.
+pub(crate) struct Inbox {
+    reader: RingSubscriber,
+    id: RingId,
+    next_correlation: u64,
+    links: HashMap<Topic, ServerLink>,
+}
+
+/// What [`Inbox::exchange`] was asked to send.
+enum Payload<'a> {
+    Copy(&'a [u8]),
+    Fill(usize, &'a mut dyn FnMut(&mut [u8]) -> usize),
+}
+
+impl Payload<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Payload::Copy(b) => b.len(),
+            Payload::Fill(len, _) => *len,
+        }
+    }
+}
+
+/// Why a request was not written.
+enum Unsent {
+    /// The ring stayed full until the deadline.
+    Timeout,
+    /// Larger than the ring carries (lengths without the header).
+    TooLarge { len: usize, max: usize },
+    /// The ring was retired or found corrupt.
+    Moved,
+    /// The broker took the claim back before it was committed.
+    Revoked,
+}
+
+/// Writes one request frame, `header` then the payload, with `writer`.
+fn write_request(
+    writer: &mut Writer,
+    header: &[u8; EXCHANGE_HEADER_LEN],
+    payload: &mut Payload<'_>,
+    deadline: Instant,
+) -> Result<(), Unsent> {
+    let len = EXCHANGE_HEADER_LEN + payload.len();
+    let mut loan = writer
+        .loan(len, Deadline::At(deadline))
+        .map_err(|e| match e {
+            LoanError::Timeout => Unsent::Timeout,
+            LoanError::TooLarge { len, max } => Unsent::TooLarge {
+                len: len - EXCHANGE_HEADER_LEN,
+                max: max - EXCHANGE_HEADER_LEN,
+            },
+            _ => Unsent::Moved,
+        })?;
+    let buf = loan.as_mut_slice();
+    buf[..EXCHANGE_HEADER_LEN].copy_from_slice(header);
+    let body = &mut buf[EXCHANGE_HEADER_LEN..];
+    let used = match payload {
+        Payload::Copy(bytes) => {
+            body.copy_from_slice(bytes);
+            bytes.len()
+        }
+        Payload::Fill(_, fill) => fill(body).min(body.len()),
+    };
+    loan.commit_prefix(EXCHANGE_HEADER_LEN + used)
+        .map(drop)
+        .map_err(|_| Unsent::Revoked)
+}
+
+impl Inbox {
+    /// Opens an inbox at the broker.
+    fn open(bus: &Arc<BusInner>, topic: &Topic, wait: WaitStrategy) -> Result<Inbox, RequestError> {
+        let options = ReaderOptions::default();
+        let mut reader = RingSubscriber::open(Arc::clone(bus), options, 0, wait, topic.as_str())
+            .map_err(|e| RequestError::Setup {
+                topic: topic.clone(),
+                detail: e.to_string(),
+            })?;
+        let opened = reader
+            .attach_with(|doorbell| OpenInbox { doorbell }, |r| r.subscription)
+            .map_err(|e| setup_error(topic, e))?;
+        Ok(Inbox {
+            reader,
+            id: opened.inbox,
+            next_correlation: 1,
+            links: HashMap::new(),
+        })
+    }
+
+    /// The link to `topic`'s server, made if needed (and made again if its server changed).
+    fn link(
+        &mut self,
+        bus: &Arc<BusInner>,
+        topic: &Topic,
+    ) -> Result<&mut ServerLink, RequestError> {
+        if self.links.get(topic).is_some_and(|l| l.ring.is_retired()) {
+            self.links.remove(topic);
+        }
+        if !self.links.contains_key(topic) {
+            let request = Target {
+                topic: topic.as_str().to_string(),
+            };
+            let (reply, fds) = bus.conn.call(request).map_err(|e| match e {
+                CallError::Refused(r) if r.code == ErrorCode::NoServer => RequestError::NoServer {
+                    topic: topic.clone(),
+                },
+                e => setup_error(topic, e),
+            })?;
+            let link = open_link(bus, fds, &reply).map_err(|detail| {
+                bus.conn.notify(Unpublish {
+                    publisher: reply.publisher,
+                });
+                RequestError::Setup {
+                    topic: topic.clone(),
+                    detail,
+                }
+            })?;
+            self.links.insert(topic.clone(), link);
+        }
+        Ok(self.links.get_mut(topic).expect("inserted above"))
+    }
+
+    /// Sends a request to `topic`'s server and returns its correlation number and the server's
+    /// ring. Nothing was sent if this fails.
+    fn send(
+        &mut self,
+        bus: &Arc<BusInner>,
+        topic: &Topic,
+        payload: &mut Payload<'_>,
+        deadline: Instant,
+    ) -> Result<(u64, Ring), RequestError> {
+        let max = bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        if payload.len() > max {
+            return Err(RequestError::TooLarge {
+                topic: topic.clone(),
+                len: payload.len(),
+                max,
+            });
+        }
+        let correlation = self.next_correlation;
+        self.next_correlation += 1;
+        let header = RequestHeader {
+            inbox: self.id,
+            correlation,
+        }
+        .encode();
+        // A server that changed between our link and the write: link again, once. A request
+        // taken back by the broker (this process was stopped past its unblock timeout) is sent
+        // again once, if it was a copy (a filled one cannot be filled again).
+        let timeout = || RequestError::Timeout {
+            topic: topic.clone(),
+        };
+        for retry in [false, true] {
+            let link = self.link(bus, topic)?;
+            let ring = link.ring.clone();
+            match write_request(&mut link.writer, &header, payload, deadline) {
+                Ok(()) => return Ok((correlation, ring)),
+                Err(Unsent::Timeout) => return Err(timeout()),
+                Err(Unsent::TooLarge { len, max }) => {
+                    return Err(RequestError::TooLarge {
+                        topic: topic.clone(),
+                        len,
+                        max,
+                    });
+                }
+                Err(Unsent::Moved) if !retry => {
+                    debug!(topic = %topic, "the request ring was retired; linking again");
+                    self.links.remove(topic);
+                }
+                Err(Unsent::Moved) => {
+                    return Err(RequestError::ServerGone {
+                        topic: topic.clone(),
+                    });
+                }
+                Err(Unsent::Revoked) if !retry && matches!(payload, Payload::Copy(_)) => {}
+                Err(Unsent::Revoked) => return Err(timeout()),
+            }
+        }
+        Err(timeout())
+    }
+
+    /// Waits for the next frame answering `correlation`, dropping anything else. `server` is the
+    /// request ring the request went to: once it is retired and nothing more is in the inbox,
+    /// the server is gone.
+    fn receive(
+        &mut self,
+        topic: &Topic,
+        correlation: u64,
+        server: &Ring,
+        deadline: Instant,
+    ) -> Result<(ResponseKind, OwnedSample), RequestError> {
+        let mut gone = false;
+        loop {
+            let patience = if gone {
+                // The server's last answers were committed before the broker retired its ring:
+                // one more look finds them.
+                Patience::Now
+            } else {
+                Patience::Until(Deadline::At(deadline))
+            };
+            let sample = match self.reader.next(patience, || server.is_retired()) {
+                Ok(sample) => sample,
+                Err(Wait::Stopped) if !gone => {
+                    gone = true;
+                    continue;
+                }
+                Err(Wait::Stopped | Wait::Empty) => {
+                    return Err(RequestError::ServerGone {
+                        topic: topic.clone(),
+                    });
+                }
+                Err(Wait::Timeout) => {
+                    return Err(RequestError::Timeout {
+                        topic: topic.clone(),
+                    });
+                }
+                Err(Wait::Failed(RecvError::HeldLimit { max, .. })) => {
+                    return Err(RequestError::Setup {
+                        topic: topic.clone(),
+                        detail: format!("{max} responses are held; drop some to receive more"),
+                    });
+                }
+                Err(Wait::Failed(e)) => {
+                    debug!(topic = %topic, "inbox: {e}");
+                    continue;
+                }
+            };
+            match ResponseHeader::decode(sample.payload()) {
+                Some((h, _)) if h.correlation == correlation => {
+                    return Ok((h.kind, sample.detach()));
+                }
+                _ => debug!(topic = %topic, "dropped a stale or malformed response"),
+            }
+        }
+    }
+}
+
+/// The error for `topic` when the broker could not set an exchange up.
+fn setup_error(topic: &Topic, e: CallError) -> RequestError {
+    let detail = match e {
+        CallError::Request(e) => e.to_string(),
+        CallError::Refused(e) => format!("the broker refused: {}", e.message),
+    };
+    RequestError::Setup {
+        topic: topic.clone(),
+        detail,
+    }
+}
+
+/// Maps the request ring of a [`Target`] reply and takes a writer slot on it.
+fn open_link(
+    bus: &Arc<BusInner>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    reply: &Publishing,
+) -> Result<ServerLink, String> {
+    let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
+        "the broker's reply came without the ring's descriptors (is this process out of file \
+         descriptors?)"
+            .to_string()
+    })?;
+    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
+        .map_err(|e| e.to_string())?;
+    let writer = ring
+        .writer(reply.publisher.get(), bus.owner)
+        .map_err(|e| e.to_string())?;
+    Ok(ServerLink {
+        writer,
+        ring,
+        bus: Arc::clone(bus),
+    })
+}
+
+/// The bus's idle inboxes, for [`Bus::request`](crate::Bus::request) calls.
+#[derive(Default)]
+pub(crate) struct InboxPool {
+    idle: Mutex<Vec<Inbox>>,
+}
+
+impl InboxPool {
+    fn take(&self) -> Option<Inbox> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn put(&self, inbox: Inbox) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(inbox);
+    }
+}
+
+/// Where an exchange's inbox goes back to when it is done.
+enum Home {
+    /// The bus's pool.
+    Pool(Arc<BusInner>),
+    /// Nowhere: the inbox belongs to a [`Requester`], which takes it back itself.
+    Requester,
+}
+
+/// An inbox taken for one exchange. Unless the exchange finished (its final response read),
+/// the inbox is closed when this drops instead of going back.
+struct Exchange {
+    inbox: Option<Inbox>,
+    home: Home,
+    finished: bool,
+}
+
+impl Exchange {
+    fn inbox(&mut self) -> &mut Inbox {
+        self.inbox.as_mut().expect("present until dropped")
+    }
+}
+
+impl Drop for Exchange {
+    fn drop(&mut self) {
+        if let (true, Some(inbox), Home::Pool(bus)) = (self.finished, self.inbox.take(), &self.home)
+        {
+            bus.inboxes.put(inbox);
+        }
+    }
+}
+
+/// Runs one exchange on `exchange`'s inbox: sends, then waits for the first answer.
+fn first_answer(
+    bus: &Arc<BusInner>,
+    exchange: &mut Exchange,
+    topic: &Topic,
+    payload: &mut Payload<'_>,
+    deadline: Instant,
+) -> Result<(u64, Ring, ResponseKind, OwnedSample), RequestError> {
+    let inbox = exchange.inbox();
+    let (correlation, server) = match inbox.send(bus, topic, payload, deadline) {
+        Ok(sent) => sent,
+        Err(e) => {
+            // Nothing was sent: the inbox is as clean as before.
+            exchange.finished = true;
+            return Err(e);
+        }
+    };
+    let (kind, sample) = exchange
+        .inbox()
+        .receive(topic, correlation, &server, deadline)?;
+    Ok((correlation, server, kind, sample))
+}
+
+/// A single answer from a first frame.
+fn single(
+    exchange: &mut Exchange,
+    topic: &Topic,
+    kind: ResponseKind,
+    sample: OwnedSample,
+) -> Result<Response, RequestError> {
+    match kind {
+        ResponseKind::Single => {
+            exchange.finished = true;
+            Ok(Response { sample })
+        }
+        // A stream where one answer was expected: its first response (the rest is dropped with
+        // the inbox).
+        ResponseKind::Item => Ok(Response { sample }),
+        ResponseKind::End | ResponseKind::Unanswered => {
+            exchange.finished = true;
+            Err(RequestError::Abandoned {
+                topic: topic.clone(),
+            })
+        }
+    }
+}
+
+/// The answers to a request answered with a stream, in order; ends after the server's end
+/// marker. Each wait for the next response gives up at the timeout the request was made with
+/// (counted per response).
+pub struct ResponseStream {
+    exchange: Exchange,
+    topic: Topic,
+    correlation: u64,
+    server: Ring,
+    patience: Option<Duration>,
+    first: Option<(ResponseKind, OwnedSample)>,
+    done: bool,
+}
+
+impl std::fmt::Debug for ResponseStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ResponseStream")
+            .field("topic", &self.topic)
+            .field("done", &self.done)
+            .finish()
+    }
+}
+
+impl ResponseStream {
+    /// The next response; `None` after the end marker (or after an error).
+    pub fn next_response(&mut self) -> Option<Result<Response, RequestError>> {
+        if self.done {
+            return None;
+        }
+        let next = match self.first.take() {
+            Some(first) => Ok(first),
+            None => {
+                let deadline = deadline_after(self.patience);
+                self.exchange
+                    .inbox()
+                    .receive(&self.topic, self.correlation, &self.server, deadline)
+            }
+        };
+        let outcome = match next {
+            Ok((ResponseKind::Item, sample)) => return Some(Ok(Response { sample })),
+            Ok((ResponseKind::Single, sample)) => {
+                self.exchange.finished = true;
+                Some(Ok(Response { sample }))
+            }
+            Ok((ResponseKind::End, _)) => {
+                self.exchange.finished = true;
+                None
+            }
+            Ok((ResponseKind::Unanswered, _)) => {
+                self.exchange.finished = true;
+                Some(Err(RequestError::Abandoned {
+                    topic: self.topic.clone(),
+                }))
+            }
+            Err(e) => Some(Err(e)),
+        };
+        self.done = true;
+        outcome
+    }
+}
+
+impl Iterator for ResponseStream {
+    type Item = Result<Response, RequestError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_response()
+    }
+}
+
+/// The deadline `patience` from now (far away for none).
+fn deadline_after(patience: Option<Duration>) -> Instant {
+    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(patience.unwrap_or(FOREVER))
+        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+}
+
+/// Takes an inbox from the bus's pool (opening one if none is idle) for one exchange.
+fn pooled(bus: &Arc<BusInner>, topic: &Topic) -> Result<Exchange, RequestError> {
+    let inbox = match bus.inboxes.take() {
+        Some(inbox) => inbox,
+        None => Inbox::open(bus, topic, WaitStrategy::default())?,
+    };
+    Ok(Exchange {
+        inbox: Some(inbox),
+        home: Home::Pool(Arc::clone(bus)),
+        finished: false,
+    })
+}
+
+/// [`Bus::request`](crate::Bus::request) and its twins.
+pub(crate) fn request(
+    bus: &Arc<BusInner>,
+    topic: &str,
+    payload: &[u8],
+    patience: Option<Duration>,
+) -> Result<Response, RequestError> {
+    let topic = exact_topic(topic)?;
+    let mut exchange = pooled(bus, &topic)?;
+    let deadline = deadline_after(patience);
+    let mut payload = Payload::Copy(payload);
+    let (_, _, kind, sample) = first_answer(bus, &mut exchange, &topic, &mut payload, deadline)?;
+    single(&mut exchange, &topic, kind, sample)
+}
+
+/// [`Bus::request_stream`](crate::Bus::request_stream) and its twins.
+pub(crate) fn request_stream(
+    bus: &Arc<BusInner>,
+    topic: &str,
+    payload: &[u8],
+    patience: Option<Duration>,
+) -> Result<ResponseStream, RequestError> {
+    let topic = exact_topic(topic)?;
+    let exchange = pooled(bus, &topic)?;
+    stream(bus, exchange, topic, &mut Payload::Copy(payload), patience)
+}
+
+/// Sends a request on `exchange` and returns the stream of its answers.
+fn stream(
+    bus: &Arc<BusInner>,
+    mut exchange: Exchange,
+    topic: Topic,
+    payload: &mut Payload<'_>,
+    patience: Option<Duration>,
+) -> Result<ResponseStream, RequestError> {
+    let deadline = deadline_after(patience);
+    let (correlation, server, kind, sample) =
+        first_answer(bus, &mut exchange, &topic, payload, deadline)?;
+    Ok(ResponseStream {
+        exchange,
+        topic,
+        correlation,
+        server,
+        patience,
+        first: Some((kind, sample)),
+        done: false,
+    })
+}
+
+/// Requests to one topic, from an inbox of its own: the zero-copy way to ask
+/// ([`Requester::request_with`] writes the request in place), and the one to choose how to wait
+/// for answers. From [`Bus::requester`](crate::Bus::requester).
+///
+/// ```
+/// use shmbus::Bus;
+///
+/// let bus = Bus::embedded()?;
+/// let server = bus.serve_with("math/double", |req| {
+///     let n = u32::from_le_bytes(req.payload().try_into().unwrap_or_default());
+///     (2 * n).to_le_bytes()
+/// })?;
+/// let mut requester = bus.requester("math/double")?;
+/// let answer = requester.request_with(4, |buf| {
+///     buf.copy_from_slice(&21u32.to_le_bytes());
+///     4
+/// })?;
+/// assert_eq!(answer.payload(), 42u32.to_le_bytes());
+/// # drop(server);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct Requester {
+    bus: Arc<BusInner>,
+    topic: Topic,
+    wait: WaitStrategy,
+    inbox: Option<Inbox>,
+}
+
+impl std::fmt::Debug for Requester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("topic", &self.topic)
+            .finish()
+    }
+}
+
+impl Requester {
+    pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> Result<Requester, RequestError> {
+        let topic = exact_topic(topic)?;
+        let inbox = Inbox::open(&bus, &topic, WaitStrategy::default())?;
+        Ok(Requester {
+            bus,
+            topic,
+            wait: WaitStrategy::default(),
+            inbox: Some(inbox),
+        })
+    }
+
+    /// The topic requests go to.
+    pub fn topic(&self) -> &str {
+        self.topic.as_str()
+    }
+
+    /// How to wait for answers (default: spin, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.wait = wait;
+        if let Some(inbox) = &mut self.inbox {
+            inbox.reader.set_wait_strategy(wait);
+        }
+    }
+
+    /// Sends `payload` and waits for the answer as long as it takes.
+    pub fn request(&mut self, payload: &[u8]) -> Result<Response, RequestError> {
+        self.exchange(&mut Payload::Copy(payload), None)
+    }
+
+    /// Sends `payload` and waits for the answer at most `timeout`.
+    pub fn request_timeout(
+        &mut self,
+        payload: &[u8],
+        timeout: Duration,
+    ) -> Result<Response, RequestError> {
+        self.exchange(&mut Payload::Copy(payload), Some(timeout))
+    }
+
+    /// Sends `payload` and waits for the answer until `deadline`.
+    pub fn request_deadline(
+        &mut self,
+        payload: &[u8],
+        deadline: Instant,
+    ) -> Result<Response, RequestError> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        self.exchange(&mut Payload::Copy(payload), Some(left))
+    }
+
+    /// Writes the request in place: `fill` gets `len` bytes of the request ring and returns how
+    /// many it used. Then waits for the answer as long as it takes.
+    pub fn request_with(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> Result<Response, RequestError> {
+        self.exchange(&mut Payload::Fill(len, &mut fill), None)
+    }
+
+    /// Sends `payload` and returns the stream of answers; each wait for the next one lasts at
+    /// most `timeout` (`None`: as long as it takes).
+    pub fn request_stream(
+        &mut self,
+        payload: &[u8],
+        timeout: Option<Duration>,
+    ) -> Result<ResponseStream, RequestError> {
+        let exchange = self.take_inbox()?;
+        let topic = self.topic.clone();
+        stream(
+            &self.bus,
+            exchange,
+            topic,
+            &mut Payload::Copy(payload),
+            timeout,
+        )
+    }
+
+    fn exchange(
+        &mut self,
+        payload: &mut Payload<'_>,
+        patience: Option<Duration>,
+    ) -> Result<Response, RequestError> {
+        let mut exchange = self.take_inbox()?;
+        let deadline = deadline_after(patience);
+        let topic = self.topic.clone();
+        let answer = first_answer(&self.bus, &mut exchange, &topic, payload, deadline)
+            .and_then(|(_, _, kind, sample)| single(&mut exchange, &topic, kind, sample));
+        if exchange.finished {
+            self.inbox = exchange.inbox.take();
+        }
+        answer
+    }
+
+    /// This requester's inbox for one exchange (a fresh one if the last exchange left it
+    /// unfinished).
+    fn take_inbox(&mut self) -> Result<Exchange, RequestError> {
+        let inbox = match self.inbox.take() {
+            Some(inbox) => inbox,
+            None => Inbox::open(&self.bus, &self.topic, self.wait)?,
+        };
+        Ok(Exchange {
+            inbox: Some(inbox),
+            home: Home::Requester,
+            finished: false,
+        })
+    }
+}

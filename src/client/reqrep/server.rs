@@ -1,0 +1,522 @@
+//! Serving: a [`Server`] reads the requests of its topic in place and answers each through a
+//! [`Responder`] — now or later, from any thread, with one response or a stream.
+//!
+//! The server keeps one writer per requester inbox it answered, shared by its responders; a
+//! writer whose inbox the broker retired (its requester went) is dropped the next time it is
+//! used or a new one is made.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use shmbus_shm::{Deadline, LoanError, ReaderOptions, Ring, WaitStrategy, Writer};
+use tracing::debug;
+
+use super::error::{RespondError, ServeError};
+use crate::client::bus::BusInner;
+use crate::client::error::{AttachError, CallError};
+use crate::client::pubsub::{
+    OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample, TryRecvError, Wait,
+};
+use crate::protocol::pubsub::{Publishing, Unpublish};
+use crate::protocol::reqrep::{
+    EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
+};
+use crate::protocol::{ErrorCode, PublisherId, RingId};
+use crate::topic::Topic;
+
+/// A writer on one requester's inbox.
+struct InboxWriter {
+    writer: Writer,
+    ring: Ring,
+    bus: Arc<BusInner>,
+}
+
+impl Drop for InboxWriter {
+    fn drop(&mut self) {
+        let publisher = PublisherId::from_raw(self.writer.id());
+        self.bus.conn.notify(Unpublish { publisher });
+    }
+}
+
+/// What a server and its responders share: the writers on requesters' inboxes.
+pub(crate) struct Outbound {
+    bus: Arc<BusInner>,
+    topic: Topic,
+    writers: Mutex<HashMap<RingId, Arc<Mutex<InboxWriter>>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Outbound {
+    /// The writer on inbox `inbox`, made if needed. Writers on inboxes the broker retired are
+    /// dropped whenever a new one is made, so they do not pile up.
+    fn writer(&self, inbox: RingId) -> Result<Arc<Mutex<InboxWriter>>, RespondError> {
+        if let Some(w) = lock(&self.writers).get(&inbox) {
+            return Ok(Arc::clone(w));
+        }
+        // Asked without holding the map, so other responders go on meanwhile.
+        let (reply, fds) = self.bus.conn.call(Respond { inbox }).map_err(|e| match e {
+            CallError::Refused(r) if r.code == ErrorCode::Unknown => RespondError::RequesterGone,
+            CallError::Refused(r) => RespondError::Inbox {
+                detail: format!("the broker refused: {}", r.message),
+            },
+            CallError::Request(e) => RespondError::Broker(e),
+        })?;
+        let writer = open_inbox_writer(&self.bus, fds, &reply).map_err(|detail| {
+            self.bus.conn.notify(Unpublish {
+                publisher: reply.publisher,
+            });
+            RespondError::Inbox { detail }
+        })?;
+        let mut writers = lock(&self.writers);
+        // An entry in use (its lock held) is not retired; the others are checked.
+        writers.retain(|_, w| w.try_lock().map_or(true, |w| !w.ring.is_retired()));
+        let w = writers
+            .entry(inbox)
+            .or_insert_with(|| Arc::new(Mutex::new(writer)));
+        Ok(Arc::clone(w))
+    }
+
+    /// Writes one response frame into `inbox`: a header of `kind`, then what `fill` writes into
+    /// a buffer of `len` bytes (it returns how many it used). Waits while the inbox is full
+    /// (its requester reads slowly; the broker evicts one that stops reading).
+    fn send(
+        &self,
+        inbox: RingId,
+        header: ResponseHeader,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        if len > max {
+            return Err(RespondError::TooLarge { len, max });
+        }
+        let shared = self.writer(inbox)?;
+        // The entry's lock is let go before the map's is taken (the map's comes first elsewhere).
+        let written = write_frame(&mut lock(&shared).writer, header, len, fill);
+        if written == Err(RespondError::RequesterGone) {
+            debug!(topic = %self.topic, inbox = %inbox, "the requester's inbox is closed");
+            lock(&self.writers).remove(&inbox);
+        }
+        written
+    }
+}
+
+/// Writes one response frame with `writer` (see [`Outbound::send`]).
+fn write_frame(
+    writer: &mut Writer,
+    header: ResponseHeader,
+    len: usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> usize,
+) -> Result<(), RespondError> {
+    for retry in [false, true] {
+        let mut loan = match writer.loan(EXCHANGE_HEADER_LEN + len, Deadline::Never) {
+            Ok(loan) => loan,
+            Err(LoanError::TooLarge { len, max }) => {
+                return Err(RespondError::TooLarge {
+                    len: len - EXCHANGE_HEADER_LEN,
+                    max: max - EXCHANGE_HEADER_LEN,
+                });
+            }
+            // Retired (or found corrupt): the requester is gone.
+            Err(_) => return Err(RespondError::RequesterGone),
+        };
+        let buf = loan.as_mut_slice();
+        buf[..EXCHANGE_HEADER_LEN].copy_from_slice(&header.encode());
+        let used = fill(&mut buf[EXCHANGE_HEADER_LEN..]).min(len);
+        match loan.commit_prefix(EXCHANGE_HEADER_LEN + used) {
+            Ok(_) => return Ok(()),
+            // Taken back after the unblock timeout (this process was stopped): send again.
+            Err(_) if !retry => {}
+            Err(e) => {
+                return Err(RespondError::Inbox {
+                    detail: e.to_string(),
+                });
+            }
+        }
+    }
+    unreachable!("the second attempt returns")
+}
+
+/// Maps the inbox of a [`Respond`] reply and takes a writer slot on it.
+fn open_inbox_writer(
+    bus: &Arc<BusInner>,
+    fds: Vec<std::os::fd::OwnedFd>,
+    reply: &Publishing,
+) -> Result<InboxWriter, String> {
+    let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
+        "the broker's reply came without the inbox's descriptors (is this process out of file \
+         descriptors?)"
+            .to_string()
+    })?;
+    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
+        .map_err(|e| e.to_string())?;
+    let writer = ring
+        .writer(reply.publisher.get(), bus.owner)
+        .map_err(|e| e.to_string())?;
+    Ok(InboxWriter {
+        writer,
+        ring,
+        bus: Arc::clone(bus),
+    })
+}
+
+/// Where to answer one request: owned, `Send`, usable from any thread and at any time. Answer
+/// with [`respond`](Responder::respond), [`respond_with`](Responder::respond_with) (in place) or
+/// [`stream`](Responder::stream); one dropped without answering tells the requester
+/// ([`RequestError::Abandoned`](super::RequestError::Abandoned)).
+pub struct Responder {
+    outbound: Arc<Outbound>,
+    inbox: RingId,
+    correlation: u64,
+    answered: bool,
+}
+
+impl std::fmt::Debug for Responder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Responder")
+            .field("topic", &self.outbound.topic)
+            .field("inbox", &self.inbox)
+            .field("correlation", &self.correlation)
+            .finish()
+    }
+}
+
+impl Responder {
+    fn frame(
+        &mut self,
+        kind: ResponseKind,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        let header = ResponseHeader {
+            correlation: self.correlation,
+            kind,
+        };
+        self.outbound.send(self.inbox, header, len, fill)
+    }
+
+    /// Answers with `payload` (copied into the requester's inbox).
+    pub fn respond(mut self, payload: &[u8]) -> Result<(), RespondError> {
+        self.answered = true;
+        self.frame(ResponseKind::Single, payload.len(), &mut copy(payload))
+    }
+
+    /// Answers in place: `fill` gets `len` bytes of the requester's inbox and returns how many
+    /// it used.
+    pub fn respond_with(
+        mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        self.answered = true;
+        self.frame(ResponseKind::Single, len, &mut fill)
+    }
+
+    /// Answers with a stream of responses, closed by [`ResponseSender::end`].
+    pub fn stream(self) -> ResponseSender {
+        ResponseSender { responder: self }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if !self.answered {
+            self.answered = true;
+            if let Err(e) = self.frame(ResponseKind::Unanswered, 0, &mut |_| 0) {
+                debug!(topic = %self.outbound.topic, "could not tell a requester its request was dropped: {e}");
+            }
+        }
+    }
+}
+
+/// A copy of `payload` into a buffer of its length, as a fill function.
+fn copy(payload: &[u8]) -> impl FnMut(&mut [u8]) -> usize + '_ {
+    move |buf: &mut [u8]| {
+        buf[..payload.len()].copy_from_slice(payload);
+        payload.len()
+    }
+}
+
+/// A stream of responses to one request. Dropped without [`end`](ResponseSender::end), it tells
+/// the requester the answer was abandoned.
+#[derive(Debug)]
+pub struct ResponseSender {
+    responder: Responder,
+}
+
+impl ResponseSender {
+    /// Sends one response of the stream (copied).
+    pub fn send(&mut self, payload: &[u8]) -> Result<(), RespondError> {
+        self.responder
+            .frame(ResponseKind::Item, payload.len(), &mut copy(payload))
+    }
+
+    /// Sends one response of the stream, written in place by `fill` (see
+    /// [`Responder::respond_with`]).
+    pub fn send_with(
+        &mut self,
+        len: usize,
+        mut fill: impl FnMut(&mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        self.responder.frame(ResponseKind::Item, len, &mut fill)
+    }
+
+    /// Closes the stream: the requester's iteration ends.
+    pub fn end(mut self) -> Result<(), RespondError> {
+        self.responder.answered = true;
+        self.responder.frame(ResponseKind::End, 0, &mut |_| 0)
+    }
+}
+
+/// A request, read in place in the server's request ring (borrowed from the [`Server`]). Answer
+/// it at once, or keep its [`Responder`] (and, if needed, [`detach`](Request::detach) it) to
+/// answer later.
+pub struct Request<'a> {
+    sample: Sample<'a>,
+    responder: Responder,
+}
+
+impl std::fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("topic", &self.topic())
+            .field("len", &self.payload().len())
+            .finish()
+    }
+}
+
+impl<'a> Request<'a> {
+    /// The topic served.
+    pub fn topic(&self) -> &str {
+        self.responder.outbound.topic.as_str()
+    }
+
+    /// The request's bytes, in shared memory.
+    #[inline]
+    pub fn payload(&self) -> &[u8] {
+        &self.sample.payload()[EXCHANGE_HEADER_LEN..]
+    }
+
+    /// Answers with `payload` (copied into the requester's inbox).
+    pub fn respond(self, payload: &[u8]) -> Result<(), RespondError> {
+        self.responder.respond(payload)
+    }
+
+    /// Answers in place, reading the request in place: `fill` gets the request's bytes and `len`
+    /// bytes of the requester's inbox, and returns how many of those it used. Zero copies.
+    pub fn respond_with(
+        self,
+        len: usize,
+        mut fill: impl FnMut(&[u8], &mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        let request = &self.sample.payload()[EXCHANGE_HEADER_LEN..];
+        let mut responder = self.responder;
+        responder.answered = true;
+        responder.frame(ResponseKind::Single, len, &mut |buf| fill(request, buf))
+    }
+
+    /// Answers with a stream of responses.
+    pub fn stream(self) -> ResponseSender {
+        self.responder.stream()
+    }
+
+    /// Keeps only where to answer: the request's frame is released.
+    pub fn into_responder(self) -> Responder {
+        self.responder
+    }
+
+    /// Keeps the request, in place, beyond the server's next receive (see
+    /// [`Sample::detach`](crate::Sample::detach)).
+    pub fn detach(self) -> OwnedRequest {
+        OwnedRequest {
+            sample: self.sample.detach(),
+            responder: self.responder,
+        }
+    }
+}
+
+/// A request that borrows nothing (see [`Request::detach`]): send it to another thread, answer
+/// it in any order.
+pub struct OwnedRequest {
+    sample: OwnedSample,
+    responder: Responder,
+}
+
+impl std::fmt::Debug for OwnedRequest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OwnedRequest")
+            .field("len", &self.payload().len())
+            .finish()
+    }
+}
+
+impl OwnedRequest {
+    /// The request's bytes.
+    pub fn payload(&self) -> &[u8] {
+        &self.sample.payload()[EXCHANGE_HEADER_LEN..]
+    }
+
+    /// Answers with `payload`; the request's frame is released.
+    pub fn respond(self, payload: &[u8]) -> Result<(), RespondError> {
+        self.responder.respond(payload)
+    }
+
+    /// Answers in place, reading the request in place (see [`Request::respond_with`]).
+    pub fn respond_with(
+        self,
+        len: usize,
+        mut fill: impl FnMut(&[u8], &mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        let OwnedRequest {
+            sample,
+            mut responder,
+        } = self;
+        let request = &sample.payload()[EXCHANGE_HEADER_LEN..];
+        responder.answered = true;
+        responder.frame(ResponseKind::Single, len, &mut |buf| fill(request, buf))
+    }
+
+    /// Answers with a stream of responses.
+    pub fn stream(self) -> ResponseSender {
+        self.responder.stream()
+    }
+
+    /// Keeps only where to answer.
+    pub fn into_responder(self) -> Responder {
+        self.responder
+    }
+}
+
+/// Serves one topic, exclusively: receives its requests in place. Serving ends when it drops
+/// (or its process dies); requests left unanswered then fail with
+/// [`RequestError::ServerGone`](super::RequestError::ServerGone), and another may serve the
+/// topic. From [`Bus::serve`](crate::Bus::serve).
+pub struct Server {
+    reader: RingSubscriber,
+    outbound: Arc<Outbound>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("topic", &self.outbound.topic)
+            .finish()
+    }
+}
+
+impl Server {
+    pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> Result<Server, ServeError> {
+        let topic_ref = Topic::new(topic).map_err(AttachError::from)?;
+        if topic_ref.is_wildcard() {
+            let e = crate::topic::TopicError::Wildcard {
+                topic: topic.to_string(),
+            };
+            return Err(ServeError::Attach(AttachError::from(e)));
+        }
+        let options = ReaderOptions::default();
+        let wait = WaitStrategy::default();
+        let mut reader = RingSubscriber::open(Arc::clone(&bus), options, 0, wait, topic)?;
+        reader
+            .attach_with(
+                |doorbell| Serve {
+                    topic: topic.to_string(),
+                    doorbell,
+                },
+                |r| r.subscription,
+            )
+            .map_err(|e| match e {
+                CallError::Refused(r) if r.code == ErrorCode::Taken => ServeError::AlreadyServed {
+                    topic: topic.to_string(),
+                    detail: r.message,
+                },
+                e => ServeError::Attach(AttachError::call(topic, e)),
+            })?;
+        Ok(Server {
+            reader,
+            outbound: Arc::new(Outbound {
+                bus,
+                topic: topic_ref,
+                writers: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+
+    /// The topic served.
+    pub fn topic(&self) -> &str {
+        self.outbound.topic.as_str()
+    }
+
+    /// How to wait for requests (default: spin, then park).
+    pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.reader.set_wait_strategy(wait);
+    }
+
+    /// The next request, waiting as long as it takes.
+    pub fn recv(&mut self) -> Result<Request<'_>, RecvError> {
+        match self.receive(Patience::Until(Deadline::Never), &|| false) {
+            Ok(r) => Ok(r),
+            Err(Wait::Failed(e)) => Err(e),
+            Err(_) => {
+                unreachable!("a wait without a deadline ends only with a request or an error")
+            }
+        }
+    }
+
+    /// The next request if one is there.
+    pub fn try_recv(&mut self) -> Result<Request<'_>, TryRecvError> {
+        self.receive(Patience::Now, &|| false).map_err(|e| match e {
+            Wait::Failed(e) => TryRecvError::Failed(e),
+            _ => TryRecvError::Empty,
+        })
+    }
+
+    /// The next request, waiting at most `timeout`.
+    pub fn recv_timeout(&mut self, timeout: Duration) -> Result<Request<'_>, RecvTimeoutError> {
+        self.receive_until(Deadline::After(timeout))
+    }
+
+    /// The next request, waiting until `deadline`.
+    pub fn recv_deadline(&mut self, deadline: Instant) -> Result<Request<'_>, RecvTimeoutError> {
+        self.receive_until(Deadline::At(deadline))
+    }
+
+    fn receive_until(&mut self, deadline: Deadline) -> Result<Request<'_>, RecvTimeoutError> {
+        self.receive(Patience::Until(deadline), &|| false)
+            .map_err(|e| match e {
+                Wait::Failed(e) => RecvTimeoutError::Failed(e),
+                _ => RecvTimeoutError::Timeout,
+            })
+    }
+
+    /// The next request, or `Wait::Stopped` once `stop` says so (a dispatcher's guard dropped).
+    pub(crate) fn receive(
+        &mut self,
+        patience: Patience,
+        stop: &dyn Fn() -> bool,
+    ) -> Result<Request<'_>, Wait> {
+        let sample = self.reader.next(patience, stop)?;
+        let Some((header, _)) = RequestHeader::decode(sample.payload()) else {
+            // Written by a faulty requester: dropped, like any corrupt frame.
+            return Err(Wait::Failed(RecvError::Corrupt {
+                topic: self.outbound.topic.clone(),
+                detail: "a request too short to hold its header".into(),
+            }));
+        };
+        let responder = Responder {
+            outbound: Arc::clone(&self.outbound),
+            inbox: header.inbox,
+            correlation: header.correlation,
+            answered: false,
+        };
+        Ok(Request { sample, responder })
+    }
+
+    /// Wakes a receive waiting in [`Server::receive`] so it looks at its `stop` again.
+    pub(crate) fn waker(&self) -> crate::client::pubsub::Waker {
+        self.reader.waker()
+    }
+}
