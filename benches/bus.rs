@@ -14,6 +14,9 @@
 //! * `typed`: the latency ping-pong with an rkyv struct (a string and a vector) serialized in
 //!   place and validated on receipt, against raw bytes of the same size.
 //! * `wakeup`: the ping-pong with both sides parking on futexes, against a raw futex ping-pong.
+//! * `reqrep`: request/response **round trips** (not halved) to a server process, 8 B and 4 KiB
+//!   each way, busy-polling, beside the pub/sub ping-pong round trip through the same API and the
+//!   floor's round trip; and requests per second from 1 and 4 requester threads.
 //!
 //! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
 
@@ -51,6 +54,7 @@ fn main() {
     fanout(&mut c);
     typed(&mut c);
     wakeup(&mut c);
+    reqrep(&mut c);
     c.final_summary();
 }
 
@@ -479,5 +483,72 @@ fn wakeup(c: &mut Criterion) {
         "park",
         &[8],
     );
+    group.finish();
+}
+
+fn reqrep(c: &mut Criterion) {
+    let mut group = c.benchmark_group("reqrep");
+    let sizes = [8usize, 4096];
+
+    let mut floor = floor::Floor::create();
+    let mut child = baseline("floor", &[floor.fd()], 0);
+    group.bench_function("floor_round_trip", |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                floor.round_trip(false);
+            }
+            start.elapsed()
+        })
+    });
+    floor.stop();
+    child.wait().unwrap();
+
+    let wait = WaitStrategy::BusySpin;
+    let bus = Bus::embedded().unwrap();
+    let mut children = roles();
+    let mut pongs = bench::subscriber(&bus, PONG, wait).unwrap();
+    let mut pings = bench::publisher(&bus, PING, wait).unwrap();
+    role(&mut children, &bus, "echo", &["--wait", "busy"]);
+    role(&mut children, &bus, "reply", &["--wait", "busy"]);
+    let mut requester = bench::requester(&bus, wait).unwrap();
+    for size in sizes {
+        group.bench_function(
+            BenchmarkId::new("pubsub_round_trip", size_name(size)),
+            |b| {
+                b.iter_custom(|iters| {
+                    bench::ping_pong(&mut pings, &mut pongs, size, iters, |_| {}).unwrap()
+                })
+            },
+        );
+        group.bench_function(
+            BenchmarkId::new("request_round_trip", size_name(size)),
+            |b| {
+                b.iter_custom(|iters| {
+                    bench::request_round_trips(&mut requester, size, iters, |_| {}).unwrap()
+                })
+            },
+        );
+    }
+    pings.publish(&[]).unwrap();
+
+    for threads in [1u64, 4] {
+        let mut requesters: Vec<_> = (0..threads)
+            .map(|_| bench::requester(&bus, wait).unwrap())
+            .collect();
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(BenchmarkId::new("requests_per_second_8B", threads), |b| {
+            b.iter_custom(|iters| {
+                let per = iters.div_ceil(threads);
+                let start = Instant::now();
+                std::thread::scope(|scope| {
+                    for r in &mut requesters {
+                        scope.spawn(move || bench::request_round_trips(r, 8, per, |_| {}).unwrap());
+                    }
+                });
+                start.elapsed()
+            })
+        });
+    }
     group.finish();
 }

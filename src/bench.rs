@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{Bus, PublishError, Publisher, RecvError, RecvTimeoutError, Subscriber};
+use crate::{
+    Bus, PublishError, Publisher, RecvError, RecvTimeoutError, RequestError, Requester, Subscriber,
+};
 use shmbus_shm::WaitStrategy;
 
 /// Topic the latency ping travels on.
@@ -25,6 +27,9 @@ pub const PONG: &str = "bench/pong";
 pub const DATA: &str = "bench/data";
 /// Topic fan-out subscribers acknowledge on.
 pub const ACK: &str = "bench/ack";
+
+/// The topic the request/response benchmarks' server serves.
+pub const RPC: &str = "bench/rpc";
 
 /// The typed benchmark's message: a string and a vector, like most real messages.
 #[derive(Debug, Clone, PartialEq, rkyv::Archive, rkyv::Serialize)]
@@ -61,6 +66,15 @@ pub enum BenchError {
     /// Nothing arrived in time.
     #[error("no message within {0:?}")]
     Timeout(Duration),
+    /// A request failed.
+    #[error(transparent)]
+    Request(#[from] RequestError),
+    /// Serving failed.
+    #[error(transparent)]
+    Serve(#[from] crate::ServeError),
+    /// A response was not delivered.
+    #[error(transparent)]
+    Respond(#[from] crate::RespondError),
     /// A message was too short to carry a timestamp.
     #[error("benchmark messages carry an 8-byte timestamp; got {0} bytes")]
     Short(usize),
@@ -336,6 +350,53 @@ pub fn ping_pong(
         send(pings, size.max(1), i)?;
         receive(pongs)?;
         sample((now_ns() - sent) / 2);
+    }
+    Ok(start.elapsed())
+}
+
+/// The server role: serves [`RPC`], answering every request with a response of the same size,
+/// the request read in place and the response written in place; runs until killed. Calls `ready`
+/// once serving.
+pub fn reply(bus: &Bus, wait: WaitStrategy, ready: impl FnOnce()) -> Result<(), BenchError> {
+    let mut server = bus.serve(RPC)?;
+    server.set_wait_strategy(wait);
+    ready();
+    loop {
+        let request = server.recv()?;
+        let len = request.payload().len();
+        request.respond_with(len, |req, buf| {
+            let stamp = read_all(req);
+            buf.fill(stamp as u8);
+            len
+        })?;
+    }
+}
+
+/// A requester of [`RPC`] waiting with `wait`.
+pub fn requester(bus: &Bus, wait: WaitStrategy) -> Result<Requester, BenchError> {
+    let mut requester = bus.requester(RPC)?;
+    requester.set_wait_strategy(wait);
+    Ok(requester)
+}
+
+/// `iters` request/response round trips of `size` bytes each way, every byte written in place
+/// and read; returns the total time and calls `sample` with each round trip in nanoseconds.
+pub fn request_round_trips(
+    requester: &mut Requester,
+    size: usize,
+    iters: u64,
+    mut sample: impl FnMut(u64),
+) -> Result<Duration, BenchError> {
+    let start = Instant::now();
+    for i in 0..iters {
+        let sent = now_ns();
+        let response = requester.request_with(size, |buf| {
+            buf.fill(i as u8);
+            size
+        })?;
+        std::hint::black_box(read_all(response.payload()));
+        drop(response);
+        sample(now_ns() - sent);
     }
     Ok(start.elapsed())
 }

@@ -21,6 +21,9 @@ pub enum Mode {
     Throughput,
     /// Latency from one publisher to the last of several subscriber processes.
     Fanout,
+    /// Request/response round trips to a server process from `--requesters` threads, and
+    /// requests per second (latency is the whole round trip, not half).
+    Reqrep,
 }
 
 /// How the processes wait for messages.
@@ -70,6 +73,9 @@ pub struct Args {
     /// Subscriber processes for fan-out.
     #[arg(long, default_value_t = 4)]
     subscribers: u32,
+    /// Requester threads for reqrep, each with its own inbox.
+    #[arg(long, default_value_t = 1)]
+    requesters: u32,
     /// How processes wait for messages.
     #[arg(long, value_enum, default_value_t = Wait::Busy)]
     wait: Wait,
@@ -87,7 +93,7 @@ pub struct Args {
 /// Arguments of the hidden `bench-role` command that `bench` starts its child processes with.
 #[derive(Debug, clap::Args)]
 pub struct RoleArgs {
-    /// `echo`, `typed-echo`, `ack`, `flood` or `fanout-sub`.
+    /// `echo`, `typed-echo`, `ack`, `reply`, `flood` or `fanout-sub`.
     role: String,
     #[arg(long = "bus")]
     bus: String,
@@ -117,6 +123,7 @@ pub fn role(args: RoleArgs) -> Outcome {
         "echo" => bench::echo(&bus, args.wait.strategy(), ready).map_err(fail),
         "typed-echo" => bench::typed_echo(&bus, args.wait.strategy(), ready).map_err(fail),
         "ack" => bench::acknowledge(&bus, args.wait.strategy(), ready).map_err(fail),
+        "reply" => bench::reply(&bus, args.wait.strategy(), ready).map_err(fail),
         "flood" => {
             ready();
             bench::flood(&bus, args.size, args.count, args.rate).map_err(fail)
@@ -195,6 +202,7 @@ pub fn run(args: Args) -> Outcome {
         Mode::Latency if args.rate.is_none() => ping_pong(&bus, &address, &args)?,
         Mode::Latency | Mode::Throughput => stream(&bus, &address, &args)?,
         Mode::Fanout => fanout(&bus, &address, &args)?,
+        Mode::Reqrep => reqrep(&bus, &address, &args)?,
     };
     if let Some(path) = &args.plot {
         plot(&report, path).map_err(|e| Failure::error(format!("plot {}: {e}", path.display())))?;
@@ -247,6 +255,69 @@ fn ping_pong(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
         what,
         latency,
         rate: None,
+    })
+}
+
+fn reqrep(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
+    let wait = args.wait.strategy();
+    let mut children = roles()?;
+    children
+        .start("reply", address, &["--wait", args.wait.name()])
+        .map_err(fail)?;
+    let threads = args.requesters.max(1);
+    let per_thread = args.count.div_ceil(u64::from(threads));
+    let size = args.size;
+    let bar = progress(per_thread * u64::from(threads));
+    let (latency, secs) = std::thread::scope(|scope| {
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let bar = bar.clone();
+                scope.spawn(move || -> Result<(Histogram<u64>, f64), BenchError> {
+                    let mut requester = bench::requester(bus, wait)?;
+                    bench::request_round_trips(
+                        &mut requester,
+                        size,
+                        (per_thread / 10).max(100),
+                        |_| {},
+                    )?;
+                    let mut latency = histogram();
+                    let mut n = 0u64;
+                    let took =
+                        bench::request_round_trips(&mut requester, size, per_thread, |ns| {
+                            latency.saturating_record(ns.max(1));
+                            n += 1;
+                            if n % 4096 == 0 {
+                                bar.inc(4096);
+                            }
+                        })?;
+                    Ok((latency, took.as_secs_f64()))
+                })
+            })
+            .collect();
+        let mut all = histogram();
+        let mut longest = 0f64;
+        for w in workers {
+            let done = w
+                .join()
+                .map_err(|_| Failure::error("a requester thread panicked"))?;
+            let (h, secs) = done.map_err(fail)?;
+            all.add(h).map_err(Failure::error)?;
+            longest = longest.max(secs);
+        }
+        Ok::<_, Failure>((all, longest))
+    })?;
+    bar.finish_and_clear();
+    // Each thread's measured loop (after its warm-up); the slowest bounds the rate.
+    let requests = (per_thread * u64::from(threads)) as f64 / secs.max(1e-9);
+    let what = format!(
+        "request/response, {size} B each way, {} requests from {threads} requester threads, {} waits, latency = round trip",
+        per_thread * u64::from(threads),
+        args.wait.name()
+    );
+    Ok(Report {
+        what,
+        latency,
+        rate: Some((requests, requests * size as f64)),
     })
 }
 

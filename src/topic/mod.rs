@@ -75,6 +75,13 @@ impl Topic {
         Ok(Topic(s.into()))
     }
 
+    /// Whether `other` is the same topic: the same shared string (no comparison needed), or an
+    /// equal one.
+    #[inline]
+    pub(crate) fn same(&self, other: &Topic) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+
     /// The topic as written, e.g. `"a/*/c"`.
     #[inline]
     pub fn as_str(&self) -> &str {

@@ -12,7 +12,6 @@
 //!
 //! [`Bus::request`]: crate::Bus::request
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -92,7 +91,8 @@ pub(crate) struct Inbox {
     reader: RingSubscriber,
     id: RingId,
     next_correlation: u64,
-    links: HashMap<Topic, ServerLink>,
+    /// Links by topic; few, so searched in order (the topic's `Arc` is compared first).
+    links: Vec<(Topic, ServerLink)>,
 }
 
 /// What [`Inbox::exchange`] was asked to send.
@@ -127,19 +127,17 @@ fn write_request(
     writer: &mut Writer,
     header: &[u8; EXCHANGE_HEADER_LEN],
     payload: &mut Payload<'_>,
-    deadline: Instant,
+    deadline: Deadline,
 ) -> Result<(), Unsent> {
     let len = EXCHANGE_HEADER_LEN + payload.len();
-    let mut loan = writer
-        .loan(len, Deadline::At(deadline))
-        .map_err(|e| match e {
-            LoanError::Timeout => Unsent::Timeout,
-            LoanError::TooLarge { len, max } => Unsent::TooLarge {
-                len: len - EXCHANGE_HEADER_LEN,
-                max: max - EXCHANGE_HEADER_LEN,
-            },
-            _ => Unsent::Moved,
-        })?;
+    let mut loan = writer.loan(len, deadline).map_err(|e| match e {
+        LoanError::Timeout => Unsent::Timeout,
+        LoanError::TooLarge { len, max } => Unsent::TooLarge {
+            len: len - EXCHANGE_HEADER_LEN,
+            max: max - EXCHANGE_HEADER_LEN,
+        },
+        _ => Unsent::Moved,
+    })?;
     let buf = loan.as_mut_slice();
     buf[..EXCHANGE_HEADER_LEN].copy_from_slice(header);
     let body = &mut buf[EXCHANGE_HEADER_LEN..];
@@ -171,20 +169,25 @@ impl Inbox {
             reader,
             id: opened.inbox,
             next_correlation: 1,
-            links: HashMap::new(),
+            links: Vec::new(),
         })
     }
 
-    /// The link to `topic`'s server, made if needed (and made again if its server changed).
-    fn link(
-        &mut self,
-        bus: &Arc<BusInner>,
-        topic: &Topic,
-    ) -> Result<&mut ServerLink, RequestError> {
-        if self.links.get(topic).is_some_and(|l| l.ring.is_retired()) {
-            self.links.remove(topic);
+    /// Where the link to `topic`'s server is in `links`, if there is one.
+    fn find_link(&self, topic: &Topic) -> Option<usize> {
+        self.links.iter().position(|(t, _)| t.same(topic))
+    }
+
+    /// The index of the link to `topic`'s server, made if needed (and made again if its server
+    /// changed).
+    fn link(&mut self, bus: &Arc<BusInner>, topic: &Topic) -> Result<usize, RequestError> {
+        if let Some(i) = self.find_link(topic) {
+            if !self.links[i].1.ring.is_retired() {
+                return Ok(i);
+            }
+            self.links.swap_remove(i);
         }
-        if !self.links.contains_key(topic) {
+        {
             let request = Target {
                 topic: topic.as_str().to_string(),
             };
@@ -203,20 +206,20 @@ impl Inbox {
                     detail,
                 }
             })?;
-            self.links.insert(topic.clone(), link);
+            self.links.push((topic.clone(), link));
         }
-        Ok(self.links.get_mut(topic).expect("inserted above"))
+        Ok(self.links.len() - 1)
     }
 
-    /// Sends a request to `topic`'s server and returns its correlation number and the server's
-    /// ring. Nothing was sent if this fails.
+    /// Sends a request to `topic`'s server and returns its correlation number and the index of
+    /// the server's link. Nothing was sent if this fails.
     fn send(
         &mut self,
         bus: &Arc<BusInner>,
         topic: &Topic,
         payload: &mut Payload<'_>,
-        deadline: Instant,
-    ) -> Result<(u64, Ring), RequestError> {
+        deadline: Deadline,
+    ) -> Result<(u64, usize), RequestError> {
         let max = bus.max_payload as usize - EXCHANGE_HEADER_LEN;
         if payload.len() > max {
             return Err(RequestError::TooLarge {
@@ -239,10 +242,9 @@ impl Inbox {
             topic: topic.clone(),
         };
         for retry in [false, true] {
-            let link = self.link(bus, topic)?;
-            let ring = link.ring.clone();
-            match write_request(&mut link.writer, &header, payload, deadline) {
-                Ok(()) => return Ok((correlation, ring)),
+            let index = self.link(bus, topic)?;
+            match write_request(&mut self.links[index].1.writer, &header, payload, deadline) {
+                Ok(()) => return Ok((correlation, index)),
                 Err(Unsent::Timeout) => return Err(timeout()),
                 Err(Unsent::TooLarge { len, max }) => {
                     return Err(RequestError::TooLarge {
@@ -253,7 +255,7 @@ impl Inbox {
                 }
                 Err(Unsent::Moved) if !retry => {
                     debug!(topic = %topic, "the request ring was retired; linking again");
-                    self.links.remove(topic);
+                    self.links.swap_remove(index);
                 }
                 Err(Unsent::Moved) => {
                     return Err(RequestError::ServerGone {
@@ -267,16 +269,18 @@ impl Inbox {
         Err(timeout())
     }
 
-    /// Waits for the next frame answering `correlation`, dropping anything else. `server` is the
-    /// request ring the request went to: once it is retired and nothing more is in the inbox,
-    /// the server is gone.
+    /// Waits for the next frame answering `correlation`, dropping anything else. `link` is the
+    /// index of the link the request went through: once its request ring is retired and nothing
+    /// more is in the inbox, the server is gone.
     fn receive(
         &mut self,
         topic: &Topic,
         correlation: u64,
-        server: &Ring,
-        deadline: Instant,
+        link: usize,
+        deadline: Deadline,
     ) -> Result<(ResponseKind, OwnedSample), RequestError> {
+        let Inbox { reader, links, .. } = self;
+        let server = &links[link].1.ring;
         let mut gone = false;
         loop {
             let patience = if gone {
@@ -284,9 +288,9 @@ impl Inbox {
                 // one more look finds them.
                 Patience::Now
             } else {
-                Patience::Until(Deadline::At(deadline))
+                Patience::Until(deadline)
             };
-            let sample = match self.reader.next(patience, || server.is_retired()) {
+            let sample = match reader.next(patience, || server.is_retired()) {
                 Ok(sample) => sample,
                 Err(Wait::Stopped) if !gone => {
                     gone = true;
@@ -414,10 +418,10 @@ fn first_answer(
     exchange: &mut Exchange,
     topic: &Topic,
     payload: &mut Payload<'_>,
-    deadline: Instant,
-) -> Result<(u64, Ring, ResponseKind, OwnedSample), RequestError> {
+    deadline: Deadline,
+) -> Result<(u64, usize, ResponseKind, OwnedSample), RequestError> {
     let inbox = exchange.inbox();
-    let (correlation, server) = match inbox.send(bus, topic, payload, deadline) {
+    let (correlation, link) = match inbox.send(bus, topic, payload, deadline) {
         Ok(sent) => sent,
         Err(e) => {
             // Nothing was sent: the inbox is as clean as before.
@@ -427,8 +431,8 @@ fn first_answer(
     };
     let (kind, sample) = exchange
         .inbox()
-        .receive(topic, correlation, &server, deadline)?;
-    Ok((correlation, server, kind, sample))
+        .receive(topic, correlation, link, deadline)?;
+    Ok((correlation, link, kind, sample))
 }
 
 /// A single answer from a first frame.
@@ -462,7 +466,7 @@ pub struct ResponseStream {
     exchange: Exchange,
     topic: Topic,
     correlation: u64,
-    server: Ring,
+    link: usize,
     patience: Option<Duration>,
     first: Option<(ResponseKind, OwnedSample)>,
     done: bool,
@@ -489,7 +493,7 @@ impl ResponseStream {
                 let deadline = deadline_after(self.patience);
                 self.exchange
                     .inbox()
-                    .receive(&self.topic, self.correlation, &self.server, deadline)
+                    .receive(&self.topic, self.correlation, self.link, deadline)
             }
         };
         let outcome = match next {
@@ -523,12 +527,14 @@ impl Iterator for ResponseStream {
     }
 }
 
-/// The deadline `patience` from now (far away for none).
-fn deadline_after(patience: Option<Duration>) -> Instant {
-    const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
-    let now = Instant::now();
-    now.checked_add(patience.unwrap_or(FOREVER))
-        .unwrap_or(now + Duration::from_secs(365 * 24 * 3600))
+/// The deadline `patience` from now; none (and no clock read while waiting) without one.
+fn deadline_after(patience: Option<Duration>) -> Deadline {
+    match patience {
+        None => Deadline::Never,
+        Some(d) => Instant::now()
+            .checked_add(d)
+            .map_or(Deadline::Never, Deadline::At),
+    }
 }
 
 /// Takes an inbox from the bus's pool (opening one if none is idle) for one exchange.
@@ -580,13 +586,13 @@ fn stream(
     patience: Option<Duration>,
 ) -> Result<ResponseStream, RequestError> {
     let deadline = deadline_after(patience);
-    let (correlation, server, kind, sample) =
+    let (correlation, link, kind, sample) =
         first_answer(bus, &mut exchange, &topic, payload, deadline)?;
     Ok(ResponseStream {
         exchange,
         topic,
         correlation,
-        server,
+        link,
         patience,
         first: Some((kind, sample)),
         done: false,

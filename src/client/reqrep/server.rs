@@ -90,13 +90,31 @@ impl Outbound {
         len: usize,
         fill: &mut dyn FnMut(&mut [u8]) -> usize,
     ) -> Result<(), RespondError> {
+        self.check_len(len)?;
+        let shared = self.writer(inbox)?;
+        self.deliver(&shared, inbox, header, len, fill)
+    }
+
+    /// Refuses a response longer than the bus's rings carry.
+    fn check_len(&self, len: usize) -> Result<(), RespondError> {
         let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
         if len > max {
             return Err(RespondError::TooLarge { len, max });
         }
-        let shared = self.writer(inbox)?;
+        Ok(())
+    }
+
+    /// [`Outbound::send`] with the writer looked up already.
+    fn deliver(
+        &self,
+        shared: &Mutex<InboxWriter>,
+        inbox: RingId,
+        header: ResponseHeader,
+        len: usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
         // The entry's lock is let go before the map's is taken (the map's comes first elsewhere).
-        let written = write_frame(&mut lock(&shared).writer, header, len, fill);
+        let written = write_frame(&mut lock(shared).writer, header, len, fill);
         if written == Err(RespondError::RequesterGone) {
             debug!(topic = %self.topic, inbox = %inbox, "the requester's inbox is closed");
             lock(&self.writers).remove(&inbox);
@@ -272,12 +290,22 @@ impl ResponseSender {
     }
 }
 
+/// The writer a server used last, kept so that answering the same requester again looks
+/// nothing up.
+type LastWriter = Option<(RingId, Arc<Mutex<InboxWriter>>)>;
+
 /// A request, read in place in the server's request ring (borrowed from the [`Server`]). Answer
 /// it at once, or keep its [`Responder`] (and, if needed, [`detach`](Request::detach) it) to
-/// answer later.
+/// answer later. Dropped unanswered, it tells the requester
+/// ([`RequestError::Abandoned`](super::RequestError::Abandoned)).
 pub struct Request<'a> {
-    sample: Sample<'a>,
-    responder: Responder,
+    /// `Some` until detached.
+    sample: Option<Sample<'a>>,
+    outbound: &'a Arc<Outbound>,
+    last: &'a mut LastWriter,
+    inbox: RingId,
+    correlation: u64,
+    answered: bool,
 }
 
 impl std::fmt::Debug for Request<'_> {
@@ -289,52 +317,90 @@ impl std::fmt::Debug for Request<'_> {
     }
 }
 
+impl Drop for Request<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            let header = ResponseHeader {
+                correlation: self.correlation,
+                kind: ResponseKind::Unanswered,
+            };
+            if let Err(e) = self.outbound.send(self.inbox, header, 0, &mut |_| 0) {
+                debug!(topic = %self.outbound.topic, "could not tell a requester its request was dropped: {e}");
+            }
+        }
+    }
+}
+
 impl<'a> Request<'a> {
     /// The topic served.
     pub fn topic(&self) -> &str {
-        self.responder.outbound.topic.as_str()
+        self.outbound.topic.as_str()
     }
 
     /// The request's bytes, in shared memory.
     #[inline]
     pub fn payload(&self) -> &[u8] {
-        &self.sample.payload()[EXCHANGE_HEADER_LEN..]
+        match &self.sample {
+            Some(sample) => &sample.payload()[EXCHANGE_HEADER_LEN..],
+            None => &[],
+        }
     }
 
     /// Answers with `payload` (copied into the requester's inbox).
     pub fn respond(self, payload: &[u8]) -> Result<(), RespondError> {
-        self.responder.respond(payload)
+        self.respond_with(payload.len(), |_, buf| copy(payload)(buf))
     }
 
     /// Answers in place, reading the request in place: `fill` gets the request's bytes and `len`
     /// bytes of the requester's inbox, and returns how many of those it used. Zero copies.
     pub fn respond_with(
-        self,
+        mut self,
         len: usize,
         mut fill: impl FnMut(&[u8], &mut [u8]) -> usize,
     ) -> Result<(), RespondError> {
-        let request = &self.sample.payload()[EXCHANGE_HEADER_LEN..];
-        let mut responder = self.responder;
-        responder.answered = true;
-        responder.frame(ResponseKind::Single, len, &mut |buf| fill(request, buf))
+        self.answered = true;
+        let outbound: &Outbound = self.outbound;
+        outbound.check_len(len)?;
+        let inbox = self.inbox;
+        if self.last.as_ref().map(|(id, _)| *id) != Some(inbox) {
+            *self.last = Some((inbox, outbound.writer(inbox)?));
+        }
+        let (_, shared) = self.last.as_ref().expect("filled above");
+        let header = ResponseHeader {
+            correlation: self.correlation,
+            kind: ResponseKind::Single,
+        };
+        let request = self.payload();
+        let written = outbound.deliver(shared, inbox, header, len, &mut |buf| fill(request, buf));
+        if written.is_err() {
+            *self.last = None;
+        }
+        written
     }
 
     /// Answers with a stream of responses.
     pub fn stream(self) -> ResponseSender {
-        self.responder.stream()
+        self.into_responder().stream()
     }
 
     /// Keeps only where to answer: the request's frame is released.
-    pub fn into_responder(self) -> Responder {
-        self.responder
+    pub fn into_responder(mut self) -> Responder {
+        self.answered = true;
+        Responder {
+            outbound: Arc::clone(self.outbound),
+            inbox: self.inbox,
+            correlation: self.correlation,
+            answered: false,
+        }
     }
 
     /// Keeps the request, in place, beyond the server's next receive (see
     /// [`Sample::detach`](crate::Sample::detach)).
-    pub fn detach(self) -> OwnedRequest {
+    pub fn detach(mut self) -> OwnedRequest {
+        let sample = self.sample.take().expect("present until detached");
         OwnedRequest {
-            sample: self.sample.detach(),
-            responder: self.responder,
+            sample: sample.detach(),
+            responder: self.into_responder(),
         }
     }
 }
@@ -398,6 +464,7 @@ impl OwnedRequest {
 pub struct Server {
     reader: RingSubscriber,
     outbound: Arc<Outbound>,
+    last: LastWriter,
 }
 
 impl std::fmt::Debug for Server {
@@ -442,6 +509,7 @@ impl Server {
                 topic: topic_ref,
                 writers: Mutex::new(HashMap::new()),
             }),
+            last: None,
         })
     }
 
@@ -498,21 +566,27 @@ impl Server {
         patience: Patience,
         stop: &dyn Fn() -> bool,
     ) -> Result<Request<'_>, Wait> {
-        let sample = self.reader.next(patience, stop)?;
+        let Server {
+            reader,
+            outbound,
+            last,
+        } = self;
+        let sample = reader.next(patience, stop)?;
         let Some((header, _)) = RequestHeader::decode(sample.payload()) else {
             // Written by a faulty requester: dropped, like any corrupt frame.
             return Err(Wait::Failed(RecvError::Corrupt {
-                topic: self.outbound.topic.clone(),
+                topic: outbound.topic.clone(),
                 detail: "a request too short to hold its header".into(),
             }));
         };
-        let responder = Responder {
-            outbound: Arc::clone(&self.outbound),
+        Ok(Request {
+            sample: Some(sample),
+            outbound,
+            last,
             inbox: header.inbox,
             correlation: header.correlation,
             answered: false,
-        };
-        Ok(Request { sample, responder })
+        })
     }
 
     /// Wakes a receive waiting in [`Server::receive`] so it looks at its `stop` again.
