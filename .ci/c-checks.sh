@@ -122,10 +122,31 @@ status=0
 wait "$bob_pid" || status=$?
 check chat-bob "$status" "$work/bob.log"
 
-step "the C test program: error paths and zero copy"
+step "calc.c: a C server and a C requester"
+"${VALGRIND[@]}" "$examples/calc" serve --bus "$bus" --count 2 >/dev/null 2>"$work/calc-serve.log" &
+serve_pid=$!
+wait_for "$work/calc-serve.log" "serving calc/add"
+run calc-ask "$examples/calc" ask --bus "$bus" 40 2
+if [ "$(cat "$work/calc-ask.out")" != "42" ]; then
+  echo "FAIL calc ask printed: $(cat "$work/calc-ask.out")"
+  failures=$((failures + 1))
+fi
+status=0
+"${VALGRIND[@]}" "$examples/calc" ask --bus "$bus" two three >/dev/null 2>"$work/calc-abandoned.log" || status=$?
+if [ "$status" -ne 1 ] || ! grep -q "dropped the request" "$work/calc-abandoned.log"; then
+  echo "FAIL calc ask of a bad request: exit $status"
+  sed 's/^/    /' "$work/calc-abandoned.log"
+  failures=$((failures + 1))
+fi
+status=0
+wait "$serve_pid" || status=$?
+check calc-serve "$status" "$work/calc-serve.log"
+
+step "the C test program: error paths, zero copy, request/response"
 mkdir -m 700 "$work/empty"
 run peer-errors "$work/peer" errors "$bus" "$work/empty"
 run peer-zerocopy "$work/peer" zerocopy "$bus"
+run peer-reqrep "$work/peer" reqrep "$bus"
 
 step "stop the broker"
 kill -TERM "${pids[0]}"

@@ -148,6 +148,17 @@ typedef enum shmbus_status {
     // What listens at the bus address is not trusted to be the broker (its socket's directory,
     // or its process, belongs to another user).
     SHMBUS_ERR_UNTRUSTED = -22,
+    // Nobody serves the topic of the request (reported at once, without waiting).
+    SHMBUS_ERR_NO_SERVER = -23,
+    // The server stopped serving, or its process died, with the request unanswered.
+    SHMBUS_ERR_SERVER_GONE = -24,
+    // The server released the request without answering it (its handler failed, say).
+    SHMBUS_ERR_ABANDONED = -25,
+    // Another server serves the topic already.
+    SHMBUS_ERR_ALREADY_SERVED = -26,
+    // The requester is gone (its process ended, or it stopped waiting): the answer goes
+    // nowhere.
+    SHMBUS_ERR_REQUESTER_GONE = -27,
 } shmbus_status;
 
 // Special values of the `timeout_ms` arguments (any other value is a number of milliseconds).
@@ -172,12 +183,50 @@ typedef struct shmbus_client shmbus_client;
 // publishers (even on the same topic) are independent.
 typedef struct shmbus_publisher shmbus_publisher;
 
+// A server of one topic (opaque).
+//
+// Thread safety: `shmbus_serve_recv` from one thread at a time; the requests it returns may be
+// answered from any thread.
+typedef struct shmbus_server shmbus_server;
+
 // A subscriber to one or more topic patterns (opaque).
 //
 // Thread safety: one thread at a time. A subscriber may be handed to another thread between
 // calls, but two threads must not call functions on the same subscriber at once. Different
 // subscribers are independent.
 typedef struct shmbus_subscriber shmbus_subscriber;
+
+// An answer from `shmbus_request`: a view into shared memory, valid until
+// `shmbus_response_release`. The field starting with `_` is private.
+typedef struct shmbus_response {
+    // The response's bytes, read-only, 16-byte aligned; not NUL-terminated.
+    const void *data;
+    // Its length in bytes (may be 0).
+    size_t len;
+    // Private: the response itself.
+    void *_owner;
+} shmbus_response;
+
+// A request received by `shmbus_serve_recv`: a view into shared memory, valid until it is
+// answered (`shmbus_reply`, `shmbus_reply_with`) or released unanswered
+// (`shmbus_incoming_release`). The field starting with `_` is private.
+typedef struct shmbus_incoming_request {
+    // The request's bytes, read-only, 16-byte aligned; not NUL-terminated.
+    const void *data;
+    // Its length in bytes (may be 0).
+    size_t len;
+    // Private: the request itself.
+    void *_owner;
+} shmbus_incoming_request;
+
+// Writes a response in place for `shmbus_reply_with`: `request` and `request_len` are the
+// request's bytes, `buf` has room for the `len` bytes asked for. Returns how many bytes of `buf`
+// make the response (at most `len`).
+typedef size_t (*shmbus_reply_fn)(void *ctx,
+                                  const void *request,
+                                  size_t request_len,
+                                  void *buf,
+                                  size_t len);
 
 // How a subscriber reads. A zero-initialised struct (`shmbus_subscriber_options opts = {0};`)
 // holds the defaults: tethered, no history, spin 50 µs then park.
@@ -562,6 +611,156 @@ int shmbus_publisher_last_sequence(struct shmbus_publisher *publisher, uint64_t 
 //
 // `publisher` is NULL or a live publisher.
 int shmbus_publisher_set_wait(struct shmbus_publisher *publisher, uint32_t wait, uint32_t spin_us);
+
+// Sends `len` bytes at `data` to the server of `topic` (an exact topic, no wildcards) and waits
+// for its answer, which `*response` then describes (zero copy: a view into this client's inbox
+// in shared memory, valid until `shmbus_response_release`).
+//
+// `timeout_ms`: negative waits as long as it takes, otherwise at most that many milliseconds
+// (0 gives up at the first wait). Safe to call from many threads on one client at once.
+//
+// On failure `*response` is zeroed. Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_INVALID_ARGUMENT`
+// (not a live client), `SHMBUS_ERR_INVALID_TOPIC` (also for a wildcard), `SHMBUS_ERR_NO_SERVER`
+// (nobody serves the topic; reported at once), `SHMBUS_ERR_TIMEOUT`, `SHMBUS_ERR_SERVER_GONE`
+// (the server stopped or died without answering; reported at once), `SHMBUS_ERR_ABANDONED`
+// (the server dropped the request unanswered), `SHMBUS_ERR_TOO_LARGE`, `SHMBUS_ERR_BROKER_GONE`
+// (the broker could not set the exchange up).
+//
+// Thread safety: any thread; many threads may request on one client at once.
+//
+// # Safety
+//
+// `client` is NULL or a live client; `topic` is NULL or a NUL-terminated string; `data` is
+// valid for reading `len` bytes (or NULL with `len` 0); `response` is NULL or valid for writing
+// a `shmbus_response`.
+int shmbus_request(const struct shmbus_client *client,
+                   const char *topic,
+                   const void *data,
+                   size_t len,
+                   struct shmbus_response *response,
+                   int32_t timeout_ms);
+
+// Releases a response from `shmbus_request`: its pointers become invalid and the struct is
+// zeroed. Releasing a zeroed struct does nothing and succeeds.
+//
+// Errors: `SHMBUS_ERR_NULL`.
+//
+// Thread safety: any thread (one at a time per struct).
+//
+// # Safety
+//
+// `response` is NULL or valid for reading and writing a `shmbus_response` that is zeroed or
+// was filled by `shmbus_request` and not released since (a copy of a released one is not
+// detected).
+int shmbus_response_release(struct shmbus_response *response);
+
+// Serves `topic` (an exact topic, no wildcards): only this server receives its requests until
+// `shmbus_server_free` (or this process ends). Another server of the topic gets
+// `SHMBUS_ERR_ALREADY_SERVED`. Receive requests with `shmbus_serve_recv`.
+//
+// Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_INVALID_ARGUMENT` (not a live client),
+// `SHMBUS_ERR_INVALID_TOPIC` (also for a wildcard), `SHMBUS_ERR_ALREADY_SERVED`, and those of
+// `shmbus_subscribe`.
+//
+// Thread safety: any thread.
+//
+// # Safety
+//
+// `client` is NULL or a live client; `topic` is NULL or a NUL-terminated string; `server_out`
+// is NULL or valid for writing a pointer.
+int shmbus_serve(const struct shmbus_client *client,
+                 const char *topic,
+                 struct shmbus_server **server_out);
+
+// Stops serving and frees the server. Requests still unanswered fail at their requesters with
+// `SHMBUS_ERR_SERVER_GONE`; requests received and not yet answered stay valid, and may still be
+// released. NULL does nothing.
+//
+// Thread safety: one thread at a time per server.
+//
+// # Safety
+//
+// `server` is NULL or a live server, not used by another thread meanwhile.
+void shmbus_server_free(struct shmbus_server *server);
+
+// How `shmbus_serve_recv` waits: `SHMBUS_WAIT_SPIN_THEN_PARK` (the default, polling `spin_us`
+// microseconds first; 0 means 50), `SHMBUS_WAIT_BUSY_SPIN` or `SHMBUS_WAIT_PARK`.
+//
+// Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_INVALID_ARGUMENT`.
+//
+// Thread safety: one thread at a time per server.
+//
+// # Safety
+//
+// `server` is NULL or a live server, not used by another thread meanwhile.
+int shmbus_server_set_wait(struct shmbus_server *server, uint32_t wait, uint32_t spin_us);
+
+// Receives the next request, which `*request` then describes (zero copy: a view into the
+// server's request ring). Answer it with `shmbus_reply` or `shmbus_reply_with`, or release it
+// unanswered with `shmbus_incoming_release` (its requester then gets `SHMBUS_ERR_ABANDONED`);
+// requests may be held and answered in any order, from any thread.
+//
+// `timeout_ms` as for `shmbus_recv`. On failure `*request` is zeroed. Errors: `SHMBUS_ERR_NULL`,
+// `SHMBUS_ERR_INVALID_ARGUMENT`, `SHMBUS_ERR_TIMEOUT`, `SHMBUS_ERR_LAGGED` /
+// `SHMBUS_ERR_CORRUPT` (requests were lost or a faulty requester wrote a bad one; call again),
+// `SHMBUS_ERR_STATE` (as many requests are held as the server may hold; answer some).
+//
+// Thread safety: one thread at a time per server.
+//
+// # Safety
+//
+// `server` is NULL or a live server, not used by another thread meanwhile; `request` is NULL or
+// valid for writing a `shmbus_incoming_request`.
+int shmbus_serve_recv(struct shmbus_server *server,
+                      struct shmbus_incoming_request *request,
+                      int32_t timeout_ms);
+
+// Answers a request with `len` bytes at `data` (copied into the requester's inbox); the request
+// is then released and the struct zeroed (also on failure).
+//
+// Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_STATE` (answered or released already),
+// `SHMBUS_ERR_TOO_LARGE`, `SHMBUS_ERR_REQUESTER_GONE` (the requester's process ended or it
+// stopped waiting: the answer goes nowhere), `SHMBUS_ERR_BROKER_GONE`.
+//
+// Thread safety: any thread (one at a time per struct).
+//
+// # Safety
+//
+// `request` is NULL or valid for reading and writing a `shmbus_incoming_request` filled by
+// `shmbus_serve_recv` (or zeroed); `data` is valid for reading `len` bytes (or NULL with `len`
+// 0).
+int shmbus_reply(struct shmbus_incoming_request *request, const void *data, size_t len);
+
+// Answers a request in place: `fill(ctx, request_data, request_len, buf, len)` writes the
+// response into `buf` — `len` bytes of the requester's inbox in shared memory — reading the
+// request in place, and returns how many bytes it wrote (at most `len`). Zero copies either
+// way. The request is then released and the struct zeroed (also on failure).
+//
+// Errors: those of `shmbus_reply`, and `SHMBUS_ERR_NULL` for a NULL `fill`.
+//
+// Thread safety: any thread (one at a time per struct).
+//
+// # Safety
+//
+// As for `shmbus_reply`; `fill` is a function that writes at most `len` bytes into `buf`,
+// reads at most `request_len` bytes of `request_data`, and does not unwind.
+int shmbus_reply_with(struct shmbus_incoming_request *request,
+                      size_t len,
+                      shmbus_reply_fn fill,
+                      void *ctx);
+
+// Releases a request unanswered: its requester gets `SHMBUS_ERR_ABANDONED` (or
+// `RequestError::Abandoned`). The struct is zeroed; a zeroed struct does nothing and succeeds.
+//
+// Errors: `SHMBUS_ERR_NULL`.
+//
+// Thread safety: any thread (one at a time per struct).
+//
+// # Safety
+//
+// `request` is NULL or valid for reading and writing a `shmbus_incoming_request` filled by
+// `shmbus_serve_recv` (or zeroed).
+int shmbus_incoming_release(struct shmbus_incoming_request *request);
 
 // Subscribes to every topic matching `pattern` (wildcards `*`: one fragment, `**`: one or more),
 // with default options: tethered, no history, spin then park. Rings created later that match

@@ -86,6 +86,17 @@ pub enum shmbus_status {
     /// What listens at the bus address is not trusted to be the broker (its socket's directory,
     /// or its process, belongs to another user).
     SHMBUS_ERR_UNTRUSTED = -22,
+    /// Nobody serves the topic of the request (reported at once, without waiting).
+    SHMBUS_ERR_NO_SERVER = -23,
+    /// The server stopped serving, or its process died, with the request unanswered.
+    SHMBUS_ERR_SERVER_GONE = -24,
+    /// The server released the request without answering it (its handler failed, say).
+    SHMBUS_ERR_ABANDONED = -25,
+    /// Another server serves the topic already.
+    SHMBUS_ERR_ALREADY_SERVED = -26,
+    /// The requester is gone (its process ended, or it stopped waiting): the answer goes
+    /// nowhere.
+    SHMBUS_ERR_REQUESTER_GONE = -27,
 }
 
 /// Every status code with its description, for `shmbus_strerror`.
@@ -128,6 +139,17 @@ pub(crate) const DESCRIPTIONS: &[(shmbus_status, &CStr)] = &[
         SHMBUS_ERR_UNTRUSTED,
         c"the process at the bus address is not trusted to be the broker",
     ),
+    (SHMBUS_ERR_NO_SERVER, c"nobody serves the topic"),
+    (
+        SHMBUS_ERR_SERVER_GONE,
+        c"the server went away without answering",
+    ),
+    (
+        SHMBUS_ERR_ABANDONED,
+        c"the server dropped the request without answering",
+    ),
+    (SHMBUS_ERR_ALREADY_SERVED, c"the topic is already served"),
+    (SHMBUS_ERR_REQUESTER_GONE, c"the requester is gone"),
 ];
 
 /// A failed call: its status code and the message for `shmbus_last_error`.

@@ -9,11 +9,14 @@
 //! Zero copy both ways: `shmbus_loan` hands out a pointer into the ring and `shmbus_recv` a view
 //! of the frame in shared memory; the handles keep the Rust loan and sample alive between calls
 //! (see the `publisher` and `subscriber` modules for how, and the invariants that make it sound).
+//! Request/response (`reqrep`) hands C owned views of requests and responses, answered in any
+//! order.
 
 mod args;
 mod client;
 mod error;
 mod publisher;
+mod reqrep;
 mod subscriber;
 
 use std::ffi::{c_char, c_int};
@@ -21,6 +24,7 @@ use std::ffi::{c_char, c_int};
 pub use client::*;
 pub use error::shmbus_status;
 pub use publisher::*;
+pub use reqrep::*;
 pub use subscriber::*;
 
 /// Special values of the `timeout_ms` arguments (any other value is a number of milliseconds).

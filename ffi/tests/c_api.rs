@@ -309,3 +309,86 @@ fn c_publisher_rejects_an_invalid_topic_naming_it() {
          (invalid topic or pattern)"
     );
 }
+
+#[test]
+fn c_server_answers_rust_requesters_in_place_and_abandons_what_it_cannot_parse() {
+    let broker = TestBroker::start();
+    let server = Proc::spawn(
+        &example("calc"),
+        &["serve", "--bus", broker.bus(), "--count", "3"],
+    );
+    server.stderr.wait_for("serving calc/add");
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let answer = bus
+        .request_timeout("calc/add", b"2 3", support::PATIENCE)
+        .unwrap();
+    assert_eq!(answer.payload(), b"5");
+    let mut requester = bus.requester("calc/add").unwrap();
+    let answer = requester
+        .request_timeout(b"-40 2", support::PATIENCE)
+        .unwrap();
+    assert_eq!(answer.payload(), b"-38");
+    match bus.request_timeout("calc/add", b"two three", support::PATIENCE) {
+        Err(shmbus::RequestError::Abandoned { .. }) => {}
+        other => panic!("expected Abandoned, got {other:?}"),
+    }
+    let mut server = server;
+    server.expect_success();
+    // The server served its count and left: the topic is free again.
+    match bus.request_timeout("calc/add", b"1 1", support::PATIENCE) {
+        Err(shmbus::RequestError::NoServer { .. }) => {}
+        other => panic!("expected NoServer, got {other:?}"),
+    }
+}
+
+#[test]
+fn c_requester_asks_a_rust_server_and_reports_each_error_by_exit_code() {
+    let broker = TestBroker::start();
+    let ask = |a: &str, b: &str| {
+        let mut p = Proc::spawn(&example("calc"), &["ask", "--bus", broker.bus(), a, b]);
+        let code = p.wait_code();
+        (code, p.stdout.text(), p.stderr.text())
+    };
+    let (code, _, err) = ask("1", "2");
+    assert_eq!(code, 5, "{err}");
+    assert!(err.contains("nobody serves the topic"), "{err}");
+
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let server = bus
+        .serve_with("calc/add", |req| {
+            let text = std::str::from_utf8(req.payload()).unwrap();
+            let sum: i64 = text.split(' ').map(|n| n.parse::<i64>().unwrap()).sum();
+            sum.to_string()
+        })
+        .unwrap();
+    let (code, out, err) = ask("20", "22");
+    assert_eq!((code, out.as_str()), (0, "42"), "{err}");
+    drop(server);
+
+    let mut held = bus.serve("calc/add").unwrap();
+    let asking = Proc::spawn(&example("calc"), &["ask", "--bus", broker.bus(), "1", "1"]);
+    let request = held
+        .recv_timeout(support::PATIENCE)
+        .unwrap()
+        .into_responder();
+    drop(held); // serving ends with the request unanswered
+    let mut asking = asking;
+    assert_eq!(asking.wait_code(), 1);
+    assert!(
+        asking
+            .stderr
+            .text()
+            .contains("the server went away without answering"),
+        "{}",
+        asking.stderr.text()
+    );
+    drop(request);
+}
+
+#[test]
+fn request_response_error_paths_of_the_c_api() {
+    let broker = TestBroker::start();
+    let mut p = Proc::spawn(&peer(), &["reqrep", broker.bus()]);
+    p.expect_success();
+    assert_eq!(p.stdout.text(), "ok reqrep");
+}
