@@ -405,3 +405,40 @@ fn no_timer_is_left_behind_by_answered_and_timed_out_requests() {
     assert_eq!(asker.join().unwrap().unwrap().payload(), b"yes");
     assert!(bus.is_connected());
 }
+
+#[test]
+fn dropping_a_bus_after_requests_releases_everything_at_the_broker() {
+    let broker = Broker::start(&[]);
+    let broker_fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", broker.proc.child.id()))
+            .unwrap()
+            .count()
+    };
+    let server_bus = Bus::connect(broker.bus()).unwrap();
+    let _server = server_bus
+        .serve_with("echo", |req| req.payload().to_vec())
+        .unwrap();
+    let baseline = broker_fds();
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let threads: Vec<_> = (0..3)
+        .map(|_| {
+            let bus = bus.clone();
+            std::thread::spawn(move || bus.request_timeout("echo", b"x", LONG).unwrap().len())
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 1);
+    }
+    // The pooled inboxes go with the last handle, and with them the connection (an inbox that
+    // kept the connection alive would keep its socket and rings at the broker forever).
+    drop(bus);
+    let deadline = std::time::Instant::now() + LONG;
+    while broker_fds() > baseline {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker holds {} fds, had {baseline}",
+            broker_fds()
+        );
+        std::thread::yield_now();
+    }
+}

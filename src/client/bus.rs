@@ -76,8 +76,6 @@ pub(crate) struct BusInner {
     pub(crate) owner: Owner,
     pub(crate) max_payload: u32,
     pub(crate) doorbells: DoorbellTable,
-    /// Idle inboxes for [`Bus::request`] calls.
-    pub(crate) inboxes: InboxPool,
     /// Joined on drop, so that no thread of ours outlives the last handle.
     control: Option<std::thread::JoinHandle<()>>,
     /// Declared last: the embedded broker stops after the connection closed.
@@ -111,6 +109,9 @@ impl Drop for BusInner {
 #[derive(Clone)]
 pub struct Bus {
     pub(crate) inner: Arc<BusInner>,
+    /// Idle inboxes for [`Bus::request`] calls. Held by the `Bus` handles, not by what they
+    /// share: an inbox holds the shared part, so the pool in it would never be dropped.
+    inboxes: Arc<InboxPool>,
 }
 
 impl std::fmt::Debug for Bus {
@@ -193,12 +194,12 @@ impl BusBuilder {
         };
         let (conn, session) = Connection::open(&address, &name, options)?;
         Ok(Bus {
+            inboxes: Arc::default(),
             inner: Arc::new(BusInner {
                 conn,
                 owner: session.owner,
                 max_payload: session.max_payload,
                 doorbells: session.doorbells,
-                inboxes: InboxPool::default(),
                 control: Some(session.control),
                 embedded,
             }),
@@ -344,7 +345,7 @@ impl Bus {
     /// [`RequestError::ServerGone`] as soon as the server goes without answering. Safe to call
     /// from many threads at once: each call uses an inbox of its own.
     pub fn request(&self, topic: &str, payload: &[u8]) -> Result<Response, RequestError> {
-        reqrep::request(&self.inner, topic, payload, None)
+        reqrep::request(&self.inner, &self.inboxes, topic, payload, None)
     }
 
     /// [`Bus::request`], giving up after `timeout` ([`RequestError::Timeout`]); an answer that
@@ -355,7 +356,7 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Response, RequestError> {
-        reqrep::request(&self.inner, topic, payload, Some(timeout))
+        reqrep::request(&self.inner, &self.inboxes, topic, payload, Some(timeout))
     }
 
     /// [`Bus::request`], giving up at `deadline`.
@@ -366,7 +367,7 @@ impl Bus {
         deadline: std::time::Instant,
     ) -> Result<Response, RequestError> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        reqrep::request(&self.inner, topic, payload, Some(left))
+        reqrep::request(&self.inner, &self.inboxes, topic, payload, Some(left))
     }
 
     /// Asks the server of `topic` for a stream of answers, waiting for each as long as it takes.
@@ -375,7 +376,7 @@ impl Bus {
         topic: &str,
         payload: &[u8],
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(&self.inner, topic, payload, None)
+        reqrep::request_stream(&self.inner, &self.inboxes, topic, payload, None)
     }
 
     /// [`Bus::request_stream`], waiting at most `timeout` for each answer.
@@ -385,7 +386,7 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(&self.inner, topic, payload, Some(timeout))
+        reqrep::request_stream(&self.inner, &self.inboxes, topic, payload, Some(timeout))
     }
 
     /// A requester of `topic` with an inbox of its own: requests written in place, and a choice

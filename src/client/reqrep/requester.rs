@@ -384,7 +384,7 @@ impl InboxPool {
 /// Where an exchange's inbox goes back to when it is done.
 enum Home {
     /// The bus's pool.
-    Pool(Arc<BusInner>),
+    Pool(Arc<InboxPool>),
     /// Nowhere: the inbox belongs to a [`Requester`], which takes it back itself.
     Requester,
 }
@@ -405,9 +405,10 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let (true, Some(inbox), Home::Pool(bus)) = (self.finished, self.inbox.take(), &self.home)
+        if let (true, Some(inbox), Home::Pool(pool)) =
+            (self.finished, self.inbox.take(), &self.home)
         {
-            bus.inboxes.put(inbox);
+            pool.put(inbox);
         }
     }
 }
@@ -538,14 +539,18 @@ fn deadline_after(patience: Option<Duration>) -> Deadline {
 }
 
 /// Takes an inbox from the bus's pool (opening one if none is idle) for one exchange.
-fn pooled(bus: &Arc<BusInner>, topic: &Topic) -> Result<Exchange, RequestError> {
-    let inbox = match bus.inboxes.take() {
+fn pooled(
+    bus: &Arc<BusInner>,
+    pool: &Arc<InboxPool>,
+    topic: &Topic,
+) -> Result<Exchange, RequestError> {
+    let inbox = match pool.take() {
         Some(inbox) => inbox,
         None => Inbox::open(bus, topic, WaitStrategy::default())?,
     };
     Ok(Exchange {
         inbox: Some(inbox),
-        home: Home::Pool(Arc::clone(bus)),
+        home: Home::Pool(Arc::clone(pool)),
         finished: false,
     })
 }
@@ -553,12 +558,13 @@ fn pooled(bus: &Arc<BusInner>, topic: &Topic) -> Result<Exchange, RequestError> 
 /// [`Bus::request`](crate::Bus::request) and its twins.
 pub(crate) fn request(
     bus: &Arc<BusInner>,
+    pool: &Arc<InboxPool>,
     topic: &str,
     payload: &[u8],
     patience: Option<Duration>,
 ) -> Result<Response, RequestError> {
     let topic = exact_topic(topic)?;
-    let mut exchange = pooled(bus, &topic)?;
+    let mut exchange = pooled(bus, pool, &topic)?;
     let deadline = deadline_after(patience);
     let mut payload = Payload::Copy(payload);
     let (_, _, kind, sample) = first_answer(bus, &mut exchange, &topic, &mut payload, deadline)?;
@@ -568,12 +574,13 @@ pub(crate) fn request(
 /// [`Bus::request_stream`](crate::Bus::request_stream) and its twins.
 pub(crate) fn request_stream(
     bus: &Arc<BusInner>,
+    pool: &Arc<InboxPool>,
     topic: &str,
     payload: &[u8],
     patience: Option<Duration>,
 ) -> Result<ResponseStream, RequestError> {
     let topic = exact_topic(topic)?;
-    let exchange = pooled(bus, &topic)?;
+    let exchange = pooled(bus, pool, &topic)?;
     stream(bus, exchange, topic, &mut Payload::Copy(payload), patience)
 }
 
