@@ -50,7 +50,7 @@ pub use client::pubsub::{
 };
 pub use client::reqrep::{
     Dispatcher, OwnedRequest, Request, RequestError, Requester, RespondError, Responder, Response,
-    ResponseSender, ResponseStream, ServeError, Server,
+    ResponseSender, ResponseStream, ServeError, Server, TypedResponse,
 };
 pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError};
 pub use protocol::{ErrorCode, PublisherId, RingId};

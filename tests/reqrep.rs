@@ -442,3 +442,58 @@ fn dropping_a_bus_after_requests_releases_everything_at_the_broker() {
         std::thread::yield_now();
     }
 }
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Query {
+    name: String,
+    limit: u32,
+}
+
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Rows {
+    names: Vec<String>,
+}
+
+#[test]
+fn typed_requests_and_responses_are_validated_in_place() {
+    let broker = Broker::start(&[]);
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut server = bus.serve("db/query").unwrap();
+    let serving = std::thread::spawn(move || {
+        let request = server.recv().unwrap();
+        let rows = {
+            let query = request.payload_typed::<Query>().unwrap();
+            let n = query.limit.to_native();
+            Rows {
+                names: (0..n).map(|i| format!("{}-{i}", query.name)).collect(),
+            }
+        };
+        request.respond_typed(&rows).unwrap();
+        // A response that is not an archive of what the requester expects.
+        let request = server.recv().unwrap();
+        assert!(
+            request.payload_typed::<Query>().is_err(),
+            "raw bytes are not a Query"
+        );
+        request.respond(&[0xff; 3]).unwrap();
+    });
+    let mut requester = bus.requester("db/query").unwrap();
+    let query = Query {
+        name: "row".into(),
+        limit: 3,
+    };
+    let rows = requester
+        .request_typed::<Query, Rows>(&query, Some(LONG))
+        .unwrap();
+    let names: Vec<&str> = rows.names.iter().map(|n| n.as_str()).collect();
+    assert_eq!(names, ["row-0", "row-1", "row-2"]);
+    drop(rows);
+    match requester
+        .request_timeout(b"not an archive", LONG)
+        .map(|r| r.len())
+    {
+        Ok(3) => {}
+        other => panic!("expected the raw answer, got {other:?}"),
+    }
+    serving.join().unwrap();
+}

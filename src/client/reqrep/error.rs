@@ -46,6 +46,22 @@ pub enum RequestError {
         /// The limit.
         max: usize,
     },
+    /// The typed request could not be serialized (nothing was sent).
+    #[error("{topic:?}: cannot serialize the request: {detail}")]
+    Serialize {
+        /// The topic.
+        topic: Topic,
+        /// The serializer's error.
+        detail: String,
+    },
+    /// The answer is not a valid archive of the expected type.
+    #[error("{topic:?}: the answer is not a valid archive of the expected type: {detail}")]
+    Invalid {
+        /// The topic.
+        topic: Topic,
+        /// The validator's error.
+        detail: String,
+    },
     /// The broker could not set up the exchange (only the first request to a server, or one
     /// after a server change, asks it anything).
     #[error("{topic:?}: {detail}")]
@@ -93,6 +109,12 @@ pub enum RespondError {
     /// The requester's inbox could not be reached.
     #[error("cannot reach the requester's inbox: {0}")]
     Broker(#[from] ControlError),
+    /// The typed response could not be serialized (nothing was sent).
+    #[error("cannot serialize the response: {detail}")]
+    Serialize {
+        /// The serializer's error.
+        detail: String,
+    },
     /// The inbox could not be written (its memory failed to map, or the broker refused).
     #[error("cannot write to the requester's inbox: {detail}")]
     Inbox {

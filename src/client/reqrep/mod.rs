@@ -33,5 +33,5 @@ pub use callbacks::Dispatcher;
 pub(crate) use callbacks::{on, serve_with};
 pub use error::{RequestError, RespondError, ServeError};
 pub(crate) use requester::{InboxPool, request, request_stream};
-pub use requester::{Requester, Response, ResponseStream};
+pub use requester::{Requester, Response, ResponseStream, TypedResponse};
 pub use server::{OwnedRequest, Request, Responder, ResponseSender, Server};

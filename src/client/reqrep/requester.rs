@@ -21,7 +21,9 @@ use tracing::debug;
 use super::error::RequestError;
 use crate::client::bus::BusInner;
 use crate::client::error::CallError;
-use crate::client::pubsub::{OwnedSample, Patience, RecvError, RingSubscriber, Wait};
+use crate::client::pubsub::{
+    OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
+};
 use crate::protocol::pubsub::{Publishing, Unpublish};
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
@@ -57,6 +59,73 @@ impl std::fmt::Debug for Response {
         f.debug_struct("Response")
             .field("len", &self.len())
             .finish()
+    }
+}
+
+/// Serializes `value` with rkyv into `buf`; returns the bytes used, or why it did not fit.
+pub(super) fn serialize_into<T>(value: &T, buf: &mut [u8]) -> Result<usize, String>
+where
+    T: for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
+{
+    let max = buf.len();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+        value,
+        rkyv::ser::writer::Buffer::from(buf),
+    )
+    .map(|written| written.len())
+    .map_err(|e| format!("{e} (the largest message is {max} bytes)"))
+}
+
+/// A typed answer: a [`Response`] validated as an archive of `T` and read in place.
+pub struct TypedResponse<T> {
+    response: Response,
+    _type: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> std::fmt::Debug for TypedResponse<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("TypedResponse")
+            .field(&self.response)
+            .finish()
+    }
+}
+
+impl<T> TypedResponse<T>
+where
+    T: rkyv::Archive,
+    T::Archived: rkyv::Portable
+        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
+{
+    /// Validates `response` as an archive of `T`.
+    fn check(response: Response, topic: &Topic) -> Result<TypedResponse<T>, RequestError> {
+        match rkyv::access::<T::Archived, rkyv::rancor::Error>(response.payload()) {
+            Ok(_) => Ok(TypedResponse {
+                response,
+                _type: std::marker::PhantomData,
+            }),
+            Err(e) => Err(RequestError::Invalid {
+                topic: topic.clone(),
+                detail: e.to_string(),
+            }),
+        }
+    }
+
+    /// The raw response.
+    pub fn response(&self) -> &Response {
+        &self.response
+    }
+}
+
+impl<T: rkyv::Archive> std::ops::Deref for TypedResponse<T>
+where
+    T::Archived: rkyv::Portable,
+{
+    type Target = T::Archived;
+
+    fn deref(&self) -> &T::Archived {
+        // SAFETY: validated as an archive of `T` when this was made, and the response holds its
+        // frame in place (tethered inbox) until it drops.
+        unsafe { rkyv::access_unchecked::<T::Archived>(self.response.payload()) }
     }
 }
 
@@ -98,7 +167,9 @@ pub(crate) struct Inbox {
 /// What [`Inbox::exchange`] was asked to send.
 enum Payload<'a> {
     Copy(&'a [u8]),
-    Fill(usize, &'a mut dyn FnMut(&mut [u8]) -> usize),
+    /// Up to this many bytes written in place; the function returns how many, or why it could
+    /// not (then nothing is sent).
+    Fill(usize, &'a mut dyn FnMut(&mut [u8]) -> Result<usize, String>),
 }
 
 impl Payload<'_> {
@@ -120,6 +191,8 @@ enum Unsent {
     Moved,
     /// The broker took the claim back before it was committed.
     Revoked,
+    /// The payload could not be written (a typed request did not serialize).
+    Unwritable(String),
 }
 
 /// Writes one request frame, `header` then the payload, with `writer`.
@@ -146,7 +219,11 @@ fn write_request(
             body.copy_from_slice(bytes);
             bytes.len()
         }
-        Payload::Fill(_, fill) => fill(body).min(body.len()),
+        Payload::Fill(_, fill) => match fill(body) {
+            Ok(n) => n.min(body.len()),
+            // The loan drops uncommitted: a skipped frame nobody sees.
+            Err(why) => return Err(Unsent::Unwritable(why)),
+        },
     };
     loan.commit_prefix(EXCHANGE_HEADER_LEN + used)
         .map(drop)
@@ -264,6 +341,12 @@ impl Inbox {
                 }
                 Err(Unsent::Revoked) if !retry && matches!(payload, Payload::Copy(_)) => {}
                 Err(Unsent::Revoked) => return Err(timeout()),
+                Err(Unsent::Unwritable(detail)) => {
+                    return Err(RequestError::Serialize {
+                        topic: topic.clone(),
+                        detail,
+                    });
+                }
             }
         }
         Err(timeout())
@@ -698,7 +781,53 @@ impl Requester {
         len: usize,
         mut fill: impl FnMut(&mut [u8]) -> usize,
     ) -> Result<Response, RequestError> {
+        let mut fill = |buf: &mut [u8]| Ok(fill(buf));
         self.exchange(&mut Payload::Fill(len, &mut fill), None)
+    }
+
+    /// Sends `value` as a typed request, serialized with rkyv straight into the request ring,
+    /// and waits for the answer (at most `timeout`, if given), validated as an archive of `R`.
+    ///
+    /// ```
+    /// use shmbus::Bus;
+    ///
+    /// #[derive(rkyv::Archive, rkyv::Serialize)]
+    /// struct Add { a: i64, b: i64 }
+    ///
+    /// let bus = Bus::embedded()?;
+    /// let mut server = bus.serve("math/add")?;
+    /// let worker = std::thread::spawn(move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    ///     let request = server.recv()?;
+    ///     let sum = {
+    ///         let add = request.payload_typed::<Add>()?; // validated, read in place
+    ///         add.a.to_native() + add.b.to_native()
+    ///     };
+    ///     request.respond_typed(&sum)?; // serialized straight into the requester's inbox
+    ///     Ok(())
+    /// });
+    /// let mut requester = bus.requester("math/add")?;
+    /// let answer = requester.request_typed::<Add, i64>(&Add { a: 40, b: 2 }, None)?;
+    /// assert_eq!(*answer, 42);
+    /// worker.join().unwrap().unwrap();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn request_typed<Q, R>(
+        &mut self,
+        value: &Q,
+        timeout: Option<Duration>,
+    ) -> Result<TypedResponse<R>, RequestError>
+    where
+        Q: for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
+        R: rkyv::Archive,
+        R::Archived: rkyv::Portable
+            + for<'a> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+            >,
+    {
+        let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        let mut fill = |buf: &mut [u8]| serialize_into(value, buf);
+        let response = self.exchange(&mut Payload::Fill(max, &mut fill), timeout)?;
+        TypedResponse::check(response, &self.topic)
     }
 
     /// Sends `payload` and returns the stream of answers; each wait for the next one lasts at

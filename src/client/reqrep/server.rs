@@ -13,6 +13,7 @@ use shmbus_shm::{Deadline, LoanError, ReaderOptions, Ring, WaitStrategy, Writer}
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
+use super::requester::serialize_into;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
@@ -88,7 +89,7 @@ impl Outbound {
         inbox: RingId,
         header: ResponseHeader,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
     ) -> Result<(), RespondError> {
         self.check_len(len)?;
         let shared = self.writer(inbox)?;
@@ -111,7 +112,7 @@ impl Outbound {
         inbox: RingId,
         header: ResponseHeader,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
     ) -> Result<(), RespondError> {
         // The entry's lock is let go before the map's is taken (the map's comes first elsewhere).
         let written = write_frame(&mut lock(shared).writer, header, len, fill);
@@ -128,7 +129,7 @@ fn write_frame(
     writer: &mut Writer,
     header: ResponseHeader,
     len: usize,
-    fill: &mut dyn FnMut(&mut [u8]) -> usize,
+    fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
 ) -> Result<(), RespondError> {
     for retry in [false, true] {
         let mut loan = match writer.loan(EXCHANGE_HEADER_LEN + len, Deadline::Never) {
@@ -144,7 +145,10 @@ fn write_frame(
         };
         let buf = loan.as_mut_slice();
         buf[..EXCHANGE_HEADER_LEN].copy_from_slice(&header.encode());
-        let used = fill(&mut buf[EXCHANGE_HEADER_LEN..]).min(len);
+        // On an error the loan drops uncommitted: a skipped frame nobody sees.
+        let used = fill(&mut buf[EXCHANGE_HEADER_LEN..])
+            .map_err(|detail| RespondError::Serialize { detail })?
+            .min(len);
         match loan.commit_prefix(EXCHANGE_HEADER_LEN + used) {
             Ok(_) => return Ok(()),
             // Taken back after the unblock timeout (this process was stopped): send again.
@@ -208,7 +212,7 @@ impl Responder {
         &mut self,
         kind: ResponseKind,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> usize,
+        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
     ) -> Result<(), RespondError> {
         let header = ResponseHeader {
             correlation: self.correlation,
@@ -231,7 +235,7 @@ impl Responder {
         mut fill: impl FnMut(&mut [u8]) -> usize,
     ) -> Result<(), RespondError> {
         self.answered = true;
-        self.frame(ResponseKind::Single, len, &mut fill)
+        self.frame(ResponseKind::Single, len, &mut |buf| Ok(fill(buf)))
     }
 
     /// Answers with a stream of responses, closed by [`ResponseSender::end`].
@@ -244,7 +248,7 @@ impl Drop for Responder {
     fn drop(&mut self) {
         if !self.answered {
             self.answered = true;
-            if let Err(e) = self.frame(ResponseKind::Unanswered, 0, &mut |_| 0) {
+            if let Err(e) = self.frame(ResponseKind::Unanswered, 0, &mut |_| Ok(0)) {
                 debug!(topic = %self.outbound.topic, "could not tell a requester its request was dropped: {e}");
             }
         }
@@ -252,10 +256,10 @@ impl Drop for Responder {
 }
 
 /// A copy of `payload` into a buffer of its length, as a fill function.
-fn copy(payload: &[u8]) -> impl FnMut(&mut [u8]) -> usize + '_ {
+fn copy(payload: &[u8]) -> impl FnMut(&mut [u8]) -> Result<usize, String> + '_ {
     move |buf: &mut [u8]| {
         buf[..payload.len()].copy_from_slice(payload);
-        payload.len()
+        Ok(payload.len())
     }
 }
 
@@ -280,13 +284,14 @@ impl ResponseSender {
         len: usize,
         mut fill: impl FnMut(&mut [u8]) -> usize,
     ) -> Result<(), RespondError> {
-        self.responder.frame(ResponseKind::Item, len, &mut fill)
+        self.responder
+            .frame(ResponseKind::Item, len, &mut |buf| Ok(fill(buf)))
     }
 
     /// Closes the stream: the requester's iteration ends.
     pub fn end(mut self) -> Result<(), RespondError> {
         self.responder.answered = true;
-        self.responder.frame(ResponseKind::End, 0, &mut |_| 0)
+        self.responder.frame(ResponseKind::End, 0, &mut |_| Ok(0))
     }
 }
 
@@ -324,7 +329,7 @@ impl Drop for Request<'_> {
                 correlation: self.correlation,
                 kind: ResponseKind::Unanswered,
             };
-            if let Err(e) = self.outbound.send(self.inbox, header, 0, &mut |_| 0) {
+            if let Err(e) = self.outbound.send(self.inbox, header, 0, &mut |_| Ok(0)) {
                 debug!(topic = %self.outbound.topic, "could not tell a requester its request was dropped: {e}");
             }
         }
@@ -346,17 +351,54 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The request validated as an archive of `T`, read in place (validated at each call).
+    pub fn payload_typed<T>(&self) -> Result<&T::Archived, RecvError>
+    where
+        T: rkyv::Archive,
+        T::Archived: rkyv::Portable
+            + for<'v> rkyv::bytecheck::CheckBytes<
+                rkyv::api::high::HighValidator<'v, rkyv::rancor::Error>,
+            >,
+    {
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(self.payload()).map_err(|e| {
+            RecvError::Invalid {
+                topic: self.outbound.topic.clone(),
+                sequence: self.sample.as_ref().map_or(0, Sample::sequence),
+                detail: e.to_string(),
+            }
+        })
+    }
+
     /// Answers with `payload` (copied into the requester's inbox).
     pub fn respond(self, payload: &[u8]) -> Result<(), RespondError> {
-        self.respond_with(payload.len(), |_, buf| copy(payload)(buf))
+        let mut copy = copy(payload);
+        self.answer(payload.len(), &mut |_, buf| copy(buf))
     }
 
     /// Answers in place, reading the request in place: `fill` gets the request's bytes and `len`
     /// bytes of the requester's inbox, and returns how many of those it used. Zero copies.
     pub fn respond_with(
-        mut self,
+        self,
         len: usize,
         mut fill: impl FnMut(&[u8], &mut [u8]) -> usize,
+    ) -> Result<(), RespondError> {
+        self.answer(len, &mut |request, buf| Ok(fill(request, buf)))
+    }
+
+    /// Answers with `value`, serialized with rkyv straight into the requester's inbox.
+    pub fn respond_typed<R>(self, value: &R) -> Result<(), RespondError>
+    where
+        R: for<'b, 'c> rkyv::Serialize<crate::RingSerializer<'b, 'c>>,
+    {
+        let max = self.outbound.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        self.answer(max, &mut |_, buf| serialize_into(value, buf))
+    }
+
+    /// Writes the answer: up to `len` bytes by `fill`, given the request's bytes.
+    fn answer(
+        mut self,
+        len: usize,
+        fill: &mut dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String>,
     ) -> Result<(), RespondError> {
         self.answered = true;
         let outbound: &Outbound = self.outbound;
@@ -443,7 +485,7 @@ impl OwnedRequest {
         } = self;
         let request = &sample.payload()[EXCHANGE_HEADER_LEN..];
         responder.answered = true;
-        responder.frame(ResponseKind::Single, len, &mut |buf| fill(request, buf))
+        responder.frame(ResponseKind::Single, len, &mut |buf| Ok(fill(request, buf)))
     }
 
     /// Answers with a stream of responses.
