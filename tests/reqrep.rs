@@ -497,3 +497,46 @@ fn typed_requests_and_responses_are_validated_in_place() {
     }
     serving.join().unwrap();
 }
+
+#[test]
+fn busy_requester_and_server_make_no_system_call_per_request() {
+    let strace = ["/usr/bin/strace", "/bin/strace"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).exists());
+    let Some(strace) = strace else {
+        assert!(
+            std::env::var_os("SHMBUS_REQUIRE_STRACE").is_none(),
+            "strace is required (SHMBUS_REQUIRE_STRACE) but not installed"
+        );
+        println!("skipping: strace is not installed");
+        return;
+    };
+    let broker = Broker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let summary = dir.path().join("strace.txt");
+    let requests: u64 = 200_000;
+    // `bench reqrep` runs a busy-polling server process and a busy-polling requester; `-f`
+    // counts both (the broker, a separate process, is not traced).
+    let mut cmd = std::process::Command::new(strace);
+    cmd.args(["-f", "-c", "-o"])
+        .arg(&summary)
+        .arg(support::bin())
+        .args(["bench", "reqrep", "--wait", "busy", "--count"])
+        .arg(requests.to_string())
+        .args(["--bus", broker.bus()])
+        .env("RUST_LOG", "warn");
+    let mut p = Proc::spawn(cmd);
+    p.expect_success();
+    let text = std::fs::read_to_string(&summary).unwrap();
+    let calls: u64 = text
+        .lines()
+        .find(|l| l.trim_end().ends_with("total"))
+        .and_then(|l| l.split_whitespace().nth(3))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no total in the strace summary:\n{text}"));
+    println!("{calls} system calls for {requests} requests, start-up included");
+    assert!(
+        calls < requests / 20,
+        "{calls} system calls for {requests} requests:\n{text}"
+    );
+}
