@@ -509,9 +509,8 @@ fn reqrep(c: &mut Criterion) {
     let mut children = roles();
     let mut pongs = bench::subscriber(&bus, PONG, wait).unwrap();
     let mut pings = bench::publisher(&bus, PING, wait).unwrap();
+    // One busy child at a time: two would share the child's CPU.
     role(&mut children, &bus, "echo", &["--wait", "busy"]);
-    role(&mut children, &bus, "reply", &["--wait", "busy"]);
-    let mut requester = bench::requester(&bus, wait).unwrap();
     for size in sizes {
         group.bench_function(
             BenchmarkId::new("pubsub_round_trip", size_name(size)),
@@ -521,6 +520,12 @@ fn reqrep(c: &mut Criterion) {
                 })
             },
         );
+    }
+    pings.publish(&[]).unwrap();
+    children.wait().unwrap();
+    role(&mut children, &bus, "reply", &["--wait", "busy"]);
+    let mut requester = bench::requester(&bus, wait).unwrap();
+    for size in sizes {
         group.bench_function(
             BenchmarkId::new("request_round_trip", size_name(size)),
             |b| {
@@ -530,7 +535,6 @@ fn reqrep(c: &mut Criterion) {
             },
         );
     }
-    pings.publish(&[]).unwrap();
 
     for threads in [1u64, 4] {
         let mut requesters: Vec<_> = (0..threads)

@@ -20,7 +20,7 @@ impl Endpoint for BusEnd {
     fn send(&mut self, len: usize, fill: u8) {
         let mut loan = self.publisher.loan(len).expect("loan from the bus");
         loan.as_mut_slice().fill(fill);
-        loan.commit();
+        loan.commit().expect("publish on the bus");
     }
 
     fn recv(&mut self) -> (usize, u64) {

@@ -36,14 +36,14 @@ pub trait Endpoint {
 pub use shmbus::bench::read_all;
 
 /// What [`read_all`] returns for `len` bytes that all hold `fill`.
-fn expected_sum(len: usize, fill: u8) -> u64 {
+pub fn expected_sum(len: usize, fill: u8) -> u64 {
     let word = u64::from(fill).wrapping_mul(0x0101_0101_0101_0101);
     word.wrapping_mul((len / 8) as u64)
         .wrapping_add(u64::from(fill) * (len % 8) as u64)
 }
 
 /// The byte the echo answers a message with: it depends on every byte it read.
-fn reply_fill(received_sum: u64) -> u8 {
+pub fn reply_fill(received_sum: u64) -> u8 {
     received_sum as u8 ^ 0xa5
 }
 

@@ -26,6 +26,13 @@ use crate::protocol::reqrep::{
 use crate::protocol::{ErrorCode, PublisherId, RingId};
 use crate::topic::Topic;
 
+/// Writes a frame's payload in place: returns the bytes used, or why it could not (then nothing
+/// is sent).
+type Fill<'f> = dyn FnMut(&mut [u8]) -> Result<usize, String> + 'f;
+
+/// [`Fill`] that also reads the request's bytes.
+type AnswerFill<'f> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'f;
+
 /// A writer on one requester's inbox.
 struct InboxWriter {
     writer: Writer,
@@ -89,7 +96,7 @@ impl Outbound {
         inbox: RingId,
         header: ResponseHeader,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
+        fill: &mut Fill<'_>,
     ) -> Result<(), RespondError> {
         self.check_len(len)?;
         let shared = self.writer(inbox)?;
@@ -112,7 +119,7 @@ impl Outbound {
         inbox: RingId,
         header: ResponseHeader,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
+        fill: &mut Fill<'_>,
     ) -> Result<(), RespondError> {
         // The entry's lock is let go before the map's is taken (the map's comes first elsewhere).
         let written = write_frame(&mut lock(shared).writer, header, len, fill);
@@ -129,7 +136,7 @@ fn write_frame(
     writer: &mut Writer,
     header: ResponseHeader,
     len: usize,
-    fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
+    fill: &mut Fill<'_>,
 ) -> Result<(), RespondError> {
     for retry in [false, true] {
         let mut loan = match writer.loan(EXCHANGE_HEADER_LEN + len, Deadline::Never) {
@@ -212,7 +219,7 @@ impl Responder {
         &mut self,
         kind: ResponseKind,
         len: usize,
-        fill: &mut dyn FnMut(&mut [u8]) -> Result<usize, String>,
+        fill: &mut Fill<'_>,
     ) -> Result<(), RespondError> {
         let header = ResponseHeader {
             correlation: self.correlation,
@@ -398,7 +405,7 @@ impl<'a> Request<'a> {
     fn answer(
         mut self,
         len: usize,
-        fill: &mut dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String>,
+        fill: &mut AnswerFill<'_>,
     ) -> Result<(), RespondError> {
         self.answered = true;
         let outbound: &Outbound = self.outbound;
