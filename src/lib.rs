@@ -16,6 +16,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! Request/response goes through shared memory too: [`Bus::serve`] (one server per topic),
+//! [`Bus::request`] and [`Bus::request_stream`], a [`Requester`] for requests written in place
+//! and typed ones, and callbacks ([`Bus::serve_with`], [`Bus::on`]); see the `reqrep` module of
+//! the client for the design.
+//!
 //! Options go through builders — [`Bus::subscriber`], [`Bus::publisher_builder`],
 //! [`Bus::builder`], [`Broker::builder`] — and typed (rkyv) messages through their `typed`
 //! step. Every blocking call has a `try_` twin that never waits and `_timeout`/`_deadline` twins
