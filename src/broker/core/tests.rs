@@ -608,3 +608,102 @@ fn a_claim_held_too_long_by_a_live_publisher_is_taken_back_and_its_commit_fails(
     // The writer goes on with new claims.
     stuck.try_publish(b"after").unwrap();
 }
+
+mod reqrep {
+    use super::*;
+    use crate::protocol::reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
+
+    fn serve(core: &mut Core, client: ClientId, topic: &str) -> Result<Reply, ErrorReply> {
+        let doorbell = doorbell(core, client);
+        let body = Request::Serve(Serve {
+            topic: topic.into(),
+            doorbell,
+        });
+        reply(&call(core, client, body), client).clone()
+    }
+
+    fn target(core: &mut Core, client: ClientId, topic: &str) -> Result<Reply, ErrorReply> {
+        let body = Request::Target(Target {
+            topic: topic.into(),
+        });
+        reply(&call(core, client, body), client).clone()
+    }
+
+    fn open_inbox(core: &mut Core, client: ClientId) -> (InboxOpened, Vec<RingAttachment>) {
+        let doorbell = doorbell(core, client);
+        let out = call(core, client, Request::OpenInbox(OpenInbox { doorbell }));
+        let Ok(Reply::InboxOpened(opened)) = reply(&out, client).clone() else {
+            panic!("expected InboxOpened");
+        };
+        let attached = attachments(&out).into_iter().map(|(_, a)| a).collect();
+        (opened, attached)
+    }
+
+    #[test]
+    fn serving_is_exclusive_and_ends_with_the_client() {
+        let mut core = core();
+        let (a, b) = (client(&mut core), client(&mut core));
+        assert!(matches!(target(&mut core, b, "calc"), Err(e) if e.code == ErrorCode::NoServer));
+        let Ok(Reply::Serving(Serving { .. })) = serve(&mut core, a, "calc") else {
+            panic!("expected Serving");
+        };
+        assert!(matches!(serve(&mut core, b, "calc"), Err(e) if e.code == ErrorCode::Taken));
+        assert!(matches!(serve(&mut core, b, "a/*"), Err(e) if e.code == ErrorCode::InvalidTopic));
+        let Ok(Reply::Publishing(link)) = target(&mut core, b, "calc") else {
+            panic!("expected Publishing");
+        };
+        core.disconnect(a, &DisconnectReason::Closed);
+        // The server's ring was retired and forgotten, with the requester's publisher on it.
+        assert!(matches!(target(&mut core, b, "calc"), Err(e) if e.code == ErrorCode::NoServer));
+        assert!(
+            !core
+                .clients
+                .get(b)
+                .unwrap()
+                .publishers
+                .contains_key(&link.publisher)
+        );
+        assert!(matches!(serve(&mut core, b, "calc"), Ok(Reply::Serving(_))));
+    }
+
+    #[test]
+    fn an_inbox_is_attached_to_its_client_only_and_closed_with_it() {
+        let mut core = core();
+        let (requester, server) = (client(&mut core), client(&mut core));
+        // A subscriber of everything never gets a ring of request/response.
+        let (_, out) = subscribe(&mut core, server, "**");
+        assert!(attachments(&out).is_empty());
+        let (opened, attached) = open_inbox(&mut core, requester);
+        assert_eq!(attached.len(), 1);
+        assert_eq!(attached[0].topic, format!("inbox/{}", opened.inbox));
+        assert_eq!(attached[0].ring.id, opened.inbox);
+        let body = Request::Respond(Respond {
+            inbox: opened.inbox,
+        });
+        let out = call(&mut core, server, body.clone());
+        let Ok(Reply::Publishing(writer)) = reply(&out, server).clone() else {
+            panic!("expected Publishing");
+        };
+        let rings = core.rings.len();
+        let unsubscribe = Request::Unsubscribe(Unsubscribe {
+            subscription: opened.subscription,
+        });
+        call(&mut core, requester, unsubscribe);
+        assert_eq!(core.rings.len(), rings - 1);
+        assert!(
+            !core
+                .clients
+                .get(server)
+                .unwrap()
+                .publishers
+                .contains_key(&writer.publisher)
+        );
+        let closed = reply(&call(&mut core, server, body), server).clone();
+        assert!(matches!(closed, Err(e) if e.code == ErrorCode::Unknown));
+        // Retired again at the next sweeps, then forgotten.
+        assert_eq!(core.retired.len(), 1);
+        core.keep_retired();
+        core.keep_retired();
+        assert!(core.retired.is_empty());
+    }
+}
