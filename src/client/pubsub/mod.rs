@@ -11,7 +11,7 @@ mod typed;
 pub use error::{
     PublishError, PublishTimeoutError, RecvError, RecvTimeoutError, TryPublishError, TryRecvError,
 };
-pub(crate) use publisher::Patience;
+pub(crate) use publisher::{AttachedWriter, Patience};
 pub use publisher::{Loan, Publisher, PublisherBuilder};
 pub use sample::{OwnedSample, Sample};
 pub(crate) use subscriber::{RingSubscriber, Wait, Waker};

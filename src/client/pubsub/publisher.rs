@@ -214,6 +214,54 @@ fn open_writer(
     fds: Vec<std::os::fd::OwnedFd>,
     reply: &Publishing,
 ) -> Result<Writer, String> {
+    open_ring_writer(bus, fds, reply).map(|(_, writer)| writer)
+}
+
+/// A writer slot on a ring the broker handed out (of request/response), with the ring (to see
+/// when it is retired); the broker forgets the publisher when it drops.
+pub(crate) struct AttachedWriter {
+    pub(crate) writer: Writer,
+    pub(crate) ring: Ring,
+    bus: Arc<BusInner>,
+}
+
+impl AttachedWriter {
+    /// Maps the ring of `reply` and attaches its writer; if that fails, the broker is told to
+    /// forget the publisher.
+    pub(crate) fn attach(
+        bus: &Arc<BusInner>,
+        fds: Vec<std::os::fd::OwnedFd>,
+        reply: &Publishing,
+    ) -> Result<AttachedWriter, String> {
+        match open_ring_writer(bus, fds, reply) {
+            Ok((ring, writer)) => Ok(AttachedWriter {
+                writer,
+                ring,
+                bus: Arc::clone(bus),
+            }),
+            Err(detail) => {
+                bus.conn.notify(Unpublish {
+                    publisher: reply.publisher,
+                });
+                Err(detail)
+            }
+        }
+    }
+}
+
+impl Drop for AttachedWriter {
+    fn drop(&mut self) {
+        let publisher = PublisherId::from_raw(self.writer.id());
+        self.bus.conn.notify(Unpublish { publisher });
+    }
+}
+
+/// [`open_writer`], also returning the ring.
+fn open_ring_writer(
+    bus: &BusInner,
+    fds: Vec<std::os::fd::OwnedFd>,
+    reply: &Publishing,
+) -> Result<(Ring, Writer), String> {
     let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
         "the broker's reply came without the ring's descriptors (is this process out of file \
          descriptors?)"
@@ -221,8 +269,10 @@ fn open_writer(
     })?;
     let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
         .map_err(|e| e.to_string())?;
-    ring.writer(reply.publisher.get(), bus.owner)
-        .map_err(|e| e.to_string())
+    let writer = ring
+        .writer(reply.publisher.get(), bus.owner)
+        .map_err(|e| e.to_string())?;
+    Ok((ring, writer))
 }
 
 impl std::fmt::Debug for Publisher {

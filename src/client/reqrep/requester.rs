@@ -15,20 +15,19 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use shmbus_shm::{Deadline, LoanError, ReaderOptions, Ring, WaitStrategy, Writer};
+use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::RequestError;
 use crate::client::bus::BusInner;
 use crate::client::error::CallError;
 use crate::client::pubsub::{
-    OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
+    AttachedWriter, OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
 };
-use crate::protocol::pubsub::{Publishing, Unpublish};
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
 };
-use crate::protocol::{ErrorCode, PublisherId, RingId};
+use crate::protocol::{ErrorCode, RingId};
 use crate::topic::{Topic, TopicError};
 
 /// One answer, read in place in the requester's inbox (it holds its frame until dropped).
@@ -140,28 +139,13 @@ pub(super) fn exact_topic(topic: &str) -> Result<Topic, RequestError> {
     Ok(topic)
 }
 
-/// A writer on a server's request ring.
-struct ServerLink {
-    writer: Writer,
-    /// The ring, to see when it is retired (its server went).
-    ring: Ring,
-    bus: Arc<BusInner>,
-}
-
-impl Drop for ServerLink {
-    fn drop(&mut self) {
-        let publisher = PublisherId::from_raw(self.writer.id());
-        self.bus.conn.notify(Unpublish { publisher });
-    }
-}
-
 /// A ring only this client reads, and its links to the servers it asked.
 pub(crate) struct Inbox {
     reader: RingSubscriber,
     id: RingId,
     next_correlation: u64,
     /// Links by topic; few, so searched in order (the topic's `Arc` is compared first).
-    links: Vec<(Topic, ServerLink)>,
+    links: Vec<(Topic, AttachedWriter)>,
 }
 
 /// What [`Inbox::exchange`] was asked to send.
@@ -274,15 +258,11 @@ impl Inbox {
                 },
                 e => setup_error(topic, e),
             })?;
-            let link = open_link(bus, fds, &reply).map_err(|detail| {
-                bus.conn.notify(Unpublish {
-                    publisher: reply.publisher,
-                });
-                RequestError::Setup {
+            let link =
+                AttachedWriter::attach(bus, fds, &reply).map_err(|detail| RequestError::Setup {
                     topic: topic.clone(),
                     detail,
-                }
-            })?;
+                })?;
             self.links.push((topic.clone(), link));
         }
         Ok(self.links.len() - 1)
@@ -420,29 +400,6 @@ fn setup_error(topic: &Topic, e: CallError) -> RequestError {
         topic: topic.clone(),
         detail,
     }
-}
-
-/// Maps the request ring of a [`Target`] reply and takes a writer slot on it.
-fn open_link(
-    bus: &Arc<BusInner>,
-    fds: Vec<std::os::fd::OwnedFd>,
-    reply: &Publishing,
-) -> Result<ServerLink, String> {
-    let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
-        "the broker's reply came without the ring's descriptors (is this process out of file \
-         descriptors?)"
-            .to_string()
-    })?;
-    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
-        .map_err(|e| e.to_string())?;
-    let writer = ring
-        .writer(reply.publisher.get(), bus.owner)
-        .map_err(|e| e.to_string())?;
-    Ok(ServerLink {
-        writer,
-        ring,
-        bus: Arc::clone(bus),
-    })
 }
 
 /// The bus's idle inboxes, for [`Bus::request`](crate::Bus::request) calls.

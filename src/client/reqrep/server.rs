@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use shmbus_shm::{Deadline, LoanError, ReaderOptions, Ring, WaitStrategy, Writer};
+use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
@@ -17,13 +17,13 @@ use super::requester::serialize_into;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
-    OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample, TryRecvError, Wait,
+    AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample,
+    TryRecvError, Wait,
 };
-use crate::protocol::pubsub::{Publishing, Unpublish};
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
 };
-use crate::protocol::{ErrorCode, PublisherId, RingId};
+use crate::protocol::{ErrorCode, RingId};
 use crate::topic::Topic;
 
 /// Writes a frame's payload in place: returns the bytes used, or why it could not (then nothing
@@ -33,25 +33,11 @@ type Fill<'f> = dyn FnMut(&mut [u8]) -> Result<usize, String> + 'f;
 /// [`Fill`] that also reads the request's bytes.
 type AnswerFill<'f> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'f;
 
-/// A writer on one requester's inbox.
-struct InboxWriter {
-    writer: Writer,
-    ring: Ring,
-    bus: Arc<BusInner>,
-}
-
-impl Drop for InboxWriter {
-    fn drop(&mut self) {
-        let publisher = PublisherId::from_raw(self.writer.id());
-        self.bus.conn.notify(Unpublish { publisher });
-    }
-}
-
 /// What a server and its responders share: the writers on requesters' inboxes.
 pub(crate) struct Outbound {
     bus: Arc<BusInner>,
     topic: Topic,
-    writers: Mutex<HashMap<RingId, Arc<Mutex<InboxWriter>>>>,
+    writers: Mutex<HashMap<RingId, Arc<Mutex<AttachedWriter>>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -61,7 +47,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Outbound {
     /// The writer on inbox `inbox`, made if needed. Writers on inboxes the broker retired are
     /// dropped whenever a new one is made, so they do not pile up.
-    fn writer(&self, inbox: RingId) -> Result<Arc<Mutex<InboxWriter>>, RespondError> {
+    fn writer(&self, inbox: RingId) -> Result<Arc<Mutex<AttachedWriter>>, RespondError> {
         if let Some(w) = lock(&self.writers).get(&inbox) {
             return Ok(Arc::clone(w));
         }
@@ -73,12 +59,8 @@ impl Outbound {
             },
             CallError::Request(e) => RespondError::Broker(e),
         })?;
-        let writer = open_inbox_writer(&self.bus, fds, &reply).map_err(|detail| {
-            self.bus.conn.notify(Unpublish {
-                publisher: reply.publisher,
-            });
-            RespondError::Inbox { detail }
-        })?;
+        let writer = AttachedWriter::attach(&self.bus, fds, &reply)
+            .map_err(|detail| RespondError::Inbox { detail })?;
         let mut writers = lock(&self.writers);
         // An entry in use (its lock held) is not retired; the others are checked.
         writers.retain(|_, w| w.try_lock().map_or(true, |w| !w.ring.is_retired()));
@@ -115,7 +97,7 @@ impl Outbound {
     /// [`Outbound::send`] with the writer looked up already.
     fn deliver(
         &self,
-        shared: &Mutex<InboxWriter>,
+        shared: &Mutex<AttachedWriter>,
         inbox: RingId,
         header: ResponseHeader,
         len: usize,
@@ -168,29 +150,6 @@ fn write_frame(
         }
     }
     unreachable!("the second attempt returns")
-}
-
-/// Maps the inbox of a [`Respond`] reply and takes a writer slot on it.
-fn open_inbox_writer(
-    bus: &Arc<BusInner>,
-    fds: Vec<std::os::fd::OwnedFd>,
-    reply: &Publishing,
-) -> Result<InboxWriter, String> {
-    let [data, readers]: [_; 2] = fds.try_into().map_err(|_| {
-        "the broker's reply came without the inbox's descriptors (is this process out of file \
-         descriptors?)"
-            .to_string()
-    })?;
-    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
-        .map_err(|e| e.to_string())?;
-    let writer = ring
-        .writer(reply.publisher.get(), bus.owner)
-        .map_err(|e| e.to_string())?;
-    Ok(InboxWriter {
-        writer,
-        ring,
-        bus: Arc::clone(bus),
-    })
 }
 
 /// Where to answer one request: owned, `Send`, usable from any thread and at any time. Answer
@@ -304,7 +263,7 @@ impl ResponseSender {
 
 /// The writer a server used last, kept so that answering the same requester again looks
 /// nothing up.
-type LastWriter = Option<(RingId, Arc<Mutex<InboxWriter>>)>;
+type LastWriter = Option<(RingId, Arc<Mutex<AttachedWriter>>)>;
 
 /// A request, read in place in the server's request ring (borrowed from the [`Server`]). Answer
 /// it at once, or keep its [`Responder`] (and, if needed, [`detach`](Request::detach) it) to
@@ -402,11 +361,7 @@ impl<'a> Request<'a> {
     }
 
     /// Writes the answer: up to `len` bytes by `fill`, given the request's bytes.
-    fn answer(
-        mut self,
-        len: usize,
-        fill: &mut AnswerFill<'_>,
-    ) -> Result<(), RespondError> {
+    fn answer(mut self, len: usize, fill: &mut AnswerFill<'_>) -> Result<(), RespondError> {
         self.answered = true;
         let outbound: &Outbound = self.outbound;
         outbound.check_len(len)?;
