@@ -268,7 +268,7 @@ fn streams_arrive_in_order_and_end_with_the_marker() {
     let bus = Bus::connect(broker.bus()).unwrap();
     let mut server = bus.serve("count").unwrap();
     let serving = std::thread::spawn(move || {
-        for _ in 0..2 {
+        for _ in 0..4 {
             let request = server.recv().unwrap();
             let n: u32 = std::str::from_utf8(request.payload())
                 .unwrap()
@@ -292,6 +292,12 @@ fn streams_arrive_in_order_and_end_with_the_marker() {
     );
     let (code, out, err) = run(broker.bus(), &["req", "count", "3"]);
     assert_eq!((code, out.as_str()), (0, "0\n1\n2"), "{err}");
+    // A requester's streams, one after the other on its inbox.
+    let mut requester = bus.requester("count").unwrap();
+    for _ in 0..2 {
+        let stream = requester.request_stream(b"5", Some(LONG)).unwrap();
+        assert_eq!(stream.map(|r| r.unwrap().len()).sum::<usize>(), 5);
+    }
     serving.join().unwrap();
 }
 

@@ -672,6 +672,8 @@ pub struct Requester {
     topic: Topic,
     wait: WaitStrategy,
     inbox: Option<Inbox>,
+    /// Where a finished stream leaves the inbox it took.
+    after_stream: Arc<InboxPool>,
 }
 
 impl std::fmt::Debug for Requester {
@@ -691,6 +693,7 @@ impl Requester {
             topic,
             wait: WaitStrategy::default(),
             inbox: Some(inbox),
+            after_stream: Arc::default(),
         })
     }
 
@@ -794,7 +797,8 @@ impl Requester {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<ResponseStream, RequestError> {
-        let exchange = self.take_inbox()?;
+        let mut exchange = self.take_inbox()?;
+        exchange.home = Home::Pool(Arc::clone(&self.after_stream));
         let topic = self.topic.clone();
         stream(
             &self.bus,
@@ -821,10 +825,10 @@ impl Requester {
         answer
     }
 
-    /// This requester's inbox for one exchange (a fresh one if the last exchange left it
-    /// unfinished).
+    /// This requester's inbox for one exchange (the one a finished stream gave back, or a
+    /// fresh one if the last exchange left it unfinished).
     fn take_inbox(&mut self) -> Result<Exchange, RequestError> {
-        let inbox = match self.inbox.take() {
+        let inbox = match self.inbox.take().or_else(|| self.after_stream.take()) {
             Some(inbox) => inbox,
             None => Inbox::open(&self.bus, &self.topic, self.wait)?,
         };
