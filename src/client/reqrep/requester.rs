@@ -453,46 +453,40 @@ impl Drop for Exchange {
     }
 }
 
-/// Runs one exchange on `exchange`'s inbox: sends, then waits for the first answer.
+/// Runs one exchange on `inbox`: sends, then waits for the first answer. Sets `finished` if
+/// nothing was sent (the inbox is as clean as before).
 fn first_answer(
     bus: &Arc<BusInner>,
-    exchange: &mut Exchange,
+    inbox: &mut Inbox,
+    finished: &mut bool,
     topic: &Topic,
     payload: &mut Payload<'_>,
     deadline: Deadline,
 ) -> Result<(u64, usize, ResponseKind, OwnedSample), RequestError> {
-    let inbox = exchange.inbox();
-    let (correlation, link) = match inbox.send(bus, topic, payload, deadline) {
-        Ok(sent) => sent,
-        Err(e) => {
-            // Nothing was sent: the inbox is as clean as before.
-            exchange.finished = true;
-            return Err(e);
-        }
-    };
-    let (kind, sample) = exchange
-        .inbox()
-        .receive(topic, correlation, link, deadline)?;
+    let (correlation, link) = inbox.send(bus, topic, payload, deadline).inspect_err(|_| {
+        *finished = true;
+    })?;
+    let (kind, sample) = inbox.receive(topic, correlation, link, deadline)?;
     Ok((correlation, link, kind, sample))
 }
 
-/// A single answer from a first frame.
+/// A single answer from a first frame; sets `finished` if it was the exchange's last.
 fn single(
-    exchange: &mut Exchange,
+    finished: &mut bool,
     topic: &Topic,
     kind: ResponseKind,
     sample: OwnedSample,
 ) -> Result<Response, RequestError> {
     match kind {
         ResponseKind::Single => {
-            exchange.finished = true;
+            *finished = true;
             Ok(Response { sample })
         }
         // A stream where one answer was expected: its first response (the rest is dropped with
         // the inbox).
         ResponseKind::Item => Ok(Response { sample }),
         ResponseKind::End | ResponseKind::Unanswered => {
-            exchange.finished = true;
+            *finished = true;
             Err(RequestError::Abandoned {
                 topic: topic.clone(),
             })
@@ -607,8 +601,12 @@ pub(crate) fn request(
     let mut exchange = pooled(bus, pool, &topic)?;
     let deadline = deadline_after(patience);
     let mut payload = Payload::Copy(payload);
-    let (_, _, kind, sample) = first_answer(bus, &mut exchange, &topic, &mut payload, deadline)?;
-    single(&mut exchange, &topic, kind, sample)
+    let Exchange {
+        inbox, finished, ..
+    } = &mut exchange;
+    let inbox = inbox.as_mut().expect("present until dropped");
+    let (_, _, kind, sample) = first_answer(bus, inbox, finished, &topic, &mut payload, deadline)?;
+    single(finished, &topic, kind, sample)
 }
 
 /// [`Bus::request_stream`](crate::Bus::request_stream) and its twins.
@@ -634,7 +632,14 @@ fn stream(
 ) -> Result<ResponseStream, RequestError> {
     let deadline = deadline_after(patience);
     let (correlation, link, kind, sample) =
-        first_answer(bus, &mut exchange, &topic, payload, deadline)?;
+        first_answer(
+            bus,
+            exchange.inbox.as_mut().expect("present until dropped"),
+            &mut exchange.finished,
+            &topic,
+            payload,
+            deadline,
+        )?;
     Ok(ResponseStream {
         exchange,
         topic,
@@ -814,13 +819,25 @@ impl Requester {
         payload: &mut Payload<'_>,
         patience: Option<Duration>,
     ) -> Result<Response, RequestError> {
-        let mut exchange = self.take_inbox()?;
-        let deadline = deadline_after(patience);
-        let topic = self.topic.clone();
-        let answer = first_answer(&self.bus, &mut exchange, &topic, payload, deadline)
-            .and_then(|(_, _, kind, sample)| single(&mut exchange, &topic, kind, sample));
-        if exchange.finished {
-            self.inbox = exchange.inbox.take();
+        // Used in place; dropped (so closed) if the exchange ends unfinished.
+        if self.inbox.is_none() {
+            self.inbox = Some(self.take_inbox()?.inbox.take().expect("just taken"));
+        }
+        let Requester {
+            bus, topic, inbox, ..
+        } = self;
+        let mut finished = false;
+        let answer = first_answer(
+            bus,
+            inbox.as_mut().expect("made above"),
+            &mut finished,
+            topic,
+            payload,
+            deadline_after(patience),
+        )
+        .and_then(|(_, _, kind, sample)| single(&mut finished, topic, kind, sample));
+        if !finished {
+            *inbox = None;
         }
         answer
     }
