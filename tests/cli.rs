@@ -268,3 +268,87 @@ fn bench_reports_percentiles_and_draws_the_distribution() {
         "an SVG plot"
     );
 }
+
+#[test]
+fn any_bytes_round_trip_through_pub_file_and_sub_raw() {
+    let broker = Broker::start(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("blob");
+    let blob: Vec<u8> = (0..=255u8).chain(*b"\n\r\0 end").collect();
+    std::fs::write(&file, &blob).unwrap();
+    // `sub --format raw` writes into a file: its bytes are compared, not lines.
+    let saved = dir.path().join("saved");
+    let mut cmd = shmbus(
+        broker.bus(),
+        &["sub", "bin/*", "--count", "1", "--format", "raw"],
+    );
+    cmd.stdout(std::fs::File::create(&saved).unwrap())
+        .stderr(std::process::Stdio::piped())
+        .stdin(std::process::Stdio::null());
+    let mut raw = cmd.spawn().unwrap();
+    let raw_err = support::Lines::from_stream(raw.stderr.take().unwrap());
+    raw_err.wait_for("subscribed bin/*");
+    let mut hex = broker.subscriber(&["bin/*", "--count", "1", "--format", "hex"]);
+    let (code, _, err) = run(
+        broker.bus(),
+        &["pub", "bin/blob", "--file", file.to_str().unwrap()],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(raw.wait().unwrap().success(), "{}", raw_err.text());
+    assert_eq!(std::fs::read(&saved).unwrap(), blob);
+    assert_eq!(hex.wait_code(), 0);
+    let expected: String = blob.iter().map(|b| format!("{b:02x}")).collect();
+    assert_eq!(hex.stdout.text(), format!("bin/blob\t{expected}"));
+
+    // From stdin, NUL-delimited: newlines and invalid UTF-8 are part of the messages.
+    let mut sub = broker.subscriber(&["nul", "--count", "2", "--format", "hex"]);
+    let mut p = Proc::start(
+        shmbus(broker.bus(), &["pub", "nul", "--null"]),
+        std::process::Stdio::piped(),
+    );
+    let stdin = p.stdin.as_mut().unwrap();
+    std::io::Write::write_all(stdin, b"a\nb\0\xff\xfe\0").unwrap();
+    assert_eq!(p.wait_code(), 0);
+    assert_eq!(sub.wait_code(), 0);
+    assert_eq!(sub.stdout.text(), "nul\t610a62\nnul\tfffe");
+}
+
+#[test]
+fn logs_written_to_a_pipe_have_no_colour_escapes() {
+    let mut broker = Broker::start(&[]);
+    assert_eq!(run(broker.bus(), &["pub", "t", "x"]).0, 0);
+    broker.proc.signal(Signal::SIGTERM);
+    assert_eq!(broker.proc.wait_code(), 0);
+    let log = broker.proc.stderr.text();
+    assert!(log.contains("INFO"), "{log}");
+    assert!(
+        !log.contains('\u{1b}'),
+        "escape codes in a piped log: {log:?}"
+    );
+    // A client that leaves normally is logged as leaving, not as an error.
+    assert!(log.contains("client left"), "{log}");
+    assert!(!log.contains("WARN"), "{log}");
+}
+
+#[test]
+fn a_lossy_flood_reports_its_losses_in_a_few_lines() {
+    let broker = Broker::start(&["--ring-capacity", "65536", "--max-payload", "1024"]);
+    let mut sub = broker.subscriber(&["flood", "--lossy"]);
+    let start = std::time::Instant::now();
+    assert_eq!(
+        run(broker.bus(), &["pub", "flood", "x", "--count", "1000000"]).0,
+        0
+    );
+    sub.stderr.wait_for("were lost");
+    let seconds = start.elapsed().as_secs();
+    sub.signal(Signal::SIGTERM);
+    let _ = sub.child.wait();
+    let lost = sub
+        .stderr
+        .lines()
+        .into_iter()
+        .filter(|l| l.contains("were lost"))
+        .count();
+    // At most one report a second (per topic), however many gaps.
+    assert!(lost as u64 <= seconds + 2, "{lost} reports in {seconds} s");
+}

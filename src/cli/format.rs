@@ -13,6 +13,11 @@ pub enum Format {
     /// One JSON object per line: topic, payload (a string if it is UTF-8, else `payload_hex`),
     /// publisher, sequence.
     Json,
+    /// `TOPIC<TAB>HEX`: the payload's bytes in hexadecimal.
+    Hex,
+    /// The payloads' bytes exactly as published, nothing added (back to back: save one message
+    /// with `--count 1`).
+    Raw,
 }
 
 /// The payload as one line of text: valid UTF-8 passes through, except `\n`, `\t`, `\r`, `\\`
@@ -39,23 +44,35 @@ pub fn escape(payload: &[u8]) -> String {
     out
 }
 
+/// What `sub` writes for `sample`: a line (with its newline), or for `Raw` the bytes alone.
+pub fn write(
+    out: &mut impl std::io::Write,
+    format: Format,
+    sample: &Sample<'_>,
+) -> std::io::Result<()> {
+    match format {
+        Format::Raw => out.write_all(sample.payload()),
+        _ => writeln!(out, "{}", line(format, sample)),
+    }
+}
+
+/// The payload in hexadecimal.
+fn hex(payload: &[u8]) -> String {
+    payload.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 /// One line (without the newline) for `sample`.
 pub fn line(format: Format, sample: &Sample<'_>) -> String {
     match format {
+        Format::Hex => format!("{}\t{}", sample.topic(), hex(sample.payload())),
+        Format::Raw => String::from_utf8_lossy(sample.payload()).into_owned(),
         Format::Text => format!("{}\t{}", sample.topic(), escape(sample.payload())),
         Format::Json => {
             let mut obj = serde_json::Map::new();
             obj.insert("topic".into(), sample.topic().into());
             match std::str::from_utf8(sample.payload()) {
                 Ok(s) => obj.insert("payload".into(), s.into()),
-                Err(_) => {
-                    let hex: String = sample
-                        .payload()
-                        .iter()
-                        .map(|b| format!("{b:02x}"))
-                        .collect();
-                    obj.insert("payload_hex".into(), hex.into())
-                }
+                Err(_) => obj.insert("payload_hex".into(), hex(sample.payload()).into()),
             };
             obj.insert("publisher".into(), sample.publisher().get().into());
             obj.insert("sequence".into(), sample.sequence().into());

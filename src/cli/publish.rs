@@ -1,6 +1,7 @@
 //! `shmbus pub`.
 
-use std::io::BufRead;
+use std::io::{BufRead, Read};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use super::{BusArg, Exit, Failure, Outcome};
@@ -12,8 +13,17 @@ pub struct Args {
     bus: BusArg,
     /// The topic to publish on.
     topic: String,
-    /// Messages, one per argument; without any, each line of stdin is one message.
+    /// Messages, one per argument; without any (and without --file), each line of stdin is one
+    /// message.
+    #[arg(conflicts_with = "file")]
     messages: Vec<String>,
+    /// Publish each file's whole content as one message, any bytes (`-`: all of stdin).
+    #[arg(long, value_name = "PATH")]
+    file: Vec<PathBuf>,
+    /// With stdin: messages end at a NUL byte instead of a newline (binary-safe with
+    /// `find -print0`-style producers; a newline is then part of the message).
+    #[arg(long, conflicts_with = "file")]
+    null: bool,
     /// Send each message this many times.
     #[arg(long, value_name = "N", default_value_t = 1)]
     count: u64,
@@ -49,15 +59,33 @@ pub fn run(args: Args) -> Outcome {
         }
         Ok(())
     };
-    if args.messages.is_empty() {
-        for line in std::io::stdin().lock().lines() {
-            let line = line.map_err(|e| Failure::error(format!("read stdin: {e}")))?;
-            send(line.as_bytes())?;
+    if !args.file.is_empty() {
+        for path in &args.file {
+            send(&read_whole(path)?)?;
         }
-    } else {
+    } else if !args.messages.is_empty() {
         for message in &args.messages {
             send(message.as_bytes())?;
         }
+    } else {
+        // Bytes, not text: any payload passes, only the delimiter is taken off.
+        let delimiter = if args.null { b'\0' } else { b'\n' };
+        for message in std::io::stdin().lock().split(delimiter) {
+            let message = message.map_err(|e| Failure::error(format!("read stdin: {e}")))?;
+            send(&message)?;
+        }
     }
     Ok(())
+}
+
+/// The whole content of `path` (`-`: stdin).
+fn read_whole(path: &PathBuf) -> Result<Vec<u8>, Failure> {
+    let mut bytes = Vec::new();
+    let read = if path.as_os_str() == "-" {
+        std::io::stdin().lock().read_to_end(&mut bytes)
+    } else {
+        std::fs::File::open(path).and_then(|mut f| f.read_to_end(&mut bytes))
+    };
+    read.map_err(|e| Failure::error(format!("read {}: {e}", path.display())))?;
+    Ok(bytes)
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use crate::{RecvError, RecvTimeoutError};
 
-use super::format::{Format, line};
+use super::format::{Format, write};
 use super::{BusArg, Exit, Failure, Outcome};
 
 /// Arguments of `shmbus sub`.
@@ -63,6 +63,7 @@ pub fn run(args: Args) -> Outcome {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut received = 0u64;
+    let mut losses = Losses::default();
     while args.count.is_none_or(|n| received < n) {
         let sample = match deadline {
             Some(d) => subscriber.recv_deadline(d),
@@ -70,25 +71,68 @@ pub fn run(args: Args) -> Outcome {
         };
         match sample {
             Ok(sample) => {
-                if writeln!(out, "{}", line(args.format, &sample)).is_err() {
+                if write(&mut out, args.format, &sample).is_err() {
                     return Ok(()); // the reader of our stdout went away (e.g. `| head`)
                 }
                 received += 1;
             }
             Err(RecvTimeoutError::Timeout) => {
+                let _ = out.flush();
+                losses.report();
                 let message = timeout_message(received, args.count);
                 return Err(Failure::new(Exit::Timeout, message));
             }
             // Each concerns one topic; the others go on.
+            Err(RecvTimeoutError::Failed(RecvError::Lagged { topic, missed })) => {
+                losses.add(topic, missed);
+            }
             Err(RecvTimeoutError::Failed(
-                e @ (RecvError::Lagged { .. }
-                | RecvError::Corrupt { .. }
-                | RecvError::Unavailable { .. }),
+                e @ (RecvError::Corrupt { .. } | RecvError::Unavailable { .. }),
             )) => eprintln!("shmbus: {e}"),
             Err(e) => return Err(Failure::error(e)),
         }
     }
+    let _ = out.flush();
+    losses.report();
     Ok(())
+}
+
+/// Messages lost by a lossy (or evicted) subscriber, reported at most once a second per run of
+/// losses rather than once per gap (a flood can make thousands).
+#[derive(Default)]
+struct Losses {
+    /// Per topic: messages lost and in how many gaps, since the last report.
+    pending: std::collections::BTreeMap<crate::Topic, (u64, u64)>,
+    last_report: Option<Instant>,
+}
+
+impl Losses {
+    fn add(&mut self, topic: crate::Topic, missed: u64) {
+        let entry = self.pending.entry(topic).or_default();
+        entry.0 = entry.0.saturating_add(missed);
+        entry.1 += 1;
+        if self
+            .last_report
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            self.report();
+        }
+    }
+
+    /// Prints what was lost since the last report, one line per topic.
+    fn report(&mut self) {
+        for (topic, (missed, gaps)) in std::mem::take(&mut self.pending) {
+            let gaps = if gaps == 1 {
+                String::new()
+            } else {
+                format!(" (in {gaps} gaps)")
+            };
+            eprintln!(
+                "shmbus: topic {topic:?}: {missed} messages were lost before they were read{gaps}"
+            );
+        }
+        self.last_report = Some(Instant::now());
+    }
 }
 
 fn timeout_message(received: u64, count: Option<u64>) -> String {

@@ -10,7 +10,7 @@ pub mod raw;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-pub use process::Proc;
+pub use process::{Lines, Proc};
 
 /// The binary under test.
 pub fn bin() -> &'static str {

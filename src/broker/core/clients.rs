@@ -161,6 +161,19 @@ impl Clients {
         self.map.len()
     }
 
+    /// Who client `id` is, for logs: `pid 123, uid 1000, "name"` (or that it is gone).
+    pub fn who(&self, id: ClientId) -> String {
+        match self.map.get(&id) {
+            Some(c) => format!(
+                "pid {}, uid {}, {:?}",
+                c.creds.pid,
+                c.creds.uid,
+                c.name.escape_debug().to_string()
+            ),
+            None => "a client that left".to_string(),
+        }
+    }
+
     /// Forgets every publisher on ring `name` (which is gone); returns the clients that had one.
     pub fn forget_ring(&mut self, name: &str) -> Vec<ClientId> {
         let mut had = Vec::new();

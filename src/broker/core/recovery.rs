@@ -186,9 +186,9 @@ impl Core {
                 match entry.ring.unblock_claim(w.slot, pos) {
                     UnblockOutcome::Unblocked { pos, seq, size } => {
                         let client = owner_client(w.owner);
-                        let pid = self.clients.get(client).map(|c| c.creds.pid);
+                        let who = self.clients.who(client);
                         warn!(
-                            topic, client = %client, pid, seq, pos, size, ?held_for,
+                            topic, client = %client, who, seq, pos, size, ?held_for,
                             "took back a claim a live publisher held uncommitted too long"
                         );
                         entry.held.remove(&w.slot);
@@ -278,12 +278,12 @@ impl Core {
                 entry.stalls.remove(&r.slot);
                 entry.evicted.insert(r.slot, r.owner);
                 let client = owner_client(r.owner);
-                let pid = self.clients.get(client).map(|c| c.creds.pid);
+                let who = self.clients.who(client);
                 warn!(
                     topic,
                     slot = r.slot,
                     client = %client,
-                    pid,
+                    who,
                     ?stalled_for,
                     "reader evicted: it held publishers back without reading"
                 );

@@ -141,6 +141,37 @@ pub enum RecvError {
     },
 }
 
+impl RecvError {
+    /// Whether receiving can go on after this error: messages were lost, a frame was skipped, a
+    /// topic is unreadable, too many samples are held, a typed message failed validation — each
+    /// concerns one topic or one message, and the next receive goes on. Every error of this
+    /// version is; match on this rather than on the variants, so a loop keeps running:
+    ///
+    /// ```
+    /// # let bus = shmbus::Bus::embedded()?;
+    /// # let mut sub = bus.subscriber("log/*").lossy().create()?;
+    /// # bus.publisher("log/a")?.publish(b"x")?;
+    /// let msg = loop {
+    ///     match sub.recv() {
+    ///         Ok(msg) => break msg,                             // handle it
+    ///         Err(e) if e.is_recoverable() => eprintln!("{e}"), // say what was lost, go on
+    ///         Err(e) => return Err(e.into()),
+    ///     }
+    /// };
+    /// # assert_eq!(msg.payload(), b"x");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn is_recoverable(&self) -> bool {
+        match self {
+            RecvError::Lagged { .. }
+            | RecvError::Corrupt { .. }
+            | RecvError::Unavailable { .. }
+            | RecvError::HeldLimit { .. }
+            | RecvError::Invalid { .. } => true,
+        }
+    }
+}
+
 /// Why a receive without waiting returned no message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 #[non_exhaustive]

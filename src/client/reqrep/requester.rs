@@ -631,15 +631,14 @@ fn stream(
     patience: Option<Duration>,
 ) -> Result<ResponseStream, RequestError> {
     let deadline = deadline_after(patience);
-    let (correlation, link, kind, sample) =
-        first_answer(
-            bus,
-            exchange.inbox.as_mut().expect("present until dropped"),
-            &mut exchange.finished,
-            &topic,
-            payload,
-            deadline,
-        )?;
+    let (correlation, link, kind, sample) = first_answer(
+        bus,
+        exchange.inbox.as_mut().expect("present until dropped"),
+        &mut exchange.finished,
+        &topic,
+        payload,
+        deadline,
+    )?;
     Ok(ResponseStream {
         exchange,
         topic,
