@@ -10,6 +10,7 @@ pub mod raw;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
+#[allow(unused_imports)] // each test file uses its own subset
 pub use process::{Lines, Proc};
 
 /// The binary under test.

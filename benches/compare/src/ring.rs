@@ -27,7 +27,7 @@ impl Endpoint for RingEnd {
             .loan(len, Deadline::Never)
             .expect("loan from the ring");
         loan.as_mut_slice().fill(fill);
-        loan.commit();
+        loan.commit().expect("commit to the ring");
     }
 
     fn recv(&mut self) -> (usize, u64) {
