@@ -352,3 +352,20 @@ fn a_lossy_flood_reports_its_losses_in_a_few_lines() {
     // At most one report a second (per topic), however many gaps.
     assert!(lost as u64 <= seconds + 2, "{lost} reports in {seconds} s");
 }
+
+#[test]
+fn sigterm_stops_a_subscriber_cleanly_even_under_traffic() {
+    let broker = Broker::start(&[]);
+    let mut idle = broker.subscriber(&["quiet"]);
+    idle.signal(Signal::SIGTERM);
+    assert_eq!(idle.wait_code(), 0);
+    let mut busy = broker.subscriber(&["busy"]);
+    let mut flood = Proc::spawn(shmbus(
+        broker.bus(),
+        &["pub", "busy", "x", "--count", "100000000"],
+    ));
+    busy.stdout.wait_for("busy\tx");
+    busy.signal(Signal::SIGTERM);
+    assert_eq!(busy.wait_code(), 0);
+    flood.signal(Signal::SIGKILL);
+}

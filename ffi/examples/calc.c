@@ -25,12 +25,7 @@
 
 static int fail(const char *what, int rc) {
     fprintf(stderr, "calc: %s: %s (%s)\n", what, shmbus_strerror(rc), shmbus_last_error());
-    switch (rc) {
-    case SHMBUS_ERR_NO_SERVER: return 5;
-    case SHMBUS_ERR_TIMEOUT: return 4;
-    case SHMBUS_ERR_UNREACHABLE: return 3;
-    default: return 1;
-    }
+    return shmbus_exit_code(rc);
 }
 
 /* Parses "A B" from the request's bytes (not NUL-terminated) into *a and *b. */

@@ -102,7 +102,7 @@ int main(int argc, char **argv) {
     int status = 1, rc;
     if ((rc = shmbus_connect(bus, &client)) != SHMBUS_OK) {
         report("shmbus_connect");
-        return rc == SHMBUS_ERR_UNREACHABLE ? 3 : 1;
+        return shmbus_exit_code(rc);
     }
     if (shmbus_subscribe(client, topic, &sub) != SHMBUS_OK) {
         report("shmbus_subscribe");

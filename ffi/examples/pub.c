@@ -21,7 +21,7 @@
 
 static int fail(const char *what, int rc) {
     fprintf(stderr, "pub: %s: %s (%s)\n", what, shmbus_last_error(), shmbus_strerror(rc));
-    return rc == SHMBUS_ERR_UNREACHABLE ? 3 : 1;
+    return shmbus_exit_code(rc);
 }
 
 /* Formats "TOPIC #i" directly in the ring: no intermediate buffer. */

@@ -76,14 +76,14 @@ int main(int argc, char **argv) {
     int status = 0, rc;
     if ((rc = shmbus_connect(bus, &client)) != SHMBUS_OK) {
         fprintf(stderr, "sub: %s\n", shmbus_last_error());
-        return rc == SHMBUS_ERR_UNREACHABLE ? 3 : 1;
+        return shmbus_exit_code(rc);
     }
     rc = shmbus_subscribe_all(client, (const char *const *)&argv[optind], (size_t)(argc - optind),
                               &options, &sub);
     if (rc != SHMBUS_OK) {
         fprintf(stderr, "sub: %s\n", shmbus_last_error());
         shmbus_client_free(client);
-        return 1;
+        return shmbus_exit_code(rc);
     }
     for (int i = optind; i < argc; i++) fprintf(stderr, "subscribed %s\n", argv[i]);
 

@@ -303,6 +303,19 @@ const char *shmbus_strerror(int code);
 // Always safe to call: it takes no pointer.
 const char *shmbus_last_error(void);
 
+// The exit code the `shmbus` command line uses for a failure with status `status`, so that C
+// programs exit like it: 0 success; 2 bad usage (`SHMBUS_ERR_INVALID_TOPIC`,
+// `SHMBUS_ERR_INVALID_ADDRESS`, `SHMBUS_ERR_INVALID_ARGUMENT`, `SHMBUS_ERR_NULL`); 3 the broker
+// cannot be reached (`SHMBUS_ERR_UNREACHABLE`, `SHMBUS_ERR_BROKER_GONE`); 4 timeout
+// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 1 anything else.
+//
+// Thread safety: may be called from any thread.
+//
+// # Safety
+//
+// Always safe to call: it takes no pointer.
+int shmbus_exit_code(int status);
+
 // The library's version, e.g. `"0.1.0"`. Never NULL; static.
 //
 // Thread safety: may be called from any thread.

@@ -82,6 +82,40 @@ pub extern "C" fn shmbus_last_error() -> *const c_char {
     error::last_error_ptr()
 }
 
+/// The exit code the `shmbus` command line uses for a failure with status `status`, so that C
+/// programs exit like it: 0 success; 2 bad usage (`SHMBUS_ERR_INVALID_TOPIC`,
+/// `SHMBUS_ERR_INVALID_ADDRESS`, `SHMBUS_ERR_INVALID_ARGUMENT`, `SHMBUS_ERR_NULL`); 3 the broker
+/// cannot be reached (`SHMBUS_ERR_UNREACHABLE`, `SHMBUS_ERR_BROKER_GONE`); 4 timeout
+/// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 1 anything else.
+///
+/// Thread safety: may be called from any thread.
+///
+/// # Safety
+///
+/// Always safe to call: it takes no pointer.
+#[unsafe(no_mangle)]
+pub extern "C" fn shmbus_exit_code(status: c_int) -> c_int {
+    use shmbus_status::*;
+    let is = |code: shmbus_status| status == code as c_int;
+    if is(SHMBUS_OK) {
+        0
+    } else if is(SHMBUS_ERR_INVALID_TOPIC)
+        || is(SHMBUS_ERR_INVALID_ADDRESS)
+        || is(SHMBUS_ERR_INVALID_ARGUMENT)
+        || is(SHMBUS_ERR_NULL)
+    {
+        2
+    } else if is(SHMBUS_ERR_UNREACHABLE) || is(SHMBUS_ERR_BROKER_GONE) {
+        3
+    } else if is(SHMBUS_ERR_TIMEOUT) {
+        4
+    } else if is(SHMBUS_ERR_NO_SERVER) {
+        5
+    } else {
+        1
+    }
+}
+
 /// The library's version, e.g. `"0.1.0"`. Never NULL; static.
 ///
 /// Thread safety: may be called from any thread.

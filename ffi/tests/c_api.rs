@@ -302,7 +302,8 @@ fn c_programs_report_an_unreachable_broker() {
 fn c_publisher_rejects_an_invalid_topic_naming_it() {
     let broker = TestBroker::start();
     let mut p = Proc::spawn(&example("pub"), &["-b", broker.bus(), "a//b", "m"]);
-    assert_eq!(p.wait_code(), 1);
+    // Usage, as the command line says for a bad topic.
+    assert_eq!(p.wait_code(), 2);
     assert_eq!(
         p.stderr.text(),
         "pub: shmbus_publisher_new: invalid topic \"a//b\": empty fragment at position 2 \
@@ -391,4 +392,31 @@ fn request_response_error_paths_of_the_c_api() {
     let mut p = Proc::spawn(&peer(), &["reqrep", broker.bus()]);
     p.expect_success();
     assert_eq!(p.stdout.text(), "ok reqrep");
+}
+
+#[test]
+fn c_examples_exit_like_the_command_line() {
+    // The table of DESIGN.md ("Addresses, CLI and exit codes"), which `shmbus` follows.
+    assert_eq!(shmbus_ffi::shmbus_exit_code(0), 0);
+    let code = |s: shmbus_ffi::shmbus_status| shmbus_ffi::shmbus_exit_code(s as i32);
+    use shmbus_ffi::shmbus_status::*;
+    assert_eq!(code(SHMBUS_ERR_INVALID_TOPIC), 2);
+    assert_eq!(code(SHMBUS_ERR_UNREACHABLE), 3);
+    assert_eq!(code(SHMBUS_ERR_TIMEOUT), 4);
+    assert_eq!(code(SHMBUS_ERR_NO_SERVER), 5);
+    assert_eq!(code(SHMBUS_ERR_CORRUPT), 1);
+
+    let broker = TestBroker::start();
+    let mut sub = Proc::spawn(&example("sub"), &["-b", broker.bus(), "bad//topic"]);
+    assert_eq!(sub.wait_code(), 2);
+    // SIGTERM stops a subscriber cleanly: exit 0, as `shmbus sub` does.
+    let mut sub = Proc::spawn(&example("sub"), &["-b", broker.bus(), "quiet"]);
+    sub.stderr.wait_for("subscribed quiet");
+    let pid = sub.child.id().to_string();
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    assert_eq!(sub.wait_code(), 0);
 }

@@ -1,7 +1,14 @@
 //! `shmbus sub`.
 
 use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+
+use shmbus_shm::Deadline;
+
+use crate::Subscriber;
+use crate::client::pubsub::{Patience, Wait};
 
 use crate::{RecvError, RecvTimeoutError};
 
@@ -60,14 +67,20 @@ pub fn run(args: Args) -> Outcome {
         subscriber.add_pattern(pattern)?;
         eprintln!("subscribed {pattern}");
     }
+    let stop = stop_on_signals(&subscriber)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut received = 0u64;
     let mut losses = Losses::default();
-    while args.count.is_none_or(|n| received < n) {
-        let sample = match deadline {
-            Some(d) => subscriber.recv_deadline(d),
-            None => subscriber.recv().map_err(RecvTimeoutError::Failed),
+    let patience = Patience::Until(deadline.map_or(Deadline::Never, Deadline::At));
+    // Acquire pairs with the Release store of the signal thread.
+    while args.count.is_none_or(|n| received < n) && !stop.load(Ordering::Acquire) {
+        let sample = match subscriber.receive_or_stop(patience, || stop.load(Ordering::Acquire)) {
+            Ok(sample) => Ok(sample),
+            // SIGINT or SIGTERM: a clean stop, like `sub` of the C examples.
+            Err(Wait::Stopped) => break,
+            Err(Wait::Failed(e)) => Err(RecvTimeoutError::Failed(e)),
+            Err(Wait::Timeout | Wait::Empty) => Err(RecvTimeoutError::Timeout),
         };
         match sample {
             Ok(sample) => {
@@ -133,6 +146,28 @@ impl Losses {
         }
         self.last_report = Some(Instant::now());
     }
+}
+
+/// A flag that SIGINT and SIGTERM set (waking `subscriber` to look at it).
+fn stop_on_signals(subscriber: &Subscriber) -> Result<Arc<AtomicBool>, Failure> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Failure::error(format!("install signal handlers: {e}")))?;
+    let (flag, waker) = (Arc::clone(&stop), subscriber.waker());
+    std::thread::Builder::new()
+        .name("shmbus-signals".into())
+        .spawn(move || {
+            if signals.forever().next().is_some() {
+                // Release pairs with the Acquire load of the receive loop.
+                flag.store(true, Ordering::Release);
+                waker.wake();
+            }
+        })
+        .map_err(|e| Failure::error(format!("start signal thread: {e}")))?;
+    Ok(stop)
 }
 
 fn timeout_message(received: u64, count: Option<u64>) -> String {
