@@ -360,7 +360,7 @@ fn sigterm_stops_a_subscriber_cleanly_even_under_traffic() {
     idle.signal(Signal::SIGTERM);
     assert_eq!(idle.wait_code(), 0);
     let mut busy = broker.subscriber(&["busy"]);
-    let mut flood = Proc::spawn(shmbus(
+    let flood = Proc::spawn(shmbus(
         broker.bus(),
         &["pub", "busy", "x", "--count", "100000000"],
     ));
