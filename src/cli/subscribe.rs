@@ -52,6 +52,12 @@ pub fn run(args: Args) -> Outcome {
             ));
         }
     };
+    // Installed before anything is printed: a signal that comes after `subscribed` stops cleanly.
+    let signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+    ])
+    .map_err(|e| Failure::error(format!("install signal handlers: {e}")))?;
     let bus = args.bus.connect()?;
     let (first, rest) = args
         .patterns
@@ -62,12 +68,12 @@ pub fn run(args: Args) -> Outcome {
         builder = builder.lossy();
     }
     let mut subscriber = builder.create()?;
+    let stop = stop_on(signals, &subscriber)?;
     eprintln!("subscribed {first}");
     for pattern in rest {
         subscriber.add_pattern(pattern)?;
         eprintln!("subscribed {pattern}");
     }
-    let stop = stop_on_signals(&subscriber)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
     let mut received = 0u64;
@@ -148,14 +154,12 @@ impl Losses {
     }
 }
 
-/// A flag that SIGINT and SIGTERM set (waking `subscriber` to look at it).
-fn stop_on_signals(subscriber: &Subscriber) -> Result<Arc<AtomicBool>, Failure> {
+/// A flag that `signals` set (waking `subscriber` to look at it).
+fn stop_on(
+    mut signals: signal_hook::iterator::Signals,
+    subscriber: &Subscriber,
+) -> Result<Arc<AtomicBool>, Failure> {
     let stop = Arc::new(AtomicBool::new(false));
-    let mut signals = signal_hook::iterator::Signals::new([
-        signal_hook::consts::SIGINT,
-        signal_hook::consts::SIGTERM,
-    ])
-    .map_err(|e| Failure::error(format!("install signal handlers: {e}")))?;
     let (flag, waker) = (Arc::clone(&stop), subscriber.waker());
     std::thread::Builder::new()
         .name("shmbus-signals".into())
