@@ -57,7 +57,10 @@ pub use client::reqrep::{
     Dispatcher, OwnedRequest, Request, RequestError, Requester, RespondError, Responder, Response,
     ResponseSender, ResponseStream, ServeError, Server, TypedResponse,
 };
-pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError};
+pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError, Schema};
 pub use protocol::{ErrorCode, PublisherId, RingId};
+/// The rkyv this crate serializes typed messages with (0.8): derive `rkyv::Archive` and
+/// `rkyv::Serialize` through it to get the same version.
+pub use rkyv;
 pub use shmbus_shm::WaitStrategy;
 pub use topic::Topic;

@@ -175,13 +175,95 @@ fn typed_messages_round_trip_and_invalid_ones_are_reported() {
         assert_eq!(got.ok, value.ok);
         assert_eq!(got.sample().topic(), "t/x");
     }
-    // Bytes that are not a Telemetry archive, published raw on a matching topic.
+    // Bytes published raw on a matching topic: no schema tag.
     bus.publisher("t/raw").unwrap().publish(&[0xff; 5]).unwrap();
     match sub.recv() {
-        Err(RecvError::Invalid { topic, .. }) => assert_eq!(topic, "t/raw"),
+        Err(RecvError::TypeMismatch { topic, found, .. }) => {
+            assert_eq!(topic, "t/raw");
+            assert!(found.contains("no schema tag"), "{found}");
+        }
+        Err(e) => panic!("expected TypeMismatch, got {e}"),
+        Ok(_) => panic!("expected TypeMismatch, got a value"),
+    }
+    // The right tag over bytes that are not a Telemetry archive.
+    let mut forged = shmbus::Schema::of::<Telemetry>()
+        .get()
+        .to_le_bytes()
+        .to_vec();
+    forged.splice(0..0, *b"shmbusT1");
+    forged.extend_from_slice(&[0xff; 5]);
+    bus.publisher("t/forged").unwrap().publish(&forged).unwrap();
+    match sub.recv() {
+        Err(RecvError::Invalid { topic, .. }) => assert_eq!(topic, "t/forged"),
         Err(e) => panic!("expected Invalid, got {e}"),
         Ok(_) => panic!("expected Invalid, got a value"),
     }
+}
+
+/// Four `u32`s: bytes of a `Telemetry` archive can pass for one.
+#[derive(rkyv::Archive, rkyv::Serialize)]
+struct Other {
+    a: u32,
+    b: u32,
+    c: u32,
+    d: u32,
+}
+
+#[test]
+fn a_typed_subscriber_refuses_another_type_by_name_and_raw_ones_see_the_bytes() {
+    let bus = Bus::embedded().unwrap();
+    let mut other = bus.subscriber("mix").typed::<Other>().create().unwrap();
+    let mut raw = bus.subscribe("mix").unwrap();
+    let mut p = bus
+        .publisher_builder("mix")
+        .typed::<Telemetry>()
+        .create()
+        .unwrap();
+    let value = Telemetry {
+        name: "temp".into(),
+        samples: vec![u32::MAX; 3],
+        ok: true,
+    };
+    p.publish(&value).unwrap();
+    match other.recv() {
+        Err(e @ RecvError::TypeMismatch { .. }) => {
+            let RecvError::TypeMismatch {
+                expected, found, ..
+            } = &e
+            else {
+                unreachable!()
+            };
+            assert_eq!(*expected, shmbus::Schema::of::<Other>());
+            assert_eq!(
+                *found,
+                format!("schema {}", shmbus::Schema::of::<Telemetry>())
+            );
+            assert!(e.is_recoverable());
+        }
+        Err(e) => panic!("expected TypeMismatch, got {e}"),
+        Ok(v) => panic!("read a Telemetry as Other: a={}", v.a),
+    }
+    // A raw subscriber sees the tag, then the archive.
+    let sample = raw.recv().unwrap();
+    assert_eq!(&sample.payload()[..8], b"shmbusT1");
+    drop(sample);
+
+    // A schema chosen by hand (for a type several programs define) is what both sides check.
+    const READING: shmbus::Schema = shmbus::Schema::id(0x5eed);
+    let mut by_id = bus
+        .subscriber("mix/id")
+        .typed::<Telemetry>()
+        .schema(READING)
+        .create()
+        .unwrap();
+    let mut p = bus
+        .publisher_builder("mix/id")
+        .typed::<Telemetry>()
+        .schema(READING)
+        .create()
+        .unwrap();
+    p.publish(&value).unwrap();
+    assert_eq!(by_id.recv().unwrap().name, "temp");
 }
 
 #[test]

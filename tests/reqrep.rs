@@ -475,13 +475,23 @@ fn typed_requests_and_responses_are_validated_in_place() {
             }
         };
         request.respond_typed(&rows).unwrap();
-        // A response that is not an archive of what the requester expects.
+        // An answer of another type (raw bytes, no schema tag).
         let request = server.recv().unwrap();
-        assert!(
-            request.payload_typed::<Query>().is_err(),
-            "raw bytes are not a Query"
-        );
+        assert_eq!(request.payload_typed::<Query>().unwrap().limit, 0);
         request.respond(&[0xff; 3]).unwrap();
+        // An answer tagged as Rows whose bytes are no Rows archive.
+        let request = server.recv().unwrap();
+        let mut forged = b"shmbusT1".to_vec();
+        forged.extend_from_slice(&shmbus::Schema::of::<Rows>().get().to_le_bytes());
+        forged.extend_from_slice(&[0xff; 3]);
+        request.respond(&forged).unwrap();
+        // A request that is not a query.
+        let request = server.recv().unwrap();
+        assert!(matches!(
+            request.payload_typed::<Query>(),
+            Err(shmbus::RecvError::TypeMismatch { .. })
+        ));
+        request.respond(b"rejected").unwrap();
     });
     let mut requester = bus.requester("db/query").unwrap();
     let query = Query {
@@ -494,13 +504,20 @@ fn typed_requests_and_responses_are_validated_in_place() {
     let names: Vec<&str> = rows.names.iter().map(|n| n.as_str()).collect();
     assert_eq!(names, ["row-0", "row-1", "row-2"]);
     drop(rows);
-    match requester
-        .request_timeout(b"not an archive", LONG)
-        .map(|r| r.len())
-    {
-        Ok(3) => {}
-        other => panic!("expected the raw answer, got {other:?}"),
+    let empty = Query {
+        name: String::new(),
+        limit: 0,
+    };
+    match requester.request_typed::<Query, Rows>(&empty, Some(LONG)) {
+        Err(RequestError::TypeMismatch { topic, .. }) => assert_eq!(topic, "db/query"),
+        other => panic!("expected TypeMismatch, got {other:?}"),
     }
+    match requester.request_typed::<Query, Rows>(&empty, Some(LONG)) {
+        Err(RequestError::Invalid { topic, .. }) => assert_eq!(topic, "db/query"),
+        other => panic!("expected Invalid, got {other:?}"),
+    }
+    let answer = requester.request_timeout(b"not a query", LONG).unwrap();
+    assert_eq!(answer.payload(), b"rejected");
     serving.join().unwrap();
 }
 

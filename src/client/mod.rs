@@ -11,6 +11,8 @@ mod connection;
 mod error;
 pub mod pubsub;
 pub mod reqrep;
+mod schema;
 
 pub use bus::{Bus, BusBuilder};
 pub use error::{AttachError, ConnectError, ControlError};
+pub use schema::Schema;

@@ -127,6 +127,19 @@ pub enum RecvError {
         /// The limit.
         max: u32,
     },
+    /// A typed subscriber met a message of another type (its schema tag names another type, or
+    /// it has none: a raw message). It is skipped; receiving goes on.
+    #[error(
+        "topic {topic:?}: a message of another type: expected schema {expected}, found {found}"
+    )]
+    TypeMismatch {
+        /// The ring's topic.
+        topic: Topic,
+        /// The subscriber's schema.
+        expected: crate::Schema,
+        /// What the message carried.
+        found: String,
+    },
     /// A typed message failed validation (it is skipped; receiving goes on).
     #[error(
         "topic {topic:?}: message {sequence} is not a valid archive of the expected type: {detail}"
@@ -167,6 +180,7 @@ impl RecvError {
             | RecvError::Corrupt { .. }
             | RecvError::Unavailable { .. }
             | RecvError::HeldLimit { .. }
+            | RecvError::TypeMismatch { .. }
             | RecvError::Invalid { .. } => true,
         }
     }

@@ -39,6 +39,7 @@ use super::publisher::{Patience, Publisher, PublisherBuilder, Refusal};
 use super::sample::{OwnedSample, Sample};
 use super::subscriber::{Subscriber, SubscriberBuilder};
 use crate::client::error::AttachError;
+use crate::client::schema::{self, Schema, TAG_LEN};
 
 /// Serializer of typed publishers: writes into the loaned ring buffer (`'b`), scratch space from
 /// rkyv's reusable per-thread arena (`'a`).
@@ -51,6 +52,7 @@ const MIN_LOAN: usize = 256;
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct TypedPublisherBuilder<T> {
     inner: PublisherBuilder,
+    schema: Option<Schema>,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -66,10 +68,20 @@ impl<T> TypedPublisherBuilder<T> {
     pub(crate) fn new(inner: PublisherBuilder) -> Self {
         TypedPublisherBuilder {
             inner,
+            schema: None,
             _type: PhantomData,
         }
     }
 
+    /// The schema its messages are tagged with (default: [`Schema::of`] `T`; set one for a type
+    /// that other programs or languages define too).
+    pub fn schema(mut self, schema: Schema) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+}
+
+impl<T: Archive> TypedPublisherBuilder<T> {
     /// Attaches the publisher.
     pub fn create(self) -> Result<TypedPublisher<T>, AttachError> {
         let inner = self.inner.create()?;
@@ -77,6 +89,7 @@ impl<T> TypedPublisherBuilder<T> {
         Ok(TypedPublisher {
             inner,
             guess,
+            schema: self.schema.unwrap_or_else(Schema::of::<T>),
             _type: PhantomData,
         })
     }
@@ -91,6 +104,7 @@ impl<T> TypedPublisherBuilder<T> {
 pub struct TypedPublisher<T> {
     inner: Publisher,
     guess: usize,
+    schema: Schema,
     _type: PhantomData<fn(&T)>,
 }
 
@@ -177,11 +191,11 @@ where
                 }
                 Err(r) => return Err(Failure::Refused(r)),
             };
-            let written = rkyv::api::high::to_bytes_in::<_, rancor::Error>(
-                value,
-                Buffer::from(loan.as_mut_slice()),
-            )
-            .map(|buf| buf.len());
+            let (tag, archive) = loan.as_mut_slice().split_at_mut(TAG_LEN);
+            tag.copy_from_slice(&self.schema.tag());
+            let written =
+                rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, Buffer::from(archive))
+                    .map(|buf| TAG_LEN + buf.len());
             match written {
                 Ok(n) => {
                     // Next time claim the size just used with half again to spare.
@@ -211,6 +225,7 @@ where
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct TypedSubscriberBuilder<T> {
     inner: SubscriberBuilder,
+    schema: Option<Schema>,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -226,14 +241,24 @@ impl<T> TypedSubscriberBuilder<T> {
     pub(crate) fn new(inner: SubscriberBuilder) -> Self {
         TypedSubscriberBuilder {
             inner,
+            schema: None,
             _type: PhantomData,
         }
     }
 
+    /// The schema messages must be tagged with (default: [`Schema::of`] `T`).
+    pub fn schema(mut self, schema: Schema) -> Self {
+        self.schema = Some(schema);
+        self
+    }
+}
+
+impl<T: Archive> TypedSubscriberBuilder<T> {
     /// Subscribes.
     pub fn create(self) -> Result<TypedSubscriber<T>, AttachError> {
         Ok(TypedSubscriber {
             inner: self.inner.create()?,
+            schema: self.schema.unwrap_or_else(Schema::of::<T>),
             _type: PhantomData,
         })
     }
@@ -242,6 +267,7 @@ impl<T> TypedSubscriberBuilder<T> {
 /// Receives `T` values, validated and then read in place.
 pub struct TypedSubscriber<T> {
     inner: Subscriber,
+    schema: Schema,
     _type: PhantomData<fn() -> T>,
 }
 
@@ -265,8 +291,10 @@ where
     T: Archive,
     T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
 {
-    fn check(sample: Sample<'_>) -> Result<TypedSample<'_, T>, RecvError> {
-        match rkyv::access::<T::Archived, rancor::Error>(sample.payload()) {
+    /// Checks `sample`'s schema tag, then validates the archive after it.
+    fn check(schema: Schema, sample: Sample<'_>) -> Result<TypedSample<'_, T>, RecvError> {
+        let archive = strip(schema, &sample)?;
+        match rkyv::access::<T::Archived, rancor::Error>(archive) {
             Ok(_) => Ok(TypedSample {
                 sample,
                 _type: PhantomData,
@@ -279,15 +307,16 @@ where
         }
     }
 
-    /// The next value, waiting as long as it takes. A message that is not a valid archive of
-    /// `T` is consumed and reported as [`RecvError::Invalid`].
+    /// The next value, waiting as long as it takes. A message of another type is consumed and
+    /// reported as [`RecvError::TypeMismatch`], one that is not a valid archive of `T` as
+    /// [`RecvError::Invalid`].
     pub fn recv(&mut self) -> Result<TypedSample<'_, T>, RecvError> {
-        Self::check(self.inner.recv()?)
+        Self::check(self.schema, self.inner.recv()?)
     }
 
     /// The next value if one is there; never waits.
     pub fn try_recv(&mut self) -> Result<TypedSample<'_, T>, TryRecvError> {
-        Ok(Self::check(self.inner.try_recv()?)?)
+        Ok(Self::check(self.schema, self.inner.try_recv()?)?)
     }
 
     /// The next value, waiting up to `timeout`.
@@ -295,7 +324,7 @@ where
         &mut self,
         timeout: Duration,
     ) -> Result<TypedSample<'_, T>, RecvTimeoutError> {
-        Ok(Self::check(self.inner.recv_timeout(timeout)?)?)
+        Ok(Self::check(self.schema, self.inner.recv_timeout(timeout)?)?)
     }
 
     /// The next value, waiting until `deadline`.
@@ -303,7 +332,10 @@ where
         &mut self,
         deadline: Instant,
     ) -> Result<TypedSample<'_, T>, RecvTimeoutError> {
-        Ok(Self::check(self.inner.recv_deadline(deadline)?)?)
+        Ok(Self::check(
+            self.schema,
+            self.inner.recv_deadline(deadline)?,
+        )?)
     }
 }
 
@@ -319,11 +351,25 @@ where
     /// [`TypedPublisher<T>`] of the same type definition, or equivalent. A message that is not
     /// is undefined behaviour to read.
     pub unsafe fn recv_unchecked(&mut self) -> Result<TypedSample<'_, T>, RecvError> {
+        let sample = self.inner.recv()?;
+        // The tag is still checked: it costs one comparison and names a wrong type.
+        strip(self.schema, &sample)?;
         Ok(TypedSample {
-            sample: self.inner.recv()?,
+            sample,
             _type: PhantomData,
         })
     }
+}
+
+/// The archive after `sample`'s schema tag, or the mismatch.
+fn strip<'s>(schema: Schema, sample: &'s Sample<'_>) -> Result<&'s [u8], RecvError> {
+    schema
+        .strip(sample.payload())
+        .map_err(|found| RecvError::TypeMismatch {
+            topic: sample.topic_ref().clone(),
+            expected: schema,
+            found: schema::found(found),
+        })
 }
 
 /// A received value: dereferences to the archived `T`, in place.
@@ -358,7 +404,7 @@ where
         // caller of `recv_unchecked` promised they are one), and they do not change while the
         // sample lives: tethered subscribers read committed frames publishers may not overwrite
         // until the sample is released, lossy ones a private copy.
-        unsafe { rkyv::access_unchecked::<T::Archived>(self.sample.payload()) }
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.sample.payload()[TAG_LEN..]) }
     }
 }
 
@@ -385,6 +431,6 @@ where
     fn deref(&self) -> &T::Archived {
         // SAFETY: validated when received (see `TypedSample::deref`); an owned sample keeps its
         // frame in place, or owns its private copy, until it drops.
-        unsafe { rkyv::access_unchecked::<T::Archived>(self.sample.payload()) }
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.sample.payload()[TAG_LEN..]) }
     }
 }

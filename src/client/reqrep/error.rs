@@ -54,6 +54,16 @@ pub enum RequestError {
         /// The serializer's error.
         detail: String,
     },
+    /// The answer is tagged with another type's schema (or none: a raw answer).
+    #[error("{topic:?}: an answer of another type: expected schema {expected}, found {found}")]
+    TypeMismatch {
+        /// The topic.
+        topic: Topic,
+        /// The schema of the type asked for.
+        expected: crate::Schema,
+        /// What the answer carried.
+        found: String,
+    },
     /// The answer is not a valid archive of the expected type.
     #[error("{topic:?}: the answer is not a valid archive of the expected type: {detail}")]
     Invalid {

@@ -24,6 +24,7 @@ use crate::client::error::CallError;
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
 };
+use crate::client::schema::{Schema, TAG_LEN};
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
 };
@@ -61,17 +62,20 @@ impl std::fmt::Debug for Response {
     }
 }
 
-/// Serializes `value` with rkyv into `buf`; returns the bytes used, or why it did not fit.
-pub(super) fn serialize_into<T>(value: &T, buf: &mut [u8]) -> Result<usize, String>
+/// Writes `value` into `buf` as a typed message: the schema tag of `T`, then its rkyv archive.
+/// Returns the bytes used, or why it did not fit.
+pub(super) fn serialize_tagged<T>(value: &T, buf: &mut [u8]) -> Result<usize, String>
 where
-    T: for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
+    T: rkyv::Archive + for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
 {
     let max = buf.len();
+    let (tag, archive) = buf.split_at_mut(TAG_LEN);
+    tag.copy_from_slice(&Schema::of::<T>().tag());
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
         value,
-        rkyv::ser::writer::Buffer::from(buf),
+        rkyv::ser::writer::Buffer::from(archive),
     )
-    .map(|written| written.len())
+    .map(|written| TAG_LEN + written.len())
     .map_err(|e| format!("{e} (the largest message is {max} bytes)"))
 }
 
@@ -95,9 +99,18 @@ where
     T::Archived: rkyv::Portable
         + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
 {
-    /// Validates `response` as an archive of `T`.
+    /// Checks `response`'s schema tag and validates it as an archive of `T`.
     fn check(response: Response, topic: &Topic) -> Result<TypedResponse<T>, RequestError> {
-        match rkyv::access::<T::Archived, rkyv::rancor::Error>(response.payload()) {
+        let schema = Schema::of::<T>();
+        let archive =
+            schema
+                .strip(response.payload())
+                .map_err(|found| RequestError::TypeMismatch {
+                    topic: topic.clone(),
+                    expected: schema,
+                    found: crate::client::schema::found(found),
+                })?;
+        match rkyv::access::<T::Archived, rkyv::rancor::Error>(archive) {
             Ok(_) => Ok(TypedResponse {
                 response,
                 _type: std::marker::PhantomData,
@@ -124,7 +137,7 @@ where
     fn deref(&self) -> &T::Archived {
         // SAFETY: validated as an archive of `T` when this was made, and the response holds its
         // frame in place (tethered inbox) until it drops.
-        unsafe { rkyv::access_unchecked::<T::Archived>(self.response.payload()) }
+        unsafe { rkyv::access_unchecked::<T::Archived>(&self.response.payload()[TAG_LEN..]) }
     }
 }
 
@@ -781,7 +794,7 @@ impl Requester {
         timeout: Option<Duration>,
     ) -> Result<TypedResponse<R>, RequestError>
     where
-        Q: for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
+        Q: rkyv::Archive + for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
         R: rkyv::Archive,
         R::Archived: rkyv::Portable
             + for<'a> rkyv::bytecheck::CheckBytes<
@@ -789,7 +802,7 @@ impl Requester {
             >,
     {
         let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
-        let mut fill = |buf: &mut [u8]| serialize_into(value, buf);
+        let mut fill = |buf: &mut [u8]| serialize_tagged(value, buf);
         let response = self.exchange(&mut Payload::Fill(max, &mut fill), timeout)?;
         TypedResponse::check(response, &self.topic)
     }

@@ -13,13 +13,14 @@ use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
-use super::requester::serialize_into;
+use super::requester::serialize_tagged;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample,
     TryRecvError, Wait,
 };
+use crate::client::schema::Schema;
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
 };
@@ -317,7 +318,8 @@ impl<'a> Request<'a> {
         }
     }
 
-    /// The request validated as an archive of `T`, read in place (validated at each call).
+    /// The request as an archive of `T`, read in place: its schema tag checked and the archive
+    /// validated (at each call).
     pub fn payload_typed<T>(&self) -> Result<&T::Archived, RecvError>
     where
         T: rkyv::Archive,
@@ -326,12 +328,19 @@ impl<'a> Request<'a> {
                 rkyv::api::high::HighValidator<'v, rkyv::rancor::Error>,
             >,
     {
-        rkyv::access::<T::Archived, rkyv::rancor::Error>(self.payload()).map_err(|e| {
-            RecvError::Invalid {
-                topic: self.outbound.topic.clone(),
-                sequence: self.sample.as_ref().map_or(0, Sample::sequence),
-                detail: e.to_string(),
-            }
+        let topic = || self.outbound.topic.clone();
+        let schema = Schema::of::<T>();
+        let archive = schema
+            .strip(self.payload())
+            .map_err(|found| RecvError::TypeMismatch {
+                topic: topic(),
+                expected: schema,
+                found: crate::client::schema::found(found),
+            })?;
+        rkyv::access::<T::Archived, rkyv::rancor::Error>(archive).map_err(|e| RecvError::Invalid {
+            topic: topic(),
+            sequence: self.sample.as_ref().map_or(0, Sample::sequence),
+            detail: e.to_string(),
         })
     }
 
@@ -354,10 +363,10 @@ impl<'a> Request<'a> {
     /// Answers with `value`, serialized with rkyv straight into the requester's inbox.
     pub fn respond_typed<R>(self, value: &R) -> Result<(), RespondError>
     where
-        R: for<'b, 'c> rkyv::Serialize<crate::RingSerializer<'b, 'c>>,
+        R: rkyv::Archive + for<'b, 'c> rkyv::Serialize<crate::RingSerializer<'b, 'c>>,
     {
         let max = self.outbound.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
-        self.answer(max, &mut |_, buf| serialize_into(value, buf))
+        self.answer(max, &mut |_, buf| serialize_tagged(value, buf))
     }
 
     /// Writes the answer: up to `len` bytes by `fill`, given the request's bytes.
