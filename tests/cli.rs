@@ -194,6 +194,9 @@ fn every_command_has_help() {
         &["pub", "--help"],
         &["sub", "--help"],
         &["demo", "--help"],
+        &["req", "--help"],
+        &["serve", "--help"],
+        &["bench", "--help"],
     ] {
         let out = std::process::Command::new(support::bin())
             .args(cmd)
@@ -205,6 +208,28 @@ fn every_command_has_help() {
             "{cmd:?}"
         );
     }
+    // The long help carries what every command shares, and promises nothing that is not there.
+    let out = std::process::Command::new(support::bin())
+        .arg("--help")
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in [
+        "Exit codes:",
+        "5 nobody serves",
+        "Topics:",
+        "'**'",
+        "RUST_LOG",
+        "NO_COLOR",
+    ] {
+        assert!(help.contains(needle), "no {needle:?} in --help:\n{help}");
+    }
+    let out = std::process::Command::new(support::bin())
+        .args(["pub", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(!help.contains("tcp://HOST"), "{help}");
 }
 
 #[test]

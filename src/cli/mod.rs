@@ -80,21 +80,52 @@ impl From<AttachError> for Failure {
     }
 }
 
+/// The end of `shmbus --help`: what every command shares.
+const LONG_HELP: &str = "\
+Topics:
+  Fragments separated by '/', each of A-Z a-z 0-9 _ - or a wildcard: '*' is one fragment, '**'
+  one or more. At most 255 bytes. Patterns and published topics may both hold wildcards: a
+  subscription receives a publish when some topic matches both ('a/*' gets 'a/b', not 'a/b/c';
+  'a/**' gets 'a/b/c', not 'a'; a publish on 'a/*' reaches 'a/b' and 'a/**' subscribers).
+  Requests and served topics are exact (no wildcards).
+
+Delivery:
+  Subscribers are tethered by default: publishers wait for them (up to the broker's
+  --evict-after, 5 s, for one that stops reading); --lossy subscribers never hold anyone back
+  and report what they missed. --history N replays what the ring still holds; a topic's ring
+  is released after --ring-idle (60 s) without publishers or subscribers, and its history
+  with it.
+
+Exit codes:
+  0 success, 1 error, 2 usage (including an invalid topic), 3 cannot reach the broker,
+  4 timeout, 5 nobody serves the topic (req).
+
+Environment:
+  SHMBUS_BUS  the default bus (a name or a socket path)
+  RUST_LOG    log filter (default: info for the broker, warn for the rest), e.g. RUST_LOG=debug
+  NO_COLOR    no colours in logs (there are none unless stderr is a terminal)";
+
 /// What a command returns.
 pub type Outcome = Result<(), Failure>;
 
-/// shmbus: a shared-memory publish/subscribe bus for processes on one host.
+/// shmbus: a shared-memory publish/subscribe and request/response bus for processes on one host.
 #[derive(Debug, Parser)]
-#[command(name = "shmbus", version, propagate_version = true)]
+#[command(
+    name = "shmbus",
+    version,
+    propagate_version = true,
+    after_long_help = LONG_HELP
+)]
 pub struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
-/// The bus to use: a name, a socket path, or tcp://HOST:PORT; default $SHMBUS_BUS, else "default".
+/// The bus to use: a name or a socket path; default $SHMBUS_BUS, else "default".
 #[derive(Clone, Debug, clap::Args)]
 pub struct BusArg {
-    /// Bus address: a name, a socket path (contains '/'), or tcp://HOST:PORT.
+    /// Bus address: a name, or a socket path (contains '/'). (tcp:// and tls:// addresses are
+    /// parsed but not served by this version.)
     #[arg(long = "bus", value_name = "ADDR", env = crate::address::BUS_ENV, default_value = crate::address::DEFAULT_NAME)]
     bus: String,
     /// Give up (exit 3) if the broker does not answer within this many seconds.
@@ -129,7 +160,8 @@ enum Command {
     Broker(broker::Args),
     /// Publish messages: each MESSAGE is one message; without any, each line of stdin is one.
     Pub(publish::Args),
-    /// Subscribe and print one line per message.
+    /// Subscribe and print one line per message (tethered: publishers wait for it; --lossy:
+    /// never).
     Sub(subscribe::Args),
     /// Send a request and print the response (each response of a stream on its own line).
     Req(request::Args),
