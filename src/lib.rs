@@ -58,6 +58,7 @@ pub use client::reqrep::{
     ResponseSender, ResponseStream, ServeError, Server, TypedResponse,
 };
 pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError, Schema};
+pub use protocol::pubsub::Holder;
 pub use protocol::{ErrorCode, PublisherId, RingId};
 /// The rkyv this crate serializes typed messages with (0.8): derive `rkyv::Archive` and
 /// `rkyv::Serialize` through it to get the same version.

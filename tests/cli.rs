@@ -394,3 +394,29 @@ fn sigterm_stops_a_subscriber_cleanly_even_under_traffic() {
     assert_eq!(busy.wait_code(), 0);
     flood.signal(Signal::SIGKILL);
 }
+
+#[test]
+fn a_publisher_held_back_by_a_stopped_subscriber_says_who() {
+    let broker = Broker::start(&[
+        "--ring-capacity",
+        "65536",
+        "--max-payload",
+        "1024",
+        "--evict-after",
+        "3",
+    ]);
+    let sub = broker.subscriber(&["held"]);
+    sub.signal(Signal::SIGSTOP);
+    let mut p = Proc::spawn(shmbus(
+        broker.bus(),
+        &["pub", "held", "x", "--count", "10000"],
+    ));
+    let notice = p.stderr.wait_for("held back by");
+    assert!(
+        notice.contains(&format!("pid {} (\"shmbus\"", sub.child.id())),
+        "{notice}"
+    );
+    // The broker evicts the stopped subscriber, and the publisher goes on to the end.
+    assert_eq!(p.wait_code(), 0, "{}", p.stderr.text());
+    sub.signal(Signal::SIGCONT);
+}

@@ -48,13 +48,14 @@ pub fn run(args: Args) -> Outcome {
     let mut publisher = bus.publisher(&args.topic)?;
     let start = Instant::now();
     let mut sent = 0u64;
+    let mut told = false;
     let mut send = |payload: &[u8]| -> Outcome {
         for _ in 0..args.count {
             if let Some(interval) = interval {
                 let due = start + interval.saturating_mul(u32::try_from(sent).unwrap_or(u32::MAX));
                 std::thread::sleep(due.saturating_duration_since(Instant::now()));
             }
-            publisher.publish(payload).map_err(Failure::error)?;
+            publish_telling_who_holds(&mut publisher, payload, &mut told)?;
             sent += 1;
         }
         Ok(())
@@ -75,6 +76,51 @@ pub fn run(args: Args) -> Outcome {
             send(&message)?;
         }
     }
+    Ok(())
+}
+
+/// How long a publish waits before `pub` says who holds it back.
+const PATIENCE: Duration = Duration::from_secs(1);
+
+/// Publishes `payload`; if that waits longer than [`PATIENCE`] for tethered subscribers, says
+/// once (per wait, `told`) which ones, then waits on.
+fn publish_telling_who_holds(
+    publisher: &mut crate::Publisher,
+    payload: &[u8],
+    told: &mut bool,
+) -> Outcome {
+    match publisher.publish_timeout(payload, PATIENCE) {
+        Ok(_) => {
+            *told = false;
+            return Ok(());
+        }
+        Err(crate::PublishTimeoutError::Timeout) => {}
+        Err(e) => return Err(Failure::error(e)),
+    }
+    if !*told {
+        *told = true;
+        let topic = publisher.topic().to_string();
+        let who = match publisher.holders() {
+            Ok(holders) if !holders.is_empty() => holders
+                .iter()
+                .map(|h| {
+                    format!(
+                        "pid {} ({:?}, uid {}, {} bytes behind)",
+                        h.pid, h.name, h.uid, h.behind
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Ok(_) => "no subscriber the broker knows of".to_string(),
+            Err(e) => format!("unknown ({e})"),
+        };
+        eprintln!(
+            "shmbus: topic {topic:?}: waiting for room: held back by {who}; the broker evicts \
+             a subscriber that does not read for its --evict-after (5 s by default); \
+             subscribe with --lossy to never hold publishers back"
+        );
+    }
+    publisher.publish(payload).map_err(Failure::error)?;
     Ok(())
 }
 

@@ -141,7 +141,7 @@ impl Connection {
         };
         let hello = ClientMessage::Hello(Hello {
             version: PROTOCOL_VERSION,
-            name: truncate_at_char(name, 64).to_string(),
+            name: crate::protocol::truncate_at_char(name, 64).to_string(),
         });
         let silent = |what: &str| {
             unreachable(std::io::Error::new(
@@ -371,7 +371,7 @@ impl Connection {
                 self.notify(Unsubscribe { subscription });
             }
             Ok(Reply::DoorbellClaimed(d)) => self.notify(ReleaseDoorbell { index: d.index }),
-            Ok(Reply::Done) | Err(_) => {}
+            Ok(Reply::Done | Reply::Holders(_)) | Err(_) => {}
         }
     }
 }
@@ -392,15 +392,6 @@ fn map_attachment(a: RingAttachment, fds: Vec<OwnedFd>, doorbells: &DoorbellTabl
         Ok(ring) => Attachment::Ring(a, ring),
         Err(e) => unavailable(a, format!("cannot map the ring: {e}")),
     }
-}
-
-/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
-fn truncate_at_char(s: &str, max: usize) -> &str {
-    let mut end = s.len().min(max);
-    while !s.is_char_boundary(end) {
-        end -= 1;
-    }
-    &s[..end]
 }
 
 /// Why [`recv_one`] returned no message.

@@ -3,7 +3,7 @@
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use super::{BrokerMessage, ClientMessage, MAX_ERROR_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN};
+use super::{BrokerMessage, ClientMessage, MAX_ERROR_LEN, MAX_MESSAGE_LEN, MAX_NAME_LEN, Reply};
 
 /// Why bytes received from a peer are not a valid message.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -84,6 +84,21 @@ pub fn decode_broker(bytes: &[u8]) -> Result<BrokerMessage, DecodeError> {
         BrokerMessage::RingUnavailable { topic, error, .. } => {
             limit("topic", topic, crate::topic::MAX_TOPIC_LEN)?;
             limit("error message", &error.message, MAX_ERROR_LEN)?;
+        }
+        BrokerMessage::Reply {
+            result: Ok(Reply::Holders(h)),
+            ..
+        } => {
+            if h.holders.len() > super::pubsub::MAX_HOLDERS {
+                return Err(DecodeError::Invalid(format!(
+                    "{} holders exceed {}",
+                    h.holders.len(),
+                    super::pubsub::MAX_HOLDERS
+                )));
+            }
+            for holder in &h.holders {
+                limit("holder name", &holder.name, MAX_NAME_LEN)?;
+            }
         }
         BrokerMessage::Welcome(_)
         | BrokerMessage::Reply { result: Ok(_), .. }

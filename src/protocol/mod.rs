@@ -28,8 +28,8 @@ use serde::{Deserialize, Serialize};
 
 pub use ids::{ClientId, PublisherId, RequestId, RingId, SubscriptionId};
 use pubsub::{
-    ClaimDoorbell, DoorbellClaimed, Publish, Publishing, ReleaseDoorbell, RingAttachment,
-    Subscribe, Subscribed, Unpublish, Unsubscribe,
+    ClaimDoorbell, DoorbellClaimed, Holders, Publish, Publishing, ReleaseDoorbell, RingAttachment,
+    Subscribe, Subscribed, Unpublish, Unsubscribe, WhoHolds,
 };
 use reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
 
@@ -97,6 +97,8 @@ pub enum Request {
     Target(Target),
     /// See [`Respond`].
     Respond(Respond),
+    /// See [`WhoHolds`].
+    WhoHolds(WhoHolds),
 }
 
 /// Successful replies, one variant per reply type.
@@ -114,6 +116,8 @@ pub enum Reply {
     Serving(Serving),
     /// To [`OpenInbox`].
     InboxOpened(InboxOpened),
+    /// To [`WhoHolds`].
+    Holders(Holders),
 }
 
 /// A request type and the reply it is answered with.
@@ -184,6 +188,15 @@ pub struct Welcome {
     /// Number of doorbells in the table whose descriptor comes with this message (the table's
     /// own header is not trusted: every client can write it).
     pub doorbells: u32,
+}
+
+/// The longest prefix of `s` of at most `max` bytes that ends on a character boundary.
+pub(crate) fn truncate_at_char(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
 }
 
 /// Why a request failed.

@@ -155,6 +155,37 @@ pub struct RingAttachment {
     pub sequence: u64,
 }
 
+/// Most holders a [`Holders`] reply names.
+pub const MAX_HOLDERS: usize = 8;
+
+/// Ask who holds the publishers of ring `ring` back: the tethered readers furthest behind.
+/// Answered with [`Holders`] (empty if the ring is gone or nobody holds it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WhoHolds {
+    /// The ring (from [`Publishing`]).
+    pub ring: RingId,
+}
+
+/// The answer to [`WhoHolds`]: at most [`MAX_HOLDERS`] readers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holders {
+    /// The readers furthest behind, all at the same position.
+    pub holders: Vec<Holder>,
+}
+
+/// A reader that holds publishers back, as the broker knows its client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Holder {
+    /// Its process.
+    pub pid: i32,
+    /// Its user.
+    pub uid: u32,
+    /// The name its client gave (at most 64 bytes).
+    pub name: String,
+    /// Bytes of the ring it has not released.
+    pub behind: u64,
+}
+
 /// The wire form of [`ReaderMode`] (serde's remote derive: the one enum, spelled once more only
 /// for serde).
 #[derive(Serialize, Deserialize)]
@@ -234,6 +265,21 @@ impl Call for ClaimDoorbell {
     fn reply(reply: Reply) -> Result<DoorbellClaimed, Reply> {
         match reply {
             Reply::DoorbellClaimed(d) => Ok(d),
+            other => Err(other),
+        }
+    }
+}
+
+impl Call for WhoHolds {
+    type Reply = Holders;
+
+    fn into_request(self) -> Request {
+        Request::WhoHolds(self)
+    }
+
+    fn reply(reply: Reply) -> Result<Holders, Reply> {
+        match reply {
+            Reply::Holders(h) => Ok(h),
             other => Err(other),
         }
     }

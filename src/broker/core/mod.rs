@@ -329,6 +329,7 @@ impl Core {
             Request::OpenInbox(r) => self.open_inbox(client, r, &mut out),
             Request::Target(r) => self.target(client, r),
             Request::Respond(r) => self.respond(client, r),
+            Request::WhoHolds(r) => self.who_holds(r),
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),

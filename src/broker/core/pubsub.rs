@@ -1,14 +1,15 @@
 //! The publish/subscribe requests: attaching publishers to rings (creating them on first use),
 //! subscriptions, and the reader slots the broker reserves for subscriptions on matching rings.
 
-use shmbus_shm::{ReaderMode, SlotError};
+use shmbus_shm::{ReaderMode, ReaderState, SlotError};
 use tracing::debug;
 
-use super::clients::{Subscription, SubscriptionKind, subscription_owner};
+use super::clients::{Subscription, SubscriptionKind, owner_subscription, subscription_owner};
 use super::reqrep::shown_topic;
 use super::{Core, Descriptors, Handled, Outgoing, error};
 use crate::protocol::pubsub::{
-    Publish, Publishing, RingAttachment, Subscribe, Subscribed, Unpublish, Unsubscribe,
+    Holder, Holders, MAX_HOLDERS, Publish, Publishing, RingAttachment, Subscribe, Subscribed,
+    Unpublish, Unsubscribe, WhoHolds,
 };
 use crate::protocol::{
     BrokerMessage, ClientId, ErrorCode, ErrorReply, PublisherId, Reply, SubscriptionId,
@@ -198,6 +199,41 @@ impl Core {
             },
         );
         Ok(sub)
+    }
+
+    /// The tethered readers furthest behind on ring `request.ring`, as the broker knows their
+    /// clients (only slots it reserved count).
+    pub(super) fn who_holds(&mut self, request: WhoHolds) -> Handled {
+        let mut holders = Vec::new();
+        if let Some(entry) = self.rings.values().find(|e| e.id() == request.ring) {
+            let head = entry.ring.head().position;
+            let tethered: Vec<_> = entry
+                .ring
+                .readers()
+                .into_iter()
+                .filter(|r| {
+                    r.state == ReaderState::Tethered
+                        && entry.reserved.get(&r.slot) == Some(&r.owner)
+                })
+                .collect();
+            let slowest = tethered.iter().map(|r| r.position).min();
+            for r in tethered.iter().filter(|r| Some(r.position) == slowest) {
+                let (client, _) = owner_subscription(r.owner);
+                let Some(c) = self.clients.get(client) else {
+                    continue;
+                };
+                holders.push(Holder {
+                    pid: c.creds.pid,
+                    uid: c.creds.uid,
+                    name: crate::protocol::truncate_at_char(&c.name, 64).to_string(),
+                    behind: head.saturating_sub(r.position),
+                });
+                if holders.len() == MAX_HOLDERS {
+                    break;
+                }
+            }
+        }
+        Ok((Reply::Holders(Holders { holders }), Descriptors::None))
     }
 
     /// Frees the reader slots reserved for a subscription that ends. Slots the client adopted

@@ -10,8 +10,8 @@ use shmbus_shm::{
 use super::error::{PublishError, PublishTimeoutError, TryPublishError};
 use super::typed::TypedPublisherBuilder;
 use crate::client::bus::BusInner;
-use crate::client::error::{AttachError, CallError};
-use crate::protocol::pubsub::{Publish, Publishing, Unpublish};
+use crate::client::error::{AttachError, CallError, ControlError};
+use crate::protocol::pubsub::{Holder, Publish, Publishing, Unpublish, WhoHolds};
 use crate::protocol::{PublisherId, RingId};
 use crate::topic::Topic;
 
@@ -384,6 +384,19 @@ impl Publisher {
                 p.writer.set_wait_strategy(wait);
                 p.wait = wait;
             }
+        }
+    }
+
+    /// Who holds this publisher back: the tethered subscribers furthest behind on its ring, as
+    /// the broker knows them (process, user, program, bytes unread). Ask when a publish waits
+    /// longer than expected (a `publish_timeout` that timed out): a subscriber that reads nothing
+    /// holds publishers back until the broker evicts it (its `--evict-after`, 5 s by default).
+    pub fn holders(&self) -> Result<Vec<Holder>, ControlError> {
+        let Flavor::Ring(p) = &self.inner;
+        match p.bus.conn.call(WhoHolds { ring: p.ring }) {
+            Ok((reply, _)) => Ok(reply.holders),
+            Err(CallError::Request(e)) => Err(e),
+            Err(CallError::Refused(e)) => Err(ControlError::Protocol { detail: e.message }),
         }
     }
 
