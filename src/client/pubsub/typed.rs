@@ -43,7 +43,7 @@ use crate::client::schema::{self, Schema, TAG_LEN};
 
 /// Serializer of typed publishers: writes into the loaned ring buffer (`'b`), scratch space from
 /// rkyv's reusable per-thread arena (`'a`).
-pub type RingSerializer<'b, 'a> = HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::Error>;
+pub type RingSerializer<'b, 'a> = HighSerializer<Buffer<'b>, ArenaHandle<'a>, rancor::BoxedError>;
 
 /// Smallest first guess at a message's size.
 const MIN_LOAN: usize = 256;
@@ -194,7 +194,7 @@ where
             let (tag, archive) = loan.as_mut_slice().split_at_mut(TAG_LEN);
             tag.copy_from_slice(&self.schema.tag());
             let written =
-                rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, Buffer::from(archive))
+                rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, Buffer::from(archive))
                     .map(|buf| TAG_LEN + buf.len());
             match written {
                 Ok(n) => {
@@ -289,12 +289,12 @@ impl<T> TypedSubscriber<T> {
 impl<T> TypedSubscriber<T>
 where
     T: Archive,
-    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+    T::Archived: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::BoxedError>>,
 {
     /// Checks `sample`'s schema tag, then validates the archive after it.
     fn check(schema: Schema, sample: Sample<'_>) -> Result<TypedSample<'_, T>, RecvError> {
         let archive = strip(schema, &sample)?;
-        match rkyv::access::<T::Archived, rancor::Error>(archive) {
+        match rkyv::access::<T::Archived, rancor::BoxedError>(archive) {
             Ok(_) => Ok(TypedSample {
                 sample,
                 _type: PhantomData,

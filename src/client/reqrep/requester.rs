@@ -71,7 +71,7 @@ where
     let max = buf.len();
     let (tag, archive) = buf.split_at_mut(TAG_LEN);
     tag.copy_from_slice(&Schema::of::<T>().tag());
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::Error>(
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(
         value,
         rkyv::ser::writer::Buffer::from(archive),
     )
@@ -97,7 +97,9 @@ impl<T> TypedResponse<T>
 where
     T: rkyv::Archive,
     T::Archived: rkyv::Portable
-        + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>>,
+        + for<'a> rkyv::bytecheck::CheckBytes<
+            rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>,
+        >,
 {
     /// Checks `response`'s schema tag and validates it as an archive of `T`.
     fn check(response: Response, topic: &Topic) -> Result<TypedResponse<T>, RequestError> {
@@ -110,7 +112,7 @@ where
                     expected: schema,
                     found: crate::client::schema::found(found),
                 })?;
-        match rkyv::access::<T::Archived, rkyv::rancor::Error>(archive) {
+        match rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(archive) {
             Ok(_) => Ok(TypedResponse {
                 response,
                 _type: std::marker::PhantomData,
@@ -798,7 +800,7 @@ impl Requester {
         R: rkyv::Archive,
         R::Archived: rkyv::Portable
             + for<'a> rkyv::bytecheck::CheckBytes<
-                rkyv::api::high::HighValidator<'a, rkyv::rancor::Error>,
+                rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>,
             >,
     {
         let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;

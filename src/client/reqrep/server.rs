@@ -325,7 +325,7 @@ impl<'a> Request<'a> {
         T: rkyv::Archive,
         T::Archived: rkyv::Portable
             + for<'v> rkyv::bytecheck::CheckBytes<
-                rkyv::api::high::HighValidator<'v, rkyv::rancor::Error>,
+                rkyv::api::high::HighValidator<'v, rkyv::rancor::BoxedError>,
             >,
     {
         let topic = || self.outbound.topic.clone();
@@ -337,10 +337,12 @@ impl<'a> Request<'a> {
                 expected: schema,
                 found: crate::client::schema::found(found),
             })?;
-        rkyv::access::<T::Archived, rkyv::rancor::Error>(archive).map_err(|e| RecvError::Invalid {
-            topic: topic(),
-            sequence: self.sample.as_ref().map_or(0, Sample::sequence),
-            detail: e.to_string(),
+        rkyv::access::<T::Archived, rkyv::rancor::BoxedError>(archive).map_err(|e| {
+            RecvError::Invalid {
+                topic: topic(),
+                sequence: self.sample.as_ref().map_or(0, Sample::sequence),
+                detail: e.to_string(),
+            }
         })
     }
 
