@@ -191,8 +191,15 @@ where
                 }
                 Err(r) => return Err(Failure::Refused(r)),
             };
-            let (tag, archive) = loan.as_mut_slice().split_at_mut(TAG_LEN);
-            tag.copy_from_slice(&self.schema.tag());
+            let Some((tag, archive)) = loan.as_mut_slice().split_first_chunk_mut::<TAG_LEN>()
+            else {
+                drop(loan);
+                let topic = self.inner.topic();
+                return Err(Failure::Serialize(format!(
+                    "topic {topic:?}: the largest message ({max} bytes) cannot hold a schema tag"
+                )));
+            };
+            *tag = self.schema.tag();
             let written =
                 rkyv::api::high::to_bytes_in::<_, rancor::BoxedError>(value, Buffer::from(archive))
                     .map(|buf| TAG_LEN + buf.len());

@@ -69,8 +69,12 @@ where
     T: rkyv::Archive + for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
 {
     let max = buf.len();
-    let (tag, archive) = buf.split_at_mut(TAG_LEN);
-    tag.copy_from_slice(&Schema::of::<T>().tag());
+    let Some((tag, archive)) = buf.split_first_chunk_mut::<TAG_LEN>() else {
+        return Err(format!(
+            "the largest message ({max} bytes) cannot hold a schema tag"
+        ));
+    };
+    *tag = Schema::of::<T>().tag();
     rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(
         value,
         rkyv::ser::writer::Buffer::from(archive),
