@@ -36,6 +36,33 @@ pub struct ChildArgs {
     probes: u64,
     #[arg(long)]
     burst: u64,
+    /// Busy-poll (subscriber) and spin (publisher's pacing); else spin-then-park and sleep.
+    #[arg(long)]
+    busy: bool,
+}
+
+/// Whether this machine has room for two busy-polling processes (the subscriber, and the
+/// publisher pacing its probes) beside what already runs: at least two CPUs free by the load
+/// average. Returns the decision and the line that says why.
+fn room_to_spin() -> (bool, String) {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    let load = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok())
+        .unwrap_or(0.0);
+    let free = cpus as f64 - load;
+    if free >= 2.0 {
+        let why = format!("{cpus} CPUs, load {load:.1}: busy-polling, as low-latency users run it");
+        (true, why)
+    } else {
+        let why = format!(
+            "{cpus} CPUs, load {load:.1}: too few free CPUs for two busy-polling processes, so the \
+             subscriber waits spin-then-park and the publisher sleeps between probes (the latency \
+             includes wake-ups; `shmbus bench latency --wait busy` on an idle machine measures \
+             busy-polling)"
+        );
+        (false, why)
+    }
 }
 
 struct Cleanup {
@@ -113,12 +140,17 @@ pub fn run(args: Args) -> Outcome {
     cleanup.children.push(broker);
     println!("[broker] {}", ready?);
 
-    let counts = [
+    let (busy, why) = room_to_spin();
+    println!("[demo] {why}");
+    let mut counts = vec![
         "--probes".to_string(),
         args.probes.to_string(),
         "--burst".into(),
         args.burst.to_string(),
     ];
+    if busy {
+        counts.push("--busy".into());
+    }
     let child_args = |role: &'static str| {
         let mut v = vec![role, "--bus", socket_arg.as_str()];
         v.extend(counts.iter().map(String::as_str));
@@ -186,8 +218,12 @@ pub fn publisher(args: ChildArgs) -> Outcome {
     let mut payload = [0u8; 64];
     for i in 0..args.probes {
         let due = start + period * u32::try_from(i).unwrap_or(u32::MAX);
-        while Instant::now() < due {
-            std::hint::spin_loop();
+        if args.busy {
+            while Instant::now() < due {
+                std::hint::spin_loop();
+            }
+        } else {
+            std::thread::sleep(due.saturating_duration_since(Instant::now()));
         }
         payload[..8].copy_from_slice(&now_ns().to_le_bytes());
         probes.publish(&payload).map_err(Failure::error)?;
@@ -204,9 +240,14 @@ pub fn publisher(args: ChildArgs) -> Outcome {
 /// The demo's subscriber: prints chat lines and a summary of the probes and the burst.
 pub fn subscriber(args: ChildArgs) -> Outcome {
     let bus = args.bus.connect()?;
+    let wait = if args.busy {
+        WaitStrategy::BusySpin
+    } else {
+        WaitStrategy::default()
+    };
     let mut sub = bus
         .subscriber("demo/**")
-        .wait(WaitStrategy::BusySpin)
+        .wait(wait)
         .create()
         .map_err(Failure::error)?;
     eprintln!("subscribed demo/**");
@@ -237,9 +278,14 @@ pub fn subscriber(args: ChildArgs) -> Outcome {
     }
     let us = |q: f64| latency.value_at_quantile(q) as f64 / 1000.0;
     println!(
-        "[subscriber] latency, publish to receive, {} messages of 64 B at 10 kHz, busy-polling: \
+        "[subscriber] latency, publish to receive, {} messages of 64 B at 10 kHz, {}: \
          p50 {:.2} µs, p90 {:.2} µs, p99 {:.2} µs, p99.9 {:.2} µs, max {:.2} µs",
         latency.len(),
+        if args.busy {
+            "busy-polling"
+        } else {
+            "spin-then-park"
+        },
         us(0.5),
         us(0.9),
         us(0.99),
