@@ -139,6 +139,19 @@ impl Core {
     }
 
     pub(super) fn respond(&mut self, client: ClientId, request: Respond) -> Handled {
+        // Only a server answers: nobody else gets to write into a requester's inbox.
+        let serves = self
+            .clients
+            .known(client)?
+            .subscriptions
+            .values()
+            .any(|s| matches!(s.kind, SubscriptionKind::Serve(_)));
+        if !serves {
+            return Err(error(
+                ErrorCode::NotPermitted,
+                "only a client that serves a topic may answer into an inbox",
+            ));
+        }
         let name = inbox_name(request.inbox);
         if !self.rings.contains_key(&name) {
             return Err(error(

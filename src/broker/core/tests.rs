@@ -680,6 +680,13 @@ mod reqrep {
         let body = Request::Respond(Respond {
             inbox: opened.inbox,
         });
+        // Only a server may answer into an inbox.
+        let refused = reply(&call(&mut core, server, body.clone()), server).clone();
+        assert!(matches!(refused, Err(e) if e.code == ErrorCode::NotPermitted));
+        assert!(matches!(
+            serve(&mut core, server, "svc"),
+            Ok(Reply::Serving(_))
+        ));
         let out = call(&mut core, server, body.clone());
         let Ok(Reply::Publishing(writer)) = reply(&out, server).clone() else {
             panic!("expected Publishing");
