@@ -372,6 +372,14 @@ pub fn reply(bus: &Bus, wait: WaitStrategy, ready: impl FnOnce()) -> Result<(), 
     }
 }
 
+/// The load role: burns CPU until killed (for measurements on a busy machine).
+pub fn burn() -> ! {
+    let mut x = 0u64;
+    loop {
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(1));
+    }
+}
+
 /// A requester of [`RPC`] waiting with `wait`.
 pub fn requester(bus: &Bus, wait: WaitStrategy) -> Result<Requester, BenchError> {
     let mut requester = bus.requester(RPC)?;

@@ -420,3 +420,34 @@ fn a_publisher_held_back_by_a_stopped_subscriber_says_who() {
     assert_eq!(p.wait_code(), 0, "{}", p.stderr.text());
     sub.signal(Signal::SIGCONT);
 }
+
+#[test]
+fn bench_measures_beside_cpu_bound_processes_and_stops_them() {
+    let out = std::process::Command::new(support::bin())
+        .args([
+            "bench",
+            "latency",
+            "--count",
+            "200",
+            "--wait",
+            "spin-park",
+            "--load",
+            "1",
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("beside 1 CPU-bound processes"), "{stdout}");
+    // The load processes are gone with the measurement.
+    let burners: Vec<_> = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+        .filter(|cmd| cmd.windows(16).any(|w| w == b"bench-role\0burn\0"))
+        .collect();
+    assert!(burners.is_empty(), "{} load processes left", burners.len());
+}

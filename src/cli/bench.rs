@@ -76,6 +76,10 @@ pub struct Args {
     /// Requester threads for reqrep, each with its own inbox.
     #[arg(long, default_value_t = 1)]
     requesters: u32,
+    /// Run this many CPU-bound processes (busy loops, not pinned) beside the measurement: the
+    /// latency a busy machine gets.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    load: u32,
     /// How processes wait for messages.
     #[arg(long, value_enum, default_value_t = Wait::Busy)]
     wait: Wait,
@@ -93,7 +97,7 @@ pub struct Args {
 /// Arguments of the hidden `bench-role` command that `bench` starts its child processes with.
 #[derive(Debug, clap::Args)]
 pub struct RoleArgs {
-    /// `echo`, `typed-echo`, `ack`, `reply`, `flood` or `fanout-sub`.
+    /// `echo`, `typed-echo`, `ack`, `reply`, `burn`, `flood` or `fanout-sub`.
     role: String,
     #[arg(long = "bus")]
     bus: String,
@@ -116,6 +120,11 @@ fn fail(e: BenchError) -> Failure {
 
 /// Runs a child role; says `ready` on stdout once attached.
 pub fn role(args: RoleArgs) -> Outcome {
+    if args.role == "burn" {
+        // Not pinned: load goes wherever the scheduler puts it, as on a busy machine.
+        println!("ready");
+        bench::burn();
+    }
     bench::pin(1);
     let bus = Bus::connect(&args.bus)?;
     let ready = || println!("ready");
@@ -198,12 +207,24 @@ pub fn run(args: Args) -> Outcome {
     }
     bench::pin(0);
     let address = bus.address().to_string();
-    let report = match args.mode {
+    let mut burners = roles()?;
+    for _ in 0..args.load {
+        burners
+            .start("burn", &address, &[] as &[&str])
+            .map_err(fail)?;
+    }
+    let mut report = match args.mode {
         Mode::Latency if args.rate.is_none() => ping_pong(&bus, &address, &args)?,
         Mode::Latency | Mode::Throughput => stream(&bus, &address, &args)?,
         Mode::Fanout => fanout(&bus, &address, &args)?,
         Mode::Reqrep => reqrep(&bus, &address, &args)?,
     };
+    if args.load > 0 {
+        report
+            .what
+            .push_str(&format!(", beside {} CPU-bound processes", args.load));
+    }
+    drop(burners);
     if let Some(path) = &args.plot {
         plot(&report, path).map_err(|e| Failure::error(format!("plot {}: {e}", path.display())))?;
     }
