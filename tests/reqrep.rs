@@ -563,3 +563,26 @@ fn busy_requester_and_server_make_no_system_call_per_request() {
         "{calls} system calls for {requests} requests:\n{text}"
     );
 }
+
+#[test]
+fn serve_exec_answers_more_requests_than_it_runs_commands_at_once() {
+    let broker = Broker::start(&[]);
+    let mut server = serve(&broker, &["slow/echo", "--exec", "sleep 0.3; cat"]);
+    let bus = Bus::connect(broker.bus()).unwrap();
+    // More than the 16 commands it runs at once, and than the requests a server may hold.
+    let askers: Vec<_> = (0..40)
+        .map(|i| {
+            let bus = bus.clone();
+            std::thread::spawn(move || {
+                let payload = format!("request {i}");
+                let answer = bus.request_timeout("slow/echo", payload.as_bytes(), LONG);
+                (payload, answer.map(|a| a.payload().to_vec()))
+            })
+        })
+        .collect();
+    for asker in askers {
+        let (payload, answer) = asker.join().unwrap();
+        assert_eq!(answer.unwrap(), payload.as_bytes());
+    }
+    kill_group(&mut server);
+}

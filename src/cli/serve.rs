@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use tracing::warn;
 
-use crate::{OwnedRequest, RecvError, ServeError};
+use crate::{RecvError, Responder, ServeError};
 
 use super::{BusArg, Failure, Outcome};
 
@@ -60,14 +60,17 @@ pub fn run(args: Args) -> Outcome {
             }
             continue;
         };
-        let request = request.detach();
+        // The payload goes to the command's stdin anyway: copied now, the frame is released at
+        // once (no limit on requests held in place applies), and only where to answer is kept.
+        let payload = request.payload().to_vec();
+        let responder = request.into_responder();
         while running.load(Ordering::Acquire) >= MAX_RUNNING {
             std::thread::park();
         }
         running.fetch_add(1, Ordering::AcqRel);
         let (cmd, running, main) = (cmd.clone(), Arc::clone(&running), std::thread::current());
         std::thread::spawn(move || {
-            answer_with_command(&cmd, request);
+            answer_with_command(&cmd, payload, responder);
             // AcqRel pairs with the Acquire load of the serving loop, which may be parked.
             running.fetch_sub(1, Ordering::AcqRel);
             main.unpark();
@@ -77,7 +80,7 @@ pub fn run(args: Args) -> Outcome {
 
 /// Runs `cmd` for one request and answers with its output; a command that fails leaves the
 /// request abandoned (the requester is told) and is reported here.
-fn answer_with_command(cmd: &str, request: OwnedRequest) {
+fn answer_with_command(cmd: &str, payload: Vec<u8>, responder: Responder) {
     let child = Command::new("sh")
         .args(["-c", cmd])
         .stdin(Stdio::piped())
@@ -92,7 +95,6 @@ fn answer_with_command(cmd: &str, request: OwnedRequest) {
         }
     };
     let mut stdin = child.stdin.take().expect("piped");
-    let payload = request.payload().to_vec();
     // Fed from a thread of its own, so a command that answers before reading cannot deadlock.
     let feeder = std::thread::spawn(move || {
         let _ = stdin.write_all(&payload);
@@ -105,7 +107,7 @@ fn answer_with_command(cmd: &str, request: OwnedRequest) {
             if stdout.last() == Some(&b'\n') {
                 stdout.pop();
             }
-            if let Err(e) = request.respond(&stdout) {
+            if let Err(e) = responder.respond(&stdout) {
                 warn!("response not delivered: {e}");
             }
         }
