@@ -410,7 +410,10 @@ impl<'a> Request<'a> {
     }
 
     /// Keeps the request, in place, beyond the server's next receive (see
-    /// [`Sample::detach`](crate::Sample::detach)).
+    /// [`Sample::detach`](crate::Sample::detach)). A server holds at most 16 requests in place
+    /// at once (its receive then fails with `RecvError::HeldLimit` until one is answered); to keep
+    /// more open, copy what is needed and keep only the [`Responder`]
+    /// ([`Request::into_responder`]).
     pub fn detach(mut self) -> OwnedRequest {
         let sample = self.sample.take().expect("present until detached");
         OwnedRequest {
