@@ -64,6 +64,8 @@ pub fn run(args: Args) -> Outcome {
         // once (no limit on requests held in place applies), and only where to answer is kept.
         let payload = request.payload().to_vec();
         let responder = request.into_responder();
+        // Only a count (no data rides on it): Acquire pairs with the command threads' AcqRel
+        // decrement, so a slot they freed is seen.
         while running.load(Ordering::Acquire) >= MAX_RUNNING {
             std::thread::park();
         }

@@ -410,7 +410,8 @@ where
         // SAFETY: the bytes were validated as a `T::Archived` when this sample was made (or the
         // caller of `recv_unchecked` promised they are one), and they do not change while the
         // sample lives: tethered subscribers read committed frames publishers may not overwrite
-        // until the sample is released, lossy ones a private copy.
+        // until the sample is released, lossy ones a private copy. (One case is not defended:
+        // a reader the broker evicts while it holds the sample; see docs/THREAT_MODEL.md.)
         unsafe { rkyv::access_unchecked::<T::Archived>(&self.sample.payload()[TAG_LEN..]) }
     }
 }

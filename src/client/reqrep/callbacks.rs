@@ -81,6 +81,7 @@ fn spawn(
         std::thread::Builder::new()
             .name("shmbus-dispatch".into())
             .spawn(move || {
+                // Acquire pairs with the Release store of the guard's `drop`.
                 let stopped = || stop.load(Ordering::Acquire);
                 while !stopped() && turn(&stopped, &panics) {}
             })?

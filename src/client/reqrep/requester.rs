@@ -440,19 +440,11 @@ impl InboxPool {
     }
 }
 
-/// Where an exchange's inbox goes back to when it is done.
-enum Home {
-    /// The bus's pool.
-    Pool(Arc<InboxPool>),
-    /// Nowhere: the inbox belongs to a [`Requester`], which takes it back itself.
-    Requester,
-}
-
-/// An inbox taken for one exchange. Unless the exchange finished (its final response read),
-/// the inbox is closed when this drops instead of going back.
+/// An inbox taken from `home` for one exchange. Unless the exchange finished (its final
+/// response read), the inbox is closed when this drops instead of going back.
 struct Exchange {
     inbox: Option<Inbox>,
-    home: Home,
+    home: Arc<InboxPool>,
     finished: bool,
 }
 
@@ -464,10 +456,8 @@ impl Exchange {
 
 impl Drop for Exchange {
     fn drop(&mut self) {
-        if let (true, Some(inbox), Home::Pool(pool)) =
-            (self.finished, self.inbox.take(), &self.home)
-        {
-            pool.put(inbox);
+        if let (true, Some(inbox)) = (self.finished, self.inbox.take()) {
+            self.home.put(inbox);
         }
     }
 }
@@ -603,7 +593,7 @@ fn pooled(
     };
     Ok(Exchange {
         inbox: Some(inbox),
-        home: Home::Pool(Arc::clone(pool)),
+        home: Arc::clone(pool),
         finished: false,
     })
 }
@@ -820,8 +810,12 @@ impl Requester {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<ResponseStream, RequestError> {
-        let mut exchange = self.take_inbox()?;
-        exchange.home = Home::Pool(Arc::clone(&self.after_stream));
+        // A finished stream leaves the inbox where the next exchange finds it.
+        let exchange = Exchange {
+            inbox: Some(self.take_inbox()?),
+            home: Arc::clone(&self.after_stream),
+            finished: false,
+        };
         let topic = self.topic.clone();
         stream(
             &self.bus,
@@ -839,7 +833,7 @@ impl Requester {
     ) -> Result<Response, RequestError> {
         // Used in place; dropped (so closed) if the exchange ends unfinished.
         if self.inbox.is_none() {
-            self.inbox = Some(self.take_inbox()?.inbox.take().expect("just taken"));
+            self.inbox = Some(self.take_inbox()?);
         }
         let Requester {
             bus, topic, inbox, ..
@@ -860,17 +854,12 @@ impl Requester {
         answer
     }
 
-    /// This requester's inbox for one exchange (the one a finished stream gave back, or a
-    /// fresh one if the last exchange left it unfinished).
-    fn take_inbox(&mut self) -> Result<Exchange, RequestError> {
-        let inbox = match self.inbox.take().or_else(|| self.after_stream.take()) {
-            Some(inbox) => inbox,
-            None => Inbox::open(&self.bus, &self.topic, self.wait)?,
-        };
-        Ok(Exchange {
-            inbox: Some(inbox),
-            home: Home::Requester,
-            finished: false,
-        })
+    /// This requester's inbox (the one a finished stream gave back, or a fresh one if the last
+    /// exchange left it unfinished).
+    fn take_inbox(&mut self) -> Result<Inbox, RequestError> {
+        match self.inbox.take().or_else(|| self.after_stream.take()) {
+            Some(inbox) => Ok(inbox),
+            None => Inbox::open(&self.bus, &self.topic, self.wait),
+        }
     }
 }
