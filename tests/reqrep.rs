@@ -29,6 +29,26 @@ fn serve(broker: &Broker, args: &[&str]) -> Proc {
     p
 }
 
+/// How many descriptors the broker process holds (2 per ring, 1 per connection, and its own).
+fn broker_fds(broker: &Broker) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", broker.proc.child.id()))
+        .unwrap()
+        .count()
+}
+
+/// Waits (at most [`LONG`]) until the broker holds no more descriptors than `baseline`.
+fn wait_for_broker_fds(broker: &Broker, baseline: usize) {
+    let deadline = std::time::Instant::now() + LONG;
+    while broker_fds(broker) > baseline {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "broker holds {} fds, had {baseline}",
+            broker_fds(broker)
+        );
+        std::thread::yield_now();
+    }
+}
+
 /// Kills process `p`'s whole group with SIGKILL and reaps it.
 fn kill_group(p: &mut Proc) {
     nix::sys::signal::killpg(p.pid(), Signal::SIGKILL).unwrap();
@@ -197,14 +217,9 @@ fn a_server_dropped_with_requests_open_fails_them_and_one_dropped_request_is_aba
 #[test]
 fn killing_a_requester_sends_the_answer_nowhere_and_leaks_nothing() {
     let broker = Broker::start(&[]);
-    let broker_fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", broker.proc.child.id()))
-            .unwrap()
-            .count()
-    };
     let bus = Bus::connect(broker.bus()).unwrap();
     let mut server = bus.serve("answer/later").unwrap();
-    let baseline = broker_fds();
+    let baseline = broker_fds(&broker);
     let mut requester = Proc::spawn(shmbus(
         broker.bus(),
         &["req", "answer/later", "x", "--timeout", "600"],
@@ -220,15 +235,7 @@ fn killing_a_requester_sends_the_answer_nowhere_and_leaks_nothing() {
     }
     // Everything the requester made the broker create (its inbox's descriptors) is released,
     // and the server's writer on the inbox is dropped at its next answer to anyone.
-    let deadline = std::time::Instant::now() + LONG;
-    while broker_fds() > baseline {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker holds {} fds, had {baseline}",
-            broker_fds()
-        );
-        std::thread::yield_now();
-    }
+    wait_for_broker_fds(&broker, baseline);
     let other = Bus::connect(broker.bus()).unwrap();
     let asker = std::thread::spawn(move || other.request_timeout("answer/later", b"ok?", LONG));
     server.recv().unwrap().respond(b"ok").unwrap();
@@ -415,16 +422,11 @@ fn no_timer_is_left_behind_by_answered_and_timed_out_requests() {
 #[test]
 fn dropping_a_bus_after_requests_releases_everything_at_the_broker() {
     let broker = Broker::start(&[]);
-    let broker_fds = || {
-        std::fs::read_dir(format!("/proc/{}/fd", broker.proc.child.id()))
-            .unwrap()
-            .count()
-    };
     let server_bus = Bus::connect(broker.bus()).unwrap();
     let _server = server_bus
         .serve_with("echo", |req| req.payload().to_vec())
         .unwrap();
-    let baseline = broker_fds();
+    let baseline = broker_fds(&broker);
     let bus = Bus::connect(broker.bus()).unwrap();
     let threads: Vec<_> = (0..3)
         .map(|_| {
@@ -438,15 +440,7 @@ fn dropping_a_bus_after_requests_releases_everything_at_the_broker() {
     // The pooled inboxes go with the last handle, and with them the connection (an inbox that
     // kept the connection alive would keep its socket and rings at the broker forever).
     drop(bus);
-    let deadline = std::time::Instant::now() + LONG;
-    while broker_fds() > baseline {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "broker holds {} fds, had {baseline}",
-            broker_fds()
-        );
-        std::thread::yield_now();
-    }
+    wait_for_broker_fds(&broker, baseline);
 }
 
 #[derive(rkyv::Archive, rkyv::Serialize)]
