@@ -13,6 +13,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::mpsc::Receiver;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -67,6 +68,8 @@ pub(super) struct EventLoop {
     accept_stalled: bool,
     /// Clients whose outbox waits for descriptors to become available (retried every tick).
     retry_flush: HashSet<ClientId>,
+    /// The state keeper's answers (it wakes the loop after each).
+    answered: Receiver<Outgoing>,
 }
 
 impl EventLoop {
@@ -76,6 +79,7 @@ impl EventLoop {
         core: Core,
         ring_idle: Duration,
         stop: Arc<AtomicBool>,
+        answered: Receiver<Outgoing>,
     ) -> EventLoop {
         EventLoop {
             listener,
@@ -89,6 +93,7 @@ impl EventLoop {
             backlogged: HashSet::new(),
             accept_stalled: false,
             retry_flush: HashSet::new(),
+            answered,
         }
     }
 
@@ -114,7 +119,11 @@ impl EventLoop {
             for event in &events {
                 match event.token() {
                     LISTENER => self.accept_all(),
-                    WAKER => {}
+                    WAKER => {
+                        while let Ok(out) = self.answered.try_recv() {
+                            self.send(out);
+                        }
+                    }
                     Token(raw) => {
                         let id = ClientId::from_raw(raw as u32);
                         if event.is_readable() || event.is_read_closed() || event.is_error() {

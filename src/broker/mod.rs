@@ -18,12 +18,14 @@
 
 mod core;
 mod event_loop;
+mod keeper;
 
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -36,6 +38,7 @@ use self::core::{Core, Limits, Quotas};
 use crate::address::{BusAddress, ensure_private_dir};
 use crate::protocol::seqpacket;
 use event_loop::{EventLoop, LISTENER, WAKER};
+use keeper::Keeper;
 
 /// Why a broker could not start or run.
 #[derive(Debug, thiserror::Error)]
@@ -92,6 +95,7 @@ pub struct BrokerBuilder {
     limits: Limits,
     doorbells: u32,
     ring_idle: Duration,
+    state_dir: Option<PathBuf>,
 }
 
 impl Default for BrokerBuilder {
@@ -103,9 +107,11 @@ impl Default for BrokerBuilder {
                 evict_after: Duration::from_secs(5),
                 unblock_after: Duration::from_secs(15),
                 quotas: Quotas::default(),
+                max_state_value: 64 << 10,
             },
             doorbells: 16_384,
             ring_idle: Duration::from_secs(60),
+            state_dir: None,
         }
     }
 }
@@ -231,11 +237,24 @@ impl BrokerBuilder {
         self
     }
 
+    /// Keep persistent state collections in directory `dir` (created private if missing); without
+    /// one, collections cannot be persistent.
+    pub fn state_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.state_dir = Some(dir.into());
+        self
+    }
+
+    /// Largest value of a state collection's entry (default 64 KiB).
+    pub fn max_state_value(mut self, bytes: u32) -> Self {
+        self.limits.max_state_value = bytes;
+        self
+    }
+
     /// Binds the control socket: creates its private directory, refuses to start if a live
     /// broker owns the socket, and replaces a stale socket file left by a dead one.
     pub fn bind(self) -> Result<Broker, BrokerError> {
         self.limits.ring.validate()?;
-        let path = match self.socket {
+        let path = match self.socket.clone() {
             Some(path) => path,
             None => {
                 let address = BusAddress::from_env()?;
@@ -266,12 +285,52 @@ impl BrokerBuilder {
             stop: Arc::clone(&stop),
             waker: Arc::new(waker),
         };
-        let core = Core::new(self.limits, doorbells);
+        let mut core = Core::new(self.limits.clone(), doorbells);
+        let (answers, answered) = mpsc::channel();
+        let keeper = self.start_keeper(&mut core, answers, &handle, &path)?;
+        let event_loop = EventLoop::new(listener, poll, core, self.ring_idle, stop, answered);
         Ok(Broker {
             socket: path,
             _lock: lock,
             handle,
-            event_loop: EventLoop::new(listener, poll, core, self.ring_idle, stop),
+            event_loop,
+            keeper: Some(keeper),
+        })
+    }
+
+    /// Loads the state directory and makes the keeper that `run` starts, linked to `core`.
+    fn start_keeper(
+        &self,
+        core: &mut Core,
+        answers: mpsc::Sender<self::core::Outgoing>,
+        handle: &BrokerHandle,
+        path: &Path,
+    ) -> Result<Keeper, BrokerError> {
+        let doorbell = core.keeper_doorbell().ok_or_else(|| {
+            io_err("reserve a doorbell for the state keeper of", path)(io::Error::other(
+                "the doorbell table is empty",
+            ))
+        })?;
+        let (jobs_tx, jobs) = mpsc::channel();
+        let pending = Arc::new(AtomicBool::new(false));
+        let link = self::core::KeeperLink::new(jobs_tx, Arc::clone(&pending), doorbell.index());
+        core.set_keeper(link, self.state_dir.is_some());
+        let (reader_owner, writer_owner) = Core::keeper_owners();
+        let setup = keeper::KeeperSetup {
+            jobs,
+            pending,
+            doorbell: Arc::new(doorbell),
+            reader_owner,
+            writer_owner,
+            answers,
+            waker: Arc::clone(&handle.waker),
+            stop: Arc::clone(&handle.stop),
+        };
+        let dir = self.state_dir.as_deref();
+        Keeper::new(setup, dir).map_err(|source| BrokerError::Io {
+            what: "open state directory",
+            path: dir.map_or_else(PathBuf::new, Path::to_path_buf),
+            source,
         })
     }
 }
@@ -336,6 +395,8 @@ pub struct Broker {
     _lock: Flock<std::fs::File>,
     handle: BrokerHandle,
     event_loop: EventLoop,
+    /// Started by `run`.
+    keeper: Option<Keeper>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -364,7 +425,17 @@ impl Broker {
 
     /// Serves clients until [`BrokerHandle::stop`]. Removes the socket file when it returns.
     pub fn run(mut self) -> io::Result<()> {
+        let keeper = self.keeper.take().map(|k| {
+            std::thread::Builder::new()
+                .name("shmbus-keeper".into())
+                .spawn(move || k.run())
+        });
+        let keeper = keeper.transpose()?;
         let result = self.event_loop.run();
+        self.handle.stop();
+        if let Some(k) = keeper {
+            let _ = k.join();
+        }
         let _ = std::fs::remove_file(&self.socket);
         result
     }

@@ -371,7 +371,7 @@ impl Connection {
                 self.notify(Unsubscribe { subscription });
             }
             Ok(Reply::DoorbellClaimed(d)) => self.notify(ReleaseDoorbell { index: d.index }),
-            Ok(Reply::Done | Reply::Holders(_)) | Err(_) => {}
+            Ok(Reply::Done | Reply::Holders(_) | Reply::SnapshotReady(_)) | Err(_) => {}
         }
     }
 }

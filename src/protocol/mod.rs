@@ -8,7 +8,7 @@
 //!
 //! This module holds the envelope (handshake, requests and replies, errors) and the ids; each
 //! messaging pattern has its own module with its requests, their replies and what the broker
-//! sends unasked ([`pubsub`], [`reqrep`]). Every request type names its reply type through [`Call`], so a
+//! sends unasked ([`pubsub`], [`reqrep`], [`state`]). Every request type names its reply type through [`Call`], so a
 //! client asks `call(Subscribe { .. })` and gets a [`Subscribed`] back, or a protocol error —
 //! never a reply of the wrong kind to sort out.
 //!
@@ -23,6 +23,7 @@ mod ids;
 pub mod pubsub;
 pub mod reqrep;
 pub mod seqpacket;
+pub mod state;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,10 +33,11 @@ use pubsub::{
     Subscribe, Subscribed, Unpublish, Unsubscribe, WhoHolds,
 };
 use reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
+use state::{OwnState, SnapshotReady, StateSnapshot, SyncState, WatchState};
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
-pub const PROTOCOL_VERSION: u16 = 3;
+pub const PROTOCOL_VERSION: u16 = 4;
 
 /// Largest encoded message, in bytes. Anything larger is a protocol error.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -99,6 +101,14 @@ pub enum Request {
     Respond(Respond),
     /// See [`WhoHolds`].
     WhoHolds(WhoHolds),
+    /// See [`OwnState`].
+    OwnState(OwnState),
+    /// See [`WatchState`].
+    WatchState(WatchState),
+    /// See [`StateSnapshot`].
+    StateSnapshot(StateSnapshot),
+    /// See [`SyncState`].
+    SyncState(SyncState),
 }
 
 /// Successful replies, one variant per reply type.
@@ -118,6 +128,8 @@ pub enum Reply {
     InboxOpened(InboxOpened),
     /// To [`WhoHolds`].
     Holders(Holders),
+    /// To [`StateSnapshot`]; carries the snapshot's memfd.
+    SnapshotReady(SnapshotReady),
 }
 
 /// A request type and the reply it is answered with.

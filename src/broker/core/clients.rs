@@ -27,6 +27,19 @@ pub(super) fn subscription_owner(client: ClientId, sub: SubscriptionId) -> Owner
         .expect("client ids start at 1")
 }
 
+/// The id under which the broker's state keeper holds its slots: never given to a client.
+pub(super) const KEEPER: ClientId = ClientId::from_raw(u32::MAX);
+
+/// The owner token of the keeper's writers (see [`client_owner`]).
+pub(super) fn keeper_writer() -> Owner {
+    client_owner(KEEPER)
+}
+
+/// The owner token of the keeper's readers (its one subscription, see [`subscription_owner`]).
+pub(super) fn keeper_reader() -> Owner {
+    subscription_owner(KEEPER, SubscriptionId::from_raw(1))
+}
+
 /// The client an owner token belongs to.
 pub(super) fn owner_client(owner: u64) -> ClientId {
     ClientId::from_raw((owner >> 32) as u32)
@@ -43,6 +56,8 @@ pub(super) enum SubscriptionKind {
     Pattern(Topic),
     /// The request ring of the topic the client serves.
     Serve(Topic),
+    /// Every state ring whose collection's topic overlaps the pattern.
+    State(Topic),
     /// One of the client's inboxes.
     Inbox(RingId),
 }
@@ -83,14 +98,15 @@ pub(super) struct Clients {
 }
 
 impl Clients {
-    /// Registers a connection under a fresh id (ids start at 1 and wrap after 2^32
-    /// connections, skipping those still in use).
+    /// Registers a connection under a fresh id (ids start at 1 and wrap before [`KEEPER`]'s,
+    /// skipping those still in use).
     pub fn insert(&mut self, creds: PeerCredentials) -> ClientId {
+        let next = |raw: u32| raw.checked_add(1).filter(|&r| r != KEEPER.get()).unwrap_or(1);
         let mut raw = self.next.max(1);
         while self.map.contains_key(&ClientId::from_raw(raw)) {
-            raw = raw.checked_add(1).unwrap_or(1);
+            raw = next(raw);
         }
-        self.next = raw.checked_add(1).unwrap_or(1);
+        self.next = next(raw);
         let id = ClientId::from_raw(raw);
         self.map.insert(
             id,
@@ -154,7 +170,8 @@ impl Clients {
     /// Whether `owner` is the publisher token of a live client: the only writer-slot owners the
     /// broker believes.
     pub fn writer_alive(&self, owner: u64) -> bool {
-        owner & 0xffff_ffff == 0 && self.contains(owner_client(owner))
+        owner == keeper_writer().get()
+            || owner & 0xffff_ffff == 0 && self.contains(owner_client(owner))
     }
 
     pub fn len(&self) -> usize {

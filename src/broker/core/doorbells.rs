@@ -27,7 +27,7 @@ impl Doorbells {
     }
 
     /// Hands out a free doorbell.
-    fn take(&mut self) -> Option<u32> {
+    pub(super) fn take(&mut self) -> Option<u32> {
         self.free.pop()
     }
 

@@ -21,6 +21,7 @@ mod pubsub;
 mod recovery;
 mod reqrep;
 mod rings;
+mod state;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -37,6 +38,7 @@ use clients::{Client, Clients, client_owner};
 pub(crate) use descriptors::Descriptors;
 use doorbells::Doorbells;
 use rings::{Retired, RingEntry};
+pub(crate) use state::{KeeperJob, KeeperLink};
 
 /// A message for one client, with the descriptors it carries.
 #[derive(Debug)]
@@ -70,6 +72,8 @@ pub(crate) struct Limits {
     pub unblock_after: Duration,
     /// What clients may make the broker spend.
     pub quotas: Quotas,
+    /// Largest value of a state collection's entry.
+    pub max_state_value: u32,
 }
 
 /// What one client, and all clients together, may make the broker spend. The request bounds
@@ -175,6 +179,12 @@ pub(crate) struct Core {
     retired: Vec<Retired>,
     /// Served topics: the server's client and subscription.
     served: std::collections::HashMap<String, (ClientId, crate::protocol::SubscriptionId)>,
+    /// Owned state collections, by topic.
+    owned: std::collections::HashMap<String, state::StateOwner>,
+    /// The state keeper, if the broker runs one.
+    keeper: Option<KeeperLink>,
+    /// Whether the keeper has a state directory (collections may be persistent).
+    persistence: bool,
     clients: Clients,
     next_publisher: u32,
     next_subscription: u32,
@@ -211,6 +221,9 @@ impl Core {
             rings: BTreeMap::new(),
             retired: Vec::new(),
             served: std::collections::HashMap::new(),
+            owned: std::collections::HashMap::new(),
+            keeper: None,
+            persistence: false,
             clients: Clients::default(),
             next_publisher: 1,
             next_subscription: 1,
@@ -224,6 +237,23 @@ impl Core {
     /// The configured limits.
     pub(crate) fn limits(&self) -> &Limits {
         &self.limits
+    }
+
+    /// Takes a doorbell for the state keeper to park on (never given to a client).
+    pub(crate) fn keeper_doorbell(&mut self) -> Option<shmbus_shm::Doorbell> {
+        let index = self.doorbells.take()?;
+        self.doorbells.table().bell(index)
+    }
+
+    /// Hands state collections to the keeper at the end of `link`.
+    pub(crate) fn set_keeper(&mut self, link: KeeperLink, persistence: bool) {
+        self.keeper = Some(link);
+        self.persistence = persistence;
+    }
+
+    /// The owner tokens of the keeper's readers and writers.
+    pub(crate) fn keeper_owners() -> (shmbus_shm::Owner, shmbus_shm::Owner) {
+        (clients::keeper_reader(), clients::keeper_writer())
     }
 
     /// Registers a new connection and returns its client id.
@@ -330,6 +360,17 @@ impl Core {
             Request::Target(r) => self.target(client, r),
             Request::Respond(r) => self.respond(client, r),
             Request::WhoHolds(r) => self.who_holds(r),
+            Request::OwnState(r) => self.own_state(client, r, &mut out),
+            Request::WatchState(r) => self.watch_state(client, r, &mut out),
+            // Answered by the keeper, later, unless refused now.
+            Request::StateSnapshot(r) => match self.state_snapshot(client, id, r) {
+                Ok(()) => return out,
+                Err(e) => Err(e),
+            },
+            Request::SyncState(r) => match self.sync_state(client, id, r) {
+                Ok(()) => return out,
+                Err(e) => Err(e),
+            },
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),
@@ -369,6 +410,7 @@ impl Core {
 
     /// Frees what a departed client held.
     fn release(&mut self, client: ClientId, c: Client) -> Vec<Outgoing> {
+        self.end_ownership(client, None);
         for (sub, s) in c.subscriptions {
             self.reclaim_reserved(client, sub, &s);
             self.end_exchange(client, sub, &s.kind);

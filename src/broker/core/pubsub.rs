@@ -94,6 +94,7 @@ impl Core {
             .remove(&publisher)
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no publisher {publisher}")))?;
         debug!(client = %client, publisher = %publisher, topic, "publisher detached");
+        self.end_ownership(client, Some(publisher));
         Ok((Reply::Done, Descriptors::None))
     }
 
@@ -175,6 +176,7 @@ impl Core {
                 SubscriptionKind::Pattern(p) => format!("pattern {p:?}"),
                 SubscriptionKind::Serve(t) => format!("serving {t:?}"),
                 SubscriptionKind::Inbox(_) => "an inbox".to_string(),
+                SubscriptionKind::State(p) => format!("watching state {p:?}"),
             };
             return Err(error(
                 ErrorCode::Exhausted,

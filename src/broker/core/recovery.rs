@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use shmbus_shm::{Owner, ReaderState, RepairOutcome, UnblockOutcome};
 use tracing::{debug, warn};
 
-use super::clients::owner_client;
+use super::clients::{keeper_reader, owner_client};
 use super::{Core, Outgoing};
 
 /// A tethered reader that holds publishers back, watched for eviction.
@@ -239,7 +239,8 @@ impl Core {
                 .stalls
                 .retain(|slot, _| readers.iter().any(|r| r.slot == *slot));
             for r in readers {
-                if r.state != ReaderState::Tethered {
+                // The keeper is the broker itself: it reads to the end whenever woken.
+                if r.state != ReaderState::Tethered || r.owner == keeper_reader().get() {
                     entry.stalls.remove(&r.slot);
                     continue;
                 }

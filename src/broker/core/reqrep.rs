@@ -42,10 +42,11 @@ pub(super) fn is_exchange_ring(name: &str) -> bool {
     name.starts_with('?')
 }
 
-/// The topic a ring's readers are told: a request ring's served topic, `inbox/ID` for an inbox,
-/// a topic's ring's own name.
+/// The topic a ring's readers are told: a request ring's served topic, a state ring's
+/// collection, `inbox/ID` for an inbox, a topic's ring's own name.
 pub(super) fn shown_topic(name: &str) -> &str {
     name.strip_prefix(SERVE_PREFIX)
+        .or_else(|| name.strip_prefix(super::state::STATE_PREFIX))
         .or_else(|| name.strip_prefix('?'))
         .unwrap_or(name)
 }
@@ -172,7 +173,7 @@ impl Core {
         kind: &SubscriptionKind,
     ) {
         match kind {
-            SubscriptionKind::Pattern(_) => {}
+            SubscriptionKind::Pattern(_) | SubscriptionKind::State(_) => {}
             SubscriptionKind::Serve(topic) => {
                 if self.served.get(topic.as_str()) != Some(&(client, sub)) {
                     return;

@@ -1,0 +1,463 @@
+//! The state keeper: a thread of the broker process that mirrors every state collection, stores
+//! the persistent ones, and answers snapshot and sync requests.
+//!
+//! It reads every state ring as a tethered reader the broker reserved for it when the ring was
+//! created (so it misses nothing), parking on its own doorbell like any subscriber: an owner's
+//! `put` costs the keeper no system call unless it is parked. The core hands it jobs through a
+//! channel (and rings its doorbell); its answers go to the event loop through another channel,
+//! which wakes the loop to send them. Persistent changes are written one file per key
+//! ([`store`]) in the order they were made, a bounded batch between two reads of the rings, so a
+//! slow disk delays persistence but never the reading.
+
+mod store;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use mio::Waker;
+use shmbus_shm::{
+    Doorbell, Owner, ReaderOptions, ReaderSet, Ring, TryLoanError, Writer,
+};
+use tracing::{debug, error, warn};
+
+use super::core::{KeeperJob, Outgoing};
+use crate::protocol::state::snapshot;
+use crate::protocol::state::{Record, SnapshotReady};
+use crate::protocol::{BrokerMessage, ClientId, ErrorCode, ErrorReply, Reply, RequestId};
+use crate::topic::{Topic, overlaps};
+use store::Store;
+
+/// Persistent changes written between two reads of the rings.
+const PERSIST_BATCH: usize = 64;
+
+/// Longest park: the stop flag is looked at this often.
+const PARK: Duration = Duration::from_millis(100);
+
+/// The id stamped on the frames the keeper writes.
+const KEEPER_WRITER_ID: u32 = 0;
+
+/// What the keeper starts with.
+pub(super) struct KeeperSetup {
+    /// Jobs from the core.
+    pub jobs: Receiver<KeeperJob>,
+    /// Set by the core after each job.
+    pub pending: Arc<AtomicBool>,
+    /// The keeper's doorbell.
+    pub doorbell: Arc<Doorbell>,
+    /// The owner tokens of its readers and writers.
+    pub reader_owner: Owner,
+    pub writer_owner: Owner,
+    /// Answers for the event loop, and what wakes it.
+    pub answers: Sender<Outgoing>,
+    pub waker: Arc<Waker>,
+    /// Set when the broker stops.
+    pub stop: Arc<AtomicBool>,
+}
+
+/// One collection's mirror.
+#[derive(Default)]
+struct Collection {
+    entries: HashMap<String, Vec<u8>>,
+    /// Sequence number of the last change applied.
+    seq: u64,
+    restarted: u64,
+    persistent: bool,
+    owned: bool,
+    /// The keeper's writer on the ring (for [`Record::Clear`]), once it has one.
+    writer: Option<Writer>,
+    /// Whether a clear waits for room in the ring.
+    clear_pending: bool,
+    /// Changes not yet on disk: key (or `None`: the counter) -> the change's sequence number.
+    dirty: HashMap<Option<String>, u64>,
+    /// The same, in the order they were made.
+    dirty_order: BTreeSet<(u64, Option<String>)>,
+}
+
+impl Collection {
+    fn mark(&mut self, what: Option<String>) {
+        if !self.persistent {
+            return;
+        }
+        if let Some(old) = self.dirty.insert(what.clone(), self.seq) {
+            self.dirty_order.remove(&(old, what.clone()));
+        }
+        self.dirty_order.insert((self.seq, what));
+    }
+
+    /// Everything up to this sequence number is on disk (or needs not be).
+    fn stored_through(&self) -> u64 {
+        self.dirty_order
+            .first()
+            .map_or(self.seq, |(seq, _)| seq.saturating_sub(1))
+    }
+
+    fn apply(&mut self, topic: &str, seq: u64, record: Record<'_>) {
+        if seq <= self.seq {
+            debug!(topic, seq, "stale state record ignored");
+            return;
+        }
+        if seq != self.seq + 1 {
+            warn!(topic, seq, expected = self.seq + 1, "gap in a state ring's sequence");
+        }
+        self.seq = seq;
+        match record {
+            Record::Put { key, value } => {
+                self.entries.insert(key.to_string(), value.to_vec());
+                self.mark(Some(key.to_string()));
+            }
+            Record::Remove { key } => {
+                self.entries.remove(key);
+                self.mark(Some(key.to_string()));
+            }
+            Record::Restarted(n) => {
+                self.restarted = n;
+                self.mark(None);
+            }
+            Record::Clear => {
+                let keys: Vec<String> = self.entries.drain().map(|(k, _)| k).collect();
+                for key in keys {
+                    self.mark(Some(key));
+                }
+            }
+        }
+    }
+}
+
+/// A sync request waiting for its collection to be stored.
+struct PendingSync {
+    client: ClientId,
+    id: RequestId,
+    topic: String,
+    through: u64,
+}
+
+/// The keeper's state.
+pub(super) struct Keeper {
+    setup: KeeperSetup,
+    readers: ReaderSet<Topic>,
+    collections: BTreeMap<String, Collection>,
+    store: Option<Store>,
+    syncs: Vec<PendingSync>,
+}
+
+impl Keeper {
+    /// A keeper storing persistent collections in `state_dir` (loaded now), if given.
+    pub(super) fn new(setup: KeeperSetup, state_dir: Option<&Path>) -> std::io::Result<Keeper> {
+        let mut collections = BTreeMap::new();
+        let store = match state_dir {
+            Some(dir) => {
+                let (store, loaded) = Store::open(dir)?;
+                for (topic, c) in loaded {
+                    let collection = Collection {
+                        entries: c.entries,
+                        restarted: c.restarted,
+                        persistent: true,
+                        ..Collection::default()
+                    };
+                    collections.insert(topic.as_str().to_string(), collection);
+                }
+                Some(store)
+            }
+            None => None,
+        };
+        let readers = ReaderSet::new(Arc::clone(&setup.doorbell));
+        Ok(Keeper {
+            setup,
+            readers,
+            collections,
+            store,
+            syncs: Vec::new(),
+        })
+    }
+
+    /// Runs until the broker stops.
+    pub(super) fn run(mut self) {
+        // Acquire pairs with the Release store of the broker's stop.
+        while !self.setup.stop.load(Ordering::Acquire) {
+            self.take_jobs();
+            self.drain();
+            self.write_clears();
+            let more = self.persist();
+            self.answer_syncs();
+            if !more {
+                let pending = &self.setup.pending;
+                // Acquire pairs with the Release store after the core sends a job.
+                let also = || pending.load(Ordering::Acquire);
+                self.readers.park(Some(Instant::now() + PARK), &also);
+            }
+        }
+    }
+
+    fn take_jobs(&mut self) {
+        // AcqRel: the Release store of the core's `to_keeper` happened before; jobs sent after
+        // this swap set it again.
+        if !self.setup.pending.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        while let Ok(job) = self.setup.jobs.try_recv() {
+            self.job(job);
+        }
+    }
+
+    fn job(&mut self, job: KeeperJob) {
+        match job {
+            KeeperJob::Track {
+                topic,
+                ring,
+                reader,
+            } => self.track(topic, ring, reader),
+            KeeperJob::Own { topic, persistent } => {
+                self.drain();
+                self.write_clears();
+                self.own(&topic, persistent);
+            }
+            KeeperJob::Disown { topic } => {
+                self.drain();
+                if let Some(c) = self.collections.get_mut(topic.as_str()) {
+                    c.owned = false;
+                    c.clear_pending = !c.persistent;
+                }
+                self.write_clears();
+            }
+            KeeperJob::Snapshot { client, id, pattern } => {
+                self.drain();
+                self.write_clears();
+                let answer = self.snapshot(&pattern);
+                self.answer(client, id, answer);
+            }
+            KeeperJob::Sync { client, id, topic } => {
+                self.drain();
+                let through = self.collections.get(topic.as_str()).map_or(0, |c| c.seq);
+                self.syncs.push(PendingSync {
+                    client,
+                    id,
+                    topic: topic.as_str().to_string(),
+                    through,
+                });
+            }
+        }
+    }
+
+    fn track(&mut self, topic: Topic, ring: Ring, reader: shmbus_shm::ReservedReader) {
+        let options = ReaderOptions::default();
+        let adopted = ring.adopt_reader(
+            reader,
+            options,
+            self.readers.doorbell(),
+            self.setup.reader_owner,
+            topic.clone(),
+        );
+        let writer = ring.writer(KEEPER_WRITER_ID, self.setup.writer_owner);
+        match (adopted, writer) {
+            (Ok(reader), Ok(writer)) => {
+                self.readers.insert(reader);
+                let c = self
+                    .collections
+                    .entry(topic.as_str().to_string())
+                    .or_default();
+                c.writer = Some(writer);
+            }
+            (Err(e), _) | (_, Err(e)) => {
+                error!(topic = %topic, "the keeper cannot use a state ring: {e}");
+            }
+        }
+    }
+
+    fn own(&mut self, topic: &Topic, persistent: bool) {
+        let c = self.collections.entry(topic.as_str().to_string()).or_default();
+        if c.clear_pending {
+            // The ring had no room for the last owner's clear: it happens here, and watchers
+            // find the gap in the sequence and catch up from a snapshot.
+            c.clear_pending = false;
+            let seq = c.seq + 1;
+            c.apply(topic.as_str(), seq, Record::Clear);
+        }
+        c.owned = true;
+        if c.persistent == persistent {
+            return;
+        }
+        c.persistent = persistent;
+        if persistent {
+            // Everything it holds goes to disk.
+            let keys: Vec<String> = c.entries.keys().cloned().collect();
+            for key in keys {
+                c.mark(Some(key));
+            }
+            c.mark(None);
+        } else {
+            c.dirty.clear();
+            c.dirty_order.clear();
+            if let Some(store) = &mut self.store {
+                if let Err(e) = store.drop_collection(topic.as_str()) {
+                    error!(topic = %topic, "cannot delete the stored collection: {e}");
+                }
+            }
+        }
+    }
+
+    /// Reads every ring to its end.
+    fn drain(&mut self) {
+        loop {
+            match self.readers.poll() {
+                Ok(Some(index)) => {
+                    let Some(frame) = self.readers.frame(index) else {
+                        continue;
+                    };
+                    let topic = frame.label().as_str().to_string();
+                    let Some(c) = self.collections.get_mut(&topic) else {
+                        continue;
+                    };
+                    match Record::decode(frame.payload()) {
+                        Ok((seq, record)) => c.apply(&topic, seq, record),
+                        Err(e) => warn!(topic, "malformed state record skipped: {e}"),
+                    }
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    let topic = self.readers.readers()[e.index].label().clone();
+                    warn!(topic = %topic, "reading a state ring: {}", e.error);
+                }
+            }
+        }
+    }
+
+    /// Writes the clears that wait, as far as their rings have room.
+    fn write_clears(&mut self) {
+        for (topic, c) in &mut self.collections {
+            if !c.clear_pending {
+                continue;
+            }
+            let Some(writer) = c.writer.as_mut() else {
+                c.clear_pending = false;
+                continue;
+            };
+            let record = Record::Clear;
+            let seq = c.seq + 1;
+            let committed = writer.try_loan(record.encoded_len()).map(|mut loan| {
+                record.encode(seq, loan.as_mut_slice());
+                loan.commit()
+            });
+            match committed {
+                // Applied now, not when read back: a frame of the dead owner still being
+                // repaired may stand before it in the ring, and the next owner must start after
+                // the clear. Read back, it is stale and ignored.
+                Ok(Ok(_)) => {
+                    c.clear_pending = false;
+                    c.apply(topic, seq, record);
+                }
+                Ok(Err(e)) => warn!(topic, "clearing a collection: {e}"),
+                // Watchers behind: retried after the next read (eviction bounds the wait).
+                Err(TryLoanError::Full) => {}
+                Err(e) => {
+                    warn!(topic, "cannot clear a collection: {e}");
+                    c.clear_pending = false;
+                }
+            }
+        }
+    }
+
+    /// Writes up to [`PERSIST_BATCH`] changes to disk; whether more wait.
+    fn persist(&mut self) -> bool {
+        let Some(store) = &mut self.store else {
+            return false;
+        };
+        let mut written = 0;
+        for (topic, c) in &mut self.collections {
+            while written < PERSIST_BATCH {
+                let Some((seq, what)) = c.dirty_order.pop_first() else {
+                    break;
+                };
+                c.dirty.remove(&what);
+                written += 1;
+                let result = match &what {
+                    None => store.set_restarted(topic, c.restarted),
+                    Some(key) => match c.entries.get(key) {
+                        Some(value) => store.put(topic, key, value),
+                        None => store.remove(topic, key),
+                    },
+                };
+                if let Err(e) = result {
+                    error!(topic, key = ?what, seq, "cannot store a state change: {e}");
+                }
+            }
+        }
+        written == PERSIST_BATCH
+    }
+
+    /// Answers the sync requests whose changes are stored.
+    fn answer_syncs(&mut self) {
+        let mut i = 0;
+        while i < self.syncs.len() {
+            let s = &self.syncs[i];
+            let stored = self
+                .collections
+                .get(&s.topic)
+                .is_none_or(|c| c.stored_through() >= s.through);
+            if stored {
+                let s = self.syncs.swap_remove(i);
+                self.answer(s.client, s.id, Ok((Reply::Done, None)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// A snapshot of the collections `pattern` overlaps, in a sealed memfd.
+    fn snapshot(&self, pattern: &Topic) -> Result<(Reply, Option<OwnedFd>), ErrorReply> {
+        let mut w = snapshot::Writer::default();
+        for (topic, c) in &self.collections {
+            if !Topic::new(topic).is_ok_and(|t| overlaps(pattern, &t)) {
+                continue;
+            }
+            let entries = c.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()));
+            w.collection(topic, c.seq, c.restarted, c.persistent, c.owned, entries);
+        }
+        let bytes = w.finish();
+        let fail = |e: std::io::Error| ErrorReply {
+            code: ErrorCode::Internal,
+            message: format!("cannot make a snapshot of {pattern:?}: {e}"),
+        };
+        let fd = memfd(&bytes).map_err(fail)?;
+        let len = bytes.len() as u64;
+        Ok((Reply::SnapshotReady(SnapshotReady { len }), Some(fd)))
+    }
+
+    fn answer(
+        &self,
+        client: ClientId,
+        id: RequestId,
+        answer: Result<(Reply, Option<OwnedFd>), ErrorReply>,
+    ) {
+        let (result, fds) = match answer {
+            Ok((reply, fd)) => (Ok(reply), fd.map(|fd| vec![fd])),
+            Err(e) => (Err(e), None),
+        };
+        let out = Outgoing {
+            client,
+            msg: BrokerMessage::Reply { id, result },
+            fds: fds.map_or(super::core::Descriptors::None, super::core::Descriptors::Owned),
+        };
+        if self.setup.answers.send(out).is_ok() {
+            // A failed wake delays the answer to the loop's next tick.
+            let _ = self.setup.waker.wake();
+        }
+    }
+}
+
+/// A memfd holding `bytes`, sealed against change.
+fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
+    use nix::fcntl::{FcntlArg, SealFlag, fcntl};
+    use nix::sys::memfd::{MFdFlags, memfd_create};
+    let fd = memfd_create("shmbus-state-snapshot", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let mut file = std::fs::File::from(fd);
+    file.write_all(bytes)?;
+    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
+    Ok(OwnedFd::from(file))
+}
