@@ -57,6 +57,10 @@ pub use client::reqrep::{
     Dispatcher, OwnedRequest, Request, RequestError, Requester, RespondError, Responder, Response,
     ResponseSender, ResponseStream, ServeError, Server, TypedResponse,
 };
+pub use client::state::{
+    StateError, StateEvent, StatePublisher, StatePublisherBuilder, StateValue, StateWatcher,
+    StateWatcherBuilder, WatchError,
+};
 pub use client::{AttachError, Bus, BusBuilder, ConnectError, ControlError, Schema};
 pub use protocol::pubsub::Holder;
 pub use protocol::{ErrorCode, PublisherId, RingId};

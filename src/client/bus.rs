@@ -11,6 +11,7 @@ use super::broker_identity::TrustedUsers;
 use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
 use super::pubsub::{Publisher, PublisherBuilder, Sample, Subscriber, SubscriberBuilder};
+use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
 use super::reqrep::{
     self, Dispatcher, InboxPool, Request, RequestError, Requester, Response, ResponseStream,
     ServeError, Server,
@@ -299,6 +300,28 @@ impl Bus {
     /// [`SubscriberBuilder::pattern`], or later with [`Subscriber::add_pattern`].
     pub fn subscriber_builder(&self) -> SubscriberBuilder {
         SubscriberBuilder::new(Arc::clone(&self.inner))
+    }
+
+    /// Owns the state collection of `topic` (an exact topic), not persistent: see
+    /// [`Bus::state_publisher_builder`].
+    pub fn state_publisher(&self, topic: &str) -> Result<StatePublisher, AttachError> {
+        self.state_publisher_builder(topic).create()
+    }
+
+    /// A state publisher with options: persistent, the largest value.
+    pub fn state_publisher_builder(&self, topic: &str) -> StatePublisherBuilder {
+        StatePublisherBuilder::new(Arc::clone(&self.inner), topic)
+    }
+
+    /// Watches every state collection whose topic matches `pattern` (wildcards allowed), now and
+    /// later: see [`StateWatcher`].
+    pub fn watch_state(&self, pattern: &str) -> Result<StateWatcher, AttachError> {
+        self.state_watcher(pattern).create()
+    }
+
+    /// A state watcher with options: more patterns, how it waits.
+    pub fn state_watcher(&self, pattern: &str) -> StateWatcherBuilder {
+        StateWatcherBuilder::new(Arc::clone(&self.inner), pattern)
     }
 
     /// Serves `topic` (an exact topic, no wildcards): receive its requests with

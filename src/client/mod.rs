@@ -1,5 +1,5 @@
 //! The Rust client API: connect to a bus ([`Bus`]), then one module per messaging pattern
-//! ([`pubsub`], [`reqrep`]).
+//! ([`pubsub`], [`reqrep`], [`state`]).
 //!
 //! After attaching, messages never pass through the broker: publishers write into shared-memory
 //! rings and subscribers read them in place. If the broker dies, rings already attached keep
@@ -12,6 +12,7 @@ mod error;
 pub mod pubsub;
 pub mod reqrep;
 mod schema;
+pub mod state;
 
 pub use bus::{Bus, BusBuilder};
 pub use error::{AttachError, ConnectError, ControlError};

@@ -100,6 +100,27 @@ pub(crate) fn found(found: Option<Schema>) -> String {
     }
 }
 
+/// Writes `value` into `buf` as a typed message: the schema tag of `T`, then its rkyv archive.
+/// Returns the bytes used, or why it did not fit.
+pub(crate) fn serialize_tagged<T>(value: &T, buf: &mut [u8]) -> Result<usize, String>
+where
+    T: Archive + for<'b, 'a> rkyv::Serialize<crate::RingSerializer<'b, 'a>>,
+{
+    let max = buf.len();
+    let Some((tag, archive)) = buf.split_first_chunk_mut::<TAG_LEN>() else {
+        return Err(format!(
+            "the largest message ({max} bytes) cannot hold a schema tag"
+        ));
+    };
+    *tag = Schema::of::<T>().tag();
+    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(
+        value,
+        rkyv::ser::writer::Buffer::from(archive),
+    )
+    .map(|written| TAG_LEN + written.len())
+    .map_err(|e| format!("{e} (the largest message is {max} bytes)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

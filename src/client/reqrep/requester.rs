@@ -24,6 +24,7 @@ use crate::client::error::CallError;
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
 };
+use crate::client::schema::serialize_tagged;
 use crate::client::schema::{Schema, TAG_LEN};
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
@@ -62,26 +63,6 @@ impl std::fmt::Debug for Response {
     }
 }
 
-/// Writes `value` into `buf` as a typed message: the schema tag of `T`, then its rkyv archive.
-/// Returns the bytes used, or why it did not fit.
-pub(super) fn serialize_tagged<T>(value: &T, buf: &mut [u8]) -> Result<usize, String>
-where
-    T: rkyv::Archive + for<'b, 'a> rkyv::Serialize<RingSerializer<'b, 'a>>,
-{
-    let max = buf.len();
-    let Some((tag, archive)) = buf.split_first_chunk_mut::<TAG_LEN>() else {
-        return Err(format!(
-            "the largest message ({max} bytes) cannot hold a schema tag"
-        ));
-    };
-    *tag = Schema::of::<T>().tag();
-    rkyv::api::high::to_bytes_in::<_, rkyv::rancor::BoxedError>(
-        value,
-        rkyv::ser::writer::Buffer::from(archive),
-    )
-    .map(|written| TAG_LEN + written.len())
-    .map_err(|e| format!("{e} (the largest message is {max} bytes)"))
-}
 
 /// A typed answer: a [`Response`] validated as an archive of `T` and read in place.
 pub struct TypedResponse<T> {

@@ -13,7 +13,7 @@ use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
-use super::requester::serialize_tagged;
+use crate::client::schema::serialize_tagged;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{

@@ -1,0 +1,279 @@
+//! Owning a collection: [`StatePublisher`].
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use shmbus_shm::{Deadline, LoanError};
+
+use super::error::StateError;
+use super::value::StateValue;
+use super::fetch_snapshot;
+use crate::client::bus::BusInner;
+use crate::client::error::{AttachError, CallError};
+use crate::client::pubsub::AttachedWriter;
+use crate::client::schema::serialize_tagged;
+use crate::protocol::state::{OwnState, RECORD_OVERHEAD, Record, SyncState, check_key, snapshot};
+use crate::topic::Topic;
+
+/// How a state publisher is made; from [`Bus::state_publisher_builder`](crate::Bus).
+/// Defaults: not persistent, values up to the broker's limit (64 KiB unless configured).
+#[must_use = "a builder does nothing until `create` is called"]
+pub struct StatePublisherBuilder {
+    bus: Arc<BusInner>,
+    topic: String,
+    persistent: bool,
+    max_value: Option<usize>,
+}
+
+impl std::fmt::Debug for StatePublisherBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatePublisherBuilder")
+            .field("topic", &self.topic)
+            .field("persistent", &self.persistent)
+            .field("max_value", &self.max_value)
+            .finish()
+    }
+}
+
+impl StatePublisherBuilder {
+    pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> StatePublisherBuilder {
+        StatePublisherBuilder {
+            bus,
+            topic: topic.to_string(),
+            persistent: false,
+            max_value: None,
+        }
+    }
+
+    /// The broker keeps the collection on disk: it survives this publisher and the broker's
+    /// restarts (the broker needs a state directory).
+    pub fn persistent(mut self) -> Self {
+        self.persistent = true;
+        self
+    }
+
+    /// Refuse values larger than `bytes` (at most the broker's limit).
+    pub fn max_value(mut self, bytes: usize) -> Self {
+        self.max_value = Some(bytes);
+        self
+    }
+
+    /// Takes ownership of the collection — with its current content, if it has one (persistent)
+    /// — or fails: another process owns it (`Taken`), the topic is invalid, or the broker
+    /// refuses.
+    pub fn create(self) -> Result<StatePublisher, AttachError> {
+        let topic = Topic::new(&self.topic)?;
+        let fail = |e| AttachError::call(topic.as_str(), e);
+        let own = OwnState {
+            topic: topic.as_str().to_string(),
+            persistent: self.persistent,
+        };
+        let (reply, fds) = self.bus.conn.call(own).map_err(fail)?;
+        let writer = AttachedWriter::attach(&self.bus, fds, &reply)
+            .map_err(|e| AttachError::shm(topic.as_str(), e))?;
+        let ring_max = (reply.ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
+        let max_value = self.max_value.map_or(ring_max, |m| m.min(ring_max));
+        // The keeper took the ownership before this: the snapshot is the collection as this
+        // owner starts it.
+        let bytes = fetch_snapshot(&self.bus, topic.as_str()).map_err(fail)?;
+        let collections = snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
+        let mut publisher = StatePublisher {
+            bus: Arc::clone(&self.bus),
+            topic,
+            writer,
+            entries: HashMap::new(),
+            seq: 0,
+            restarted: 0,
+            max_value,
+            scratch: Vec::new(),
+        };
+        if let Some(c) = collections.iter().find(|c| c.topic == publisher.topic.as_str()) {
+            publisher.seq = c.seq;
+            publisher.restarted = c.restarted;
+            publisher.entries = c
+                .entries
+                .iter()
+                .map(|(k, v)| (k.to_string(), StateValue::copy(v)))
+                .collect();
+        }
+        Ok(publisher)
+    }
+}
+
+/// The owner of one collection: its changes go into shared memory, where watchers and the
+/// broker's keeper read them. One owner per collection at a time; ownership ends when this is
+/// dropped or the process ends (a non-persistent collection is then emptied: watchers see every
+/// entry deleted).
+pub struct StatePublisher {
+    bus: Arc<BusInner>,
+    topic: Topic,
+    writer: AttachedWriter,
+    entries: HashMap<String, StateValue>,
+    seq: u64,
+    restarted: u64,
+    max_value: usize,
+    /// Where typed values are serialized.
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for StatePublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StatePublisher")
+            .field("topic", &self.topic)
+            .field("entries", &self.entries.len())
+            .field("seq", &self.seq)
+            .finish()
+    }
+}
+
+impl StatePublisher {
+    /// The collection's topic.
+    pub fn topic(&self) -> &str {
+        self.topic.as_str()
+    }
+
+    /// Sets `key` to `value` (a copy). A value equal to the current one changes nothing and
+    /// writes nothing.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
+        self.check_key(key)?;
+        if value.len() > self.max_value {
+            return Err(StateError::TooLarge {
+                topic: self.topic.as_str().to_string(),
+                key: key.to_string(),
+                len: value.len(),
+                max: self.max_value,
+            });
+        }
+        if self.entries.get(key).is_some_and(|v| **v == *value) {
+            return Ok(());
+        }
+        self.write(Record::Put { key, value })?;
+        self.entries.insert(key.to_string(), StateValue::copy(value));
+        Ok(())
+    }
+
+    /// Sets `key` to `value` serialized with rkyv, headed by `T`'s schema tag: watchers read it
+    /// with [`StateValue::archived`].
+    pub fn put_typed<T>(&mut self, key: &str, value: &T) -> Result<(), StateError>
+    where
+        T: rkyv::Archive + for<'b, 'a> rkyv::Serialize<crate::RingSerializer<'b, 'a>>,
+    {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        scratch.resize(self.max_value, 0);
+        let written = serialize_tagged(value, &mut scratch);
+        let result = match written {
+            Ok(len) => self.put(key, &scratch[..len]),
+            Err(detail) => Err(StateError::Serialize {
+                topic: self.topic.as_str().to_string(),
+                key: key.to_string(),
+                detail,
+            }),
+        };
+        self.scratch = scratch;
+        result
+    }
+
+    /// Removes `key`; [`StateError::MissingKey`] if the collection does not hold it.
+    pub fn remove(&mut self, key: &str) -> Result<(), StateError> {
+        self.check_key(key)?;
+        if !self.entries.contains_key(key) {
+            return Err(StateError::MissingKey {
+                topic: self.topic.as_str().to_string(),
+                key: key.to_string(),
+            });
+        }
+        self.write(Record::Remove { key })?;
+        self.entries.remove(key);
+        Ok(())
+    }
+
+    /// Counts a restart of the owner (watchers get `Restarted(n)`).
+    pub fn signal_restarted(&mut self) -> Result<(), StateError> {
+        let n = self.restarted.saturating_add(1);
+        self.write(Record::Restarted(n))?;
+        self.restarted = n;
+        Ok(())
+    }
+
+    /// Sets the restart counter back to zero.
+    pub fn clear_restarted(&mut self) -> Result<(), StateError> {
+        if self.restarted == 0 {
+            return Ok(());
+        }
+        self.write(Record::Restarted(0))?;
+        self.restarted = 0;
+        Ok(())
+    }
+
+    /// The restart counter.
+    pub fn restarted(&self) -> u64 {
+        self.restarted
+    }
+
+    /// The value of `key`.
+    pub fn get(&self, key: &str) -> Option<&StateValue> {
+        self.entries.get(key)
+    }
+
+    /// Every entry, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &StateValue)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of entries.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether the collection is empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Waits until the broker has every change made so far — on disk, for a persistent
+    /// collection. Changes are in shared memory (and seen by watchers) as soon as each call
+    /// returns; this is for when they must survive a crash of the broker.
+    pub fn sync(&self) -> Result<(), StateError> {
+        let request = SyncState {
+            topic: self.topic.as_str().to_string(),
+        };
+        self.bus.conn.call(request).map(|_| ()).map_err(|e| {
+            let source = match e {
+                CallError::Request(source) => source,
+                CallError::Refused(r) => crate::client::ControlError::Protocol { detail: r.message },
+            };
+            StateError::Broker {
+                topic: self.topic.as_str().to_string(),
+                source,
+            }
+        })
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), StateError> {
+        check_key(key).map_err(|reason| StateError::InvalidKey {
+            topic: self.topic.as_str().to_string(),
+            reason,
+        })
+    }
+
+    /// Writes `record` as the next change, waiting for room while watchers are behind (a
+    /// watcher that stops reading is evicted by the broker, which bounds the wait).
+    fn write(&mut self, record: Record<'_>) -> Result<(), StateError> {
+        let seq = self.seq + 1;
+        let fail = |detail: String| StateError::Ring {
+            topic: self.topic.as_str().to_string(),
+            detail,
+        };
+        let mut loan = match self.writer.writer.loan(record.encoded_len(), Deadline::Never) {
+            Ok(loan) => loan,
+            Err(LoanError::TooLarge { len, max }) => {
+                return Err(fail(format!("a record of {len} bytes exceeds {max}")));
+            }
+            Err(e) => return Err(fail(e.to_string())),
+        };
+        record.encode(seq, loan.as_mut_slice());
+        loan.commit().map_err(|e| fail(e.to_string()))?;
+        self.seq = seq;
+        Ok(())
+    }
+}
