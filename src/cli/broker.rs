@@ -44,6 +44,12 @@ pub struct Args {
     /// Most rings one client's publishes may create.
     #[arg(long, value_name = "N", default_value_t = 2_048)]
     max_rings_per_client: usize,
+    /// Keep persistent state collections in this directory (one file per key).
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<std::path::PathBuf>,
+    /// Largest value of a state collection's entry, in bytes.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
+    max_state_value: u32,
 }
 
 /// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
@@ -72,7 +78,7 @@ pub fn run(args: Args) -> Outcome {
             format!("a broker serves a local socket; {address} is not one"),
         )
     })?;
-    let broker = Broker::builder()
+    let builder = Broker::builder()
         .socket(socket)
         .ring_idle(seconds("ring-idle", args.ring_idle, true)?)
         .evict_after(seconds("evict-after", args.evict_after, false)?)
@@ -85,6 +91,12 @@ pub fn run(args: Args) -> Outcome {
         .max_clients(args.max_clients)
         .max_rings(args.max_rings)
         .max_rings_per_client(args.max_rings_per_client)
+        .max_state_value(args.max_state_value);
+    let builder = match args.state_dir {
+        Some(dir) => builder.state_dir(dir),
+        None => builder,
+    };
+    let broker = builder
         .bind()
         .map_err(|e| match e {
             BrokerError::Config(_) => Failure::new(Exit::Usage, e),

@@ -7,6 +7,7 @@ mod format;
 mod publish;
 mod request;
 mod serve;
+mod state;
 mod subscribe;
 
 use std::process::ExitCode;
@@ -167,6 +168,8 @@ enum Command {
     Req(request::Args),
     /// Serve a topic: answer each request with its payload (--echo) or a command's output.
     Serve(serve::Args),
+    /// Watch, publish or read state collections (key/value).
+    State(state::Args),
     /// Start a broker, a publisher and a subscriber in separate processes, show messages and a
     /// latency summary, and exit.
     Demo(demo::Args),
@@ -207,6 +210,7 @@ pub fn main() -> ExitCode {
         Command::Sub(args) => subscribe::run(args),
         Command::Req(args) => request::run(args),
         Command::Serve(args) => serve::run(args),
+        Command::State(args) => state::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Bench(args) => bench::run(args),
         Command::BenchRole(args) => bench::role(args),

@@ -29,6 +29,7 @@ fn limits() -> Limits {
         evict_after: EVICT_AFTER,
         unblock_after: UNBLOCK_AFTER,
         quotas: Quotas::default(),
+        max_state_value: 64 << 10,
     }
 }
 
