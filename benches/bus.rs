@@ -17,6 +17,13 @@
 //! * `reqrep`: request/response **round trips** (not halved) to a server process, 8 B and 4 KiB
 //!   each way, busy-polling, beside the pub/sub ping-pong round trip through the same API and the
 //!   floor's round trip; and requests per second from 1 and 4 requester threads.
+//! * `state`: state collections. `put_to_event`: the one-way latency (round trip / 2) of a
+//!   ping-pong through two collections — this process puts an 8 B value, an echo process (this
+//!   binary again) watching that collection puts it back into another one, which this process
+//!   watches; both watchers busy-poll — beside the pub/sub ping-pong of the `latency` group
+//!   (`pubsub_one_way`, same run). `new_watcher_sync`: how long a new watcher takes to
+//!   synchronize a collection of 100 000 entries of 100 B (from its creation to `Synchronized`,
+//!   every value read).
 //!
 //! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
 
@@ -28,9 +35,9 @@ use std::process::{Child, Command};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{BenchmarkId, Criterion, Throughput};
+use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use shmbus::bench::{self, ACK, DATA, PING, PONG, Telemetry};
-use shmbus::{Bus, WaitStrategy};
+use shmbus::{Bus, StateEvent, WaitStrategy};
 
 #[path = "../shm/benches/support/floor.rs"]
 mod floor;
@@ -55,6 +62,7 @@ fn main() {
     typed(&mut c);
     wakeup(&mut c);
     reqrep(&mut c);
+    state(&mut c);
     c.final_summary();
 }
 
@@ -84,6 +92,10 @@ fn baseline_arg() -> usize {
 }
 
 fn baseline_child(role: &str) {
+    if role == "state-echo" {
+        state_echo(&std::env::var("SHMBUS_BENCH_BUS").unwrap());
+        return;
+    }
     let fds = spawn::inherited_fds(1);
     let fd = fds.into_iter().next().unwrap();
     match role {
@@ -555,4 +567,162 @@ fn reqrep(c: &mut Criterion) {
         });
     }
     group.finish();
+}
+
+/// The collection the state ping-pong's pings are put into, and the one its answers are.
+const STATE_PING: &str = "bench/state/ping";
+const STATE_PONG: &str = "bench/state/pong";
+/// The one key of the ping-pong's collections.
+const STATE_KEY: &str = "k";
+/// The collection a new watcher synchronizes, and its size.
+const STATE_BIG: &str = "bench/state/big";
+const SYNC_ENTRIES: u64 = 100_000;
+const SYNC_VALUE: usize = 100;
+
+/// The state echo (in the child): for every value of [`STATE_KEY`] in [`STATE_PING`], puts the
+/// same value into [`STATE_PONG`]; stops when the key is deleted (the parent's publisher went).
+fn state_echo(address: &str) {
+    let bus = Bus::connect(address).expect("connect to the benchmark's bus");
+    let mut pings = bus
+        .state_watcher(STATE_PING)
+        .wait(WaitStrategy::BusySpin)
+        .create()
+        .unwrap();
+    let mut pongs = bus.state_publisher(STATE_PONG).unwrap();
+    loop {
+        match pings.recv_timeout(bench::PATIENCE).unwrap() {
+            StateEvent::Created { value, .. } | StateEvent::Modified { new: value, .. } => {
+                pongs.put(STATE_KEY, &value).unwrap();
+            }
+            StateEvent::Synchronized => {}
+            StateEvent::Deleted { .. } => return,
+            other => panic!("state echo: unexpected {other:?}"),
+        }
+    }
+}
+
+/// The state echo process, killed if still running when dropped: a run that fails must not
+/// leave it spinning.
+struct StateEcho(Child);
+
+impl StateEcho {
+    fn start(bus: &Bus) -> StateEcho {
+        let child = Command::new(std::env::current_exe().unwrap())
+            .env("SHMBUS_BENCH_BASELINE", "state-echo")
+            .env("SHMBUS_BENCH_BUS", bus.address().to_string())
+            .spawn()
+            .expect("start the state echo");
+        StateEcho(child)
+    }
+
+    /// Waits until it has ended on its own, successfully.
+    fn wait(mut self) {
+        assert!(self.0.wait().unwrap().success(), "the state echo failed");
+    }
+}
+
+impl Drop for StateEcho {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn state(c: &mut Criterion) {
+    let mut group = c.benchmark_group("state");
+    bus_ping_pong(
+        &mut group,
+        "pubsub_one_way",
+        WaitStrategy::BusySpin,
+        "busy",
+        &[8],
+    );
+    state_put_to_event(&mut group);
+    state_sync(&mut group);
+    group.finish();
+}
+
+/// Put → `Modified` one-way latency: a ping-pong with the state echo, halved.
+fn state_put_to_event(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let bus = Bus::embedded().unwrap();
+    let mut pings = bus.state_publisher(STATE_PING).unwrap();
+    // Each put a value the key does not hold yet: an equal value would write nothing.
+    let mut seq = 0u64;
+    pings.put(STATE_KEY, &seq.to_le_bytes()).unwrap();
+    let mut pongs = bus
+        .state_watcher(STATE_PONG)
+        .wait(WaitStrategy::BusySpin)
+        .create()
+        .unwrap();
+    assert_eq!(pongs.recv().unwrap(), StateEvent::Synchronized);
+    let echo = StateEcho::start(&bus);
+    // Ready: the echo answered the value it found.
+    match pongs.recv_timeout(bench::PATIENCE).unwrap() {
+        StateEvent::Created { value, .. } => assert_eq!(*value, seq.to_le_bytes()),
+        other => panic!("unexpected {other:?}"),
+    }
+    group.bench_function(BenchmarkId::new("put_to_event", size_name(8)), |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for _ in 0..iters {
+                seq += 1;
+                let value = seq.to_le_bytes();
+                pings.put(STATE_KEY, &value).unwrap();
+                match pongs.recv_timeout(bench::PATIENCE).unwrap() {
+                    StateEvent::Modified { new, .. } => {
+                        assert_eq!(std::hint::black_box(bench::read_all(&new)), seq);
+                    }
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            start.elapsed() / 2
+        })
+    });
+    // A non-persistent collection is emptied when its owner goes: the echo sees `Deleted`.
+    drop(pings);
+    echo.wait();
+}
+
+/// A new watcher of a collection of [`SYNC_ENTRIES`] entries, from its creation to
+/// `Synchronized` (each value read; dropping it is not timed).
+fn state_sync(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
+    let bus = Bus::embedded().unwrap();
+    let mut big = bus.state_publisher(STATE_BIG).unwrap();
+    let mut value = [0u8; SYNC_VALUE];
+    for i in 0..SYNC_ENTRIES {
+        value[..8].copy_from_slice(&i.to_le_bytes());
+        big.put(&format!("k{i:06}"), &value).unwrap();
+    }
+    big.sync().unwrap();
+    group
+        .sample_size(10)
+        .sampling_mode(SamplingMode::Flat)
+        .measurement_time(Duration::from_secs(10))
+        .throughput(Throughput::Elements(SYNC_ENTRIES));
+    let name = format!("{SYNC_ENTRIES}x{}", size_name(SYNC_VALUE));
+    group.bench_function(BenchmarkId::new("new_watcher_sync", name), |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                let start = Instant::now();
+                let mut watcher = bus.watch_state(STATE_BIG).unwrap();
+                let mut created = 0;
+                loop {
+                    match watcher.recv().unwrap() {
+                        StateEvent::Created { value, .. } => {
+                            std::hint::black_box(bench::read_all(&value));
+                            created += 1;
+                        }
+                        StateEvent::Synchronized => break,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                }
+                total += start.elapsed();
+                assert_eq!(created, SYNC_ENTRIES);
+                drop(watcher);
+            }
+            total
+        })
+    });
+    drop(big);
 }

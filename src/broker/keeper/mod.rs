@@ -144,6 +144,8 @@ pub(super) struct Keeper {
     collections: BTreeMap<String, Collection>,
     store: Option<Store>,
     syncs: Vec<PendingSync>,
+    /// Most frames [`Keeper::drain`] reads: what all the rings can hold.
+    drain_bound: u64,
 }
 
 impl Keeper {
@@ -173,6 +175,7 @@ impl Keeper {
             collections,
             store,
             syncs: Vec::new(),
+            drain_bound: 0,
         })
     }
 
@@ -257,6 +260,8 @@ impl Keeper {
         match (adopted, writer) {
             (Ok(reader), Ok(writer)) => {
                 self.readers.insert(reader);
+                // A frame takes at least 32 bytes.
+                self.drain_bound += ring.config().capacity / 32;
                 let c = self
                     .collections
                     .entry(topic.as_str().to_string())
@@ -289,7 +294,9 @@ impl Keeper {
             for key in keys {
                 c.mark(Some(key));
             }
-            c.mark(None);
+            if c.restarted != 0 {
+                c.mark(None);
+            }
         } else {
             c.dirty.clear();
             c.dirty_order.clear();
@@ -301,9 +308,11 @@ impl Keeper {
         }
     }
 
-    /// Reads every ring to its end.
+    /// Reads every ring to where its head was when this began (at most: what a ring can hold
+    /// behind its head, for each ring), so that an owner writing without pause cannot keep the
+    /// keeper here.
     fn drain(&mut self) {
-        loop {
+        for _ in 0..self.drain_bound {
             match self.readers.poll() {
                 Ok(Some(index)) => {
                     let Some(frame) = self.readers.frame(index) else {
