@@ -7,7 +7,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
-use shmbus::{Bus, ErrorCode, StateEvent, StateError, WatchError};
+use shmbus::{Bus, ErrorCode, StateError, StateEvent, WatchError};
 use support::{Broker, Proc, run, shmbus};
 
 /// `shmbus state publish TOPIC [extra]` with its stdin open, once it owns the collection.
@@ -125,12 +125,21 @@ fn keys_and_values_are_checked_with_errors_that_name_them() {
         "{e}"
     );
     let e = p.remove("nothing").unwrap_err();
-    assert!(matches!(&e, StateError::MissingKey { key, .. } if key == "nothing"), "{e}");
+    assert!(
+        matches!(&e, StateError::MissingKey { key, .. } if key == "nothing"),
+        "{e}"
+    );
     // A second owner is refused, naming the collection.
     let second = Bus::connect(broker.bus()).unwrap();
     let e = second.state_publisher("limits").unwrap_err();
     assert!(
-        matches!(&e, shmbus::AttachError::Refused { code: ErrorCode::Taken, .. }),
+        matches!(
+            &e,
+            shmbus::AttachError::Refused {
+                code: ErrorCode::Taken,
+                ..
+            }
+        ),
         "{e}"
     );
     assert!(e.to_string().contains("\"limits\""), "{e}");
@@ -146,7 +155,11 @@ fn a_watcher_may_start_before_the_publisher_exists() {
     let mut p = state_publisher(broker.bus(), "late/a/b", &[]);
     p.send("put k v\n");
     assert_eq!(w.stdout.wait_for("created"), "created late/a/b/k v");
-    assert_eq!(w.stdout.lines()[0], "synchronized", "synchronized as empty first");
+    assert_eq!(
+        w.stdout.lines()[0],
+        "synchronized",
+        "synchronized as empty first"
+    );
 }
 
 #[test]
@@ -183,7 +196,11 @@ fn persistent_collections_survive_the_broker_killed() {
     let state = ["--state-dir", state_dir.to_str().unwrap()];
     let bus = socket.to_str().unwrap();
     let broker = Broker::start_at(&socket, &state);
-    publish_persistent(bus, "cfg/app", "put name shmbus\nput mode fast\nrestarted\nrestarted\n");
+    publish_persistent(
+        bus,
+        "cfg/app",
+        "put name shmbus\nput mode fast\nrestarted\nrestarted\n",
+    );
     drop(broker); // kill -9
     let _broker = Broker::start_at(&socket, &state);
     let (code, out, err) = run(bus, &["state", "get", "cfg/app"]);
@@ -192,7 +209,12 @@ fn persistent_collections_survive_the_broker_killed() {
     w.stdout.wait_for("restarted 2");
     assert_eq!(
         w.stdout.lines(),
-        ["created mode fast", "created name shmbus", "synchronized", "restarted 2"]
+        [
+            "created mode fast",
+            "created name shmbus",
+            "synchronized",
+            "restarted 2"
+        ]
     );
     // A publisher that comes back takes the collection over, content included.
     publish_persistent(bus, "cfg/app", "remove mode\n");
@@ -231,7 +253,11 @@ fn a_crash_in_the_middle_of_a_write_leaves_the_old_or_the_new_value() {
             .unwrap()
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
-        assert_eq!(files, ["kk"], "{step}: the temporary is gone ({leftovers} files before)");
+        assert_eq!(
+            files,
+            ["kk"],
+            "{step}: the temporary is gone ({leftovers} files before)"
+        );
     }
 }
 
@@ -257,7 +283,10 @@ fn restart_counters_reach_watchers_and_typed_values_are_checked() {
     };
     assert_eq!(event(&mut w), restarted);
     p.clear_restarted().unwrap();
-    assert!(matches!(event(&mut w), StateEvent::Restarted { count: 0, .. }));
+    assert!(matches!(
+        event(&mut w),
+        StateEvent::Restarted { count: 0, .. }
+    ));
     assert_eq!(w.try_recv(), Err(WatchError::Empty));
     assert_eq!(w.restarted("svc"), 0);
 }

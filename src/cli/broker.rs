@@ -96,12 +96,10 @@ pub fn run(args: Args) -> Outcome {
         Some(dir) => builder.state_dir(dir),
         None => builder,
     };
-    let broker = builder
-        .bind()
-        .map_err(|e| match e {
-            BrokerError::Config(_) => Failure::new(Exit::Usage, e),
-            other => Failure::error(other),
-        })?;
+    let broker = builder.bind().map_err(|e| match e {
+        BrokerError::Config(_) => Failure::new(Exit::Usage, e),
+        other => Failure::error(other),
+    })?;
     let handle = broker.handle();
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,

@@ -114,7 +114,9 @@ fn apply_line(publisher: &mut StatePublisher, line: &str) -> Result<(), String> 
     match command {
         "put" => {
             let (key, value) = rest.split_once(' ').unwrap_or((rest, ""));
-            publisher.put(key, value.as_bytes()).map_err(|e| e.to_string())
+            publisher
+                .put(key, value.as_bytes())
+                .map_err(|e| e.to_string())
         }
         "remove" => publisher.remove(rest).map_err(|e| e.to_string()),
         "restarted" if rest.is_empty() => publisher.signal_restarted().map_err(|e| e.to_string()),
@@ -160,10 +162,7 @@ fn get(bus: &BusArg, topic: &str, key: Option<&str>) -> Outcome {
     let written = match key {
         Some(key) => {
             let value = watcher.get(topic, key).ok_or_else(|| {
-                Failure::new(
-                    Exit::Error,
-                    format!("collection {topic:?}: no key {key:?}"),
-                )
+                Failure::new(Exit::Error, format!("collection {topic:?}: no key {key:?}"))
             })?;
             writeln!(out, "{}", escape(value))
         }

@@ -11,11 +11,11 @@ use super::broker_identity::TrustedUsers;
 use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
 use super::pubsub::{Publisher, PublisherBuilder, Sample, Subscriber, SubscriberBuilder};
-use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
 use super::reqrep::{
     self, Dispatcher, InboxPool, Request, RequestError, Requester, Response, ResponseStream,
     ServeError, Server,
 };
+use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
 use crate::address::BusAddress;
 use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
 

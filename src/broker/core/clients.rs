@@ -101,7 +101,11 @@ impl Clients {
     /// Registers a connection under a fresh id (ids start at 1 and wrap before [`KEEPER`]'s,
     /// skipping those still in use).
     pub fn insert(&mut self, creds: PeerCredentials) -> ClientId {
-        let next = |raw: u32| raw.checked_add(1).filter(|&r| r != KEEPER.get()).unwrap_or(1);
+        let next = |raw: u32| {
+            raw.checked_add(1)
+                .filter(|&r| r != KEEPER.get())
+                .unwrap_or(1)
+        };
         let mut raw = self.next.max(1);
         while self.map.contains_key(&ClientId::from_raw(raw)) {
             raw = next(raw);

@@ -18,9 +18,7 @@ use tracing::debug;
 use super::clients::{SubscriptionKind, keeper_reader};
 use super::{Core, Descriptors, Handled, Outgoing, error};
 use crate::protocol::pubsub::{Subscribed, Unsubscribe};
-use crate::protocol::state::{
-    OwnState, RECORD_OVERHEAD, StateSnapshot, SyncState, WatchState,
-};
+use crate::protocol::state::{OwnState, RECORD_OVERHEAD, StateSnapshot, SyncState, WatchState};
 use crate::protocol::{BrokerMessage, ClientId, ErrorCode, PublisherId, Reply, RequestId};
 use crate::topic::{Topic, overlaps};
 
@@ -105,7 +103,6 @@ pub(super) struct StateOwner {
     client: ClientId,
     publisher: PublisherId,
 }
-
 
 impl Core {
     /// Hands `job` to the keeper; an error if the broker runs without one.

@@ -15,15 +15,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::Path;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mio::Waker;
-use shmbus_shm::{
-    Doorbell, Owner, ReaderOptions, ReaderSet, Ring, TryLoanError, Writer,
-};
+use shmbus_shm::{Doorbell, Owner, ReaderOptions, ReaderSet, Ring, TryLoanError, Writer};
 use tracing::{debug, error, warn};
 
 use super::core::{KeeperJob, Outgoing};
@@ -103,7 +101,12 @@ impl Collection {
             return;
         }
         if seq != self.seq + 1 {
-            warn!(topic, seq, expected = self.seq + 1, "gap in a state ring's sequence");
+            warn!(
+                topic,
+                seq,
+                expected = self.seq + 1,
+                "gap in a state ring's sequence"
+            );
         }
         self.seq = seq;
         match record {
@@ -228,7 +231,11 @@ impl Keeper {
                 }
                 self.write_clears();
             }
-            KeeperJob::Snapshot { client, id, pattern } => {
+            KeeperJob::Snapshot {
+                client,
+                id,
+                pattern,
+            } => {
                 self.drain();
                 self.write_clears();
                 let answer = self.snapshot(&pattern);
@@ -275,7 +282,10 @@ impl Keeper {
     }
 
     fn own(&mut self, topic: &Topic, persistent: bool) {
-        let c = self.collections.entry(topic.as_str().to_string()).or_default();
+        let c = self
+            .collections
+            .entry(topic.as_str().to_string())
+            .or_default();
         if c.clear_pending {
             // The ring had no room for the last owner's clear: it happens here, and watchers
             // find the gap in the sequence and catch up from a snapshot.
@@ -450,7 +460,10 @@ impl Keeper {
         let out = Outgoing {
             client,
             msg: BrokerMessage::Reply { id, result },
-            fds: fds.map_or(super::core::Descriptors::None, super::core::Descriptors::Owned),
+            fds: fds.map_or(
+                super::core::Descriptors::None,
+                super::core::Descriptors::Owned,
+            ),
         };
         if self.setup.answers.send(out).is_ok() {
             // A failed wake delays the answer to the loop's next tick.
@@ -463,10 +476,16 @@ impl Keeper {
 fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
-    let fd = memfd_create("shmbus-state-snapshot", MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING)?;
+    let fd = memfd_create(
+        "shmbus-state-snapshot",
+        MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+    )?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
-    let seals = SealFlag::F_SEAL_WRITE | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
+    let seals = SealFlag::F_SEAL_WRITE
+        | SealFlag::F_SEAL_GROW
+        | SealFlag::F_SEAL_SHRINK
+        | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
 }

@@ -62,7 +62,10 @@ impl Store {
     /// collection in it, removing what crashed writes left.
     pub(super) fn open(root: &Path) -> io::Result<(Store, Vec<(Topic, Loaded)>)> {
         use std::os::unix::fs::DirBuilderExt;
-        fs::DirBuilder::new().recursive(true).mode(0o700).create(root)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(root)?;
         let failpoint = std::env::var("SHMBUS_STATE_FAILPOINT").ok().and_then(|v| {
             let (step, n) = v.split_once(':')?;
             Some((step.to_string(), n.parse().ok()?))
@@ -253,7 +256,9 @@ fn load_dir(path: PathBuf) -> io::Result<(Dir, Loaded)> {
                 names.insert(key.clone(), name);
                 loaded.entries.insert(key, value.to_vec());
             }
-            Some((key, _)) => warn!(path = %file.display(), key, "a second file for this key; ignored"),
+            Some((key, _)) => {
+                warn!(path = %file.display(), key, "a second file for this key; ignored")
+            }
             None => warn!(path = %file.display(), "not a state entry; ignored"),
         }
     }

@@ -63,7 +63,6 @@ impl std::fmt::Debug for Response {
     }
 }
 
-
 /// A typed answer: a [`Response`] validated as an archive of `T` and read in place.
 pub struct TypedResponse<T> {
     response: Response,

@@ -13,7 +13,6 @@ use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
-use crate::client::schema::serialize_tagged;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
@@ -21,6 +20,7 @@ use crate::client::pubsub::{
     TryRecvError, Wait,
 };
 use crate::client::schema::Schema;
+use crate::client::schema::serialize_tagged;
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
 };

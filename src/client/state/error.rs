@@ -15,7 +15,9 @@ pub enum StateError {
         reason: String,
     },
     /// The value is larger than the collection allows.
-    #[error("collection {topic:?}, key {key:?}: a value of {len} bytes exceeds the limit of {max} bytes")]
+    #[error(
+        "collection {topic:?}, key {key:?}: a value of {len} bytes exceeds the limit of {max} bytes"
+    )]
     TooLarge {
         /// The collection.
         topic: String,

@@ -52,9 +52,7 @@ fn fetch_snapshot(bus: &BusInner, pattern: &str) -> Result<Vec<u8>, CallError> {
     let (ready, fds) = bus.conn.call(StateSnapshot {
         pattern: pattern.to_string(),
     })?;
-    let bad = |detail: String| {
-        CallError::Request(crate::client::ControlError::Protocol { detail })
-    };
+    let bad = |detail: String| CallError::Request(crate::client::ControlError::Protocol { detail });
     let fd: OwnedFd = fds
         .into_iter()
         .next()

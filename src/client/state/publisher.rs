@@ -6,8 +6,8 @@ use std::sync::Arc;
 use shmbus_shm::{Deadline, LoanError};
 
 use super::error::StateError;
-use super::value::StateValue;
 use super::fetch_snapshot;
+use super::value::StateValue;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::AttachedWriter;
@@ -76,7 +76,8 @@ impl StatePublisherBuilder {
         // The keeper took the ownership before this: the snapshot is the collection as this
         // owner starts it.
         let bytes = fetch_snapshot(&self.bus, topic.as_str()).map_err(fail)?;
-        let collections = snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
+        let collections =
+            snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let mut publisher = StatePublisher {
             bus: Arc::clone(&self.bus),
             topic,
@@ -87,7 +88,10 @@ impl StatePublisherBuilder {
             max_value,
             scratch: Vec::new(),
         };
-        if let Some(c) = collections.iter().find(|c| c.topic == publisher.topic.as_str()) {
+        if let Some(c) = collections
+            .iter()
+            .find(|c| c.topic == publisher.topic.as_str())
+        {
             publisher.seq = c.seq;
             publisher.restarted = c.restarted;
             publisher.entries = c
@@ -148,7 +152,8 @@ impl StatePublisher {
             return Ok(());
         }
         self.write(Record::Put { key, value })?;
-        self.entries.insert(key.to_string(), StateValue::copy(value));
+        self.entries
+            .insert(key.to_string(), StateValue::copy(value));
         Ok(())
     }
 
@@ -240,7 +245,9 @@ impl StatePublisher {
         self.bus.conn.call(request).map(|_| ()).map_err(|e| {
             let source = match e {
                 CallError::Request(source) => source,
-                CallError::Refused(r) => crate::client::ControlError::Protocol { detail: r.message },
+                CallError::Refused(r) => {
+                    crate::client::ControlError::Protocol { detail: r.message }
+                }
             };
             StateError::Broker {
                 topic: self.topic.as_str().to_string(),
@@ -264,7 +271,11 @@ impl StatePublisher {
             topic: self.topic.as_str().to_string(),
             detail,
         };
-        let mut loan = match self.writer.writer.loan(record.encoded_len(), Deadline::Never) {
+        let mut loan = match self
+            .writer
+            .writer
+            .loan(record.encoded_len(), Deadline::Never)
+        {
             Ok(loan) => loan,
             Err(LoanError::TooLarge { len, max }) => {
                 return Err(fail(format!("a record of {len} bytes exceeds {max}")));

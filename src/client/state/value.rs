@@ -63,6 +63,10 @@ impl AsRef<[u8]> for StateValue {
 
 impl std::fmt::Debug for StateValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "StateValue({:?})", self.0.as_slice().escape_ascii().to_string())
+        write!(
+            f,
+            "StateValue({:?})",
+            self.0.as_slice().escape_ascii().to_string()
+        )
     }
 }

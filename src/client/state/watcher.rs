@@ -107,8 +107,13 @@ impl StateWatcherBuilder {
     pub fn create(self) -> Result<StateWatcher, AttachError> {
         let first = self.patterns.first().map_or("", String::as_str);
         let options = ReaderOptions::default().history(u64::from(JOIN_HISTORY));
-        let mut sub =
-            RingSubscriber::open(Arc::clone(&self.bus), options, JOIN_HISTORY, self.wait, first)?;
+        let mut sub = RingSubscriber::open(
+            Arc::clone(&self.bus),
+            options,
+            JOIN_HISTORY,
+            self.wait,
+            first,
+        )?;
         let mut patterns = Vec::new();
         for p in &self.patterns {
             let pattern = Topic::new(p)?;
@@ -266,11 +271,19 @@ impl StateWatcher {
                         apply(topic, m, record, &mut self.events);
                     }
                     Ok((seq, _)) => {
-                        debug!(topic, seq, expected = m.seq + 1, "missed state changes; catching up");
+                        debug!(
+                            topic,
+                            seq,
+                            expected = m.seq + 1,
+                            "missed state changes; catching up"
+                        );
                         self.stale.push(topic.to_string());
                     }
                     Err(e) => {
-                        warn!(topic, "malformed state record: {e}; catching up from a snapshot");
+                        warn!(
+                            topic,
+                            "malformed state record: {e}; catching up from a snapshot"
+                        );
                         self.stale.push(topic.to_string());
                     }
                 }
@@ -324,14 +337,19 @@ impl StateWatcher {
                     None => {
                         let value = m.entries.remove(&key).expect("listed");
                         let topic = topic.to_string();
-                        self.events.push_back(StateEvent::Deleted { topic, key, value });
+                        self.events
+                            .push_back(StateEvent::Deleted { topic, key, value });
                     }
                     Some(new) if *m.entries[&key] != *new => {
                         let new = StateValue::copy(new);
                         let old = m.entries.insert(key.clone(), new.clone()).expect("listed");
                         let topic = topic.to_string();
-                        self.events
-                            .push_back(StateEvent::Modified { topic, key, old, new });
+                        self.events.push_back(StateEvent::Modified {
+                            topic,
+                            key,
+                            old,
+                            new,
+                        });
                     }
                     Some(_) => {}
                 }

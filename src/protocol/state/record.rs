@@ -122,7 +122,11 @@ impl<'a> Record<'a> {
         buf[12..16].copy_from_slice(&(value.len() as u32).to_le_bytes());
         let body = &mut buf[RECORD_HEADER_LEN..];
         body[..key.len()].copy_from_slice(key.as_bytes());
-        let at = if kind == PUT { padded(key.len()) } else { key.len() };
+        let at = if kind == PUT {
+            padded(key.len())
+        } else {
+            key.len()
+        };
         body[key.len()..at].fill(0);
         body[at..at + value.len()].copy_from_slice(value);
         len
@@ -138,7 +142,11 @@ impl<'a> Record<'a> {
         let kind = head[8];
         let key_len = usize::from(u16::from_le_bytes([head[10], head[11]]));
         let value_len = u32::from_le_bytes(head[12..16].try_into().expect("4 bytes")) as usize;
-        let value_at = if kind == PUT { padded(key_len) } else { key_len };
+        let value_at = if kind == PUT {
+            padded(key_len)
+        } else {
+            key_len
+        };
         let end = value_at.checked_add(value_len).ok_or(truncated.clone())?;
         if body.len() < end {
             return Err(truncated);
@@ -202,7 +210,11 @@ mod tests {
         assert!(check_key(&"k".repeat(256)).is_err());
         assert!(check_key(&"k".repeat(255)).is_ok());
         let mut buf = vec![0; 32];
-        Record::Put { key: "a", value: b"v" }.encode(1, &mut buf);
+        Record::Put {
+            key: "a",
+            value: b"v",
+        }
+        .encode(1, &mut buf);
         buf[16] = b'/';
         assert!(matches!(Record::decode(&buf), Err(RecordError::Key(_))));
         buf[8] = 9;

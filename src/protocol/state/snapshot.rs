@@ -63,7 +63,7 @@ impl Writer {
         owned: bool,
         entries: impl ExactSizeIterator<Item = (&'e str, &'e [u8])>,
     ) {
-        let flags = u8::from(persistent) * PERSISTENT | u8::from(owned) * OWNED;
+        let flags = (u8::from(persistent) * PERSISTENT) | (u8::from(owned) * OWNED);
         self.buf
             .extend_from_slice(&(topic.len() as u16).to_le_bytes());
         self.buf.extend_from_slice(&[flags, 0]);
