@@ -37,6 +37,10 @@ const PERSIST_BATCH: usize = 64;
 /// Longest park: the stop flag is looked at this often.
 const PARK: Duration = Duration::from_millis(100);
 
+/// Longest wait of a snapshot for claims made before it was asked to be committed (a dead
+/// owner's is repaired within a second).
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
+
 /// The id stamped on the frames the keeper writes.
 const KEEPER_WRITER_ID: u32 = 0;
 
@@ -132,6 +136,19 @@ impl Collection {
     }
 }
 
+/// A snapshot request waiting for the keeper to read its rings up to `targets`: (ring id,
+/// sequence number of the ring's next claim when it was asked).
+struct PendingSnapshot {
+    client: ClientId,
+    id: RequestId,
+    pattern: Topic,
+    targets: Vec<(u64, u64)>,
+    /// Answered then whatever was read: the targets come from shared memory, which a faulty
+    /// owner may have scribbled on, and a claim of a stopped owner is taken back only after the
+    /// broker's unblock timeout (the watcher then catches up from a later snapshot).
+    until: Instant,
+}
+
 /// A sync request waiting for its collection to be stored.
 struct PendingSync {
     client: ClientId,
@@ -147,6 +164,7 @@ pub(super) struct Keeper {
     collections: BTreeMap<String, Collection>,
     store: Option<Store>,
     syncs: Vec<PendingSync>,
+    snapshots: Vec<PendingSnapshot>,
     /// Most frames [`Keeper::drain`] reads: what all the rings can hold.
     drain_bound: u64,
 }
@@ -178,6 +196,7 @@ impl Keeper {
             collections,
             store,
             syncs: Vec::new(),
+            snapshots: Vec::new(),
             drain_bound: 0,
         })
     }
@@ -191,6 +210,7 @@ impl Keeper {
             self.write_clears();
             let more = self.persist();
             self.answer_syncs();
+            self.answer_snapshots();
             if !more {
                 let pending = &self.setup.pending;
                 // Acquire pairs with the Release store after the core sends a job.
@@ -238,8 +258,23 @@ impl Keeper {
             } => {
                 self.drain();
                 self.write_clears();
-                let answer = self.snapshot(&pattern);
-                self.answer(client, id, answer);
+                // Every ring of the pattern up to its claim cursor now: past the point where the
+                // one who asked joined it, and past any claim made before (committed later).
+                let targets = self
+                    .readers
+                    .readers()
+                    .iter()
+                    .filter(|r| overlaps(&pattern, r.label()))
+                    .map(|r| (r.ring().id(), r.ring().head().sequence))
+                    .collect();
+                self.snapshots.push(PendingSnapshot {
+                    client,
+                    id,
+                    pattern,
+                    targets,
+                    until: Instant::now() + SNAPSHOT_WAIT,
+                });
+                self.answer_snapshots();
             }
             KeeperJob::Sync { client, id, topic } => {
                 self.drain();
@@ -421,6 +456,33 @@ impl Keeper {
             if stored {
                 let s = self.syncs.swap_remove(i);
                 self.answer(s.client, s.id, Ok((Reply::Done, None)));
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Answers the snapshot requests whose rings were read far enough (or that waited long
+    /// enough).
+    fn answer_snapshots(&mut self) {
+        let now = Instant::now();
+        let mut i = 0;
+        while i < self.snapshots.len() {
+            let s = &self.snapshots[i];
+            let readers = self.readers.readers();
+            let reached = s.targets.iter().all(|&(ring, target)| {
+                readers
+                    .iter()
+                    .find(|r| r.ring().id() == ring)
+                    .is_none_or(|r| r.next_sequence() >= target)
+            });
+            if reached || now >= s.until {
+                if !reached {
+                    warn!(pattern = %s.pattern, "snapshot made before a claim was committed");
+                }
+                let s = self.snapshots.swap_remove(i);
+                let answer = self.snapshot(&s.pattern);
+                self.answer(s.client, s.id, answer);
             } else {
                 i += 1;
             }

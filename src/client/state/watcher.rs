@@ -16,11 +16,6 @@ use crate::client::pubsub::{Patience, RecvError, RingSubscriber, Wait};
 use crate::protocol::state::{Record, WatchState, snapshot};
 use crate::topic::Topic;
 
-/// Records each state ring is read from before the point a watcher joined: a change in flight
-/// while it joined (claimed before, committed after) is read, not missed. Only the owner writes,
-/// one change at a time, so a handful is plenty; records the snapshot already holds are skipped.
-const JOIN_HISTORY: u32 = 16;
-
 /// A change of a watched collection, or a step of the watch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum StateEvent {
@@ -106,14 +101,10 @@ impl StateWatcherBuilder {
     /// takes the snapshot the first events come from.
     pub fn create(self) -> Result<StateWatcher, AttachError> {
         let first = self.patterns.first().map_or("", String::as_str);
-        let options = ReaderOptions::default().history(u64::from(JOIN_HISTORY));
-        let mut sub = RingSubscriber::open(
-            Arc::clone(&self.bus),
-            options,
-            JOIN_HISTORY,
-            self.wait,
-            first,
-        )?;
+        // Tethered, from where the broker joined each reader: the keeper's snapshot holds
+        // everything claimed before, so nothing is missed and nothing read is unprotected.
+        let options = ReaderOptions::default();
+        let mut sub = RingSubscriber::open(Arc::clone(&self.bus), options, 0, self.wait, first)?;
         let mut patterns = Vec::new();
         for p in &self.patterns {
             let pattern = Topic::new(p)?;

@@ -8,11 +8,12 @@
 //! ones to the state directory, and answers [`StateSnapshot`] with a memfd holding the
 //! collections a pattern matches, each with the sequence number it reflects ([`snapshot`]).
 //!
-//! A watcher attaches its readers first (with a little history), then asks for the snapshot; the
-//! keeper answers only after reading every ring to its end, so every change is either in the
-//! snapshot (sequence ≤ the snapshot's) or read from the ring after it — the watcher skips the
-//! records the snapshot already holds, and a gap in the sequence (never expected) makes it ask
-//! for a new snapshot. When a non-persistent collection's owner goes, the keeper writes one
+//! A watcher attaches its readers first, then asks for the snapshot; the keeper answers only
+//! after reading every ring up to where the ring's claim cursor was when asked (waiting for a
+//! change claimed before and committed after), so every change is either in the snapshot
+//! (sequence ≤ the snapshot's) or read from the ring after it — the watcher skips the records
+//! the snapshot already holds, and a gap in the sequence (after an eviction) makes it ask for a
+//! new snapshot. When a non-persistent collection's owner goes, the keeper writes one
 //! [`Record::Clear`] into its ring: watchers see every entry deleted.
 
 pub mod record;

@@ -209,12 +209,12 @@ mod tests {
         assert!(check_key("a/b").is_err());
         assert!(check_key(&"k".repeat(256)).is_err());
         assert!(check_key(&"k".repeat(255)).is_ok());
-        let mut buf = vec![0; 32];
-        Record::Put {
+        let put = Record::Put {
             key: "a",
             value: b"v",
-        }
-        .encode(1, &mut buf);
+        };
+        let mut buf = vec![0; put.encoded_len()];
+        put.encode(1, &mut buf);
         buf[16] = b'/';
         assert!(matches!(Record::decode(&buf), Err(RecordError::Key(_))));
         buf[8] = 9;
