@@ -127,7 +127,10 @@ impl Core {
         let max_payload = self.limits.max_state_value + RECORD_OVERHEAD;
         RingConfig {
             max_payload,
-            capacity: self.limits.ring.capacity.max(u64::from(max_payload) * 4),
+            // A power of two that holds a few of the largest records.
+            capacity: (u64::from(max_payload) * 4)
+                .next_power_of_two()
+                .max(self.limits.ring.capacity),
             ..self.limits.ring
         }
     }

@@ -715,3 +715,142 @@ mod reqrep {
         assert!(core.retired.is_empty());
     }
 }
+
+mod state {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::mpsc::{Receiver, channel};
+
+    use super::*;
+    use crate::protocol::state::{OwnState, StateSnapshot, SyncState, WatchState};
+
+    /// A core with a keeper link whose jobs the test reads.
+    fn core_with_keeper(persistence: bool) -> (Core, Receiver<KeeperJob>) {
+        let mut core = core();
+        let bell = core.keeper_doorbell().expect("a doorbell for the keeper");
+        let (tx, rx) = channel();
+        let link = KeeperLink::new(tx, Arc::new(AtomicBool::new(false)), bell.index());
+        core.set_keeper(link, persistence);
+        (core, rx)
+    }
+
+    fn own(core: &mut Core, client: ClientId, topic: &str, persistent: bool) -> Vec<Outgoing> {
+        let request = OwnState {
+            topic: topic.into(),
+            persistent,
+        };
+        call(core, client, Request::OwnState(request))
+    }
+
+    fn watch(core: &mut Core, client: ClientId, pattern: &str) -> Vec<Outgoing> {
+        let doorbell = doorbell(core, client);
+        let request = WatchState {
+            pattern: pattern.into(),
+            doorbell,
+        };
+        call(core, client, Request::WatchState(request))
+    }
+
+    #[test]
+    fn a_collection_has_one_owner_and_its_ring_a_keeper_reader_first() {
+        let (mut core, jobs) = core_with_keeper(false);
+        let (a, b) = (client(&mut core), client(&mut core));
+        let out = own(&mut core, a, "cfg/net", false);
+        let Ok(Reply::Publishing(p)) = reply(&out, a) else {
+            panic!("expected Publishing, got {:?}", reply(&out, a));
+        };
+        // The keeper was told of the ring (with its reader) before the owner could write.
+        assert!(
+            matches!(jobs.try_recv(), Ok(KeeperJob::Track { topic, .. }) if topic.as_str() == "cfg/net")
+        );
+        assert!(matches!(
+            jobs.try_recv(),
+            Ok(KeeperJob::Own {
+                persistent: false,
+                ..
+            })
+        ));
+        let out = own(&mut core, b, "cfg/net", false);
+        assert!(
+            matches!(reply(&out, b), Err(e) if e.code == ErrorCode::Taken && e.message.contains("cfg/net"))
+        );
+        // Wildcards, and persistence without a state directory, are refused.
+        let out = own(&mut core, b, "cfg/*", false);
+        assert!(matches!(reply(&out, b), Err(e) if e.code == ErrorCode::InvalidTopic));
+        let out = own(&mut core, b, "cfg/disk", true);
+        assert!(matches!(reply(&out, b), Err(e) if e.code == ErrorCode::NotPermitted));
+        // Ownership ends with the publisher; then another may own it (the same ring).
+        let unpublish = Request::Unpublish(Unpublish {
+            publisher: p.publisher,
+        });
+        assert!(reply(&call(&mut core, a, unpublish), a).is_ok());
+        assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Disown { .. })));
+        let out = own(&mut core, b, "cfg/net", false);
+        assert!(matches!(reply(&out, b), Ok(Reply::Publishing(q)) if q.ring.id == p.ring.id));
+        assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Own { .. })));
+        core.disconnect(b, &DisconnectReason::Closed);
+        assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Disown { .. })));
+    }
+
+    #[test]
+    fn watchers_get_state_rings_only_and_snapshots_go_to_the_keeper() {
+        let (mut core, jobs) = core_with_keeper(true);
+        let (owner, watcher, subscriber) =
+            (client(&mut core), client(&mut core), client(&mut core));
+        // A watcher first: attached to the collection's ring when it appears.
+        let out = watch(&mut core, watcher, "cfg/**");
+        assert!(matches!(reply(&out, watcher), Ok(Reply::Subscribed(s)) if s.rings == 0));
+        let (_, _) = subscribe(&mut core, subscriber, "**");
+        let out = own(&mut core, owner, "cfg/app", true);
+        let attached = attachments(&out);
+        assert_eq!(
+            attached.len(),
+            1,
+            "only the watcher, not the `**` subscriber"
+        );
+        assert_eq!(attached[0].0, watcher);
+        assert_eq!(attached[0].1.topic, "cfg/app");
+        // A pub/sub subscription never matches a state ring, nor a watcher a topic's ring.
+        let (_, out) = publish(&mut core, owner, "cfg/plain");
+        assert!(attachments(&out).iter().all(|(c, _)| *c == subscriber));
+        let out = watch(&mut core, subscriber, "cfg/*");
+        assert!(matches!(reply(&out, subscriber), Ok(Reply::Subscribed(s)) if s.rings == 1));
+        // Snapshots and syncs are answered by the keeper, not now.
+        while jobs.try_recv().is_ok() {}
+        let snapshot = Request::StateSnapshot(StateSnapshot {
+            pattern: "cfg/*".into(),
+        });
+        assert!(call(&mut core, watcher, snapshot).is_empty());
+        assert!(
+            matches!(jobs.try_recv(), Ok(KeeperJob::Snapshot { client, .. }) if client == watcher)
+        );
+        let sync = |topic: &str| {
+            Request::SyncState(SyncState {
+                topic: topic.into(),
+            })
+        };
+        assert!(call(&mut core, owner, sync("cfg/app")).is_empty());
+        assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Sync { .. })));
+        // Only the owner syncs.
+        let out = call(&mut core, watcher, sync("cfg/app"));
+        assert!(matches!(reply(&out, watcher), Err(e) if e.code == ErrorCode::NotPermitted));
+    }
+
+    #[test]
+    fn the_keepers_reader_is_never_evicted_nor_freed_as_foreign() {
+        let (mut core, _jobs) = core_with_keeper(false);
+        let owner = client(&mut core);
+        let out = own(&mut core, owner, "slow", false);
+        assert!(reply(&out, owner).is_ok());
+        let ring = ring(&core, "?state/slow");
+        // Nobody reads: the keeper's reader holds the owner back, as long as it likes.
+        let id = PublisherId::from_raw(1);
+        let _writer = fill(&ring, owner, id);
+        let start = Instant::now();
+        core.tick(start);
+        core.tick(start + EVICT_AFTER * 3);
+        let readers = ring.readers();
+        assert_eq!(readers.len(), 1);
+        assert_eq!(readers[0].state, ReaderState::Tethered);
+    }
+}
