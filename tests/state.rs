@@ -52,7 +52,7 @@ fn snapshot_and_live_changes_join_without_loss_or_reordering() {
                 let mut w = bus.watch_state("race/*").unwrap();
                 let value = |v: &[u8]| u64::from_le_bytes(v.try_into().unwrap());
                 let mut current = match event(&mut w) {
-                    StateEvent::Created { key, value: v, .. } if key == "n" => value(&v),
+                    StateEvent::Created { key, value: v, .. } if &*key == "n" => value(&v),
                     other => panic!("expected the snapshot's entry, got {other:?}"),
                 };
                 assert_eq!(event(&mut w), StateEvent::Synchronized);
@@ -278,7 +278,7 @@ fn restart_counters_reach_watchers_and_typed_values_are_checked() {
     assert!(wrong.contains("schema"), "{wrong}");
     assert_eq!(event(&mut w), StateEvent::Synchronized);
     let restarted = StateEvent::Restarted {
-        topic: "svc".into(),
+        topic: shmbus::Topic::new("svc").unwrap(),
         count: 2,
     };
     assert_eq!(event(&mut w), restarted);

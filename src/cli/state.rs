@@ -75,9 +75,9 @@ fn watch(bus: &BusArg, pattern: &str) -> Outcome {
     let mut watcher = bus.watch_state(pattern)?;
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    let name = |topic: &str, key: &str| {
+    let name = |topic: &Topic, key: &str| {
         if wildcard {
-            escape(format!("{topic}/{key}").as_bytes())
+            escape(format!("{}/{key}", topic.as_str()).as_bytes())
         } else {
             escape(key.as_bytes())
         }

@@ -37,6 +37,12 @@ const PERSIST_BATCH: usize = 64;
 /// Longest park: the stop flag is looked at this often.
 const PARK: Duration = Duration::from_millis(100);
 
+/// While changes come, the rings are read this often (rather than on a wake-up per change).
+const POLL: Duration = Duration::from_millis(2);
+
+/// How long after the last change the keeper goes on polling before it parks until woken.
+const BUSY_FOR: Duration = Duration::from_millis(100);
+
 /// Longest wait of a snapshot for claims made before it was asked to be committed (a dead
 /// owner's is repaired within a second).
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(2);
@@ -65,7 +71,8 @@ pub(super) struct KeeperSetup {
 /// One collection's mirror.
 #[derive(Default)]
 struct Collection {
-    entries: HashMap<String, Vec<u8>>,
+    /// Sorted, so snapshots are (watchers report the entries in this order).
+    entries: BTreeMap<String, Vec<u8>>,
     /// Sequence number of the last change applied.
     seq: u64,
     restarted: u64,
@@ -127,7 +134,7 @@ impl Collection {
                 self.mark(None);
             }
             Record::Clear => {
-                let keys: Vec<String> = self.entries.drain().map(|(k, _)| k).collect();
+                let keys: Vec<String> = std::mem::take(&mut self.entries).into_keys().collect();
                 for key in keys {
                     self.mark(Some(key));
                 }
@@ -178,7 +185,7 @@ impl Keeper {
                 let (store, loaded) = Store::open(dir)?;
                 for (topic, c) in loaded {
                     let collection = Collection {
-                        entries: c.entries,
+                        entries: c.entries.into_iter().collect(),
                         restarted: c.restarted,
                         persistent: true,
                         ..Collection::default()
@@ -204,17 +211,32 @@ impl Keeper {
     /// Runs until the broker stops.
     pub(super) fn run(mut self) {
         // Acquire pairs with the Release store of the broker's stop.
+        let mut last_change = Instant::now();
         while !self.setup.stop.load(Ordering::Acquire) {
             self.take_jobs();
-            self.drain();
+            if self.drain() > 0 {
+                last_change = Instant::now();
+            }
             self.write_clears();
             let more = self.persist();
             self.answer_syncs();
             self.answer_snapshots();
-            if !more {
-                let pending = &self.setup.pending;
-                // Acquire pairs with the Release store after the core sends a job.
-                let also = || pending.load(Ordering::Acquire);
+            if more {
+                continue;
+            }
+            let pending = &self.setup.pending;
+            // Acquire pairs with the Release store after the core sends a job.
+            let also = || pending.load(Ordering::Acquire);
+            if last_change.elapsed() < BUSY_FOR {
+                // Changes are coming: look again shortly, without asking owners to wake us (a
+                // wake-up is a system call of theirs, and a thread switch on a small machine,
+                // per change). Jobs still ring the doorbell.
+                let doorbell = self.readers.doorbell();
+                let armed = doorbell.arm();
+                if !also() {
+                    doorbell.sleep(armed, Some(POLL));
+                }
+            } else {
                 self.readers.park(Some(Instant::now() + PARK), &also);
             }
         }
@@ -356,29 +378,31 @@ impl Keeper {
     /// Reads every ring to where its head was when this began (at most: what a ring can hold
     /// behind its head, for each ring), so that an owner writing without pause cannot keep the
     /// keeper here.
-    fn drain(&mut self) {
-        for _ in 0..self.drain_bound {
+    /// Returns how many frames it read.
+    fn drain(&mut self) -> u64 {
+        for read in 0..self.drain_bound {
             match self.readers.poll() {
                 Ok(Some(index)) => {
                     let Some(frame) = self.readers.frame(index) else {
                         continue;
                     };
-                    let topic = frame.label().as_str().to_string();
-                    let Some(c) = self.collections.get_mut(&topic) else {
+                    let topic = frame.label().as_str();
+                    let Some(c) = self.collections.get_mut(topic) else {
                         continue;
                     };
                     match Record::decode(frame.payload()) {
-                        Ok((seq, record)) => c.apply(&topic, seq, record),
+                        Ok((seq, record)) => c.apply(topic, seq, record),
                         Err(e) => warn!(topic, "malformed state record skipped: {e}"),
                     }
                 }
-                Ok(None) => return,
+                Ok(None) => return read,
                 Err(e) => {
                     let topic = self.readers.readers()[e.index].label().clone();
                     warn!(topic = %topic, "reading a state ring: {}", e.error);
                 }
             }
         }
+        self.drain_bound
     }
 
     /// Writes the clears that wait, as far as their rings have room.
@@ -534,7 +558,7 @@ impl Keeper {
     }
 }
 
-/// A memfd holding `bytes`, sealed against change.
+/// A memfd holding `bytes`, sealed against growing and shrinking.
 fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     use nix::fcntl::{FcntlArg, SealFlag, fcntl};
     use nix::sys::memfd::{MFdFlags, memfd_create};
@@ -544,10 +568,9 @@ fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     )?;
     let mut file = std::fs::File::from(fd);
     file.write_all(bytes)?;
-    let seals = SealFlag::F_SEAL_WRITE
-        | SealFlag::F_SEAL_GROW
-        | SealFlag::F_SEAL_SHRINK
-        | SealFlag::F_SEAL_SEAL;
+    // Not F_SEAL_WRITE: it fails (EBUSY) while anything still references the pages written,
+    // which happens now and then; the client copies the bytes out anyway.
+    let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
 }

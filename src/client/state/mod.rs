@@ -10,7 +10,7 @@
 //! links.put("eth0", b"up")?;
 //! let mut watcher = bus.watch_state("net/*")?;
 //! // First the current content, then `Synchronized`, then live changes.
-//! assert!(matches!(watcher.recv()?, StateEvent::Created { key, .. } if key == "eth0"));
+//! assert!(matches!(watcher.recv()?, StateEvent::Created { key, .. } if &*key == "eth0"));
 //! assert!(matches!(watcher.recv()?, StateEvent::Synchronized));
 //! links.put("eth0", b"down")?;
 //! match watcher.recv()? {

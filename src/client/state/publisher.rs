@@ -152,8 +152,13 @@ impl StatePublisher {
             return Ok(());
         }
         self.write(Record::Put { key, value })?;
-        self.entries
-            .insert(key.to_string(), StateValue::copy(value));
+        let value = StateValue::copy(value);
+        match self.entries.get_mut(key) {
+            Some(slot) => *slot = value,
+            None => {
+                self.entries.insert(key.to_string(), value);
+            }
+        }
         Ok(())
     }
 

@@ -1,22 +1,33 @@
-//! The value of an entry: bytes, aligned for rkyv, cheap to clone.
+//! The value of an entry: bytes, aligned for rkyv, in one shared allocation.
 
 use std::sync::Arc;
-
-use rkyv::util::AlignedVec;
 
 use crate::client::schema::{self, Schema};
 
 /// An entry's value, as raw bytes (`&*value`) or, for typed values, the validated archive of its
 /// type ([`StateValue::archived`]). Cloning shares it.
 #[derive(Clone)]
-pub struct StateValue(Arc<AlignedVec>);
+pub struct StateValue {
+    /// The bytes, in 16-byte words (so they are aligned for any archive), zero-padded.
+    words: Arc<[u128]>,
+    len: usize,
+}
 
 impl StateValue {
-    /// A value holding a copy of `bytes`.
+    /// A value holding a copy of `bytes` (one allocation).
     pub fn copy(bytes: &[u8]) -> StateValue {
-        let mut v = AlignedVec::with_capacity(bytes.len());
-        v.extend_from_slice(bytes);
-        StateValue(Arc::new(v))
+        let words = bytes
+            .chunks(16)
+            .map(|chunk| {
+                let mut word = [0u8; 16];
+                word[..chunk.len()].copy_from_slice(chunk);
+                u128::from_ne_bytes(word)
+            })
+            .collect();
+        StateValue {
+            words,
+            len: bytes.len(),
+        }
     }
 
     /// The value read as an archived `T` written by a typed `put`: its schema tag is checked,
@@ -29,7 +40,7 @@ impl StateValue {
             > + rkyv::Portable,
     {
         let expected = Schema::of::<T>();
-        let archive = expected.strip(&self.0).map_err(|found| {
+        let archive = expected.strip(self).map_err(|found| {
             format!(
                 "the value is not of schema {expected} (found {})",
                 schema::found(found)
@@ -39,34 +50,49 @@ impl StateValue {
     }
 }
 
-impl PartialEq for StateValue {
-    fn eq(&self, other: &StateValue) -> bool {
-        self.0.as_slice() == other.0.as_slice()
-    }
-}
-
-impl Eq for StateValue {}
-
 impl std::ops::Deref for StateValue {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        &self.0
+        // SAFETY: `words` is an initialised `[u128]` (no padding bytes) of at least `len` bytes
+        // (`copy` made `len.div_ceil(16)` words); `u8` has no alignment requirement, and the
+        // bytes live as long as `self` borrows them.
+        unsafe { std::slice::from_raw_parts(self.words.as_ptr().cast::<u8>(), self.len) }
     }
 }
 
 impl AsRef<[u8]> for StateValue {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self
     }
 }
 
+impl PartialEq for StateValue {
+    fn eq(&self, other: &StateValue) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for StateValue {}
+
 impl std::fmt::Debug for StateValue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "StateValue({:?})",
-            self.0.as_slice().escape_ascii().to_string()
-        )
+        write!(f, "StateValue({:?})", self.escape_ascii().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_keep_their_bytes_and_alignment() {
+        for len in [0, 1, 15, 16, 17, 100] {
+            let bytes: Vec<u8> = (0..len as u8).collect();
+            let v = StateValue::copy(&bytes);
+            assert_eq!(&*v, &bytes[..]);
+            assert_eq!(v.as_ptr() as usize % 16, 0);
+            assert_eq!(v.clone(), v);
+        }
     }
 }

@@ -22,18 +22,18 @@ pub enum StateEvent {
     /// `key` appeared (or was there when the watch began).
     Created {
         /// The collection.
-        topic: String,
+        topic: Topic,
         /// The key.
-        key: String,
+        key: Arc<str>,
         /// Its value.
         value: StateValue,
     },
     /// `key`'s value changed.
     Modified {
         /// The collection.
-        topic: String,
+        topic: Topic,
         /// The key.
-        key: String,
+        key: Arc<str>,
         /// The value before.
         old: StateValue,
         /// The value now.
@@ -42,9 +42,9 @@ pub enum StateEvent {
     /// `key` was removed (or its non-persistent collection's owner went).
     Deleted {
         /// The collection.
-        topic: String,
+        topic: Topic,
         /// The key.
-        key: String,
+        key: Arc<str>,
         /// Its last value.
         value: StateValue,
     },
@@ -53,7 +53,7 @@ pub enum StateEvent {
     /// The collection's owner signalled a restart: the counter is now `count`.
     Restarted {
         /// The collection.
-        topic: String,
+        topic: Topic,
         /// The restart counter.
         count: u64,
     },
@@ -134,8 +134,8 @@ impl StateWatcherBuilder {
             .mirror
             .iter()
             .filter(|(_, m)| m.restarted != 0)
-            .map(|(topic, m)| StateEvent::Restarted {
-                topic: topic.clone(),
+            .map(|(_, m)| StateEvent::Restarted {
+                topic: m.topic.clone(),
                 count: m.restarted,
             })
             .collect();
@@ -145,9 +145,9 @@ impl StateWatcherBuilder {
 }
 
 /// One collection as the watcher mirrors it.
-#[derive(Default)]
 struct Mirror {
-    entries: HashMap<String, StateValue>,
+    topic: Topic,
+    entries: HashMap<Arc<str>, StateValue>,
     seq: u64,
     restarted: u64,
 }
@@ -161,7 +161,8 @@ pub struct StateWatcher {
     bus: Arc<BusInner>,
     sub: RingSubscriber,
     patterns: Vec<Topic>,
-    mirror: BTreeMap<String, Mirror>,
+    /// By topic (the same as each mirror's `topic`, as a plain string to look up by `&str`).
+    mirror: BTreeMap<Arc<str>, Mirror>,
     events: VecDeque<StateEvent>,
     /// Collections whose mirror may have missed changes: a snapshot catches them up.
     stale: Vec<String>,
@@ -207,16 +208,14 @@ impl StateWatcher {
         self.mirror
             .get(topic)
             .into_iter()
-            .flat_map(|m| m.entries.iter().map(|(k, v)| (k.as_str(), v)))
+            .flat_map(|m| m.entries.iter().map(|(k, v)| (&**k, v)))
     }
 
     /// Every entry of every watched collection: (topic, key, value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &StateValue)> {
-        self.mirror.iter().flat_map(|(t, m)| {
-            m.entries
-                .iter()
-                .map(move |(k, v)| (t.as_str(), k.as_str(), v))
-        })
+        self.mirror
+            .iter()
+            .flat_map(|(t, m)| m.entries.iter().map(move |(k, v)| (&**t, &**k, v)))
     }
 
     /// The restart counter of collection `topic`.
@@ -226,7 +225,7 @@ impl StateWatcher {
 
     /// The watched collections' topics.
     pub fn collections(&self) -> impl Iterator<Item = &str> {
-        self.mirror.keys().map(String::as_str)
+        self.mirror.keys().map(|t| &**t)
     }
 
     fn next(&mut self, patience: Patience) -> Result<StateEvent, WatchError> {
@@ -253,13 +252,19 @@ impl StateWatcher {
         let failed = match self.sub.next(patience, || false) {
             Ok(sample) => {
                 let topic = sample.topic();
-                let m = self.mirror.entry(topic.to_string()).or_default();
+                let m = match self.mirror.get_mut(topic) {
+                    Some(m) => m,
+                    None => self
+                        .mirror
+                        .entry(Arc::from(topic))
+                        .or_insert_with(|| Mirror::new(sample.topic_ref().clone())),
+                };
                 match Record::decode(sample.payload()) {
                     // Already in the snapshot.
                     Ok((seq, _)) if seq <= m.seq => {}
                     Ok((seq, record)) if seq == m.seq + 1 => {
                         m.seq = seq;
-                        apply(topic, m, record, &mut self.events);
+                        m.apply(record, &mut self.events);
                     }
                     Ok((seq, _)) => {
                         debug!(
@@ -315,106 +320,145 @@ impl StateWatcher {
         })?;
         let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
         for c in collections {
-            let m = self.mirror.entry(c.topic.to_string()).or_default();
+            let topic = Topic::new(c.topic).map_err(|e| format!("the snapshot holds {e}"))?;
+            let m = self
+                .mirror
+                .entry(Arc::from(c.topic))
+                .or_insert_with(|| Mirror::new(topic));
             if !initial && c.seq <= m.seq {
                 continue;
             }
-            let topic = c.topic;
-            let mut fresh: HashMap<&str, &[u8]> = c.entries.iter().copied().collect();
-            let mut keys: Vec<String> = m.entries.keys().cloned().collect();
-            keys.sort_unstable();
-            for key in keys {
-                match fresh.remove(key.as_str()) {
-                    None => {
-                        let value = m.entries.remove(&key).expect("listed");
-                        let topic = topic.to_string();
-                        self.events
-                            .push_back(StateEvent::Deleted { topic, key, value });
-                    }
-                    Some(new) if *m.entries[&key] != *new => {
-                        let new = StateValue::copy(new);
-                        let old = m.entries.insert(key.clone(), new.clone()).expect("listed");
-                        let topic = topic.to_string();
-                        self.events.push_back(StateEvent::Modified {
+            m.catch_up(&c, initial, &mut self.events);
+        }
+        Ok(())
+    }
+}
+
+impl Mirror {
+    fn new(topic: Topic) -> Mirror {
+        Mirror {
+            topic,
+            entries: HashMap::new(),
+            seq: 0,
+            restarted: 0,
+        }
+    }
+
+    /// Applies `record`, queueing the events it makes.
+    fn apply(&mut self, record: Record<'_>, events: &mut VecDeque<StateEvent>) {
+        let topic = self.topic.clone();
+        match record {
+            Record::Put { key, value } => {
+                let new = StateValue::copy(value);
+                match self.entries.get_key_value(key) {
+                    Some((key, _)) => {
+                        let key = Arc::clone(key);
+                        let slot = self.entries.get_mut(&key).expect("just found");
+                        let old = std::mem::replace(slot, new.clone());
+                        events.push_back(StateEvent::Modified {
                             topic,
                             key,
                             old,
                             new,
                         });
                     }
-                    Some(_) => {}
+                    None => {
+                        let key: Arc<str> = Arc::from(key);
+                        self.entries.insert(Arc::clone(&key), new.clone());
+                        events.push_back(StateEvent::Created {
+                            topic,
+                            key,
+                            value: new,
+                        });
+                    }
                 }
             }
-            let mut created: Vec<(&str, &[u8])> = fresh.into_iter().collect();
-            created.sort_unstable_by_key(|(k, _)| *k);
-            for (key, value) in created {
-                let value = StateValue::copy(value);
-                m.entries.insert(key.to_string(), value.clone());
-                self.events.push_back(StateEvent::Created {
-                    topic: topic.to_string(),
-                    key: key.to_string(),
-                    value,
-                });
+            Record::Remove { key } => {
+                if let Some((key, value)) = self.entries.remove_entry(key) {
+                    events.push_back(StateEvent::Deleted { topic, key, value });
+                }
             }
-            if !initial && c.restarted != m.restarted {
-                self.events.push_back(StateEvent::Restarted {
-                    topic: topic.to_string(),
-                    count: c.restarted,
-                });
+            Record::Restarted(count) => {
+                self.restarted = count;
+                events.push_back(StateEvent::Restarted { topic, count });
             }
-            m.restarted = c.restarted;
-            m.seq = c.seq;
+            Record::Clear => {
+                let mut gone: Vec<(Arc<str>, StateValue)> = self.entries.drain().collect();
+                gone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                for (key, value) in gone {
+                    let topic = topic.clone();
+                    events.push_back(StateEvent::Deleted { topic, key, value });
+                }
+            }
         }
-        Ok(())
     }
-}
 
-/// Applies `record` to mirror `m` of collection `topic`, queueing the events it makes.
-fn apply(topic: &str, m: &mut Mirror, record: Record<'_>, events: &mut VecDeque<StateEvent>) {
-    let topic = || topic.to_string();
-    match record {
-        Record::Put { key, value } => {
-            let new = StateValue::copy(value);
-            match m.entries.insert(key.to_string(), new.clone()) {
-                None => events.push_back(StateEvent::Created {
-                    topic: topic(),
-                    key: key.to_string(),
-                    value: new,
-                }),
-                Some(old) => events.push_back(StateEvent::Modified {
-                    topic: topic(),
-                    key: key.to_string(),
-                    old,
-                    new,
-                }),
+    /// Brings the mirror to collection `c` of a snapshot, queueing the events that lead there
+    /// (`initial`: the first snapshot, whose restart counter is reported apart).
+    fn catch_up(
+        &mut self,
+        c: &snapshot::Collection<'_>,
+        initial: bool,
+        events: &mut VecDeque<StateEvent>,
+    ) {
+        let topic = &self.topic;
+        if self.entries.is_empty() {
+            // Entries come sorted by key: each is created, in that order.
+            self.entries.reserve(c.entries.len());
+            for &(key, value) in &c.entries {
+                let key: Arc<str> = Arc::from(key);
+                let value = StateValue::copy(value);
+                self.entries.insert(Arc::clone(&key), value.clone());
+                let topic = topic.clone();
+                events.push_back(StateEvent::Created { topic, key, value });
+            }
+        } else {
+            let fresh: HashMap<&str, &[u8]> = c.entries.iter().copied().collect();
+            let mut gone: Vec<Arc<str>> = self
+                .entries
+                .keys()
+                .filter(|k| !fresh.contains_key(&***k))
+                .cloned()
+                .collect();
+            gone.sort_unstable();
+            for key in gone {
+                let value = self.entries.remove(&key).expect("listed");
+                let topic = topic.clone();
+                events.push_back(StateEvent::Deleted { topic, key, value });
+            }
+            for &(key, value) in &c.entries {
+                match self.entries.get_key_value(key) {
+                    Some((_, old)) if **old == *value => {}
+                    Some((key, _)) => {
+                        let key = Arc::clone(key);
+                        let new = StateValue::copy(value);
+                        let slot = self.entries.get_mut(&key).expect("just found");
+                        let old = std::mem::replace(slot, new.clone());
+                        let topic = topic.clone();
+                        events.push_back(StateEvent::Modified {
+                            topic,
+                            key,
+                            old,
+                            new,
+                        });
+                    }
+                    None => {
+                        let key: Arc<str> = Arc::from(key);
+                        let value = StateValue::copy(value);
+                        self.entries.insert(Arc::clone(&key), value.clone());
+                        let topic = topic.clone();
+                        events.push_back(StateEvent::Created { topic, key, value });
+                    }
+                }
             }
         }
-        Record::Remove { key } => {
-            if let Some(value) = m.entries.remove(key) {
-                events.push_back(StateEvent::Deleted {
-                    topic: topic(),
-                    key: key.to_string(),
-                    value,
-                });
-            }
-        }
-        Record::Restarted(count) => {
-            m.restarted = count;
+        if !initial && c.restarted != self.restarted {
             events.push_back(StateEvent::Restarted {
-                topic: topic(),
-                count,
+                topic: topic.clone(),
+                count: c.restarted,
             });
         }
-        Record::Clear => {
-            let mut gone: Vec<(String, StateValue)> = m.entries.drain().collect();
-            gone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-            for (key, value) in gone {
-                events.push_back(StateEvent::Deleted {
-                    topic: topic(),
-                    key,
-                    value,
-                });
-            }
-        }
+        self.restarted = c.restarted;
+        self.seq = c.seq;
     }
 }
