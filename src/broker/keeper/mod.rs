@@ -89,10 +89,12 @@ struct Collection {
 }
 
 impl Collection {
-    fn mark(&mut self, what: Option<String>) {
+    /// Notes that `what` (a key, or `None`: the restart counter) changed, to be stored.
+    fn mark(&mut self, what: Option<&str>) {
         if !self.persistent {
             return;
         }
+        let what = what.map(str::to_string);
         if let Some(old) = self.dirty.insert(what.clone(), self.seq) {
             self.dirty_order.remove(&(old, what.clone()));
         }
@@ -122,12 +124,21 @@ impl Collection {
         self.seq = seq;
         match record {
             Record::Put { key, value } => {
-                self.entries.insert(key.to_string(), value.to_vec());
-                self.mark(Some(key.to_string()));
+                // The entry's buffer is reused when the key exists.
+                match self.entries.get_mut(key) {
+                    Some(slot) => {
+                        slot.clear();
+                        slot.extend_from_slice(value);
+                    }
+                    None => {
+                        self.entries.insert(key.to_string(), value.to_vec());
+                    }
+                }
+                self.mark(Some(key));
             }
             Record::Remove { key } => {
                 self.entries.remove(key);
-                self.mark(Some(key.to_string()));
+                self.mark(Some(key));
             }
             Record::Restarted(n) => {
                 self.restarted = n;
@@ -136,7 +147,7 @@ impl Collection {
             Record::Clear => {
                 let keys: Vec<String> = std::mem::take(&mut self.entries).into_keys().collect();
                 for key in keys {
-                    self.mark(Some(key));
+                    self.mark(Some(&key));
                 }
             }
         }
@@ -359,7 +370,7 @@ impl Keeper {
             // Everything it holds goes to disk.
             let keys: Vec<String> = c.entries.keys().cloned().collect();
             for key in keys {
-                c.mark(Some(key));
+                c.mark(Some(&key));
             }
             if c.restarted != 0 {
                 c.mark(None);

@@ -1,13 +1,11 @@
 //! Owning a collection: [`StatePublisher`].
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use shmbus_shm::{Deadline, LoanError};
 
 use super::error::StateError;
 use super::fetch_snapshot;
-use super::value::StateValue;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::AttachedWriter;
@@ -82,7 +80,7 @@ impl StatePublisherBuilder {
             bus: Arc::clone(&self.bus),
             topic,
             writer,
-            entries: HashMap::new(),
+            entries: foldhash::HashMap::default(),
             seq: 0,
             restarted: 0,
             max_value,
@@ -97,7 +95,7 @@ impl StatePublisherBuilder {
             publisher.entries = c
                 .entries
                 .iter()
-                .map(|(k, v)| (k.to_string(), StateValue::copy(v)))
+                .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect();
         }
         Ok(publisher)
@@ -112,7 +110,8 @@ pub struct StatePublisher {
     bus: Arc<BusInner>,
     topic: Topic,
     writer: AttachedWriter,
-    entries: HashMap<String, StateValue>,
+    /// Each value's buffer is reused when its key is put again.
+    entries: foldhash::HashMap<String, Vec<u8>>,
     seq: u64,
     restarted: u64,
     max_value: usize,
@@ -148,15 +147,17 @@ impl StatePublisher {
                 max: self.max_value,
             });
         }
-        if self.entries.get(key).is_some_and(|v| **v == *value) {
+        if self.entries.get(key).is_some_and(|v| v.as_slice() == value) {
             return Ok(());
         }
         self.write(Record::Put { key, value })?;
-        let value = StateValue::copy(value);
         match self.entries.get_mut(key) {
-            Some(slot) => *slot = value,
+            Some(slot) => {
+                slot.clear();
+                slot.extend_from_slice(value);
+            }
             None => {
-                self.entries.insert(key.to_string(), value);
+                self.entries.insert(key.to_string(), value.to_vec());
             }
         }
         Ok(())
@@ -221,13 +222,13 @@ impl StatePublisher {
     }
 
     /// The value of `key`.
-    pub fn get(&self, key: &str) -> Option<&StateValue> {
-        self.entries.get(key)
+    pub fn get(&self, key: &str) -> Option<&[u8]> {
+        self.entries.get(key).map(Vec::as_slice)
     }
 
     /// Every entry, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &StateValue)> {
-        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
     }
 
     /// Number of entries.

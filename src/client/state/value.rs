@@ -16,14 +16,16 @@ pub struct StateValue {
 impl StateValue {
     /// A value holding a copy of `bytes` (one allocation).
     pub fn copy(bytes: &[u8]) -> StateValue {
-        let words = bytes
-            .chunks(16)
-            .map(|chunk| {
-                let mut word = [0u8; 16];
-                word[..chunk.len()].copy_from_slice(chunk);
-                u128::from_ne_bytes(word)
-            })
-            .collect();
+        let mut words = Arc::<[u128]>::new_uninit_slice(bytes.len().div_ceil(16));
+        let slots = Arc::get_mut(&mut words).expect("not shared yet");
+        for (slot, chunk) in slots.iter_mut().zip(bytes.chunks(16)) {
+            let mut word = [0u8; 16];
+            word[..chunk.len()].copy_from_slice(chunk);
+            slot.write(u128::from_ne_bytes(word));
+        }
+        // SAFETY: `bytes.chunks(16)` yields `len.div_ceil(16)` chunks, one per slot, so every
+        // slot was written above.
+        let words = unsafe { words.assume_init() };
         StateValue {
             words,
             len: bytes.len(),

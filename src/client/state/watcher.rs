@@ -1,6 +1,6 @@
 //! Watching collections: [`StateWatcher`] and its [`StateEvent`]s.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -144,10 +144,13 @@ impl StateWatcherBuilder {
     }
 }
 
+/// A collection's entries: hashbrown's map, for `get_key_value_mut` (one lookup per change).
+type Entries = hashbrown::HashMap<Arc<str>, StateValue, foldhash::fast::RandomState>;
+
 /// One collection as the watcher mirrors it.
 struct Mirror {
     topic: Topic,
-    entries: HashMap<Arc<str>, StateValue>,
+    entries: Entries,
     seq: u64,
     restarted: u64,
 }
@@ -338,7 +341,7 @@ impl Mirror {
     fn new(topic: Topic) -> Mirror {
         Mirror {
             topic,
-            entries: HashMap::new(),
+            entries: Entries::default(),
             seq: 0,
             restarted: 0,
         }
@@ -350,10 +353,9 @@ impl Mirror {
         match record {
             Record::Put { key, value } => {
                 let new = StateValue::copy(value);
-                match self.entries.get_key_value(key) {
-                    Some((key, _)) => {
+                match self.entries.get_key_value_mut(key) {
+                    Some((key, slot)) => {
                         let key = Arc::clone(key);
-                        let slot = self.entries.get_mut(&key).expect("just found");
                         let old = std::mem::replace(slot, new.clone());
                         events.push_back(StateEvent::Modified {
                             topic,
@@ -413,7 +415,7 @@ impl Mirror {
                 events.push_back(StateEvent::Created { topic, key, value });
             }
         } else {
-            let fresh: HashMap<&str, &[u8]> = c.entries.iter().copied().collect();
+            let fresh: foldhash::HashMap<&str, &[u8]> = c.entries.iter().copied().collect();
             let mut gone: Vec<Arc<str>> = self
                 .entries
                 .keys()
