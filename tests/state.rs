@@ -109,7 +109,7 @@ fn equal_puts_change_nothing_and_removing_a_missing_key_fails() {
 
 #[test]
 fn keys_and_values_are_checked_with_errors_that_name_them() {
-    let broker = Broker::start(&["--max-state-value", "100"]);
+    let broker = Broker::start(&["--max-state-value", "100", "--max-state-bytes", "400"]);
     let bus = Bus::connect(broker.bus()).unwrap();
     let mut p = bus.state_publisher("limits").unwrap();
     for bad in ["", "a/b", &"k".repeat(256)] {
@@ -129,6 +129,14 @@ fn keys_and_values_are_checked_with_errors_that_name_them() {
         matches!(&e, StateError::MissingKey { key, .. } if key == "nothing"),
         "{e}"
     );
+    // 266 + 103 bytes held: 104 more exceed the collection's 400; shrinking makes room.
+    let e = p.put("more", &[1; 100]).unwrap_err();
+    assert!(
+        matches!(&e, StateError::Full { key, max: 400, .. } if key == "more"),
+        "{e}"
+    );
+    p.put("big", &[7; 10]).unwrap();
+    p.put("more", &[1; 60]).unwrap();
     // A second owner is refused, naming the collection.
     let second = Bus::connect(broker.bus()).unwrap();
     let e = second.state_publisher("limits").unwrap_err();
@@ -146,6 +154,9 @@ fn keys_and_values_are_checked_with_errors_that_name_them() {
     let (code, _, err) = run(broker.bus(), &["state", "publish", "limits"]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("already published"), "{err}");
+    // Ownership ends with the handle: another client may own the collection at once.
+    drop(p);
+    second.state_publisher("limits").unwrap();
 }
 
 #[test]

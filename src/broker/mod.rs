@@ -108,6 +108,7 @@ impl Default for BrokerBuilder {
                 unblock_after: Duration::from_secs(15),
                 quotas: Quotas::default(),
                 max_state_value: 64 << 10,
+                max_state_bytes: 64 << 20,
             },
             doorbells: 16_384,
             ring_idle: Duration::from_secs(60),
@@ -250,6 +251,13 @@ impl BrokerBuilder {
         self
     }
 
+    /// Most bytes, keys and values together, one state collection may hold (default 64 MiB):
+    /// what the broker's mirror of it may take. Owners are refused puts beyond it.
+    pub fn max_state_bytes(mut self, bytes: u64) -> Self {
+        self.limits.max_state_bytes = bytes;
+        self
+    }
+
     /// Binds the control socket: creates its private directory, refuses to start if a live
     /// broker owns the socket, and replaces a stale socket file left by a dead one.
     pub fn bind(self) -> Result<Broker, BrokerError> {
@@ -317,6 +325,7 @@ impl BrokerBuilder {
         core.set_keeper(link, self.state_dir.is_some());
         let (reader_owner, writer_owner) = Core::keeper_owners();
         let setup = keeper::KeeperSetup {
+            max_bytes: self.limits.max_state_bytes,
             jobs,
             pending,
             doorbell: Arc::new(doorbell),

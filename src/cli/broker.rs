@@ -50,6 +50,9 @@ pub struct Args {
     /// Largest value of a state collection's entry, in bytes.
     #[arg(long, value_name = "BYTES", default_value_t = 64 * 1024)]
     max_state_value: u32,
+    /// Most bytes (keys and values together) of one state collection.
+    #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
+    max_state_bytes: u64,
 }
 
 /// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
@@ -91,7 +94,8 @@ pub fn run(args: Args) -> Outcome {
         .max_clients(args.max_clients)
         .max_rings(args.max_rings)
         .max_rings_per_client(args.max_rings_per_client)
-        .max_state_value(args.max_state_value);
+        .max_state_value(args.max_state_value)
+        .max_state_bytes(args.max_state_bytes);
     let builder = match args.state_dir {
         Some(dir) => builder.state_dir(dir),
         None => builder,

@@ -357,6 +357,9 @@ impl Connection {
             Ok(Reply::Publishing(p)) => self.notify(Unpublish {
                 publisher: p.publisher,
             }),
+            Ok(Reply::StateOwned(s)) => self.notify(Unpublish {
+                publisher: s.publishing.publisher,
+            }),
             Ok(Reply::Subscribed(s)) => {
                 routing.orphans.remove(&s.subscription);
                 routing.remember_closed(s.subscription);

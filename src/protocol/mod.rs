@@ -33,7 +33,7 @@ use pubsub::{
     Subscribe, Subscribed, Unpublish, Unsubscribe, WhoHolds,
 };
 use reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
-use state::{OwnState, SnapshotReady, StateSnapshot, SyncState, WatchState};
+use state::{OwnState, SnapshotReady, StateOwned, StateSnapshot, SyncState, WatchState};
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
@@ -130,6 +130,8 @@ pub enum Reply {
     Holders(Holders),
     /// To [`StateSnapshot`]; carries the snapshot's memfd.
     SnapshotReady(SnapshotReady),
+    /// To [`OwnState`]; carries the ring's data and readers descriptors.
+    StateOwned(StateOwned),
 }
 
 /// A request type and the reply it is answered with.

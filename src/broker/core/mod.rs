@@ -74,6 +74,8 @@ pub(crate) struct Limits {
     pub quotas: Quotas,
     /// Largest value of a state collection's entry.
     pub max_state_value: u32,
+    /// Most bytes (keys and values) of one state collection.
+    pub max_state_bytes: u64,
 }
 
 /// What one client, and all clients together, may make the broker spend. The request bounds

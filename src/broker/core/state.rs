@@ -18,7 +18,9 @@ use tracing::debug;
 use super::clients::{SubscriptionKind, keeper_reader};
 use super::{Core, Descriptors, Handled, Outgoing, error};
 use crate::protocol::pubsub::{Subscribed, Unsubscribe};
-use crate::protocol::state::{OwnState, RECORD_OVERHEAD, StateSnapshot, SyncState, WatchState};
+use crate::protocol::state::{
+    OwnState, RECORD_OVERHEAD, StateOwned, StateSnapshot, SyncState, WatchState,
+};
 use crate::protocol::{BrokerMessage, ClientId, ErrorCode, PublisherId, Reply, RequestId};
 use crate::topic::{Topic, overlaps};
 
@@ -176,7 +178,7 @@ impl Core {
             self.create_state_ring(client, &topic, &name, out)?;
         }
         let (reply, fds) = self.add_publisher(client, &name)?;
-        let Reply::Publishing(publishing) = &reply else {
+        let Reply::Publishing(publishing) = reply else {
             unreachable!("add_publisher answers with Publishing");
         };
         let publisher = publishing.publisher;
@@ -187,7 +189,11 @@ impl Core {
         self.owned
             .insert(topic.as_str().to_string(), StateOwner { client, publisher });
         debug!(client = %client, topic = %topic, persistent = request.persistent, "collection owned");
-        Ok((reply, fds))
+        let owned = StateOwned {
+            publishing,
+            max_bytes: self.limits.max_state_bytes,
+        };
+        Ok((Reply::StateOwned(owned), fds))
     }
 
     /// Creates collection `topic`'s state ring `name`, with the keeper's reader, and attaches

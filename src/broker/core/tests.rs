@@ -30,6 +30,7 @@ fn limits() -> Limits {
         unblock_after: UNBLOCK_AFTER,
         quotas: Quotas::default(),
         max_state_value: 64 << 10,
+        max_state_bytes: 1 << 20,
     }
 }
 
@@ -756,9 +757,11 @@ mod state {
         let (mut core, jobs) = core_with_keeper(false);
         let (a, b) = (client(&mut core), client(&mut core));
         let out = own(&mut core, a, "cfg/net", false);
-        let Ok(Reply::Publishing(p)) = reply(&out, a) else {
-            panic!("expected Publishing, got {:?}", reply(&out, a));
+        let Ok(Reply::StateOwned(owned)) = reply(&out, a) else {
+            panic!("expected StateOwned, got {:?}", reply(&out, a));
         };
+        let p = owned.publishing;
+        assert_eq!(owned.max_bytes, 1 << 20);
         // The keeper was told of the ring (with its reader) before the owner could write.
         assert!(
             matches!(jobs.try_recv(), Ok(KeeperJob::Track { topic, .. }) if topic.as_str() == "cfg/net")
@@ -786,7 +789,9 @@ mod state {
         assert!(reply(&call(&mut core, a, unpublish), a).is_ok());
         assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Disown { .. })));
         let out = own(&mut core, b, "cfg/net", false);
-        assert!(matches!(reply(&out, b), Ok(Reply::Publishing(q)) if q.ring.id == p.ring.id));
+        assert!(
+            matches!(reply(&out, b), Ok(Reply::StateOwned(q)) if q.publishing.ring.id == p.ring.id)
+        );
         assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Own { .. })));
         core.disconnect(b, &DisconnectReason::Closed);
         assert!(matches!(jobs.try_recv(), Ok(KeeperJob::Disown { .. })));

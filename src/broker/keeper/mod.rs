@@ -52,6 +52,8 @@ const KEEPER_WRITER_ID: u32 = 0;
 
 /// What the keeper starts with.
 pub(super) struct KeeperSetup {
+    /// Most bytes (keys and values) of one collection.
+    pub max_bytes: u64,
     /// Jobs from the core.
     pub jobs: Receiver<KeeperJob>,
     /// Set by the core after each job.
@@ -82,6 +84,10 @@ struct Collection {
     writer: Option<Writer>,
     /// Whether a clear waits for room in the ring.
     clear_pending: bool,
+    /// Bytes of its keys and values.
+    bytes: u64,
+    /// Whether puts beyond its quota were refused (and reported) since it was last under it.
+    over_quota: bool,
     /// Changes not yet on disk: key (or `None`: the counter) -> the change's sequence number.
     dirty: HashMap<Option<String>, u64>,
     /// The same, in the order they were made.
@@ -108,7 +114,9 @@ impl Collection {
             .map_or(self.seq, |(seq, _)| seq.saturating_sub(1))
     }
 
-    fn apply(&mut self, topic: &str, seq: u64, record: Record<'_>) {
+    /// Applies change `seq`; a put that would take the collection beyond `max_bytes` is not
+    /// mirrored (the owner's client refuses such puts: only a faulty one writes them).
+    fn apply(&mut self, topic: &str, seq: u64, record: Record<'_>, max_bytes: u64) {
         if seq <= self.seq {
             debug!(topic, seq, "stale state record ignored");
             return;
@@ -124,6 +132,20 @@ impl Collection {
         self.seq = seq;
         match record {
             Record::Put { key, value } => {
+                let old = self.entries.get(key).map(|v| (key.len() + v.len()) as u64);
+                let bytes = self.bytes - old.unwrap_or(0) + (key.len() + value.len()) as u64;
+                if bytes > max_bytes && bytes > self.bytes {
+                    if !self.over_quota {
+                        self.over_quota = true;
+                        warn!(
+                            topic,
+                            key, max_bytes, "a put beyond the collection's quota is not mirrored"
+                        );
+                    }
+                    return;
+                }
+                self.over_quota = false;
+                self.bytes = bytes;
                 // The entry's buffer is reused when the key exists.
                 match self.entries.get_mut(key) {
                     Some(slot) => {
@@ -137,7 +159,9 @@ impl Collection {
                 self.mark(Some(key));
             }
             Record::Remove { key } => {
-                self.entries.remove(key);
+                if let Some(v) = self.entries.remove(key) {
+                    self.bytes -= (key.len() + v.len()) as u64;
+                }
                 self.mark(Some(key));
             }
             Record::Restarted(n) => {
@@ -145,6 +169,7 @@ impl Collection {
                 self.mark(None);
             }
             Record::Clear => {
+                self.bytes = 0;
                 let keys: Vec<String> = std::mem::take(&mut self.entries).into_keys().collect();
                 for key in keys {
                     self.mark(Some(&key));
@@ -195,7 +220,13 @@ impl Keeper {
             Some(dir) => {
                 let (store, loaded) = Store::open(dir)?;
                 for (topic, c) in loaded {
+                    let bytes = c
+                        .entries
+                        .iter()
+                        .map(|(k, v)| (k.len() + v.len()) as u64)
+                        .sum();
                     let collection = Collection {
+                        bytes,
                         entries: c.entries.into_iter().collect(),
                         restarted: c.restarted,
                         persistent: true,
@@ -359,7 +390,7 @@ impl Keeper {
             // find the gap in the sequence and catch up from a snapshot.
             c.clear_pending = false;
             let seq = c.seq + 1;
-            c.apply(topic.as_str(), seq, Record::Clear);
+            c.apply(topic.as_str(), seq, Record::Clear, u64::MAX);
         }
         c.owned = true;
         if c.persistent == persistent {
@@ -391,6 +422,7 @@ impl Keeper {
     /// keeper here.
     /// Returns how many frames it read.
     fn drain(&mut self) -> u64 {
+        let max_bytes = self.setup.max_bytes;
         for read in 0..self.drain_bound {
             match self.readers.poll() {
                 Ok(Some(index)) => {
@@ -402,7 +434,7 @@ impl Keeper {
                         continue;
                     };
                     match Record::decode(frame.payload()) {
-                        Ok((seq, record)) => c.apply(topic, seq, record),
+                        Ok((seq, record)) => c.apply(topic, seq, record, max_bytes),
                         Err(e) => warn!(topic, "malformed state record skipped: {e}"),
                     }
                 }
@@ -438,7 +470,7 @@ impl Keeper {
                 // the clear. Read back, it is stale and ignored.
                 Ok(Ok(_)) => {
                     c.clear_pending = false;
-                    c.apply(topic, seq, record);
+                    c.apply(topic, seq, record, u64::MAX);
                 }
                 Ok(Err(e)) => warn!(topic, "clearing a collection: {e}"),
                 // Watchers behind: retried after the next read (eviction bounds the wait).
@@ -584,4 +616,28 @@ fn memfd(bytes: &[u8]) -> std::io::Result<OwnedFd> {
     let seals = SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_SEAL;
     fcntl(&file, FcntlArg::F_ADD_SEALS(seals))?;
     Ok(OwnedFd::from(file))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_apply_in_sequence_and_the_quota_holds() {
+        let mut c = Collection::default();
+        let put = |key, value| Record::Put { key, value };
+        c.apply("t", 1, put("a", &[0; 6]), 16);
+        c.apply("t", 1, put("a", &[9; 1]), 16); // stale: ignored
+        assert_eq!((c.seq, c.bytes), (1, 7));
+        c.apply("t", 2, put("b", &[0; 9]), 16); // 7 + 10 > 16: not mirrored
+        assert!(c.over_quota && !c.entries.contains_key("b"));
+        assert_eq!(c.seq, 2, "the change is numbered all the same");
+        c.apply("t", 3, put("a", &[0; 2]), 16); // shrinking is always applied
+        c.apply("t", 4, put("b", &[0; 9]), 16); // 3 + 10 fits now
+        assert_eq!((c.bytes, c.entries.len()), (13, 2));
+        c.apply("t", 5, Record::Remove { key: "a" }, 16);
+        assert_eq!(c.bytes, 10);
+        c.apply("t", 6, Record::Clear, 16);
+        assert_eq!((c.bytes, c.entries.len(), c.seq), (0, 0, 6));
+    }
 }

@@ -252,7 +252,9 @@ impl AttachedWriter {
 impl Drop for AttachedWriter {
     fn drop(&mut self) {
         let publisher = PublisherId::from_raw(self.writer.id());
-        self.bus.conn.notify(Unpublish { publisher });
+        // Waited for: what the publisher held (a state collection's ownership) is free for
+        // other clients when the drop returns. A broker that is gone has released it anyway.
+        let _ = self.bus.conn.call(Unpublish { publisher });
     }
 }
 

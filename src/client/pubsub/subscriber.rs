@@ -148,7 +148,10 @@ impl Drop for SubscriptionLease {
     fn drop(&mut self) {
         let ids = self.ids.get_mut().unwrap_or_else(|p| p.into_inner());
         for &subscription in ids.iter() {
-            self.bus.conn.notify(Unsubscribe { subscription });
+            // Waited for: once a server's handle is gone, another client may serve its topic
+            // (the broker has ended the subscription before it reads the other's request). A
+            // broker that is gone has ended it anyway; its answer is not needed.
+            let _ = self.bus.conn.call(Unsubscribe { subscription });
         }
         let index = self.doorbell;
         self.bus.conn.notify(ReleaseDoorbell { index });

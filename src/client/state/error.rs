@@ -28,6 +28,17 @@ pub enum StateError {
         /// The largest value allowed.
         max: usize,
     },
+    /// The put would take the collection beyond the bytes (keys and values together) the broker
+    /// allows one collection (`shmbus broker --max-state-bytes`).
+    #[error("collection {topic:?}, key {key:?}: the collection would exceed its {max} bytes")]
+    Full {
+        /// The collection.
+        topic: String,
+        /// The key.
+        key: String,
+        /// The most bytes a collection may hold.
+        max: u64,
+    },
     /// `remove` of a key the collection does not hold.
     #[error("collection {topic:?}: no key {key:?} to remove")]
     MissingKey {

@@ -67,9 +67,10 @@ impl StatePublisherBuilder {
             persistent: self.persistent,
         };
         let (reply, fds) = self.bus.conn.call(own).map_err(fail)?;
-        let writer = AttachedWriter::attach(&self.bus, fds, &reply)
+        let writer = AttachedWriter::attach(&self.bus, fds, &reply.publishing)
             .map_err(|e| AttachError::shm(topic.as_str(), e))?;
-        let ring_max = (reply.ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
+        let ring = reply.publishing.ring;
+        let ring_max = (ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
         let max_value = self.max_value.map_or(ring_max, |m| m.min(ring_max));
         // The keeper took the ownership before this: the snapshot is the collection as this
         // owner starts it.
@@ -84,6 +85,8 @@ impl StatePublisherBuilder {
             seq: 0,
             restarted: 0,
             max_value,
+            bytes: 0,
+            max_bytes: reply.max_bytes,
             scratch: Vec::new(),
         };
         if let Some(c) = collections
@@ -97,6 +100,7 @@ impl StatePublisherBuilder {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect();
+            publisher.bytes = c.entries.iter().map(|(k, v)| entry_bytes(k, v)).sum();
         }
         Ok(publisher)
     }
@@ -115,6 +119,9 @@ pub struct StatePublisher {
     seq: u64,
     restarted: u64,
     max_value: usize,
+    /// Bytes of its keys and values, and the most the broker allows.
+    bytes: u64,
+    max_bytes: u64,
     /// Where typed values are serialized.
     scratch: Vec<u8>,
 }
@@ -147,10 +154,21 @@ impl StatePublisher {
                 max: self.max_value,
             });
         }
-        if self.entries.get(key).is_some_and(|v| v.as_slice() == value) {
+        let current = self.entries.get(key);
+        if current.is_some_and(|v| v.as_slice() == value) {
             return Ok(());
         }
+        let bytes =
+            self.bytes - current.map_or(0, |v| entry_bytes(key, v)) + entry_bytes(key, value);
+        if bytes > self.max_bytes && bytes > self.bytes {
+            return Err(StateError::Full {
+                topic: self.topic.as_str().to_string(),
+                key: key.to_string(),
+                max: self.max_bytes,
+            });
+        }
         self.write(Record::Put { key, value })?;
+        self.bytes = bytes;
         match self.entries.get_mut(key) {
             Some(slot) => {
                 slot.clear();
@@ -164,7 +182,7 @@ impl StatePublisher {
     }
 
     /// Sets `key` to `value` serialized with rkyv, headed by `T`'s schema tag: watchers read it
-    /// with [`StateValue::archived`].
+    /// with [`StateValue::archived`](super::StateValue::archived).
     pub fn put_typed<T>(&mut self, key: &str, value: &T) -> Result<(), StateError>
     where
         T: rkyv::Archive + for<'b, 'a> rkyv::Serialize<crate::RingSerializer<'b, 'a>>,
@@ -194,7 +212,9 @@ impl StatePublisher {
             });
         }
         self.write(Record::Remove { key })?;
-        self.entries.remove(key);
+        if let Some(v) = self.entries.remove(key) {
+            self.bytes -= entry_bytes(key, &v);
+        }
         Ok(())
     }
 
@@ -293,4 +313,9 @@ impl StatePublisher {
         self.seq = seq;
         Ok(())
     }
+}
+
+/// What an entry counts against its collection's quota: its key and its value.
+fn entry_bytes(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
 }

@@ -27,7 +27,7 @@ use super::{Call, Reply, Request};
 pub use record::{MAX_KEY_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, Record, RecordError, check_key};
 
 /// Own collection `topic` (a concrete topic), exclusively: the broker creates its state ring if
-/// needed and answers with [`Publishing`] for it. Refused with `Taken` while another client owns
+/// needed and answers with [`StateOwned`] (a publisher on it). Refused with `Taken` while another client owns
 /// it. Ownership ends with [`Unpublish`](super::pubsub::Unpublish) of that publisher, or when the
 /// client goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,6 +36,16 @@ pub struct OwnState {
     pub topic: String,
     /// Whether the broker keeps the collection on disk, across owners and its own restarts.
     pub persistent: bool,
+}
+
+/// The answer to [`OwnState`]; carries the ring's data (read-write) and readers descriptors.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateOwned {
+    /// The owner's publisher on the collection's state ring.
+    pub publishing: Publishing,
+    /// Most bytes the collection may hold, keys and values together (the broker's keeper
+    /// mirrors no more than that).
+    pub max_bytes: u64,
 }
 
 /// Watch every collection whose topic overlaps `pattern`, now and later. Like
@@ -76,15 +86,15 @@ pub struct SyncState {
 }
 
 impl Call for OwnState {
-    type Reply = Publishing;
+    type Reply = StateOwned;
 
     fn into_request(self) -> Request {
         Request::OwnState(self)
     }
 
-    fn reply(reply: Reply) -> Result<Publishing, Reply> {
+    fn reply(reply: Reply) -> Result<StateOwned, Reply> {
         match reply {
-            Reply::Publishing(p) => Ok(p),
+            Reply::StateOwned(s) => Ok(s),
             other => Err(other),
         }
     }
