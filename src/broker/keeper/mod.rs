@@ -2,12 +2,16 @@
 //! the persistent ones, and answers snapshot and sync requests.
 //!
 //! It reads every state ring as a tethered reader the broker reserved for it when the ring was
-//! created (so it misses nothing), parking on its own doorbell like any subscriber: an owner's
-//! `put` costs the keeper no system call unless it is parked. The core hands it jobs through a
-//! channel (and rings its doorbell); its answers go to the event loop through another channel,
-//! which wakes the loop to send them. Persistent changes are written one file per key
-//! ([`store`]) in the order they were made, a bounded batch between two reads of the rings, so a
-//! slow disk delays persistence but never the reading.
+//! created (so it misses nothing). While changes come it reads the rings every [`POLL`] without
+//! asking owners to wake it — a wake-up would be a system call of the owner's and a thread switch
+//! per change — and after [`BUSY_FOR`] without changes it parks on its doorbell until a change
+//! wakes it, like any subscriber. The core hands it jobs through a channel (and rings its
+//! doorbell); its answers go to the event loop through another channel, which wakes the loop to
+//! send them. A snapshot is answered once each ring it covers was read up to its claim cursor
+//! at the time of the request (see `docs/PROTOCOL.md`). Persistent changes are written one file
+//! per key ([`store`]) in the order they were made, a bounded batch between two reads of the
+//! rings, so a slow disk delays persistence but never the reading. No collection is mirrored
+//! beyond [`KeeperSetup::max_bytes`].
 
 mod store;
 
@@ -26,7 +30,7 @@ use tracing::{debug, error, warn};
 
 use super::core::{KeeperJob, Outgoing};
 use crate::protocol::state::snapshot;
-use crate::protocol::state::{Record, SnapshotReady};
+use crate::protocol::state::{Record, SnapshotReady, entry_size};
 use crate::protocol::{BrokerMessage, ClientId, ErrorCode, ErrorReply, Reply, RequestId};
 use crate::topic::{Topic, overlaps};
 use store::Store;
@@ -60,11 +64,13 @@ pub(super) struct KeeperSetup {
     pub pending: Arc<AtomicBool>,
     /// The keeper's doorbell.
     pub doorbell: Arc<Doorbell>,
-    /// The owner tokens of its readers and writers.
+    /// The owner token of its readers.
     pub reader_owner: Owner,
+    /// The owner token of its writers.
     pub writer_owner: Owner,
-    /// Answers for the event loop, and what wakes it.
+    /// Answers for the event loop.
     pub answers: Sender<Outgoing>,
+    /// What wakes the event loop to send them.
     pub waker: Arc<Waker>,
     /// Set when the broker stops.
     pub stop: Arc<AtomicBool>,
@@ -132,8 +138,8 @@ impl Collection {
         self.seq = seq;
         match record {
             Record::Put { key, value } => {
-                let old = self.entries.get(key).map(|v| (key.len() + v.len()) as u64);
-                let bytes = self.bytes - old.unwrap_or(0) + (key.len() + value.len()) as u64;
+                let old = self.entries.get(key).map_or(0, |v| entry_size(key, v));
+                let bytes = self.bytes - old + entry_size(key, value);
                 if bytes > max_bytes && bytes > self.bytes {
                     if !self.over_quota {
                         self.over_quota = true;
@@ -160,7 +166,7 @@ impl Collection {
             }
             Record::Remove { key } => {
                 if let Some(v) = self.entries.remove(key) {
-                    self.bytes -= (key.len() + v.len()) as u64;
+                    self.bytes -= entry_size(key, &v);
                 }
                 self.mark(Some(key));
             }
@@ -220,11 +226,7 @@ impl Keeper {
             Some(dir) => {
                 let (store, loaded) = Store::open(dir)?;
                 for (topic, c) in loaded {
-                    let bytes = c
-                        .entries
-                        .iter()
-                        .map(|(k, v)| (k.len() + v.len()) as u64)
-                        .sum();
+                    let bytes = c.entries.iter().map(|(k, v)| entry_size(k, v)).sum();
                     let collection = Collection {
                         bytes,
                         entries: c.entries.into_iter().collect(),
@@ -252,8 +254,8 @@ impl Keeper {
 
     /// Runs until the broker stops.
     pub(super) fn run(mut self) {
-        // Acquire pairs with the Release store of the broker's stop.
         let mut last_change = Instant::now();
+        // Acquire pairs with the Release store of the broker's stop.
         while !self.setup.stop.load(Ordering::Acquire) {
             self.take_jobs();
             if self.drain() > 0 {

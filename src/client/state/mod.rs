@@ -14,7 +14,9 @@
 //! assert!(matches!(watcher.recv()?, StateEvent::Synchronized));
 //! links.put("eth0", b"down")?;
 //! match watcher.recv()? {
-//!     StateEvent::Modified { old, new, .. } => assert_eq!((&*old, &*new), (&b"up"[..], &b"down"[..])),
+//!     StateEvent::Modified { old, new, .. } => {
+//!         assert_eq!((&*old, &*new), (&b"up"[..], &b"down"[..]))
+//!     }
 //!     other => panic!("{other:?}"),
 //! }
 //! assert_eq!(watcher.get("net/links", "eth0").map(|v| &**v), Some(&b"down"[..]));

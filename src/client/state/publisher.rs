@@ -10,7 +10,9 @@ use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::AttachedWriter;
 use crate::client::schema::serialize_tagged;
-use crate::protocol::state::{OwnState, RECORD_OVERHEAD, Record, SyncState, check_key, snapshot};
+use crate::protocol::state::{
+    OwnState, RECORD_OVERHEAD, Record, SyncState, check_key, entry_size, snapshot,
+};
 use crate::topic::Topic;
 
 /// How a state publisher is made; from [`Bus::state_publisher_builder`](crate::Bus).
@@ -100,7 +102,7 @@ impl StatePublisherBuilder {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_vec()))
                 .collect();
-            publisher.bytes = c.entries.iter().map(|(k, v)| entry_bytes(k, v)).sum();
+            publisher.bytes = c.entries.iter().map(|(k, v)| entry_size(k, v)).sum();
         }
         Ok(publisher)
     }
@@ -158,8 +160,7 @@ impl StatePublisher {
         if current.is_some_and(|v| v.as_slice() == value) {
             return Ok(());
         }
-        let bytes =
-            self.bytes - current.map_or(0, |v| entry_bytes(key, v)) + entry_bytes(key, value);
+        let bytes = self.bytes - current.map_or(0, |v| entry_size(key, v)) + entry_size(key, value);
         if bytes > self.max_bytes && bytes > self.bytes {
             return Err(StateError::Full {
                 topic: self.topic.as_str().to_string(),
@@ -213,7 +214,7 @@ impl StatePublisher {
         }
         self.write(Record::Remove { key })?;
         if let Some(v) = self.entries.remove(key) {
-            self.bytes -= entry_bytes(key, &v);
+            self.bytes -= entry_size(key, &v);
         }
         Ok(())
     }
@@ -313,9 +314,4 @@ impl StatePublisher {
         self.seq = seq;
         Ok(())
     }
-}
-
-/// What an entry counts against its collection's quota: its key and its value.
-fn entry_bytes(key: &str, value: &[u8]) -> u64 {
-    (key.len() + value.len()) as u64
 }

@@ -24,12 +24,14 @@ use serde::{Deserialize, Serialize};
 use super::pubsub::{Publishing, Subscribed};
 use super::{Call, Reply, Request};
 
-pub use record::{MAX_KEY_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, Record, RecordError, check_key};
+pub use record::{
+    MAX_KEY_LEN, RECORD_HEADER_LEN, RECORD_OVERHEAD, Record, RecordError, check_key, entry_size,
+};
 
 /// Own collection `topic` (a concrete topic), exclusively: the broker creates its state ring if
-/// needed and answers with [`StateOwned`] (a publisher on it). Refused with `Taken` while another client owns
-/// it. Ownership ends with [`Unpublish`](super::pubsub::Unpublish) of that publisher, or when the
-/// client goes.
+/// needed and answers with [`StateOwned`] (a publisher on it). Refused with `Taken` while another
+/// client owns it. Ownership ends with [`Unpublish`](super::pubsub::Unpublish) of that publisher,
+/// or when the client goes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OwnState {
     /// The collection's topic.

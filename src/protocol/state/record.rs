@@ -59,6 +59,12 @@ pub enum RecordError {
     Key(String),
 }
 
+/// What an entry counts against its collection's quota
+/// ([`StateOwned::max_bytes`](super::StateOwned::max_bytes)): its key and its value.
+pub fn entry_size(key: &str, value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
+}
+
 /// Checks a key: 1 to [`MAX_KEY_LEN`] bytes, no `/` and no NUL. The error says what is wrong.
 pub fn check_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
