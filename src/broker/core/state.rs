@@ -246,7 +246,7 @@ impl Core {
         Ok(())
     }
 
-    /// Ends the ownership `publisher` of `client` held, if it held one.
+    /// Ends what `client` owned through `publisher` (everything it owned, for `None`).
     pub(super) fn end_ownership(&mut self, client: ClientId, publisher: Option<PublisherId>) {
         let gone: Vec<String> = self
             .owned
