@@ -18,19 +18,25 @@ pub struct Args {
 
 #[derive(Debug, clap::Subcommand)]
 enum Command {
-    /// Print a collection's entries (`created KEY VALUE`), `synchronized`, then its changes
-    /// (`created`, `modified KEY VALUE`, `deleted KEY`, `restarted N`) until interrupted. With a
-    /// wildcard pattern, keys are printed as `TOPIC/KEY`.
+    /// Print a collection's entries, then its changes, until interrupted.
+    ///
+    /// Lines: `created KEY VALUE` for each entry, `synchronized`, `restarted N` if the owner
+    /// counted restarts, then `created KEY VALUE`, `modified KEY VALUE`, `deleted KEY` and
+    /// `restarted N` as they happen (values escaped like `sub`'s payloads). With a wildcard
+    /// pattern, keys are printed as `TOPIC/KEY`.
     Watch {
         #[command(flatten)]
         bus: BusArg,
         /// The collection (or a pattern of collections).
         topic: String,
     },
-    /// Own a collection and change it with lines read from stdin: `put KEY VALUE` (the value is
-    /// the rest of the line), `remove KEY`, `restarted`. Prints `publishing TOPIC` on stderr
-    /// once it owns the collection; a line that fails is reported and the rest go on; exits 1 at
-    /// the end if any failed. A non-persistent collection is emptied when this exits.
+    /// Own a collection and change it with lines read from stdin.
+    ///
+    /// Lines: `put KEY VALUE` (the value is the rest of the line), `remove KEY`, `restarted`.
+    /// Prints `publishing TOPIC` on stderr once it owns the collection; a line that fails is
+    /// reported and the rest go on; at the end of input it waits until the broker has every
+    /// change (on disk, with --persistent) and exits, 1 if any line failed. A non-persistent
+    /// collection is emptied when this exits.
     Publish {
         #[command(flatten)]
         bus: BusArg,
@@ -41,6 +47,8 @@ enum Command {
         persistent: bool,
     },
     /// Print a collection (`KEY VALUE` lines, sorted by key) or one value, and exit.
+    ///
+    /// Exits 1 when KEY is given and the collection does not hold it.
     Get {
         #[command(flatten)]
         bus: BusArg,
