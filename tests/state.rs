@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use shmbus::{Bus, ErrorCode, StateError, StateEvent, WatchError};
+use support::raw::RawClient;
 use support::{Broker, Proc, run, shmbus};
 
 /// `shmbus state publish TOPIC [extra]` with its stdin open, once it owns the collection.
@@ -300,4 +301,79 @@ fn restart_counters_reach_watchers_and_typed_values_are_checked() {
     ));
     assert_eq!(w.try_recv(), Err(WatchError::Empty));
     assert_eq!(w.restarted("svc"), 0);
+}
+
+/// A faulty owner writing straight into its collection's ring — garbage, a key with a `/`, a
+/// jump in the sequence — costs the watchers nothing: they skip what is malformed, catch up
+/// from a snapshot after a gap, and the broker's mirror agrees with them.
+#[test]
+fn a_faulty_owner_s_malformed_records_are_skipped_and_gaps_caught_up() {
+    use shmbus::protocol::Request;
+    use shmbus::protocol::state::{OwnState, Record};
+    use shmbus_shm::{DoorbellTable, Owner, Ring, RingSpec};
+
+    let broker = Broker::start(&[]);
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut w = bus.watch_state("bad").unwrap();
+    assert_eq!(event(&mut w), StateEvent::Synchronized);
+
+    let mut raw = RawClient::connect(&broker.socket);
+    let own = OwnState {
+        topic: "bad".into(),
+        persistent: false,
+    };
+    let (reply, mut fds) = raw.request(Request::OwnState(own));
+    let Ok(shmbus::protocol::Reply::StateOwned(owned)) = reply else {
+        panic!("expected StateOwned, got {reply:?}");
+    };
+    let readers = fds.pop().unwrap();
+    let data = fds.pop().unwrap();
+    let table =
+        DoorbellTable::attach(raw.doorbells.try_clone().unwrap(), raw.welcome.doorbells).unwrap();
+    let spec = RingSpec::from(owned.publishing.ring);
+    let ring = Ring::attach(data, readers, &table, &spec).unwrap();
+    let owner = Owner::new(raw.welcome.owner).unwrap();
+    let mut writer = ring
+        .writer(owned.publishing.publisher.get(), owner)
+        .unwrap();
+    let mut write = |bytes: &[u8]| {
+        let mut loan = writer.try_loan(bytes.len()).unwrap();
+        loan.as_mut_slice().copy_from_slice(bytes);
+        loan.commit().unwrap();
+    };
+    let record = |seq, key, value: &[u8]| {
+        let r = Record::Put { key, value };
+        let mut buf = vec![0; r.encoded_len()];
+        r.encode(seq, &mut buf);
+        buf
+    };
+    let key = |k: &str| -> std::sync::Arc<str> { k.into() };
+    let topic = shmbus::Topic::new("bad").unwrap();
+    let value = |v: &[u8]| shmbus::StateValue::copy(v);
+    let modified = |old: &[u8], new: &[u8]| StateEvent::Modified {
+        topic: topic.clone(),
+        key: key("k"),
+        old: value(old),
+        new: value(new),
+    };
+    write(&record(1, "k", b"1"));
+    let created = StateEvent::Created {
+        topic: topic.clone(),
+        key: key("k"),
+        value: value(b"1"),
+    };
+    assert_eq!(event(&mut w), created);
+    // Whether the watcher reads the next valid record or takes it from the snapshot it asks
+    // for after the garbage, it reports the same change.
+    write(&[0xff; 40]);
+    write(&record(2, "k", b"2"));
+    assert_eq!(event(&mut w), modified(b"1", b"2"));
+    let mut slash = record(3, "a", b"x");
+    slash[16] = b'/';
+    write(&slash); // a key with a '/': skipped by the watcher and the keeper alike
+    write(&record(5, "k", b"5")); // 3 and 4 never come: a gap
+    assert_eq!(event(&mut w), modified(b"2", b"5"));
+    // The broker's mirror, which newcomers get, says the same.
+    let (code, out, err) = run(broker.bus(), &["state", "get", "bad"]);
+    assert_eq!((code, out.as_str()), (0, "k 5"), "{err}");
 }
