@@ -1,5 +1,5 @@
-//! One-way latency of shmbus beside iceoryx2, Unix domain sockets and TCP, all measured by one
-//! method.
+//! One-way latency of shmbus beside iceoryx2, crossbar, Unix domain sockets and TCP, all measured
+//! by one method.
 //!
 //! Every case is a ping-pong between this process (pinned to CPU 0) and a copy of it started as
 //! the child (pinned to CPU 1), both busy-polling except `uds-block` and `tcp`. The sender
@@ -23,6 +23,7 @@ mod report;
 mod ring;
 mod tcp;
 mod uds;
+mod xbar;
 
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
@@ -38,17 +39,19 @@ enum Transport {
     ShmbusRing,
     ShmbusBus,
     Iceoryx2,
+    Crossbar,
     UdsSpin,
     UdsBlock,
     Tcp,
 }
 
 impl Transport {
-    const ALL: [Transport; 7] = [
+    const ALL: [Transport; 8] = [
         Transport::Floor,
         Transport::ShmbusRing,
         Transport::ShmbusBus,
         Transport::Iceoryx2,
+        Transport::Crossbar,
         Transport::UdsSpin,
         Transport::UdsBlock,
         Transport::Tcp,
@@ -60,6 +63,7 @@ impl Transport {
             Transport::ShmbusRing => "shmbus-ring",
             Transport::ShmbusBus => "shmbus-bus",
             Transport::Iceoryx2 => "iceoryx2",
+            Transport::Crossbar => "crossbar",
             Transport::UdsSpin => "uds-spin",
             Transport::UdsBlock => "uds-block",
             Transport::Tcp => "tcp",
@@ -79,6 +83,7 @@ impl Transport {
             Transport::ShmbusRing => ping_pong!(ring::parent()),
             Transport::ShmbusBus => ping_pong!(bus::parent()),
             Transport::Iceoryx2 => ping_pong!(iox::parent(len)),
+            Transport::Crossbar => ping_pong!(xbar::parent(len)),
             Transport::UdsSpin => ping_pong!(uds::parent(true)),
             Transport::UdsBlock => ping_pong!(uds::parent(false)),
             Transport::Tcp => ping_pong!(tcp::parent()),
@@ -163,6 +168,7 @@ fn main() {
             "shmbus-ring" => ring::child(),
             "shmbus-bus" => bus::child(),
             "iceoryx2" => iox::child(),
+            "crossbar" => xbar::child(),
             "uds-spin" | "uds-block" => uds::child(),
             "tcp" => tcp::child(),
             other => panic!("unknown role {other:?}"),
