@@ -103,10 +103,13 @@ fn watch(bus: &BusArg, pattern: &str) -> Outcome {
             Ok(StateEvent::Synchronized) => "synchronized".to_string(),
             Ok(StateEvent::Restarted { count, .. }) => format!("restarted {count}"),
             Err(WatchError::Timeout | WatchError::Empty) => continue,
-            Err(e) => {
+            // One collection this watch cannot read; the others go on.
+            Err(e @ WatchError::Unavailable { .. }) => {
                 eprintln!("shmbus: {e}");
                 continue;
             }
+            // No snapshot to catch up from (the broker is gone): the watch cannot go on.
+            Err(e) => return Err(Failure::error(e)),
         };
         // Standard output is line-buffered: each line goes out as it is written.
         if writeln!(out, "{line}").is_err() {
