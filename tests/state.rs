@@ -167,6 +167,8 @@ fn a_watcher_may_start_before_the_publisher_exists() {
     let mut p = state_publisher(broker.bus(), "late/a/b", &[]);
     p.send("put k v\n");
     assert_eq!(w.stdout.wait_for("created"), "created late/a/b/k v");
+    p.send("restarted\n");
+    assert_eq!(w.stdout.wait_for("restarted"), "restarted late/a/b 1");
     assert_eq!(
         w.stdout.lines()[0],
         "synchronized",

@@ -23,7 +23,7 @@ enum Command {
     /// Lines: `created KEY VALUE` for each entry, `synchronized`, `restarted N` if the owner
     /// counted restarts, then `created KEY VALUE`, `modified KEY VALUE`, `deleted KEY` and
     /// `restarted N` as they happen (values escaped like `sub`'s payloads). With a wildcard
-    /// pattern, keys are printed as `TOPIC/KEY`.
+    /// pattern, keys are printed as `TOPIC/KEY` and restarts as `restarted TOPIC N`.
     Watch {
         #[command(flatten)]
         bus: BusArg,
@@ -101,6 +101,9 @@ fn watch(bus: &BusArg, pattern: &str) -> Outcome {
             }) => format!("modified {} {}", name(&topic, &key), escape(&new)),
             Ok(StateEvent::Deleted { topic, key, .. }) => format!("deleted {}", name(&topic, &key)),
             Ok(StateEvent::Synchronized) => "synchronized".to_string(),
+            Ok(StateEvent::Restarted { topic, count }) if wildcard => {
+                format!("restarted {} {count}", topic.as_str())
+            }
             Ok(StateEvent::Restarted { count, .. }) => format!("restarted {count}"),
             Err(WatchError::Timeout | WatchError::Empty) => continue,
             // One collection this watch cannot read; the others go on.
