@@ -147,11 +147,14 @@ struct SubscriptionLease {
 impl Drop for SubscriptionLease {
     fn drop(&mut self) {
         let ids = self.ids.get_mut().unwrap_or_else(|p| p.into_inner());
-        for &subscription in ids.iter() {
-            // Waited for: once a server's handle is gone, another client may serve its topic
-            // (the broker has ended the subscription before it reads the other's request). A
-            // broker that is gone has ended it anyway; its answer is not needed.
-            let _ = self.bus.conn.call(Unsubscribe { subscription });
+        if let Some((&last, rest)) = ids.split_last() {
+            for &subscription in rest {
+                self.bus.conn.notify(Unsubscribe { subscription });
+            }
+            // The last one is waited for (the broker answers a connection's requests in order,
+            // so all of them are then ended): once a server's handle is gone, another client may
+            // serve its topic at once. A broker that is gone has ended them anyway.
+            let _ = self.bus.conn.call(Unsubscribe { subscription: last });
         }
         let index = self.doorbell;
         self.bus.conn.notify(ReleaseDoorbell { index });
