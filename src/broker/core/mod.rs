@@ -215,6 +215,24 @@ fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
     ErrorReply { code, message }
 }
 
+/// `s` as a topic or pattern, or the `InvalidTopic` error that names it.
+fn parse_topic(s: &str) -> Result<crate::topic::Topic, ErrorReply> {
+    crate::topic::Topic::new(s).map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))
+}
+
+/// `s` as a concrete topic (no wildcards), for what `what` names in the error otherwise
+/// (`serve`, `own collection`).
+fn exact_topic(s: &str, what: &str) -> Result<crate::topic::Topic, ErrorReply> {
+    let topic = parse_topic(s)?;
+    if topic.is_wildcard() {
+        return Err(error(
+            ErrorCode::InvalidTopic,
+            format!("cannot {what} {topic:?}: it must be a topic without wildcards"),
+        ));
+    }
+    Ok(topic)
+}
+
 impl Core {
     pub(crate) fn new(limits: Limits, doorbells: DoorbellTable) -> Core {
         Core {

@@ -6,7 +6,7 @@ use tracing::debug;
 
 use super::clients::{Subscription, SubscriptionKind, owner_subscription, subscription_owner};
 use super::reqrep::shown_topic;
-use super::{Core, Descriptors, Handled, Outgoing, error};
+use super::{Core, Descriptors, Handled, Outgoing, error, parse_topic};
 use crate::protocol::pubsub::{
     Holder, Holders, MAX_HOLDERS, Publish, Publishing, RingAttachment, Subscribe, Subscribed,
     Unpublish, Unsubscribe, WhoHolds,
@@ -23,8 +23,7 @@ impl Core {
         request: Publish,
         out: &mut Vec<Outgoing>,
     ) -> Handled {
-        let topic = Topic::new(&request.topic)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let topic = parse_topic(&request.topic)?;
         let limit = self.limits.ring.max_payload;
         if request.max_payload > limit {
             return Err(error(
@@ -104,8 +103,7 @@ impl Core {
         request: Subscribe,
         out: &mut Vec<Outgoing>,
     ) -> Handled {
-        let pattern = Topic::new(&request.pattern)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let pattern = parse_topic(&request.pattern)?;
         let kind = SubscriptionKind::Pattern(pattern.clone());
         let sub = self.new_subscription(client, kind, request.mode, request.doorbell)?;
         // A corrupt ring is left out: the sweep retires it, and the topic's fresh ring is
@@ -118,27 +116,40 @@ impl Core {
             })
             .map(|(t, _)| t.clone())
             .collect();
-        let mut rings = 0u32;
-        for topic in topics {
-            match self.attach(client, sub, &topic) {
-                Ok(o) => {
-                    out.push(o);
-                    rings += 1;
-                }
-                Err(e) => {
-                    // All or nothing: release what was reserved and forget the subscription.
-                    let _ = self.unsubscribe(client, Unsubscribe { subscription: sub });
-                    out.retain(|o| !matches!(&o.msg, BrokerMessage::RingAttached(a) if a.subscription == sub));
-                    return Err(e);
-                }
-            }
-        }
+        let rings = self.attach_all(client, sub, topics, out)?;
         debug!(client = %client, subscription = %sub, pattern = %pattern, rings, "subscribed");
         let reply = Subscribed {
             subscription: sub,
             rings,
         };
         Ok((Reply::Subscribed(reply), Descriptors::None))
+    }
+
+    /// Reserves readers for subscription `sub` on every ring of `names`; all or nothing: if one
+    /// fails, the subscription is forgotten, what was reserved released, and its attachments
+    /// taken out of `out`. Returns how many rings it was attached to.
+    pub(super) fn attach_all(
+        &mut self,
+        client: ClientId,
+        sub: SubscriptionId,
+        names: Vec<String>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<u32, ErrorReply> {
+        let mut rings = 0u32;
+        for name in names {
+            match self.attach(client, sub, &name) {
+                Ok(o) => {
+                    out.push(o);
+                    rings += 1;
+                }
+                Err(e) => {
+                    let _ = self.unsubscribe(client, Unsubscribe { subscription: sub });
+                    out.retain(|o| !matches!(&o.msg, BrokerMessage::RingAttached(a) if a.subscription == sub));
+                    return Err(e);
+                }
+            }
+        }
+        Ok(rings)
     }
 
     pub(super) fn unsubscribe(&mut self, client: ClientId, request: Unsubscribe) -> Handled {

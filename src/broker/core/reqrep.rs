@@ -11,7 +11,7 @@ use shmbus_shm::{ReaderMode, RingConfig};
 use tracing::debug;
 
 use super::clients::SubscriptionKind;
-use super::{Core, Descriptors, Handled, Outgoing, error};
+use super::{Core, Descriptors, Handled, Outgoing, error, exact_topic, parse_topic};
 use crate::protocol::pubsub::Unsubscribe;
 use crate::protocol::reqrep::{InboxOpened, OpenInbox, Respond, Serve, Serving, Target};
 use crate::protocol::{ClientId, ErrorCode, Reply, RingId, SubscriptionId};
@@ -58,14 +58,7 @@ impl Core {
         request: Serve,
         out: &mut Vec<Outgoing>,
     ) -> Handled {
-        let topic = Topic::new(&request.topic)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
-        if topic.is_wildcard() {
-            return Err(error(
-                ErrorCode::InvalidTopic,
-                format!("cannot serve {topic:?}: a served topic has no wildcards"),
-            ));
-        }
+        let topic = exact_topic(&request.topic, "serve")?;
         if let Some((holder, _)) = self.served.get(topic.as_str()) {
             let pid = self.clients.get(*holder).map_or(0, |c| c.creds.pid);
             return Err(error(
@@ -128,8 +121,7 @@ impl Core {
     }
 
     pub(super) fn target(&mut self, client: ClientId, request: Target) -> Handled {
-        let topic = Topic::new(&request.topic)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let topic = parse_topic(&request.topic)?;
         if !self.served.contains_key(topic.as_str()) {
             return Err(error(
                 ErrorCode::NoServer,

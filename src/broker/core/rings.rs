@@ -162,22 +162,36 @@ impl Core {
     ) -> Result<(), ErrorReply> {
         let config = self.limits.ring;
         self.insert_ring(client, topic.as_str(), &config)?;
+        let matches = |kind: &SubscriptionKind| matches!(kind, SubscriptionKind::Pattern(p) if overlaps(p, topic));
+        self.attach_matching(topic.as_str(), topic, matches, out);
+        Ok(())
+    }
+
+    /// Reserves readers on the new ring `name` (of `topic`, as its readers are told) for every
+    /// subscription `matches` accepts; one that cannot get a reader is told it misses the ring
+    /// rather than wait for it forever.
+    pub(super) fn attach_matching(
+        &mut self,
+        name: &str,
+        topic: &Topic,
+        matches: impl Fn(&SubscriptionKind) -> bool,
+        out: &mut Vec<Outgoing>,
+    ) {
         let matching: Vec<_> = self
             .clients
             .iter()
             .flat_map(|(client, c)| {
                 c.subscriptions
                     .iter()
-                    .filter(|(_, s)| matches!(&s.kind, SubscriptionKind::Pattern(p) if overlaps(p, topic)))
+                    .filter(|(_, s)| matches(&s.kind))
                     .map(move |(&sub, _)| (client, sub))
             })
             .collect();
         for (client, sub) in matching {
-            match self.attach(client, sub, topic.as_str()) {
+            match self.attach(client, sub, name) {
                 Ok(o) => out.push(o),
                 Err(e) => {
                     warn!(client = %client, subscription = %sub, topic = %topic, "cannot attach reader: {}", e.message);
-                    // The subscriber learns it misses this topic rather than wait for it forever.
                     let msg = BrokerMessage::RingUnavailable {
                         subscription: sub,
                         topic: topic.as_str().to_string(),
@@ -187,7 +201,6 @@ impl Core {
                 }
             }
         }
-        Ok(())
     }
 
     /// Forgets ring `topic` and gives back its creator's quota.

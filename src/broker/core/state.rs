@@ -16,12 +16,12 @@ use shmbus_shm::{ReaderMode, ReservedReader, Ring, RingConfig};
 use tracing::debug;
 
 use super::clients::{SubscriptionKind, keeper_reader};
-use super::{Core, Descriptors, Handled, Outgoing, error};
-use crate::protocol::pubsub::{Subscribed, Unsubscribe};
+use super::{Core, Descriptors, Handled, Outgoing, error, exact_topic, parse_topic};
+use crate::protocol::pubsub::Subscribed;
 use crate::protocol::state::{
     OwnState, RECORD_OVERHEAD, StateOwned, StateSnapshot, SyncState, WatchState,
 };
-use crate::protocol::{BrokerMessage, ClientId, ErrorCode, PublisherId, Reply, RequestId};
+use crate::protocol::{ClientId, ErrorCode, PublisherId, Reply, RequestId};
 use crate::topic::{Topic, overlaps};
 
 /// Prefix of state rings' names.
@@ -143,14 +143,7 @@ impl Core {
         request: OwnState,
         out: &mut Vec<Outgoing>,
     ) -> Handled {
-        let topic = Topic::new(&request.topic)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
-        if topic.is_wildcard() {
-            return Err(error(
-                ErrorCode::InvalidTopic,
-                format!("cannot own collection {topic:?}: its topic has no wildcards"),
-            ));
-        }
+        let topic = exact_topic(&request.topic, "own collection")?;
         if let Some(owner) = self.owned.get(topic.as_str()) {
             let pid = self.clients.get(owner.client).map_or(0, |c| c.creds.pid);
             return Err(error(
@@ -220,29 +213,8 @@ impl Core {
         if let Some(entry) = self.rings.get_mut(name) {
             entry.reserved.insert(reader.slot, keeper_reader().get());
         }
-        let watchers: Vec<_> = self
-            .clients
-            .iter()
-            .flat_map(|(client, c)| {
-                c.subscriptions
-                    .iter()
-                    .filter(|(_, s)| matches!(&s.kind, SubscriptionKind::State(p) if overlaps(p, topic)))
-                    .map(move |(&sub, _)| (client, sub))
-            })
-            .collect();
-        for (client, sub) in watchers {
-            match self.attach(client, sub, name) {
-                Ok(o) => out.push(o),
-                Err(e) => out.push(Outgoing::to(
-                    client,
-                    BrokerMessage::RingUnavailable {
-                        subscription: sub,
-                        topic: topic.as_str().to_string(),
-                        error: e,
-                    },
-                )),
-            }
-        }
+        let matches = |kind: &SubscriptionKind| matches!(kind, SubscriptionKind::State(p) if overlaps(p, topic));
+        self.attach_matching(name, topic, matches, out);
         Ok(())
     }
 
@@ -269,8 +241,7 @@ impl Core {
         request: WatchState,
         out: &mut Vec<Outgoing>,
     ) -> Handled {
-        let pattern = Topic::new(&request.pattern)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let pattern = parse_topic(&request.pattern)?;
         let kind = SubscriptionKind::State(pattern.clone());
         let sub = self.new_subscription(client, kind, ReaderMode::Tethered, request.doorbell)?;
         let names: Vec<String> = self
@@ -283,20 +254,7 @@ impl Core {
             })
             .cloned()
             .collect();
-        let mut rings = 0u32;
-        for name in names {
-            match self.attach(client, sub, &name) {
-                Ok(o) => {
-                    out.push(o);
-                    rings += 1;
-                }
-                Err(e) => {
-                    let _ = self.unsubscribe(client, Unsubscribe { subscription: sub });
-                    out.retain(|o| !matches!(&o.msg, BrokerMessage::RingAttached(a) if a.subscription == sub));
-                    return Err(e);
-                }
-            }
-        }
+        let rings = self.attach_all(client, sub, names, out)?;
         debug!(client = %client, subscription = %sub, pattern = %pattern, rings, "watching state");
         let reply = Subscribed {
             subscription: sub,
@@ -312,8 +270,7 @@ impl Core {
         id: RequestId,
         request: StateSnapshot,
     ) -> Result<(), crate::protocol::ErrorReply> {
-        let pattern = Topic::new(&request.pattern)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let pattern = parse_topic(&request.pattern)?;
         self.to_keeper(KeeperJob::Snapshot {
             client,
             id,
@@ -328,8 +285,7 @@ impl Core {
         id: RequestId,
         request: SyncState,
     ) -> Result<(), crate::protocol::ErrorReply> {
-        let topic = Topic::new(&request.topic)
-            .map_err(|e| error(ErrorCode::InvalidTopic, e.to_string()))?;
+        let topic = parse_topic(&request.topic)?;
         if self
             .owned
             .get(topic.as_str())

@@ -347,48 +347,53 @@ impl Mirror {
         }
     }
 
+    /// Sets `key` to `value`, queueing `Created` or `Modified`.
+    fn put(&mut self, key: &str, value: &[u8], events: &mut VecDeque<StateEvent>) {
+        let topic = self.topic.clone();
+        let new = StateValue::copy(value);
+        match self.entries.get_key_value_mut(key) {
+            Some((key, slot)) => {
+                let key = Arc::clone(key);
+                let old = std::mem::replace(slot, new.clone());
+                events.push_back(StateEvent::Modified {
+                    topic,
+                    key,
+                    old,
+                    new,
+                });
+            }
+            None => {
+                let key: Arc<str> = Arc::from(key);
+                self.entries.insert(Arc::clone(&key), new.clone());
+                events.push_back(StateEvent::Created {
+                    topic,
+                    key,
+                    value: new,
+                });
+            }
+        }
+    }
+
     /// Applies `record`, queueing the events it makes.
     fn apply(&mut self, record: Record<'_>, events: &mut VecDeque<StateEvent>) {
-        let topic = self.topic.clone();
         match record {
-            Record::Put { key, value } => {
-                let new = StateValue::copy(value);
-                match self.entries.get_key_value_mut(key) {
-                    Some((key, slot)) => {
-                        let key = Arc::clone(key);
-                        let old = std::mem::replace(slot, new.clone());
-                        events.push_back(StateEvent::Modified {
-                            topic,
-                            key,
-                            old,
-                            new,
-                        });
-                    }
-                    None => {
-                        let key: Arc<str> = Arc::from(key);
-                        self.entries.insert(Arc::clone(&key), new.clone());
-                        events.push_back(StateEvent::Created {
-                            topic,
-                            key,
-                            value: new,
-                        });
-                    }
-                }
-            }
+            Record::Put { key, value } => self.put(key, value, events),
             Record::Remove { key } => {
                 if let Some((key, value)) = self.entries.remove_entry(key) {
+                    let topic = self.topic.clone();
                     events.push_back(StateEvent::Deleted { topic, key, value });
                 }
             }
             Record::Restarted(count) => {
                 self.restarted = count;
+                let topic = self.topic.clone();
                 events.push_back(StateEvent::Restarted { topic, count });
             }
             Record::Clear => {
                 let mut gone: Vec<(Arc<str>, StateValue)> = self.entries.drain().collect();
                 gone.sort_unstable_by(|a, b| a.0.cmp(&b.0));
                 for (key, value) in gone {
-                    let topic = topic.clone();
+                    let topic = self.topic.clone();
                     events.push_back(StateEvent::Deleted { topic, key, value });
                 }
             }
@@ -403,18 +408,8 @@ impl Mirror {
         initial: bool,
         events: &mut VecDeque<StateEvent>,
     ) {
-        let topic = &self.topic;
-        if self.entries.is_empty() {
-            // Entries come sorted by key: each is created, in that order.
-            self.entries.reserve(c.entries.len());
-            for &(key, value) in &c.entries {
-                let key: Arc<str> = Arc::from(key);
-                let value = StateValue::copy(value);
-                self.entries.insert(Arc::clone(&key), value.clone());
-                let topic = topic.clone();
-                events.push_back(StateEvent::Created { topic, key, value });
-            }
-        } else {
+        let was_empty = self.entries.is_empty();
+        if !was_empty {
             let fresh: foldhash::HashMap<&str, &[u8]> = c.entries.iter().copied().collect();
             let mut gone: Vec<Arc<str>> = self
                 .entries
@@ -425,38 +420,21 @@ impl Mirror {
             gone.sort_unstable();
             for key in gone {
                 let value = self.entries.remove(&key).expect("listed");
-                let topic = topic.clone();
+                let topic = self.topic.clone();
                 events.push_back(StateEvent::Deleted { topic, key, value });
             }
-            for &(key, value) in &c.entries {
-                match self.entries.get_key_value(key) {
-                    Some((_, old)) if **old == *value => {}
-                    Some((key, _)) => {
-                        let key = Arc::clone(key);
-                        let new = StateValue::copy(value);
-                        let slot = self.entries.get_mut(&key).expect("just found");
-                        let old = std::mem::replace(slot, new.clone());
-                        let topic = topic.clone();
-                        events.push_back(StateEvent::Modified {
-                            topic,
-                            key,
-                            old,
-                            new,
-                        });
-                    }
-                    None => {
-                        let key: Arc<str> = Arc::from(key);
-                        let value = StateValue::copy(value);
-                        self.entries.insert(Arc::clone(&key), value.clone());
-                        let topic = topic.clone();
-                        events.push_back(StateEvent::Created { topic, key, value });
-                    }
-                }
+        }
+        self.entries.reserve(c.entries.len());
+        // Entries come sorted by key: they are reported in that order.
+        for &(key, value) in &c.entries {
+            if !was_empty && self.entries.get(key).is_some_and(|old| **old == *value) {
+                continue;
             }
+            self.put(key, value, events);
         }
         if !initial && c.restarted != self.restarted {
             events.push_back(StateEvent::Restarted {
-                topic: topic.clone(),
+                topic: self.topic.clone(),
                 count: c.restarted,
             });
         }
