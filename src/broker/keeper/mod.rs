@@ -138,7 +138,9 @@ impl Collection {
         self.seq = seq;
         match record {
             Record::Put { key, value } => {
-                let old = self.entries.get(key).map_or(0, |v| entry_size(key, v));
+                // One lookup: the entry's size, and its buffer to reuse when the key exists.
+                let slot = self.entries.get_mut(key);
+                let old = slot.as_deref().map_or(0, |v| entry_size(key, v));
                 let bytes = self.bytes - old + entry_size(key, value);
                 if bytes > max_bytes && bytes > self.bytes {
                     if !self.over_quota {
@@ -152,8 +154,7 @@ impl Collection {
                 }
                 self.over_quota = false;
                 self.bytes = bytes;
-                // The entry's buffer is reused when the key exists.
-                match self.entries.get_mut(key) {
+                match slot {
                     Some(slot) => {
                         slot.clear();
                         slot.extend_from_slice(value);

@@ -81,10 +81,12 @@ impl StatePublisherBuilder {
             snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let mut publisher = StatePublisher {
             bus: Arc::clone(&self.bus),
-            topic,
-            writer,
+            changes: Changes {
+                writer,
+                topic,
+                seq: 0,
+            },
             entries: foldhash::HashMap::default(),
-            seq: 0,
             restarted: 0,
             max_value,
             bytes: 0,
@@ -93,9 +95,9 @@ impl StatePublisherBuilder {
         };
         if let Some(c) = collections
             .iter()
-            .find(|c| c.topic == publisher.topic.as_str())
+            .find(|c| c.topic == publisher.changes.topic.as_str())
         {
-            publisher.seq = c.seq;
+            publisher.changes.seq = c.seq;
             publisher.restarted = c.restarted;
             publisher.entries = c
                 .entries
@@ -114,11 +116,9 @@ impl StatePublisherBuilder {
 /// entry deleted).
 pub struct StatePublisher {
     bus: Arc<BusInner>,
-    topic: Topic,
-    writer: AttachedWriter,
+    changes: Changes,
     /// Each value's buffer is reused when its key is put again.
     entries: foldhash::HashMap<String, Vec<u8>>,
-    seq: u64,
     restarted: u64,
     max_value: usize,
     /// Bytes of its keys and values, and the most the broker allows.
@@ -131,9 +131,9 @@ pub struct StatePublisher {
 impl std::fmt::Debug for StatePublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatePublisher")
-            .field("topic", &self.topic)
+            .field("topic", &self.changes.topic)
             .field("entries", &self.entries.len())
-            .field("seq", &self.seq)
+            .field("seq", &self.changes.seq)
             .finish()
     }
 }
@@ -141,7 +141,7 @@ impl std::fmt::Debug for StatePublisher {
 impl StatePublisher {
     /// The collection's topic.
     pub fn topic(&self) -> &str {
-        self.topic.as_str()
+        self.changes.topic.as_str()
     }
 
     /// Sets `key` to `value` (a copy). A value equal to the current one changes nothing and
@@ -150,27 +150,30 @@ impl StatePublisher {
         self.check_key(key)?;
         if value.len() > self.max_value {
             return Err(StateError::TooLarge {
-                topic: self.topic.as_str().to_string(),
+                topic: self.changes.topic.as_str().to_string(),
                 key: key.to_string(),
                 len: value.len(),
                 max: self.max_value,
             });
         }
-        let current = self.entries.get(key);
+        // One lookup: the entry's buffer is checked, and reused when the key is there.
+        let slot = self.entries.get_mut(key);
+        let current = slot.as_deref();
         if current.is_some_and(|v| v.as_slice() == value) {
             return Ok(());
         }
         let bytes = self.bytes - current.map_or(0, |v| entry_size(key, v)) + entry_size(key, value);
         if bytes > self.max_bytes && bytes > self.bytes {
             return Err(StateError::Full {
-                topic: self.topic.as_str().to_string(),
+                topic: self.changes.topic.as_str().to_string(),
                 key: key.to_string(),
                 max: self.max_bytes,
             });
         }
-        self.write(Record::Put { key, value })?;
+        let record = Record::Put { key, value };
+        self.changes.write(record)?;
         self.bytes = bytes;
-        match self.entries.get_mut(key) {
+        match slot {
             Some(slot) => {
                 slot.clear();
                 slot.extend_from_slice(value);
@@ -194,7 +197,7 @@ impl StatePublisher {
         let result = match written {
             Ok(len) => self.put(key, &scratch[..len]),
             Err(detail) => Err(StateError::Serialize {
-                topic: self.topic.as_str().to_string(),
+                topic: self.changes.topic.as_str().to_string(),
                 key: key.to_string(),
                 detail,
             }),
@@ -208,11 +211,11 @@ impl StatePublisher {
         self.check_key(key)?;
         if !self.entries.contains_key(key) {
             return Err(StateError::MissingKey {
-                topic: self.topic.as_str().to_string(),
+                topic: self.changes.topic.as_str().to_string(),
                 key: key.to_string(),
             });
         }
-        self.write(Record::Remove { key })?;
+        self.changes.write(Record::Remove { key })?;
         if let Some(v) = self.entries.remove(key) {
             self.bytes -= entry_size(key, &v);
         }
@@ -222,7 +225,7 @@ impl StatePublisher {
     /// Counts a restart of the owner (watchers get `Restarted(n)`).
     pub fn signal_restarted(&mut self) -> Result<(), StateError> {
         let n = self.restarted.saturating_add(1);
-        self.write(Record::Restarted(n))?;
+        self.changes.write(Record::Restarted(n))?;
         self.restarted = n;
         Ok(())
     }
@@ -232,7 +235,7 @@ impl StatePublisher {
         if self.restarted == 0 {
             return Ok(());
         }
-        self.write(Record::Restarted(0))?;
+        self.changes.write(Record::Restarted(0))?;
         self.restarted = 0;
         Ok(())
     }
@@ -267,7 +270,7 @@ impl StatePublisher {
     /// returns; this is for when they must survive a crash of the broker.
     pub fn sync(&self) -> Result<(), StateError> {
         let request = SyncState {
-            topic: self.topic.as_str().to_string(),
+            topic: self.changes.topic.as_str().to_string(),
         };
         self.bus.conn.call(request).map(|_| ()).map_err(|e| {
             let source = match e {
@@ -277,7 +280,7 @@ impl StatePublisher {
                 }
             };
             StateError::Broker {
-                topic: self.topic.as_str().to_string(),
+                topic: self.changes.topic.as_str().to_string(),
                 source,
             }
         })
@@ -285,15 +288,25 @@ impl StatePublisher {
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {
         check_key(key).map_err(|reason| StateError::InvalidKey {
-            topic: self.topic.as_str().to_string(),
+            topic: self.changes.topic.as_str().to_string(),
             reason,
         })
     }
+}
 
-    /// Writes `record` as the next change, waiting for room while watchers are behind (a
-    /// watcher that stops reading is evicted by the broker, which bounds the wait).
+/// Where an owner's changes go: its writer on the collection's ring, and the number of the last
+/// change it wrote.
+struct Changes {
+    writer: AttachedWriter,
+    topic: Topic,
+    seq: u64,
+}
+
+impl Changes {
+    /// Writes `record` as the next change, waiting for room while watchers are behind (a watcher
+    /// that stops reading is evicted by the broker, which bounds the wait).
     fn write(&mut self, record: Record<'_>) -> Result<(), StateError> {
-        let seq = self.seq + 1;
+        let next = self.seq + 1;
         let fail = |detail: String| StateError::Ring {
             topic: self.topic.as_str().to_string(),
             detail,
@@ -309,9 +322,9 @@ impl StatePublisher {
             }
             Err(e) => return Err(fail(e.to_string())),
         };
-        record.encode(seq, loan.as_mut_slice());
+        record.encode(next, loan.as_mut_slice());
         loan.commit().map_err(|e| fail(e.to_string()))?;
-        self.seq = seq;
+        self.seq = next;
         Ok(())
     }
 }
