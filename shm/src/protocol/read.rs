@@ -33,6 +33,13 @@ const MAX_STEPS: u32 = 1024;
 /// own into it), and without the check it would wait forever at a frame that is gone.
 const LAP_CHECK_INTERVAL: u32 = 256;
 
+/// A reader that keeps finding frames publishes its position once it has read this fraction of
+/// the buffer since it last did (and whenever it finds nothing, and at once when a writer waits
+/// for space). Publishing every frame would move the slot's cache line to a writer short of room
+/// and back on every message; this way writers that fill the ring get room in slices of a
+/// sixteenth of it, and hold back at most that much more than the reader has read.
+const RELEASE_FRACTION: u64 = 16;
+
 /// What a poll found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Poll {
@@ -80,6 +87,9 @@ pub(crate) struct ReaderCore {
     /// Start of the oldest frame lent out in place and not yet given back (see
     /// [`ReaderCore::hold_from`]), or `u64::MAX`. The tether never passes it.
     held_from: u64,
+    /// The position last stored in the slot (the tether, for tethered readers); see
+    /// [`RELEASE_FRACTION`].
+    published: u64,
     /// Polls in a row that found nothing (see [`LAP_CHECK_INTERVAL`]).
     idle_polls: u32,
 }
@@ -122,6 +132,7 @@ impl ReaderCore {
             safe_from: u64::MAX,
             deliver_from: 0,
             held_from: u64::MAX,
+            published: 0,
             idle_polls: 0,
         };
         let head = core.join(mem);
@@ -171,6 +182,7 @@ impl ReaderCore {
             safe_from: if tethered { start.pos } else { u64::MAX },
             deliver_from: 0,
             held_from: u64::MAX,
+            published: start.pos,
             idle_polls: 0,
         })
     }
@@ -211,6 +223,7 @@ impl ReaderCore {
         // SYNC(release): from here on the tether is at `h.pos`.
         r.pos.store(h.pos, Ordering::Release);
         self.safe_from = h.pos;
+        self.published = h.pos;
         h
     }
 
@@ -299,7 +312,6 @@ impl ReaderCore {
         mem: &RingMemory,
         buf: &mut CopyBuf,
     ) -> Result<Poll, CorruptFrame> {
-        let start = self.pos;
         let mut steps = 0;
         let result = loop {
             let step = if self.reads_in_place() {
@@ -314,7 +326,8 @@ impl ReaderCore {
                 Step::Done(poll) => break poll,
             }
         };
-        if self.pos != start && !matches!(result, Poll::Frame(_)) {
+        if !matches!(result, Poll::Frame(_)) && self.tether() != self.published {
+            // Idle (or lagged): nothing to amortise the store over.
             self.publish_position(mem);
         }
         if result != Poll::Empty {
@@ -497,14 +510,29 @@ impl ReaderCore {
         Ok(Step::Done(Poll::Lagged(missed)))
     }
 
-    /// Releases a delivered frame. Returns whether writers are waiting for space (the caller
-    /// then wakes them).
+    /// Releases a delivered frame: publishes the new position when [`RELEASE_FRACTION`] of the
+    /// buffer has been read since the last time or a writer waits for space (else the next poll
+    /// that finds nothing publishes it). Returns whether writers are waiting for space (the
+    /// caller then wakes them).
     #[inline]
     pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
         debug_assert_eq!(frame.pos, self.pos);
         self.move_to(frame.pos + u64::from(frame.header.size));
         self.next_seq = frame.header.seq.wrapping_add(1);
-        self.publish_position(mem)
+        let due = self.tether().saturating_sub(self.published)
+            >= mem.geometry().capacity / RELEASE_FRACTION;
+        // Relaxed, as in `publish_position`; a line writers write only when they park.
+        if due || mem.space_wait().waiters.load(Ordering::Relaxed) != 0 {
+            self.publish_position(mem)
+        } else {
+            false
+        }
+    }
+
+    /// What the slot should say: the position, held back to the oldest frame lent out.
+    #[inline]
+    fn tether(&self) -> u64 {
+        self.pos.min(self.held_from)
     }
 
     /// Keeps the tether at or below `pos` (the start of the oldest frame lent out in place), or
@@ -524,17 +552,19 @@ impl ReaderCore {
     /// Publishes the reader's position (the tether, for tethered readers in the protected
     /// zone, never past a frame still lent out). Returns whether writers are waiting for space.
     #[inline]
-    fn publish_position(&self, mem: &RingMemory) -> bool {
+    fn publish_position(&mut self, mem: &RingMemory) -> bool {
         let r = mem.reader(self.slot);
         if !self.tethered {
             // Statistics only: lossy positions hold nobody back.
             r.pos.store(self.pos, Ordering::Relaxed);
+            self.published = self.pos;
             return false;
         }
-        let tether = self.pos.min(self.held_from);
+        let tether = self.tether();
         if tether < self.safe_from {
             return false; // catching up below the tether, which stays at `safe_from`
         }
+        self.published = tether;
         // SYNC(release): Release pairs with the writer's Acquire load in `refresh_limit`: our
         // reads of every frame below the tether happen-before a writer overwrites them.
         r.pos.store(tether, Ordering::Release);
