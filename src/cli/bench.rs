@@ -357,10 +357,16 @@ fn stream(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
     children.start("flood", address, &extra).map_err(fail)?;
     let mut latency = histogram();
     let bar = progress(args.count);
+    // Messages per latency sample (see `bench::flood`); 4096 is a multiple of either.
+    let per_sample = if args.rate.is_some() {
+        1
+    } else {
+        bench::STAMP_EVERY
+    };
     let mut n = 0u64;
     let elapsed = bench::drain(&mut sub, args.count, |ns| {
         latency.saturating_record(ns.max(1));
-        n += 1;
+        n += per_sample;
         if n % 4096 == 0 {
             bar.set_position(n);
         }
@@ -379,8 +385,10 @@ fn stream(bus: &Bus, address: &str, args: &Args) -> Result<Report, Failure> {
         ),
         None => (
             format!(
-                "throughput, {} B, {} messages, latency includes queueing",
-                args.size, args.count
+                "throughput, {} B, {} messages, latency of one message in {} (includes queueing)",
+                args.size,
+                args.count,
+                bench::STAMP_EVERY
             ),
             Some((messages, messages * args.size as f64)),
         ),
