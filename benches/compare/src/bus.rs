@@ -60,5 +60,5 @@ pub fn parent() -> (BusEnd, Child) {
 /// Child side: subscribes before announcing readiness, so it misses nothing the parent sends.
 pub fn child() {
     let bus = Bus::connect(&harness::child_arg()).expect("connect to the parent's bus");
-    harness::echo(&mut attach(bus, "compare/pong", "compare/ping"));
+    harness::serve(&mut attach(bus, "compare/pong", "compare/ping"));
 }

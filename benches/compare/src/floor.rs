@@ -134,5 +134,5 @@ pub fn parent() -> (Floor, Child) {
 /// Child side.
 pub fn child() {
     let fd = harness::inherited_fds().pop().expect("the floor's memfd");
-    harness::echo(&mut Floor::map(&fd, 1));
+    harness::serve(&mut Floor::map(&fd, 1));
 }

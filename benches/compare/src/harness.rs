@@ -6,6 +6,7 @@
 
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::process::{Child, Command};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use hdrhistogram::Histogram;
@@ -16,6 +17,26 @@ pub const ROLE_ENV: &str = "SHMBUS_COMPARE_ROLE";
 const FDS_ENV: &str = "SHMBUS_COMPARE_FDS";
 /// Environment variable with a transport-specific argument (a bus address, a service name).
 const ARG_ENV: &str = "SHMBUS_COMPARE_ARG";
+/// Environment variable set in throughput mode: how many messages the child streams.
+const STREAM_ENV: &str = "SHMBUS_COMPARE_STREAM";
+
+/// Throughput mode in the parent: how many messages the child of the next case streams (0: a
+/// ping-pong). A child learns it from its environment instead.
+static STREAM: AtomicU64 = AtomicU64::new(0);
+
+/// In the parent, before a case: the child streams `count` messages (0: ping-pong).
+pub fn set_stream(count: u64) {
+    STREAM.store(count, Ordering::Relaxed);
+}
+
+/// `Some(count)` in throughput mode (parent and child alike).
+pub fn stream_count() -> Option<u64> {
+    let count = match std::env::var(STREAM_ENV) {
+        Ok(v) => v.parse().expect("a message count"),
+        Err(_) => STREAM.load(Ordering::Relaxed),
+    };
+    (count > 0).then_some(count)
+}
 
 /// The parent runs on this CPU, the child on [`CHILD_CPU`].
 pub const PARENT_CPU: usize = 0;
@@ -70,12 +91,15 @@ pub fn spawn_child(role: &str, fds: &[BorrowedFd<'_>], arg: &str) -> Child {
         .iter()
         .map(|fd| fd.as_raw_fd().to_string())
         .collect();
-    Command::new(std::env::current_exe().expect("path of this executable"))
+    let mut command = Command::new(std::env::current_exe().expect("path of this executable"));
+    command
         .env(ROLE_ENV, role)
         .env(FDS_ENV, numbers.join(","))
-        .env(ARG_ENV, arg)
-        .spawn()
-        .expect("spawn the benchmark child")
+        .env(ARG_ENV, arg);
+    if let Some(count) = stream_count() {
+        command.env(STREAM_ENV, count.to_string());
+    }
+    command.spawn().expect("spawn the benchmark child")
 }
 
 /// In the child: takes ownership of the descriptors [`spawn_child`] passed.
@@ -104,9 +128,61 @@ pub fn child_prelude() {
     pin(CHILD_CPU);
 }
 
+/// The child's part, after its set-up: [`echo`], or in throughput mode [`flood`].
+pub fn serve(endpoint: &mut impl Endpoint) {
+    match stream_count() {
+        Some(count) => flood(endpoint, count),
+        None => echo(endpoint),
+    }
+}
+
+/// The byte that fills message `i` of a stream (never 0, so a stale buffer does not pass).
+pub fn stream_fill(i: u64) -> u8 {
+    (i % 251) as u8 + 1
+}
+
+/// The streaming child: announce readiness with a 1-byte message, learn the payload length from
+/// the parent's first message, send `count` messages of that length as fast as the transport
+/// takes them, then wait for the parent's empty message.
+fn flood(endpoint: &mut impl Endpoint, count: u64) {
+    endpoint.send(1, 0);
+    let (len, _) = endpoint.recv();
+    for i in 0..count {
+        endpoint.send(len, stream_fill(i));
+    }
+    while endpoint.recv().0 != 0 {}
+}
+
+/// The parent's side of one throughput case: waits for the child's "ready", asks for `count`
+/// messages of `len` bytes, reads and checks every one, and stops the child. Returns messages per
+/// second, timed from the first message received to the last.
+pub fn stream(endpoint: &mut impl Endpoint, mut child: Child, len: usize, count: u64) -> f64 {
+    assert!(len > 0, "a stream's messages are not empty");
+    let (ready, _) = endpoint.recv();
+    assert_eq!(ready, 1, "the child's first message is its 1-byte ready");
+    endpoint.send(len, 1);
+    let mut start = Instant::now();
+    for i in 0..count {
+        let (got, total) = endpoint.recv();
+        if i == 0 {
+            start = Instant::now();
+        }
+        let want = expected_sum(len, stream_fill(i));
+        assert!(
+            got == len && total == want,
+            "message {i}: expected {len} bytes summing to {want}, got {got} bytes summing to {total}"
+        );
+    }
+    let elapsed = start.elapsed().as_secs_f64();
+    endpoint.send(0, 0);
+    let status = child.wait().expect("wait for the benchmark child");
+    assert!(status.success(), "benchmark child failed: {status}");
+    (count - 1) as f64 / elapsed.max(1e-9)
+}
+
 /// The child's loop: announce readiness, then answer every message with one of the same length
 /// whose bytes depend on all it read, until an empty message arrives.
-pub fn echo(endpoint: &mut impl Endpoint) {
+fn echo(endpoint: &mut impl Endpoint) {
     endpoint.send(1, 0);
     loop {
         let (len, total) = endpoint.recv();

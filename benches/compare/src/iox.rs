@@ -10,6 +10,9 @@ use iceoryx2::prelude::*;
 
 use crate::harness::{self, Endpoint};
 
+/// The subscriber's buffer in throughput mode, in samples.
+const STREAM_BUFFER: usize = 256;
+
 /// A publisher on one service and a subscriber to the other.
 pub struct IoxEnd {
     publisher: Publisher<ipc::Service, [u8], ()>,
@@ -48,6 +51,7 @@ impl Endpoint for IoxEnd {
 /// Opens (or creates) the two services under `prefix` and attaches a publisher to `send_to` and
 /// a subscriber to `receive_from`.
 fn attach(prefix: &str, max_len: usize, send_to: &str, receive_from: &str) -> IoxEnd {
+    let streaming = harness::stream_count().is_some();
     // Only errors: iceoryx2 would otherwise log every node and service it creates.
     set_log_level(LogLevel::Error);
     // The subscriber's `receive` scans a slot map sized by this buffer (128 by default) on every
@@ -68,24 +72,28 @@ fn attach(prefix: &str, max_len: usize, send_to: &str, receive_from: &str) -> Io
         let name = ServiceName::new(&format!("{prefix}/{name}")).expect("service name");
         // The quality of service iceoryx2's own publish-subscribe benchmark uses: one publisher,
         // one subscriber, no history, a one-sample subscriber buffer.
+        // In throughput mode: a subscriber buffer of 256 samples and no overflow, so that the
+        // publisher waits (RetryUntilDelivered) instead of dropping — iceoryx2's backpressure.
         node.service_builder(&name)
             .publish_subscribe::<[u8]>()
             .max_publishers(1)
             .max_subscribers(1)
             .history_size(0)
-            .subscriber_max_buffer_size(1)
-            .enable_safe_overflow(true)
+            .subscriber_max_buffer_size(if streaming { STREAM_BUFFER } else { 1 })
+            .enable_safe_overflow(!streaming)
             .open_or_create()
             .expect("open or create an iceoryx2 service")
     };
     let (out, inbound) = (service(send_to), service(receive_from));
     let subscriber = inbound
         .subscriber_builder()
+        .buffer_size(if streaming { STREAM_BUFFER } else { 1 })
         .create()
         .expect("create an iceoryx2 subscriber");
     let publisher = out
         .publisher_builder()
         .initial_max_slice_len(max_len.max(1))
+        .backpressure_strategy(BackpressureStrategy::RetryUntilDelivered)
         .create()
         .expect("create an iceoryx2 publisher");
     IoxEnd {
@@ -110,5 +118,5 @@ pub fn child() {
     let arg = harness::child_arg();
     let (len, prefix) = arg.split_once(' ').expect("LEN PREFIX");
     let len: usize = len.parse().expect("payload length");
-    harness::echo(&mut attach(prefix, len, "pong", "ping"));
+    harness::serve(&mut attach(prefix, len, "pong", "ping"));
 }

@@ -8,15 +8,22 @@
 //! with the others so that noise from the shared machine spreads over all of them, and the table
 //! shows the median across runs of each run's p50 and p99. See README.md.
 //!
+//! With `--throughput`, each case is a stream instead: the child sends a fixed number of
+//! messages as fast as the transport takes them (with flow control: the floor and crossbar get a
+//! credit window, iceoryx2 its backpressure) and the parent reads and checks every one; the table
+//! gives messages per second.
+//!
 //! ```text
-//! cargo run --release [-- [--runs N] [--quick] [TRANSPORT...]]
+//! cargo run --release [-- [--throughput] [--runs N] [--quick] [TRANSPORT...]]
 //! ```
 
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod bus;
+mod credit;
 mod floor;
+mod floor_stream;
 mod harness;
 mod iox;
 mod report;
@@ -70,6 +77,29 @@ impl Transport {
         }
     }
 
+    /// One run of this transport at `len` bytes: messages per second of a stream of `count`.
+    fn stream(self, len: usize, count: u64) -> f64 {
+        harness::set_stream(count);
+        macro_rules! stream {
+            ($parent:expr) => {{
+                let (mut end, child) = $parent;
+                harness::stream(&mut end, child, len, count)
+            }};
+        }
+        let rate = match self {
+            Transport::Floor => stream!(floor_stream::parent(len)),
+            Transport::ShmbusRing => stream!(ring::parent()),
+            Transport::ShmbusBus => stream!(bus::parent()),
+            Transport::Iceoryx2 => stream!(iox::parent(len)),
+            Transport::Crossbar => stream!(xbar::parent(len)),
+            Transport::UdsSpin => stream!(uds::parent(true)),
+            Transport::UdsBlock => stream!(uds::parent(false)),
+            Transport::Tcp => stream!(tcp::parent()),
+        };
+        harness::set_stream(0);
+        rate
+    }
+
     /// One run of this transport at `len` bytes: round-trip times in ns.
     fn measure(self, len: usize, warmup: usize, rounds: usize) -> Histogram<u64> {
         macro_rules! ping_pong {
@@ -101,6 +131,15 @@ const PAYLOADS: [(usize, usize); 5] = [
     (65536, 20_000),
 ];
 
+/// Payload sizes and the messages per stream in throughput mode.
+const STREAMS: [(usize, u64); 5] = [
+    (8, 4_000_000),
+    (64, 4_000_000),
+    (1024, 1_000_000),
+    (4096, 400_000),
+    (65536, 40_000),
+];
+
 /// At least this many untimed round trips first. A fresh shmbus ring takes page faults on its
 /// first lap (writer and reader each fault every page in), and a 1 MiB ring holds 16,384 frames
 /// of 8 bytes: the timed round trips should see the steady state, for every transport alike.
@@ -112,6 +151,8 @@ const CASE_LIMIT: Duration = Duration::from_secs(120);
 
 struct Options {
     runs: usize,
+    /// Streams (messages per second) instead of ping-pongs.
+    throughput: bool,
     /// Divides the round trips by 10, for a quick look.
     quick: bool,
     transports: Vec<Transport>,
@@ -120,6 +161,7 @@ struct Options {
 fn parse_args() -> Options {
     let mut options = Options {
         runs: 5,
+        throughput: false,
         quick: false,
         transports: Vec::new(),
     };
@@ -134,6 +176,7 @@ fn parse_args() -> Options {
                     .unwrap_or_else(|| usage("--runs takes a positive number"));
             }
             "--quick" => options.quick = true,
+            "--throughput" => options.throughput = true,
             "-h" | "--help" => usage(""),
             name => match Transport::ALL.iter().find(|t| t.name() == name) {
                 Some(&t) => options.transports.push(t),
@@ -150,7 +193,7 @@ fn parse_args() -> Options {
 fn usage(error: &str) -> ! {
     let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
     eprintln!(
-        "usage: shmbus-compare [--runs N] [--quick] [TRANSPORT...]\ntransports: {}",
+        "usage: shmbus-compare [--throughput] [--runs N] [--quick] [TRANSPORT...]\ntransports: {}",
         names.join(" ")
     );
     if error.is_empty() {
@@ -165,6 +208,7 @@ fn main() {
         harness::child_prelude();
         match role.as_str() {
             "floor" => floor::child(),
+            "floor-stream" => floor_stream::child(),
             "shmbus-ring" => ring::child(),
             "shmbus-bus" => bus::child(),
             "iceoryx2" => iox::child(),
@@ -181,7 +225,57 @@ fn main() {
     let load_before = loadavg();
     let cpu_before = CpuTimes::now();
     let started = Instant::now();
-    // results[payload][transport]: (p50, p99) one-way ns of each run.
+    let table = if options.throughput {
+        throughput_table(&options.transports, &streams(&options))
+    } else {
+        table(&options.transports, &ping_pongs(&options))
+    };
+    let elapsed = started.elapsed().as_secs_f64();
+    let load_after = loadavg();
+    let cpu = CpuTimes::now().since(&cpu_before);
+
+    println!("{}", machine());
+    println!(
+        "{} runs in {elapsed:.0} s; load average (1/5/15 min) before: {load_before}, after: \
+         {load_after} (this benchmark alone adds about 2)",
+        options.runs,
+    );
+    println!(
+        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
+        (cpu.busy - cpu.own) / elapsed,
+        cpu.steal / elapsed
+    );
+    print!("{table}");
+}
+
+/// Every run of every stream: `[payload][transport]` → messages per second of each run.
+fn streams(options: &Options) -> Vec<Vec<Vec<f64>>> {
+    let mut results = vec![vec![Vec::new(); options.transports.len()]; STREAMS.len()];
+    for run in 0..options.runs {
+        for (p, &(len, count)) in STREAMS.iter().enumerate() {
+            let count = if options.quick { count / 10 } else { count };
+            for (t, &transport) in options.transports.iter().enumerate() {
+                nix::unistd::alarm::set(CASE_LIMIT.as_secs() as u32);
+                let rate = transport.stream(len, count);
+                nix::unistd::alarm::cancel();
+                eprintln!(
+                    "run {}/{}  {:>9}  {:<12} {:>8.2} M msg/s  {:>8.0} MB/s  ({count} messages)",
+                    run + 1,
+                    options.runs,
+                    size_name(len),
+                    transport.name(),
+                    rate / 1e6,
+                    rate * len as f64 / 1e6,
+                );
+                results[p][t].push(rate);
+            }
+        }
+    }
+    results
+}
+
+/// Every run of every ping-pong: `[payload][transport]` → (p50, p99) one-way ns of each run.
+fn ping_pongs(options: &Options) -> Vec<Vec<Vec<(f64, f64)>>> {
     let mut results = vec![vec![Vec::new(); options.transports.len()]; PAYLOADS.len()];
     for run in 0..options.runs {
         for (p, &(len, rounds)) in PAYLOADS.iter().enumerate() {
@@ -206,22 +300,49 @@ fn main() {
             }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let load_after = loadavg();
-    let cpu = CpuTimes::now().since(&cpu_before);
+    results
+}
 
-    println!("{}", machine());
-    println!(
-        "{} runs in {elapsed:.0} s; load average (1/5/15 min) before: {load_before}, after: \
-         {load_after} (this benchmark alone adds about 2)",
-        options.runs,
+/// The stream results as a Markdown table: medians across runs, ratios to the floor and to
+/// shmbus-bus (the median of the runs' ratios: runs are side by side, so each ratio compares one
+/// moment of the machine), and the spread of the runs.
+fn throughput_table(transports: &[Transport], results: &[Vec<Vec<f64>>]) -> String {
+    let mut out = String::new();
+    out.push_str(
+        "| payload | transport | M msg/s | MB/s | vs floor | shmbus-bus vs this, per run | \
+         M msg/s of runs, min–max |\n",
     );
-    println!(
-        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
-        (cpu.busy - cpu.own) / elapsed,
-        cpu.steal / elapsed
-    );
-    print!("{}", table(&options.transports, &results));
+    out.push_str("|---:|:---|---:|---:|---:|---:|---:|\n");
+    let position = |wanted| transports.iter().position(|&t| t == wanted);
+    let (floor, bus) = (position(Transport::Floor), position(Transport::ShmbusBus));
+    for (p, &(len, _)) in STREAMS.iter().enumerate() {
+        let runs = &results[p];
+        let per_run_ratio = |a: usize, b: usize| {
+            let ratios = runs[a].iter().zip(&runs[b]).map(|(x, y)| x / y);
+            format!("{:.2}×", median(ratios))
+        };
+        for (t, &transport) in transports.iter().enumerate() {
+            let rate = median(runs[t].iter().copied());
+            let lo = runs[t].iter().copied().fold(f64::INFINITY, f64::min);
+            let hi = runs[t].iter().copied().fold(0.0, f64::max);
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.0} | {} | {} | {:.2}–{:.2} |",
+                size_name(len),
+                transport.name(),
+                rate / 1e6,
+                rate * len as f64 / 1e6,
+                floor.map_or("–".into(), |f| format!(
+                    "{:.2}×",
+                    rate / median(runs[f].iter().copied())
+                )),
+                bus.map_or("–".into(), |b| per_run_ratio(b, t)),
+                lo / 1e6,
+                hi / 1e6,
+            );
+        }
+    }
+    out
 }
 
 /// The results as a Markdown table: medians across runs, ratios to iceoryx2 and to the floor

@@ -115,5 +115,5 @@ pub fn child() {
     let doorbells = DoorbellTable::open(doorbells).expect("open the doorbell table");
     let there = Ring::open(there_data, there_readers, &doorbells).expect("open a ring");
     let back = Ring::open(back_data, back_readers, &doorbells).expect("open a ring");
-    harness::echo(&mut attach(back, there, doorbells, 2));
+    harness::serve(&mut attach(back, there, doorbells, 2));
 }

@@ -78,5 +78,5 @@ pub fn parent() -> (TcpEnd, Child) {
 /// Child side.
 pub fn child() {
     let fd: OwnedFd = harness::inherited_fds().pop().expect("the connection");
-    harness::echo(&mut TcpEnd::new(TcpStream::from(fd)));
+    harness::serve(&mut TcpEnd::new(TcpStream::from(fd)));
 }

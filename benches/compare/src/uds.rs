@@ -78,5 +78,5 @@ pub fn parent(spin: bool) -> (UdsEnd, Child) {
 /// Child side.
 pub fn child() {
     let fd = harness::inherited_fds().pop().expect("the socket");
-    harness::echo(&mut UdsEnd::new(fd));
+    harness::serve(&mut UdsEnd::new(fd));
 }

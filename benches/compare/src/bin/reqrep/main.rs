@@ -18,6 +18,8 @@
 
 #[path = "../../bus.rs"]
 mod bus;
+// Shared with the one-way and throughput comparison, which uses the rest of it.
+#[allow(dead_code)]
 #[path = "../../harness.rs"]
 mod harness;
 mod nats;
