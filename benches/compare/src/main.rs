@@ -141,7 +141,7 @@ const STREAMS: [(usize, u64); 5] = [
 ];
 
 /// At least this many untimed round trips first. A fresh shmbus ring takes page faults on its
-/// first lap (writer and reader each fault every page in), and a 1 MiB ring holds 16,384 frames
+/// first lap (writer and reader each fault every page in), and a 1 MiB ring holds 8,192 frames
 /// of 8 bytes: the timed round trips should see the steady state, for every transport alike.
 const WARMUP_MIN: usize = 20_000;
 

@@ -46,8 +46,7 @@
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
 use crate::protocol::layout::{
-    ACKNOWLEDGED, MAX_SEQUENCE, NO_INTENT, RETIRED_POSITION, REVOKING, frame_size, mode,
-    valid_position,
+    ACKNOWLEDGED, MAX_SEQUENCE, NO_INTENT, RETIRED_POSITION, REVOKING, mode, valid_position,
 };
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Backoff, Head, Ordering, fence};
@@ -322,7 +321,7 @@ impl WriterCore {
     pub(crate) fn would_fit(&mut self, mem: &RingMemory, payload: u32) -> bool {
         self.refresh_limit(mem);
         let g = mem.geometry();
-        let size = frame_size(u64::from(payload));
+        let size = g.claim_size(u64::from(payload));
         if !valid_position(self.head.pos) {
             return true; // a claim attempt reports the corruption
         }
@@ -350,7 +349,7 @@ impl WriterCore {
             // The broker pads the claim it took back within a tick: wait as for space.
             return Err(ClaimError::Full);
         }
-        let size = frame_size(u64::from(payload));
+        let size = g.claim_size(u64::from(payload));
         let slot = mem.writer(self.slot);
         let mut cur = self.head;
         let mut refreshed = false;
