@@ -2,8 +2,9 @@
 //! plain shared memory per direction, with nothing but a sequence word per slot, and a
 //! [`Credit`] window of the ring's length for flow control.
 //!
-//! A slot is a sequence number, a length and the payload, rounded up to whole cache lines, so an
-//! 8-byte message is one line. The sender writes the payload and length, then stores the
+//! A slot is a sequence number, a length and the payload, rounded up to whole cache lines, and
+//! at least two (so an 8-byte message takes one line and leaves its pair's other line unused,
+//! the fastest layout here). The sender writes the payload and length, then stores the
 //! sequence number with Release; the receiver spins on it with Acquire. Each ring is about
 //! 1 MiB, like a shmbus ring.
 
@@ -34,7 +35,9 @@ struct Geometry {
 
 impl Geometry {
     fn for_payload(max_len: usize) -> Geometry {
-        let slot = (HEADER + max_len).div_ceil(LINE) * LINE;
+        // A one-line slot gets a second line, as shmbus frames do: adjacent-line prefetching
+        // moves 128-byte pairs, and one-line slots sharing a pair ran at half the speed.
+        let slot = ((HEADER + max_len).div_ceil(LINE) * LINE).max(2 * LINE);
         Geometry {
             slot,
             // At least 16 slots: the credit window is the ring.
