@@ -67,8 +67,9 @@
 //!
 //! A frame is a 32-byte header — commit stamp, payload length and frame size, sequence number,
 //! writer id and kind — followed by the payload, padded to 32 bytes, so payloads are 16-byte
-//! aligned for rkyv. Writers give a frame of one cache line (a payload of up to 32 bytes) a
-//! second line, so that consecutive small frames do not share a 128-byte prefetch pair. A frame
+//! aligned for rkyv. A writer alone on its ring gives a frame of one cache line (a payload of up
+//! to 32 bytes) a second line, so that consecutive small frames do not share a 128-byte prefetch
+//! pair. A frame
 //! never wraps around the end of the buffer: a claim that would is preceded by a padding frame
 //! up to the end. Kinds: data, skip (a loan dropped uncommitted, or a
 //! dead writer's claim after repair), pad.

@@ -46,7 +46,8 @@
 
 use crate::protocol::frame::{FrameHeader, kind, stamp};
 use crate::protocol::layout::{
-    ACKNOWLEDGED, MAX_SEQUENCE, NO_INTENT, RETIRED_POSITION, REVOKING, mode, valid_position,
+    ACKNOWLEDGED, Geometry, MAX_SEQUENCE, NO_INTENT, RETIRED_POSITION, REVOKING, frame_size, mode,
+    valid_position,
 };
 use crate::protocol::memory::RingMemory;
 use crate::protocol::sync::{Backoff, Head, Ordering, fence};
@@ -317,11 +318,25 @@ impl WriterCore {
         }
     }
 
+    /// Bytes to claim for a frame of `payload` bytes. A writer alone on its ring (holding the
+    /// cursor) pads one-line frames to a line pair ([`Geometry::claim_size`]); writers that
+    /// share the ring do not, since padded frames halve how many small messages the ring holds,
+    /// and with publishers preempted mid-claim a fuller ring cost 4 publishers → 1 a third of
+    /// their throughput.
+    #[inline]
+    fn claim_size(&self, g: &Geometry, payload: u32) -> u64 {
+        if self.token != 0 {
+            g.claim_size(u64::from(payload))
+        } else {
+            frame_size(u64::from(payload))
+        }
+    }
+
     /// Whether a claim for `payload` bytes would fit now (it re-reads the readers' positions).
     pub(crate) fn would_fit(&mut self, mem: &RingMemory, payload: u32) -> bool {
         self.refresh_limit(mem);
         let g = mem.geometry();
-        let size = g.claim_size(u64::from(payload));
+        let size = self.claim_size(g, payload);
         if !valid_position(self.head.pos) {
             return true; // a claim attempt reports the corruption
         }
@@ -349,7 +364,7 @@ impl WriterCore {
             // The broker pads the claim it took back within a tick: wait as for space.
             return Err(ClaimError::Full);
         }
-        let size = g.claim_size(u64::from(payload));
+        let size = self.claim_size(g, payload);
         let slot = mem.writer(self.slot);
         let mut cur = self.head;
         let mut refreshed = false;

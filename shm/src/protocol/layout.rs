@@ -513,9 +513,10 @@ impl Geometry {
     /// one cache line (payloads up to 32 bytes) takes two, where the ring's largest frame allows.
     /// Adjacent-line prefetching moves lines in 128-byte pairs, so one-line frames shared a pair
     /// with the next frame: a reader at one pulled in the line a writer was filling. Padded, a
-    /// stream of 8-byte messages runs 1.3–1.5× faster (`benches/compare --throughput`); larger
+    /// stream of 8-byte messages runs 1.6× faster (`benches/compare --throughput`); larger
     /// frames padded to whole pairs ran 2–10 % slower, so they are left as they are. Readers
-    /// accept any size that is a multiple of [`FRAME_ALIGN`]: this is the writer's choice alone.
+    /// accept any size that is a multiple of [`FRAME_ALIGN`]: this is the writer's choice alone
+    /// (and only a writer alone on its ring makes it, see `WriterCore::claim_size`).
     pub(crate) fn claim_size(&self, payload: u64) -> u64 {
         let size = frame_size(payload);
         if size <= LINE {
