@@ -13,7 +13,7 @@ use shmbus::protocol::{
     BrokerMessage, ClientMessage, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PublisherId, Request,
     RequestId, SubscriptionId, codec,
 };
-use shmbus::{AttachError, Bus, ControlError};
+use shmbus::{AttachError, Bus, ControlError, WaitStrategy};
 use support::raw::{self, closed, hello, recv, send};
 use support::{Broker, Proc, run, shmbus};
 
@@ -206,6 +206,49 @@ fn a_stopped_subscriber_is_evicted_and_sees_lagged_when_it_resumes() {
     stuck.signal(Signal::SIGCONT);
     let lost = stuck.stderr.wait_for("were lost");
     assert!(lost.contains("topic \"slow\""), "{lost}");
+}
+
+#[test]
+fn a_slow_subscriber_that_keeps_reading_is_not_evicted_by_a_busy_spinning_publisher() {
+    // Readers that keep up publish their position once per sixteenth of the ring; this one
+    // reads 400 messages 2 ms apart while a busy-spinning publisher waits on the full ring, so
+    // at that rate a sixteenth (512 messages) would take a second, and the broker evicts after
+    // 0.3 s without progress. The starving publisher makes the reader show every frame.
+    const TOTAL: u64 = 20_000;
+    let broker = Broker::start(&["--evict-after", "0.3"]);
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let mut sub = bus.subscribe("slowly").unwrap();
+    let publishing = std::thread::spawn({
+        let bus = bus.clone();
+        move || {
+            let mut publisher = bus
+                .publisher_builder("slowly")
+                .wait(WaitStrategy::BusySpin)
+                .create()
+                .unwrap();
+            for n in 0..TOTAL {
+                publisher.publish(&n.to_le_bytes()).unwrap();
+            }
+        }
+    });
+    for expected in 0..TOTAL {
+        let sample = sub
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("message {expected}: {e}"));
+        let n = u64::from_le_bytes(sample.payload().try_into().unwrap());
+        assert_eq!(n, expected, "messages lost or out of order");
+        drop(sample);
+        if expected < 400 {
+            // The application's work on each message (not a synchronisation).
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+    publishing.join().unwrap();
+    assert!(
+        !broker.proc.stderr.text().contains("reader evicted"),
+        "{}",
+        broker.proc.stderr.text()
+    );
 }
 
 #[test]

@@ -48,7 +48,7 @@
 //! ring readers segment (subscribers write; everyone maps it read-write)
 //!   0     header
 //!   256   parked-reader count, reader high-water mark
-//!   384   writers' space-wait counter and futex word
+//!   384   writers' space-wait counter, futex word and starving count
 //!   512   reader slots, 128 bytes each: owner, position, missed, mode, doorbell, parked
 //!
 //! doorbell table (one per bus; read-write for all)
@@ -69,10 +69,9 @@
 //! writer id and kind — followed by the payload, padded to 32 bytes, so payloads are 16-byte
 //! aligned for rkyv. A writer alone on its ring gives a frame of one cache line (a payload of up
 //! to 32 bytes) a second line, so that consecutive small frames do not share a 128-byte prefetch
-//! pair. A frame
-//! never wraps around the end of the buffer: a claim that would is preceded by a padding frame
-//! up to the end. Kinds: data, skip (a loan dropped uncommitted, or a
-//! dead writer's claim after repair), pad.
+//! pair. A frame never wraps around the end of the buffer: a claim that would is preceded by a
+//! padding frame up to the end. Kinds: data, skip (a loan dropped uncommitted, or a dead
+//! writer's claim after repair), pad.
 //!
 //! # Protocol
 //!
@@ -93,7 +92,8 @@
 //! writer, however broken, can make it step outside the buffer or loop), checks the sequence
 //! number, and hands out the payload in place. Releasing the frame moves the reader on; it stores
 //! its position in its slot once it has read a sixteenth of the buffer since the last store,
-//! whenever a poll finds nothing, and at once when a writer waits for space. (Storing it for
+//! whenever a poll finds nothing, and with every frame while a writer starves for space (see
+//! "Waiting for space"). (Storing it for
 //! every frame moved the slot's cache line to a writer short of room and back on every message:
 //! 8-byte throughput was a fifth of what it is.)
 //!
@@ -159,7 +159,10 @@
 //!
 //! A writer whose claim does not fit spins, then sleeps on the ring's space word. A reader that
 //! releases a frame and sees a writer waiting takes the waiter count (so one wake-up serves a
-//! whole parking) and wakes it. It checks with a relaxed load and no fence — a full fence on every
+//! whole parking) and wakes it. A writer that has waited a millisecond, spinning or parked, also
+//! counts itself as starving until it gets room; meanwhile readers publish their position with
+//! every frame, so a slow reader's progress shows at once (to the broker too, which evicts
+//! readers that show none). It checks with a relaxed load and no fence — a full fence on every
 //! release, to make the wake-up exact, would cost every reader on every message to save a blocked
 //! writer at most one millisecond, which is how often a sleeping writer re-checks.
 //!

@@ -102,21 +102,24 @@ impl Writer {
     #[inline]
     pub fn loan(&mut self, len: usize, deadline: Deadline) -> Result<FrameLoan<'_>, LoanError> {
         let mut waiter = Waiter::new(self.wait, deadline);
+        let mut starvation = Starvation::default();
         // Larger lengths fail in `claim` before any wait.
         let payload_len = u32::try_from(len).unwrap_or(u32::MAX);
-        let claim = loop {
+        let claimed = loop {
             match self.try_claim(len) {
-                Ok(claim) => break claim,
+                Ok(claim) => break Ok(claim),
                 Err(TryLoanError::Full) => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => break Err(e.into()),
             }
+            starvation.note_full(&self.ring);
             match waiter.idle() {
                 Idle::Retry => {}
                 Idle::Park(until) => self.park_for_space(payload_len, until),
-                Idle::TimedOut => return Err(LoanError::Timeout),
+                Idle::TimedOut => break Err(LoanError::Timeout),
             }
         };
-        Ok(self.lend(claim, len))
+        starvation.end(&self.ring);
+        Ok(self.lend(claimed?, len))
     }
 
     #[inline]
@@ -262,6 +265,56 @@ impl Drop for FrameLoan<'_> {
         if self.writer.loan_open {
             // A claim taken back is padded by the broker: nothing more to do either way.
             let _ = self.writer.finish_loan(kind::SKIP, 0);
+        }
+    }
+}
+
+/// A writer waiting for room this long tells readers so (see [`Starvation`]).
+const STARVING_AFTER: Duration = Duration::from_millis(1);
+
+/// Failed claims between two looks at the clock while waiting for room.
+const CLAIMS_PER_CLOCK_CHECK: u32 = 256;
+
+/// One wait for room, as readers should know of it: once it has lasted [`STARVING_AFTER`], the
+/// ring's starving count includes this writer until the wait ends, and readers publish their
+/// position with every frame. Readers that keep up publish only once per sixteenth of the ring,
+/// so a writer short of room for that long waits on a slow reader, whose progress must show at
+/// once — to this writer, and to the broker, which evicts tethered readers that show none.
+#[derive(Default)]
+struct Starvation {
+    failed: u32,
+    since: Option<std::time::Instant>,
+    announced: bool,
+}
+
+impl Starvation {
+    /// A claim found no room.
+    fn note_full(&mut self, ring: &RingShared) {
+        self.failed = self.failed.wrapping_add(1);
+        if self.announced || self.failed % CLAIMS_PER_CLOCK_CHECK != 1 {
+            return;
+        }
+        let now = std::time::Instant::now();
+        if now.saturating_duration_since(*self.since.get_or_insert(now)) >= STARVING_AFTER {
+            // Relaxed: a hint (see `SpaceWait::starving`); positions carry their own ordering.
+            ring.mem
+                .space_wait()
+                .starving
+                .fetch_add(1, Ordering::Relaxed);
+            self.announced = true;
+        }
+    }
+
+    /// The wait is over.
+    fn end(&mut self, ring: &RingShared) {
+        if self.announced {
+            // Saturating: every process that can write the readers segment can write this word.
+            let _ = ring.mem.space_wait().starving.fetch_update(
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+                |n| n.checked_sub(1),
+            );
+            self.announced = false;
         }
     }
 }

@@ -296,6 +296,11 @@ pub(crate) struct SpaceWait {
     pub waiters: AtomicU32,
     /// Futex word: bumped by whoever releases space while `waiters > 0`.
     pub word: AtomicU32,
+    /// Number of writers that have waited for room for a while (parked or spinning). While it
+    /// is not zero, readers publish their position with every frame instead of once per
+    /// sixteenth of the ring, so that a slow reader's progress shows at once (to writers, and to
+    /// the broker's stall detection). A hint only: a wrong value costs speed, nothing else.
+    pub starving: AtomicU32,
 }
 
 /// Reader slot modes (values of [`ReaderSlot::mode`]).

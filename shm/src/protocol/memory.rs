@@ -377,6 +377,7 @@ mod modelled {
                 space_wait: SpaceWait {
                     waiters: AtomicU32::new(0),
                     word: AtomicU32::new(0),
+                    starving: AtomicU32::new(0),
                 },
                 readers: (0..geometry.reader_slots).map(|_| reader()).collect(),
                 words: (0..geometry.capacity / 8)

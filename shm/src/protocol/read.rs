@@ -34,8 +34,8 @@ const MAX_STEPS: u32 = 1024;
 const LAP_CHECK_INTERVAL: u32 = 256;
 
 /// A reader that keeps finding frames publishes its position once it has read this fraction of
-/// the buffer since it last did (and whenever it finds nothing, and at once when a writer waits
-/// for space). Publishing every frame would move the slot's cache line to a writer short of room
+/// the buffer since it last did (and whenever it finds nothing, and with every frame while a
+/// writer has waited for room for a while: see `SpaceWait::starving`). Publishing every frame would move the slot's cache line to a writer short of room
 /// and back on every message; this way writers that fill the ring get room in slices of a
 /// sixteenth of it, and hold back at most that much more than the reader has read.
 const RELEASE_FRACTION: u64 = 16;
@@ -511,8 +511,8 @@ impl ReaderCore {
     }
 
     /// Releases a delivered frame: publishes the new position when [`RELEASE_FRACTION`] of the
-    /// buffer has been read since the last time or a writer waits for space (else the next poll
-    /// that finds nothing publishes it). Returns whether writers are waiting for space (the
+    /// buffer has been read since the last time or a writer waits for space or starves (else the
+    /// next poll that finds nothing publishes it). Returns whether writers are waiting for space (the
     /// caller then wakes them).
     #[inline]
     pub(crate) fn consume(&mut self, mem: &RingMemory, frame: &FrameView) -> bool {
@@ -521,8 +521,13 @@ impl ReaderCore {
         self.next_seq = frame.header.seq.wrapping_add(1);
         let due = self.tether().saturating_sub(self.published)
             >= mem.geometry().capacity / RELEASE_FRACTION;
-        // Relaxed, as in `publish_position`; a line writers write only when they park.
-        if due || mem.space_wait().waiters.load(Ordering::Relaxed) != 0 {
+        let sw = mem.space_wait();
+        // Relaxed, as in `publish_position`: hints, on a line writers write only when they
+        // have waited for room.
+        if due
+            || sw.waiters.load(Ordering::Relaxed) != 0
+            || sw.starving.load(Ordering::Relaxed) != 0
+        {
             self.publish_position(mem)
         } else {
             false
