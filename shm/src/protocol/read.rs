@@ -38,7 +38,13 @@ const LAP_CHECK_INTERVAL: u32 = 256;
 /// writer has waited for room for a while: see `SpaceWait::starving`). Publishing every frame would move the slot's cache line to a writer short of room
 /// and back on every message; this way writers that fill the ring get room in slices of a
 /// sixteenth of it, and hold back at most that much more than the reader has read.
+#[cfg(not(loom))]
 const RELEASE_FRACTION: u64 = 16;
+/// The loom models' rings hold two frames, where a sixteenth is less than a frame and every
+/// release would publish at once: a whole ring makes releases wait for a poll that finds nothing
+/// (or a full ring), so the models check that path too.
+#[cfg(loom)]
+const RELEASE_FRACTION: u64 = 1;
 
 /// What a poll found.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
