@@ -41,7 +41,10 @@ pub enum shmbus_status {
     /// has its reason.
     SHMBUS_ERR_REFUSED = -6,
     /// The broker closed the connection or died. Publishers and subscribers already attached keep
-    /// working; creating new ones fails with this code until the client reconnects.
+    /// working; creating new ones fails with this code until the client has reconnected, which it
+    /// does by itself once a broker is back. `shmbus_recv` returns it once when the broker is
+    /// lost, and receiving goes on (after the reconnection, `SHMBUS_ERR_LAGGED` with an unknown
+    /// count for each pattern: messages may have been lost meanwhile).
     SHMBUS_ERR_BROKER_GONE = -7,
     /// The broker's answer made no sense (a different shmbus version?).
     SHMBUS_ERR_PROTOCOL = -8,
@@ -285,6 +288,7 @@ impl From<RecvError> for Error {
     fn from(e: RecvError) -> Error {
         let code = match &e {
             RecvError::Lagged { .. } => SHMBUS_ERR_LAGGED,
+            RecvError::BrokerLost => SHMBUS_ERR_BROKER_GONE,
             RecvError::Corrupt { .. } => SHMBUS_ERR_CORRUPT,
             RecvError::Unavailable { .. } => SHMBUS_ERR_UNAVAILABLE,
             RecvError::HeldLimit { .. } => SHMBUS_ERR_STATE,

@@ -540,7 +540,8 @@ pub unsafe extern "C" fn shmbus_sample_release(sample: *mut shmbus_sample) -> c_
 }
 
 /// How many messages the last `SHMBUS_ERR_LAGGED` from `shmbus_recv` on this subscriber
-/// reported lost, into `*missed_out` (0 if it never lagged).
+/// reported lost, into `*missed_out` (0 if it never lagged; `UINT64_MAX` when the count is
+/// unknown: messages published while the broker was away).
 ///
 /// Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_INVALID_ARGUMENT`.
 ///

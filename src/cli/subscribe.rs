@@ -101,6 +101,14 @@ pub fn run(args: Args) -> Outcome {
                 let message = timeout_message(received, args.count);
                 return Err(Failure::new(Exit::Timeout, message));
             }
+            // The broker went, or a broker is back: receiving goes on.
+            Err(RecvTimeoutError::Failed(
+                e @ (RecvError::BrokerLost
+                | RecvError::Lagged {
+                    missed: RecvError::MISSED_UNKNOWN,
+                    ..
+                }),
+            )) => eprintln!("shmbus: {e}"),
             // Each concerns one topic; the others go on.
             Err(RecvTimeoutError::Failed(RecvError::Lagged { topic, missed })) => {
                 losses.add(topic, missed);

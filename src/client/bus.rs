@@ -5,8 +5,6 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use shmbus_shm::{DoorbellTable, Owner};
-
 use super::broker_identity::TrustedUsers;
 use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
@@ -74,13 +72,17 @@ impl Embedded {
 /// What every handle of a bus shares.
 pub(crate) struct BusInner {
     pub(crate) conn: Arc<Connection>,
-    pub(crate) owner: Owner,
-    pub(crate) max_payload: u32,
-    pub(crate) doorbells: DoorbellTable,
     /// Joined on drop, so that no thread of ours outlives the last handle.
     control: Option<std::thread::JoinHandle<()>>,
     /// Declared last: the embedded broker stops after the connection closed.
     embedded: Option<Embedded>,
+}
+
+impl BusInner {
+    /// The largest payload the current broker's rings carry.
+    pub(crate) fn max_payload(&self) -> u32 {
+        self.conn.link().max_payload
+    }
 }
 
 impl Drop for BusInner {
@@ -193,15 +195,12 @@ impl BusBuilder {
                 extra: self.broker_uid,
             },
         };
-        let (conn, session) = Connection::open(&address, &name, options)?;
+        let (conn, control) = Connection::open(&address, &name, options)?;
         Ok(Bus {
             inboxes: Arc::default(),
             inner: Arc::new(BusInner {
                 conn,
-                owner: session.owner,
-                max_payload: session.max_payload,
-                doorbells: session.doorbells,
-                control: Some(session.control),
+                control: Some(control),
                 embedded,
             }),
         })
@@ -248,15 +247,17 @@ impl Bus {
         self.inner.conn.address()
     }
 
-    /// Whether the broker is still connected. Attached publishers and subscribers work either
-    /// way.
+    /// Whether a broker is connected now. Attached publishers and subscribers work either way;
+    /// when the broker is lost, the bus reconnects by itself as soon as a broker is back at its
+    /// address, and publishers and subscribers register again (see [`RecvError::BrokerLost`](
+    /// crate::RecvError::BrokerLost)).
     pub fn is_connected(&self) -> bool {
         self.inner.conn.is_alive()
     }
 
     /// The largest payload this bus's rings carry.
     pub fn max_payload(&self) -> usize {
-        self.inner.max_payload as usize
+        self.inner.max_payload() as usize
     }
 
     /// A publisher of raw bytes on `topic`, with default options (see

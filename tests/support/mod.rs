@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 #[allow(unused_imports)] // each test file uses its own subset
-pub use process::{Lines, Proc};
+pub use process::{Lines, PATIENCE, Proc};
 
 /// The binary under test.
 pub fn bin() -> &'static str {

@@ -3,13 +3,14 @@
 //! The broker sends a subscription one attachment per matching ring — before it replies to the
 //! subscribe, and later whenever a matching ring appears. The control thread queues each for the
 //! subscriber that owns the subscription and rings its doorbell, so a parked subscriber wakes up
-//! to adopt the new ring.
+//! to adopt the new ring. Subscribers that listen are also told when the broker is lost and when
+//! a broker is back.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crossbeam_utils::CachePadded;
-use shmbus_shm::Ring;
+use shmbus_shm::{Doorbell, Ring};
 
 use crate::protocol::RingId;
 use crate::protocol::pubsub::RingAttachment;
@@ -30,6 +31,10 @@ pub(crate) enum Attachment {
         /// Why, from the broker.
         reason: String,
     },
+    /// The broker is gone; the rings go on working, and the bus reconnects.
+    BrokerLost,
+    /// A broker is linked again: register again on the new link.
+    Relinked,
 }
 
 /// Attachments waiting for their subscriber to adopt them, and how to wake it.
@@ -38,12 +43,12 @@ pub(crate) struct AttachmentQueue {
     /// on a line of its own.
     nonempty: CachePadded<AtomicBool>,
     pending: Mutex<Vec<Attachment>>,
-    doorbell: u32,
+    doorbell: Arc<Doorbell>,
 }
 
 impl AttachmentQueue {
     /// An empty queue whose subscriber parks on `doorbell`.
-    pub(crate) fn new(doorbell: u32) -> AttachmentQueue {
+    pub(crate) fn new(doorbell: Arc<Doorbell>) -> AttachmentQueue {
         AttachmentQueue {
             nonempty: CachePadded::new(AtomicBool::new(false)),
             pending: Mutex::new(Vec::new()),
@@ -51,9 +56,9 @@ impl AttachmentQueue {
         }
     }
 
-    /// The doorbell to ring after a push.
-    pub(crate) fn doorbell(&self) -> u32 {
-        self.doorbell
+    /// Rings the subscriber's doorbell (after a push, or to make it look at its rings).
+    pub(crate) fn wake(&self) {
+        self.doorbell.table().ring(self.doorbell.index());
     }
 
     /// Queues attachments; the caller then rings the doorbell.

@@ -90,14 +90,21 @@ pub enum PublishTimeoutError {
 #[non_exhaustive]
 pub enum RecvError {
     /// Messages on `topic` were overwritten before this subscriber read them (a lossy
-    /// subscriber overrun, or a stalled one that the broker evicted). Receiving goes on.
-    #[error("topic {topic:?}: {missed} messages were lost before they were read")]
+    /// subscriber overrun, or a stalled one that the broker evicted), or may have been
+    /// published while the broker was away: after a reconnection, each of the subscriber's
+    /// patterns is reported with `missed` [`RecvError::MISSED_UNKNOWN`]. Receiving goes on.
+    #[error("{}", lagged_message(topic, *missed))]
     Lagged {
-        /// The ring's topic.
+        /// The ring's topic, or the pattern across a reconnection.
         topic: Topic,
-        /// How many.
+        /// How many, or [`RecvError::MISSED_UNKNOWN`].
         missed: u64,
     },
+    /// The broker is gone. The subscriber goes on reading the rings it has, and registers again
+    /// by itself when a broker is back at the bus's address (then reporting each pattern as
+    /// [`RecvError::Lagged`]). Receiving goes on.
+    #[error("the broker is gone: reading the rings already attached, and reconnecting")]
+    BrokerLost,
     /// The ring for `topic` held a frame that breaks the layout rules (a faulty publisher wrote
     /// it): what was between it and the newest message is skipped. Receiving goes on.
     #[error("topic {topic:?}: {detail}; skipped to the newest message")]
@@ -177,12 +184,28 @@ impl RecvError {
     pub fn is_recoverable(&self) -> bool {
         match self {
             RecvError::Lagged { .. }
+            | RecvError::BrokerLost
             | RecvError::Corrupt { .. }
             | RecvError::Unavailable { .. }
             | RecvError::HeldLimit { .. }
             | RecvError::TypeMismatch { .. }
             | RecvError::Invalid { .. } => true,
         }
+    }
+}
+
+impl RecvError {
+    /// The `missed` of a [`RecvError::Lagged`] across a reconnection: messages published while
+    /// the broker was away may be lost, and nobody can count them.
+    pub const MISSED_UNKNOWN: u64 = u64::MAX;
+}
+
+/// The message of [`RecvError::Lagged`].
+fn lagged_message(topic: &Topic, missed: u64) -> String {
+    if missed == RecvError::MISSED_UNKNOWN {
+        format!("pattern {topic:?}: messages published while the broker was away may be lost")
+    } else {
+        format!("topic {topic:?}: {missed} messages were lost before they were read")
     }
 }
 

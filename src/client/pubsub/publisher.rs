@@ -1,8 +1,10 @@
 //! Publishing raw bytes: [`Publisher`], its builder, and zero-copy [`Loan`]s.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use crossbeam_utils::CachePadded;
 use shmbus_shm::{
     CommitError, Deadline, FrameLoan, LoanError, Ring, TryLoanError, WaitStrategy, Writer,
 };
@@ -10,6 +12,7 @@ use shmbus_shm::{
 use super::error::{PublishError, PublishTimeoutError, TryPublishError};
 use super::typed::TypedPublisherBuilder;
 use crate::client::bus::BusInner;
+use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError, ControlError};
 use crate::protocol::pubsub::{Holder, Publish, Publishing, Unpublish, WhoHolds};
 use crate::protocol::{PublisherId, RingId};
@@ -55,10 +58,10 @@ impl PublisherBuilder {
     /// Asks the broker for the topic's ring and attaches to it.
     pub fn create(self) -> Result<Publisher, AttachError> {
         let topic = Topic::new(&self.topic)?;
-        let mut ring = RingPublisher::attach(self.bus, &topic, None)
+        let link = self.bus.conn.link();
+        let mut ring = RingPublisher::attach(self.bus, link, &topic, None)
             .map_err(|e| e.into_attach_error(topic.as_str()))?;
-        ring.writer.set_wait_strategy(self.wait);
-        ring.wait = self.wait;
+        ring.set_wait_strategy(self.wait);
         Ok(Publisher {
             topic,
             inner: Flavor::Ring(ring),
@@ -85,16 +88,25 @@ struct RingPublisher {
     writer: Writer,
     ring: RingId,
     wait: WaitStrategy,
+    /// The generation of the link it registered on, or [`STALE`] when a loan found the ring
+    /// corrupt or retired: while it differs from `current`, the next loan first registers
+    /// again (on the new broker's ring, or the topic's new ring).
+    registered: u64,
+    /// The bus's current link generation (see [`Connection::generation`](
+    /// crate::client::connection::Connection::generation)), read at every loan.
+    current: Arc<CachePadded<AtomicU64>>,
     bus: Arc<BusInner>,
-    /// Whether a loan found the ring corrupt or retired: the next one first moves to the topic's
-    /// new ring.
-    stale: bool,
+    link: Arc<Link>,
 }
+
+/// [`RingPublisher::registered`] of a publisher whose ring was found corrupt or retired; no
+/// link has generation 0.
+const STALE: u64 = 0;
 
 impl Drop for RingPublisher {
     fn drop(&mut self) {
         let publisher = PublisherId::from_raw(self.writer.id());
-        self.bus.conn.notify(Unpublish { publisher });
+        self.bus.conn.notify_on(&self.link, Unpublish { publisher });
     }
 }
 
@@ -126,49 +138,73 @@ impl std::fmt::Display for AttachFailure {
 }
 
 impl RingPublisher {
-    /// Asks the broker for `topic`'s ring — a fresh one if `replace` names the ring this
-    /// publisher found corrupt — maps it and attaches a writer slot in it.
+    /// Asks the broker of `link` for `topic`'s ring — a fresh one if `replace` names the ring
+    /// this publisher found corrupt — maps it and attaches a writer slot in it.
     fn attach(
         bus: Arc<BusInner>,
+        link: Arc<Link>,
         topic: &Topic,
         replace: Option<RingId>,
     ) -> Result<RingPublisher, AttachFailure> {
         let request = Publish {
             topic: topic.as_str().to_string(),
-            max_payload: bus.max_payload,
+            max_payload: link.max_payload,
             replace,
         };
-        let (reply, fds) = bus.conn.call(request).map_err(AttachFailure::Call)?;
-        match open_writer(&bus, fds, &reply) {
-            Ok(writer) => Ok(RingPublisher {
+        let (reply, fds) = bus
+            .conn
+            .call_on(&link, request)
+            .map_err(AttachFailure::Call)?;
+        match open_ring_writer(&link, fds, &reply) {
+            Ok((_, writer)) => Ok(RingPublisher {
                 writer,
                 ring: reply.ring.id,
                 wait: WaitStrategy::default(),
+                registered: link.generation,
+                current: bus.conn.generation(),
                 bus,
-                stale: false,
+                link,
             }),
             Err(detail) => {
                 // The broker recorded the publisher; tell it the attachment failed.
                 let unpublish = Unpublish {
                     publisher: reply.publisher,
                 };
-                bus.conn.notify(unpublish);
+                bus.conn.notify_on(&link, unpublish);
                 Err(AttachFailure::Shm(detail))
             }
         }
     }
 
-    /// Moves to the topic's new ring: the broker retires a corrupt one and creates another.
+    /// How blocking loans wait for room.
+    fn set_wait_strategy(&mut self, wait: WaitStrategy) {
+        self.writer.set_wait_strategy(wait);
+        self.wait = wait;
+    }
+
+    /// Registers again: with the broker that is back after a reconnection, or for the topic's
+    /// new ring after this one was found corrupt (the broker retires it and creates another).
+    /// If the new broker is gone too, the publisher goes on writing the ring it has until the
+    /// next reconnection.
     #[cold]
     #[inline(never)]
-    fn move_to_new_ring(&mut self, topic: &Topic) -> Result<(), Refusal> {
-        let mut fresh = RingPublisher::attach(Arc::clone(&self.bus), topic, Some(self.ring))
-            .map_err(|e| Refusal::Lost(e.to_string()))?;
-        fresh.writer.set_wait_strategy(self.wait);
-        fresh.wait = self.wait;
-        // The old publisher is unpublished as it drops.
-        *self = fresh;
-        Ok(())
+    fn register_again(&mut self, topic: &Topic) -> Result<(), Refusal> {
+        let link = self.bus.conn.link();
+        let relinked = link.generation != self.link.generation;
+        let replace = (!relinked).then_some(self.ring);
+        match RingPublisher::attach(Arc::clone(&self.bus), link.clone(), topic, replace) {
+            Ok(mut fresh) => {
+                fresh.set_wait_strategy(self.wait);
+                // The old publisher is unpublished as it drops (a no-op for a lost broker's).
+                *self = fresh;
+                Ok(())
+            }
+            Err(AttachFailure::Call(CallError::Request(ControlError::BrokerGone))) if relinked => {
+                self.registered = link.generation;
+                Ok(())
+            }
+            Err(e) => Err(Refusal::Lost(e.to_string())),
+        }
     }
 
     /// Claims room for `len` bytes with the given patience.
@@ -179,8 +215,9 @@ impl RingPublisher {
         len: usize,
         patience: Patience,
     ) -> Result<Loan<'a>, Refusal> {
-        if self.stale {
-            self.move_to_new_ring(topic)?;
+        // Relaxed: a hint to look at the link, which `register_again` takes under its lock.
+        if self.registered != self.current.load(Ordering::Relaxed) {
+            self.register_again(topic)?;
         }
         let loan = match patience {
             Patience::Now => self.writer.try_loan(len).map_err(|e| match e {
@@ -200,21 +237,12 @@ impl RingPublisher {
                 topic,
             }),
             Err(Refusal::Moved) => {
-                self.stale = true;
+                self.registered = STALE;
                 Err(Refusal::Moved)
             }
             Err(r) => Err(r),
         }
     }
-}
-
-/// Maps the ring the broker sent, with the geometry it described, and attaches a writer slot.
-fn open_writer(
-    bus: &BusInner,
-    fds: Vec<std::os::fd::OwnedFd>,
-    reply: &Publishing,
-) -> Result<Writer, String> {
-    open_ring_writer(bus, fds, reply).map(|(_, writer)| writer)
 }
 
 /// A writer slot on a ring the broker handed out (of request/response), with the ring (to see
@@ -223,26 +251,33 @@ pub(crate) struct AttachedWriter {
     pub(crate) writer: Writer,
     pub(crate) ring: Ring,
     bus: Arc<BusInner>,
+    /// The link of the broker that handed the ring out.
+    pub(crate) link: Arc<Link>,
 }
 
 impl AttachedWriter {
-    /// Maps the ring of `reply` and attaches its writer; if that fails, the broker is told to
-    /// forget the publisher.
+    /// Maps the ring of `reply`, which the broker of `link` sent, and attaches its writer; if
+    /// that fails, the broker is told to forget the publisher.
     pub(crate) fn attach(
         bus: &Arc<BusInner>,
+        link: Arc<Link>,
         fds: Vec<std::os::fd::OwnedFd>,
         reply: &Publishing,
     ) -> Result<AttachedWriter, String> {
-        match open_ring_writer(bus, fds, reply) {
+        match open_ring_writer(&link, fds, reply) {
             Ok((ring, writer)) => Ok(AttachedWriter {
                 writer,
                 ring,
                 bus: Arc::clone(bus),
+                link,
             }),
             Err(detail) => {
-                bus.conn.notify(Unpublish {
-                    publisher: reply.publisher,
-                });
+                bus.conn.notify_on(
+                    &link,
+                    Unpublish {
+                        publisher: reply.publisher,
+                    },
+                );
                 Err(detail)
             }
         }
@@ -254,13 +289,14 @@ impl Drop for AttachedWriter {
         let publisher = PublisherId::from_raw(self.writer.id());
         // Waited for: what the publisher held (a state collection's ownership) is free for
         // other clients when the drop returns. A broker that is gone has released it anyway.
-        let _ = self.bus.conn.call(Unpublish { publisher });
+        let _ = self.bus.conn.call_on(&self.link, Unpublish { publisher });
     }
 }
 
-/// [`open_writer`], also returning the ring.
+/// Maps the ring the broker of `link` sent, with the geometry it described, and attaches a
+/// writer slot.
 fn open_ring_writer(
-    bus: &BusInner,
+    link: &Link,
     fds: Vec<std::os::fd::OwnedFd>,
     reply: &Publishing,
 ) -> Result<(Ring, Writer), String> {
@@ -269,10 +305,10 @@ fn open_ring_writer(
          descriptors?)"
             .to_string()
     })?;
-    let ring = Ring::attach(data, readers, &bus.doorbells, &reply.ring.into())
+    let ring = Ring::attach(data, readers, &link.doorbells, &reply.ring.into())
         .map_err(|e| e.to_string())?;
     let writer = ring
-        .writer(reply.publisher.get(), bus.owner)
+        .writer(reply.publisher.get(), link.owner)
         .map_err(|e| e.to_string())?;
     Ok((ring, writer))
 }
@@ -382,10 +418,7 @@ impl Publisher {
     /// How blocking publishes wait for a full ring from now on.
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         match &mut self.inner {
-            Flavor::Ring(p) => {
-                p.writer.set_wait_strategy(wait);
-                p.wait = wait;
-            }
+            Flavor::Ring(p) => p.set_wait_strategy(wait),
         }
     }
 
@@ -395,7 +428,7 @@ impl Publisher {
     /// holds publishers back until the broker evicts it (its `--evict-after`, 5 s by default).
     pub fn holders(&self) -> Result<Vec<Holder>, ControlError> {
         let Flavor::Ring(p) = &self.inner;
-        match p.bus.conn.call(WhoHolds { ring: p.ring }) {
+        match p.bus.conn.call_on(&p.link, WhoHolds { ring: p.ring }) {
             Ok((reply, _)) => Ok(reply.holders),
             Err(CallError::Request(e)) => Err(e),
             Err(CallError::Refused(e)) => Err(ControlError::Protocol { detail: e.message }),

@@ -1,7 +1,8 @@
 //! Subscribing: one [`Subscriber`] reads every ring its patterns match, in place, waiting on all
 //! of them with one doorbell.
 
-use std::sync::{Arc, Mutex};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use shmbus_shm::wait::{Deadline, Idle, Waiter};
@@ -17,6 +18,7 @@ use super::publisher::Patience;
 use super::sample::Sample;
 use super::typed::TypedSubscriberBuilder;
 use crate::client::bus::BusInner;
+use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
     ClaimDoorbell, ReleaseDoorbell, RingAttachment, Subscribe, Unsubscribe,
@@ -104,6 +106,7 @@ impl SubscriberBuilder {
     pub fn create(self) -> Result<Subscriber, AttachError> {
         let first = self.patterns.first().map_or("(none yet)", String::as_str);
         let mut sub = RingSubscriber::open(self.bus, self.options, self.history, self.wait, first)?;
+        sub.listen();
         for pattern in &self.patterns {
             sub.add_pattern(pattern)?;
         }
@@ -135,29 +138,80 @@ pub(crate) struct RingLabel {
     _subscription: Arc<SubscriptionLease>,
 }
 
-/// A subscriber's subscriptions and doorbell at the broker, given back when the last of the
-/// subscriber and its owned samples lets go: only then are its reader slots unused, and may be
-/// reclaimed.
+/// A subscriber's subscriptions and doorbell at the broker of one link, given back when the
+/// last of the subscriber and its owned samples lets go: only then are its reader slots unused,
+/// and may be reclaimed.
 struct SubscriptionLease {
     bus: Arc<BusInner>,
+    link: Arc<Link>,
     ids: Mutex<Vec<SubscriptionId>>,
     doorbell: u32,
 }
 
+impl SubscriptionLease {
+    /// Claims a doorbell from the broker of `link`, to park on; `what` names the subscriber in
+    /// errors.
+    fn claim(
+        bus: Arc<BusInner>,
+        link: Arc<Link>,
+        what: &str,
+    ) -> Result<(Arc<SubscriptionLease>, Arc<Doorbell>), AttachError> {
+        let (claimed, _) = bus
+            .conn
+            .call_on(&link, ClaimDoorbell)
+            .map_err(|e| AttachError::call(what, e))?;
+        let lease = Arc::new(SubscriptionLease {
+            bus,
+            link,
+            ids: Mutex::new(Vec::new()),
+            doorbell: claimed.index,
+        });
+        let doorbell = lease.link.doorbells.bell(claimed.index).ok_or_else(|| {
+            let detail = format!(
+                "the broker gave doorbell {} of a smaller table",
+                claimed.index
+            );
+            AttachError::shm(what, detail)
+        })?;
+        Ok((lease, Arc::new(doorbell)))
+    }
+
+    /// Subscription `id` is part of this lease, and `queue` gets its attachments.
+    fn adopt(&self, id: SubscriptionId, queue: &Arc<AttachmentQueue>) {
+        self.bus
+            .conn
+            .register_subscription(&self.link, id, Arc::clone(queue));
+        self.ids
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+    }
+
+    /// Stops routing the lease's attachments (those still coming are discarded at once, their
+    /// descriptors closed; the broker frees their slots when the subscriptions end).
+    fn unroute(&self) {
+        let ids = self.ids.lock().unwrap_or_else(PoisonError::into_inner);
+        for &id in ids.iter() {
+            self.bus.conn.unregister_subscription(&self.link, id);
+        }
+    }
+}
+
 impl Drop for SubscriptionLease {
     fn drop(&mut self) {
-        let ids = self.ids.get_mut().unwrap_or_else(|p| p.into_inner());
+        let (conn, link) = (&self.bus.conn, &self.link);
+        let ids = self.ids.get_mut().unwrap_or_else(PoisonError::into_inner);
         if let Some((&last, rest)) = ids.split_last() {
             for &subscription in rest {
-                self.bus.conn.notify(Unsubscribe { subscription });
+                conn.notify_on(link, Unsubscribe { subscription });
             }
             // The last one is waited for (the broker answers a connection's requests in order,
             // so all of them are then ended): once a server's handle is gone, another client may
             // serve its topic at once. A broker that is gone has ended them anyway.
-            let _ = self.bus.conn.call(Unsubscribe { subscription: last });
+            let _ = conn.call_on(link, Unsubscribe { subscription: last });
         }
         let index = self.doorbell;
-        self.bus.conn.notify(ReleaseDoorbell { index });
+        conn.notify_on(link, ReleaseDoorbell { index });
     }
 }
 
@@ -165,8 +219,20 @@ impl Drop for SubscriptionLease {
 pub(crate) struct RingSubscriber {
     /// Declared first: readers let go of their slots before the subscription may end.
     set: ReaderSet<RingLabel>,
+    /// After a reconnection, the readers of the lost broker's rings, read until they are first
+    /// found empty (their publishers move to the new broker's rings).
+    draining: Option<ReaderSet<RingLabel>>,
     lease: Arc<SubscriptionLease>,
     queue: Arc<AttachmentQueue>,
+    /// The doorbell the subscriber parks on now, for [`Waker`]s.
+    parks_on: Arc<Mutex<Arc<Doorbell>>>,
+    /// Whether it is told when the broker is lost and registers its patterns again when a broker
+    /// is back (pattern subscribers do).
+    listens: bool,
+    /// A broker is back: register again before the next poll.
+    relink_due: bool,
+    /// Events to report before the next message (the broker's loss, gaps across it).
+    events: VecDeque<RecvError>,
     options: ReaderOptions,
     history: u32,
     wait: WaitStrategy,
@@ -179,12 +245,7 @@ pub(crate) struct RingSubscriber {
 
 impl Drop for RingSubscriber {
     fn drop(&mut self) {
-        // Attachments that still come are discarded at once (their descriptors closed); the
-        // broker frees their slots when the subscription ends.
-        let ids = self.lease.ids.lock().unwrap_or_else(|p| p.into_inner());
-        for &id in ids.iter() {
-            self.lease.bus.conn.unregister_subscription(id);
-        }
+        self.lease.unroute();
     }
 }
 
@@ -317,13 +378,23 @@ pub(crate) enum Wait {
 }
 
 /// Wakes a subscriber's wait, so it looks at its stop condition: see [`RingSubscriber::next`].
-pub(crate) struct Waker(Arc<Doorbell>);
+pub(crate) struct Waker(Arc<Mutex<Arc<Doorbell>>>);
 
 impl Waker {
-    /// Rings the subscriber's doorbell.
+    /// Rings the doorbell the subscriber parks on.
     pub(crate) fn wake(&self) {
-        self.0.table().ring(self.0.index());
+        let bell = Arc::clone(&self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        bell.table().ring(bell.index());
     }
+}
+
+/// Where [`RingSubscriber::wait_for_frame`] found a message.
+#[derive(Clone, Copy)]
+enum Found {
+    /// In the reader of this index in the set.
+    Current(usize),
+    /// In the reader of this index among those of the lost broker's rings.
+    Draining(usize),
 }
 
 impl RingSubscriber {
@@ -336,26 +407,17 @@ impl RingSubscriber {
         wait: WaitStrategy,
         what: &str,
     ) -> Result<RingSubscriber, AttachError> {
-        let (claimed, _) = bus
-            .conn
-            .call(ClaimDoorbell)
-            .map_err(|e| AttachError::call(what, e))?;
-        let lease = Arc::new(SubscriptionLease {
-            bus,
-            ids: Mutex::new(Vec::new()),
-            doorbell: claimed.index,
-        });
-        let doorbell = lease.bus.doorbells.bell(claimed.index).ok_or_else(|| {
-            let detail = format!(
-                "the broker gave doorbell {} of a smaller table",
-                claimed.index
-            );
-            AttachError::shm(what, detail)
-        })?;
+        let link = bus.conn.link();
+        let (lease, doorbell) = SubscriptionLease::claim(bus, link, what)?;
         Ok(RingSubscriber {
-            set: ReaderSet::new(Arc::new(doorbell)),
+            set: ReaderSet::new(Arc::clone(&doorbell)),
+            draining: None,
             lease,
-            queue: Arc::new(AttachmentQueue::new(claimed.index)),
+            queue: Arc::new(AttachmentQueue::new(Arc::clone(&doorbell))),
+            parks_on: Arc::new(Mutex::new(doorbell)),
+            listens: false,
+            relink_due: false,
+            events: VecDeque::new(),
             options,
             history,
             wait,
@@ -365,16 +427,27 @@ impl RingSubscriber {
         })
     }
 
+    /// From now on, report the broker's loss and register the patterns again when a broker is
+    /// back.
+    fn listen(&mut self) {
+        self.listens = true;
+        self.lease.bus.conn.listen(&self.queue);
+    }
+
+    /// The subscription request for `pattern`, parking on `doorbell`.
+    fn subscribe_request(&self, pattern: &Topic, doorbell: u32) -> Subscribe {
+        Subscribe {
+            pattern: pattern.as_str().to_string(),
+            mode: self.options.reader_mode(),
+            history: self.history,
+            doorbell,
+        }
+    }
+
     fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
         let pattern = Topic::new(pattern)?;
-        let (mode, history) = (self.options.reader_mode(), self.history);
-        let subscribe = |doorbell| Subscribe {
-            pattern: pattern.as_str().to_string(),
-            mode,
-            history,
-            doorbell,
-        };
-        self.attach_with(subscribe, |reply| reply.subscription)
+        let subscribe = self.subscribe_request(&pattern, self.set.doorbell().index());
+        self.attach_with(|_| subscribe, |reply| reply.subscription)
             .map_err(|e| AttachError::call(pattern.as_str(), e))?;
         self.patterns.push(pattern);
         Ok(())
@@ -387,17 +460,81 @@ impl RingSubscriber {
         request: impl FnOnce(u32) -> C,
         id: impl FnOnce(&C::Reply) -> SubscriptionId,
     ) -> Result<C::Reply, CallError> {
-        let bus = &self.lease.bus;
-        let (reply, _) = bus.conn.call(request(self.set.doorbell().index()))?;
-        let id = id(&reply);
-        bus.conn.register_subscription(id, Arc::clone(&self.queue));
-        self.lease
-            .ids
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(id);
+        let lease = &self.lease;
+        let request = request(self.set.doorbell().index());
+        let (reply, _) = lease.bus.conn.call_on(&lease.link, request)?;
+        lease.adopt(id(&reply), &self.queue);
         self.adopt_pending();
         Ok(reply)
+    }
+
+    /// Registers the patterns again with the broker that is back, reading the rings of the lost
+    /// one until they are found empty, and reports each pattern as lagged (messages published
+    /// meanwhile may be lost). If that fails, the subscriber goes on as it was, and tries again
+    /// at the next reconnection.
+    #[cold]
+    #[inline(never)]
+    fn relink(&mut self) {
+        let conn = &self.lease.bus.conn;
+        let link = conn.link();
+        if link.generation == self.lease.link.generation || !conn.is_alive() {
+            return;
+        }
+        let what = self.patterns.first().map_or("(none yet)", Topic::as_str);
+        let registered = SubscriptionLease::claim(Arc::clone(&self.lease.bus), link, what)
+            .and_then(|(lease, doorbell)| {
+                let queue = Arc::new(AttachmentQueue::new(Arc::clone(&doorbell)));
+                for pattern in &self.patterns {
+                    let request = self.subscribe_request(pattern, doorbell.index());
+                    let outcome = lease.bus.conn.call_on(&lease.link, request);
+                    match outcome {
+                        Ok((reply, _)) => lease.adopt(reply.subscription, &queue),
+                        Err(e) => {
+                            lease.unroute();
+                            return Err(AttachError::call(pattern.as_str(), e));
+                        }
+                    }
+                }
+                Ok((lease, doorbell, queue))
+            });
+        let (lease, doorbell, queue) = match registered {
+            Ok(new) => new,
+            Err(e) => {
+                warn!("cannot subscribe again after reconnecting: {e}");
+                return;
+            }
+        };
+        self.lease.unroute();
+        self.lease = lease;
+        self.queue = queue;
+        self.lease.bus.conn.listen(&self.queue);
+        *self.parks_on.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&doorbell);
+        let old = std::mem::replace(&mut self.set, ReaderSet::new(doorbell));
+        self.draining = (!old.is_empty()).then_some(old);
+        // Ring ids of the lost broker mean nothing at the new one.
+        self.retired.clear();
+        // The new broker's rings may already hold messages of publishers that registered
+        // again first: read them all.
+        let options = self.options;
+        self.options = options.history(u64::MAX);
+        self.adopt_pending();
+        self.options = options;
+        for pattern in &self.patterns {
+            self.events.push_back(RecvError::Lagged {
+                topic: pattern.clone(),
+                missed: RecvError::MISSED_UNKNOWN,
+            });
+        }
+    }
+
+    /// The link its subscriptions are registered on.
+    pub(crate) fn link(&self) -> &Arc<Link> {
+        &self.lease.link
+    }
+
+    /// Whether its subscriptions were made with a broker that is gone.
+    pub(crate) fn is_stale(&self) -> bool {
+        self.lease.bus.conn.is_stale(&self.lease.link)
     }
 
     /// How to wait for messages.
@@ -407,7 +544,7 @@ impl RingSubscriber {
 
     /// What wakes this subscriber's wait (to look at a stop condition).
     pub(crate) fn waker(&self) -> Waker {
-        Waker(Arc::clone(self.set.doorbell()))
+        Waker(Arc::clone(&self.parks_on))
     }
 
     /// The next message, waiting with `patience`, or [`Wait::Stopped`] once nothing is there and
@@ -419,19 +556,22 @@ impl RingSubscriber {
         patience: Patience,
         stop: impl Fn() -> bool,
     ) -> Result<Sample<'_>, Wait> {
-        let index = self.wait_for_frame(patience, stop)?;
-        let frame = self.set.frame(index).expect("the poll found a frame there");
-        Ok(Sample::ring(frame))
+        let found = self.wait_for_frame(patience, stop)?;
+        let frame = match found {
+            Found::Current(index) => self.set.frame(index),
+            Found::Draining(index) => self.draining.as_mut().and_then(|d| d.frame(index)),
+        };
+        Ok(Sample::ring(frame.expect("the poll found a frame there")))
     }
 
     /// Polls every reader, waiting with the subscriber's strategy as `patience` allows, until
-    /// one holds a message; returns its index in the set.
+    /// one holds a message; returns where.
     #[inline]
     fn wait_for_frame(
         &mut self,
         patience: Patience,
         stop: impl Fn() -> bool,
-    ) -> Result<usize, Wait> {
+    ) -> Result<Found, Wait> {
         let mut waiter = match patience {
             Patience::Now => None,
             Patience::Until(deadline) => Some(Waiter::new(self.wait, deadline)),
@@ -439,15 +579,30 @@ impl RingSubscriber {
         loop {
             if self.queue.has_pending() {
                 self.adopt_pending();
+                if self.relink_due {
+                    self.relink_due = false;
+                    self.relink();
+                }
+            }
+            if let Some(event) = self.events.pop_front() {
+                return Err(Wait::Failed(event));
             }
             if let Some((topic, detail)) = self.unavailable.pop() {
                 return Err(Wait::Failed(RecvError::Unavailable { topic, detail }));
             }
             match self.set.poll() {
-                Ok(Some(index)) => return Ok(index),
+                Ok(Some(index)) => return Ok(Found::Current(index)),
                 Ok(None) if !self.retired.is_empty() => self.drop_retired(),
                 Ok(None) => {}
-                Err(e) => return Err(Wait::Failed(self.read_failed(e))),
+                Err(e) => return Err(Wait::Failed(read_failed(&self.set, e))),
+            }
+            if let Some(draining) = &mut self.draining {
+                match draining.poll() {
+                    Ok(Some(index)) => return Ok(Found::Draining(index)),
+                    // Publishers that had not moved yet and publish later are the gap's loss.
+                    Ok(None) => self.draining = None,
+                    Err(e) => return Err(Wait::Failed(read_failed(draining, e))),
+                }
             }
             if stop() {
                 return Err(Wait::Stopped);
@@ -463,22 +618,6 @@ impl RingSubscriber {
                 }
                 Idle::TimedOut => return Err(Wait::Timeout),
             }
-        }
-    }
-
-    /// The error for a reader failing to read.
-    #[cold]
-    #[inline(never)]
-    fn read_failed(&mut self, e: MemberError) -> RecvError {
-        let topic = self.set.readers()[e.index].label().topic.clone();
-        match e.error {
-            ReadError::Lagged { missed } => RecvError::Lagged { topic, missed },
-            ReadError::HeldLimit { max } => RecvError::HeldLimit { topic, max },
-            // The reader skipped past the corrupt frame and goes on.
-            other => RecvError::Corrupt {
-                topic,
-                detail: other.to_string(),
-            },
         }
     }
 
@@ -506,6 +645,14 @@ impl RingSubscriber {
         for item in self.queue.take() {
             let (a, ring) = match item {
                 Attachment::Ring(a, ring) => (a, ring),
+                Attachment::BrokerLost => {
+                    self.events.push_back(RecvError::BrokerLost);
+                    continue;
+                }
+                Attachment::Relinked => {
+                    self.relink_due = true;
+                    continue;
+                }
                 Attachment::Unavailable { topic, reason } => {
                     self.unavailable.push((topic, reason));
                     continue;
@@ -563,5 +710,21 @@ impl RingSubscriber {
         };
         ring.adopt_reader(reserved, self.options, self.set.doorbell(), owner, label)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// The error for a reader of `set` failing to read.
+#[cold]
+#[inline(never)]
+fn read_failed(set: &ReaderSet<RingLabel>, e: MemberError) -> RecvError {
+    let topic = set.readers()[e.index].label().topic.clone();
+    match e.error {
+        ReadError::Lagged { missed } => RecvError::Lagged { topic, missed },
+        ReadError::HeldLimit { max } => RecvError::HeldLimit { topic, max },
+        // The reader skipped past the corrupt frame and goes on.
+        other => RecvError::Corrupt {
+            topic,
+            detail: other.to_string(),
+        },
     }
 }

@@ -251,18 +251,20 @@ impl Inbox {
             let request = Target {
                 topic: topic.as_str().to_string(),
             };
-            let (reply, fds) = bus.conn.call(request).map_err(|e| match e {
+            let link = Arc::clone(self.reader.link());
+            let (reply, fds) = bus.conn.call_on(&link, request).map_err(|e| match e {
                 CallError::Refused(r) if r.code == ErrorCode::NoServer => RequestError::NoServer {
                     topic: topic.clone(),
                 },
                 e => setup_error(topic, e),
             })?;
-            let link =
-                AttachedWriter::attach(bus, fds, &reply).map_err(|detail| RequestError::Setup {
+            let writer = AttachedWriter::attach(bus, link, fds, &reply).map_err(|detail| {
+                RequestError::Setup {
                     topic: topic.clone(),
                     detail,
-                })?;
-            self.links.push((topic.clone(), link));
+                }
+            })?;
+            self.links.push((topic.clone(), writer));
         }
         Ok(self.links.len() - 1)
     }
@@ -276,7 +278,7 @@ impl Inbox {
         payload: &mut Payload<'_>,
         deadline: Deadline,
     ) -> Result<(u64, usize), RequestError> {
-        let max = bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        let max = bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
         if payload.len() > max {
             return Err(RequestError::TooLarge {
                 topic: topic.clone(),
@@ -567,7 +569,9 @@ fn pooled(
     pool: &Arc<InboxPool>,
     topic: &Topic,
 ) -> Result<Exchange, RequestError> {
-    let inbox = match pool.take() {
+    // An inbox of a broker that is gone is dropped: its id means nothing (or someone else's
+    // inbox) at the next one.
+    let inbox = match pool.take().filter(|inbox| !inbox.reader.is_stale()) {
         Some(inbox) => inbox,
         None => Inbox::open(bus, topic, WaitStrategy::default())?,
     };
@@ -777,7 +781,7 @@ impl Requester {
                 rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>,
             >,
     {
-        let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        let max = self.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
         let mut fill = |buf: &mut [u8]| serialize_tagged(value, buf);
         let response = self.exchange(&mut Payload::Fill(max, &mut fill), timeout)?;
         TypedResponse::check(response, &self.topic)
@@ -837,7 +841,8 @@ impl Requester {
     /// This requester's inbox (the one a finished stream gave back, or a fresh one if the last
     /// exchange left it unfinished).
     fn take_inbox(&mut self) -> Result<Inbox, RequestError> {
-        match self.inbox.take().or_else(|| self.after_stream.take()) {
+        let inbox = self.inbox.take().or_else(|| self.after_stream.take());
+        match inbox.filter(|inbox| !inbox.reader.is_stale()) {
             Some(inbox) => Ok(inbox),
             None => Inbox::open(&self.bus, &self.topic, self.wait),
         }

@@ -14,6 +14,7 @@ use tracing::debug;
 
 use super::error::{RespondError, ServeError};
 use crate::client::bus::BusInner;
+use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample,
@@ -37,6 +38,8 @@ type AnswerFill<'f> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'f;
 /// What a server and its responders share: the writers on requesters' inboxes.
 pub(crate) struct Outbound {
     bus: Arc<BusInner>,
+    /// The link the server registered on: inbox ids are those of its broker.
+    link: Arc<Link>,
     topic: Topic,
     writers: Mutex<HashMap<RingId, Arc<Mutex<AttachedWriter>>>>,
 }
@@ -53,14 +56,21 @@ impl Outbound {
             return Ok(Arc::clone(w));
         }
         // Asked without holding the map, so other responders go on meanwhile.
-        let (reply, fds) = self.bus.conn.call(Respond { inbox }).map_err(|e| match e {
-            CallError::Refused(r) if r.code == ErrorCode::Unknown => RespondError::RequesterGone,
-            CallError::Refused(r) => RespondError::Inbox {
-                detail: format!("the broker refused: {}", r.message),
-            },
-            CallError::Request(e) => RespondError::Broker(e),
-        })?;
-        let writer = AttachedWriter::attach(&self.bus, fds, &reply)
+        let respond = Respond { inbox };
+        let (reply, fds) = self
+            .bus
+            .conn
+            .call_on(&self.link, respond)
+            .map_err(|e| match e {
+                CallError::Refused(r) if r.code == ErrorCode::Unknown => {
+                    RespondError::RequesterGone
+                }
+                CallError::Refused(r) => RespondError::Inbox {
+                    detail: format!("the broker refused: {}", r.message),
+                },
+                CallError::Request(e) => RespondError::Broker(e),
+            })?;
+        let writer = AttachedWriter::attach(&self.bus, Arc::clone(&self.link), fds, &reply)
             .map_err(|detail| RespondError::Inbox { detail })?;
         let mut writers = lock(&self.writers);
         // An entry in use (its lock held) is not retired; the others are checked.
@@ -88,7 +98,7 @@ impl Outbound {
 
     /// Refuses a response longer than the bus's rings carry.
     fn check_len(&self, len: usize) -> Result<(), RespondError> {
-        let max = self.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        let max = self.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
         if len > max {
             return Err(RespondError::TooLarge { len, max });
         }
@@ -367,7 +377,7 @@ impl<'a> Request<'a> {
     where
         R: rkyv::Archive + for<'b, 'c> rkyv::Serialize<crate::RingSerializer<'b, 'c>>,
     {
-        let max = self.outbound.bus.max_payload as usize - EXCHANGE_HEADER_LEN;
+        let max = self.outbound.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
         self.answer(max, &mut |_, buf| serialize_tagged(value, buf))
     }
 
@@ -520,10 +530,12 @@ impl Server {
                 },
                 e => ServeError::Attach(AttachError::call(topic, e)),
             })?;
+        let link = Arc::clone(reader.link());
         Ok(Server {
             reader,
             outbound: Arc::new(Outbound {
                 bus,
+                link,
                 topic: topic_ref,
                 writers: Mutex::new(HashMap::new()),
             }),

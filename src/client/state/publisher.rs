@@ -68,8 +68,9 @@ impl StatePublisherBuilder {
             topic: topic.as_str().to_string(),
             persistent: self.persistent,
         };
-        let (reply, fds) = self.bus.conn.call(own).map_err(fail)?;
-        let writer = AttachedWriter::attach(&self.bus, fds, &reply.publishing)
+        let link = self.bus.conn.link();
+        let (reply, fds) = self.bus.conn.call_on(&link, own).map_err(fail)?;
+        let writer = AttachedWriter::attach(&self.bus, link, fds, &reply.publishing)
             .map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let ring = reply.publishing.ring;
         let ring_max = (ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
@@ -272,18 +273,23 @@ impl StatePublisher {
         let request = SyncState {
             topic: self.changes.topic.as_str().to_string(),
         };
-        self.bus.conn.call(request).map(|_| ()).map_err(|e| {
-            let source = match e {
-                CallError::Request(source) => source,
-                CallError::Refused(r) => {
-                    crate::client::ControlError::Protocol { detail: r.message }
+        let link = &self.changes.writer.link;
+        self.bus
+            .conn
+            .call_on(link, request)
+            .map(|_| ())
+            .map_err(|e| {
+                let source = match e {
+                    CallError::Request(source) => source,
+                    CallError::Refused(r) => {
+                        crate::client::ControlError::Protocol { detail: r.message }
+                    }
+                };
+                StateError::Broker {
+                    topic: self.changes.topic.as_str().to_string(),
+                    source,
                 }
-            };
-            StateError::Broker {
-                topic: self.changes.topic.as_str().to_string(),
-                source,
-            }
-        })
+            })
     }
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {

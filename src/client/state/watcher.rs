@@ -311,6 +311,8 @@ impl StateWatcher {
                 self.stale.push(topic.as_str().to_string());
                 Ok(())
             }
+            // Watchers do not listen for the broker's loss.
+            RecvError::BrokerLost => Ok(()),
         }
     }
 
