@@ -7,7 +7,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use shmbus::{Bus, RecvError, RecvTimeoutError, Subscriber};
+use shmbus::{AttachError, Bus, ControlError, RecvError, RecvTimeoutError, Subscriber};
 use support::{Broker, PATIENCE, Proc, run, shmbus};
 
 /// Waits until `what` holds, failing after [`PATIENCE`]: `what` is a state another process
@@ -192,6 +192,15 @@ fn when_the_broker_never_comes_back_clients_keep_their_rings_and_the_cli_exits_3
         publisher.publish(n.to_string().as_bytes()).unwrap();
     }
     expect_sequence(&mut sub, "gone/a", 0, 10);
+    // New attachments report the loss instead of hanging.
+    match bus.publisher("gone/new") {
+        Err(AttachError::Broker {
+            source: ControlError::BrokerGone,
+            ..
+        }) => {}
+        other => panic!("expected BrokerGone, got {other:?}"),
+    }
+    assert!(!bus.is_connected());
     eventually("the CLI subscriber still reads the ring", || {
         lines_of(&cli_sub, "gone/a") == 10
     });

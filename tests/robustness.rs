@@ -13,7 +13,7 @@ use shmbus::protocol::{
     BrokerMessage, ClientMessage, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION, PublisherId, Request,
     RequestId, SubscriptionId, codec,
 };
-use shmbus::{AttachError, Bus, ControlError, WaitStrategy};
+use shmbus::{Bus, WaitStrategy};
 use support::raw::{self, closed, hello, recv, send};
 use support::{Broker, Proc, run, shmbus};
 
@@ -269,29 +269,4 @@ fn fifty_subscriber_processes_on_one_topic() {
         assert_eq!(s.wait_code(), 0, "{}", s.stderr.text());
         assert_eq!(s.stdout.text().lines().count(), 100);
     }
-}
-
-#[test]
-fn when_the_broker_dies_attached_rings_keep_working_and_calls_fail_cleanly() {
-    let mut broker = Broker::start(&[]);
-    let bus = Bus::connect(broker.bus()).unwrap();
-    let mut publisher = bus.publisher("alive").unwrap();
-    let mut sub = bus.subscribe("alive").unwrap();
-    broker.proc.signal(Signal::SIGKILL);
-    let _ = broker.proc.child.wait();
-    publisher.publish(b"after the broker died").unwrap();
-    let sample = sub
-        .recv_timeout(Duration::from_secs(30))
-        .expect("ring still works");
-    assert_eq!(sample.payload(), b"after the broker died");
-    drop(sample);
-    // New attachments report the loss instead of hanging.
-    match bus.publisher("new") {
-        Err(AttachError::Broker {
-            source: ControlError::BrokerGone,
-            ..
-        }) => {}
-        other => panic!("expected BrokerGone, got {other:?}"),
-    }
-    assert!(!bus.is_connected());
 }

@@ -103,7 +103,10 @@ typedef enum shmbus_status {
     // has its reason.
     SHMBUS_ERR_REFUSED = -6,
     // The broker closed the connection or died. Publishers and subscribers already attached keep
-    // working; creating new ones fails with this code until the client reconnects.
+    // working; creating new ones fails with this code until the client has reconnected, which it
+    // does by itself once a broker is back. `shmbus_recv` returns it once when the broker is
+    // lost, and receiving goes on (after the reconnection, `SHMBUS_ERR_LAGGED` with an unknown
+    // count for each pattern: messages may have been lost meanwhile).
     SHMBUS_ERR_BROKER_GONE = -7,
     // The broker's answer made no sense (a different shmbus version?).
     SHMBUS_ERR_PROTOCOL = -8,
@@ -932,7 +935,8 @@ int shmbus_recv_next(struct shmbus_subscriber *subscriber,
 int shmbus_sample_release(struct shmbus_sample *sample);
 
 // How many messages the last `SHMBUS_ERR_LAGGED` from `shmbus_recv` on this subscriber
-// reported lost, into `*missed_out` (0 if it never lagged).
+// reported lost, into `*missed_out` (0 if it never lagged; `UINT64_MAX` when the count is
+// unknown: messages published while the broker was away).
 //
 // Errors: `SHMBUS_ERR_NULL`, `SHMBUS_ERR_INVALID_ARGUMENT`.
 //
