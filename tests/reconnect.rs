@@ -217,3 +217,51 @@ fn when_the_broker_never_comes_back_clients_keep_their_rings_and_the_cli_exits_3
     cli_sub.signal(Signal::SIGTERM);
     assert_eq!(cli_sub.wait_code(), 0);
 }
+
+#[test]
+fn servers_requesters_and_state_owners_go_on_across_a_broker_restart() {
+    let mut broker = Broker::start(&[]);
+    let bus = Bus::connect(broker.bus()).unwrap();
+    let _server = bus
+        .serve_with("calc/echo", |request| request.payload().to_vec())
+        .unwrap();
+    let mut requester = bus.requester("calc/echo").unwrap();
+    assert_eq!(requester.request(b"before").unwrap().payload(), b"before");
+    let mut owner = bus.state_publisher("config/a").unwrap();
+    owner.put("kept", b"1").unwrap();
+    let mut watcher = bus.watch_state("config/**").unwrap();
+
+    broker.proc.signal(Signal::SIGKILL);
+    let _ = broker.proc.child.wait();
+    let _again = Broker::start_at(&broker.socket, &[]);
+    eventually("the bus reconnects", || bus.is_connected());
+
+    // The server serves again by itself: this process's requests and another process's.
+    eventually("the server serves the new broker", || {
+        bus.request_timeout("calc/echo", b"x", PATIENCE)
+            .is_ok_and(|r| r.payload() == b"x")
+    });
+    assert_eq!(requester.request(b"after").unwrap().payload(), b"after");
+    let (code, stdout, stderr) = run(broker.bus(), &["req", "calc/echo", "from the CLI"]);
+    assert_eq!((code, stdout.trim()), (0, "from the CLI"), "{stderr}");
+
+    // The owner owns its collection again with its next change, content and all; the watcher
+    // catches up from the new broker.
+    owner.put("added", b"2").unwrap();
+    let deadline = Instant::now() + PATIENCE;
+    while watcher
+        .get("config/a", "added")
+        .is_none_or(|v| **v != *b"2")
+    {
+        if let Err(e) = watcher.recv_deadline(deadline) {
+            panic!("the watcher did not catch up: {e}");
+        }
+    }
+    assert_eq!(**watcher.get("config/a", "kept").unwrap(), *b"1");
+    let (code, stdout, _) = run(broker.bus(), &["state", "get", "config/a"]);
+    assert_eq!(code, 0);
+    assert!(
+        stdout.contains("kept 1") && stdout.contains("added 2"),
+        "{stdout}"
+    );
+}

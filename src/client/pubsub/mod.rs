@@ -14,7 +14,7 @@ pub use error::{
 pub(crate) use publisher::{AttachedWriter, Patience};
 pub use publisher::{Loan, Publisher, PublisherBuilder};
 pub use sample::{OwnedSample, Sample};
-pub(crate) use subscriber::{RingSubscriber, Wait, Waker};
+pub(crate) use subscriber::{Relinking, RingSubscriber, Wait, Waker};
 pub use subscriber::{Subscriber, SubscriberBuilder};
 pub use typed::{
     OwnedTypedSample, RingSerializer, TypedPublisher, TypedPublisherBuilder, TypedSample,

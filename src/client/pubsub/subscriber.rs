@@ -18,7 +18,7 @@ use super::publisher::Patience;
 use super::sample::Sample;
 use super::typed::TypedSubscriberBuilder;
 use crate::client::bus::BusInner;
-use crate::client::connection::Link;
+use crate::client::connection::{Connection, Link};
 use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
     ClaimDoorbell, ReleaseDoorbell, RingAttachment, Subscribe, Unsubscribe,
@@ -106,7 +106,10 @@ impl SubscriberBuilder {
     pub fn create(self) -> Result<Subscriber, AttachError> {
         let first = self.patterns.first().map_or("(none yet)", String::as_str);
         let mut sub = RingSubscriber::open(self.bus, self.options, self.history, self.wait, first)?;
-        sub.listen();
+        sub.relink_with(Relinking {
+            report: true,
+            drain: true,
+        });
         for pattern in &self.patterns {
             sub.add_pattern(pattern)?;
         }
@@ -135,7 +138,7 @@ enum Flavor {
 /// ended only when the last reader and the last sample of it are gone.
 pub(crate) struct RingLabel {
     pub(crate) topic: Topic,
-    _subscription: Arc<SubscriptionLease>,
+    subscription: Arc<SubscriptionLease>,
 }
 
 /// A subscriber's subscriptions and doorbell at the broker of one link, given back when the
@@ -215,6 +218,23 @@ impl Drop for SubscriptionLease {
     }
 }
 
+/// One of a subscriber's subscriptions, as it is made again on a new link: sends the request,
+/// given the subscriber's doorbell there, and returns the id the reply names.
+type Registration =
+    Box<dyn Fn(&Connection, &Link, u32) -> Result<SubscriptionId, CallError> + Send + Sync>;
+
+/// What a subscriber told to register again at a broker that is back
+/// ([`RingSubscriber::relink_with`]) does besides.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Relinking {
+    /// Report the loss ([`RecvError::BrokerLost`]), and each pattern as a gap
+    /// ([`RecvError::Lagged`] with [`RecvError::MISSED_UNKNOWN`]) once registered again.
+    pub(crate) report: bool,
+    /// Read the lost broker's rings until they are first found empty; otherwise they are dropped
+    /// at once (a server cannot answer their requests: the inboxes were the lost broker's).
+    pub(crate) drain: bool,
+}
+
 /// A subscriber of local rings.
 pub(crate) struct RingSubscriber {
     /// Declared first: readers let go of their slots before the subscription may end.
@@ -226,9 +246,11 @@ pub(crate) struct RingSubscriber {
     queue: Arc<AttachmentQueue>,
     /// The doorbell the subscriber parks on now, for [`Waker`]s.
     parks_on: Arc<Mutex<Arc<Doorbell>>>,
-    /// Whether it is told when the broker is lost and registers its patterns again when a broker
-    /// is back (pattern subscribers do).
-    listens: bool,
+    /// What it does besides registering again, once told to (see
+    /// [`RingSubscriber::relink_with`]).
+    relinking: Relinking,
+    /// How to make each of its subscriptions again, at a broker that is back.
+    registrations: Vec<Registration>,
     /// A broker is back: register again before the next poll.
     relink_due: bool,
     /// Events to report before the next message (the broker's loss, gaps across it).
@@ -415,7 +437,8 @@ impl RingSubscriber {
             lease,
             queue: Arc::new(AttachmentQueue::new(Arc::clone(&doorbell))),
             parks_on: Arc::new(Mutex::new(doorbell)),
-            listens: false,
+            relinking: Relinking::default(),
+            registrations: Vec::new(),
             relink_due: false,
             events: VecDeque::new(),
             options,
@@ -427,51 +450,53 @@ impl RingSubscriber {
         })
     }
 
-    /// From now on, report the broker's loss and register the patterns again when a broker is
-    /// back.
-    fn listen(&mut self) {
-        self.listens = true;
+    /// From now on, register again when a broker is back at the bus's address, and do what
+    /// `relinking` says besides. (Without this, the subscriptions end with the broker.)
+    pub(crate) fn relink_with(&mut self, relinking: Relinking) {
+        self.relinking = relinking;
         self.lease.bus.conn.listen(&self.queue);
-    }
-
-    /// The subscription request for `pattern`, parking on `doorbell`.
-    fn subscribe_request(&self, pattern: &Topic, doorbell: u32) -> Subscribe {
-        Subscribe {
-            pattern: pattern.as_str().to_string(),
-            mode: self.options.reader_mode(),
-            history: self.history,
-            doorbell,
-        }
     }
 
     fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
         let pattern = Topic::new(pattern)?;
-        let subscribe = self.subscribe_request(&pattern, self.set.doorbell().index());
-        self.attach_with(|_| subscribe, |reply| reply.subscription)
+        let (mode, history) = (self.options.reader_mode(), self.history);
+        let name = pattern.as_str().to_string();
+        let subscribe = move |doorbell| Subscribe {
+            pattern: name.clone(),
+            mode,
+            history,
+            doorbell,
+        };
+        self.attach_with(subscribe, |reply| reply.subscription)
             .map_err(|e| AttachError::call(pattern.as_str(), e))?;
         self.patterns.push(pattern);
         Ok(())
     }
 
     /// Makes a subscription with `request` (given this subscriber's doorbell), whose reply names
-    /// it by `id`, and adopts the rings attached for it.
-    pub(crate) fn attach_with<C: Call>(
+    /// it by `id`, and adopts the rings attached for it. Both are kept, to make the subscription
+    /// again at a broker that is back (see [`RingSubscriber::relink_with`]).
+    pub(crate) fn attach_with<C: Call + 'static>(
         &mut self,
-        request: impl FnOnce(u32) -> C,
-        id: impl FnOnce(&C::Reply) -> SubscriptionId,
+        request: impl Fn(u32) -> C + Send + Sync + 'static,
+        id: impl Fn(&C::Reply) -> SubscriptionId + Send + Sync + 'static,
     ) -> Result<C::Reply, CallError> {
         let lease = &self.lease;
-        let request = request(self.set.doorbell().index());
-        let (reply, _) = lease.bus.conn.call_on(&lease.link, request)?;
+        let (reply, _) =
+            (lease.bus.conn).call_on(&lease.link, request(self.set.doorbell().index()))?;
         lease.adopt(id(&reply), &self.queue);
+        self.registrations
+            .push(Box::new(move |conn, link, doorbell| {
+                let (reply, _) = conn.call_on(link, request(doorbell))?;
+                Ok(id(&reply))
+            }));
         self.adopt_pending();
         Ok(reply)
     }
 
-    /// Registers the patterns again with the broker that is back, reading the rings of the lost
-    /// one until they are found empty, and reports each pattern as lagged (messages published
-    /// meanwhile may be lost). If that fails, the subscriber goes on as it was, and tries again
-    /// at the next reconnection.
+    /// Makes the subscriptions again with the broker that is back, then reads or drops the lost
+    /// broker's rings and reports the gap as [`RingSubscriber::relinking`] says. If that fails,
+    /// the subscriber goes on as it was, and tries again at the next reconnection.
     #[cold]
     #[inline(never)]
     fn relink(&mut self) {
@@ -484,14 +509,12 @@ impl RingSubscriber {
         let registered = SubscriptionLease::claim(Arc::clone(&self.lease.bus), link, what)
             .and_then(|(lease, doorbell)| {
                 let queue = Arc::new(AttachmentQueue::new(Arc::clone(&doorbell)));
-                for pattern in &self.patterns {
-                    let request = self.subscribe_request(pattern, doorbell.index());
-                    let outcome = lease.bus.conn.call_on(&lease.link, request);
-                    match outcome {
-                        Ok((reply, _)) => lease.adopt(reply.subscription, &queue),
+                for redo in &self.registrations {
+                    match redo(&lease.bus.conn, &lease.link, doorbell.index()) {
+                        Ok(id) => lease.adopt(id, &queue),
                         Err(e) => {
                             lease.unroute();
-                            return Err(AttachError::call(pattern.as_str(), e));
+                            return Err(AttachError::call(what, e));
                         }
                     }
                 }
@@ -510,7 +533,7 @@ impl RingSubscriber {
         self.lease.bus.conn.listen(&self.queue);
         *self.parks_on.lock().unwrap_or_else(PoisonError::into_inner) = Arc::clone(&doorbell);
         let old = std::mem::replace(&mut self.set, ReaderSet::new(doorbell));
-        self.draining = (!old.is_empty()).then_some(old);
+        self.draining = (self.relinking.drain && !old.is_empty()).then_some(old);
         // Ring ids of the lost broker mean nothing at the new one.
         self.retired.clear();
         // The new broker's rings may already hold messages of publishers that registered
@@ -519,11 +542,13 @@ impl RingSubscriber {
         self.options = options.history(u64::MAX);
         self.adopt_pending();
         self.options = options;
-        for pattern in &self.patterns {
-            self.events.push_back(RecvError::Lagged {
-                topic: pattern.clone(),
-                missed: RecvError::MISSED_UNKNOWN,
-            });
+        if self.relinking.report {
+            for pattern in &self.patterns {
+                self.events.push_back(RecvError::Lagged {
+                    topic: pattern.clone(),
+                    missed: RecvError::MISSED_UNKNOWN,
+                });
+            }
         }
     }
 
@@ -535,6 +560,12 @@ impl RingSubscriber {
     /// Whether its subscriptions were made with a broker that is gone.
     pub(crate) fn is_stale(&self) -> bool {
         self.lease.bus.conn.is_stale(&self.lease.link)
+    }
+
+    /// [`RingSubscriber::is_stale`], as a function that holds no borrow of the subscriber.
+    pub(crate) fn staleness(&self) -> impl Fn() -> bool + use<> {
+        let lease = Arc::clone(&self.lease);
+        move || lease.bus.conn.is_stale(&lease.link)
     }
 
     /// How to wait for messages.
@@ -556,12 +587,30 @@ impl RingSubscriber {
         patience: Patience,
         stop: impl Fn() -> bool,
     ) -> Result<Sample<'_>, Wait> {
+        self.next_noting_link(patience, stop, None)
+            .map(|(sample, _)| sample)
+    }
+
+    /// [`RingSubscriber::next`], also returning the link the message's ring came from if it is
+    /// not `known` (the subscriber registered again since).
+    #[inline]
+    pub(crate) fn next_noting_link(
+        &mut self,
+        patience: Patience,
+        stop: impl Fn() -> bool,
+        known: Option<&Link>,
+    ) -> Result<(Sample<'_>, Option<Arc<Link>>), Wait> {
         let found = self.wait_for_frame(patience, stop)?;
         let frame = match found {
             Found::Current(index) => self.set.frame(index),
             Found::Draining(index) => self.draining.as_mut().and_then(|d| d.frame(index)),
         };
-        Ok(Sample::ring(frame.expect("the poll found a frame there")))
+        let frame = frame.expect("the poll found a frame there");
+        let link = &frame.label().subscription.link;
+        let new_link = known
+            .filter(|known| known.generation != link.generation)
+            .map(|_| Arc::clone(link));
+        Ok((Sample::ring(frame), new_link))
     }
 
     /// Polls every reader, waiting with the subscriber's strategy as `patience` allows, until
@@ -646,7 +695,9 @@ impl RingSubscriber {
             let (a, ring) = match item {
                 Attachment::Ring(a, ring) => (a, ring),
                 Attachment::BrokerLost => {
-                    self.events.push_back(RecvError::BrokerLost);
+                    if self.relinking.report {
+                        self.events.push_back(RecvError::BrokerLost);
+                    }
                     continue;
                 }
                 Attachment::Relinked => {
@@ -706,7 +757,7 @@ impl RingSubscriber {
         };
         let label = RingLabel {
             topic,
-            _subscription: Arc::clone(&self.lease),
+            subscription: Arc::clone(&self.lease),
         };
         ring.adopt_reader(reserved, self.options, self.set.doorbell(), owner, label)
             .map_err(|e| e.to_string())

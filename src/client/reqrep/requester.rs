@@ -334,7 +334,8 @@ impl Inbox {
     }
 
     /// Waits for the next frame answering `correlation`, dropping anything else. `link` is the
-    /// index of the link the request went through: once its request ring is retired and nothing
+    /// index of the link the request went through: once its request ring is retired, or the bus
+    /// reconnected to a new broker (which knows neither the inbox nor the request), and nothing
     /// more is in the inbox, the server is gone.
     fn receive(
         &mut self,
@@ -345,6 +346,7 @@ impl Inbox {
     ) -> Result<(ResponseKind, OwnedSample), RequestError> {
         let Inbox { reader, links, .. } = self;
         let server = &links[link].1.ring;
+        let stale = reader.staleness();
         let mut gone = false;
         loop {
             let patience = if gone {
@@ -354,7 +356,7 @@ impl Inbox {
             } else {
                 Patience::Until(deadline)
             };
-            let sample = match reader.next(patience, || server.is_retired()) {
+            let sample = match reader.next(patience, || server.is_retired() || stale()) {
                 Ok(sample) => sample,
                 Err(Wait::Stopped) if !gone => {
                     gone = true;
@@ -815,8 +817,13 @@ impl Requester {
         payload: &mut Payload<'_>,
         patience: Option<Duration>,
     ) -> Result<Response, RequestError> {
-        // Used in place; dropped (so closed) if the exchange ends unfinished.
-        if self.inbox.is_none() {
+        // Used in place; dropped (so closed) if the exchange ends unfinished, or if its broker
+        // is gone.
+        if self
+            .inbox
+            .as_ref()
+            .is_none_or(|inbox| inbox.reader.is_stale())
+        {
             self.inbox = Some(self.take_inbox()?);
         }
         let Requester {
@@ -841,8 +848,11 @@ impl Requester {
     /// This requester's inbox (the one a finished stream gave back, or a fresh one if the last
     /// exchange left it unfinished).
     fn take_inbox(&mut self) -> Result<Inbox, RequestError> {
-        let inbox = self.inbox.take().or_else(|| self.after_stream.take());
-        match inbox.filter(|inbox| !inbox.reader.is_stale()) {
+        // An inbox of a broker that is gone is dropped.
+        let live = |inbox: &Inbox| !inbox.reader.is_stale();
+        let inbox =
+            (self.inbox.take().filter(live)).or_else(|| self.after_stream.take().filter(live));
+        match inbox {
             Some(inbox) => Ok(inbox),
             None => Inbox::open(&self.bus, &self.topic, self.wait),
         }

@@ -17,8 +17,8 @@ use crate::client::bus::BusInner;
 use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{
-    AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, RingSubscriber, Sample,
-    TryRecvError, Wait,
+    AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, Relinking, RingSubscriber,
+    Sample, TryRecvError, Wait,
 };
 use crate::client::schema::Schema;
 use crate::client::schema::serialize_tagged;
@@ -49,6 +49,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Outbound {
+    /// Nothing written yet to the inboxes of the broker of `link`.
+    fn new(bus: Arc<BusInner>, link: Arc<Link>, topic: Topic) -> Outbound {
+        Outbound {
+            bus,
+            link,
+            topic,
+            writers: Mutex::new(HashMap::new()),
+        }
+    }
+
     /// The writer on inbox `inbox`, made if needed. Writers on inboxes the broker retired are
     /// dropped whenever a new one is made, so they do not pile up.
     fn writer(&self, inbox: RingId) -> Result<Arc<Mutex<AttachedWriter>>, RespondError> {
@@ -515,10 +525,11 @@ impl Server {
         let options = ReaderOptions::default();
         let wait = WaitStrategy::default();
         let mut reader = RingSubscriber::open(Arc::clone(&bus), options, 0, wait, topic)?;
+        let name = topic.to_string();
         reader
             .attach_with(
-                |doorbell| Serve {
-                    topic: topic.to_string(),
+                move |doorbell| Serve {
+                    topic: name.clone(),
                     doorbell,
                 },
                 |r| r.subscription,
@@ -530,15 +541,13 @@ impl Server {
                 },
                 e => ServeError::Attach(AttachError::call(topic, e)),
             })?;
+        // Served again at a broker that is back; the requests of the lost one cannot be
+        // answered (the inboxes were its).
+        reader.relink_with(Relinking::default());
         let link = Arc::clone(reader.link());
         Ok(Server {
             reader,
-            outbound: Arc::new(Outbound {
-                bus,
-                link,
-                topic: topic_ref,
-                writers: Mutex::new(HashMap::new()),
-            }),
+            outbound: Arc::new(Outbound::new(bus, link, topic_ref)),
             last: None,
         })
     }
@@ -601,7 +610,13 @@ impl Server {
             outbound,
             last,
         } = self;
-        let sample = reader.next(patience, stop)?;
+        let (sample, new_link) = reader.next_noting_link(patience, stop, Some(&outbound.link))?;
+        if let Some(link) = new_link {
+            // Registered again at a new broker: its inboxes, its writers.
+            let bus = Arc::clone(&outbound.bus);
+            *outbound = Arc::new(Outbound::new(bus, link, outbound.topic.clone()));
+            *last = None;
+        }
         let Some((header, _)) = RequestHeader::decode(sample.payload()) else {
             // Written by a faulty requester: dropped, like any corrupt frame.
             return Err(Wait::Failed(RecvError::Corrupt {

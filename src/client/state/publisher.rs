@@ -7,7 +7,7 @@ use shmbus_shm::{Deadline, LoanError};
 use super::error::StateError;
 use super::fetch_snapshot;
 use crate::client::bus::BusInner;
-use crate::client::error::{AttachError, CallError};
+use crate::client::error::{AttachError, CallError, ControlError};
 use crate::client::pubsub::AttachedWriter;
 use crate::client::schema::serialize_tagged;
 use crate::protocol::state::{
@@ -82,6 +82,7 @@ impl StatePublisherBuilder {
             snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let mut publisher = StatePublisher {
             bus: Arc::clone(&self.bus),
+            persistent: self.persistent,
             changes: Changes {
                 writer,
                 topic,
@@ -117,6 +118,7 @@ impl StatePublisherBuilder {
 /// entry deleted).
 pub struct StatePublisher {
     bus: Arc<BusInner>,
+    persistent: bool,
     changes: Changes,
     /// Each value's buffer is reused when its key is put again.
     entries: foldhash::HashMap<String, Vec<u8>>,
@@ -149,6 +151,7 @@ impl StatePublisher {
     /// writes nothing.
     pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), StateError> {
         self.check_key(key)?;
+        self.check_link()?;
         if value.len() > self.max_value {
             return Err(StateError::TooLarge {
                 topic: self.changes.topic.as_str().to_string(),
@@ -210,6 +213,7 @@ impl StatePublisher {
     /// Removes `key`; [`StateError::MissingKey`] if the collection does not hold it.
     pub fn remove(&mut self, key: &str) -> Result<(), StateError> {
         self.check_key(key)?;
+        self.check_link()?;
         if !self.entries.contains_key(key) {
             return Err(StateError::MissingKey {
                 topic: self.changes.topic.as_str().to_string(),
@@ -225,6 +229,7 @@ impl StatePublisher {
 
     /// Counts a restart of the owner (watchers get `Restarted(n)`).
     pub fn signal_restarted(&mut self) -> Result<(), StateError> {
+        self.check_link()?;
         let n = self.restarted.saturating_add(1);
         self.changes.write(Record::Restarted(n))?;
         self.restarted = n;
@@ -233,6 +238,7 @@ impl StatePublisher {
 
     /// Sets the restart counter back to zero.
     pub fn clear_restarted(&mut self) -> Result<(), StateError> {
+        self.check_link()?;
         if self.restarted == 0 {
             return Ok(());
         }
@@ -290,6 +296,77 @@ impl StatePublisher {
                     source,
                 }
             })
+    }
+
+    /// Owns the collection again if the bus reconnected to a new broker since it was owned.
+    #[inline]
+    fn check_link(&mut self) -> Result<(), StateError> {
+        if self.bus.conn.is_stale(&self.changes.writer.link) {
+            self.own_again()?;
+        }
+        Ok(())
+    }
+
+    /// Owns the collection at the broker that is back and makes its copy this owner's content
+    /// (the owner's entries are the collection). If that broker is gone too, changes go on into
+    /// the ring this owner has, until the next reconnection.
+    #[cold]
+    #[inline(never)]
+    fn own_again(&mut self) -> Result<(), StateError> {
+        let topic = self.changes.topic.clone();
+        let broker = |source| StateError::Broker {
+            topic: topic.as_str().to_string(),
+            source,
+        };
+        let conn = &self.bus.conn;
+        let link = conn.link();
+        let own = OwnState {
+            topic: topic.as_str().to_string(),
+            persistent: self.persistent,
+        };
+        let (reply, fds) = match conn.call_on(&link, own) {
+            Ok(owned) => owned,
+            Err(CallError::Request(ControlError::BrokerGone)) => return Ok(()),
+            Err(CallError::Request(e)) => return Err(broker(e)),
+            Err(CallError::Refused(r)) => {
+                return Err(broker(ControlError::Protocol { detail: r.message }));
+            }
+        };
+        let ring = |detail: String| StateError::Ring {
+            topic: topic.as_str().to_string(),
+            detail,
+        };
+        let writer =
+            AttachedWriter::attach(&self.bus, link, fds, &reply.publishing).map_err(ring)?;
+        let bytes = fetch_snapshot(&self.bus, topic.as_str()).map_err(|e| match e {
+            CallError::Request(e) => broker(e),
+            CallError::Refused(r) => broker(ControlError::Protocol { detail: r.message }),
+        })?;
+        let collections = snapshot::parse(&bytes).map_err(|e| ring(e.to_string()))?;
+        let held = collections.iter().find(|c| c.topic == topic.as_str());
+        self.changes = Changes {
+            writer,
+            topic: topic.clone(),
+            seq: held.map_or(0, |c| c.seq),
+        };
+        self.max_bytes = reply.max_bytes;
+        let held_entries: foldhash::HashMap<&str, &[u8]> = held
+            .map(|c| c.entries.iter().copied().collect())
+            .unwrap_or_default();
+        for key in held_entries.keys() {
+            if !self.entries.contains_key(*key) {
+                self.changes.write(Record::Remove { key })?;
+            }
+        }
+        for (key, value) in &self.entries {
+            if held_entries.get(key.as_str()) != Some(&value.as_slice()) {
+                self.changes.write(Record::Put { key, value })?;
+            }
+        }
+        if held.map_or(0, |c| c.restarted) != self.restarted {
+            self.changes.write(Record::Restarted(self.restarted))?;
+        }
+        Ok(())
     }
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {

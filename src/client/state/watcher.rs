@@ -12,7 +12,7 @@ use super::fetch_snapshot;
 use super::value::StateValue;
 use crate::client::bus::BusInner;
 use crate::client::error::{AttachError, CallError};
-use crate::client::pubsub::{Patience, RecvError, RingSubscriber, Wait};
+use crate::client::pubsub::{Patience, RecvError, Relinking, RingSubscriber, Wait};
 use crate::protocol::state::{Record, WatchState, snapshot};
 use crate::topic::Topic;
 
@@ -108,14 +108,21 @@ impl StateWatcherBuilder {
         let mut patterns = Vec::new();
         for p in &self.patterns {
             let pattern = Topic::new(p)?;
-            let watch = |doorbell| WatchState {
-                pattern: pattern.as_str().to_string(),
+            let name = pattern.as_str().to_string();
+            let watch = move |doorbell| WatchState {
+                pattern: name.clone(),
                 doorbell,
             };
             sub.attach_with(watch, |reply| reply.subscription)
                 .map_err(|e| AttachError::call(pattern.as_str(), e))?;
             patterns.push(pattern);
         }
+        // Watched again at a broker that is back; the gap it reports for each pattern is caught
+        // up from the new broker's snapshot, so the lost broker's rings are not read further.
+        sub.relink_with(Relinking {
+            report: true,
+            drain: false,
+        });
         let mut watcher = StateWatcher {
             bus: self.bus,
             sub,
@@ -123,6 +130,7 @@ impl StateWatcherBuilder {
             mirror: BTreeMap::new(),
             events: VecDeque::new(),
             stale: Vec::new(),
+            relinked: Vec::new(),
         };
         for pattern in watcher.patterns.clone() {
             watcher
@@ -169,6 +177,8 @@ pub struct StateWatcher {
     events: VecDeque<StateEvent>,
     /// Collections whose mirror may have missed changes: a snapshot catches them up.
     stale: Vec<String>,
+    /// Patterns watched again at a new broker: its snapshot replaces what the mirror holds.
+    relinked: Vec<Topic>,
 }
 
 impl std::fmt::Debug for StateWatcher {
@@ -236,6 +246,16 @@ impl StateWatcher {
             if let Some(event) = self.events.pop_front() {
                 return Ok(event);
             }
+            if let Some(pattern) = self.relinked.pop() {
+                if let Err(e) = self.replace_from_snapshot(&pattern) {
+                    self.relinked.push(pattern.clone());
+                    return Err(WatchError::Snapshot {
+                        pattern: pattern.into_string(),
+                        detail: e,
+                    });
+                }
+                continue;
+            }
             if let Some(topic) = self.stale.pop() {
                 if let Err(e) = self.resync(&topic, false) {
                     self.stale.push(topic.clone());
@@ -302,6 +322,14 @@ impl StateWatcher {
             RecvError::Unavailable { topic, detail } => {
                 Err(WatchError::Unavailable { topic, detail })
             }
+            // Watching again at a new broker, whose sequence numbers start anew.
+            RecvError::Lagged {
+                topic,
+                missed: RecvError::MISSED_UNKNOWN,
+            } => {
+                self.relinked.push(topic);
+                Ok(())
+            }
             // Evicted, or a record skipped: the snapshot says what it was.
             RecvError::Lagged { topic, .. }
             | RecvError::Corrupt { topic, .. }
@@ -311,7 +339,7 @@ impl StateWatcher {
                 self.stale.push(topic.as_str().to_string());
                 Ok(())
             }
-            // Watchers do not listen for the broker's loss.
+            // Its rings go on; what changed meanwhile comes with the new broker's snapshot.
             RecvError::BrokerLost => Ok(()),
         }
     }
@@ -334,6 +362,44 @@ impl StateWatcher {
                 continue;
             }
             m.catch_up(&c, initial, &mut self.events);
+        }
+        Ok(())
+    }
+}
+
+impl StateWatcher {
+    /// Makes the mirror of every collection `pattern` matches what the snapshot of a new broker
+    /// says (whatever the sequence numbers, which start anew with it); collections it does not
+    /// hold are emptied.
+    fn replace_from_snapshot(&mut self, pattern: &Topic) -> Result<(), String> {
+        let bytes = fetch_snapshot(&self.bus, pattern.as_str()).map_err(|e| match e {
+            CallError::Request(e) => e.to_string(),
+            CallError::Refused(r) => r.message,
+        })?;
+        let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
+        for m in self.mirror.values_mut() {
+            if !pattern.matches(&m.topic) || collections.iter().any(|c| c.topic == m.topic.as_str())
+            {
+                continue;
+            }
+            let topic = m.topic.clone();
+            let empty = snapshot::Collection {
+                topic: topic.as_str(),
+                seq: 0,
+                restarted: 0,
+                persistent: false,
+                owned: false,
+                entries: Vec::new(),
+            };
+            m.catch_up(&empty, false, &mut self.events);
+        }
+        for c in collections {
+            let topic = Topic::new(c.topic).map_err(|e| format!("the snapshot holds {e}"))?;
+            let m = self
+                .mirror
+                .entry(Arc::from(c.topic))
+                .or_insert_with(|| Mirror::new(topic));
+            m.catch_up(&c, false, &mut self.events);
         }
         Ok(())
     }
