@@ -131,7 +131,14 @@ pub fn ensure_private_dir(socket: &Path) -> io::Result<()> {
     let ours_to_check = dir
         .file_name()
         .is_some_and(|n| n.to_string_lossy().starts_with("shmbus"));
-    if ours_to_check && (!meta.is_dir() || !ours || meta.permissions().mode() & 0o077 != 0) {
+    let mode = meta.permissions().mode();
+    // 0711 is what a broker with an access list leaves (others may reach the socket, not list or
+    // change the directory): made private again here.
+    if ours_to_check && meta.is_dir() && ours && mode & 0o7777 == 0o711 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        return Ok(());
+    }
+    if ours_to_check && (!meta.is_dir() || !ours || mode & 0o077 != 0) {
         return Err(io::Error::new(
             io::ErrorKind::PermissionDenied,
             format!(

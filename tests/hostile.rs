@@ -9,10 +9,10 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use shmbus::protocol::pubsub::{ClaimDoorbell, Publish, Subscribe};
-use shmbus::protocol::{BrokerMessage, ErrorCode, Reply, Request};
+use shmbus::protocol::pubsub::Publish;
+use shmbus::protocol::{ErrorCode, Reply, Request};
 use shmbus::{AttachError, Bus, BusAddress, Publisher, RecvTimeoutError, Subscriber};
-use shmbus_shm::{ReaderMode, RingConfig};
+use shmbus_shm::RingConfig;
 use support::hostile::{RingScribbler, Scribbler};
 use support::raw::{self, RawClient};
 use support::{Broker, Proc, run, shmbus};
@@ -95,28 +95,6 @@ fn publish_raw(client: &mut RawClient, topic: &str) -> RingScribbler {
         reader_slots: p.ring.reader_slots,
     };
     RingScribbler::map(&config, fds[1].as_fd(), Some(fds[0].as_fd())).unwrap()
-}
-
-/// Subscribes a raw client to `pattern`; returns the descriptors of the first ring attached
-/// (data read-only, readers).
-fn subscribe_raw(client: &mut RawClient, pattern: &str) -> Vec<OwnedFd> {
-    let (reply, _) = client.request(Request::ClaimDoorbell(ClaimDoorbell));
-    let Ok(Reply::DoorbellClaimed(bell)) = reply else {
-        panic!("doorbell: {reply:?}");
-    };
-    let (reply, _) = client.request(Request::Subscribe(Subscribe {
-        pattern: pattern.into(),
-        mode: ReaderMode::Tethered,
-        history: 0,
-        doorbell: bell.index,
-    }));
-    assert!(matches!(reply, Ok(Reply::Subscribed(_))), "{reply:?}");
-    let (_, fds) = client
-        .unsolicited
-        .drain(..)
-        .find(|(m, _)| matches!(m, BrokerMessage::RingAttached(_)))
-        .expect("an attachment before the reply");
-    fds
 }
 
 #[test]
@@ -209,7 +187,7 @@ fn a_read_only_descriptor_cannot_be_reopened_or_mapped_writable() {
     let honest = connect(&broker);
     let _publisher = honest.publisher("secret").unwrap();
     let mut faulty = RawClient::connect(&broker.socket);
-    let fds = subscribe_raw(&mut faulty, "secret");
+    let fds = faulty.subscribe("secret");
     let data = &fds[0];
     let path = std::ffi::CString::new(format!("/proc/self/fd/{}", data.as_raw_fd())).unwrap();
     let root = nix::unistd::geteuid().is_root();
@@ -224,7 +202,7 @@ fn a_read_only_descriptor_cannot_be_reopened_or_mapped_writable() {
                     if libc::setgid(65534) != 0 || libc::setuid(65534) != 0 {
                         90
                     } else {
-                        attempt_writable(path.as_ptr(), data.as_raw_fd())
+                        support::hostile::attempt_writable(path.as_ptr(), data.as_raw_fd())
                     }
                 };
                 // SAFETY: ends the child without running the parent's destructors.
@@ -239,51 +217,12 @@ fn a_read_only_descriptor_cannot_be_reopened_or_mapped_writable() {
         }
     } else {
         // SAFETY: plain system calls on a path and descriptor owned by this test.
-        unsafe { attempt_writable(path.as_ptr(), data.as_raw_fd()) }
+        unsafe { support::hostile::attempt_writable(path.as_ptr(), data.as_raw_fd()) }
     };
     assert_eq!(
         code, 0,
         "step {code} got write access (see attempt_writable)"
     );
-}
-
-/// Tries every way to write through a read-only descriptor of a ring's data; returns 0 when all
-/// are refused, else the number of the step that succeeded.
-///
-/// # Safety
-/// `path` is a NUL-terminated string; `fd` an open descriptor.
-unsafe fn attempt_writable(path: *const libc::c_char, fd: i32) -> i32 {
-    // SAFETY: by the caller's contract; each call only reports success or failure.
-    unsafe {
-        let reopened = libc::open(path, libc::O_RDWR);
-        if reopened >= 0 {
-            return 1;
-        }
-        let map = libc::mmap(
-            std::ptr::null_mut(),
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED,
-            fd,
-            0,
-        );
-        if map != libc::MAP_FAILED {
-            return 2;
-        }
-        let punched = libc::fallocate(
-            fd,
-            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
-            0,
-            4096,
-        );
-        if punched == 0 {
-            return 3;
-        }
-        if libc::write(fd, b"x".as_ptr().cast(), 1) >= 0 {
-            return 4;
-        }
-        0
-    }
 }
 
 #[test]

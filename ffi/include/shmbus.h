@@ -162,6 +162,9 @@ typedef enum shmbus_status {
     // The requester is gone (its process ended, or it stopped waiting): the answer goes
     // nowhere.
     SHMBUS_ERR_REQUESTER_GONE = -27,
+    // The broker's access list does not allow this process's user the operation on the topic
+    // (or to connect); the message names the operation, the topic and the uid.
+    SHMBUS_ERR_PERMISSION_DENIED = -28,
 } shmbus_status;
 
 // Special values of the `timeout_ms` arguments (any other value is a number of milliseconds).

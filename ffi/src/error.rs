@@ -100,6 +100,9 @@ pub enum shmbus_status {
     /// The requester is gone (its process ended, or it stopped waiting): the answer goes
     /// nowhere.
     SHMBUS_ERR_REQUESTER_GONE = -27,
+    /// The broker's access list does not allow this process's user the operation on the topic
+    /// (or to connect); the message names the operation, the topic and the uid.
+    SHMBUS_ERR_PERMISSION_DENIED = -28,
 }
 
 /// Every status code with its description, for `shmbus_strerror`.
@@ -153,6 +156,10 @@ pub(crate) const DESCRIPTIONS: &[(shmbus_status, &CStr)] = &[
     ),
     (SHMBUS_ERR_ALREADY_SERVED, c"the topic is already served"),
     (SHMBUS_ERR_REQUESTER_GONE, c"the requester is gone"),
+    (
+        SHMBUS_ERR_PERMISSION_DENIED,
+        c"permission denied by the broker's access list",
+    ),
 ];
 
 /// A failed call: its status code and the message for `shmbus_last_error`.
@@ -203,6 +210,7 @@ impl From<ConnectError> for Error {
             ConnectError::Address(_) => SHMBUS_ERR_INVALID_ADDRESS,
             ConnectError::Unreachable { .. } => SHMBUS_ERR_UNREACHABLE,
             ConnectError::Refused { .. } => SHMBUS_ERR_REFUSED,
+            ConnectError::PermissionDenied { .. } => SHMBUS_ERR_PERMISSION_DENIED,
             ConnectError::Untrusted { .. } => SHMBUS_ERR_UNTRUSTED,
             ConnectError::Protocol { .. } => SHMBUS_ERR_PROTOCOL,
             ConnectError::Shm(_) => SHMBUS_ERR_SHM,
@@ -242,6 +250,7 @@ impl From<AttachError> for Error {
             } => SHMBUS_ERR_PROTOCOL,
             AttachError::Refused { .. } => SHMBUS_ERR_REFUSED,
             AttachError::Shm { .. } => SHMBUS_ERR_SHM,
+            AttachError::PermissionDenied { .. } => SHMBUS_ERR_PERMISSION_DENIED,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

@@ -90,6 +90,7 @@ impl From<RequestError> for Error {
             RequestError::Abandoned { .. } => SHMBUS_ERR_ABANDONED,
             RequestError::TooLarge { .. } => SHMBUS_ERR_TOO_LARGE,
             RequestError::Setup { .. } => SHMBUS_ERR_BROKER_GONE,
+            RequestError::PermissionDenied { .. } => crate::error::SHMBUS_ERR_PERMISSION_DENIED,
             _ => crate::error::SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

@@ -208,7 +208,8 @@ impl EventLoop {
                 self.drop_client(oldest, DisconnectReason::Protocol(why));
             }
         }
-        let id = self.core.connect(creds);
+        let groups = crate::broker::access::supplementary_groups(creds.pid);
+        let id = self.core.connect(creds, groups);
         if let Err(e) = self.poll.registry().register(
             &mut SourceFd(&fd.as_raw_fd()),
             token(id),

@@ -16,6 +16,7 @@
 //! Inside, the `core` module decides (registration, rings, subscriptions, recovery; no I/O) and
 //! the `event_loop` moves bytes between it and the sockets.
 
+pub mod access;
 mod core;
 mod event_loop;
 mod keeper;
@@ -23,9 +24,9 @@ mod keeper;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use mio::unix::SourceFd;
@@ -34,7 +35,8 @@ use nix::fcntl::{Flock, FlockArg};
 use shmbus_shm::{DoorbellTable, RingConfig};
 use tracing::warn;
 
-use self::core::{Core, Limits, Quotas};
+use self::access::AccessList;
+use self::core::{AccessSlot, Core, Limits, Quotas};
 use crate::address::{BusAddress, ensure_private_dir};
 use crate::protocol::seqpacket;
 use event_loop::{EventLoop, LISTENER, WAKER};
@@ -96,6 +98,7 @@ pub struct BrokerBuilder {
     doorbells: u32,
     ring_idle: Duration,
     state_dir: Option<PathBuf>,
+    access: Option<Arc<AccessList>>,
 }
 
 impl Default for BrokerBuilder {
@@ -113,6 +116,7 @@ impl Default for BrokerBuilder {
             doorbells: 16_384,
             ring_idle: Duration::from_secs(60),
             state_dir: None,
+            access: None,
         }
     }
 }
@@ -258,6 +262,15 @@ impl BrokerBuilder {
         self
     }
 
+    /// Admit other users as `list` says (see [`access`]): the socket becomes reachable by
+    /// everyone (mode 0666, and its directory 0711 if the broker made it), and each connection
+    /// and request is checked against the list. Without one, only the broker's user can reach
+    /// the socket. Replace the list of a running broker with [`BrokerHandle::set_access_list`].
+    pub fn access_list(mut self, list: AccessList) -> Self {
+        self.access = Some(Arc::new(list));
+        self
+    }
+
     /// Binds the control socket: creates its private directory, refuses to start if a live
     /// broker owns the socket, and replaces a stale socket file left by a dead one.
     pub fn bind(self) -> Result<Broker, BrokerError> {
@@ -276,6 +289,9 @@ impl BrokerBuilder {
         let lock = lock_socket(&path)?;
         remove_stale_socket(&path)?;
         let listener = seqpacket::listen(&path).map_err(io_err("listen on", &path))?;
+        if self.access.is_some() {
+            open_to_others(&path).map_err(io_err("open to other users", &path))?;
+        }
         raise_descriptor_limit();
         let doorbells = DoorbellTable::create(self.doorbells)?;
         let poll = Poll::new().map_err(io_err("create event loop for", &path))?;
@@ -289,11 +305,14 @@ impl BrokerBuilder {
         let waker =
             Waker::new(poll.registry(), WAKER).map_err(io_err("create waker for", &path))?;
         let stop = Arc::new(AtomicBool::new(false));
+        let access = AccessSlot::new(RwLock::new(self.access.clone()));
         let handle = BrokerHandle {
             stop: Arc::clone(&stop),
             waker: Arc::new(waker),
+            access: Arc::clone(&access),
         };
         let mut core = Core::new(self.limits.clone(), doorbells);
+        core.set_access(access);
         let (answers, answered) = mpsc::channel();
         let keeper = self.start_keeper(&mut core, answers, &handle, &path)?;
         let event_loop = EventLoop::new(listener, poll, core, self.ring_idle, stop, answered);
@@ -380,14 +399,41 @@ fn remove_stale_socket(path: &Path) -> Result<(), BrokerError> {
     }
 }
 
-/// Stops a running broker from another thread (or a signal-handling thread).
+/// Makes the socket (and its directory, if the broker made it) reachable by other users, whom
+/// the access list then admits or refuses.
+fn open_to_others(socket: &Path) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o666))?;
+    let ours = socket.parent().filter(|d| {
+        d.file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("shmbus"))
+    });
+    if let Some(dir) = ours {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+    }
+    Ok(())
+}
+
+/// Stops a running broker from another thread (or a signal-handling thread), or replaces its
+/// access list.
 #[derive(Clone, Debug)]
 pub struct BrokerHandle {
     stop: Arc<AtomicBool>,
     waker: Arc<Waker>,
+    access: AccessSlot,
 }
 
 impl BrokerHandle {
+    /// Checks connections and requests against `list` from now on (subscriptions and other
+    /// handles made before stay). A broker started without an access list keeps its socket
+    /// private to its user, so only that user is checked.
+    pub fn set_access_list(&self, list: AccessList) {
+        *self
+            .access
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(list));
+    }
+
     /// Asks the broker to stop; [`Broker::run`] returns soon after.
     pub fn stop(&self) {
         // Release pairs with the Acquire load at the top of the event loop.

@@ -1,8 +1,10 @@
 //! `shmbus broker`.
 
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::broker::{Broker, BrokerError};
+use crate::broker::access::AccessList;
+use crate::broker::{Broker, BrokerError, BrokerHandle};
 
 use super::{BusArg, Exit, Failure, Outcome};
 
@@ -53,6 +55,10 @@ pub struct Args {
     /// Most bytes (keys and values together) of one state collection.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_state_bytes: u64,
+    /// Let other users connect, as the rules of this TOML file allow (re-read on SIGHUP; see
+    /// the README's "Access control").
+    #[arg(long, value_name = "FILE")]
+    acl: Option<PathBuf>,
 }
 
 /// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
@@ -100,6 +106,10 @@ pub fn run(args: Args) -> Outcome {
         Some(dir) => builder.state_dir(dir),
         None => builder,
     };
+    let builder = match &args.acl {
+        Some(path) => builder.access_list(AccessList::load(path).map_err(Failure::error)?),
+        None => builder,
+    };
     let broker = builder.bind().map_err(|e| match e {
         BrokerError::Config(_) => Failure::new(Exit::Usage, e),
         other => Failure::error(other),
@@ -108,13 +118,24 @@ pub fn run(args: Args) -> Outcome {
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
     ])
     .map_err(|e| Failure::error(format!("install signal handlers: {e}")))?;
+    let acl = args.acl;
     std::thread::Builder::new()
         .name("shmbus-signals".into())
         .spawn(move || {
-            if signals.forever().next().is_some() {
-                handle.stop();
+            for signal in signals.forever() {
+                match (signal, &acl) {
+                    (signal_hook::consts::SIGHUP, Some(path)) => reload(&handle, path),
+                    (signal_hook::consts::SIGHUP, None) => {
+                        tracing::info!("SIGHUP: no --acl file to re-read");
+                    }
+                    _ => {
+                        handle.stop();
+                        break;
+                    }
+                }
             }
         })
         .map_err(|e| Failure::error(format!("start signal thread: {e}")))?;
@@ -122,4 +143,16 @@ pub fn run(args: Args) -> Outcome {
     broker
         .run()
         .map_err(|e| Failure::error(format!("broker failed: {e}")))
+}
+
+/// Re-reads the access list at `path` and puts it in force; a bad file is reported and the
+/// rules in force stay.
+fn reload(handle: &BrokerHandle, path: &Path) {
+    match AccessList::load(path) {
+        Ok(list) => {
+            handle.set_access_list(list);
+            tracing::info!(file = %path.display(), "access list reloaded");
+        }
+        Err(e) => tracing::error!("access list not reloaded, the previous rules stay: {e}"),
+    }
 }

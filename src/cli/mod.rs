@@ -32,6 +32,8 @@ pub enum Exit {
     Timeout = 4,
     /// Nobody serves the topic (`req`).
     NoServer = 5,
+    /// The broker's access list does not allow it.
+    PermissionDenied = 6,
 }
 
 /// A failed command: its exit code and one line for stderr.
@@ -61,6 +63,7 @@ impl From<ConnectError> for Failure {
         let code = match e {
             ConnectError::Unreachable { .. } => Exit::Unreachable,
             ConnectError::Address(_) => Exit::Usage,
+            ConnectError::PermissionDenied { .. } => Exit::PermissionDenied,
             _ => Exit::Error,
         };
         Failure::new(code, e)
@@ -71,6 +74,7 @@ impl From<AttachError> for Failure {
     fn from(e: AttachError) -> Failure {
         let code = match e {
             AttachError::InvalidTopic(_) => Exit::Usage,
+            AttachError::PermissionDenied { .. } => Exit::PermissionDenied,
             AttachError::Broker {
                 source: ControlError::BrokerGone,
                 ..
@@ -99,12 +103,13 @@ Delivery:
 
 Exit codes:
   0 success, 1 error, 2 usage (including an invalid topic), 3 cannot reach the broker,
-  4 timeout, 5 nobody serves the topic (req).
+  4 timeout, 5 nobody serves the topic (req), 6 permission denied (the broker's --acl).
 
 Environment:
-  SHMBUS_BUS  the default bus (a name or a socket path)
-  RUST_LOG    log filter (default: info for the broker, warn for the rest), e.g. RUST_LOG=debug
-  NO_COLOR    no colours in logs (there are none unless stderr is a terminal)";
+  SHMBUS_BUS         the default bus (a name or a socket path)
+  SHMBUS_BROKER_UID  also trust a broker running as this uid (a service account)
+  RUST_LOG           log filter (default: info for the broker, warn for the rest), e.g. RUST_LOG=debug
+  NO_COLOR           no colours in logs (there are none unless stderr is a terminal)";
 
 /// What a command returns.
 pub type Outcome = Result<(), Failure>;

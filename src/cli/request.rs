@@ -53,6 +53,7 @@ fn failure(e: RequestError) -> Failure {
         RequestError::NoServer { .. } => Exit::NoServer,
         RequestError::Timeout { .. } => Exit::Timeout,
         RequestError::InvalidTopic(_) => Exit::Usage,
+        RequestError::PermissionDenied { .. } => Exit::PermissionDenied,
         _ => Exit::Error,
     };
     Failure::new(code, e)

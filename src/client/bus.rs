@@ -168,9 +168,10 @@ impl BusBuilder {
         self
     }
 
-    /// Also trust a broker running as user `uid` (a service account). By default the broker
-    /// must run as this process's user or root, and its socket's directory belong to one of
-    /// them; anything else is refused with [`ConnectError::Untrusted`].
+    /// Also trust a broker running as user `uid` (a service account; default:
+    /// `$SHMBUS_BROKER_UID`). By default the broker must run as this process's user or root,
+    /// and its socket's directory belong to one of them; anything else is refused with
+    /// [`ConnectError::Untrusted`].
     pub fn broker_uid(mut self, uid: u32) -> Self {
         self.broker_uid = Some(uid);
         self
@@ -192,7 +193,7 @@ impl BusBuilder {
         let options = ConnectOptions {
             timeout: self.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
             trusted: TrustedUsers {
-                extra: self.broker_uid,
+                extra: self.broker_uid.or_else(broker_uid_from_env),
             },
         };
         let (conn, control) = Connection::open(&address, &name, options)?;
@@ -205,6 +206,11 @@ impl BusBuilder {
             }),
         })
     }
+}
+
+/// The service account `$SHMBUS_BROKER_UID` names, if it is set to a uid.
+fn broker_uid_from_env() -> Option<u32> {
+    std::env::var("SHMBUS_BROKER_UID").ok()?.trim().parse().ok()
 }
 
 /// The name of the running program, as clients introduce themselves by default.

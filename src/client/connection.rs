@@ -35,8 +35,8 @@ use crate::protocol::pubsub::{ReleaseDoorbell, RingAttachment, Unpublish, Unsubs
 use crate::protocol::reqrep::{InboxOpened, Serving};
 use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
-    BrokerMessage, Call, ClientMessage, ErrorReply, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION,
-    Reply, RequestId, SubscriptionId, Welcome, codec,
+    BrokerMessage, Call, ClientMessage, ErrorCode, ErrorReply, Hello, MAX_MESSAGE_LEN,
+    PROTOCOL_VERSION, Reply, RequestId, SubscriptionId, Welcome, codec,
 };
 
 /// How long a request waits for its reply (and a send for room) before the broker is deemed
@@ -636,6 +636,12 @@ fn handshake(
     };
     let welcome: Welcome = match msg {
         BrokerMessage::Welcome(w) => w,
+        BrokerMessage::Refused(e) if e.code == ErrorCode::PermissionDenied => {
+            return Err(ConnectError::PermissionDenied {
+                address: address.to_string(),
+                message: e.message,
+            });
+        }
         BrokerMessage::Refused(e) => {
             return Err(ConnectError::Refused {
                 address: address.to_string(),

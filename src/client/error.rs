@@ -33,6 +33,14 @@ pub enum ConnectError {
         /// What is wrong.
         detail: String,
     },
+    /// The broker's access list does not admit this process's user.
+    #[error("the broker at {address} refused the connection: {message}")]
+    PermissionDenied {
+        /// The broker's address.
+        address: String,
+        /// The broker's message, naming the uid.
+        message: String,
+    },
     /// The broker refused the connection.
     #[error("the broker at {address} refused the connection: {message}")]
     Refused {
@@ -97,6 +105,14 @@ pub enum AttachError {
         #[source]
         source: ControlError,
     },
+    /// The broker's access list does not allow this client the operation on the topic.
+    #[error("topic {topic:?}: {message}")]
+    PermissionDenied {
+        /// The topic or pattern.
+        topic: String,
+        /// The broker's message, naming the operation, the topic and the uid.
+        message: String,
+    },
     /// The broker said no.
     #[error("topic {topic:?}: the broker refused: {message}")]
     Refused {
@@ -130,6 +146,12 @@ impl AttachError {
         let topic = topic.to_string();
         match e {
             CallError::Request(source) => AttachError::Broker { topic, source },
+            CallError::Refused(e) if e.code == ErrorCode::PermissionDenied => {
+                AttachError::PermissionDenied {
+                    topic,
+                    message: e.message,
+                }
+            }
             CallError::Refused(e) => AttachError::Refused {
                 topic,
                 code: e.code,

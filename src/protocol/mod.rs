@@ -243,4 +243,7 @@ pub enum ErrorCode {
     Taken,
     /// Nobody serves the topic a request is for.
     NoServer,
+    /// The broker's access list does not allow this client the operation on the topic (or to
+    /// connect at all).
+    PermissionDenied,
 }

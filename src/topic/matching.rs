@@ -58,6 +58,51 @@ pub fn overlaps(a: &Topic, b: &Topic) -> bool {
     next[0]
 }
 
+/// Whether every concrete topic that `inner` matches is also matched by `outer`: a permission
+/// on `outer` covers a subscription (or a wildcard publish) on `inner`.
+///
+/// A `*` of `outer` covers one fragment of `inner` that is not `**` (a `**` may stand for more
+/// than one); a `**` of `outer` covers one or more fragments of any kind. Same dynamic programme
+/// as [`overlaps`], in O(`outer` × `inner`) time.
+///
+/// ```
+/// use shmbus::topic::{covers, Topic};
+///
+/// let t = |s| Topic::new(s).unwrap();
+/// assert!(covers(&t("sensors/**"), &t("sensors/*/temp")));
+/// assert!(covers(&t("a/*"), &t("a/b")));
+/// assert!(!covers(&t("a/*"), &t("a/**")));
+/// assert!(!covers(&t("sensors/**"), &t("**")));
+/// ```
+pub fn covers(outer: &Topic, inner: &Topic) -> bool {
+    if !outer.is_wildcard() {
+        return outer == inner;
+    }
+    let a: Vec<Fragment<'_>> = outer.fragments().collect();
+    let b: Vec<Fragment<'_>> = inner.fragments().collect();
+    let m = b.len();
+    // cov(i, j): every expansion of b[j..] is matched by a[i..]. cov(n, m) = true, and false when
+    // only one side is at its end (every fragment takes at least one). A `**` of `a` takes b[j]
+    // and ends or takes more; a `*` takes one b[j] that is not `**`; a literal the same literal.
+    let mut next = vec![false; m + 1];
+    next[m] = true;
+    let mut cur = vec![false; m + 1];
+    for &fa in a.iter().rev() {
+        cur[m] = false;
+        for (j, &fb) in b.iter().enumerate().rev() {
+            cur[j] = match (fa, fb) {
+                (Fragment::OneOrMore, _) => next[j + 1] || cur[j + 1],
+                (_, Fragment::OneOrMore) => false,
+                (Fragment::Literal(x), Fragment::Literal(y)) => x == y && next[j + 1],
+                (Fragment::Literal(_), _) => false,
+                _ => next[j + 1], // `*` over `*` or a literal
+            };
+        }
+        std::mem::swap(&mut cur, &mut next);
+    }
+    next[0]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -82,5 +127,70 @@ mod tests {
         let other = vec!["*"; 127].join("/") + "/y";
         assert!(!o(&deep, &other));
         assert!(ok(&deep).matches(&ok(&(vec!["q"; 127].join("/") + "/x"))));
+    }
+
+    #[test]
+    fn covers_basics() {
+        let c = |a: &str, b: &str| covers(&ok(a), &ok(b));
+        assert!(c("a/b", "a/b"));
+        assert!(!c("a/b", "a/*"));
+        assert!(c("**", "**"));
+        assert!(c("**", "a/*/**"));
+        assert!(c("**/**", "**/x"));
+        assert!(!c("*/**", "**"));
+        assert!(!c("*", "**"));
+        assert!(c("*", "*"));
+        assert!(c("a/**", "a/b/**"));
+        assert!(!c("a/**", "a"));
+        assert!(!c("a/*/c", "a/**/c"));
+        assert!(c("a/**/c", "a/*/c"));
+    }
+
+    /// Covering agrees with matching: whatever concrete topic `inner` matches, `outer` matches
+    /// too, over every pair of small patterns and topics.
+    #[test]
+    fn covers_agrees_with_matching() {
+        let fragments = ["a", "b", "*", "**"];
+        let mut patterns = Vec::new();
+        for n in 1..=3 {
+            let mut idx = vec![0usize; n];
+            loop {
+                patterns.push(ok(&idx
+                    .iter()
+                    .map(|&i| fragments[i])
+                    .collect::<Vec<_>>()
+                    .join("/")));
+                let mut k = 0;
+                while k < n && idx[k] == fragments.len() - 1 {
+                    idx[k] = 0;
+                    k += 1;
+                }
+                if k == n {
+                    break;
+                }
+                idx[k] += 1;
+            }
+        }
+        let concrete: Vec<Topic> = patterns
+            .iter()
+            .filter(|p| !p.is_wildcard())
+            .cloned()
+            .collect();
+        let longer: Vec<Topic> = concrete
+            .iter()
+            .flat_map(|t| ["a", "b"].map(|f| ok(&format!("{}/{f}/{f}", t.as_str()))))
+            .collect();
+        for outer in &patterns {
+            for inner in &patterns {
+                if covers(outer, inner) {
+                    for t in concrete.iter().chain(&longer) {
+                        assert!(
+                            !inner.matches(t) || outer.matches(t),
+                            "{outer:?} covers {inner:?} but not {t:?}"
+                        );
+                    }
+                }
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ use std::sync::Arc;
 
 use grammar::validate;
 pub use grammar::{MAX_TOPIC_LEN, TopicError};
-pub use matching::overlaps;
+pub use matching::{covers, overlaps};
 
 /// A validated topic: fragments of `[A-Za-z0-9_-]` or the wildcards `*` and `**`, separated by `/`,
 /// at most [`MAX_TOPIC_LEN`] bytes.

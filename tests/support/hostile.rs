@@ -171,3 +171,42 @@ impl RingScribbler {
         self.readers.fill_u64(0, self.readers.len(), value);
     }
 }
+
+/// Tries every way to write through a read-only descriptor of a ring's data; returns 0 when all
+/// are refused, else the number of the step that succeeded.
+///
+/// # Safety
+/// `path` is a NUL-terminated string; `fd` an open descriptor.
+pub unsafe fn attempt_writable(path: *const libc::c_char, fd: i32) -> i32 {
+    // SAFETY: by the caller's contract; each call only reports success or failure.
+    unsafe {
+        let reopened = libc::open(path, libc::O_RDWR);
+        if reopened >= 0 {
+            return 1;
+        }
+        let map = libc::mmap(
+            std::ptr::null_mut(),
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        );
+        if map != libc::MAP_FAILED {
+            return 2;
+        }
+        let punched = libc::fallocate(
+            fd,
+            libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_KEEP_SIZE,
+            0,
+            4096,
+        );
+        if punched == 0 {
+            return 3;
+        }
+        if libc::write(fd, b"x".as_ptr().cast(), 1) >= 0 {
+            return 4;
+        }
+        0
+    }
+}

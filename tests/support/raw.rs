@@ -4,11 +4,13 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use shmbus::protocol::pubsub::{ClaimDoorbell, Subscribe};
 use shmbus::protocol::seqpacket::{self as socket, Received};
 use shmbus::protocol::{
     BrokerMessage, ClientMessage, ErrorReply, Hello, MAX_MESSAGE_LEN, PROTOCOL_VERSION, Reply,
     Request, RequestId, Welcome, codec,
 };
+use shmbus_shm::ReaderMode;
 
 /// Connects to the broker at `socket`, with a receive timeout so a silent broker fails the test
 /// instead of hanging it.
@@ -94,6 +96,28 @@ impl RawClient {
             unsolicited: Vec::new(),
             next: 1,
         }
+    }
+
+    /// Subscribes to `pattern`; returns the descriptors of the first ring attached (data
+    /// read-only, readers).
+    pub fn subscribe(&mut self, pattern: &str) -> Vec<OwnedFd> {
+        let (reply, _) = self.request(Request::ClaimDoorbell(ClaimDoorbell));
+        let Ok(Reply::DoorbellClaimed(bell)) = reply else {
+            panic!("doorbell: {reply:?}");
+        };
+        let (reply, _) = self.request(Request::Subscribe(Subscribe {
+            pattern: pattern.into(),
+            mode: ReaderMode::Tethered,
+            history: 0,
+            doorbell: bell.index,
+        }));
+        assert!(matches!(reply, Ok(Reply::Subscribed(_))), "{reply:?}");
+        let (_, fds) = self
+            .unsolicited
+            .drain(..)
+            .find(|(m, _)| matches!(m, BrokerMessage::RingAttached(_)))
+            .expect("an attachment before the reply");
+        fds
     }
 
     /// Sends `body` and waits for its reply, keeping what comes before it.

@@ -12,6 +12,7 @@ use std::collections::{BTreeSet, HashMap};
 use shmbus_shm::{Owner, ReaderMode};
 
 use super::error;
+use crate::broker::access::Identity;
 use crate::protocol::seqpacket::PeerCredentials;
 use crate::protocol::{ClientId, ErrorCode, ErrorReply, PublisherId, RingId, SubscriptionId};
 use crate::topic::Topic;
@@ -75,6 +76,8 @@ pub(super) struct Subscription {
 pub(super) struct Client {
     pub name: String,
     pub creds: PeerCredentials,
+    /// Its uid and groups, for the access list.
+    pub identity: Identity,
     pub greeted: bool,
     /// Publisher id -> ring name (a topic, or a ring of request/response).
     pub publishers: HashMap<PublisherId, String>,
@@ -100,7 +103,7 @@ pub(super) struct Clients {
 impl Clients {
     /// Registers a connection under a fresh id (ids start at 1 and wrap before [`KEEPER`]'s,
     /// skipping those still in use).
-    pub fn insert(&mut self, creds: PeerCredentials) -> ClientId {
+    pub fn insert(&mut self, creds: PeerCredentials, groups: Vec<u32>) -> ClientId {
         let next = |raw: u32| {
             raw.checked_add(1)
                 .filter(|&r| r != KEEPER.get())
@@ -116,6 +119,10 @@ impl Clients {
             id,
             Client {
                 name: String::new(),
+                identity: Identity {
+                    uid: creds.uid,
+                    gids: std::iter::once(creds.gid).chain(groups).collect(),
+                },
                 creds,
                 greeted: false,
                 publishers: HashMap::new(),

@@ -24,11 +24,13 @@ mod rings;
 mod state;
 
 use std::collections::BTreeMap;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use shmbus_shm::{DoorbellTable, RingConfig};
 use tracing::{debug, info, warn};
 
+use crate::broker::access::{AccessList, Operation};
 use crate::protocol::seqpacket::PeerCredentials;
 use crate::protocol::{
     BrokerMessage, ClientId, ErrorCode, ErrorReply, Hello, MAX_ERROR_LEN, PROTOCOL_VERSION, Reply,
@@ -199,7 +201,12 @@ pub(crate) struct Core {
     unblock_supported: bool,
     /// Whether clients are being refused at the client limit (logged once per episode).
     refusing: bool,
+    /// The access list in force (none: the socket is private to the broker's user).
+    access: AccessSlot,
 }
+
+/// Where the broker's access list is; replaced whole when it is reloaded.
+pub(crate) type AccessSlot = Arc<RwLock<Option<Arc<AccessList>>>>;
 
 /// An error reply, its message cut to [`MAX_ERROR_LEN`] bytes.
 fn error(code: ErrorCode, message: impl Into<String>) -> ErrorReply {
@@ -251,7 +258,13 @@ impl Core {
             last_sweep: None,
             unblock_supported: true,
             refusing: false,
+            access: AccessSlot::default(),
         }
+    }
+
+    /// Checks clients against the access list in `slot` from now on.
+    pub(crate) fn set_access(&mut self, slot: AccessSlot) {
+        self.access = slot;
     }
 
     /// The configured limits.
@@ -276,9 +289,51 @@ impl Core {
         (clients::keeper_reader(), clients::keeper_writer())
     }
 
-    /// Registers a new connection and returns its client id.
-    pub(crate) fn connect(&mut self, creds: PeerCredentials) -> ClientId {
-        self.clients.insert(creds)
+    /// Registers a new connection, of a process with `creds` in supplementary `groups`, and
+    /// returns its client id.
+    pub(crate) fn connect(&mut self, creds: PeerCredentials, groups: Vec<u32>) -> ClientId {
+        self.clients.insert(creds, groups)
+    }
+
+    /// The access list in force, if there is one.
+    fn access_list(&self) -> Option<Arc<AccessList>> {
+        self.access
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Refuses a request the access list does not allow the client.
+    fn permit(&self, client: ClientId, body: &Request) -> Result<(), ErrorReply> {
+        let Some(acl) = self.access_list() else {
+            return Ok(());
+        };
+        let (op, topic) = match body {
+            Request::Publish(r) => (Operation::Publish, &r.topic),
+            Request::Subscribe(r) => (Operation::Subscribe, &r.pattern),
+            Request::Serve(r) => (Operation::Serve, &r.topic),
+            Request::Target(r) => (Operation::Request, &r.topic),
+            Request::OwnState(r) => (Operation::State, &r.topic),
+            Request::WatchState(r) => (Operation::Subscribe, &r.pattern),
+            Request::StateSnapshot(r) => (Operation::Subscribe, &r.pattern),
+            _ => return Ok(()),
+        };
+        let topic = parse_topic(topic)?;
+        let Some(who) = self.clients.get(client).map(|c| &c.identity) else {
+            return Ok(()); // refused as unknown when carried out
+        };
+        if acl.allows(who, op, &topic) {
+            return Ok(());
+        }
+        info!(client = %client, uid = who.uid, "refused: may not {op} {topic:?}");
+        Err(error(
+            ErrorCode::PermissionDenied,
+            format!(
+                "permission denied: uid {} may not {op} {:?}",
+                who.uid,
+                topic.as_str()
+            ),
+        ))
     }
 
     /// Number of connected clients.
@@ -316,6 +371,16 @@ impl Core {
                 ErrorCode::Exhausted,
                 format!("the broker serves {limit} clients, its limit"),
             );
+        }
+        if let (Some(acl), Some(c)) = (self.access_list(), self.clients.get(client)) {
+            if !acl.admits(&c.identity) {
+                let uid = c.identity.uid;
+                info!(client = %client, uid, "refused: no rule of the access list matches");
+                return refuse(
+                    ErrorCode::PermissionDenied,
+                    format!("permission denied: uid {uid} may not connect to this bus"),
+                );
+            }
         }
         let Some(c) = self.clients.greet(client, hello.name) else {
             return refuse(ErrorCode::Internal, "unknown client".into());
@@ -368,29 +433,14 @@ impl Core {
         body: Request,
     ) -> Vec<Outgoing> {
         let mut out = Vec::new();
-        let result = match body {
-            Request::Publish(r) => self.publish(client, r, &mut out),
-            Request::Unpublish(r) => self.unpublish(client, r),
-            Request::Subscribe(r) => self.subscribe(client, r, &mut out),
-            Request::Unsubscribe(r) => self.unsubscribe(client, r),
-            Request::ClaimDoorbell(_) => self.claim_doorbell(client),
-            Request::ReleaseDoorbell(r) => self.release_doorbell(client, r.index),
-            Request::Serve(r) => self.serve(client, r, &mut out),
-            Request::OpenInbox(r) => self.open_inbox(client, r, &mut out),
-            Request::Target(r) => self.target(client, r),
-            Request::Respond(r) => self.respond(client, r),
-            Request::WhoHolds(r) => self.who_holds(r),
-            Request::OwnState(r) => self.own_state(client, r, &mut out),
-            Request::WatchState(r) => self.watch_state(client, r, &mut out),
-            // Answered by the keeper, later, unless refused now.
-            Request::StateSnapshot(r) => match self.state_snapshot(client, id, r) {
-                Ok(()) => return out,
-                Err(e) => Err(e),
-            },
-            Request::SyncState(r) => match self.sync_state(client, id, r) {
-                Ok(()) => return out,
-                Err(e) => Err(e),
-            },
+        let result = match self.permit(client, &body) {
+            Err(e) => Some(Err(e)),
+            Ok(()) => self.dispatch(client, id, body, &mut out),
+        };
+        let result = match result {
+            Some(result) => result,
+            // Answered later, by the keeper.
+            None => return out,
         };
         let (result, fds) = match result {
             Ok((reply, fds)) => (Ok(reply), fds),
@@ -405,6 +455,40 @@ impl Core {
         });
         ordered.extend(others);
         ordered
+    }
+
+    /// Carries a permitted request out; `None` when the keeper answers it later.
+    fn dispatch(
+        &mut self,
+        client: ClientId,
+        id: RequestId,
+        body: Request,
+        out: &mut Vec<Outgoing>,
+    ) -> Option<Handled> {
+        Some(match body {
+            Request::Publish(r) => self.publish(client, r, out),
+            Request::Unpublish(r) => self.unpublish(client, r),
+            Request::Subscribe(r) => self.subscribe(client, r, out),
+            Request::Unsubscribe(r) => self.unsubscribe(client, r),
+            Request::ClaimDoorbell(_) => self.claim_doorbell(client),
+            Request::ReleaseDoorbell(r) => self.release_doorbell(client, r.index),
+            Request::Serve(r) => self.serve(client, r, out),
+            Request::OpenInbox(r) => self.open_inbox(client, r, out),
+            Request::Target(r) => self.target(client, r),
+            Request::Respond(r) => self.respond(client, r),
+            Request::WhoHolds(r) => self.who_holds(r),
+            Request::OwnState(r) => self.own_state(client, r, out),
+            Request::WatchState(r) => self.watch_state(client, r, out),
+            // Answered by the keeper, later, unless refused now.
+            Request::StateSnapshot(r) => match self.state_snapshot(client, id, r) {
+                Ok(()) => return None,
+                Err(e) => Err(e),
+            },
+            Request::SyncState(r) => match self.sync_state(client, id, r) {
+                Ok(()) => return None,
+                Err(e) => Err(e),
+            },
+        })
     }
 
     /// Forgets a client that left or died, freeing everything it held: its reserved and adopted

@@ -52,7 +52,7 @@ fn creds() -> PeerCredentials {
 
 /// A connected, greeted client.
 fn client(core: &mut Core) -> ClientId {
-    let id = core.connect(creds());
+    let id = core.connect(creds(), Vec::new());
     let hello = Hello {
         version: PROTOCOL_VERSION,
         name: "test".into(),
@@ -154,7 +154,7 @@ fn clients_get_distinct_ids_and_a_wrong_version_is_refused() {
     let b = client(&mut core);
     assert_ne!(a, b);
     assert!(core.greeted(a) && core.greeted(b));
-    let c = core.connect(creds());
+    let c = core.connect(creds(), Vec::new());
     assert!(!core.greeted(c));
     let future = Hello {
         version: PROTOCOL_VERSION + 1,

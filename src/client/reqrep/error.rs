@@ -81,6 +81,14 @@ pub enum RequestError {
         /// What failed.
         detail: String,
     },
+    /// The broker's access list does not let this client send requests to the topic.
+    #[error("{topic:?}: {message}")]
+    PermissionDenied {
+        /// The topic.
+        topic: Topic,
+        /// The broker's message, naming the operation, the topic and the uid.
+        message: String,
+    },
 }
 
 /// Why serving a topic failed.

@@ -395,6 +395,14 @@ impl Inbox {
 
 /// The error for `topic` when the broker could not set an exchange up.
 fn setup_error(topic: &Topic, e: CallError) -> RequestError {
+    if let CallError::Refused(r) = &e {
+        if r.code == ErrorCode::PermissionDenied {
+            return RequestError::PermissionDenied {
+                topic: topic.clone(),
+                message: r.message.clone(),
+            };
+        }
+    }
     let detail = match e {
         CallError::Request(e) => e.to_string(),
         CallError::Refused(e) => format!("the broker refused: {}", e.message),
