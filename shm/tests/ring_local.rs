@@ -636,6 +636,63 @@ fn a_reserved_reader_misses_nothing_published_before_it_is_adopted() {
     assert_eq!(writer.try_loan(200).unwrap_err(), TryLoanError::Full);
 }
 
+#[test]
+fn a_reader_resumes_where_a_gone_one_stood_or_reports_what_was_overwritten() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut writer = ring.writer(1, ME()).unwrap();
+    let mut gone = tethered(&ring, &bell);
+    for n in 0..6u64 {
+        writer.try_publish(&payload(n, 100)).unwrap();
+    }
+    assert_eq!(next(&mut gone).1, 0);
+    assert_eq!(next(&mut gone).1, 1);
+    let slot = gone.slot();
+    drop(gone);
+    // Its slot says where it stopped, and the frame there is the one it expects next.
+    let stood = ring.reader_position(slot).unwrap();
+    assert!(
+        ring.readers().iter().all(|r| r.slot != slot),
+        "the slot is free"
+    );
+    assert_eq!(ring.sequence_at(stood), Some(2));
+    assert_eq!(
+        ring.sequence_at(stood + 32),
+        None,
+        "not where a frame starts"
+    );
+    let head = ring.head();
+    assert_eq!(ring.sequence_at(head.position), Some(head.sequence));
+    let resume = |ring: &Ring| {
+        let reserved = ring
+            .reserve_reader(ReaderMode::Tethered, ME(), bell.index())
+            .unwrap();
+        let options = ReaderOptions::default().resume_at(stood, 2);
+        ring.adopt_reader(reserved, options, &bell, ME(), ())
+            .unwrap()
+    };
+    let mut resumed = resume(&ring);
+    for n in 2..6u64 {
+        assert_eq!(next(&mut resumed), (payload(n, 100), n));
+    }
+    assert!(resumed.try_read().unwrap().is_none());
+    drop(resumed);
+    // Lapped: what was overwritten is reported, then the rest comes in order.
+    for n in 6..200u64 {
+        writer.try_publish(&payload(n, 100)).unwrap();
+    }
+    let mut late = resume(&ring);
+    let missed = match late.try_read() {
+        Err(ReadError::Lagged { missed }) => missed,
+        other => panic!(
+            "expected Lagged, got {:?}",
+            other.map(|s| s.map(|s| s.sequence()))
+        ),
+    };
+    let (first, seq) = next(&mut late);
+    assert_eq!(seq, 2 + missed, "lost exactly what is between");
+    assert_eq!(first, payload(seq, 100));
+}
+
 /// Fills the ring with 200-byte frames until the writer is refused; returns how many fit.
 fn fill(writer: &mut Writer, from: u64) -> u64 {
     let mut n = from;

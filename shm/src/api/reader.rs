@@ -60,6 +60,7 @@ pub struct ReaderOptions {
     mode: ReaderMode,
     history: u64,
     max_held: u32,
+    resume: Option<(u64, u64)>,
 }
 
 impl Default for ReaderOptions {
@@ -68,6 +69,7 @@ impl Default for ReaderOptions {
             mode: ReaderMode::Tethered,
             history: 0,
             max_held: DEFAULT_MAX_HELD,
+            resume: None,
         }
     }
 }
@@ -82,6 +84,18 @@ impl ReaderOptions {
     /// holds them (default 0: only what is committed after attaching).
     pub fn history(self, n: u64) -> Self {
         ReaderOptions { history: n, ..self }
+    }
+
+    /// Deliver from ring position `position`, where the next frame carries `sequence` — where
+    /// a reader this one takes over from stood, as [`Ring::sequence_at`](crate::Ring::sequence_at)
+    /// checked it — rather than from the join: what is still there is read by copy, what writers
+    /// overwrote is reported as lagged. Only applies to [`Ring::adopt_reader`](
+    /// crate::Ring::adopt_reader), and to a position before the join.
+    pub fn resume_at(self, position: u64, sequence: u64) -> Self {
+        ReaderOptions {
+            resume: Some((position, sequence)),
+            ..self
+        }
     }
 
     /// Lend at most `n` (at least 1) owned frames at once (see [`Frame::detach`]).
@@ -99,6 +113,10 @@ impl ReaderOptions {
 
     pub(crate) fn history_len(&self) -> u64 {
         self.history
+    }
+
+    pub(crate) fn resume_point(&self) -> Option<(u64, u64)> {
+        self.resume
     }
 }
 
@@ -190,6 +208,14 @@ pub struct Reader<L = ()> {
     /// The frame found last. It stays here while lent, so a [`Frame`] is one pointer wide and
     /// handing it out moves no bytes.
     view: FrameView,
+}
+
+impl<L> Drop for Reader<L> {
+    fn drop(&mut self) {
+        // Where it stopped, for a session that resumes from there (see `ReaderOptions::resume_at`);
+        // the slot itself is freed when the lease drops.
+        self.core.flush_position(&self.ring.mem);
+    }
 }
 
 impl<L> std::fmt::Debug for Reader<L> {

@@ -16,7 +16,7 @@ use crate::protocol::layout::{
     Geometry, LayoutError, NO_INTENT, RingConfig, SegmentHeader, SegmentKind, mode,
 };
 use crate::protocol::memory::{Backing, HeapBacking, RingMemory, read_header, write_header};
-use crate::protocol::read::{JoinError, ReaderCore};
+use crate::protocol::read::{self, JoinError, ReaderCore};
 use crate::protocol::recovery::{self, Repair, UnblockOutcome};
 use crate::protocol::sync::{Head, HeadCell, Ordering};
 
@@ -434,8 +434,18 @@ impl Ring {
             slot: reserved.slot,
         })?;
         core.start_with_history(mem, options.history_len());
+        if let Some((pos, seq)) = options.resume_point() {
+            core.start_at(Head::new(pos, seq));
+        }
         let (ring, doorbell) = (self.shared.clone(), doorbell.clone());
         Ok(Reader::new(ring, core, doorbell, &options, label))
+    }
+
+    /// The sequence number a reader standing at `position` expects next: the next claim's at
+    /// the head, else that of the committed data frame starting there. `None` if `position` is
+    /// not where a data frame starts (or it was overwritten): a reader cannot be resumed there.
+    pub fn sequence_at(&self, position: u64) -> Option<u64> {
+        read::sequence_at(&self.shared.mem, position)
     }
 
     /// Refuses a doorbell of another table: its index would name someone else's wake word.
@@ -498,6 +508,15 @@ impl Ring {
                 })
             })
             .collect()
+    }
+
+    /// The position reader slot `slot` last published, whether or not the slot is in use (a
+    /// reader that went leaves where it stopped: see [`Ring::sequence_at`]); `None` for a slot
+    /// the ring does not have. Any reader can write its slot: the value is a claim to check.
+    pub fn reader_position(&self, slot: u32) -> Option<u64> {
+        let mem = &self.shared.mem;
+        // Relaxed: a snapshot; whoever resumes there checks it with `sequence_at`.
+        (slot < mem.geometry().reader_slots).then(|| mem.reader(slot).pos.load(Ordering::Relaxed))
     }
 
     /// Snapshots of the writer slots in use. Every slot is looked at, not only those below the

@@ -304,6 +304,24 @@ impl ReaderCore {
         }
     }
 
+    /// Positions a reader that joined at the head to deliver from `from` instead — where a
+    /// reader it takes over from stood (a session resuming), with the sequence number expected
+    /// there — read by copy up to the join position; what writers overwrote since is reported as
+    /// lost ([`Poll::Lagged`]). A `from` that is not below the join position changes nothing.
+    pub(crate) fn start_at(&mut self, from: Head) {
+        if !valid_position(from.pos) || from.pos >= self.pos || from.seq > self.next_seq {
+            return;
+        }
+        self.move_to(from.pos);
+        self.next_seq = from.seq;
+    }
+
+    /// Publishes the reader's position, whether or not it is due: for a reader about to go,
+    /// so that its slot says where it stopped.
+    pub(crate) fn flush_position(&mut self, mem: &RingMemory) {
+        self.publish_position(mem);
+    }
+
     /// Whether the next frame (the one `poll` delivered, until it is consumed) is read in place.
     #[inline]
     pub(crate) fn reads_in_place(&self) -> bool {
@@ -678,6 +696,33 @@ fn next_frame(mem: &RingMemory, pos: u64, head: u64) -> Option<(u64, u64)> {
         u += FRAME_ALIGN;
     }
     None
+}
+
+/// The sequence number a reader standing at `pos` expects: the next claim's if `pos` is the
+/// head, else that of the committed frame starting at `pos` (checked seqlock style, as in
+/// [`oldest_frame`]). `None` when neither holds: `pos` is not a frame start, its frame is in
+/// flight or padding, or it was overwritten.
+pub(crate) fn sequence_at(mem: &RingMemory, pos: u64) -> Option<u64> {
+    let g = mem.geometry();
+    let cursor = &mem.control().head;
+    let head = cursor.load_for_reader();
+    if pos == head.pos {
+        return Some(head.seq);
+    }
+    if !valid_position(pos) || pos > head.pos || overrun(head.pos, pos, g) {
+        return None;
+    }
+    // SYNC(publish): Acquire pairs with the commit's Release stamp store.
+    if mem.word(pos).load(Ordering::Acquire) != stamp(pos, mem.stamp_key()) {
+        return None;
+    }
+    let header = read_frame_header(mem, pos);
+    // SYNC(overwrite): as in `step_by_copy`.
+    fence(Ordering::Acquire);
+    if overrun(cursor.load_pos(), pos, g) || header.validate(pos, g).is_err() {
+        return None;
+    }
+    (header.kind == kind::DATA).then_some(header.seq)
 }
 
 /// The oldest committed frame still held in the ring, as `(position, sequence)`; an error when the
