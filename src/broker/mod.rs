@@ -112,6 +112,7 @@ impl Default for BrokerBuilder {
                 quotas: Quotas::default(),
                 max_state_value: 64 << 10,
                 max_state_bytes: 64 << 20,
+                session_grace: Duration::from_secs(60),
             },
             doorbells: 16_384,
             ring_idle: Duration::from_secs(60),
@@ -226,6 +227,13 @@ impl BrokerBuilder {
     /// (each ring attachment carries two); beyond, it is disconnected. Default 32,768.
     pub fn max_outbox_descriptors(mut self, n: usize) -> Self {
         self.limits.quotas.outbox_fds = n;
+        self
+    }
+
+    /// Keep the subscriptions of a client that joined a session (see
+    /// [`BusBuilder::session`](crate::BusBuilder::session)) this long after it goes. Default 60 s.
+    pub fn session_grace(mut self, grace: Duration) -> Self {
+        self.limits.session_grace = grace;
         self
     }
 

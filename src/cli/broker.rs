@@ -55,6 +55,9 @@ pub struct Args {
     /// Most bytes (keys and values together) of one state collection.
     #[arg(long, value_name = "BYTES", default_value_t = 64 << 20)]
     max_state_bytes: u64,
+    /// Keep the subscriptions of a client with a --session this long after it goes.
+    #[arg(long, value_name = "SECS", default_value_t = 60.0)]
+    session_grace: f64,
     /// Let other users connect, as the rules of this TOML file allow (re-read on SIGHUP; see
     /// the README's "Access control").
     #[arg(long, value_name = "FILE")]
@@ -80,6 +83,7 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, Failure> {
 
 /// Runs a broker until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Outcome {
+    args.bus.refuse_session("a broker")?;
     let address = args.bus.address()?;
     let socket = address.socket_path().ok_or_else(|| {
         Failure::new(
@@ -101,7 +105,8 @@ pub fn run(args: Args) -> Outcome {
         .max_rings(args.max_rings)
         .max_rings_per_client(args.max_rings_per_client)
         .max_state_value(args.max_state_value)
-        .max_state_bytes(args.max_state_bytes);
+        .max_state_bytes(args.max_state_bytes)
+        .session_grace(seconds("session-grace", args.session_grace, true)?);
     let builder = match args.state_dir {
         Some(dir) => builder.state_dir(dir),
         None => builder,

@@ -137,6 +137,11 @@ pub struct BusArg {
     /// Give up (exit 3) if the broker does not answer within this many seconds.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     connect_timeout: f64,
+    /// Hold this session: the broker keeps the subscriptions for its --session-grace after
+    /// this command ends or dies, and the next command with the same session takes them up
+    /// where they stood.
+    #[arg(long, value_name = "NAME")]
+    session: Option<String>,
 }
 
 impl BusArg {
@@ -153,10 +158,25 @@ impl BusArg {
                 format!("--connect-timeout must be a positive number of seconds, not {timeout}"),
             ));
         }
-        Ok(Bus::builder()
+        let builder = Bus::builder()
             .address(self.address()?)
-            .connect_timeout(std::time::Duration::from_secs_f64(timeout))
-            .connect()?)
+            .connect_timeout(std::time::Duration::from_secs_f64(timeout));
+        let builder = match &self.session {
+            Some(name) => builder.session(name),
+            None => builder,
+        };
+        Ok(builder.connect()?)
+    }
+
+    /// Refuses `--session` for a command that is not a client (`what`).
+    fn refuse_session(&self, what: &str) -> Result<(), Failure> {
+        match &self.session {
+            Some(_) => Err(Failure::new(
+                Exit::Usage,
+                format!("--session is for clients; {what} has none"),
+            )),
+            None => Ok(()),
+        }
     }
 }
 

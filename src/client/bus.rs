@@ -137,6 +137,7 @@ pub struct BusBuilder {
     embedded: Option<BrokerBuilder>,
     connect_timeout: Option<Duration>,
     broker_uid: Option<u32>,
+    session: Option<String>,
 }
 
 impl BusBuilder {
@@ -177,6 +178,19 @@ impl BusBuilder {
         self
     }
 
+    /// Hold session `name`: the broker keeps this client's subscriptions for its session grace
+    /// period (`--session-grace`, 60 s by default) after the client goes — killed or not — or
+    /// drops them, holding no publisher back meanwhile. A client of the same user that connects
+    /// with the same name within that time and subscribes to the same patterns (with the same
+    /// mode) takes them up where they stood: it receives what the rings still hold, and
+    /// [`RecvError::Lagged`](crate::RecvError::Lagged) with the count of what was overwritten.
+    /// Messages read but not yet released when a process was killed may be delivered again.
+    /// Only one live client holds a session: another gets [`ConnectError::Refused`].
+    pub fn session(mut self, name: impl Into<String>) -> Self {
+        self.session = Some(name.into());
+        self
+    }
+
     /// Connects (starting the embedded broker first, if one was asked for).
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let (embedded, address) = match self.embedded {
@@ -195,6 +209,7 @@ impl BusBuilder {
             trusted: TrustedUsers {
                 extra: self.broker_uid.or_else(broker_uid_from_env),
             },
+            session: self.session,
         };
         let (conn, control) = Connection::open(&address, &name, options)?;
         Ok(Bus {

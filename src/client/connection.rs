@@ -35,8 +35,8 @@ use crate::protocol::pubsub::{ReleaseDoorbell, RingAttachment, Unpublish, Unsubs
 use crate::protocol::reqrep::{InboxOpened, Serving};
 use crate::protocol::seqpacket::{self, Received};
 use crate::protocol::{
-    BrokerMessage, Call, ClientMessage, ErrorCode, ErrorReply, Hello, MAX_MESSAGE_LEN,
-    PROTOCOL_VERSION, Reply, RequestId, SubscriptionId, Welcome, codec,
+    BrokerMessage, Call, ClientMessage, ErrorCode, ErrorReply, Hello, JoinSession, MAX_MESSAGE_LEN,
+    PROTOCOL_VERSION, Reply, Request, RequestId, SubscriptionId, Welcome, codec,
 };
 
 /// How long a request waits for its reply (and a send for room) before the broker is deemed
@@ -51,12 +51,15 @@ const RECONNECT_FIRST: Duration = Duration::from_millis(50);
 /// The longest wait between two attempts to reconnect.
 const RECONNECT_MAX: Duration = Duration::from_secs(2);
 
-/// How a client connects: how long it waits for the broker, and whom it trusts as one.
-#[derive(Clone, Copy, Debug)]
+/// How a client connects: how long it waits for the broker, whom it trusts as one, and the
+/// session it holds.
+#[derive(Clone, Debug)]
 pub(crate) struct ConnectOptions {
     /// How long connecting and the handshake may take.
     pub(crate) timeout: Duration,
     pub(crate) trusted: TrustedUsers,
+    /// The session to join after the handshake (again with every broker it reconnects to).
+    pub(crate) session: Option<String>,
 }
 
 /// How many dropped subscriptions [`Routing::closed`] remembers.
@@ -178,7 +181,7 @@ impl Connection {
         name: &str,
         options: ConnectOptions,
     ) -> Result<(Arc<Connection>, std::thread::JoinHandle<()>), ConnectError> {
-        let link = Arc::new(handshake(address, name, options, 1)?);
+        let link = Arc::new(handshake(address, name, &options, 1)?);
         let conn = Arc::new(Connection {
             link: RwLock::new(Arc::clone(&link)),
             generation: Arc::new(CachePadded::new(AtomicU64::new(1))),
@@ -432,7 +435,7 @@ impl Connection {
                 return None;
             }
             attempt += 1;
-            match handshake(&self.address, &self.name, self.options, generation) {
+            match handshake(&self.address, &self.name, &self.options, generation) {
                 Ok(link) => {
                     let link = Arc::new(link);
                     let mut routing = lock(&self.routing);
@@ -505,7 +508,10 @@ impl Connection {
             Ok(Reply::DoorbellClaimed(d)) => {
                 self.notify_on(link, ReleaseDoorbell { index: d.index })
             }
-            Ok(Reply::Done | Reply::Holders(_) | Reply::SnapshotReady(_)) | Err(_) => {}
+            Ok(
+                Reply::Done | Reply::Holders(_) | Reply::SnapshotReady(_) | Reply::SessionJoined(_),
+            )
+            | Err(_) => {}
         }
     }
 }
@@ -584,7 +590,7 @@ fn spread(wait: Duration, attempt: u64) -> Duration {
 fn handshake(
     address: &BusAddress,
     name: &str,
-    options: ConnectOptions,
+    options: &ConnectOptions,
     generation: u64,
 ) -> Result<Link, ConnectError> {
     let path = address
@@ -655,6 +661,9 @@ fn handshake(
         .pop()
         .ok_or_else(|| protocol("welcome without the doorbell table".into()))?;
     let doorbells = DoorbellTable::attach(fd, welcome.doorbells).map_err(ConnectError::Shm)?;
+    if let Some(name) = &options.session {
+        join_session(&sock, address, name, options.timeout)?;
+    }
     // From now on the control thread waits for the broker as long as it takes; a send still
     // gives up when the broker stops reading.
     seqpacket::set_timeouts(sock.as_fd(), None, Some(REPLY_TIMEOUT))
@@ -666,4 +675,55 @@ fn handshake(
         max_payload: welcome.max_payload,
         doorbells,
     })
+}
+
+/// Joins session `name` on a connection just greeted (before the control thread reads it).
+fn join_session(
+    sock: &OwnedFd,
+    address: &BusAddress,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), ConnectError> {
+    let failed = |detail: String| ConnectError::Protocol {
+        address: address.to_string(),
+        detail,
+    };
+    // Id 0 is never one of the control thread's (they start at 1).
+    let id = RequestId::from_raw(0);
+    let join = ClientMessage::Request {
+        id,
+        body: Request::JoinSession(JoinSession {
+            name: name.to_string(),
+        }),
+    };
+    seqpacket::send(sock.as_fd(), &join, &[]).map_err(|e| failed(format!("join session: {e}")))?;
+    let result = match recv_one(sock) {
+        Ok((BrokerMessage::Reply { id: got, result }, _)) if got == id => result,
+        Ok((other, _)) => {
+            return Err(failed(format!(
+                "expected the session's reply, got {other:?}"
+            )));
+        }
+        Err(Failure::Timeout) => {
+            return Err(failed(format!(
+                "the broker did not answer the session request within {timeout:?}"
+            )));
+        }
+        Err(Failure::Other(why)) => return Err(failed(why)),
+    };
+    match result {
+        Ok(Reply::SessionJoined(joined)) => {
+            debug!(session = name, kept = joined.kept, "session joined");
+            Ok(())
+        }
+        Ok(other) => Err(failed(format!("expected SessionJoined, got {other:?}"))),
+        Err(e) if e.code == ErrorCode::PermissionDenied => Err(ConnectError::PermissionDenied {
+            address: address.to_string(),
+            message: e.message,
+        }),
+        Err(e) => Err(ConnectError::Refused {
+            address: address.to_string(),
+            message: e.message,
+        }),
+    }
 }

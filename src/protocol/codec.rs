@@ -251,6 +251,10 @@ mod tests {
                 owner: 8,
                 position: 4,
                 sequence: 5,
+                resume: crate::protocol::pubsub::Resume::At {
+                    position: 2,
+                    sequence: 1,
+                },
             }),
             BrokerMessage::RingRetired {
                 subscription: SubscriptionId::from_raw(1),

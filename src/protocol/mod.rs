@@ -37,7 +37,7 @@ use state::{OwnState, SnapshotReady, StateOwned, StateSnapshot, SyncState, Watch
 
 /// Version of this protocol. The client states it in [`ClientMessage::Hello`]; the broker refuses
 /// other versions.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Largest encoded message, in bytes. Anything larger is a protocol error.
 pub const MAX_MESSAGE_LEN: usize = 4096;
@@ -109,6 +109,8 @@ pub enum Request {
     StateSnapshot(StateSnapshot),
     /// See [`SyncState`].
     SyncState(SyncState),
+    /// See [`JoinSession`].
+    JoinSession(JoinSession),
 }
 
 /// Successful replies, one variant per reply type.
@@ -132,6 +134,44 @@ pub enum Reply {
     SnapshotReady(SnapshotReady),
     /// To [`OwnState`]; carries the ring's data and readers descriptors.
     StateOwned(StateOwned),
+    /// To [`JoinSession`].
+    SessionJoined(SessionJoined),
+}
+
+/// Most bytes of a session name.
+pub const MAX_SESSION_LEN: usize = 64;
+
+/// Hold session `name` (of this client's uid) from now on: the broker keeps this client's
+/// pattern subscriptions for its session grace period after the client goes (or unsubscribes),
+/// and a client that joins the session again within it takes them up where they stood, with
+/// what the rings still hold. Sent right after the handshake; refused with `Taken` while another
+/// live client holds the session. Answered with [`SessionJoined`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinSession {
+    /// The session's name: 1 to [`MAX_SESSION_LEN`] bytes.
+    pub name: String,
+}
+
+/// The answer to [`JoinSession`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionJoined {
+    /// Subscriptions the session kept, to be taken up by subscribing to the same patterns.
+    pub kept: u32,
+}
+
+impl Call for JoinSession {
+    type Reply = SessionJoined;
+
+    fn into_request(self) -> Request {
+        Request::JoinSession(self)
+    }
+
+    fn reply(reply: Reply) -> Result<SessionJoined, Reply> {
+        match reply {
+            Reply::SessionJoined(s) => Ok(s),
+            other => Err(other),
+        }
+    }
 }
 
 /// A request type and the reply it is answered with.

@@ -153,6 +153,29 @@ pub struct RingAttachment {
     pub position: u64,
     /// Sequence number expected there.
     pub sequence: u64,
+    /// Where to read from instead, for a session's subscription taken up again.
+    pub resume: Resume,
+}
+
+/// Where a reader taken up by a session starts, besides its subscription's history.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Resume {
+    /// From the join (a fresh subscription).
+    #[default]
+    Join,
+    /// From where the session's reader stood on this ring: `position`, where the frame carries
+    /// `sequence`. What writers overwrote since is reported lost.
+    At {
+        /// The ring position.
+        position: u64,
+        /// The sequence number expected there.
+        sequence: u64,
+    },
+    /// From the oldest frame the ring holds: it appeared while the session was away.
+    Oldest,
+    /// From the join, and an unknown number of messages may be lost: the ring was replaced or
+    /// the session's position could not be checked.
+    Gap,
 }
 
 /// Most holders a [`Holders`] reply names.

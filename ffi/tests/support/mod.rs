@@ -85,6 +85,9 @@ pub fn compile(source: &str) -> PathBuf {
         .arg(&exe)
         .arg("-L")
         .arg(&lib)
+        // An RPATH, not a RUNPATH: it wins over the LD_LIBRARY_PATH cargo sets for tests, which
+        // also names `target/debug`, where a `cargo build` may have left an older library.
+        .arg("-Wl,--disable-new-dtags")
         .arg(format!("-Wl,-rpath,{}", lib.display()))
         .arg("-lshmbus_ffi")
         .output()

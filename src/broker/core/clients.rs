@@ -78,6 +78,8 @@ pub(super) struct Client {
     pub creds: PeerCredentials,
     /// Its uid and groups, for the access list.
     pub identity: Identity,
+    /// The session it holds, if it joined one.
+    pub session: Option<String>,
     pub greeted: bool,
     /// Publisher id -> ring name (a topic, or a ring of request/response).
     pub publishers: HashMap<PublisherId, String>,
@@ -124,6 +126,7 @@ impl Clients {
                     gids: std::iter::once(creds.gid).chain(groups).collect(),
                 },
                 creds,
+                session: None,
                 greeted: false,
                 publishers: HashMap::new(),
                 rings_created: 0,

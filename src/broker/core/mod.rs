@@ -21,6 +21,7 @@ mod pubsub;
 mod recovery;
 mod reqrep;
 mod rings;
+mod sessions;
 mod state;
 
 use std::collections::BTreeMap;
@@ -78,6 +79,8 @@ pub(crate) struct Limits {
     pub max_state_value: u32,
     /// Most bytes (keys and values) of one state collection.
     pub max_state_bytes: u64,
+    /// How long a session's subscriptions are kept after its client went.
+    pub session_grace: Duration,
 }
 
 /// What one client, and all clients together, may make the broker spend. The request bounds
@@ -203,6 +206,7 @@ pub(crate) struct Core {
     refusing: bool,
     /// The access list in force (none: the socket is private to the broker's user).
     access: AccessSlot,
+    sessions: sessions::Sessions,
 }
 
 /// Where the broker's access list is; replaced whole when it is reloaded.
@@ -259,6 +263,7 @@ impl Core {
             unblock_supported: true,
             refusing: false,
             access: AccessSlot::default(),
+            sessions: sessions::Sessions::default(),
         }
     }
 
@@ -488,6 +493,7 @@ impl Core {
                 Ok(()) => return None,
                 Err(e) => Err(e),
             },
+            Request::JoinSession(r) => self.join_session(client, r),
         })
     }
 
@@ -515,6 +521,12 @@ impl Core {
     /// Frees what a departed client held.
     fn release(&mut self, client: ClientId, c: Client) -> Vec<Outgoing> {
         self.end_ownership(client, None);
+        if let Some(session) = &c.session {
+            for s in c.subscriptions.values() {
+                self.keep_subscription(session, s);
+            }
+            self.leave_session(session, std::time::Instant::now());
+        }
         for (sub, s) in c.subscriptions {
             self.reclaim_reserved(client, sub, &s);
             self.end_exchange(client, sub, &s.kind);

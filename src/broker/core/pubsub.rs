@@ -8,8 +8,8 @@ use super::clients::{Subscription, SubscriptionKind, owner_subscription, subscri
 use super::reqrep::shown_topic;
 use super::{Core, Descriptors, Handled, Outgoing, error, parse_topic};
 use crate::protocol::pubsub::{
-    Holder, Holders, MAX_HOLDERS, Publish, Publishing, RingAttachment, Subscribe, Subscribed,
-    Unpublish, Unsubscribe, WhoHolds,
+    Holder, Holders, MAX_HOLDERS, Publish, Publishing, Resume, RingAttachment, Subscribe,
+    Subscribed, Unpublish, Unsubscribe, WhoHolds,
 };
 use crate::protocol::{
     BrokerMessage, ClientId, ErrorCode, ErrorReply, PublisherId, Reply, SubscriptionId,
@@ -106,6 +106,7 @@ impl Core {
         let pattern = parse_topic(&request.pattern)?;
         let kind = SubscriptionKind::Pattern(pattern.clone());
         let sub = self.new_subscription(client, kind, request.mode, request.doorbell)?;
+        let taken_up = self.take_up(client, &pattern, request.mode);
         // A corrupt ring is left out: the sweep retires it, and the topic's fresh ring is
         // attached like any new ring.
         let topics: Vec<String> = self
@@ -117,6 +118,16 @@ impl Core {
             .map(|(t, _)| t.clone())
             .collect();
         let rings = self.attach_all(client, sub, topics, out)?;
+        if let Some(taken_up) = taken_up {
+            // Taken up by its session: each reader starts where the session's stood.
+            for o in out.iter_mut() {
+                if let BrokerMessage::RingAttached(a) = &mut o.msg {
+                    if a.subscription == sub {
+                        a.resume = taken_up.resume(&a.topic, a.ring.id);
+                    }
+                }
+            }
+        }
         debug!(client = %client, subscription = %sub, pattern = %pattern, rings, "subscribed");
         let reply = Subscribed {
             subscription: sub,
@@ -159,6 +170,9 @@ impl Core {
             .subscriptions
             .remove(&sub)
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no subscription {sub}")))?;
+        if let Some(session) = c.session.clone() {
+            self.keep_subscription(&session, &s);
+        }
         self.reclaim_reserved(client, sub, &s);
         self.end_exchange(client, sub, &s.kind);
         debug!(client = %client, subscription = %sub, "unsubscribed");
@@ -309,6 +323,7 @@ impl Core {
             owner: owner.get(),
             position: reserved.position,
             sequence: reserved.sequence,
+            resume: Resume::Join,
         };
         Ok(Outgoing {
             client,

@@ -69,6 +69,7 @@ impl Core {
         {
             self.last_sweep = Some(now);
             self.sweep(now, &mut out);
+            self.expire_sessions(now);
         }
         out
     }

@@ -31,6 +31,7 @@ fn limits() -> Limits {
         quotas: Quotas::default(),
         max_state_value: 64 << 10,
         max_state_bytes: 1 << 20,
+        session_grace: Duration::from_secs(60),
     }
 }
 

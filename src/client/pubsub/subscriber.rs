@@ -21,7 +21,7 @@ use crate::client::bus::BusInner;
 use crate::client::connection::{Connection, Link};
 use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
-    ClaimDoorbell, ReleaseDoorbell, RingAttachment, Subscribe, Unsubscribe,
+    ClaimDoorbell, ReleaseDoorbell, Resume, RingAttachment, Subscribe, Unsubscribe,
 };
 use crate::protocol::{Call, RingId, SubscriptionId};
 use crate::topic::Topic;
@@ -744,12 +744,25 @@ impl RingSubscriber {
     }
 
     fn adopt(
-        &self,
+        &mut self,
         a: &RingAttachment,
         owner: Owner,
         ring: Ring,
     ) -> Result<Reader<RingLabel>, String> {
         let topic = Topic::new(&a.topic).map_err(|e| format!("the broker sent {e}"))?;
+        // A subscription its session took up starts where the session's reader stood.
+        let options = match a.resume {
+            Resume::Join => self.options,
+            Resume::At { position, sequence } => self.options.resume_at(position, sequence),
+            Resume::Oldest => self.options.history(u64::MAX),
+            Resume::Gap => {
+                self.events.push_back(RecvError::Lagged {
+                    topic: topic.clone(),
+                    missed: RecvError::MISSED_UNKNOWN,
+                });
+                self.options
+            }
+        };
         let reserved = ReservedReader {
             slot: a.slot,
             position: a.position,
@@ -759,7 +772,7 @@ impl RingSubscriber {
             topic,
             subscription: Arc::clone(&self.lease),
         };
-        ring.adopt_reader(reserved, self.options, self.set.doorbell(), owner, label)
+        ring.adopt_reader(reserved, options, self.set.doorbell(), owner, label)
             .map_err(|e| e.to_string())
     }
 }
