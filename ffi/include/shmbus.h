@@ -313,7 +313,8 @@ const char *shmbus_last_error(void);
 // programs exit like it: 0 success; 2 bad usage (`SHMBUS_ERR_INVALID_TOPIC`,
 // `SHMBUS_ERR_INVALID_ADDRESS`, `SHMBUS_ERR_INVALID_ARGUMENT`, `SHMBUS_ERR_NULL`); 3 the broker
 // cannot be reached (`SHMBUS_ERR_UNREACHABLE`, `SHMBUS_ERR_BROKER_GONE`); 4 timeout
-// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 1 anything else.
+// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 6 permission
+// denied by the broker's access list (`SHMBUS_ERR_PERMISSION_DENIED`); 1 anything else.
 //
 // Thread safety: may be called from any thread.
 //

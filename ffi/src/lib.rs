@@ -86,7 +86,8 @@ pub extern "C" fn shmbus_last_error() -> *const c_char {
 /// programs exit like it: 0 success; 2 bad usage (`SHMBUS_ERR_INVALID_TOPIC`,
 /// `SHMBUS_ERR_INVALID_ADDRESS`, `SHMBUS_ERR_INVALID_ARGUMENT`, `SHMBUS_ERR_NULL`); 3 the broker
 /// cannot be reached (`SHMBUS_ERR_UNREACHABLE`, `SHMBUS_ERR_BROKER_GONE`); 4 timeout
-/// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 1 anything else.
+/// (`SHMBUS_ERR_TIMEOUT`); 5 nobody serves the topic (`SHMBUS_ERR_NO_SERVER`); 6 permission
+/// denied by the broker's access list (`SHMBUS_ERR_PERMISSION_DENIED`); 1 anything else.
 ///
 /// Thread safety: may be called from any thread.
 ///
@@ -111,6 +112,8 @@ pub extern "C" fn shmbus_exit_code(status: c_int) -> c_int {
         4
     } else if is(SHMBUS_ERR_NO_SERVER) {
         5
+    } else if is(SHMBUS_ERR_PERMISSION_DENIED) {
+        6
     } else {
         1
     }

@@ -3,7 +3,9 @@
 //!
 //! After attaching, messages never pass through the broker: publishers write into shared-memory
 //! rings and subscribers read them in place. If the broker dies, rings already attached keep
-//! working; new attachments fail with [`ControlError::BrokerGone`].
+//! working and new attachments fail with [`ControlError::BrokerGone`]; the bus reconnects by
+//! itself when a broker is back at its address, and every handle registers again (see
+//! `connection` for how).
 
 mod broker_identity;
 mod bus;
