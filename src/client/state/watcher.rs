@@ -130,11 +130,10 @@ impl StateWatcherBuilder {
             mirror: BTreeMap::new(),
             events: VecDeque::new(),
             stale: Vec::new(),
-            relinked: Vec::new(),
         };
         for pattern in watcher.patterns.clone() {
             watcher
-                .resync(pattern.as_str(), true)
+                .resync(pattern.as_str(), Resync::Initial)
                 .map_err(|e| AttachError::shm(pattern.as_str(), e))?;
         }
         watcher.events.push_back(StateEvent::Synchronized);
@@ -175,10 +174,21 @@ pub struct StateWatcher {
     /// By topic (the same as each mirror's `topic`, as a plain string to look up by `&str`).
     mirror: BTreeMap<Arc<str>, Mirror>,
     events: VecDeque<StateEvent>,
-    /// Collections whose mirror may have missed changes: a snapshot catches them up.
-    stale: Vec<String>,
-    /// Patterns watched again at a new broker: its snapshot replaces what the mirror holds.
-    relinked: Vec<Topic>,
+    /// Collections (or patterns) whose mirror may have missed changes, and how a snapshot is to
+    /// catch them up.
+    stale: Vec<(String, Resync)>,
+}
+
+/// How a snapshot brings the mirror of a pattern's collections up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Resync {
+    /// The watch begins: every entry is `Created`.
+    Initial,
+    /// Changes were missed: collections the snapshot has newer are caught up.
+    Newer,
+    /// The watch was made again at a new broker, whose sequence numbers start anew: the
+    /// snapshot is the truth, and collections it lacks are emptied.
+    Replace,
 }
 
 impl std::fmt::Debug for StateWatcher {
@@ -246,23 +256,10 @@ impl StateWatcher {
             if let Some(event) = self.events.pop_front() {
                 return Ok(event);
             }
-            if let Some(pattern) = self.relinked.pop() {
-                if let Err(e) = self.replace_from_snapshot(&pattern) {
-                    self.relinked.push(pattern.clone());
-                    return Err(WatchError::Snapshot {
-                        pattern: pattern.into_string(),
-                        detail: e,
-                    });
-                }
-                continue;
-            }
-            if let Some(topic) = self.stale.pop() {
-                if let Err(e) = self.resync(&topic, false) {
-                    self.stale.push(topic.clone());
-                    return Err(WatchError::Snapshot {
-                        pattern: topic,
-                        detail: e,
-                    });
+            if let Some((pattern, how)) = self.stale.pop() {
+                if let Err(e) = self.resync(&pattern, how) {
+                    self.stale.push((pattern.clone(), how));
+                    return Err(WatchError::Snapshot { pattern, detail: e });
                 }
                 continue;
             }
@@ -296,14 +293,14 @@ impl StateWatcher {
                             expected = m.seq + 1,
                             "missed state changes; catching up"
                         );
-                        self.stale.push(topic.to_string());
+                        self.stale.push((topic.to_string(), Resync::Newer));
                     }
                     Err(e) => {
                         warn!(
                             topic,
                             "malformed state record: {e}; catching up from a snapshot"
                         );
-                        self.stale.push(topic.to_string());
+                        self.stale.push((topic.to_string(), Resync::Newer));
                     }
                 }
                 return Ok(());
@@ -327,7 +324,7 @@ impl StateWatcher {
                 topic,
                 missed: RecvError::MISSED_UNKNOWN,
             } => {
-                self.relinked.push(topic);
+                self.stale.push((topic.into_string(), Resync::Replace));
                 Ok(())
             }
             // Evicted, or a record skipped: the snapshot says what it was.
@@ -336,7 +333,7 @@ impl StateWatcher {
             | RecvError::HeldLimit { topic, .. }
             | RecvError::TypeMismatch { topic, .. }
             | RecvError::Invalid { topic, .. } => {
-                self.stale.push(topic.as_str().to_string());
+                self.stale.push((topic.as_str().to_string(), Resync::Newer));
                 Ok(())
             }
             // Its rings go on; what changed meanwhile comes with the new broker's snapshot.
@@ -344,54 +341,32 @@ impl StateWatcher {
         }
     }
 
-    /// Brings the collections of `pattern` up to date from a snapshot, with the events that
-    /// lead there (`initial`: every entry is `Created`).
-    fn resync(&mut self, pattern: &str, initial: bool) -> Result<(), String> {
+    /// Brings the collections of `pattern` up to date from a snapshot, `how` says, with the
+    /// events that lead there.
+    fn resync(&mut self, pattern: &str, how: Resync) -> Result<(), String> {
         let bytes = fetch_snapshot(&self.bus, pattern).map_err(|e| match e {
             CallError::Request(e) => e.to_string(),
             CallError::Refused(r) => r.message,
         })?;
         let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
-        for c in collections {
-            let topic = Topic::new(c.topic).map_err(|e| format!("the snapshot holds {e}"))?;
-            let m = self
-                .mirror
-                .entry(Arc::from(c.topic))
-                .or_insert_with(|| Mirror::new(topic));
-            if !initial && c.seq <= m.seq {
-                continue;
+        if how == Resync::Replace {
+            let pattern = Topic::new(pattern).map_err(|e| e.to_string())?;
+            let gone = self.mirror.values_mut().filter(|m| {
+                pattern.matches(&m.topic)
+                    && !collections.iter().any(|c| c.topic == m.topic.as_str())
+            });
+            for m in gone {
+                let topic = m.topic.clone();
+                let empty = snapshot::Collection {
+                    topic: topic.as_str(),
+                    seq: 0,
+                    restarted: 0,
+                    persistent: false,
+                    owned: false,
+                    entries: Vec::new(),
+                };
+                m.catch_up(&empty, false, &mut self.events);
             }
-            m.catch_up(&c, initial, &mut self.events);
-        }
-        Ok(())
-    }
-}
-
-impl StateWatcher {
-    /// Makes the mirror of every collection `pattern` matches what the snapshot of a new broker
-    /// says (whatever the sequence numbers, which start anew with it); collections it does not
-    /// hold are emptied.
-    fn replace_from_snapshot(&mut self, pattern: &Topic) -> Result<(), String> {
-        let bytes = fetch_snapshot(&self.bus, pattern.as_str()).map_err(|e| match e {
-            CallError::Request(e) => e.to_string(),
-            CallError::Refused(r) => r.message,
-        })?;
-        let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
-        for m in self.mirror.values_mut() {
-            if !pattern.matches(&m.topic) || collections.iter().any(|c| c.topic == m.topic.as_str())
-            {
-                continue;
-            }
-            let topic = m.topic.clone();
-            let empty = snapshot::Collection {
-                topic: topic.as_str(),
-                seq: 0,
-                restarted: 0,
-                persistent: false,
-                owned: false,
-                entries: Vec::new(),
-            };
-            m.catch_up(&empty, false, &mut self.events);
         }
         for c in collections {
             let topic = Topic::new(c.topic).map_err(|e| format!("the snapshot holds {e}"))?;
@@ -399,7 +374,10 @@ impl StateWatcher {
                 .mirror
                 .entry(Arc::from(c.topic))
                 .or_insert_with(|| Mirror::new(topic));
-            m.catch_up(&c, false, &mut self.events);
+            if how == Resync::Newer && c.seq <= m.seq {
+                continue;
+            }
+            m.catch_up(&c, how == Resync::Initial, &mut self.events);
         }
         Ok(())
     }
