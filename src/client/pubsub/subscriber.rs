@@ -253,14 +253,13 @@ pub(crate) struct RingSubscriber {
     registrations: Vec<Registration>,
     /// A broker is back: register again before the next poll.
     relink_due: bool,
-    /// Events to report before the next message (the broker's loss, gaps across it).
+    /// Events to report before the next message: matching rings it cannot read, the broker's
+    /// loss, gaps across it.
     events: VecDeque<RecvError>,
     options: ReaderOptions,
     history: u32,
     wait: WaitStrategy,
     patterns: Vec<Topic>,
-    /// Matching rings this subscriber cannot read, (topic, why), not yet reported.
-    unavailable: Vec<(String, String)>,
     /// Rings the broker retired: their readers are dropped once nothing is left to read.
     retired: Vec<RingId>,
 }
@@ -445,7 +444,6 @@ impl RingSubscriber {
             history,
             wait,
             patterns: Vec::new(),
-            unavailable: Vec::new(),
             retired: Vec::new(),
         })
     }
@@ -606,10 +604,10 @@ impl RingSubscriber {
             Found::Draining(index) => self.draining.as_mut().and_then(|d| d.frame(index)),
         };
         let frame = frame.expect("the poll found a frame there");
-        let link = &frame.label().subscription.link;
-        let new_link = known
-            .filter(|known| known.generation != link.generation)
-            .map(|_| Arc::clone(link));
+        let new_link = known.and_then(|known| {
+            let link = &frame.label().subscription.link;
+            (known.generation != link.generation).then(|| Arc::clone(link))
+        });
         Ok((Sample::ring(frame), new_link))
     }
 
@@ -636,21 +634,15 @@ impl RingSubscriber {
             if let Some(event) = self.events.pop_front() {
                 return Err(Wait::Failed(event));
             }
-            if let Some((topic, detail)) = self.unavailable.pop() {
-                return Err(Wait::Failed(RecvError::Unavailable { topic, detail }));
-            }
             match self.set.poll() {
                 Ok(Some(index)) => return Ok(Found::Current(index)),
                 Ok(None) if !self.retired.is_empty() => self.drop_retired(),
                 Ok(None) => {}
                 Err(e) => return Err(Wait::Failed(read_failed(&self.set, e))),
             }
-            if let Some(draining) = &mut self.draining {
-                match draining.poll() {
-                    Ok(Some(index)) => return Ok(Found::Draining(index)),
-                    // Publishers that had not moved yet and publish later are the gap's loss.
-                    Ok(None) => self.draining = None,
-                    Err(e) => return Err(Wait::Failed(read_failed(draining, e))),
+            if self.draining.is_some() {
+                if let Some(found) = self.poll_draining()? {
+                    return Ok(found);
                 }
             }
             if stop() {
@@ -667,6 +659,24 @@ impl RingSubscriber {
                 }
                 Idle::TimedOut => return Err(Wait::Timeout),
             }
+        }
+    }
+
+    /// Polls the lost broker's rings, after a reconnection; drops them once they are found
+    /// empty (publishers that had not moved yet and publish later are the gap's loss).
+    #[cold]
+    #[inline(never)]
+    fn poll_draining(&mut self) -> Result<Option<Found>, Wait> {
+        let Some(draining) = &mut self.draining else {
+            return Ok(None);
+        };
+        match draining.poll() {
+            Ok(Some(index)) => Ok(Some(Found::Draining(index))),
+            Ok(None) => {
+                self.draining = None;
+                Ok(None)
+            }
+            Err(e) => Err(Wait::Failed(read_failed(draining, e))),
         }
     }
 
@@ -705,7 +715,9 @@ impl RingSubscriber {
                     continue;
                 }
                 Attachment::Unavailable { topic, reason } => {
-                    self.unavailable.push((topic, reason));
+                    let detail = reason;
+                    self.events
+                        .push_back(RecvError::Unavailable { topic, detail });
                     continue;
                 }
                 Attachment::Retired { ring } => {
@@ -730,16 +742,20 @@ impl RingSubscriber {
                 Ok(reader) => self.set.insert(reader),
                 Err(e) => {
                     warn!(topic = a.topic, "cannot read a matching ring: {e}");
-                    self.unavailable.push((a.topic, e));
+                    let (topic, detail) = (a.topic, e);
+                    self.events
+                        .push_back(RecvError::Unavailable { topic, detail });
                 }
             }
         }
         // A ring another of our patterns reads is not missed.
         let set = &self.set;
-        self.unavailable.retain(|(topic, _)| {
-            !set.readers()
+        self.events.retain(|e| match e {
+            RecvError::Unavailable { topic, .. } => !set
+                .readers()
                 .iter()
-                .any(|r| r.label().topic.as_str() == topic)
+                .any(|r| r.label().topic.as_str() == topic),
+            _ => true,
         });
     }
 
