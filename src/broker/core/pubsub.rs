@@ -109,11 +109,20 @@ impl Core {
         let taken_up = self.take_up(client, &pattern, request.mode);
         // A corrupt ring is left out: the sweep retires it, and the topic's fresh ring is
         // attached like any new ring.
+        // Parsing every ring's name made a subscription cost a parse per ring (thousands of
+        // clients on their own topics: quadratic); a ring named without wildcards matches a
+        // pattern without them only by its very name.
+        let exact = !pattern.is_wildcard();
         let topics: Vec<String> = self
             .rings
             .iter()
             .filter(|(t, e)| {
-                !e.ring.is_corrupt() && Topic::new(t).is_ok_and(|t| overlaps(&pattern, &t))
+                let matches = if exact && !t.contains('*') {
+                    t.as_str() == pattern.as_str()
+                } else {
+                    Topic::new(t).is_ok_and(|t| overlaps(&pattern, &t))
+                };
+                matches && !e.ring.is_corrupt()
             })
             .map(|(t, _)| t.clone())
             .collect();
