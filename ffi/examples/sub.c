@@ -104,8 +104,9 @@ int main(int argc, char **argv) {
         shmbus_sample sample;
         rc = shmbus_recv(sub, &sample, wait);
         if (rc == SHMBUS_ERR_TIMEOUT) continue;
-        if (rc == SHMBUS_ERR_LAGGED || rc == SHMBUS_ERR_CORRUPT) {
-            fprintf(stderr, "sub: %s\n", shmbus_last_error()); /* names the topic; go on */
+        if (rc == SHMBUS_ERR_LAGGED || rc == SHMBUS_ERR_CORRUPT || rc == SHMBUS_ERR_BROKER_GONE) {
+            /* Names the topic, or says the broker went (the client reconnects by itself); go on. */
+            fprintf(stderr, "sub: %s\n", shmbus_last_error());
             continue;
         }
         if (rc != SHMBUS_OK) {
