@@ -15,7 +15,7 @@
 //! supplementary groups the kernel lists for it at connect time). The broker's own uid may do
 //! everything; anyone no rule matches cannot connect. A rule without user or group keys matches
 //! everyone. An operation on a topic (or a pattern: a subscription, a wildcard publish) is allowed
-//! when a matching rule lists a pattern that [covers](crate::topic::covers) it.
+//! when a matching rule lists a pattern that [`covers`] it.
 
 use std::path::Path;
 
