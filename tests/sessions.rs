@@ -142,14 +142,26 @@ fn while_away_a_session_holds_no_publisher_back_and_reports_what_was_overwritten
 fn after_the_grace_period_the_session_is_forgotten() {
     let broker = Broker::start(&["--session-grace", "0.5"]);
     let bus = Bus::connect(broker.bus()).unwrap();
-    let mut sub = session_sub(&broker, "delta", "late/*", &["--count", "1"]);
+    // One session ends cleanly, the other is killed.
+    let mut clean = session_sub(&broker, "delta", "late/*", &["--count", "1"]);
+    let mut killed = session_sub(&broker, "zeta", "late/*", &[]);
     publish_numbers(&bus, "late/a", 0, 1);
-    assert_eq!(sub.wait_code(), 0);
-    broker.proc.stderr.wait_for("session expired");
+    assert_eq!(clean.wait_code(), 0);
+    wait_received(&killed, "late/a", 1);
+    killed.signal(Signal::SIGKILL);
+    let _ = killed.child.wait();
+    for _ in 0..2 {
+        broker.proc.stderr.wait_for("session expired");
+    }
     publish_numbers(&bus, "late/a", 1, 5);
-    let mut again = session_sub(&broker, "delta", "late/*", &["--timeout", "0.3"]);
-    assert_eq!(again.wait_code(), 4);
-    assert!(received(&again, "late/a").is_empty(), "nothing was kept");
+    for session in ["delta", "zeta"] {
+        let mut again = session_sub(&broker, session, "late/*", &["--timeout", "0.3"]);
+        assert_eq!(again.wait_code(), 4);
+        assert!(
+            received(&again, "late/a").is_empty(),
+            "{session}: nothing was kept"
+        );
+    }
 }
 
 #[test]
