@@ -118,7 +118,8 @@ fn raise_descriptor_limit(clients: usize) -> u64 {
     let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     if soft < want {
         eprintln!(
-            "RLIMIT_NOFILE: {soft} descriptors allowed (not root?), about {} clients at most",
+            "RLIMIT_NOFILE: {soft} descriptors allowed (raising the hard limit needs \
+             CAP_SYS_RESOURCE): the broker can hold about {} such clients",
             soft.saturating_sub(1024) / 3
         );
     }
