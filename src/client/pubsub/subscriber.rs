@@ -521,7 +521,12 @@ impl RingSubscriber {
         let (lease, doorbell, queue) = match registered {
             Ok(new) => new,
             Err(e) => {
-                warn!("cannot subscribe again after reconnecting: {e}");
+                let detail = format!("cannot subscribe again after reconnecting: {e}");
+                warn!("{detail}");
+                if self.relinking.report {
+                    let topic = what.to_string();
+                    self.events.push_back(RecvError::Unavailable { topic, detail });
+                }
                 return;
             }
         };
