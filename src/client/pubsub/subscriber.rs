@@ -525,7 +525,8 @@ impl RingSubscriber {
                 warn!("{detail}");
                 if self.relinking.report {
                     let topic = what.to_string();
-                    self.events.push_back(RecvError::Unavailable { topic, detail });
+                    self.events
+                        .push_back(RecvError::Unavailable { topic, detail });
                 }
                 return;
             }
