@@ -24,6 +24,10 @@
 //!   (`pubsub_one_way`, same run). `new_watcher_sync`: how long a new watcher takes to
 //!   synchronize a collection of 100 000 entries of 100 B (from its creation to `Synchronized`,
 //!   every value read).
+//! * `remote`: **round trips** (not halved) of this process as a remote client — over TCP, and
+//!   over TLS — through a broker's gateway to a local echo process and back, 8 B and 4 KiB, beside
+//!   a raw TCP ping-pong over loopback between two processes, blocking (the echo of the `latency`
+//!   group's `tcp_loopback`) and busy-polling non-blocking sockets, in the same run.
 //!
 //! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
 
@@ -63,6 +67,7 @@ fn main() {
     wakeup(&mut c);
     reqrep(&mut c);
     state(&mut c);
+    remote(&mut c);
     c.final_summary();
 }
 
@@ -107,6 +112,11 @@ fn baseline_child(role: &str) {
             echo_stream(s, baseline_arg(), true);
         }
         "tcp" => echo_stream(TcpStream::from(fd), baseline_arg(), false),
+        "tcp-spin" => {
+            let s = TcpStream::from(fd);
+            s.set_nonblocking(true).unwrap();
+            echo_stream(s, baseline_arg(), true);
+        }
         "futex" => futex_echo(&SharedWord::open(fd)),
         other => panic!("unknown baseline {other}"),
     }
@@ -153,6 +163,38 @@ fn stream_round_trip(s: &mut (impl Read + Write), buf: &mut [u8], n: u8, spin: b
     write_full(s, buf, spin);
     assert!(read_full(s, buf, spin));
     std::hint::black_box(floor::read_all(buf));
+}
+
+/// Benchmarks round trips of `size` bytes over `mine` (to an echo child), each time divided by
+/// `divisor` (2: one-way), then closes `mine` so the child ends.
+fn bench_stream<S: Read + Write>(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    id: BenchmarkId,
+    mut mine: S,
+    size: usize,
+    spin: bool,
+    divisor: u32,
+) {
+    let mut buf = vec![0u8; size];
+    group.bench_function(id, |b| {
+        b.iter_custom(|iters| {
+            let start = Instant::now();
+            for i in 0..iters {
+                stream_round_trip(&mut mine, &mut buf, i as u8, spin);
+            }
+            start.elapsed() / divisor
+        })
+    });
+}
+
+/// A TCP connection over loopback, both ends with `TCP_NODELAY`.
+fn tcp_pair() -> (TcpStream, TcpStream) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mine = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (theirs, _) = listener.accept().unwrap();
+    mine.set_nodelay(true).unwrap();
+    theirs.set_nodelay(true).unwrap();
+    (mine, theirs)
 }
 
 /// A process-shared futex word pair for the raw futex ping-pong.
@@ -287,7 +329,7 @@ fn latency(c: &mut Criterion) {
 
     for size in [8usize, 4096] {
         for (name, spin) in [("uds_blocking", false), ("uds_spinning", true)] {
-            let (mut mine, theirs) = UnixStream::pair().unwrap();
+            let (mine, theirs) = UnixStream::pair().unwrap();
             let mut child = baseline(
                 if spin { "uds-spin" } else { "uds" },
                 &[theirs.as_fd()],
@@ -295,37 +337,15 @@ fn latency(c: &mut Criterion) {
             );
             drop(theirs);
             mine.set_nonblocking(spin).unwrap();
-            let mut buf = vec![0u8; size];
-            group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
-                b.iter_custom(|iters| {
-                    let start = Instant::now();
-                    for i in 0..iters {
-                        stream_round_trip(&mut mine, &mut buf, i as u8, spin);
-                    }
-                    start.elapsed() / 2
-                })
-            });
-            drop(mine);
+            let id = BenchmarkId::new(name, size_name(size));
+            bench_stream(&mut group, id, mine, size, spin, 2);
             child.wait().unwrap();
         }
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let mut mine = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
-        let (theirs, _) = listener.accept().unwrap();
-        mine.set_nodelay(true).unwrap();
-        theirs.set_nodelay(true).unwrap();
+        let (mine, theirs) = tcp_pair();
         let mut child = baseline("tcp", &[theirs.as_fd()], size);
         drop(theirs);
-        let mut buf = vec![0u8; size];
-        group.bench_function(BenchmarkId::new("tcp_loopback", size_name(size)), |b| {
-            b.iter_custom(|iters| {
-                let start = Instant::now();
-                for i in 0..iters {
-                    stream_round_trip(&mut mine, &mut buf, i as u8, false);
-                }
-                start.elapsed() / 2
-            })
-        });
-        drop(mine);
+        let id = BenchmarkId::new("tcp_loopback", size_name(size));
+        bench_stream(&mut group, id, mine, size, false, 2);
         child.wait().unwrap();
     }
 
@@ -725,4 +745,122 @@ fn state_sync(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::
         })
     });
     drop(big);
+}
+
+/// A broker on a thread of this process, listening at `listen` too; stopped when dropped.
+struct ListeningBroker {
+    handle: shmbus::BrokerHandle,
+    thread: Option<std::thread::JoinHandle<std::io::Result<()>>>,
+    socket: std::path::PathBuf,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl ListeningBroker {
+    fn start(listen: &str, tls: Option<shmbus::TlsServerFiles>) -> ListeningBroker {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("bus.sock");
+        let mut builder = shmbus::Broker::builder()
+            .socket(&socket)
+            .listen(shmbus::BusAddress::parse_listen(listen).unwrap());
+        if let Some(files) = tls {
+            builder = builder.tls(files);
+        }
+        let broker = builder.bind().unwrap();
+        let url = broker.listen_addresses()[0].to_string();
+        let handle = broker.handle();
+        let thread = std::thread::spawn(move || broker.run());
+        ListeningBroker {
+            handle,
+            thread: Some(thread),
+            socket,
+            url,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for ListeningBroker {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// A CA and a certificate for 127.0.0.1 it signed, in `dir`: (the gateway's files, the CA).
+fn test_certificates(dir: &std::path::Path) -> (shmbus::TlsServerFiles, std::path::PathBuf) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let files = shmbus::TlsServerFiles {
+        cert: write("server.pem", cert.pem()),
+        key: write("server.key", key.serialize_pem()),
+        client_ca: None,
+    };
+    (files, write("ca.pem", ca_cert.pem()))
+}
+
+fn remote(c: &mut Criterion) {
+    let mut group = c.benchmark_group("remote");
+    let sizes = [8usize, 4096];
+
+    for &size in &sizes {
+        for (name, spin) in [
+            ("tcp_raw_blocking_round_trip", false),
+            ("tcp_raw_spinning_round_trip", true),
+        ] {
+            let (mine, theirs) = tcp_pair();
+            let role = if spin { "tcp-spin" } else { "tcp" };
+            let mut child = baseline(role, &[theirs.as_fd()], size);
+            drop(theirs);
+            mine.set_nonblocking(spin).unwrap();
+            let id = BenchmarkId::new(name, size_name(size));
+            bench_stream(&mut group, id, mine, size, spin, 1);
+            child.wait().unwrap();
+        }
+    }
+
+    let certs = tempfile::tempdir().unwrap();
+    let (server_files, ca) = test_certificates(certs.path());
+    for (name, listen, tls) in [
+        ("tcp_gateway_round_trip", "tcp://127.0.0.1:0", None),
+        (
+            "tls_gateway_round_trip",
+            "tls://127.0.0.1:0",
+            Some(server_files),
+        ),
+    ] {
+        let broker = ListeningBroker::start(listen, tls);
+        let local = Bus::connect(broker.socket.to_str().unwrap()).unwrap();
+        let remote = Bus::builder()
+            .address(shmbus::BusAddress::parse(&broker.url).unwrap())
+            .tls(shmbus::TlsClientFiles::default().ca(&ca))
+            .connect()
+            .unwrap();
+        let mut children = roles();
+        let mut pongs = bench::subscriber(&remote, PONG, WaitStrategy::BusySpin).unwrap();
+        let mut pings = bench::publisher(&remote, PING, WaitStrategy::BusySpin).unwrap();
+        role(&mut children, &local, "echo", &["--wait", "busy"]);
+        for &size in &sizes {
+            group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
+                b.iter_custom(|iters| {
+                    bench::ping_pong(&mut pings, &mut pongs, size, iters, |_| {}).unwrap()
+                })
+            });
+        }
+        pings.publish(&[]).unwrap();
+    }
+    group.finish();
 }

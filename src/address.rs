@@ -45,12 +45,22 @@ pub enum AddressError {
 impl BusAddress {
     /// Parses an address as the CLI and `SHMBUS_BUS` accept it.
     pub fn parse(s: &str) -> Result<BusAddress, AddressError> {
+        BusAddress::parse_with(s, false)
+    }
+
+    /// Parses an address to listen at: as [`BusAddress::parse`], and port 0 (the system
+    /// chooses) is allowed.
+    pub fn parse_listen(s: &str) -> Result<BusAddress, AddressError> {
+        BusAddress::parse_with(s, true)
+    }
+
+    fn parse_with(s: &str, any_port: bool) -> Result<BusAddress, AddressError> {
         if s.is_empty() {
             return Err(AddressError::Empty);
         }
         if let Some((scheme, rest)) = s.split_once("://") {
             let valid = rest.rsplit_once(':').is_some_and(|(host, port)| {
-                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0)
+                !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0 || any_port)
             });
             return match (scheme, valid) {
                 ("tcp", true) => Ok(BusAddress::Tcp(rest.to_string())),

@@ -44,6 +44,7 @@ mod client;
 #[doc(hidden)]
 pub mod protocol;
 pub mod topic;
+mod transport;
 
 pub use address::BusAddress;
 pub use broker::{Broker, BrokerBuilder, BrokerError, BrokerHandle};
@@ -69,3 +70,4 @@ pub use protocol::{ErrorCode, PublisherId, RingId};
 pub use rkyv;
 pub use shmbus_shm::WaitStrategy;
 pub use topic::Topic;
+pub use transport::tls::{TlsClientFiles, TlsError, TlsServerFiles};

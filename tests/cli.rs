@@ -229,7 +229,23 @@ fn every_command_has_help() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    assert!(!help.contains("tcp://HOST"), "{help}");
+    for needle in ["tcp://HOST:PORT", "--tls-ca", "--tls-cert", "--tls-key"] {
+        assert!(
+            help.contains(needle),
+            "no {needle:?} in pub --help:\n{help}"
+        );
+    }
+    let out = std::process::Command::new(support::bin())
+        .args(["broker", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for needle in ["--listen", "--tls-cert", "--tls-client-ca"] {
+        assert!(
+            help.contains(needle),
+            "no {needle:?} in broker --help:\n{help}"
+        );
+    }
 }
 
 #[test]

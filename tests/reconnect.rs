@@ -4,24 +4,11 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use nix::sys::signal::Signal;
 use shmbus::{AttachError, Bus, ControlError, RecvError, RecvTimeoutError, Subscriber};
-use support::{Broker, PATIENCE, Proc, run, shmbus};
-
-/// Waits until `what` holds, failing after [`PATIENCE`]: `what` is a state another process
-/// reaches (no fixed sleep stands in for it).
-fn eventually(description: &str, what: impl Fn() -> bool) {
-    let deadline = Instant::now() + PATIENCE;
-    while !what() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting until {description}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
+use support::{Broker, PATIENCE, Proc, eventually, run, shmbus};
 
 /// Receives until the subscriber reports `wanted`, ignoring messages (those of rings read before
 /// it); fails after [`PATIENCE`].

@@ -57,16 +57,18 @@ fn connect_with(
 /// Connects to the broker of a bus.
 ///
 /// `address` is a bus name (`"default"` maps to `$XDG_RUNTIME_DIR/shmbus/default.sock`, else
-/// `/tmp/shmbus-UID/default.sock`), a socket path (anything containing `/`), or NULL for the
-/// default bus: the environment variable `SHMBUS_BUS` if set, else the name `default`. The
-/// string is only read during the call.
+/// `/tmp/shmbus-UID/default.sock`), a socket path (anything containing `/`), a broker's
+/// gateway (`tcp://HOST:PORT`, or `tls://HOST:PORT` with the CA and client certificate named by
+/// `SHMBUS_TLS_CA`, `SHMBUS_TLS_CERT` and `SHMBUS_TLS_KEY`), or NULL for the default bus: the
+/// environment variable `SHMBUS_BUS` if set, else the name `default`. The string is only read
+/// during the call.
 ///
 /// On success `*client_out` receives a new client that the caller owns and frees with
 /// `shmbus_client_free`; on failure `*client_out` is set to NULL.
 ///
 /// Errors: `SHMBUS_ERR_NULL` (`client_out` is NULL), `SHMBUS_ERR_INVALID_ADDRESS`,
 /// `SHMBUS_ERR_UNREACHABLE` (no broker there), `SHMBUS_ERR_REFUSED`, `SHMBUS_ERR_PROTOCOL`,
-/// `SHMBUS_ERR_SHM`, `SHMBUS_ERR_UNSUPPORTED` (`tcp://` and `tls://` in this version).
+/// `SHMBUS_ERR_SHM`.
 ///
 /// Thread safety: may be called from any thread.
 ///

@@ -214,7 +214,6 @@ impl From<ConnectError> for Error {
             ConnectError::Untrusted { .. } => SHMBUS_ERR_UNTRUSTED,
             ConnectError::Protocol { .. } => SHMBUS_ERR_PROTOCOL,
             ConnectError::Shm(_) => SHMBUS_ERR_SHM,
-            ConnectError::RemoteUnsupported { .. } => SHMBUS_ERR_UNSUPPORTED,
             ConnectError::Embedded(_) => SHMBUS_ERR_IO,
             _ => SHMBUS_ERR_OTHER,
         };
@@ -251,6 +250,7 @@ impl From<AttachError> for Error {
             AttachError::Refused { .. } => SHMBUS_ERR_REFUSED,
             AttachError::Shm { .. } => SHMBUS_ERR_SHM,
             AttachError::PermissionDenied { .. } => SHMBUS_ERR_PERMISSION_DENIED,
+            AttachError::LocalOnly { .. } => SHMBUS_ERR_UNSUPPORTED,
             _ => SHMBUS_ERR_OTHER,
         };
         Error::new(code, e.to_string())

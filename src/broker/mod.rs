@@ -19,6 +19,7 @@
 pub mod access;
 mod core;
 mod event_loop;
+mod gateway;
 mod keeper;
 
 use std::io;
@@ -39,7 +40,10 @@ use self::access::AccessList;
 use self::core::{AccessSlot, Core, Limits, Quotas};
 use crate::address::{BusAddress, ensure_private_dir};
 use crate::protocol::seqpacket;
+use crate::transport::tls::TlsServerFiles;
 use event_loop::{EventLoop, LISTENER, WAKER};
+pub use gateway::ListenError;
+use gateway::{Gateway, Listener};
 use keeper::Keeper;
 
 /// Why a broker could not start or run.
@@ -75,6 +79,9 @@ pub enum BrokerError {
     /// The shared-memory doorbell table could not be created.
     #[error("create doorbell table: {0}")]
     Doorbells(#[from] shmbus_shm::CreateError),
+    /// A `tcp://` or `tls://` listener could not be set up.
+    #[error(transparent)]
+    Listen(#[from] ListenError),
 }
 
 fn io_err<'p>(what: &'static str, path: &'p Path) -> impl FnOnce(io::Error) -> BrokerError + 'p {
@@ -99,6 +106,8 @@ pub struct BrokerBuilder {
     ring_idle: Duration,
     state_dir: Option<PathBuf>,
     access: Option<Arc<AccessList>>,
+    listen: Vec<BusAddress>,
+    tls: Option<TlsServerFiles>,
 }
 
 impl Default for BrokerBuilder {
@@ -118,6 +127,8 @@ impl Default for BrokerBuilder {
             ring_idle: Duration::from_secs(60),
             state_dir: None,
             access: None,
+            listen: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -279,10 +290,35 @@ impl BrokerBuilder {
         self
     }
 
+    /// Also accept remote clients at `address`, a `tcp://HOST:PORT` or `tls://HOST:PORT` (port 0:
+    /// one the system chooses; see [`Broker::listen_addresses`]); may be given several times.
+    /// The gateway serving them runs on threads of the broker process as an ordinary client of
+    /// the rings. Without an access list, anyone who can reach a `tcp://` address can use the
+    /// bus: listen on loopback, or use `tls://` with a client CA ([`BrokerBuilder::tls`]). With
+    /// one, remote clients must present a TLS client certificate whose subject's common name is
+    /// a user of this host, and are checked as that user.
+    pub fn listen(mut self, address: BusAddress) -> Self {
+        self.listen.push(address);
+        self
+    }
+
+    /// The certificate and key `tls://` listeners present, and the CA, if any, their clients'
+    /// certificates must be signed by.
+    pub fn tls(mut self, files: TlsServerFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Binds the control socket: creates its private directory, refuses to start if a live
-    /// broker owns the socket, and replaces a stale socket file left by a dead one.
+    /// broker owns the socket, and replaces a stale socket file left by a dead one. Binds the
+    /// `tcp://` and `tls://` listeners too.
     pub fn bind(self) -> Result<Broker, BrokerError> {
         self.limits.ring.validate()?;
+        let listeners = self
+            .listen
+            .iter()
+            .map(|address| Listener::bind(address, self.tls.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
         let path = match self.socket.clone() {
             Some(path) => path,
             None => {
@@ -320,7 +356,7 @@ impl BrokerBuilder {
             access: Arc::clone(&access),
         };
         let mut core = Core::new(self.limits.clone(), doorbells);
-        core.set_access(access);
+        core.set_access(Arc::clone(&access));
         let (answers, answered) = mpsc::channel();
         let keeper = self.start_keeper(&mut core, answers, &handle, &path)?;
         let event_loop = EventLoop::new(listener, poll, core, self.ring_idle, stop, answered);
@@ -330,6 +366,9 @@ impl BrokerBuilder {
             handle,
             event_loop,
             keeper: Some(keeper),
+            listeners,
+            hello_timeout: self.limits.quotas.hello_timeout,
+            access,
         })
     }
 
@@ -460,6 +499,11 @@ pub struct Broker {
     event_loop: EventLoop,
     /// Started by `run`.
     keeper: Option<Keeper>,
+    /// Bound; served by the gateway `run` starts.
+    listeners: Vec<Listener>,
+    hello_timeout: Duration,
+    /// The access list in force, which the gateway checks remote clients against.
+    access: AccessSlot,
 }
 
 impl std::fmt::Debug for Broker {
@@ -481,6 +525,12 @@ impl Broker {
         &self.socket
     }
 
+    /// The `tcp://` and `tls://` addresses remote clients reach this broker at, with the ports
+    /// bound (so port 0 shows the one chosen).
+    pub fn listen_addresses(&self) -> Vec<BusAddress> {
+        self.listeners.iter().map(|l| l.address().clone()).collect()
+    }
+
     /// A handle that stops the broker.
     pub fn handle(&self) -> BrokerHandle {
         self.handle.clone()
@@ -494,7 +544,18 @@ impl Broker {
                 .spawn(move || k.run())
         });
         let keeper = keeper.transpose()?;
+        let gateway = match std::mem::take(&mut self.listeners) {
+            listeners if listeners.is_empty() => None,
+            listeners => Some(Gateway::start(
+                listeners,
+                BusAddress::Local(self.socket.clone()),
+                self.hello_timeout,
+                Arc::clone(&self.access),
+            )?),
+        };
         let result = self.event_loop.run();
+        // The gateway's own connection needs the event loop: it goes first.
+        drop(gateway);
         self.handle.stop();
         if let Some(k) = keeper {
             let _ = k.join();

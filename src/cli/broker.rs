@@ -3,16 +3,18 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::address::BusAddress;
 use crate::broker::access::AccessList;
-use crate::broker::{Broker, BrokerError, BrokerHandle};
+use crate::broker::{Broker, BrokerError, BrokerHandle, ListenError};
+use crate::transport::tls::TlsServerFiles;
 
-use super::{BusArg, Exit, Failure, Outcome};
+use super::{Exit, Failure, Outcome, SocketArg};
 
 /// Arguments of `shmbus broker`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
-    bus: BusArg,
+    bus: SocketArg,
     /// Untether a subscriber that holds publishers back without reading for this long.
     #[arg(long, value_name = "SECS", default_value_t = 5.0)]
     evict_after: f64,
@@ -62,6 +64,20 @@ pub struct Args {
     /// the README's "Access control").
     #[arg(long, value_name = "FILE")]
     acl: Option<PathBuf>,
+    /// Also accept remote clients at tcp://HOST:PORT or tls://HOST:PORT (repeatable; port 0
+    /// picks a free port, printed at start). Anyone who reaches a tcp:// address can use the
+    /// bus: listen on loopback, or use tls:// with --tls-client-ca.
+    #[arg(long, value_name = "URL")]
+    listen: Vec<String>,
+    /// The certificate chain (PEM) tls:// listeners present.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require tls:// clients to present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
 }
 
 /// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
@@ -83,7 +99,6 @@ fn seconds(flag: &str, value: f64, zero_ok: bool) -> Result<Duration, Failure> {
 
 /// Runs a broker until SIGINT or SIGTERM.
 pub fn run(args: Args) -> Outcome {
-    args.bus.refuse_session("a broker")?;
     let address = args.bus.address()?;
     let socket = address.socket_path().ok_or_else(|| {
         Failure::new(
@@ -111,12 +126,27 @@ pub fn run(args: Args) -> Outcome {
         Some(dir) => builder.state_dir(dir),
         None => builder,
     };
+    let mut builder = builder;
+    for url in &args.listen {
+        let address = BusAddress::parse_listen(url).map_err(|e| Failure::new(Exit::Usage, e))?;
+        builder = builder.listen(address);
+    }
+    if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        builder = builder.tls(TlsServerFiles {
+            cert,
+            key,
+            client_ca: args.tls_client_ca,
+        });
+    }
     let builder = match &args.acl {
         Some(path) => builder.access_list(AccessList::load(path).map_err(Failure::error)?),
         None => builder,
     };
     let broker = builder.bind().map_err(|e| match e {
         BrokerError::Config(_) => Failure::new(Exit::Usage, e),
+        BrokerError::Listen(ListenError::NotRemote(_) | ListenError::NoCertificate(_)) => {
+            Failure::new(Exit::Usage, e)
+        }
         other => Failure::error(other),
     })?;
     let handle = broker.handle();
@@ -145,6 +175,9 @@ pub fn run(args: Args) -> Outcome {
         })
         .map_err(|e| Failure::error(format!("start signal thread: {e}")))?;
     eprintln!("shmbus broker ready on {}", broker.socket_path().display());
+    for address in broker.listen_addresses() {
+        eprintln!("shmbus broker listening on {address}");
+    }
     broker
         .run()
         .map_err(|e| Failure::error(format!("broker failed: {e}")))

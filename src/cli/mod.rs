@@ -14,8 +14,10 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use std::path::PathBuf;
+
 use crate::address::BusAddress;
-use crate::{AttachError, Bus, ConnectError, ControlError};
+use crate::{AttachError, Bus, ConnectError, ControlError, TlsClientFiles};
 
 /// Exit codes, as the contract fixes them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -106,7 +108,9 @@ Exit codes:
   4 timeout, 5 nobody serves the topic (req), 6 permission denied (the broker's --acl).
 
 Environment:
-  SHMBUS_BUS         the default bus (a name or a socket path)
+  SHMBUS_BUS         the default bus (a name, a socket path, tcp://HOST:PORT or tls://HOST:PORT)
+  SHMBUS_TLS_CA, SHMBUS_TLS_CERT, SHMBUS_TLS_KEY
+                     --tls-ca, --tls-cert and --tls-key of clients of a tls:// bus
   SHMBUS_BROKER_UID  also trust a broker running as this uid (a service account)
   RUST_LOG           log filter (default: info for the broker, warn for the rest), e.g. RUST_LOG=debug
   NO_COLOR           no colours in logs (there are none unless stderr is a terminal)";
@@ -130,8 +134,8 @@ pub struct Cli {
 /// The bus to use: a name or a socket path; default $SHMBUS_BUS, else "default".
 #[derive(Clone, Debug, clap::Args)]
 pub struct BusArg {
-    /// Bus address: a name, or a socket path (contains '/'). (tcp:// and tls:// addresses are
-    /// parsed but not served by this version.)
+    /// Bus address: a name, a socket path (contains '/'), or a broker's gateway at
+    /// tcp://HOST:PORT or tls://HOST:PORT.
     #[arg(long = "bus", value_name = "ADDR", env = crate::address::BUS_ENV, default_value = crate::address::DEFAULT_NAME)]
     bus: String,
     /// Give up (exit 3) if the broker does not answer within this many seconds.
@@ -142,11 +146,40 @@ pub struct BusArg {
     /// where they stood.
     #[arg(long, value_name = "NAME")]
     session: Option<String>,
+    /// tls:// only: check the gateway's certificate against this CA (PEM) instead of the
+    /// system's roots.
+    #[arg(long, value_name = "FILE", env = crate::transport::tls::TLS_CA_ENV)]
+    tls_ca: Option<PathBuf>,
+    /// tls:// only: present this certificate (PEM chain) to a gateway that requires one.
+    #[arg(long, value_name = "FILE", env = crate::transport::tls::TLS_CERT_ENV, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// tls:// only: the key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", env = crate::transport::tls::TLS_KEY_ENV, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+}
+
+/// The socket a broker serves: a name or a socket path; default $SHMBUS_BUS, else "default".
+#[derive(Clone, Debug, clap::Args)]
+pub struct SocketArg {
+    /// Bus address: a name, or a socket path (contains '/').
+    #[arg(long = "bus", value_name = "ADDR", env = crate::address::BUS_ENV, default_value = crate::address::DEFAULT_NAME)]
+    bus: String,
+}
+
+impl SocketArg {
+    fn address(&self) -> Result<BusAddress, Failure> {
+        parse_address(&self.bus)
+    }
+}
+
+/// The address `bus`, or the usage error that says why it is none.
+fn parse_address(bus: &str) -> Result<BusAddress, Failure> {
+    BusAddress::parse(bus).map_err(|e| Failure::new(Exit::Usage, e))
 }
 
 impl BusArg {
     fn address(&self) -> Result<BusAddress, Failure> {
-        BusAddress::parse(&self.bus).map_err(|e| Failure::new(Exit::Usage, e))
+        parse_address(&self.bus)
     }
 
     /// Connects to the bus.
@@ -165,18 +198,14 @@ impl BusArg {
             Some(name) => builder.session(name),
             None => builder,
         };
-        Ok(builder.connect()?)
-    }
-
-    /// Refuses `--session` for a command that is not a client (`what`).
-    fn refuse_session(&self, what: &str) -> Result<(), Failure> {
-        match &self.session {
-            Some(_) => Err(Failure::new(
-                Exit::Usage,
-                format!("--session is for clients; {what} has none"),
-            )),
-            None => Ok(()),
+        let mut tls = TlsClientFiles::default();
+        if let Some(ca) = &self.tls_ca {
+            tls = tls.ca(ca);
         }
+        if let (Some(cert), Some(key)) = (&self.tls_cert, &self.tls_key) {
+            tls = tls.identity(cert, key);
+        }
+        Ok(builder.tls(tls).connect()?)
     }
 }
 

@@ -9,6 +9,7 @@ use super::broker_identity::TrustedUsers;
 use super::connection::{ConnectOptions, Connection};
 use super::error::{AttachError, ConnectError};
 use super::pubsub::{Publisher, PublisherBuilder, Sample, Subscriber, SubscriberBuilder};
+use super::remote::{Dialer, RemoteBus, RemoteInner};
 use super::reqrep::{
     self, Dispatcher, InboxPool, Request, RequestError, Requester, Response, ResponseStream,
     ServeError, Server,
@@ -16,6 +17,8 @@ use super::reqrep::{
 use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
 use crate::address::BusAddress;
 use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
+use crate::topic::Topic;
+use crate::transport::tls::TlsClientFiles;
 
 /// A broker running on a thread of this process, owned by a [`Bus`].
 struct Embedded {
@@ -85,6 +88,29 @@ impl BusInner {
     }
 }
 
+/// How a bus is reached: through a broker on this host (its rings mapped here), or through a
+/// broker's gateway over TCP or TLS.
+#[derive(Clone)]
+pub(crate) enum BusFlavor {
+    /// A broker on this host.
+    Local(Arc<BusInner>),
+    /// A gateway, over the network.
+    Remote(Arc<RemoteInner>),
+}
+
+impl BusFlavor {
+    /// The local bus, for what only a local bus offers; on a remote bus, the error of attaching
+    /// `topic` that says so.
+    pub(crate) fn local(&self, topic: &str) -> Result<Arc<BusInner>, AttachError> {
+        match self {
+            BusFlavor::Local(bus) => Ok(Arc::clone(bus)),
+            BusFlavor::Remote(_) => Err(AttachError::LocalOnly {
+                topic: topic.to_string(),
+            }),
+        }
+    }
+}
+
 impl Drop for BusInner {
     fn drop(&mut self) {
         self.conn.close();
@@ -111,7 +137,7 @@ impl Drop for BusInner {
 /// ```
 #[derive(Clone)]
 pub struct Bus {
-    pub(crate) inner: Arc<BusInner>,
+    flavor: BusFlavor,
     /// Idle inboxes for [`Bus::request`] calls. Held by the `Bus` handles, not by what they
     /// share: an inbox holds the shared part, so the pool in it would never be dropped.
     inboxes: Arc<InboxPool>,
@@ -138,6 +164,7 @@ pub struct BusBuilder {
     connect_timeout: Option<Duration>,
     broker_uid: Option<u32>,
     session: Option<String>,
+    tls: Option<TlsClientFiles>,
 }
 
 impl BusBuilder {
@@ -191,6 +218,14 @@ impl BusBuilder {
         self
     }
 
+    /// TLS settings for a `tls://` address: the CA to check the gateway against and the
+    /// certificate to present (default: `$SHMBUS_TLS_CA`, `$SHMBUS_TLS_CERT` and
+    /// `$SHMBUS_TLS_KEY`, else the system's roots and no certificate).
+    pub fn tls(mut self, files: TlsClientFiles) -> Self {
+        self.tls = Some(files);
+        self
+    }
+
     /// Connects (starting the embedded broker first, if one was asked for).
     pub fn connect(self) -> Result<Bus, ConnectError> {
         let (embedded, address) = match self.embedded {
@@ -204,8 +239,20 @@ impl BusBuilder {
             },
         };
         let name = self.name.unwrap_or_else(program_name);
+        let timeout = self.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
+        if !matches!(address, BusAddress::Local(_)) {
+            if self.session.is_some() {
+                return Err(ConnectError::Refused {
+                    address: address.to_string(),
+                    message: "sessions are held by a broker on this host; a remote client \
+                              subscribes again by itself when it reconnects"
+                        .into(),
+                });
+            }
+            return connect_remote(address, name, timeout, self.tls);
+        }
         let options = ConnectOptions {
-            timeout: self.connect_timeout.unwrap_or(CONNECT_TIMEOUT),
+            timeout,
             trusted: TrustedUsers {
                 extra: self.broker_uid.or_else(broker_uid_from_env),
             },
@@ -214,13 +261,42 @@ impl BusBuilder {
         let (conn, control) = Connection::open(&address, &name, options)?;
         Ok(Bus {
             inboxes: Arc::default(),
-            inner: Arc::new(BusInner {
+            flavor: BusFlavor::Local(Arc::new(BusInner {
                 conn,
                 control: Some(control),
                 embedded,
-            }),
+            })),
         })
     }
+}
+
+/// Connects to the gateway at `address` (`tcp://` or `tls://`).
+fn connect_remote(
+    address: BusAddress,
+    name: String,
+    timeout: Duration,
+    tls: Option<TlsClientFiles>,
+) -> Result<Bus, ConnectError> {
+    let tls = match address {
+        BusAddress::Tls(_) => {
+            let files = match tls {
+                Some(files) => files,
+                None => TlsClientFiles::from_env()?,
+            };
+            Some(crate::transport::tls::client_config(&files)?)
+        }
+        _ => None,
+    };
+    let inner = RemoteBus::connect(Dialer {
+        address,
+        name,
+        tls,
+        timeout,
+    })?;
+    Ok(Bus {
+        inboxes: Arc::default(),
+        flavor: BusFlavor::Remote(Arc::new(inner)),
+    })
 }
 
 /// The service account `$SHMBUS_BROKER_UID` names, if it is set to a uid.
@@ -265,7 +341,10 @@ impl Bus {
 
     /// The address this bus was reached at.
     pub fn address(&self) -> &BusAddress {
-        self.inner.conn.address()
+        match &self.flavor {
+            BusFlavor::Local(bus) => bus.conn.address(),
+            BusFlavor::Remote(bus) => bus.bus.address(),
+        }
     }
 
     /// Whether a broker is connected now. Attached publishers and subscribers work either way;
@@ -273,12 +352,24 @@ impl Bus {
     /// address, and publishers and subscribers register again (see [`RecvError::BrokerLost`](
     /// crate::RecvError::BrokerLost)).
     pub fn is_connected(&self) -> bool {
-        self.inner.conn.is_alive()
+        match &self.flavor {
+            BusFlavor::Local(bus) => bus.conn.is_alive(),
+            BusFlavor::Remote(bus) => bus.bus.is_connected(),
+        }
+    }
+
+    /// Whether this bus is reached over the network (a `tcp://` or `tls://` address): messages
+    /// are then copied through the gateway rather than read in place.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.flavor, BusFlavor::Remote(_))
     }
 
     /// The largest payload this bus's rings carry.
     pub fn max_payload(&self) -> usize {
-        self.inner.max_payload() as usize
+        match &self.flavor {
+            BusFlavor::Local(bus) => bus.max_payload() as usize,
+            BusFlavor::Remote(bus) => bus.bus.max_payload() as usize,
+        }
     }
 
     /// A publisher of raw bytes on `topic`, with default options (see
@@ -290,7 +381,7 @@ impl Bus {
 
     /// A publisher with options: how it waits for room, typed messages.
     pub fn publisher_builder(&self, topic: &str) -> PublisherBuilder {
-        PublisherBuilder::new(Arc::clone(&self.inner), topic)
+        PublisherBuilder::new(self.flavor.clone(), topic)
     }
 
     /// A tethered subscriber to every topic matching `pattern`, from now on, with default
@@ -321,7 +412,7 @@ impl Bus {
     /// A subscriber with options and no pattern yet: add them with
     /// [`SubscriberBuilder::pattern`], or later with [`Subscriber::add_pattern`].
     pub fn subscriber_builder(&self) -> SubscriberBuilder {
-        SubscriberBuilder::new(Arc::clone(&self.inner))
+        SubscriberBuilder::new(self.flavor.clone())
     }
 
     /// Owns the state collection of `topic` (an exact topic), not persistent: see
@@ -332,7 +423,7 @@ impl Bus {
 
     /// A state publisher with options: persistent, the largest value.
     pub fn state_publisher_builder(&self, topic: &str) -> StatePublisherBuilder {
-        StatePublisherBuilder::new(Arc::clone(&self.inner), topic)
+        StatePublisherBuilder::new(self.flavor.clone(), topic)
     }
 
     /// Watches every state collection whose topic matches `pattern` (wildcards allowed), now and
@@ -343,14 +434,14 @@ impl Bus {
 
     /// A state watcher with options: more patterns, how it waits.
     pub fn state_watcher(&self, pattern: &str) -> StateWatcherBuilder {
-        StateWatcherBuilder::new(Arc::clone(&self.inner), pattern)
+        StateWatcherBuilder::new(self.flavor.clone(), pattern)
     }
 
     /// Serves `topic` (an exact topic, no wildcards): receive its requests with
     /// [`Server::recv`]. Only one server per topic at a time: a second gets
     /// [`ServeError::AlreadyServed`].
     pub fn serve(&self, topic: &str) -> Result<Server, ServeError> {
-        Server::new(Arc::clone(&self.inner), topic)
+        Server::new(self.flavor.local(topic)?, topic)
     }
 
     /// Serves `topic` on a dispatcher thread: `handler` answers each request with the bytes it
@@ -390,7 +481,13 @@ impl Bus {
     /// [`RequestError::ServerGone`] as soon as the server goes without answering. Safe to call
     /// from many threads at once: each call uses an inbox of its own.
     pub fn request(&self, topic: &str, payload: &[u8]) -> Result<Response, RequestError> {
-        reqrep::request(&self.inner, &self.inboxes, topic, payload, None)
+        reqrep::request(
+            &self.local_for_request(topic)?,
+            &self.inboxes,
+            topic,
+            payload,
+            None,
+        )
     }
 
     /// [`Bus::request`], giving up after `timeout` ([`RequestError::Timeout`]); an answer that
@@ -401,7 +498,13 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Response, RequestError> {
-        reqrep::request(&self.inner, &self.inboxes, topic, payload, Some(timeout))
+        reqrep::request(
+            &self.local_for_request(topic)?,
+            &self.inboxes,
+            topic,
+            payload,
+            Some(timeout),
+        )
     }
 
     /// [`Bus::request`], giving up at `deadline`.
@@ -412,7 +515,13 @@ impl Bus {
         deadline: std::time::Instant,
     ) -> Result<Response, RequestError> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        reqrep::request(&self.inner, &self.inboxes, topic, payload, Some(left))
+        reqrep::request(
+            &self.local_for_request(topic)?,
+            &self.inboxes,
+            topic,
+            payload,
+            Some(left),
+        )
     }
 
     /// Asks the server of `topic` for a stream of answers, waiting for each as long as it takes.
@@ -421,7 +530,13 @@ impl Bus {
         topic: &str,
         payload: &[u8],
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(&self.inner, &self.inboxes, topic, payload, None)
+        reqrep::request_stream(
+            &self.local_for_request(topic)?,
+            &self.inboxes,
+            topic,
+            payload,
+            None,
+        )
     }
 
     /// [`Bus::request_stream`], waiting at most `timeout` for each answer.
@@ -431,12 +546,33 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(&self.inner, &self.inboxes, topic, payload, Some(timeout))
+        reqrep::request_stream(
+            &self.local_for_request(topic)?,
+            &self.inboxes,
+            topic,
+            payload,
+            Some(timeout),
+        )
     }
 
     /// A requester of `topic` with an inbox of its own: requests written in place, and a choice
     /// of how to wait for answers.
     pub fn requester(&self, topic: &str) -> Result<Requester, RequestError> {
-        Requester::new(Arc::clone(&self.inner), topic)
+        Requester::new(self.local_for_request(topic)?, topic)
+    }
+
+    /// The local bus, for a request on `topic`; on a remote bus, the error saying requests do
+    /// not cross the network yet.
+    fn local_for_request(&self, topic: &str) -> Result<Arc<BusInner>, RequestError> {
+        match &self.flavor {
+            BusFlavor::Local(bus) => Ok(Arc::clone(bus)),
+            BusFlavor::Remote(_) => Err(RequestError::Setup {
+                topic: Topic::new(topic)?,
+                detail: AttachError::LocalOnly {
+                    topic: topic.to_string(),
+                }
+                .to_string(),
+            }),
+        }
     }
 }

@@ -428,13 +428,11 @@ impl Connection {
     /// installs the link as number `generation` and tells the listeners) or the connection is
     /// closed (`None`).
     fn relink(&self, generation: u64) -> Option<Arc<Link>> {
-        let mut wait = RECONNECT_FIRST;
-        let mut attempt = 0u64;
+        let mut backoff = Backoff::default();
         loop {
-            if self.pause(spread(wait, attempt)) {
+            if self.pause(backoff.next_wait()) {
                 return None;
             }
-            attempt += 1;
             match handshake(&self.address, &self.name, &self.options, generation) {
                 Ok(link) => {
                     let link = Arc::new(link);
@@ -447,14 +445,11 @@ impl Connection {
                     // Relaxed: a hint only; whoever sees it takes the link under its lock.
                     self.generation.store(generation, Ordering::Relaxed);
                     self.alive.store(true, Ordering::Release);
-                    info!(address = %self.address, attempts = attempt, "reconnected to the broker");
+                    info!(address = %self.address, attempts = backoff.attempts(), "reconnected to the broker");
                     routing.tell_listeners(|| Attachment::Relinked);
                     return Some(link);
                 }
-                Err(e) => {
-                    debug!(address = %self.address, "reconnecting failed: {e}");
-                    wait = (wait * 2).min(RECONNECT_MAX);
-                }
+                Err(e) => debug!(address = %self.address, "reconnecting failed: {e}"),
             }
         }
     }
@@ -576,6 +571,38 @@ fn recv_one(sock: &OwnedFd) -> Result<(BrokerMessage, Vec<OwnedFd>), Failure> {
     }
 }
 
+/// The waits between attempts to reach a lost broker (or gateway) again: from
+/// [`RECONNECT_FIRST`], doubling up to [`RECONNECT_MAX`], each spread by up to half either way.
+#[derive(Debug)]
+pub(crate) struct Backoff {
+    wait: Duration,
+    attempts: u64,
+}
+
+impl Default for Backoff {
+    fn default() -> Backoff {
+        Backoff {
+            wait: RECONNECT_FIRST,
+            attempts: 0,
+        }
+    }
+}
+
+impl Backoff {
+    /// How long to wait before the next attempt (each call counts one attempt).
+    pub(crate) fn next_wait(&mut self) -> Duration {
+        let wait = spread(self.wait, self.attempts);
+        self.attempts += 1;
+        self.wait = (self.wait * 2).min(RECONNECT_MAX);
+        wait
+    }
+
+    /// How many attempts were made.
+    pub(crate) fn attempts(&self) -> u64 {
+        self.attempts
+    }
+}
+
 /// `wait` spread by up to half of it either way, differently for each process and attempt.
 fn spread(wait: Duration, attempt: u64) -> Duration {
     use std::hash::BuildHasher;
@@ -595,8 +622,9 @@ fn handshake(
 ) -> Result<Link, ConnectError> {
     let path = address
         .socket_path()
-        .ok_or_else(|| ConnectError::RemoteUnsupported {
+        .ok_or_else(|| ConnectError::Protocol {
             address: address.to_string(),
+            detail: "not the address of a local socket".into(),
         })?;
     let untrusted = |detail: String| ConnectError::Untrusted {
         address: address.to_string(),

@@ -60,12 +60,9 @@ pub enum ConnectError {
     /// The bus's shared memory could not be mapped.
     #[error("cannot map the bus's shared memory: {0}")]
     Shm(#[source] shmbus_shm::OpenError),
-    /// Remote (TCP/TLS) buses are not supported by this build yet.
-    #[error("remote bus {address}: TCP and TLS transports are not available in this version")]
-    RemoteUnsupported {
-        /// The address.
-        address: String,
-    },
+    /// The TLS settings for a `tls://` address could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::transport::tls::TlsError),
     /// An embedded broker could not be started.
     #[error("cannot start an embedded broker: {0}")]
     Embedded(#[source] crate::broker::BrokerError),
@@ -122,6 +119,15 @@ pub enum AttachError {
         code: ErrorCode,
         /// The broker's message.
         message: String,
+    },
+    /// What was asked for needs a broker on this host: request/response and state do not cross
+    /// a TCP or TLS connection in this version (publish/subscribe does).
+    #[error(
+        "topic {topic:?}: request/response and state are only available on a local bus in this version"
+    )]
+    LocalOnly {
+        /// The topic or pattern.
+        topic: String,
     },
     /// The ring's shared memory could not be mapped or attached to.
     #[error("topic {topic:?}: {detail}")]

@@ -12,6 +12,7 @@ mod bus;
 mod connection;
 mod error;
 pub mod pubsub;
+mod remote;
 pub mod reqrep;
 mod schema;
 pub mod state;

@@ -52,3 +52,14 @@ id!(
     /// A request, chosen by the client to match its reply.
     RequestId(u32)
 );
+
+impl PublisherId {
+    /// What a publisher on a remote bus reports as its id: the gateway publishes on its behalf
+    /// under an id of the gateway's (which subscribers see). The broker never hands out 0.
+    pub const REMOTE: PublisherId = PublisherId(0);
+}
+
+impl RingId {
+    /// What a publisher on a remote bus reports as its ring: it writes into none itself.
+    pub const REMOTE: RingId = RingId(0);
+}

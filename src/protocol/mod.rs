@@ -21,6 +21,7 @@
 pub mod codec;
 mod ids;
 pub mod pubsub;
+pub mod remote;
 pub mod reqrep;
 pub mod seqpacket;
 pub mod state;

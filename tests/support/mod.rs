@@ -13,6 +13,19 @@ use std::process::{Command, Stdio};
 #[allow(unused_imports)] // each test file uses its own subset
 pub use process::{Lines, PATIENCE, Proc};
 
+/// Waits until `what` holds, failing after [`PATIENCE`]: `what` is a state another process
+/// reaches (no fixed sleep stands in for it).
+pub fn eventually(description: &str, mut what: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while !what() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting until {description}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_shmbus")

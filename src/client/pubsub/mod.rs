@@ -4,6 +4,7 @@
 pub(crate) mod attachments;
 mod error;
 mod publisher;
+pub(crate) mod remote;
 mod sample;
 mod subscriber;
 mod typed;

@@ -10,8 +10,9 @@ use shmbus_shm::{
 };
 
 use super::error::{PublishError, PublishTimeoutError, TryPublishError};
+use super::remote::{RemoteLoan, RemotePublisher};
 use super::typed::TypedPublisherBuilder;
-use crate::client::bus::BusInner;
+use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError, ControlError};
 use crate::protocol::pubsub::{Holder, Publish, Publishing, Unpublish, WhoHolds};
@@ -21,7 +22,7 @@ use crate::topic::Topic;
 /// How a publisher is made; from [`Bus::publisher_builder`](crate::Bus::publisher_builder).
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct PublisherBuilder {
-    bus: Arc<BusInner>,
+    bus: BusFlavor,
     topic: String,
     wait: WaitStrategy,
 }
@@ -36,7 +37,7 @@ impl std::fmt::Debug for PublisherBuilder {
 }
 
 impl PublisherBuilder {
-    pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> PublisherBuilder {
+    pub(crate) fn new(bus: BusFlavor, topic: &str) -> PublisherBuilder {
         PublisherBuilder {
             bus,
             topic: topic.to_string(),
@@ -55,17 +56,21 @@ impl PublisherBuilder {
         TypedPublisherBuilder::new(self)
     }
 
-    /// Asks the broker for the topic's ring and attaches to it.
+    /// Asks the broker for the topic's ring and attaches to it (on a remote bus: advertises the
+    /// topic to the gateway, which attaches to the ring on this publisher's behalf).
     pub fn create(self) -> Result<Publisher, AttachError> {
         let topic = Topic::new(&self.topic)?;
-        let link = self.bus.conn.link();
-        let mut ring = RingPublisher::attach(self.bus, link, &topic, None)
-            .map_err(|e| e.into_attach_error(topic.as_str()))?;
-        ring.set_wait_strategy(self.wait);
-        Ok(Publisher {
-            topic,
-            inner: Flavor::Ring(ring),
-        })
+        let inner = match self.bus {
+            BusFlavor::Local(bus) => {
+                let link = bus.conn.link();
+                let mut ring = RingPublisher::attach(bus, link, &topic, None)
+                    .map_err(|e| e.into_attach_error(topic.as_str()))?;
+                ring.set_wait_strategy(self.wait);
+                Flavor::Ring(ring)
+            }
+            BusFlavor::Remote(bus) => Flavor::Remote(RemotePublisher::open(bus, &topic)?),
+        };
+        Ok(Publisher { topic, inner })
     }
 }
 
@@ -78,9 +83,10 @@ pub struct Publisher {
     inner: Flavor,
 }
 
-/// What a publisher writes through: a ring in shared memory (remote buses will add theirs).
+/// What a publisher writes through: a ring in shared memory, or a gateway's connection.
 enum Flavor {
     Ring(RingPublisher),
+    Remote(RemotePublisher),
 }
 
 /// A publisher on a local ring: it writes frames in place.
@@ -394,17 +400,24 @@ impl Publisher {
 
     /// The ring it writes into (rings are per topic; the broker releases idle ones and replaces
     /// corrupt ones, and a topic published on again gets a new ring).
+    ///
+    /// On a remote bus the ring is the gateway's business: this is [`RingId::REMOTE`].
     pub fn ring_id(&self) -> RingId {
         match &self.inner {
             Flavor::Ring(p) => p.ring,
+            Flavor::Remote(_) => RingId::REMOTE,
         }
     }
 
     /// Its bus-wide id, which subscribers see on its messages (a new one after a move to a new
     /// ring).
+    ///
+    /// On a remote bus, the gateway publishes on this publisher's behalf under an id of its own,
+    /// which is what subscribers see; this is [`PublisherId::REMOTE`].
     pub fn id(&self) -> PublisherId {
         match &self.inner {
             Flavor::Ring(p) => PublisherId::from_raw(p.writer.id()),
+            Flavor::Remote(_) => PublisherId::REMOTE,
         }
     }
 
@@ -412,6 +425,7 @@ impl Publisher {
     pub fn max_payload(&self) -> usize {
         match &self.inner {
             Flavor::Ring(p) => p.writer.max_payload(),
+            Flavor::Remote(p) => p.max_payload(),
         }
     }
 
@@ -419,6 +433,8 @@ impl Publisher {
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         match &mut self.inner {
             Flavor::Ring(p) => p.set_wait_strategy(wait),
+            // A remote publisher waits on its connection, which has no strategy to choose.
+            Flavor::Remote(_) => {}
         }
     }
 
@@ -426,8 +442,14 @@ impl Publisher {
     /// the broker knows them (process, user, program, bytes unread). Ask when a publish waits
     /// longer than expected (a `publish_timeout` that timed out): a subscriber that reads nothing
     /// holds publishers back until the broker evicts it (its `--evict-after`, 5 s by default).
+    ///
+    /// On a remote bus the answer is always empty: the gateway's publisher, not this one, is the
+    /// ring's writer.
     pub fn holders(&self) -> Result<Vec<Holder>, ControlError> {
-        let Flavor::Ring(p) = &self.inner;
+        let p = match &self.inner {
+            Flavor::Ring(p) => p,
+            Flavor::Remote(_) => return Ok(Vec::new()),
+        };
         match p.bus.conn.call_on(&p.link, WhoHolds { ring: p.ring }) {
             Ok((reply, _)) => Ok(reply.holders),
             Err(CallError::Request(e)) => Err(e),
@@ -586,6 +608,10 @@ impl Flavor {
     ) -> Result<Loan<'a>, Refusal> {
         match self {
             Flavor::Ring(p) => p.loan(topic, len, patience),
+            Flavor::Remote(p) => Ok(Loan {
+                inner: LoanFlavor::Remote(p.loan(len, patience)?),
+                topic,
+            }),
         }
     }
 }
@@ -600,14 +626,17 @@ pub struct Loan<'a> {
 #[derive(Debug)]
 enum LoanFlavor<'a> {
     Ring(FrameLoan<'a>),
+    Remote(RemoteLoan<'a>),
 }
 
 impl Loan<'_> {
-    /// The message buffer, in shared memory. Its bytes are whatever the ring held before.
+    /// The message buffer, in shared memory (on a remote bus, a buffer sent at commit). Its
+    /// bytes are whatever the ring held before.
     #[inline]
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
         match &mut self.inner {
             LoanFlavor::Ring(l) => l.as_mut_slice(),
+            LoanFlavor::Remote(l) => l.as_mut_slice(),
         }
     }
 
@@ -616,6 +645,7 @@ impl Loan<'_> {
     pub fn len(&self) -> usize {
         match &self.inner {
             LoanFlavor::Ring(l) => l.len(),
+            LoanFlavor::Remote(l) => l.len(),
         }
     }
 
@@ -628,6 +658,7 @@ impl Loan<'_> {
     pub fn sequence(&self) -> u64 {
         match &self.inner {
             LoanFlavor::Ring(l) => l.sequence(),
+            LoanFlavor::Remote(l) => l.sequence(),
         }
     }
 
@@ -656,6 +687,7 @@ impl Loan<'_> {
             LoanFlavor::Ring(l) => l
                 .commit_prefix(len)
                 .map_err(|_: CommitError| Refusal::Revoked),
+            LoanFlavor::Remote(l) => l.commit_prefix(len),
         }
     }
 }

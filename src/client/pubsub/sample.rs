@@ -5,6 +5,9 @@ use std::ffi::CStr;
 
 use shmbus_shm::{Frame, OwnedFrame};
 
+use std::sync::Arc;
+
+use super::remote::RemoteMessage;
 use super::subscriber::RingLabel;
 use crate::protocol::PublisherId;
 use crate::topic::Topic;
@@ -17,9 +20,10 @@ pub struct Sample<'a> {
     inner: SampleFlavor<'a>,
 }
 
-/// Where a sample's bytes are: a frame in a ring (remote buses will add theirs).
+/// Where a sample's bytes are: a frame in a ring, or a message received over the network.
 enum SampleFlavor<'a> {
     Ring(Frame<'a, RingLabel>),
+    Remote(&'a Arc<RemoteMessage>),
 }
 
 /// One message that borrows nothing: it may be kept while the subscriber receives on, sent to
@@ -32,6 +36,7 @@ pub struct OwnedSample {
 
 enum OwnedFlavor {
     Ring(OwnedFrame<RingLabel>),
+    Remote(Arc<RemoteMessage>),
 }
 
 impl<'a> Sample<'a> {
@@ -39,6 +44,13 @@ impl<'a> Sample<'a> {
     pub(crate) fn ring(frame: Frame<'a, RingLabel>) -> Sample<'a> {
         Sample {
             inner: SampleFlavor::Ring(frame),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn remote(message: &'a Arc<RemoteMessage>) -> Sample<'a> {
+        Sample {
+            inner: SampleFlavor::Remote(message),
         }
     }
 
@@ -59,14 +71,16 @@ impl<'a> Sample<'a> {
     pub(crate) fn topic_ref(&self) -> &Topic {
         match &self.inner {
             SampleFlavor::Ring(f) => &f.label().topic,
+            SampleFlavor::Remote(m) => &m.topic,
         }
     }
 
-    /// The payload (16-byte aligned; in shared memory for tethered subscribers).
+    /// The payload (16-byte aligned; in shared memory for tethered subscribers of a local bus).
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.inner {
             SampleFlavor::Ring(f) => f.payload(),
+            SampleFlavor::Remote(m) => &m.payload,
         }
     }
 
@@ -75,6 +89,7 @@ impl<'a> Sample<'a> {
     pub fn len(&self) -> usize {
         match &self.inner {
             SampleFlavor::Ring(f) => f.len(),
+            SampleFlavor::Remote(m) => m.payload.len(),
         }
     }
 
@@ -88,6 +103,7 @@ impl<'a> Sample<'a> {
     pub fn publisher(&self) -> PublisherId {
         match &self.inner {
             SampleFlavor::Ring(f) => PublisherId::from_raw(f.writer()),
+            SampleFlavor::Remote(m) => PublisherId::from_raw(m.publisher),
         }
     }
 
@@ -96,6 +112,7 @@ impl<'a> Sample<'a> {
     pub fn sequence(&self) -> u64 {
         match &self.inner {
             SampleFlavor::Ring(f) => f.sequence(),
+            SampleFlavor::Remote(m) => m.sequence,
         }
     }
 
@@ -104,6 +121,7 @@ impl<'a> Sample<'a> {
     pub fn is_in_place(&self) -> bool {
         match &self.inner {
             SampleFlavor::Ring(f) => f.is_in_place(),
+            SampleFlavor::Remote(_) => false,
         }
     }
 
@@ -127,6 +145,9 @@ impl<'a> Sample<'a> {
             SampleFlavor::Ring(f) => OwnedSample {
                 inner: OwnedFlavor::Ring(f.detach()),
             },
+            SampleFlavor::Remote(m) => OwnedSample {
+                inner: OwnedFlavor::Remote(Arc::clone(m)),
+            },
         }
     }
 
@@ -137,12 +158,20 @@ impl<'a> Sample<'a> {
     pub fn detach_into(self, slot: &mut Option<OwnedSample>) {
         match self.inner {
             SampleFlavor::Ring(frame) => {
-                let mut frames = slot.take().map(|old| match old.inner {
-                    OwnedFlavor::Ring(f) => f,
-                });
+                let mut frames = match slot.take() {
+                    Some(OwnedSample {
+                        inner: OwnedFlavor::Ring(f),
+                    }) => Some(f),
+                    _ => None,
+                };
                 frame.detach_into(&mut frames);
                 *slot = frames.map(|f| OwnedSample {
                     inner: OwnedFlavor::Ring(f),
+                });
+            }
+            SampleFlavor::Remote(m) => {
+                *slot = Some(OwnedSample {
+                    inner: OwnedFlavor::Remote(Arc::clone(m)),
                 });
             }
         }
@@ -177,14 +206,16 @@ impl OwnedSample {
     pub(crate) fn topic_ref(&self) -> &Topic {
         match &self.inner {
             OwnedFlavor::Ring(f) => &f.label().topic,
+            OwnedFlavor::Remote(m) => &m.topic,
         }
     }
 
-    /// The payload (16-byte aligned; in shared memory for tethered subscribers).
+    /// The payload (16-byte aligned; in shared memory for tethered subscribers of a local bus).
     #[inline]
     pub fn payload(&self) -> &[u8] {
         match &self.inner {
             OwnedFlavor::Ring(f) => f.payload(),
+            OwnedFlavor::Remote(m) => &m.payload,
         }
     }
 
@@ -193,6 +224,7 @@ impl OwnedSample {
     pub fn len(&self) -> usize {
         match &self.inner {
             OwnedFlavor::Ring(f) => f.len(),
+            OwnedFlavor::Remote(m) => m.payload.len(),
         }
     }
 
@@ -206,6 +238,7 @@ impl OwnedSample {
     pub fn publisher(&self) -> PublisherId {
         match &self.inner {
             OwnedFlavor::Ring(f) => PublisherId::from_raw(f.writer()),
+            OwnedFlavor::Remote(m) => PublisherId::from_raw(m.publisher),
         }
     }
 
@@ -214,6 +247,7 @@ impl OwnedSample {
     pub fn sequence(&self) -> u64 {
         match &self.inner {
             OwnedFlavor::Ring(f) => f.sequence(),
+            OwnedFlavor::Remote(m) => m.sequence,
         }
     }
 
@@ -221,6 +255,7 @@ impl OwnedSample {
     pub fn is_in_place(&self) -> bool {
         match &self.inner {
             OwnedFlavor::Ring(f) => f.is_in_place(),
+            OwnedFlavor::Remote(_) => false,
         }
     }
 }

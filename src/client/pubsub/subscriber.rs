@@ -15,9 +15,10 @@ use tracing::warn;
 use super::attachments::{Attachment, AttachmentQueue};
 use super::error::{RecvError, RecvTimeoutError, TryRecvError};
 use super::publisher::Patience;
+use super::remote::{Inbox, RemoteSubscriber};
 use super::sample::Sample;
 use super::typed::TypedSubscriberBuilder;
-use crate::client::bus::BusInner;
+use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::connection::{Connection, Link};
 use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
@@ -30,9 +31,10 @@ use crate::topic::Topic;
 /// tethered (lossless), no history, spin 50 µs then park, 16 owned samples per topic.
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct SubscriberBuilder {
-    bus: Arc<BusInner>,
+    bus: BusFlavor,
     patterns: Vec<String>,
     options: ReaderOptions,
+    lossy: bool,
     history: u32,
     wait: WaitStrategy,
 }
@@ -48,11 +50,12 @@ impl std::fmt::Debug for SubscriberBuilder {
 }
 
 impl SubscriberBuilder {
-    pub(crate) fn new(bus: Arc<BusInner>) -> SubscriberBuilder {
+    pub(crate) fn new(bus: BusFlavor) -> SubscriberBuilder {
         SubscriberBuilder {
             bus,
             patterns: Vec::new(),
             options: ReaderOptions::default(),
+            lossy: false,
             history: 0,
             wait: WaitStrategy::default(),
         }
@@ -71,6 +74,7 @@ impl SubscriberBuilder {
     /// publishers back until the broker evicts it.
     pub fn lossy(mut self) -> Self {
         self.options = self.options.mode(ReaderMode::Lossy);
+        self.lossy = true;
         self
     }
 
@@ -103,9 +107,27 @@ impl SubscriberBuilder {
     /// Subscribes: every pattern is attached before this returns, so every message published
     /// afterwards on a matching topic is delivered. Without patterns, the subscriber receives
     /// nothing until [`Subscriber::add_pattern`].
+    ///
+    /// On a remote bus the gateway subscribes on this subscriber's behalf and forwards the
+    /// messages; they are read from the subscriber's bounded inbox (see `pubsub::remote`).
     pub fn create(self) -> Result<Subscriber, AttachError> {
+        let bus = match self.bus {
+            BusFlavor::Local(bus) => bus,
+            BusFlavor::Remote(bus) => {
+                let patterns = self
+                    .patterns
+                    .iter()
+                    .map(|p| Topic::new(p))
+                    .collect::<Result<Vec<_>, _>>()?;
+                let sub =
+                    RemoteSubscriber::open(bus, patterns, self.lossy, self.history, self.wait)?;
+                return Ok(Subscriber {
+                    inner: Flavor::Remote(sub),
+                });
+            }
+        };
         let first = self.patterns.first().map_or("(none yet)", String::as_str);
-        let mut sub = RingSubscriber::open(self.bus, self.options, self.history, self.wait, first)?;
+        let mut sub = RingSubscriber::open(bus, self.options, self.history, self.wait, first)?;
         sub.relink_with(Relinking {
             report: true,
             drain: true,
@@ -129,9 +151,12 @@ pub struct Subscriber {
     inner: Flavor,
 }
 
-/// What a subscriber reads from: rings in shared memory (remote buses will add theirs).
+/// What a subscriber reads from: rings in shared memory, or the inbox a gateway's connection
+/// fills.
+#[allow(clippy::large_enum_variant)] // boxing the hot, local variant would cost every receive
 enum Flavor {
     Rings(RingSubscriber),
+    Remote(RemoteSubscriber),
 }
 
 /// What each reader of a subscriber carries: its ring's topic, and the subscription, which is
@@ -284,6 +309,7 @@ impl Subscriber {
     pub fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
         match &mut self.inner {
             Flavor::Rings(s) => s.add_pattern(pattern),
+            Flavor::Remote(s) => s.add_pattern(Topic::new(pattern)?),
         }
     }
 
@@ -291,21 +317,27 @@ impl Subscriber {
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         match &mut self.inner {
             Flavor::Rings(s) => s.wait = wait,
+            Flavor::Remote(s) => s.wait = wait,
         }
     }
 
     /// The patterns subscribed to.
     pub fn patterns(&self) -> impl Iterator<Item = &str> {
-        match &self.inner {
-            Flavor::Rings(s) => s.patterns.iter().map(Topic::as_str),
-        }
+        let patterns = match &self.inner {
+            Flavor::Rings(s) => &s.patterns,
+            Flavor::Remote(s) => &s.patterns,
+        };
+        patterns.iter().map(Topic::as_str)
     }
 
-    /// The topics of the rings this subscriber reads now.
+    /// The topics of the rings this subscriber reads now (on a remote bus, none: the gateway
+    /// reads them).
     pub fn topics(&self) -> impl Iterator<Item = &str> {
-        match &self.inner {
-            Flavor::Rings(s) => s.set.readers().iter().map(|r| r.label().topic.as_str()),
-        }
+        let readers = match &self.inner {
+            Flavor::Rings(s) => s.set.readers(),
+            Flavor::Remote(_) => &[],
+        };
+        readers.iter().map(|r| r.label().topic.as_str())
     }
 
     /// The next message, waiting as long as it takes.
@@ -375,6 +407,7 @@ impl Subscriber {
     ) -> Result<Sample<'_>, Wait> {
         match &mut self.inner {
             Flavor::Rings(s) => s.next(patience, stop),
+            Flavor::Remote(s) => s.next(patience, stop).map(Sample::remote),
         }
     }
 
@@ -382,6 +415,7 @@ impl Subscriber {
     pub(crate) fn waker(&self) -> Waker {
         match &self.inner {
             Flavor::Rings(s) => s.waker(),
+            Flavor::Remote(s) => Waker::Inbox(Arc::clone(&s.inbox)),
         }
     }
 }
@@ -399,13 +433,23 @@ pub(crate) enum Wait {
 }
 
 /// Wakes a subscriber's wait, so it looks at its stop condition: see [`RingSubscriber::next`].
-pub(crate) struct Waker(Arc<Mutex<Arc<Doorbell>>>);
+pub(crate) enum Waker {
+    /// The doorbell a subscriber of rings parks on (replaced when it moves to a new broker).
+    Doorbell(Arc<Mutex<Arc<Doorbell>>>),
+    /// A remote subscriber's inbox.
+    Inbox(Arc<Inbox>),
+}
 
 impl Waker {
-    /// Rings the doorbell the subscriber parks on.
+    /// Rings the doorbell the subscriber parks on, or wakes its inbox.
     pub(crate) fn wake(&self) {
-        let bell = Arc::clone(&self.0.lock().unwrap_or_else(PoisonError::into_inner));
-        bell.table().ring(bell.index());
+        match self {
+            Waker::Doorbell(parks_on) => {
+                let bell = Arc::clone(&parks_on.lock().unwrap_or_else(PoisonError::into_inner));
+                bell.table().ring(bell.index());
+            }
+            Waker::Inbox(inbox) => inbox.wake(),
+        }
     }
 }
 
@@ -579,7 +623,7 @@ impl RingSubscriber {
 
     /// What wakes this subscriber's wait (to look at a stop condition).
     pub(crate) fn waker(&self) -> Waker {
-        Waker(Arc::clone(&self.parks_on))
+        Waker::Doorbell(Arc::clone(&self.parks_on))
     }
 
     /// The next message, waiting with `patience`, or [`Wait::Stopped`] once nothing is there and

@@ -6,7 +6,7 @@ use shmbus_shm::{Deadline, LoanError};
 
 use super::error::StateError;
 use super::fetch_snapshot;
-use crate::client::bus::BusInner;
+use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::error::{AttachError, CallError, ControlError};
 use crate::client::pubsub::AttachedWriter;
 use crate::client::schema::serialize_tagged;
@@ -19,7 +19,7 @@ use crate::topic::Topic;
 /// Defaults: not persistent, values up to the broker's limit (64 KiB unless configured).
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct StatePublisherBuilder {
-    bus: Arc<BusInner>,
+    bus: BusFlavor,
     topic: String,
     persistent: bool,
     max_value: Option<usize>,
@@ -36,7 +36,7 @@ impl std::fmt::Debug for StatePublisherBuilder {
 }
 
 impl StatePublisherBuilder {
-    pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> StatePublisherBuilder {
+    pub(crate) fn new(bus: BusFlavor, topic: &str) -> StatePublisherBuilder {
         StatePublisherBuilder {
             bus,
             topic: topic.to_string(),
@@ -63,25 +63,26 @@ impl StatePublisherBuilder {
     /// refuses.
     pub fn create(self) -> Result<StatePublisher, AttachError> {
         let topic = Topic::new(&self.topic)?;
+        let bus = self.bus.local(topic.as_str())?;
         let fail = |e| AttachError::call(topic.as_str(), e);
         let own = OwnState {
             topic: topic.as_str().to_string(),
             persistent: self.persistent,
         };
-        let link = self.bus.conn.link();
-        let (reply, fds) = self.bus.conn.call_on(&link, own).map_err(fail)?;
-        let writer = AttachedWriter::attach(&self.bus, link, fds, &reply.publishing)
+        let link = bus.conn.link();
+        let (reply, fds) = bus.conn.call_on(&link, own).map_err(fail)?;
+        let writer = AttachedWriter::attach(&bus, link, fds, &reply.publishing)
             .map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let ring = reply.publishing.ring;
         let ring_max = (ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
         let max_value = self.max_value.map_or(ring_max, |m| m.min(ring_max));
         // The keeper took the ownership before this: the snapshot is the collection as this
         // owner starts it.
-        let bytes = fetch_snapshot(&self.bus, topic.as_str()).map_err(fail)?;
+        let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(fail)?;
         let collections =
             snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
         let mut publisher = StatePublisher {
-            bus: Arc::clone(&self.bus),
+            bus,
             persistent: self.persistent,
             changes: Changes {
                 writer,

@@ -10,7 +10,7 @@ use tracing::{debug, warn};
 use super::error::WatchError;
 use super::fetch_snapshot;
 use super::value::StateValue;
-use crate::client::bus::BusInner;
+use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::error::{AttachError, CallError};
 use crate::client::pubsub::{Patience, RecvError, Relinking, RingSubscriber, Wait};
 use crate::protocol::state::{Record, WatchState, snapshot};
@@ -62,7 +62,7 @@ pub enum StateEvent {
 /// How a watcher is made; from [`Bus::state_watcher`](crate::Bus::state_watcher).
 #[must_use = "a builder does nothing until `create` is called"]
 pub struct StateWatcherBuilder {
-    bus: Arc<BusInner>,
+    bus: BusFlavor,
     patterns: Vec<String>,
     wait: WaitStrategy,
 }
@@ -77,7 +77,7 @@ impl std::fmt::Debug for StateWatcherBuilder {
 }
 
 impl StateWatcherBuilder {
-    pub(crate) fn new(bus: Arc<BusInner>, pattern: &str) -> StateWatcherBuilder {
+    pub(crate) fn new(bus: BusFlavor, pattern: &str) -> StateWatcherBuilder {
         StateWatcherBuilder {
             bus,
             patterns: vec![pattern.to_string()],
@@ -101,10 +101,11 @@ impl StateWatcherBuilder {
     /// takes the snapshot the first events come from.
     pub fn create(self) -> Result<StateWatcher, AttachError> {
         let first = self.patterns.first().map_or("", String::as_str);
+        let bus = self.bus.local(first)?;
         // Tethered, from where the broker joined each reader: the keeper's snapshot holds
         // everything claimed before, so nothing is missed and nothing read is unprotected.
         let options = ReaderOptions::default();
-        let mut sub = RingSubscriber::open(Arc::clone(&self.bus), options, 0, self.wait, first)?;
+        let mut sub = RingSubscriber::open(Arc::clone(&bus), options, 0, self.wait, first)?;
         let mut patterns = Vec::new();
         for p in &self.patterns {
             let pattern = Topic::new(p)?;
@@ -124,7 +125,7 @@ impl StateWatcherBuilder {
             drain: false,
         });
         let mut watcher = StateWatcher {
-            bus: self.bus,
+            bus,
             sub,
             patterns,
             mirror: BTreeMap::new(),

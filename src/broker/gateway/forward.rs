@@ -1,0 +1,155 @@
+//! One remote subscription at the gateway: a subscriber of the rings and the thread that writes
+//! its messages to the connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+
+use shmbus_shm::wait::Deadline;
+use tracing::debug;
+
+use super::session::refusal;
+use crate::Subscriber;
+use crate::client::pubsub::{Patience, RecvError, Wait, Waker};
+use crate::protocol::ErrorCode;
+use crate::protocol::remote::{Frame, Refusal};
+use crate::transport::wire::{SendError, Wire};
+
+/// A forwarding thread, stopped (not joined: it may be waiting for room in the connection's
+/// output, which only the connection's end frees) when dropped.
+pub(super) struct Forwarder {
+    orders: Arc<Orders>,
+    waker: Waker,
+    /// Detached on drop; it ends at its next look at `orders` or when the connection closes.
+    _thread: JoinHandle<()>,
+}
+
+/// What the session asks of a forwarder.
+#[derive(Default)]
+struct Orders {
+    /// End.
+    stop: AtomicBool,
+    /// Patterns to add (and answer for); `pending` says there are some.
+    patterns: Mutex<Vec<String>>,
+    pending: AtomicBool,
+}
+
+impl Forwarder {
+    /// Forwards what `subscriber` receives as messages of subscription `id` on `wire`.
+    pub(super) fn start(
+        subscriber: Subscriber,
+        id: u32,
+        wire: Arc<Wire>,
+    ) -> std::io::Result<Forwarder> {
+        let orders = Arc::new(Orders::default());
+        let waker = subscriber.waker();
+        let thread = {
+            let orders = Arc::clone(&orders);
+            std::thread::Builder::new()
+                .name("shmbus-gw-fwd".into())
+                .spawn(move || forward(subscriber, id, &wire, &orders))?
+        };
+        Ok(Forwarder {
+            orders,
+            waker,
+            _thread: thread,
+        })
+    }
+
+    /// Adds `pattern` to the subscription; the forwarder answers the client.
+    pub(super) fn add_pattern(&self, pattern: String) {
+        self.orders
+            .patterns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(pattern);
+        // Release pairs with the Acquire load in the forwarder's stop condition, so the pattern
+        // pushed above is seen when the flag is.
+        self.orders.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire load in the forwarder's stop condition.
+        self.orders.stop.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+}
+
+/// The forwarding thread: receives and sends until stopped or the connection ends.
+fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
+    // Acquire pairs with the Release stores of `Forwarder::drop` and `add_pattern`.
+    let interrupted =
+        || orders.stop.load(Ordering::Acquire) || orders.pending.load(Ordering::Acquire);
+    loop {
+        let mut orders_arrived = false;
+        let sent = match subscriber.receive_or_stop(Patience::Until(Deadline::Never), interrupted) {
+            Ok(sample) => wire.send(&Frame::Message {
+                subscription: id,
+                publisher: sample.publisher().get(),
+                sequence: sample.sequence(),
+                topic: sample.topic(),
+                payload: sample.payload(),
+            }),
+            Err(Wait::Stopped) => {
+                orders_arrived = true;
+                Ok(())
+            }
+            Err(Wait::Failed(RecvError::Lagged { topic, missed })) => wire.send(&Frame::Lagged {
+                subscription: id,
+                topic: topic.as_str().to_string(),
+                missed,
+            }),
+            Err(Wait::Failed(e)) => wire.send(&Frame::Failed {
+                id,
+                refusal: Refusal::new(ErrorCode::Internal, e.to_string()),
+            }),
+            Err(Wait::Empty | Wait::Timeout) => Ok(()),
+        };
+        let sent = match sent {
+            Ok(()) if orders_arrived => {
+                // Acquire pairs with the Release store of `Forwarder::drop`.
+                if orders.stop.load(Ordering::Acquire) {
+                    return;
+                }
+                add_patterns(&mut subscriber, id, wire, orders)
+            }
+            other => other,
+        };
+        if let Err(e) = sent {
+            debug!(id, "gateway: forwarding ends: {e:?}");
+            return;
+        }
+    }
+}
+
+/// Adds the patterns asked for and answers each.
+fn add_patterns(
+    subscriber: &mut Subscriber,
+    id: u32,
+    wire: &Wire,
+    orders: &Orders,
+) -> Result<(), SendError> {
+    // Cleared before taking, so a pattern pushed after the take raises it again (the mutex
+    // orders the patterns themselves).
+    orders.pending.store(false, Ordering::Relaxed);
+    let patterns = std::mem::take(
+        &mut *orders
+            .patterns
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner),
+    );
+    for pattern in patterns {
+        let frame = match subscriber.add_pattern(&pattern) {
+            Ok(()) => Frame::Done { id },
+            Err(e) => Frame::Failed {
+                id,
+                refusal: refusal(e),
+            },
+        };
+        wire.send(&frame)?;
+    }
+    Ok(())
+}

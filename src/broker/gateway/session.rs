@@ -1,0 +1,405 @@
+//! One remote connection at the gateway: the handshake, then its requests, until it ends.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, PoisonError};
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info};
+
+use super::Shared;
+use super::forward::Forwarder;
+use super::identity::{RemoteUser, user_of_certificate};
+use crate::PublishTimeoutError;
+use crate::broker::access::{AccessList, Operation};
+use crate::broker::core::AccessSlot;
+use crate::client::{AttachError, Bus};
+use crate::protocol::ErrorCode;
+use crate::protocol::remote::{
+    FRAME_OVERHEAD, Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, REMOTE_VERSION, Refusal,
+    Subscribe, Welcome,
+};
+use crate::transport::accept_tls;
+use crate::transport::wire::{Timing, Wire, WireReader};
+use crate::{Publisher, Topic};
+
+/// Most subscriptions one connection holds.
+const MAX_SUBSCRIPTIONS: usize = 256;
+
+/// Most publishers one connection holds.
+const MAX_PUBLISHERS: usize = 1024;
+
+/// How long an answer may wait for room in the connection's output before the connection is
+/// given up as not reading.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one try of a blocked publish waits, between looks at whether the connection or the
+/// gateway ended meanwhile.
+const PUBLISH_SLICE: Duration = Duration::from_millis(100);
+
+/// Serves one connection until it ends.
+pub(super) fn serve(
+    shared: &Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let session = match tls.as_ref().map(accept_tls).transpose() {
+        Ok(session) => session,
+        Err(e) => {
+            debug!(%peer, "gateway: no TLS session: {e}");
+            return;
+        }
+    };
+    let handshake = Timing {
+        idle: shared.hello_timeout,
+        keepalive: shared.hello_timeout,
+    };
+    let (wire, mut reader) = match Wire::establish(stream, session, HANDSHAKE_LIMIT, handshake) {
+        Ok(established) => established,
+        Err(e) => {
+            debug!(%peer, "gateway: cannot set the connection up: {e}");
+            return;
+        }
+    };
+    {
+        let mut wires = super::lock(&shared.wires);
+        wires.retain(|w| w.strong_count() > 0);
+        wires.push(Arc::downgrade(&wire));
+    }
+    if shared.stop.load(Ordering::Acquire) {
+        wire.close("the broker is stopping");
+        return;
+    }
+    let (bus, name, user) = match welcome(shared, &wire, &mut reader) {
+        Ok(welcomed) => welcomed,
+        Err(reason) => {
+            debug!(%peer, "gateway: handshake failed: {reason}");
+            wire.close(reason);
+            return;
+        }
+    };
+    match &user {
+        Some(user) => info!(%peer, %name, %user, "remote client connected"),
+        None => info!(%peer, %name, "remote client connected"),
+    }
+    let mut session = Session {
+        bus,
+        user,
+        access: Arc::clone(&shared.access),
+        wire: Arc::clone(&wire),
+        publishers: HashMap::new(),
+        forwarders: HashMap::new(),
+    };
+    let reason = session.run(shared, &mut reader);
+    wire.close(reason.clone());
+    drop(session);
+    info!(%peer, %name, "remote client left: {reason}");
+}
+
+/// Reads the client's hello and welcomes it — if the access list in force, if any, admits the
+/// user its certificate names; returns the gateway's bus, the client's name and that user.
+fn welcome(
+    shared: &Shared,
+    wire: &Wire,
+    reader: &mut WireReader,
+) -> Result<(Bus, String, Option<RemoteUser>), String> {
+    let hello = match reader.next()? {
+        Frame::Hello(hello) => hello,
+        other => return Err(format!("expected a hello, got {}", kind(&other))),
+    };
+    let refuse = |code, message: String| {
+        let _ = wire.send_by(
+            &Frame::Refused(Refusal {
+                code,
+                message: message.clone(),
+            }),
+            Some(Instant::now() + ANSWER_TIMEOUT),
+        );
+        message
+    };
+    if hello.magic != MAGIC {
+        return Err("not a shmbus client".into());
+    }
+    if hello.version != REMOTE_VERSION {
+        return Err(refuse(
+            ErrorCode::Version,
+            format!(
+                "this gateway speaks version {REMOTE_VERSION} of the remote protocol, not {}",
+                hello.version
+            ),
+        ));
+    }
+    let user = match access_list(&shared.access) {
+        None => None,
+        Some(list) => {
+            let user = wire
+                .peer_certificate()
+                .ok_or_else(|| {
+                    "this bus has an access list: a remote client must present a TLS client \
+                     certificate whose subject's common name is a user of the broker's host"
+                        .to_string()
+                })
+                .and_then(|der| user_of_certificate(&der))
+                .map_err(|message| refuse(ErrorCode::PermissionDenied, message))?;
+            if !list.admits(&user.identity) {
+                return Err(refuse(
+                    ErrorCode::PermissionDenied,
+                    format!("permission denied: {user} may not connect to this bus"),
+                ));
+            }
+            Some(user)
+        }
+    };
+    let bus = shared.bus().map_err(|e| {
+        refuse(
+            ErrorCode::Internal,
+            format!("the gateway cannot reach its broker: {e}"),
+        )
+    })?;
+    let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
+    let welcome = Frame::Welcome(Welcome {
+        version: REMOTE_VERSION,
+        max_payload,
+    });
+    wire.send_by(&welcome, Some(Instant::now() + ANSWER_TIMEOUT))
+        .map_err(|e| format!("cannot send the welcome: {e:?}"))?;
+    reader.set_limit(max_payload as usize + FRAME_OVERHEAD);
+    reader.set_timing(Timing::default());
+    Ok((bus, hello.name, user))
+}
+
+/// The access list in force, if any.
+fn access_list(slot: &AccessSlot) -> Option<Arc<AccessList>> {
+    slot.read().unwrap_or_else(PoisonError::into_inner).clone()
+}
+
+/// What one connection holds at the gateway.
+struct Session {
+    bus: Bus,
+    /// The user the client's certificate names, checked against the access list.
+    user: Option<RemoteUser>,
+    access: AccessSlot,
+    wire: Arc<Wire>,
+    publishers: HashMap<u32, Publisher>,
+    forwarders: HashMap<u32, Forwarder>,
+}
+
+impl Session {
+    /// Serves requests until the connection fails; returns why.
+    fn run(&mut self, shared: &Shared, reader: &mut WireReader) -> String {
+        loop {
+            let frame = match reader.next() {
+                Ok(frame) => frame,
+                Err(reason) => return reason,
+            };
+            let outcome = match frame {
+                Frame::Subscribe(request) => {
+                    let id = request.id;
+                    let answer = self.subscribe(request);
+                    self.answer(id, answer)
+                }
+                Frame::AddPattern { id, pattern } => match self.forwarders.get(&id) {
+                    // The forwarder answers once its subscriber has the pattern.
+                    Some(forwarder) => {
+                        forwarder.add_pattern(pattern);
+                        Ok(())
+                    }
+                    None => self.answer(id, Err(unknown(id))),
+                },
+                Frame::Unsubscribe { id } => {
+                    self.forwarders.remove(&id);
+                    Ok(())
+                }
+                Frame::Advertise { id, topic } => {
+                    let answer = self.advertise(id, &topic);
+                    self.answer(id, answer)
+                }
+                Frame::Withdraw { id } => {
+                    self.publishers.remove(&id);
+                    Ok(())
+                }
+                Frame::Publish { publisher, payload } => self.publish(shared, publisher, payload),
+                other => Err(format!("a client does not send {}", kind(&other))),
+            };
+            if let Err(reason) = outcome {
+                return reason;
+            }
+        }
+    }
+
+    /// Subscribes on the client's behalf and starts forwarding.
+    fn subscribe(&mut self, request: Subscribe) -> Result<(), Refusal> {
+        if self.forwarders.contains_key(&request.id) {
+            return Err(in_use(request.id));
+        }
+        if self.forwarders.len() >= MAX_SUBSCRIPTIONS {
+            return Err(Refusal {
+                code: ErrorCode::Exhausted,
+                message: format!("at most {MAX_SUBSCRIPTIONS} subscriptions per connection"),
+            });
+        }
+        if request.patterns.len() > MAX_PATTERNS {
+            return Err(Refusal {
+                code: ErrorCode::Exhausted,
+                message: format!("at most {MAX_PATTERNS} patterns per subscription"),
+            });
+        }
+        for pattern in &request.patterns {
+            self.check(Operation::Subscribe, pattern)?;
+        }
+        let mut builder = self
+            .bus
+            .subscriber_builder()
+            .history(request.history)
+            .max_held(1);
+        if request.mode == crate::protocol::remote::Mode::Lossy {
+            builder = builder.lossy();
+        }
+        for pattern in &request.patterns {
+            builder = builder.pattern(pattern);
+        }
+        let subscriber = builder.create().map_err(refusal)?;
+        let forwarder =
+            Forwarder::start(subscriber, request.id, Arc::clone(&self.wire)).map_err(|e| {
+                Refusal {
+                    code: ErrorCode::Internal,
+                    message: format!("cannot start a forwarding thread: {e}"),
+                }
+            })?;
+        self.forwarders.insert(request.id, forwarder);
+        Ok(())
+    }
+
+    /// Attaches a publisher on the client's behalf.
+    fn advertise(&mut self, id: u32, topic: &str) -> Result<(), Refusal> {
+        if self.publishers.contains_key(&id) {
+            return Err(in_use(id));
+        }
+        if self.publishers.len() >= MAX_PUBLISHERS {
+            return Err(Refusal {
+                code: ErrorCode::Exhausted,
+                message: format!("at most {MAX_PUBLISHERS} publishers per connection"),
+            });
+        }
+        self.check(Operation::Publish, topic)?;
+        let publisher = self.bus.publisher(topic).map_err(refusal)?;
+        self.publishers.insert(id, publisher);
+        Ok(())
+    }
+
+    /// Publishes one message of publisher `id`, waiting for room as long as the connection and
+    /// the gateway last: meanwhile nothing more is read from the connection, so TCP holds the
+    /// remote publisher back.
+    fn publish(&mut self, shared: &Shared, id: u32, payload: &[u8]) -> Result<(), String> {
+        let Some(publisher) = self.publishers.get_mut(&id) else {
+            // A publisher the gateway refused (after a reconnection, say) is told so once, at
+            // its advertisement; its messages go nowhere.
+            debug!(id, "gateway: message of an unknown publisher dropped");
+            return Ok(());
+        };
+        loop {
+            match publisher.publish_timeout(payload, PUBLISH_SLICE) {
+                Ok(_) => return Ok(()),
+                Err(PublishTimeoutError::Timeout) => {
+                    if let Some(reason) = self.wire.closed() {
+                        return Err(reason);
+                    }
+                    if shared.stop.load(Ordering::Acquire) {
+                        return Err("the broker is stopping".into());
+                    }
+                }
+                Err(PublishTimeoutError::Failed(e)) => {
+                    let refusal = Refusal {
+                        code: ErrorCode::Internal,
+                        message: e.to_string(),
+                    };
+                    return self.answer(id, Err(refusal));
+                }
+            }
+        }
+    }
+
+    /// Whether the access list in force, if any, lets this client do `op` on `topic`.
+    fn check(&self, op: Operation, topic: &str) -> Result<(), Refusal> {
+        let Some(list) = access_list(&self.access) else {
+            return Ok(());
+        };
+        let topic = Topic::new(topic).map_err(|e| refusal(e.into()))?;
+        let allowed = self
+            .user
+            .as_ref()
+            .is_some_and(|user| list.allows(&user.identity, op, &topic));
+        if allowed {
+            return Ok(());
+        }
+        let who = match &self.user {
+            Some(user) => user.to_string(),
+            None => "a client that connected before the access list was in force".to_string(),
+        };
+        Err(Refusal::new(
+            ErrorCode::PermissionDenied,
+            format!("permission denied: {who} may not {op} {:?}", topic.as_str()),
+        ))
+    }
+
+    /// Sends the answer about `id`.
+    fn answer(&self, id: u32, answer: Result<(), Refusal>) -> Result<(), String> {
+        let frame = match answer {
+            Ok(()) => Frame::Done { id },
+            Err(refusal) => Frame::Failed { id, refusal },
+        };
+        self.wire
+            .send_by(&frame, Some(Instant::now() + ANSWER_TIMEOUT))
+            .map_err(|e| format!("cannot answer: {e:?}"))
+    }
+}
+
+/// The refusal of an id already in use.
+fn in_use(id: u32) -> Refusal {
+    Refusal {
+        code: ErrorCode::Taken,
+        message: format!("id {id} is in use on this connection"),
+    }
+}
+
+/// The refusal of a request about an id not in use.
+fn unknown(id: u32) -> Refusal {
+    Refusal {
+        code: ErrorCode::Unknown,
+        message: format!("no subscription {id} on this connection"),
+    }
+}
+
+/// The refusal for an attach error at the gateway.
+pub(super) fn refusal(e: AttachError) -> Refusal {
+    let code = match &e {
+        AttachError::InvalidTopic(_) => ErrorCode::InvalidTopic,
+        AttachError::PermissionDenied { .. } => ErrorCode::PermissionDenied,
+        AttachError::Refused { code, .. } => *code,
+        _ => ErrorCode::Internal,
+    };
+    Refusal::new(code, e.to_string())
+}
+
+/// A frame's kind, for errors (not its content, which may be large).
+fn kind(frame: &Frame<'_>) -> &'static str {
+    match frame {
+        Frame::Hello(_) => "a hello",
+        Frame::Welcome(_) => "a welcome",
+        Frame::Refused(_) => "a refusal",
+        Frame::Subscribe(_) => "a subscribe",
+        Frame::AddPattern { .. } => "an add-pattern",
+        Frame::Unsubscribe { .. } => "an unsubscribe",
+        Frame::Advertise { .. } => "an advertise",
+        Frame::Withdraw { .. } => "a withdraw",
+        Frame::Publish { .. } => "a publish",
+        Frame::Message { .. } => "a message",
+        Frame::Lagged { .. } => "a lagged",
+        Frame::Done { .. } => "a done",
+        Frame::Failed { .. } => "a failed",
+        Frame::Ping => "a ping",
+        Frame::Pong => "a pong",
+    }
+}

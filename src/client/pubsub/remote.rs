@@ -1,0 +1,497 @@
+//! Publishers and subscribers of a bus reached over TCP or TLS (see `client::remote`).
+//!
+//! A remote publisher sends each message as one frame; the gateway writes it into the topic's
+//! ring. A remote subscriber's messages arrive in its inbox, filled by the bus's thread and
+//! bounded: a lossy subscriber that falls behind loses the oldest messages (reported as
+//! [`RecvError::Lagged`] with the count), a tethered one holds the connection back — and with it
+//! the gateway's reader, so local publishers, until the broker evicts that reader — for at most
+//! [`STALL_LIMIT`], after which it loses messages like a lossy one.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use rkyv::util::AlignedVec;
+use shmbus_shm::WaitStrategy;
+use shmbus_shm::wait::Deadline;
+
+use super::error::RecvError;
+use super::publisher::{Patience, Refusal};
+use super::subscriber::Wait;
+use crate::client::remote::RemoteInner;
+use crate::protocol::remote::{Frame, Mode, Subscribe};
+use crate::topic::Topic;
+use crate::transport::wire::SendError;
+
+/// Most messages an inbox holds.
+const INBOX_MESSAGES: usize = 4096;
+
+/// Most payload bytes an inbox holds (one message more than that is always let in).
+const INBOX_BYTES: usize = 8 << 20;
+
+/// How long a full tethered inbox holds the connection back before it drops its oldest message.
+pub(crate) const STALL_LIMIT: Duration = Duration::from_secs(5);
+
+/// One message received over the network: its payload 16-byte aligned, as typed samples need.
+pub(crate) struct RemoteMessage {
+    pub(crate) topic: Topic,
+    pub(crate) payload: AlignedVec<16>,
+    pub(crate) publisher: u32,
+    pub(crate) sequence: u64,
+}
+
+/// A remote subscription's messages and events, between the bus's thread and the subscriber.
+pub(crate) struct Inbox {
+    /// The subscription's id on the connection.
+    pub(crate) id: u32,
+    spec: Mutex<Spec>,
+    state: Mutex<InboxState>,
+    /// Signalled when something arrives (or a waker wakes the subscriber).
+    arrived: Condvar,
+    /// Signalled when the subscriber took a message out.
+    room: Condvar,
+    /// Bumped whenever something arrives (or a waker wakes), for a subscriber polling without
+    /// the lock before it sleeps on `arrived`.
+    arrivals: AtomicU64,
+}
+
+/// What the subscription asks for, to ask again after a reconnection.
+struct Spec {
+    patterns: Vec<String>,
+    mode: Mode,
+    history: u32,
+}
+
+#[derive(Default)]
+struct InboxState {
+    messages: VecDeque<Arc<RemoteMessage>>,
+    bytes: usize,
+    events: VecDeque<RecvError>,
+    /// Messages dropped for want of room, by topic of the first, not reported yet.
+    overrun: Option<(Topic, u64)>,
+    /// The topic of the last message, reused while it repeats.
+    last_topic: Option<Topic>,
+    /// A waker asked the subscriber to look at its stop condition.
+    woken: bool,
+}
+
+impl Inbox {
+    /// An inbox for subscription `id`.
+    pub(crate) fn new(id: u32, patterns: Vec<String>, lossy: bool, history: u32) -> Arc<Inbox> {
+        let mode = if lossy { Mode::Lossy } else { Mode::Tethered };
+        Arc::new(Inbox {
+            id,
+            spec: Mutex::new(Spec {
+                patterns,
+                mode,
+                history,
+            }),
+            state: Mutex::default(),
+            arrived: Condvar::new(),
+            room: Condvar::new(),
+            arrivals: AtomicU64::new(0),
+        })
+    }
+
+    /// The subscription request, as sent at first and after each reconnection.
+    pub(crate) fn request(&self) -> Subscribe {
+        let spec = lock(&self.spec);
+        Subscribe {
+            id: self.id,
+            patterns: spec.patterns.clone(),
+            mode: spec.mode,
+            history: spec.history,
+        }
+    }
+
+    /// The patterns subscribed to.
+    pub(crate) fn patterns(&self) -> Vec<String> {
+        lock(&self.spec).patterns.clone()
+    }
+
+    /// Puts a message in (the bus's thread), making room as the mode says.
+    pub(crate) fn deliver(&self, topic: &str, payload: &[u8], publisher: u32, sequence: u64) {
+        let mut state = lock(&self.state);
+        let topic = match &state.last_topic {
+            Some(last) if last.as_str() == topic => last.clone(),
+            _ => match Topic::new(topic) {
+                Ok(t) => {
+                    state.last_topic = Some(t.clone());
+                    t
+                }
+                Err(e) => {
+                    state.events.push_back(RecvError::Unavailable {
+                        topic: topic.to_string(),
+                        detail: format!("the gateway sent an invalid topic: {e}"),
+                    });
+                    drop(state);
+                    self.signal();
+                    return;
+                }
+            },
+        };
+        let tethered = lock(&self.spec).mode == Mode::Tethered;
+        let stall_until = Instant::now() + STALL_LIMIT;
+        while is_full(&state) {
+            if tethered {
+                let left = stall_until.saturating_duration_since(Instant::now());
+                if !left.is_zero() {
+                    state = self
+                        .room
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                    continue;
+                }
+            }
+            let Some(oldest) = state.messages.pop_front() else {
+                break;
+            };
+            state.bytes -= oldest.payload.len();
+            match &mut state.overrun {
+                Some((_, missed)) => *missed += 1,
+                None => state.overrun = Some((oldest.topic.clone(), 1)),
+            }
+        }
+        let mut aligned = AlignedVec::with_capacity(payload.len());
+        aligned.extend_from_slice(payload);
+        state.bytes += payload.len();
+        state.messages.push_back(Arc::new(RemoteMessage {
+            topic,
+            payload: aligned,
+            publisher,
+            sequence,
+        }));
+        drop(state);
+        self.signal();
+    }
+
+    /// Reports `event` to the subscriber before its next message.
+    pub(crate) fn report(&self, event: RecvError) {
+        lock(&self.state).events.push_back(event);
+        self.signal();
+    }
+
+    /// Tells a waiting subscriber that something arrived.
+    fn signal(&self) {
+        // Release pairs with the Acquire load of the subscriber's polling in `take`.
+        self.arrivals.fetch_add(1, Ordering::Release);
+        self.arrived.notify_one();
+    }
+
+    /// Reports each pattern as a gap (after a reconnection).
+    pub(crate) fn report_gap(&self) {
+        for pattern in self.patterns() {
+            if let Ok(topic) = Topic::new(&pattern) {
+                self.report(RecvError::Lagged {
+                    topic,
+                    missed: RecvError::MISSED_UNKNOWN,
+                });
+            }
+        }
+    }
+
+    /// Wakes the subscriber's wait, so it looks at its stop condition.
+    pub(crate) fn wake(&self) {
+        lock(&self.state).woken = true;
+        // Release pairs with the Acquire load of the subscriber's polling in `take`.
+        self.arrivals.fetch_add(1, Ordering::Release);
+        self.arrived.notify_all();
+    }
+
+    /// The next message or event, waiting as `patience` allows: polling first as `wait` says,
+    /// then asleep.
+    fn take(
+        &self,
+        patience: Patience,
+        wait: WaitStrategy,
+        stop: impl Fn() -> bool,
+    ) -> Result<Arc<RemoteMessage>, Wait> {
+        let deadline = match patience {
+            Patience::Now => None,
+            Patience::Until(Deadline::Never) => Some(None),
+            Patience::Until(Deadline::After(d)) => Some(Some(Instant::now() + d)),
+            Patience::Until(Deadline::At(at)) => Some(Some(at)),
+        };
+        let mut polled = false;
+        let mut state = lock(&self.state);
+        loop {
+            if let Some((topic, missed)) = state.overrun.take() {
+                return Err(Wait::Failed(RecvError::Lagged { topic, missed }));
+            }
+            if let Some(event) = state.events.pop_front() {
+                return Err(Wait::Failed(event));
+            }
+            if let Some(message) = state.messages.pop_front() {
+                state.bytes -= message.payload.len();
+                self.room.notify_one();
+                return Ok(message);
+            }
+            state.woken = false;
+            if stop() {
+                return Err(Wait::Stopped);
+            }
+            if !polled && deadline.is_some() {
+                polled = true;
+                let seen = self.arrivals.load(Ordering::Relaxed);
+                drop(state);
+                let until = deadline.flatten();
+                self.poll(seen, wait, until, &stop);
+                state = lock(&self.state);
+                continue;
+            }
+            state = match deadline {
+                None => return Err(Wait::Empty),
+                Some(None) => self
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(Some(at)) => {
+                    let left = at.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Err(Wait::Timeout);
+                    }
+                    self.arrived
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+            };
+        }
+    }
+}
+
+impl Inbox {
+    /// Polls, without the lock, until something arrives after `seen`, `stop` holds, `until`
+    /// passes, or `wait` says to stop polling.
+    fn poll(&self, seen: u64, wait: WaitStrategy, until: Option<Instant>, stop: impl Fn() -> bool) {
+        let spin_until = match wait {
+            WaitStrategy::Park => return,
+            WaitStrategy::BusySpin => until,
+            WaitStrategy::SpinThenPark { spin } => {
+                let end = Instant::now() + spin;
+                Some(until.map_or(end, |u| u.min(end)))
+            }
+        };
+        let mut polls = 0u32;
+        // Acquire pairs with the Release increments of `signal` and `wake`.
+        while self.arrivals.load(Ordering::Acquire) == seen {
+            polls = polls.wrapping_add(1);
+            if polls % 64 == 0 {
+                if spin_until.is_some_and(|end| Instant::now() >= end) || stop() {
+                    return;
+                }
+                // Even a busy-spinning subscriber yields: its messages are delivered by the
+                // bus's thread, which may share its CPU.
+                std::thread::yield_now();
+            }
+            std::hint::spin_loop();
+        }
+    }
+}
+
+fn is_full(state: &InboxState) -> bool {
+    state.messages.len() >= INBOX_MESSAGES || state.bytes >= INBOX_BYTES
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A subscriber of a remote bus.
+pub(crate) struct RemoteSubscriber {
+    bus: Arc<RemoteInner>,
+    pub(crate) inbox: Arc<Inbox>,
+    /// The message last received, which the sample borrows.
+    current: Option<Arc<RemoteMessage>>,
+    pub(crate) patterns: Vec<Topic>,
+    /// How receiving waits.
+    pub(crate) wait: WaitStrategy,
+}
+
+impl RemoteSubscriber {
+    /// Subscribes to `patterns` (already checked) through `bus`.
+    pub(crate) fn open(
+        bus: Arc<RemoteInner>,
+        patterns: Vec<Topic>,
+        lossy: bool,
+        history: u32,
+        wait: WaitStrategy,
+    ) -> Result<RemoteSubscriber, crate::AttachError> {
+        let id = bus.bus.next_id();
+        let names = patterns.iter().map(|p| p.as_str().to_string()).collect();
+        let inbox = Inbox::new(id, names, lossy, history);
+        let first = patterns.first().map_or("(none yet)", Topic::as_str);
+        bus.bus.subscribe(&inbox).map_err(|e| e.attach(first))?;
+        Ok(RemoteSubscriber {
+            bus,
+            inbox,
+            current: None,
+            patterns,
+            wait,
+        })
+    }
+
+    /// Also receives the topics matching `pattern`.
+    pub(crate) fn add_pattern(&mut self, pattern: Topic) -> Result<(), crate::AttachError> {
+        self.bus
+            .bus
+            .add_pattern(self.inbox.id, pattern.as_str())
+            .map_err(|e| e.attach(pattern.as_str()))?;
+        lock(&self.inbox.spec)
+            .patterns
+            .push(pattern.as_str().to_string());
+        self.patterns.push(pattern);
+        Ok(())
+    }
+
+    /// The next message, as [`RingSubscriber::next`](super::RingSubscriber) gives it.
+    pub(crate) fn next(
+        &mut self,
+        patience: Patience,
+        stop: impl Fn() -> bool,
+    ) -> Result<&Arc<RemoteMessage>, Wait> {
+        let message = self.inbox.take(patience, self.wait, stop)?;
+        Ok(self.current.insert(message))
+    }
+}
+
+impl Drop for RemoteSubscriber {
+    fn drop(&mut self) {
+        self.bus.bus.unsubscribe(self.inbox.id);
+    }
+}
+
+/// A publisher of a remote bus.
+pub(crate) struct RemotePublisher {
+    bus: Arc<RemoteInner>,
+    id: u32,
+    /// The message being written (aligned, as typed publishers serialize into it).
+    buf: AlignedVec<16>,
+    /// Messages sent: the next one's number is one more.
+    sent: u64,
+}
+
+impl RemotePublisher {
+    /// Advertises `topic` (already checked) through `bus`.
+    pub(crate) fn open(
+        bus: Arc<RemoteInner>,
+        topic: &Topic,
+    ) -> Result<RemotePublisher, crate::AttachError> {
+        let id = bus.bus.next_id();
+        bus.bus
+            .advertise(id, topic.as_str())
+            .map_err(|e| e.attach(topic.as_str()))?;
+        Ok(RemotePublisher {
+            bus,
+            id,
+            buf: AlignedVec::new(),
+            sent: 0,
+        })
+    }
+
+    /// The largest payload.
+    pub(crate) fn max_payload(&self) -> usize {
+        self.bus.bus.max_payload() as usize
+    }
+
+    /// Room for `len` bytes: a buffer of its own, sent at commit.
+    pub(crate) fn loan(
+        &mut self,
+        len: usize,
+        patience: Patience,
+    ) -> Result<RemoteLoan<'_>, Refusal> {
+        let max = self.max_payload();
+        if len > max {
+            return Err(Refusal::TooLarge { len, max });
+        }
+        self.buf.clear();
+        self.buf.resize(len, 0);
+        Ok(RemoteLoan {
+            publisher: self,
+            patience,
+        })
+    }
+}
+
+impl Drop for RemotePublisher {
+    fn drop(&mut self) {
+        self.bus.bus.withdraw(self.id);
+    }
+}
+
+/// Room for one message of a remote publisher.
+pub(crate) struct RemoteLoan<'a> {
+    publisher: &'a mut RemotePublisher,
+    patience: Patience,
+}
+
+impl std::fmt::Debug for RemoteLoan<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteLoan")
+            .field("len", &self.len())
+            .finish()
+    }
+}
+
+impl RemoteLoan<'_> {
+    /// The buffer.
+    pub(crate) fn as_mut_slice(&mut self) -> &mut [u8] {
+        self.publisher.buf.as_mut_slice()
+    }
+
+    /// Its length.
+    pub(crate) fn len(&self) -> usize {
+        self.publisher.buf.len()
+    }
+
+    /// The number the message will have (the publisher's own count).
+    pub(crate) fn sequence(&self) -> u64 {
+        self.publisher.sent + 1
+    }
+
+    /// Sends the first `len` bytes, waiting for the link and for room as the loan's patience
+    /// allows; a link lost meanwhile is waited for again and the message sent on the new one.
+    pub(crate) fn commit_prefix(self, len: usize) -> Result<u64, Refusal> {
+        assert!(len <= self.len(), "commit of {len} bytes exceeds the loan");
+        let p = self.publisher;
+        let deadline = match self.patience {
+            Patience::Now => Some(Instant::now()),
+            Patience::Until(Deadline::Never) => None,
+            Patience::Until(Deadline::After(d)) => Some(Instant::now() + d),
+            Patience::Until(Deadline::At(at)) => Some(at),
+        };
+        let patience = deadline.map_or(Patience::Until(Deadline::Never), |at| {
+            Patience::Until(Deadline::At(at))
+        });
+        let frame = Frame::Publish {
+            publisher: p.id,
+            payload: &p.buf[..len],
+        };
+        loop {
+            let Some(wire) = p.bus.bus.wire(patience) else {
+                return Err(if matches!(self.patience, Patience::Now) {
+                    Refusal::Full
+                } else {
+                    Refusal::Timeout
+                });
+            };
+            match wire.send_by(&frame, deadline) {
+                Ok(()) => {
+                    p.sent += 1;
+                    return Ok(p.sent);
+                }
+                Err(SendError::Timeout) => {
+                    return Err(if matches!(self.patience, Patience::Now) {
+                        Refusal::Full
+                    } else {
+                        Refusal::Timeout
+                    });
+                }
+                // The bus's thread links again; the next `wire` waits for it.
+                Err(SendError::Closed(_)) => {}
+            }
+        }
+    }
+}

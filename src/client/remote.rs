@@ -1,0 +1,470 @@
+//! A bus reached over TCP or TLS: one connection to a broker's gateway, kept up by a thread of
+//! its own.
+//!
+//! The thread receives every frame and routes it: messages to their subscriber's inbox, answers
+//! to the call waiting for them. Senders — publishers, subscribe calls — write to the connection
+//! directly. When the connection is lost, every inbox is told ([`RecvError::BrokerLost`]) and the
+//! thread dials again with the same backoff as local clients; once through, it subscribes every
+//! live subscription and advertises every live publisher again before anyone else may send, and
+//! reports each pattern as a gap ([`RecvError::Lagged`] with [`RecvError::MISSED_UNKNOWN`]).
+//! Meanwhile publishers wait for the link as they would wait for room.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use tracing::{debug, info, warn};
+
+use super::connection::Backoff;
+use super::error::{AttachError, ConnectError, ControlError};
+use super::pubsub::remote::Inbox;
+use super::pubsub::{Patience, RecvError};
+use crate::address::BusAddress;
+use crate::protocol::ErrorCode;
+use crate::protocol::remote::{Frame, Refusal};
+use crate::transport::wire::{SendError, Wire, WireReader};
+use crate::transport::{self, DialError, Dialed};
+use shmbus_shm::wait::Deadline;
+
+/// How long a call waits for the gateway's answer.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How to reach a gateway: what [`RemoteBus::connect`] dials, again after every loss.
+pub(crate) struct Dialer {
+    pub(crate) address: BusAddress,
+    pub(crate) name: String,
+    pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    pub(crate) timeout: Duration,
+}
+
+impl Dialer {
+    fn dial(&self) -> Result<Dialed, ConnectError> {
+        let address = self.address.to_string();
+        transport::dial(&self.address, self.tls.as_ref(), &self.name, self.timeout).map_err(|e| {
+            match e {
+                DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
+                DialError::Refused {
+                    code: ErrorCode::PermissionDenied,
+                    message,
+                } => ConnectError::PermissionDenied { address, message },
+                DialError::Refused { message, .. } => ConnectError::Refused { address, message },
+                DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
+            }
+        })
+    }
+}
+
+/// A remote bus, shared by its handles and its thread.
+pub(crate) struct RemoteBus {
+    dialer: Dialer,
+    link: Mutex<RemoteLink>,
+    /// Signalled when the link comes up, goes down, or the bus closes.
+    changed: Condvar,
+    routes: Mutex<Routes>,
+    next_id: AtomicU32,
+}
+
+/// The connection now, if there is one.
+struct RemoteLink {
+    wire: Option<Arc<Wire>>,
+    max_payload: u32,
+    closing: bool,
+}
+
+/// Where frames for each id go.
+#[derive(Default)]
+struct Routes {
+    subscriptions: HashMap<u32, Arc<Inbox>>,
+    /// Live publishers' topics, to advertise again after a reconnection.
+    publishers: HashMap<u32, String>,
+    /// Calls waiting for the answer about their id.
+    waiting: HashMap<u32, mpsc::SyncSender<Result<(), Refusal>>>,
+}
+
+/// What every handle of a remote bus holds: the bus, and its thread, joined when the last
+/// handle goes.
+pub(crate) struct RemoteInner {
+    pub(crate) bus: Arc<RemoteBus>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Drop for RemoteInner {
+    fn drop(&mut self) {
+        self.bus.close();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Why a call to the gateway failed.
+pub(crate) enum RemoteCallError {
+    /// No answer: the link is down or went down, or the gateway did not answer in time.
+    Control(ControlError),
+    /// The gateway refused.
+    Refused(Refusal),
+}
+
+impl RemoteCallError {
+    /// The error of attaching `topic`.
+    pub(crate) fn attach(self, topic: &str) -> AttachError {
+        let topic = topic.to_string();
+        match self {
+            RemoteCallError::Control(source) => AttachError::Broker { topic, source },
+            RemoteCallError::Refused(Refusal {
+                code: ErrorCode::PermissionDenied,
+                message,
+            }) => AttachError::PermissionDenied { topic, message },
+            RemoteCallError::Refused(Refusal { code, message }) => AttachError::Refused {
+                topic,
+                code,
+                message,
+            },
+        }
+    }
+}
+
+impl RemoteBus {
+    /// Dials the gateway and starts the thread that keeps the link.
+    pub(crate) fn connect(dialer: Dialer) -> Result<RemoteInner, ConnectError> {
+        let Dialed {
+            wire,
+            reader,
+            welcome,
+        } = dialer.dial()?;
+        let bus = Arc::new(RemoteBus {
+            dialer,
+            link: Mutex::new(RemoteLink {
+                wire: Some(wire),
+                max_payload: welcome.max_payload,
+                closing: false,
+            }),
+            changed: Condvar::new(),
+            routes: Mutex::default(),
+            next_id: AtomicU32::new(1),
+        });
+        let thread = {
+            let bus = Arc::clone(&bus);
+            std::thread::Builder::new()
+                .name("shmbus-remote".into())
+                .spawn(move || bus.run(reader))
+                .map_err(|source| ConnectError::Unreachable {
+                    address: "(thread)".into(),
+                    source,
+                })?
+        };
+        Ok(RemoteInner {
+            bus,
+            thread: Some(thread),
+        })
+    }
+
+    /// The gateway's address.
+    pub(crate) fn address(&self) -> &BusAddress {
+        &self.dialer.address
+    }
+
+    /// Whether the link is up.
+    pub(crate) fn is_connected(&self) -> bool {
+        lock(&self.link).wire.is_some()
+    }
+
+    /// The largest payload the bus carries.
+    pub(crate) fn max_payload(&self) -> u32 {
+        lock(&self.link).max_payload
+    }
+
+    /// A new id for a subscription or publisher.
+    pub(crate) fn next_id(&self) -> u32 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The link, waiting for it as `patience` allows; `None` when it is not up in time (or the
+    /// bus closes).
+    pub(crate) fn wire(&self, patience: Patience) -> Option<Arc<Wire>> {
+        let deadline = match patience {
+            Patience::Now => Some(Instant::now()),
+            Patience::Until(Deadline::Never) => None,
+            Patience::Until(Deadline::After(d)) => Some(Instant::now() + d),
+            Patience::Until(Deadline::At(at)) => Some(at),
+        };
+        let mut link = lock(&self.link);
+        loop {
+            // A wire closed under its senders is dropped by the thread at once; wait for the next.
+            if let Some(wire) = link.wire.as_ref().filter(|w| w.closed().is_none()) {
+                return Some(Arc::clone(wire));
+            }
+            if link.closing {
+                return None;
+            }
+            let left = match deadline {
+                None => Duration::from_secs(3600),
+                Some(at) => at.saturating_duration_since(Instant::now()),
+            };
+            if left.is_zero() {
+                return None;
+            }
+            link = self
+                .changed
+                .wait_timeout(link, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Subscribes `inbox` (routing its messages from now on) and waits for the gateway's answer.
+    pub(crate) fn subscribe(&self, inbox: &Arc<Inbox>) -> Result<(), RemoteCallError> {
+        let frame = Frame::Subscribe(inbox.request());
+        let result = self.call(inbox.id, &frame, |routes| {
+            routes.subscriptions.insert(inbox.id, Arc::clone(inbox));
+        });
+        if result.is_err() {
+            lock(&self.routes).subscriptions.remove(&inbox.id);
+        }
+        result
+    }
+
+    /// Adds `pattern` to subscription `id` and waits for the gateway's answer.
+    pub(crate) fn add_pattern(&self, id: u32, pattern: &str) -> Result<(), RemoteCallError> {
+        let frame = Frame::AddPattern {
+            id,
+            pattern: pattern.to_string(),
+        };
+        self.call(id, &frame, |_| {})
+    }
+
+    /// Ends subscription `id`: nothing more is routed to it.
+    pub(crate) fn unsubscribe(&self, id: u32) {
+        lock(&self.routes).subscriptions.remove(&id);
+        self.notify(&Frame::Unsubscribe { id });
+    }
+
+    /// Advertises publisher `id` on `topic` and waits for the gateway's answer.
+    pub(crate) fn advertise(&self, id: u32, topic: &str) -> Result<(), RemoteCallError> {
+        let frame = Frame::Advertise {
+            id,
+            topic: topic.to_string(),
+        };
+        let result = self.call(id, &frame, |routes| {
+            routes.publishers.insert(id, topic.to_string());
+        });
+        if result.is_err() {
+            lock(&self.routes).publishers.remove(&id);
+        }
+        result
+    }
+
+    /// Publisher `id` is gone.
+    pub(crate) fn withdraw(&self, id: u32) {
+        lock(&self.routes).publishers.remove(&id);
+        self.notify(&Frame::Withdraw { id });
+    }
+
+    /// Sends `frame` if the link is up (what it ends is ended anyway when the link is down).
+    fn notify(&self, frame: &Frame<'_>) {
+        if let Some(wire) = self.wire(Patience::Now) {
+            let _ = wire.send_by(frame, Some(Instant::now() + REPLY_TIMEOUT));
+        }
+    }
+
+    /// Sends `frame`, about `id`, and waits for the answer about `id`. `route` records what
+    /// the answer and later frames concern, once the link to send on is known (so that a
+    /// reconnection meanwhile either registers it again or fails this call, never both).
+    fn call(
+        &self,
+        id: u32,
+        frame: &Frame<'_>,
+        route: impl FnOnce(&mut Routes),
+    ) -> Result<(), RemoteCallError> {
+        let gone = || RemoteCallError::Control(ControlError::BrokerGone);
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let wire = self
+            .wire(Patience::Until(Deadline::At(deadline)))
+            .ok_or_else(gone)?;
+        let (tx, rx) = mpsc::sync_channel(1);
+        {
+            let mut routes = lock(&self.routes);
+            route(&mut routes);
+            routes.waiting.insert(id, tx);
+        }
+        let outcome = match wire.send_by(frame, Some(deadline)) {
+            Ok(()) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(answer) => answer.map_err(RemoteCallError::Refused),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    Err(RemoteCallError::Control(ControlError::Timeout))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+            },
+            Err(SendError::Timeout) => Err(RemoteCallError::Control(ControlError::Timeout)),
+            Err(SendError::Closed(_)) => Err(gone()),
+        };
+        lock(&self.routes).waiting.remove(&id);
+        outcome
+    }
+
+    fn close(&self) {
+        let mut link = lock(&self.link);
+        link.closing = true;
+        if let Some(wire) = link.wire.take() {
+            wire.close("the client closed the bus");
+        }
+        self.changed.notify_all();
+    }
+
+    /// The thread: routes frames until the link is lost, then links again, until the bus closes.
+    fn run(self: Arc<Self>, mut reader: WireReader) {
+        loop {
+            let reason = self.route(&mut reader);
+            if !self.lost(&reason) {
+                return;
+            }
+            match self.relink() {
+                Some(next) => reader = next,
+                None => return,
+            }
+        }
+    }
+
+    /// Routes frames until the link fails; returns why.
+    fn route(&self, reader: &mut WireReader) -> String {
+        loop {
+            let frame = match reader.next() {
+                Ok(frame) => frame,
+                Err(reason) => return reason,
+            };
+            match frame {
+                Frame::Message {
+                    subscription,
+                    publisher,
+                    sequence,
+                    topic,
+                    payload,
+                } => {
+                    let inbox = lock(&self.routes).subscriptions.get(&subscription).cloned();
+                    if let Some(inbox) = inbox {
+                        inbox.deliver(topic, payload, publisher, sequence);
+                    }
+                }
+                Frame::Lagged {
+                    subscription,
+                    topic,
+                    missed,
+                } => {
+                    let inbox = lock(&self.routes).subscriptions.get(&subscription).cloned();
+                    if let (Some(inbox), Ok(topic)) = (inbox, crate::topic::Topic::new(&topic)) {
+                        inbox.report(RecvError::Lagged { topic, missed });
+                    }
+                }
+                Frame::Done { id } => self.answer(id, Ok(())),
+                Frame::Failed { id, refusal } => self.answer(id, Err(refusal)),
+                other => {
+                    let reason = format!("unexpected frame from the gateway: {other:?}");
+                    reader.wire().close(reason.clone());
+                    return reason;
+                }
+            }
+        }
+    }
+
+    /// Hands the answer about `id` to the call waiting for it, or, with none waiting (an answer
+    /// to a registration made again after a reconnection), reports a refusal to whom it
+    /// concerns.
+    fn answer(&self, id: u32, answer: Result<(), Refusal>) {
+        let routes = lock(&self.routes);
+        if let Some(waiting) = routes.waiting.get(&id) {
+            let _ = waiting.try_send(answer);
+            return;
+        }
+        let Err(refusal) = answer else { return };
+        if let Some(inbox) = routes.subscriptions.get(&id) {
+            inbox.report(RecvError::Unavailable {
+                topic: inbox.patterns().join(" "),
+                detail: refusal.message,
+            });
+        } else if let Some(topic) = routes.publishers.get(&id) {
+            warn!(%topic, "the gateway refused a remote publisher: {}", refusal.message);
+        }
+    }
+
+    /// The link is lost for `reason`: tell everyone. Returns whether to link again (the bus is
+    /// not closing).
+    fn lost(&self, reason: &str) -> bool {
+        let closing = {
+            let mut link = lock(&self.link);
+            link.wire = None;
+            self.changed.notify_all();
+            link.closing
+        };
+        if closing {
+            return false;
+        }
+        warn!(address = %self.dialer.address, "lost the gateway: {reason}");
+        let routes = lock(&self.routes);
+        // Dropping the senders fails the calls waiting on them.
+        for inbox in routes.subscriptions.values() {
+            inbox.report(RecvError::BrokerLost);
+        }
+        drop(routes);
+        lock(&self.routes).waiting.clear();
+        true
+    }
+
+    /// Dials again with backoff until through (registering everything again) or closing.
+    fn relink(&self) -> Option<WireReader> {
+        let mut backoff = Backoff::default();
+        loop {
+            let wait = backoff.next_wait();
+            {
+                let link = lock(&self.link);
+                let (link, _) = self
+                    .changed
+                    .wait_timeout_while(link, wait, |l| !l.closing)
+                    .unwrap_or_else(PoisonError::into_inner);
+                if link.closing {
+                    return None;
+                }
+            }
+            match self.dialer.dial() {
+                Ok(dialed) => {
+                    if self.register_again(&dialed.wire).is_err() {
+                        continue;
+                    }
+                    let mut link = lock(&self.link);
+                    if link.closing {
+                        dialed.wire.close("the client closed the bus");
+                        return None;
+                    }
+                    link.wire = Some(dialed.wire);
+                    link.max_payload = dialed.welcome.max_payload;
+                    self.changed.notify_all();
+                    info!(address = %self.dialer.address, attempts = backoff.attempts(), "reconnected to the gateway");
+                    return Some(dialed.reader);
+                }
+                Err(e) => debug!(address = %self.dialer.address, "reconnecting failed: {e}"),
+            }
+        }
+    }
+
+    /// Subscribes and advertises everything live again on `wire`, before anyone else may send on
+    /// it; each pattern is reported as a gap.
+    fn register_again(&self, wire: &Wire) -> Result<(), SendError> {
+        let routes = lock(&self.routes);
+        for inbox in routes.subscriptions.values() {
+            wire.send(&Frame::Subscribe(inbox.request()))?;
+            inbox.report_gap();
+        }
+        for (&id, topic) in &routes.publishers {
+            wire.send(&Frame::Advertise {
+                id,
+                topic: topic.clone(),
+            })?;
+        }
+        Ok(())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}

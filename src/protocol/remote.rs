@@ -1,0 +1,602 @@
+//! The remote protocol: what a client on another host (or a peer broker) and a broker's gateway
+//! say to each other over TCP or TLS.
+//!
+//! A byte stream carries frames: a little-endian `u32` length, then that many bytes — a kind
+//! byte and its body. The length is checked before anything is buffered: at most
+//! [`HANDSHAKE_LIMIT`] until the handshake is over, then the largest payload the gateway announced
+//! plus [`FRAME_OVERHEAD`]. Control frames (handshake, subscribing, advertising, errors) are
+//! postcard-encoded bodies with the same limits as the local protocol; the two frames that carry
+//! messages ([`Frame::Publish`], [`Frame::Message`]) have a fixed binary layout, so that a payload
+//! is copied once into the stream and borrowed straight out of it.
+//!
+//! The conversation: the client sends [`Frame::Hello`] (magic and [`REMOTE_VERSION`]), the
+//! gateway answers [`Frame::Welcome`] or [`Frame::Refused`] and closes. Then the client asks with
+//! frames that carry an id of its choosing (a subscription's or a publisher's), and the gateway
+//! answers each with [`Frame::Done`] or [`Frame::Failed`] naming it; messages then flow both
+//! ways. Either side sends [`Frame::Ping`] when it has been quiet for a while, and closes a
+//! connection that has sent no complete frame for longer than its idle timeout.
+//!
+//! Nothing here trusts the peer: every length is checked against what is left of the frame,
+//! strings must be UTF-8 within their limits, and trailing bytes are an error. A frame that fails
+//! to decode costs the sender its connection.
+
+use serde::{Deserialize, Serialize};
+
+use super::{ErrorCode, MAX_ERROR_LEN, MAX_NAME_LEN};
+use crate::topic::MAX_TOPIC_LEN;
+
+/// Version of the remote protocol, sent in [`Hello`] and [`Welcome`]; a gateway refuses others.
+pub const REMOTE_VERSION: u16 = 1;
+
+/// First bytes of every [`Hello`]: something that is not a shmbus client is refused at once.
+pub const MAGIC: [u8; 4] = *b"SHMB";
+
+/// Largest frame (kind and body) before the handshake is over.
+pub const HANDSHAKE_LIMIT: usize = 4096;
+
+/// What a [`Frame::Message`] adds to its payload at most: kind, ids, sequence and topic.
+pub const FRAME_OVERHEAD: usize = 1 + 4 + 4 + 8 + 2 + MAX_TOPIC_LEN;
+
+/// Bytes of the length prefix.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Most patterns one [`Subscribe`] may carry.
+pub const MAX_PATTERNS: usize = 64;
+
+/// The client's first frame.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hello {
+    /// [`MAGIC`].
+    pub magic: [u8; 4],
+    /// [`REMOTE_VERSION`] of the client.
+    pub version: u16,
+    /// Free-form name for logs (at most [`MAX_NAME_LEN`] bytes).
+    pub name: String,
+}
+
+/// The gateway's answer to a [`Hello`] it accepts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Welcome {
+    /// [`REMOTE_VERSION`] of the gateway.
+    pub version: u16,
+    /// The largest payload the bus carries; frames are bounded by it.
+    pub max_payload: u32,
+}
+
+/// Why the gateway refuses a connection or a request.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What kind of refusal, as the local protocol names them.
+    pub code: ErrorCode,
+    /// One line naming what was wrong (at most [`MAX_ERROR_LEN`] bytes).
+    pub message: String,
+}
+
+impl Refusal {
+    /// A refusal with `message` cut to [`MAX_ERROR_LEN`] bytes (at a character boundary).
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Refusal {
+        let message = message.into();
+        let message = super::truncate_at_char(&message, MAX_ERROR_LEN).to_string();
+        Refusal { code, message }
+    }
+}
+
+/// How a remote subscription reads its rings at the gateway.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Mode {
+    /// Lossless: a remote subscriber that stops reading holds local publishers back until the
+    /// broker evicts the gateway's reader (then [`Frame::Lagged`]).
+    Tethered,
+    /// Never holds publishers back; overruns are reported as [`Frame::Lagged`].
+    Lossy,
+}
+
+/// Subscribe to patterns; answered with [`Frame::Done`] once every pattern is attached.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Subscribe {
+    /// The client's id for the subscription: its messages carry it.
+    pub id: u32,
+    /// Topic patterns (at most [`MAX_PATTERNS`], each at most [`MAX_TOPIC_LEN`] bytes).
+    pub patterns: Vec<String>,
+    /// How the gateway reads.
+    pub mode: Mode,
+    /// Also the last this many messages of each topic published before subscribing.
+    pub history: u32,
+}
+
+/// One frame of the remote protocol, borrowing its strings and payload from the bytes it was
+/// decoded from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Frame<'a> {
+    /// Client: the handshake.
+    Hello(Hello),
+    /// Gateway: the handshake is accepted.
+    Welcome(Welcome),
+    /// Gateway: the handshake is refused; the connection closes.
+    Refused(Refusal),
+    /// Client: subscribe.
+    Subscribe(Subscribe),
+    /// Client: add a pattern to subscription `id` (answered like [`Frame::Subscribe`]).
+    AddPattern {
+        /// The subscription.
+        id: u32,
+        /// The pattern.
+        pattern: String,
+    },
+    /// Client: end subscription `id` (not answered).
+    Unsubscribe {
+        /// The subscription.
+        id: u32,
+    },
+    /// Client: publish on `topic` under id `id`; answered with [`Frame::Done`].
+    Advertise {
+        /// The client's id for the publisher.
+        id: u32,
+        /// The topic.
+        topic: String,
+    },
+    /// Client: publisher `id` is gone (not answered).
+    Withdraw {
+        /// The publisher.
+        id: u32,
+    },
+    /// Client: one message of an advertised publisher.
+    Publish {
+        /// The publisher.
+        publisher: u32,
+        /// The message.
+        payload: &'a [u8],
+    },
+    /// Gateway: one message for a subscription.
+    Message {
+        /// The subscription.
+        subscription: u32,
+        /// The bus-wide id of the publisher that wrote it.
+        publisher: u32,
+        /// Its sequence number in its ring.
+        sequence: u64,
+        /// Its topic.
+        topic: &'a str,
+        /// The message.
+        payload: &'a [u8],
+    },
+    /// Gateway: subscription `subscription` missed messages of `topic`.
+    Lagged {
+        /// The subscription.
+        subscription: u32,
+        /// The topic (or pattern, across a reconnection of the gateway) the gap is in.
+        topic: String,
+        /// How many, or `u64::MAX` if unknown.
+        missed: u64,
+    },
+    /// Gateway: the request with this id is done.
+    Done {
+        /// The subscription or publisher asked about.
+        id: u32,
+    },
+    /// Gateway: the request with this id failed.
+    Failed {
+        /// The subscription or publisher asked about.
+        id: u32,
+        /// Why.
+        refusal: Refusal,
+    },
+    /// Either side: are you there?
+    Ping,
+    /// Either side: the answer to [`Frame::Ping`].
+    Pong,
+}
+
+/// The kind byte of each frame.
+mod kind {
+    pub const HELLO: u8 = 1;
+    pub const WELCOME: u8 = 2;
+    pub const REFUSED: u8 = 3;
+    pub const SUBSCRIBE: u8 = 4;
+    pub const ADD_PATTERN: u8 = 5;
+    pub const UNSUBSCRIBE: u8 = 6;
+    pub const ADVERTISE: u8 = 7;
+    pub const WITHDRAW: u8 = 8;
+    pub const PUBLISH: u8 = 9;
+    pub const MESSAGE: u8 = 10;
+    pub const LAGGED: u8 = 11;
+    pub const DONE: u8 = 12;
+    pub const FAILED: u8 = 13;
+    pub const PING: u8 = 14;
+    pub const PONG: u8 = 15;
+}
+
+/// Why bytes from a peer are not a valid frame.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FrameError {
+    /// A length prefix beyond the limit in force.
+    #[error("frame of {len} bytes exceeds the limit of {limit}")]
+    TooLong {
+        /// The announced length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// A frame of length zero (it has no kind).
+    #[error("empty frame")]
+    Empty,
+    /// A kind byte no frame has.
+    #[error("unknown frame kind {0}")]
+    UnknownKind(u8),
+    /// The body is cut short, malformed, or followed by extra bytes.
+    #[error("malformed {kind} frame: {detail}")]
+    Malformed {
+        /// The frame's kind.
+        kind: &'static str,
+        /// What is wrong.
+        detail: String,
+    },
+}
+
+/// The frame length `prefix` announces, if it is within `limit`.
+pub fn frame_length(prefix: [u8; LENGTH_PREFIX], limit: usize) -> Result<usize, FrameError> {
+    let len = u32::from_le_bytes(prefix) as usize;
+    match len {
+        0 => Err(FrameError::Empty),
+        len if len > limit => Err(FrameError::TooLong { len, limit }),
+        len => Ok(len),
+    }
+}
+
+/// Appends `frame`, with its length prefix, to `out`.
+pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; LENGTH_PREFIX]);
+    match frame {
+        Frame::Hello(body) => control(out, kind::HELLO, body),
+        Frame::Welcome(body) => control(out, kind::WELCOME, body),
+        Frame::Refused(body) => control(out, kind::REFUSED, body),
+        Frame::Subscribe(body) => control(out, kind::SUBSCRIBE, body),
+        Frame::AddPattern { id, pattern } => control(out, kind::ADD_PATTERN, &(id, pattern)),
+        Frame::Unsubscribe { id } => control(out, kind::UNSUBSCRIBE, id),
+        Frame::Advertise { id, topic } => control(out, kind::ADVERTISE, &(id, topic)),
+        Frame::Withdraw { id } => control(out, kind::WITHDRAW, id),
+        Frame::Lagged {
+            subscription,
+            topic,
+            missed,
+        } => control(out, kind::LAGGED, &(subscription, topic, missed)),
+        Frame::Done { id } => control(out, kind::DONE, id),
+        Frame::Failed { id, refusal } => control(out, kind::FAILED, &(id, refusal)),
+        Frame::Ping => out.push(kind::PING),
+        Frame::Pong => out.push(kind::PONG),
+        Frame::Publish { publisher, payload } => {
+            out.push(kind::PUBLISH);
+            out.extend_from_slice(&publisher.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        Frame::Message {
+            subscription,
+            publisher,
+            sequence,
+            topic,
+            payload,
+        } => {
+            out.push(kind::MESSAGE);
+            out.extend_from_slice(&subscription.to_le_bytes());
+            out.extend_from_slice(&publisher.to_le_bytes());
+            out.extend_from_slice(&sequence.to_le_bytes());
+            let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
+            out.extend_from_slice(&topic_len.to_le_bytes());
+            out.extend_from_slice(topic.as_bytes());
+            out.extend_from_slice(payload);
+        }
+    }
+    let len = u32::try_from(out.len() - start - LENGTH_PREFIX).expect("frames fit in u32");
+    out[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends a control frame: its kind, then `body` in postcard.
+fn control<T: Serialize>(out: &mut Vec<u8>, kind: u8, body: &T) {
+    out.push(kind);
+    // Writing into a Vec cannot fail; the bodies are plain data.
+    let bytes = postcard::to_allocvec(body).expect("control bodies serialize");
+    out.extend_from_slice(&bytes);
+}
+
+/// Decodes one frame (kind and body, without the length prefix).
+pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
+    let (&kind, body) = bytes.split_first().ok_or(FrameError::Empty)?;
+    let frame = match kind {
+        kind::HELLO => {
+            let hello: Hello = body_of("hello", body)?;
+            check_len("hello", "name", &hello.name, MAX_NAME_LEN)?;
+            Frame::Hello(hello)
+        }
+        kind::WELCOME => Frame::Welcome(body_of("welcome", body)?),
+        kind::REFUSED => {
+            let refusal: Refusal = body_of("refused", body)?;
+            check_len("refused", "message", &refusal.message, MAX_ERROR_LEN)?;
+            Frame::Refused(refusal)
+        }
+        kind::SUBSCRIBE => {
+            let subscribe: Subscribe = body_of("subscribe", body)?;
+            if subscribe.patterns.len() > MAX_PATTERNS {
+                return Err(malformed(
+                    "subscribe",
+                    format!(
+                        "{} patterns, more than {MAX_PATTERNS}",
+                        subscribe.patterns.len()
+                    ),
+                ));
+            }
+            for pattern in &subscribe.patterns {
+                check_len("subscribe", "pattern", pattern, MAX_TOPIC_LEN)?;
+            }
+            Frame::Subscribe(subscribe)
+        }
+        kind::ADD_PATTERN => {
+            let (id, pattern): (u32, String) = body_of("add-pattern", body)?;
+            check_len("add-pattern", "pattern", &pattern, MAX_TOPIC_LEN)?;
+            Frame::AddPattern { id, pattern }
+        }
+        kind::UNSUBSCRIBE => Frame::Unsubscribe {
+            id: body_of("unsubscribe", body)?,
+        },
+        kind::ADVERTISE => {
+            let (id, topic): (u32, String) = body_of("advertise", body)?;
+            check_len("advertise", "topic", &topic, MAX_TOPIC_LEN)?;
+            Frame::Advertise { id, topic }
+        }
+        kind::WITHDRAW => Frame::Withdraw {
+            id: body_of("withdraw", body)?,
+        },
+        kind::LAGGED => {
+            let (subscription, topic, missed): (u32, String, u64) = body_of("lagged", body)?;
+            check_len("lagged", "topic", &topic, MAX_TOPIC_LEN)?;
+            Frame::Lagged {
+                subscription,
+                topic,
+                missed,
+            }
+        }
+        kind::DONE => Frame::Done {
+            id: body_of("done", body)?,
+        },
+        kind::FAILED => {
+            let (id, refusal): (u32, Refusal) = body_of("failed", body)?;
+            check_len("failed", "message", &refusal.message, MAX_ERROR_LEN)?;
+            Frame::Failed { id, refusal }
+        }
+        kind::PING => empty("ping", body, Frame::Ping)?,
+        kind::PONG => empty("pong", body, Frame::Pong)?,
+        kind::PUBLISH => {
+            let mut rest = Fields::new("publish", body);
+            let publisher = rest.u32()?;
+            Frame::Publish {
+                publisher,
+                payload: rest.remaining(),
+            }
+        }
+        kind::MESSAGE => {
+            let mut rest = Fields::new("message", body);
+            let subscription = rest.u32()?;
+            let publisher = rest.u32()?;
+            let sequence = rest.u64()?;
+            let topic_len = usize::from(rest.u16()?);
+            if topic_len > MAX_TOPIC_LEN {
+                return Err(malformed(
+                    "message",
+                    format!("topic of {topic_len} bytes exceeds {MAX_TOPIC_LEN}"),
+                ));
+            }
+            let topic = std::str::from_utf8(rest.take(topic_len)?)
+                .map_err(|_| malformed("message", "topic is not UTF-8".into()))?;
+            Frame::Message {
+                subscription,
+                publisher,
+                sequence,
+                topic,
+                payload: rest.remaining(),
+            }
+        }
+        other => return Err(FrameError::UnknownKind(other)),
+    };
+    Ok(frame)
+}
+
+fn malformed(kind: &'static str, detail: String) -> FrameError {
+    FrameError::Malformed { kind, detail }
+}
+
+/// A postcard body that fills the frame exactly.
+fn body_of<'a, T: Deserialize<'a>>(kind: &'static str, body: &'a [u8]) -> Result<T, FrameError> {
+    let (value, rest) =
+        postcard::take_from_bytes(body).map_err(|e| malformed(kind, e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(malformed(
+            kind,
+            format!("{} bytes after the body", rest.len()),
+        ));
+    }
+    Ok(value)
+}
+
+fn empty<'a>(kind: &'static str, body: &[u8], frame: Frame<'a>) -> Result<Frame<'a>, FrameError> {
+    if body.is_empty() {
+        Ok(frame)
+    } else {
+        Err(malformed(kind, format!("{} bytes of body", body.len())))
+    }
+}
+
+fn check_len(kind: &'static str, what: &str, value: &str, max: usize) -> Result<(), FrameError> {
+    if value.len() > max {
+        return Err(malformed(
+            kind,
+            format!("{what} of {} bytes exceeds {max}", value.len()),
+        ));
+    }
+    Ok(())
+}
+
+/// Fixed-width fields read off the front of a body, each checked against what is left.
+struct Fields<'a> {
+    kind: &'static str,
+    rest: &'a [u8],
+}
+
+impl<'a> Fields<'a> {
+    fn new(kind: &'static str, rest: &'a [u8]) -> Fields<'a> {
+        Fields { kind, rest }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        if self.rest.len() < n {
+            return Err(malformed(
+                self.kind,
+                format!("cut short: {n} bytes wanted, {} left", self.rest.len()),
+            ));
+        }
+        let (head, tail) = self.rest.split_at(n);
+        self.rest = tail;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], FrameError> {
+        let bytes = self.take(N)?;
+        Ok(bytes.try_into().expect("take returned N bytes"))
+    }
+
+    fn u16(&mut self) -> Result<u16, FrameError> {
+        self.array().map(u16::from_le_bytes)
+    }
+
+    fn u32(&mut self) -> Result<u32, FrameError> {
+        self.array().map(u32::from_le_bytes)
+    }
+
+    fn u64(&mut self) -> Result<u64, FrameError> {
+        self.array().map(u64::from_le_bytes)
+    }
+
+    fn remaining(self) -> &'a [u8] {
+        self.rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn round_trip(frame: Frame<'_>) {
+        let mut out = Vec::new();
+        encode(&frame, &mut out);
+        let prefix: [u8; 4] = out[..4].try_into().unwrap();
+        assert_eq!(frame_length(prefix, usize::MAX).unwrap(), out.len() - 4);
+        assert_eq!(decode(&out[4..]).unwrap(), frame);
+    }
+
+    #[test]
+    fn every_frame_survives_a_round_trip() {
+        round_trip(Frame::Hello(Hello {
+            magic: MAGIC,
+            version: REMOTE_VERSION,
+            name: "probe".into(),
+        }));
+        round_trip(Frame::Welcome(Welcome {
+            version: REMOTE_VERSION,
+            max_payload: 65536,
+        }));
+        let refusal = Refusal {
+            code: ErrorCode::PermissionDenied,
+            message: "no".into(),
+        };
+        round_trip(Frame::Refused(refusal.clone()));
+        round_trip(Frame::Subscribe(Subscribe {
+            id: 7,
+            patterns: vec!["a/**".into(), "b/*".into()],
+            mode: Mode::Lossy,
+            history: 3,
+        }));
+        round_trip(Frame::AddPattern {
+            id: 7,
+            pattern: "c".into(),
+        });
+        round_trip(Frame::Unsubscribe { id: 7 });
+        round_trip(Frame::Advertise {
+            id: 8,
+            topic: "a/b".into(),
+        });
+        round_trip(Frame::Withdraw { id: 8 });
+        round_trip(Frame::Publish {
+            publisher: 8,
+            payload: b"hello",
+        });
+        round_trip(Frame::Publish {
+            publisher: 8,
+            payload: b"",
+        });
+        round_trip(Frame::Message {
+            subscription: 7,
+            publisher: u32::MAX,
+            sequence: 42,
+            topic: "a/b",
+            payload: &[0, 1, 2],
+        });
+        round_trip(Frame::Lagged {
+            subscription: 7,
+            topic: "a/b".into(),
+            missed: 5,
+        });
+        round_trip(Frame::Done { id: 1 });
+        round_trip(Frame::Failed { id: 1, refusal });
+        round_trip(Frame::Ping);
+        round_trip(Frame::Pong);
+    }
+
+    #[test]
+    fn lengths_are_checked_before_anything_is_read() {
+        assert_eq!(frame_length([0; 4], 10), Err(FrameError::Empty));
+        assert_eq!(
+            frame_length(11u32.to_le_bytes(), 10),
+            Err(FrameError::TooLong { len: 11, limit: 10 })
+        );
+        assert_eq!(frame_length(10u32.to_le_bytes(), 10), Ok(10));
+    }
+
+    #[test]
+    fn cut_short_and_oversized_fields_are_refused() {
+        let mut out = Vec::new();
+        encode(
+            &Frame::Message {
+                subscription: 1,
+                publisher: 2,
+                sequence: 3,
+                topic: "abc",
+                payload: b"",
+            },
+            &mut out,
+        );
+        let body = &out[4..];
+        for cut in 1..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let mut long_topic = body.to_vec();
+        long_topic[17..19].copy_from_slice(&1000u16.to_le_bytes());
+        assert!(matches!(
+            decode(&long_topic),
+            Err(FrameError::Malformed { .. })
+        ));
+        assert_eq!(decode(&[99]), Err(FrameError::UnknownKind(99)));
+        assert!(decode(&[kind::PING, 0]).is_err());
+        let mut ping_body = vec![kind::DONE];
+        ping_body.extend_from_slice(&[1, 0]);
+        assert!(decode(&ping_body).is_err(), "trailing bytes accepted");
+        let too_many = Subscribe {
+            id: 1,
+            patterns: vec!["a".into(); MAX_PATTERNS + 1],
+            mode: Mode::Tethered,
+            history: 0,
+        };
+        let mut out = Vec::new();
+        encode(&Frame::Subscribe(too_many), &mut out);
+        assert!(decode(&out[4..]).is_err());
+    }
+}

@@ -1,0 +1,645 @@
+//! Remote clients: a broker's gateway (`--listen tcp://` and `tls://`) serves clients on other
+//! hosts through the same API. Real broker processes on loopback, remote clients in this process
+//! (the API) and in child processes (the CLI), certificates made by rcgen for each test.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use shmbus::{Bus, ConnectError, RecvError, RecvTimeoutError, Subscriber, TlsClientFiles};
+use support::{Broker, PATIENCE, Proc, eventually, run, shmbus};
+
+/// A broker with `--listen ADDRESS` (and `extra` flags), and the address it listens at.
+fn listening_broker(address: &str, extra: &[&str]) -> (Broker, String) {
+    let mut args = vec!["--listen", address];
+    args.extend_from_slice(extra);
+    let broker = Broker::start(&args);
+    let url = listen_address(&broker.proc);
+    (broker, url)
+}
+
+/// The address a broker process printed that it listens at.
+fn listen_address(broker: &Proc) -> String {
+    let line = broker.stderr.wait_for("shmbus broker listening on ");
+    line.trim_start_matches("shmbus broker listening on ")
+        .to_string()
+}
+
+/// Receives the next message, failing after [`PATIENCE`].
+fn next(sub: &mut Subscriber) -> (String, Vec<u8>) {
+    let sample = sub.recv_timeout(PATIENCE).expect("a message");
+    (sample.topic().to_string(), sample.payload().to_vec())
+}
+
+#[test]
+fn remote_and_local_clients_exchange_messages_both_ways() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    assert!(remote.is_remote() && !local.is_remote());
+    assert_eq!(remote.address().to_string(), url);
+    assert_eq!(remote.max_payload(), local.max_payload());
+
+    // Local publisher, remote subscriber, with a wildcard.
+    let mut remote_sub = remote.subscribe("sensors/**").unwrap();
+    let mut local_pub = local.publisher("sensors/kitchen/temp").unwrap();
+    for i in 0..100u32 {
+        local_pub.publish(&i.to_le_bytes()).unwrap();
+    }
+    for i in 0..100u32 {
+        let sample = remote_sub.recv_timeout(PATIENCE).unwrap();
+        assert_eq!(sample.topic(), "sensors/kitchen/temp");
+        assert_eq!(sample.payload(), i.to_le_bytes());
+        assert_eq!(sample.publisher(), local_pub.id());
+        assert!(!sample.is_in_place());
+    }
+
+    // Remote publisher, local subscriber; loans work as locally.
+    let mut local_sub = local.subscribe("cmd/*").unwrap();
+    let mut remote_pub = remote.publisher("cmd/lights").unwrap();
+    remote_pub.publish(b"on").unwrap();
+    let mut loan = remote_pub.loan(3).unwrap();
+    loan.as_mut_slice().copy_from_slice(b"off");
+    loan.commit().unwrap();
+    assert_eq!(next(&mut local_sub), ("cmd/lights".into(), b"on".to_vec()));
+    assert_eq!(next(&mut local_sub), ("cmd/lights".into(), b"off".to_vec()));
+
+    // Remote to remote, through the rings; a pattern added later.
+    let mut other = remote.subscriber_builder().create().unwrap();
+    other.add_pattern("chat/*").unwrap();
+    let mut chat = remote.publisher("chat/lobby").unwrap();
+    chat.publish(b"hello").unwrap();
+    assert_eq!(next(&mut other), ("chat/lobby".into(), b"hello".to_vec()));
+    assert_eq!(other.patterns().collect::<Vec<_>>(), ["chat/*"]);
+}
+
+#[test]
+fn history_lossy_and_typed_messages_cross_the_network() {
+    #[derive(rkyv::Archive, rkyv::Serialize, rkyv::Deserialize, Debug, PartialEq)]
+    #[rkyv(crate = shmbus::rkyv)]
+    struct Reading {
+        sensor: String,
+        values: Vec<f64>,
+    }
+
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+
+    let mut before = local.publisher("log/app").unwrap();
+    before.publish(b"old").unwrap();
+    let mut sub = remote
+        .subscriber("log/*")
+        .lossy()
+        .history(1)
+        .create()
+        .unwrap();
+    before.publish(b"new").unwrap();
+    assert_eq!(next(&mut sub).1, b"old");
+    assert_eq!(next(&mut sub).1, b"new");
+
+    let mut typed_sub = local
+        .subscriber("readings")
+        .typed::<Reading>()
+        .create()
+        .unwrap();
+    let mut typed_pub = remote
+        .publisher_builder("readings")
+        .typed::<Reading>()
+        .create()
+        .unwrap();
+    let reading = Reading {
+        sensor: "t1".into(),
+        values: vec![1.5, -2.0],
+    };
+    typed_pub.publish(&reading).unwrap();
+    let got = typed_sub.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(got.sensor.as_str(), "t1");
+    assert_eq!(got.values.as_slice(), [1.5, -2.0]);
+
+    // Messages too large for the bus are refused at the remote publisher.
+    let mut big = remote.publisher("big").unwrap();
+    let too_large = vec![0u8; remote.max_payload() + 1];
+    assert!(matches!(
+        big.publish(&too_large),
+        Err(shmbus::PublishError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn the_cli_publishes_and_subscribes_over_tcp() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let remote_sub = Proc::spawn(shmbus(&url, &["sub", "a/*", "--count", "2"]));
+    remote_sub.stderr.wait_for("subscribed a/*");
+    let (code, _, err) = run(broker.bus(), &["pub", "a/b", "one"]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = run(&url, &["pub", "a/c", "two"]);
+    assert_eq!(code, 0, "{err}");
+    let mut remote_sub = remote_sub;
+    remote_sub.expect_success();
+    assert_eq!(remote_sub.stdout.lines(), ["a/b\tone", "a/c\ttwo"]);
+
+    // The same through $SHMBUS_BUS.
+    let local_sub = broker.subscriber(&["x/y", "--count", "1"]);
+    let mut cmd = std::process::Command::new(support::bin());
+    cmd.args(["pub", "x/y", "from-env"])
+        .env("SHMBUS_BUS", &url)
+        .env("RUST_LOG", "warn");
+    let mut publisher = Proc::spawn(cmd);
+    publisher.expect_success();
+    let mut local_sub = local_sub;
+    local_sub.expect_success();
+    assert_eq!(local_sub.stdout.lines(), ["x/y\tfrom-env"]);
+}
+
+#[test]
+fn request_response_and_state_say_they_are_local_only() {
+    let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let remote = Bus::connect(&url).unwrap();
+    let serve = remote.serve("calc/add").unwrap_err();
+    assert!(
+        serve.to_string().contains("only available on a local bus"),
+        "{serve}"
+    );
+    let request = remote.request("calc/add", b"1").unwrap_err();
+    assert!(
+        request
+            .to_string()
+            .contains("only available on a local bus"),
+        "{request}"
+    );
+    let state = remote.watch_state("config/**").unwrap_err();
+    assert!(
+        matches!(state, shmbus::AttachError::LocalOnly { .. }),
+        "{state}"
+    );
+}
+
+/// A CA, and certificates it signed, written to a directory.
+struct Pki {
+    dir: tempfile::TempDir,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    /// A CA with a server certificate for 127.0.0.1 and localhost, and a client certificate.
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Pki::issuer(dir.path(), "ca");
+        let pki = Pki { dir, ca };
+        pki.leaf(
+            &pki.ca,
+            "server",
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        pki.client_certificate("client");
+        // A client certificate from a CA the gateway does not know.
+        let rogue = Pki::issuer(pki.dir.path(), "rogue-ca");
+        pki.leaf(&rogue, "rogue", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+        pki
+    }
+
+    /// A client certificate whose subject's common name is `name`, signed by the CA.
+    fn client_certificate(&self, name: &str) {
+        self.leaf(&self.ca, name, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn arg(&self, name: &str) -> String {
+        self.path(name).to_str().unwrap().to_string()
+    }
+
+    fn issuer(dir: &std::path::Path, name: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
+        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, format!("shmbus test {name}"));
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
+        rcgen::Issuer::new(params, key)
+    }
+
+    fn leaf(
+        &self,
+        ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
+        name: &str,
+        usage: rcgen::ExtendedKeyUsagePurpose,
+    ) {
+        let mut params =
+            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        params.extended_key_usages = vec![usage];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, ca).unwrap();
+        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
+        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
+    }
+
+    fn client(&self, who: &str) -> TlsClientFiles {
+        TlsClientFiles::default().ca(self.path("ca.pem")).identity(
+            self.path(&format!("{who}.pem")),
+            self.path(&format!("{who}.key")),
+        )
+    }
+}
+
+/// A broker listening at `listen` with the PKI's server certificate, and `extra` flags.
+fn tls_broker(pki: &Pki, listen: &str, extra: &[&str]) -> (Broker, String) {
+    let (cert, key) = (pki.arg("server.pem"), pki.arg("server.key"));
+    let mut args = vec!["--tls-cert", &cert, "--tls-key", &key];
+    args.extend_from_slice(extra);
+    listening_broker(listen, &args)
+}
+
+fn connect_tls(url: &str, files: TlsClientFiles) -> Result<Bus, ConnectError> {
+    Bus::builder()
+        .address(shmbus::BusAddress::parse(url).unwrap())
+        .tls(files)
+        .connect_timeout(Duration::from_secs(10))
+        .connect()
+}
+
+#[test]
+fn tls_with_client_certificates_admits_only_clients_the_ca_signed() {
+    let pki = Pki::new();
+    let ca = pki.arg("ca.pem");
+    let (broker, url) = tls_broker(&pki, "tls://127.0.0.1:0", &["--tls-client-ca", &ca]);
+    assert!(url.starts_with("tls://127.0.0.1:"), "{url}");
+    let local = Bus::connect(broker.bus()).unwrap();
+
+    let remote = connect_tls(&url, pki.client("client")).unwrap();
+    let mut sub = remote.subscribe("secure/*").unwrap();
+    let mut publisher = local.publisher("secure/a").unwrap();
+    let payload = vec![7u8; 40_000];
+    publisher.publish(&payload).unwrap();
+    assert_eq!(next(&mut sub), ("secure/a".into(), payload));
+
+    // No certificate, one from another CA, or a gateway certificate not trusted: refused.
+    let anonymous = TlsClientFiles::default().ca(pki.path("ca.pem"));
+    assert!(connect_tls(&url, anonymous).is_err());
+    let rogue = pki.client("rogue");
+    assert!(connect_tls(&url, rogue).is_err());
+    let wrong_ca = TlsClientFiles::default()
+        .ca(pki.path("rogue-ca.pem"))
+        .identity(pki.path("client.pem"), pki.path("client.key"));
+    assert!(connect_tls(&url, wrong_ca).is_err());
+
+    // Plain TCP to a TLS listener is not a way in either.
+    assert!(Bus::connect(&url.replace("tls://", "tcp://")).is_err());
+
+    // The CLI, with its flags; the admitted client still works after all of that.
+    let (code, _, err) = run(
+        &url,
+        &[
+            "pub",
+            "secure/a",
+            "from-cli",
+            "--tls-ca",
+            &pki.arg("ca.pem"),
+            "--tls-cert",
+            &pki.arg("client.pem"),
+            "--tls-key",
+            &pki.arg("client.key"),
+        ],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(next(&mut sub), ("secure/a".into(), b"from-cli".to_vec()));
+    let (code, _, _) = run(
+        &url,
+        &["pub", "secure/a", "x", "--tls-ca", &pki.arg("ca.pem")],
+    );
+    assert_eq!(
+        code, 3,
+        "a client without a certificate cannot reach the bus"
+    );
+}
+
+#[test]
+fn tls_without_client_ca_admits_any_client_that_trusts_the_gateway() {
+    let pki = Pki::new();
+    let (_broker, url) = tls_broker(&pki, "tls://localhost:0", &[]);
+    let remote = connect_tls(&url, TlsClientFiles::default().ca(pki.path("ca.pem"))).unwrap();
+    let mut sub = remote.subscribe("t").unwrap();
+    remote.publisher("t").unwrap().publish(b"x").unwrap();
+    assert_eq!(next(&mut sub).1, b"x");
+}
+
+#[test]
+fn a_stopped_remote_subscriber_holds_local_publishers_back_no_longer_than_eviction() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &["--evict-after", "1"]);
+    let remote_sub = Proc::spawn(shmbus(&url, &["sub", "flood"]));
+    remote_sub.stderr.wait_for("subscribed flood");
+    remote_sub.signal(Signal::SIGSTOP);
+
+    // Far more than the ring, the connection's buffers and the inbox hold together.
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = local.publisher("flood").unwrap();
+    let payload = vec![1u8; 4096];
+    for _ in 0..20_000 {
+        publisher
+            .publish_timeout(&payload, PATIENCE)
+            .expect("the stopped remote subscriber was evicted");
+    }
+
+    // Woken, the remote subscriber reports what it missed.
+    remote_sub.signal(Signal::SIGCONT);
+    remote_sub.stderr.wait_for("were lost");
+    remote_sub.signal(Signal::SIGKILL);
+}
+
+#[test]
+fn a_killed_remote_client_costs_nobody_anything() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let victim = Proc::spawn(shmbus(&url, &["sub", "work"]));
+    victim.stderr.wait_for("subscribed work");
+    let mut remote_pub = Proc::start(shmbus(&url, &["pub", "work"]), std::process::Stdio::piped());
+    remote_pub.send("one\n");
+    victim.stdout.wait_for("one");
+    victim.signal(Signal::SIGKILL);
+    remote_pub.signal(Signal::SIGKILL);
+    broker.proc.stderr.wait_for("remote client left");
+
+    // The gateway dropped the victim's reader: local publishing never waits for it.
+    let mut publisher = local.publisher("work").unwrap();
+    let payload = vec![0u8; 8192];
+    for _ in 0..2_000 {
+        publisher.publish_timeout(&payload, PATIENCE).unwrap();
+    }
+    let remote = Bus::connect(&url).unwrap();
+    let mut sub = remote.subscribe("work").unwrap();
+    publisher.publish(b"after").unwrap();
+    assert_eq!(next(&mut sub).1, b"after");
+}
+
+/// Whether the gateway closed `stream` (a read returns end of file or an error).
+fn closed_by_gateway(stream: &mut TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    let mut buf = [0u8; 256];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == std::io::ErrorKind::TimedOut => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn garbage_and_slow_connections_are_closed_and_others_go_on() {
+    let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &["--hello-timeout", "1"]);
+    let host_port = url.trim_start_matches("tcp://").to_string();
+    let remote = Bus::connect(&url).unwrap();
+    let mut sub = remote.subscribe("alive").unwrap();
+    let mut publisher = remote.publisher("alive").unwrap();
+
+    // Not a shmbus client: an HTTP request.
+    let mut http = TcpStream::connect(&host_port).unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    eventually("the gateway closed the HTTP connection", || {
+        closed_by_gateway(&mut http)
+    });
+
+    // A length prefix far beyond any limit.
+    let mut huge = TcpStream::connect(&host_port).unwrap();
+    huge.write_all(&u32::MAX.to_le_bytes()).unwrap();
+    eventually(
+        "the gateway closed the oversized frame's connection",
+        || closed_by_gateway(&mut huge),
+    );
+
+    // One byte a second of an otherwise valid-looking frame: closed by the hello timeout.
+    let mut slow = TcpStream::connect(&host_port).unwrap();
+    let started = Instant::now();
+    let mut closed = false;
+    for byte in [16u8, 0, 0, 0, 1, b'S', b'H', b'M', b'B']
+        .iter()
+        .cycle()
+        .take(60)
+    {
+        if closed_by_gateway(&mut slow) || slow.write_all(&[*byte]).is_err() {
+            closed = true;
+            break;
+        }
+        // Pacing the attack, not waiting for anything: the point is that it is slow.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    assert!(
+        closed,
+        "a connection dribbling one byte a second was still open after 60 s"
+    );
+    eprintln!("slow connection closed after {:?}", started.elapsed());
+
+    // A silent connection (half-open from the gateway's point of view) is closed too.
+    let mut silent = TcpStream::connect(&host_port).unwrap();
+    eventually("the gateway closed the silent connection", || {
+        closed_by_gateway(&mut silent)
+    });
+
+    // The good client noticed nothing.
+    publisher.publish(b"still here").unwrap();
+    assert_eq!(next(&mut sub).1, b"still here");
+}
+
+#[test]
+fn remote_clients_reconnect_to_a_restarted_gateway_and_subscribe_again() {
+    let (mut broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let listen = url.clone();
+    let remote = Bus::connect(&url).unwrap();
+    let mut sub = remote.subscribe("news/*").unwrap();
+    let mut remote_pub = remote.publisher("news/remote").unwrap();
+    remote_pub.publish(b"before").unwrap();
+    assert_eq!(next(&mut sub).1, b"before");
+
+    broker.proc.signal(Signal::SIGKILL);
+    let _ = broker.proc.child.wait();
+    let lost = sub.recv_timeout(PATIENCE).unwrap_err();
+    assert_eq!(lost, RecvTimeoutError::Failed(RecvError::BrokerLost));
+    eventually("the remote bus saw the loss", || !remote.is_connected());
+
+    // A new broker at the same addresses.
+    let restarted = Broker::start_at(&broker.socket, &["--listen", &listen]);
+    assert_eq!(listen_address(&restarted), listen);
+    broker.proc = restarted;
+    match sub.recv_timeout(PATIENCE) {
+        Err(RecvTimeoutError::Failed(RecvError::Lagged { missed, .. })) => {
+            assert_eq!(missed, RecvError::MISSED_UNKNOWN);
+        }
+        other => panic!("expected the gap to be reported, got {other:?}"),
+    }
+    eventually("the remote bus reconnected", || remote.is_connected());
+
+    // Both the subscription and the publisher were registered again.
+    remote_pub.publish(b"after").unwrap();
+    assert_eq!(next(&mut sub).1, b"after");
+    let local = Bus::connect(broker.bus()).unwrap();
+    local
+        .publisher("news/local")
+        .unwrap()
+        .publish(b"local")
+        .unwrap();
+    assert_eq!(next(&mut sub), ("news/local".into(), b"local".to_vec()));
+}
+
+#[test]
+fn listen_flags_are_checked() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("bus.sock");
+    let bus = socket.to_str().unwrap();
+    let (code, _, err) = run(bus, &["broker", "--listen", "tls://127.0.0.1:0"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--tls-cert"), "{err}");
+    let (code, _, err) = run(bus, &["broker", "--listen", "/tmp/x.sock"]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = run("tcp://127.0.0.1:1", &["pub", "t", "x", "--session", "s"]);
+    assert_ne!(code, 0, "{err}");
+    assert!(err.contains("sessions"), "{err}");
+}
+
+#[test]
+fn with_an_access_list_remote_clients_are_the_users_their_certificates_name() {
+    let pki = Pki::new();
+    pki.client_certificate("nobody");
+    pki.client_certificate("no-such-user-here");
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl,
+        "[[allow]]\nuser = \"nobody\"\npublish = [\"public/**\"]\nsubscribe = [\"public/**\"]\n",
+    )
+    .unwrap();
+    let broker = Broker::start(&[
+        "--acl",
+        acl.to_str().unwrap(),
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--listen",
+        "tcp://127.0.0.1:0",
+        "--tls-cert",
+        &pki.arg("server.pem"),
+        "--tls-key",
+        &pki.arg("server.key"),
+        "--tls-client-ca",
+        &pki.arg("ca.pem"),
+    ]);
+    let tls = listen_address(&broker.proc);
+    let tcp = listen_address(&broker.proc);
+
+    // `nobody` may use public/**, and only that.
+    let nobody = connect_tls(&tls, pki.client("nobody")).unwrap();
+    let mut sub = nobody.subscribe("public/*").unwrap();
+    nobody
+        .publisher("public/news")
+        .unwrap()
+        .publish(b"hi")
+        .unwrap();
+    assert_eq!(next(&mut sub), ("public/news".into(), b"hi".to_vec()));
+    let denied = nobody.subscribe("secret/**").unwrap_err();
+    assert!(
+        matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
+        "{denied}"
+    );
+    assert!(denied.to_string().contains("user nobody"), "{denied}");
+    let denied = nobody.publisher("secret/plans").unwrap_err();
+    assert!(
+        matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
+        "{denied}"
+    );
+
+    // A certificate naming no user of this host, and plain TCP (no certificate): refused.
+    match connect_tls(&tls, pki.client("no-such-user-here")) {
+        Err(ConnectError::PermissionDenied { message, .. }) => {
+            assert!(message.contains("no-such-user-here"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    match Bus::connect(&tcp) {
+        Err(ConnectError::PermissionDenied { message, .. }) => {
+            assert!(message.contains("certificate"), "{message}");
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+}
+
+#[test]
+fn publishers_on_many_threads_share_one_connection_in_order() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut sub = local.subscribe("par/*").unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    const THREADS: u32 = 4;
+    const EACH: u32 = 2_000;
+    let workers: Vec<_> = (0..THREADS)
+        .map(|t| {
+            let remote = remote.clone();
+            std::thread::spawn(move || {
+                let mut publisher = remote.publisher(&format!("par/{t}")).unwrap();
+                for i in 0..EACH {
+                    publisher.publish(&i.to_le_bytes()).unwrap();
+                }
+            })
+        })
+        .collect();
+    let mut next_of = [0u32; THREADS as usize];
+    for _ in 0..THREADS * EACH {
+        let (topic, payload) = next(&mut sub);
+        let t: usize = topic.trim_start_matches("par/").parse().unwrap();
+        assert_eq!(payload, next_of[t].to_le_bytes(), "out of order on {topic}");
+        next_of[t] += 1;
+    }
+    for worker in workers {
+        worker.join().unwrap();
+    }
+    assert_eq!(next_of, [EACH; THREADS as usize]);
+}
+
+#[test]
+fn a_lossy_remote_subscriber_that_does_not_read_loses_messages_and_says_how_many() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let remote = Bus::connect(&url).unwrap();
+    let mut sub = remote.subscriber("burst").lossy().create().unwrap();
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = local.publisher("burst").unwrap();
+    // Far more than the subscriber's inbox holds; the publisher never waits for it.
+    let total = 30_000u64;
+    for i in 0..total {
+        publisher.try_publish(&i.to_le_bytes()).unwrap();
+    }
+    publisher.publish(b"last").unwrap();
+    let mut received = 0u64;
+    let mut missed = 0u64;
+    loop {
+        match sub.recv_timeout(PATIENCE) {
+            Ok(sample) if sample.payload() == b"last" => break,
+            Ok(_) => received += 1,
+            Err(RecvTimeoutError::Failed(RecvError::Lagged { missed: n, .. })) => missed += n,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(missed > 0, "nothing was lost, so the test proved nothing");
+    assert_eq!(
+        received + missed,
+        total,
+        "every message is either received or counted"
+    );
+}
