@@ -401,13 +401,12 @@ impl RemoteBus {
             return false;
         }
         warn!(address = %self.dialer.address, "lost the gateway: {reason}");
-        let routes = lock(&self.routes);
-        // Dropping the senders fails the calls waiting on them.
+        let mut routes = lock(&self.routes);
         for inbox in routes.subscriptions.values() {
             inbox.report(RecvError::BrokerLost);
         }
-        drop(routes);
-        lock(&self.routes).waiting.clear();
+        // Dropping the senders fails the calls waiting on them.
+        routes.waiting.clear();
         true
     }
 

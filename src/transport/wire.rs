@@ -29,9 +29,6 @@ use crate::protocol::remote::{self, Frame, LENGTH_PREFIX};
 /// Most output bytes queued for the socket before senders wait.
 pub(crate) const OUT_LIMIT: usize = 512 * 1024;
 
-/// How long after a frame the reader polls the socket without sleeping.
-const READ_SPIN: Duration = Duration::from_micros(50);
-
 /// How often a sender waiting for room tries the socket itself.
 const RETRY: Duration = Duration::from_millis(5);
 
@@ -180,6 +177,24 @@ impl Wire {
         let mut scratch = lock(&self.scratch);
         scratch.clear();
         remote::encode(frame, &mut scratch);
+        self.push_all(&scratch, deadline)
+    }
+
+    /// Sends frames already encoded (each with its length prefix), as [`Wire::send_by`] sends
+    /// one: a batch of messages costs one write.
+    pub(crate) fn send_encoded(
+        &self,
+        frames: &[u8],
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        // The scratch lock is the sender's turn: frames never interleave.
+        let _turn = lock(&self.scratch);
+        self.push_all(frames, deadline)
+    }
+
+    /// Moves all of `scratch` out, waiting for room as [`Wire::send_by`] says; called with
+    /// the sender's turn (the scratch lock) held.
+    fn push_all(&self, scratch: &[u8], deadline: Option<Instant>) -> Result<(), SendError> {
         let mut io = lock(&self.io);
         let mut sent = 0;
         loop {
@@ -429,16 +444,7 @@ impl WireReader {
                     quiet.as_secs_f64()
                 )));
             }
-            let (since_sent, queued) = {
-                let io = lock(&self.wire.io);
-                (now.duration_since(io.last_sent), io.has_queued())
-            };
-            if quiet < READ_SPIN && !queued {
-                // Traffic is flowing: look again at once rather than sleep in `poll`, whose
-                // wake-up would add its latency to the next frame's.
-                std::thread::yield_now();
-                continue;
-            }
+            let since_sent = now.duration_since(lock(&self.wire.io).last_sent);
             if since_sent >= self.timing.keepalive {
                 let _ = self.wire.send_by(&Frame::Ping, Some(now));
             }

@@ -12,8 +12,11 @@ use super::session::refusal;
 use crate::Subscriber;
 use crate::client::pubsub::{Patience, RecvError, Wait, Waker};
 use crate::protocol::ErrorCode;
-use crate::protocol::remote::{Frame, Refusal};
+use crate::protocol::remote::{self, Frame, Refusal};
 use crate::transport::wire::{SendError, Wire};
+
+/// Most bytes of messages the forwarder gathers into one write.
+const BATCH: usize = 64 * 1024;
 
 /// A forwarding thread, stopped (not joined: it may be waiting for room in the connection's
 /// output, which only the connection's end frees) when dropped.
@@ -78,46 +81,62 @@ impl Drop for Forwarder {
     }
 }
 
-/// The forwarding thread: receives and sends until stopped or the connection ends.
+/// The forwarding thread: receives and sends until stopped or the connection ends. What the
+/// rings hold at once goes out in one write, up to [`BATCH`] bytes.
 fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
     // Acquire pairs with the Release stores of `Forwarder::drop` and `add_pattern`.
     let interrupted =
         || orders.stop.load(Ordering::Acquire) || orders.pending.load(Ordering::Acquire);
+    let mut batch = Vec::new();
     loop {
+        // Wait for the first message; then take what else is there without waiting.
+        let patience = if batch.is_empty() {
+            Patience::Until(Deadline::Never)
+        } else {
+            Patience::Now
+        };
         let mut orders_arrived = false;
-        let sent = match subscriber.receive_or_stop(Patience::Until(Deadline::Never), interrupted) {
-            Ok(sample) => wire.send(&Frame::Message {
-                subscription: id,
-                publisher: sample.publisher().get(),
-                sequence: sample.sequence(),
-                topic: sample.topic(),
-                payload: sample.payload(),
-            }),
-            Err(Wait::Stopped) => {
-                orders_arrived = true;
-                Ok(())
-            }
-            Err(Wait::Failed(RecvError::Lagged { topic, missed })) => wire.send(&Frame::Lagged {
-                subscription: id,
-                topic: topic.as_str().to_string(),
-                missed,
-            }),
-            Err(Wait::Failed(e)) => wire.send(&Frame::Failed {
-                id,
-                refusal: Refusal::new(ErrorCode::Internal, e.to_string()),
-            }),
-            Err(Wait::Empty | Wait::Timeout) => Ok(()),
-        };
-        let sent = match sent {
-            Ok(()) if orders_arrived => {
-                // Acquire pairs with the Release store of `Forwarder::drop`.
-                if orders.stop.load(Ordering::Acquire) {
-                    return;
+        match subscriber.receive_or_stop(patience, interrupted) {
+            Ok(sample) => {
+                let frame = Frame::Message {
+                    subscription: id,
+                    publisher: sample.publisher().get(),
+                    sequence: sample.sequence(),
+                    topic: sample.topic(),
+                    payload: sample.payload(),
+                };
+                remote::encode(&frame, &mut batch);
+                if batch.len() < BATCH {
+                    continue;
                 }
-                add_patterns(&mut subscriber, id, wire, orders)
             }
-            other => other,
+            Err(Wait::Empty | Wait::Timeout) => {}
+            Err(Wait::Stopped) => orders_arrived = true,
+            Err(Wait::Failed(RecvError::Lagged { topic, missed })) => {
+                let frame = Frame::Lagged {
+                    subscription: id,
+                    topic: topic.as_str().to_string(),
+                    missed,
+                };
+                remote::encode(&frame, &mut batch);
+            }
+            Err(Wait::Failed(e)) => {
+                let refusal = Refusal::new(ErrorCode::Internal, e.to_string());
+                remote::encode(&Frame::Failed { id, refusal }, &mut batch);
+            }
+        }
+        let mut sent = match batch.is_empty() {
+            true => Ok(()),
+            false => wire.send_encoded(&batch, None),
         };
+        batch.clear();
+        if sent.is_ok() && orders_arrived {
+            // Acquire pairs with the Release store of `Forwarder::drop`.
+            if orders.stop.load(Ordering::Acquire) {
+                return;
+            }
+            sent = add_patterns(&mut subscriber, id, wire, orders);
+        }
         if let Err(e) = sent {
             debug!(id, "gateway: forwarding ends: {e:?}");
             return;

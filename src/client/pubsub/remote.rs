@@ -54,6 +54,8 @@ pub(crate) struct Inbox {
     /// Bumped whenever something arrives (or a waker wakes), for a subscriber polling without
     /// the lock before it sleeps on `arrived`.
     arrivals: AtomicU64,
+    /// Whether a full inbox holds the connection back (else it drops its oldest message).
+    tethered: bool,
 }
 
 /// What the subscription asks for, to ask again after a reconnection.
@@ -74,6 +76,10 @@ struct InboxState {
     last_topic: Option<Topic>,
     /// A waker asked the subscriber to look at its stop condition.
     woken: bool,
+    /// The subscriber sleeps on `arrived` (waking it is a system call, made only then).
+    sleeping: bool,
+    /// The bus's thread waits on `room` (a full tethered inbox).
+    stalled: bool,
 }
 
 impl Inbox {
@@ -91,6 +97,7 @@ impl Inbox {
             arrived: Condvar::new(),
             room: Condvar::new(),
             arrivals: AtomicU64::new(0),
+            tethered: mode == Mode::Tethered,
         })
     }
 
@@ -125,23 +132,24 @@ impl Inbox {
                         topic: topic.to_string(),
                         detail: format!("the gateway sent an invalid topic: {e}"),
                     });
-                    drop(state);
-                    self.signal();
+                    self.signal(state);
                     return;
                 }
             },
         };
-        let tethered = lock(&self.spec).mode == Mode::Tethered;
+        let tethered = self.tethered;
         let stall_until = Instant::now() + STALL_LIMIT;
         while is_full(&state) {
             if tethered {
                 let left = stall_until.saturating_duration_since(Instant::now());
                 if !left.is_zero() {
+                    state.stalled = true;
                     state = self
                         .room
                         .wait_timeout(state, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0;
+                    state.stalled = false;
                     continue;
                 }
             }
@@ -163,21 +171,28 @@ impl Inbox {
             publisher,
             sequence,
         }));
-        drop(state);
-        self.signal();
+        self.signal(state);
     }
 
     /// Reports `event` to the subscriber before its next message.
     pub(crate) fn report(&self, event: RecvError) {
-        lock(&self.state).events.push_back(event);
-        self.signal();
+        let mut state = lock(&self.state);
+        state.events.push_back(event);
+        self.signal(state);
     }
 
-    /// Tells a waiting subscriber that something arrived.
-    fn signal(&self) {
+    /// Tells the subscriber that something arrived (its `state` lock held, then released):
+    /// polling, it sees `arrivals` move; asleep, it is woken.
+    fn signal(&self, state: MutexGuard<'_, InboxState>) {
         // Release pairs with the Acquire load of the subscriber's polling in `take`.
         self.arrivals.fetch_add(1, Ordering::Release);
-        self.arrived.notify_one();
+        // Read under the lock the subscriber sets it under before it sleeps, so a subscriber
+        // about to sleep either sees what arrived or is woken.
+        let sleeping = state.sleeping;
+        drop(state);
+        if sleeping {
+            self.arrived.notify_one();
+        }
     }
 
     /// Reports each pattern as a gap (after a reconnection).
@@ -225,7 +240,9 @@ impl Inbox {
             }
             if let Some(message) = state.messages.pop_front() {
                 state.bytes -= message.payload.len();
-                self.room.notify_one();
+                if state.stalled {
+                    self.room.notify_one();
+                }
                 return Ok(message);
             }
             state.woken = false;
@@ -241,23 +258,31 @@ impl Inbox {
                 state = lock(&self.state);
                 continue;
             }
-            state = match deadline {
+            let left = match deadline {
                 None => return Err(Wait::Empty),
-                Some(None) => self
-                    .arrived
-                    .wait(state)
-                    .unwrap_or_else(PoisonError::into_inner),
+                Some(None) => None,
                 Some(Some(at)) => {
                     let left = at.saturating_duration_since(Instant::now());
                     if left.is_zero() {
                         return Err(Wait::Timeout);
                     }
+                    Some(left)
+                }
+            };
+            state.sleeping = true;
+            state = match left {
+                None => self
+                    .arrived
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+                Some(left) => {
                     self.arrived
                         .wait_timeout(state, left)
                         .unwrap_or_else(PoisonError::into_inner)
                         .0
                 }
             };
+            state.sleeping = false;
         }
     }
 }
