@@ -1,6 +1,8 @@
 //! `shmbus-bus`: the public client API. The parent hosts an embedded broker; the child connects
 //! to its address. Topics `compare/ping` and `compare/pong`, zero-copy loans, busy-spinning
-//! tethered subscribers.
+//! tethered subscribers. The `remote` benchmark attaches the same way to a bus reached over TCP
+//! or TLS, and starts the same child on a socket path (a local client) or a `tcp://` URL (a
+//! remote one).
 
 use std::process::Child;
 
@@ -29,7 +31,8 @@ impl Endpoint for BusEnd {
     }
 }
 
-fn attach(bus: Bus, send_to: &str, receive_from: &str) -> BusEnd {
+/// A publisher on `send_to` and a busy-spinning tethered subscriber to `receive_from`.
+pub fn attach(bus: Bus, send_to: &str, receive_from: &str) -> BusEnd {
     let subscriber = bus
         .subscriber(receive_from)
         .wait(WaitStrategy::BusySpin)
@@ -57,7 +60,8 @@ pub fn parent() -> (BusEnd, Child) {
     (end, child)
 }
 
-/// Child side: subscribes before announcing readiness, so it misses nothing the parent sends.
+/// Child side: connects to the address it was given, and subscribes before announcing readiness,
+/// so it misses nothing the parent sends.
 pub fn child() {
     let bus = Bus::connect(&harness::child_arg()).expect("connect to the parent's bus");
     harness::serve(&mut attach(bus, "compare/pong", "compare/ping"));

@@ -94,7 +94,7 @@ impl Transport {
             Transport::Crossbar => stream!(xbar::parent(len)),
             Transport::UdsSpin => stream!(uds::parent(true)),
             Transport::UdsBlock => stream!(uds::parent(false)),
-            Transport::Tcp => stream!(tcp::parent()),
+            Transport::Tcp => stream!(tcp::parent(false)),
         };
         harness::set_stream(0);
         rate
@@ -116,7 +116,7 @@ impl Transport {
             Transport::Crossbar => ping_pong!(xbar::parent(len)),
             Transport::UdsSpin => ping_pong!(uds::parent(true)),
             Transport::UdsBlock => ping_pong!(uds::parent(false)),
-            Transport::Tcp => ping_pong!(tcp::parent()),
+            Transport::Tcp => ping_pong!(tcp::parent(false)),
         }
     }
 }

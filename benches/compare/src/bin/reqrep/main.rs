@@ -23,15 +23,20 @@ mod bus;
 #[path = "../../harness.rs"]
 mod harness;
 mod nats;
+#[path = "../../nats_server.rs"]
+mod nats_server;
+#[path = "../../process.rs"]
+mod process;
 #[path = "../../report.rs"]
 mod report;
 mod shm;
 mod t2;
+// Shared with the remote benchmark, which also uses its TCP listener.
+#[allow(dead_code)]
+#[path = "../../t2_server.rs"]
+mod t2_server;
 
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::{Read, Write};
-use std::os::fd::OwnedFd;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
@@ -181,60 +186,6 @@ async fn run_async(
     tally.finish(stop, child)
 }
 
-/// A pipe over which a process started by this one says it is ready: the read end (for the
-/// parent) and the write end (to hand to the child with [`harness::spawn_child`]). Both ends
-/// are close-on-exec; `spawn_child` gives the child a copy without.
-pub fn ready_pipe() -> (File, OwnedFd) {
-    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).expect("pipe");
-    (File::from(read), write)
-}
-
-/// In the parent: waits for the byte [`say_ready`] writes. Drop the write end first, so that a
-/// child that dies before it is ready ends the wait.
-pub fn wait_ready(mut pipe: File, who: &str) {
-    let mut byte = [0u8; 1];
-    pipe.read_exact(&mut byte)
-        .unwrap_or_else(|e| panic!("{who} ended before it was ready ({e})"));
-}
-
-/// In a child: says it is ready on the pipe it inherited.
-pub fn say_ready() {
-    let fd = harness::inherited_fds().pop().expect("the ready pipe");
-    File::from(fd)
-        .write_all(b"r")
-        .expect("write to the ready pipe");
-}
-
-/// A current-thread Tokio runtime with I/O and timers: the clients of t2_bus and NATS run on
-/// one, in the parent and in the child, so each process has one thread that does everything.
-pub fn current_thread_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a Tokio runtime")
-}
-
-/// Lets the calling process (a broker) run on every CPU again: it inherited the parent's
-/// pinning to CPU 0. Also dies with the parent.
-pub fn unpin_and_follow_parent() {
-    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL).expect("PR_SET_PDEATHSIG");
-    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &all_cpus())
-        .expect("allow every CPU");
-}
-
-/// Every online CPU.
-pub fn all_cpus() -> nix::sched::CpuSet {
-    let online = nix::unistd::sysconf(nix::unistd::SysconfVar::_NPROCESSORS_ONLN)
-        .ok()
-        .flatten()
-        .unwrap_or(2) as usize;
-    let mut set = nix::sched::CpuSet::new();
-    for cpu in 0..online.min(nix::sched::CpuSet::count()) {
-        set.set(cpu).expect("CPU index within CpuSet");
-    }
-    set
-}
-
 struct Options {
     runs: usize,
     /// Divides the round trips by 10, for a quick look.
@@ -287,9 +238,9 @@ fn usage(error: &str) -> ! {
 
 fn main() {
     if let Ok(role) = std::env::var(harness::ROLE_ENV) {
-        if role == t2::BROKER_ROLE {
-            unpin_and_follow_parent();
-            t2::broker();
+        if role == t2_server::BROKER_ROLE {
+            process::unpin_and_follow_parent();
+            t2_server::broker();
             return;
         }
         harness::child_prelude();
@@ -310,7 +261,7 @@ fn main() {
     let nats_server = options
         .transports
         .contains(&Transport::Nats)
-        .then(nats::Server::start);
+        .then(nats_server::Server::start);
 
     let load_before = loadavg();
     let cpu_before = CpuTimes::now();
@@ -360,7 +311,7 @@ fn main() {
         println!(
             "t2_bus {} (crates.io): a broker process for each case (multi-thread Tokio runtime, \
              any CPU), Unix socket",
-            t2::VERSION
+            t2_server::VERSION
         );
     }
     if let Some(server) = &nats_server {
@@ -368,7 +319,7 @@ fn main() {
             "{} on 127.0.0.1:{} (any CPU); client async-nats {}",
             server.version,
             server.port,
-            nats::CLIENT_VERSION
+            nats_server::CLIENT_VERSION
         );
     }
     println!(
@@ -387,26 +338,8 @@ fn main() {
 
 /// CPU seconds of nats-server, which is this benchmark's but not yet waited for (so not in
 /// `getrusage(RUSAGE_CHILDREN)`): read from /proc before it is stopped.
-fn nats_cpu_seconds(nats: &Option<nats::Server>) -> f64 {
-    nats.as_ref().map_or(0.0, |s| process_cpu_seconds(s.pid()))
-}
-
-/// User + system CPU seconds of process `pid` so far, from /proc/PID/stat.
-fn process_cpu_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, rest)| rest);
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name and state.
-    let ticks: f64 = [11, 12]
-        .iter()
-        .filter_map(|&i| fields.get(i).and_then(|f| f.parse::<f64>().ok()))
-        .sum();
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    ticks / hz
+fn nats_cpu_seconds(nats: &Option<nats_server::Server>) -> f64 {
+    nats.as_ref().map_or(0.0, nats_server::Server::cpu_seconds)
 }
 
 /// The results as a Markdown table: medians across runs of the round trip, ratios to t2_bus and

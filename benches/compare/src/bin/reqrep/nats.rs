@@ -1,106 +1,25 @@
 //! `nats`: NATS request/reply through a local `nats-server` over TCP loopback.
 //!
 //! The benchmark starts `nats-server` (from `PATH`) on a free loopback port, on any CPU, for the
-//! whole run. The child subscribes to a subject and publishes each answer to the request's reply
-//! subject; the parent asks with `Client::request` (async-nats, which waits on one shared inbox
-//! subscription). Both clients run on a current-thread Tokio runtime and sleep in `epoll` while
+//! whole run (see `nats_server.rs`). The child subscribes to a subject and publishes each answer
+//! to the request's reply subject; the parent asks with `Client::request` (async-nats, which
+//! waits on one shared inbox subscription). Both clients run on a current-thread Tokio runtime and sleep in `epoll` while
 //! they wait; async-nats sets `TCP_NODELAY`, and so does the Go server.
 
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::process::CommandExt;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use hdrhistogram::Histogram;
 
+use crate::AsyncRequester;
 use crate::harness;
-use crate::{AsyncRequester, all_cpus, current_thread_runtime, ready_pipe, say_ready, wait_ready};
-
-/// The client crate version measured (the lock file pins it).
-pub const CLIENT_VERSION: &str = "0.51.0";
+use crate::nats_server::Server;
+use crate::process::{current_thread_runtime, ready_pipe, say_ready, wait_ready};
 
 /// The subject served.
 const SUBJECT: &str = "bench.rpc";
-
-/// A `nats-server` process; killed when dropped.
-pub struct Server {
-    process: Child,
-    pub port: u16,
-    /// What `nats-server --version` says.
-    pub version: String,
-}
-
-impl Server {
-    /// Starts `nats-server` on a free loopback port and waits until it accepts connections.
-    pub fn start() -> Server {
-        let version = Command::new("nats-server")
-            .arg("--version")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run nats-server ({e}); install it, e.g. `apt-get install nats-server`"
-                )
-            });
-        // A port the kernel just had free; nats-server binds it a moment later.
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
-            .and_then(|l| l.local_addr())
-            .expect("a free loopback port")
-            .port();
-        let mut command = Command::new("nats-server");
-        command
-            .args(["-a", "127.0.0.1", "-p", &port.to_string()])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let cpus = all_cpus();
-        // SAFETY: between fork and exec the closure makes two system calls (sched_setaffinity,
-        // prctl) and allocates nothing; `cpus` was built before the fork.
-        unsafe {
-            command.pre_exec(move || {
-                // This process is pinned to CPU 0; the server may run anywhere, and must not
-                // outlive the benchmark.
-                nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &cpus)?;
-                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-                Ok(())
-            });
-        }
-        let process = command.spawn().expect("start nats-server");
-        let server = Server {
-            process,
-            port,
-            version,
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server does not accept connections on port {port}"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
-    }
-
-    /// Its process id.
-    pub fn pid(&self) -> u32 {
-        self.process.id()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-    }
-}
 
 /// The parent's requester.
 struct NatsRequester {

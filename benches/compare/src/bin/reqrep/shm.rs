@@ -7,8 +7,9 @@ use hdrhistogram::Histogram;
 use shmbus::{Bus, WaitStrategy};
 use std::os::fd::AsFd;
 
+use crate::Requester;
 use crate::harness;
-use crate::{Requester, ready_pipe, say_ready, wait_ready};
+use crate::process::{ready_pipe, say_ready, wait_ready};
 
 /// The topic served.
 const TOPIC: &str = "bench/rpc";

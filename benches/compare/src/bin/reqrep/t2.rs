@@ -2,32 +2,26 @@
 //!
 //! Its documented setup: a bus server (`ServerBuilder::serve_unix_socket`, as `t2 serve unix:…`
 //! does) that every message passes through, here in a process of its own on a multi-thread
-//! Tokio runtime (`#[tokio::main]`'s default, as in the `t2` tool) and on any CPU, started afresh
-//! for every case: t2_bus 0.2.0's server stops 30 s after its first answered request (each
-//! request's 30-second timeout fires even when it was answered, finds no pending request,
-//! and the error ends the server's task), and a case takes less than that; clients
-//! connect with `Connector::new_unix`. The child serves a `RequestProtocol` with
+//! Tokio runtime (`#[tokio::main]`'s default, as in the `t2` tool) and on any CPU (see
+//! `t2_server.rs`), started afresh for every case: t2_bus 0.2.0's server stops 30 s after its
+//! first answered request (each request's 30-second timeout fires even when it was answered,
+//! finds no pending request, and the error ends the server's task), and a case takes less than
+//! that; clients connect with `Connector::new_unix`. The child serves a `RequestProtocol` with
 //! `Client::serve` and answers with `Client::respond`; the parent asks with `Client::request`.
 //! Payloads are CBOR byte strings (`serde_bytes`), so a request of n bytes is n bytes plus a few
 //! on the wire; t2_bus gzips payloads above 5,000 bytes, so neither size here is compressed.
 //! Both clients run on a current-thread Tokio runtime and sleep in `epoll` while they wait.
 
 use std::os::fd::AsFd;
-use std::path::PathBuf;
-use std::process::Child;
 
 use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
-use t2_bus::prelude::{Client, Connector, RequestProtocol, ServerBuilder};
+use t2_bus::prelude::{Client, RequestProtocol};
 
+use crate::AsyncRequester;
 use crate::harness;
-use crate::{AsyncRequester, current_thread_runtime, ready_pipe, say_ready, wait_ready};
-
-/// The crate version measured (the lock file pins it).
-pub const VERSION: &str = "0.2.0";
-
-/// The role of the broker process.
-pub const BROKER_ROLE: &str = "t2_bus-broker";
+use crate::process::{current_thread_runtime, ready_pipe, say_ready, wait_ready};
+use crate::t2_server::{Broker, Listen};
 
 /// The topic served (t2_bus topics are words of `a-z` and `_`), under the protocol's prefix.
 const TOPIC: &str = "rpc";
@@ -42,59 +36,6 @@ impl RequestProtocol for Blob {
     fn prefix() -> &'static str {
         "bench"
     }
-}
-
-/// The broker process; stopped when dropped.
-struct Broker {
-    process: Child,
-    path: PathBuf,
-}
-
-impl Broker {
-    /// Starts the broker on a socket in the temporary directory and waits until it listens.
-    fn start() -> Broker {
-        let path =
-            std::env::temp_dir().join(format!("shmbus-compare-t2-{}.sock", std::process::id()));
-        let (ready, ready_w) = ready_pipe();
-        let process = harness::spawn_child(
-            BROKER_ROLE,
-            &[ready_w.as_fd()],
-            path.to_str().expect("a UTF-8 temporary directory"),
-        );
-        drop(ready_w);
-        wait_ready(ready, "the t2_bus broker");
-        Broker { process, path }
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.process.kill();
-        let _ = self.process.wait();
-        let _ = std::fs::remove_file(&self.path);
-    }
-}
-
-/// The broker process's work: serve the Unix socket until killed.
-pub fn broker() {
-    let path = PathBuf::from(harness::child_arg());
-    // t2_bus's server prints a line to stdout for every client that comes or goes; the table
-    // goes to stdout.
-    let null = std::fs::File::options()
-        .write(true)
-        .open("/dev/null")
-        .expect("open /dev/null");
-    nix::unistd::dup2_stdout(&null).expect("stdout to /dev/null");
-    let runtime = tokio::runtime::Runtime::new().expect("a multi-thread Tokio runtime");
-    runtime.block_on(async {
-        let (_stopper, _) = ServerBuilder::new()
-            .serve_unix_socket(path)
-            .build()
-            .await
-            .expect("start the t2_bus server");
-        say_ready();
-        std::future::pending::<()>().await;
-    });
 }
 
 /// The parent's requester.
@@ -117,15 +58,16 @@ impl AsyncRequester for T2Requester {
 
 /// One case: starts the broker and the serving child, connects, times the round trips.
 pub fn measure(len: usize, warmup: usize, rounds: usize) -> Histogram<u64> {
-    let broker = Broker::start();
-    let address = broker.path.to_str().expect("a UTF-8 socket path");
+    let broker = Broker::start(Listen::unix());
     let (ready, ready_w) = ready_pipe();
-    let child = harness::spawn_child("t2_bus", &[ready_w.as_fd()], address);
+    let child = harness::spawn_child("t2_bus", &[ready_w.as_fd()], &broker.listen.to_arg());
     drop(ready_w);
     wait_ready(ready, "the t2_bus responder");
     let runtime = current_thread_runtime();
     runtime.block_on(async {
-        let client = Connector::new_unix(broker.path.clone())
+        let client = broker
+            .listen
+            .connector()
             .connect()
             .await
             .expect("connect to the t2_bus broker");
@@ -142,9 +84,10 @@ pub fn measure(len: usize, warmup: usize, rounds: usize) -> Histogram<u64> {
 
 /// The child: serves until the empty request, which it answers before it returns.
 pub fn child() {
-    let path = PathBuf::from(harness::child_arg());
+    let listen = Listen::parse(&harness::child_arg());
     current_thread_runtime().block_on(async {
-        let client = Connector::new_unix(path)
+        let client = listen
+            .connector()
             .connect()
             .await
             .expect("connect to the t2_bus broker");
