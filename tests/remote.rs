@@ -511,9 +511,6 @@ fn listen_flags_are_checked() {
     assert!(err.contains("--tls-cert"), "{err}");
     let (code, _, err) = run(bus, &["broker", "--listen", "/tmp/x.sock"]);
     assert_eq!(code, 2, "{err}");
-    let (code, _, err) = run("tcp://127.0.0.1:1", &["pub", "t", "x", "--session", "s"]);
-    assert_ne!(code, 0, "{err}");
-    assert!(err.contains("sessions"), "{err}");
 }
 
 #[test]
@@ -642,4 +639,38 @@ fn a_lossy_remote_subscriber_that_does_not_read_loses_messages_and_says_how_many
         total,
         "every message is either received or counted"
     );
+}
+
+#[test]
+fn a_remote_session_keeps_its_subscriptions_while_its_client_is_away() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = local.publisher("orders/eu").unwrap();
+    let first = Proc::spawn(shmbus(&url, &["sub", "orders/**", "--session", "billing"]));
+    first.stderr.wait_for("subscribed orders/**");
+    publisher.publish(b"a").unwrap();
+    first.stdout.wait_for("orders/eu\ta");
+
+    let long = "s".repeat(49);
+    let (code, _, err) = run(&url, &["sub", "x", "--session", &long, "--count", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("1 to 48 bytes"), "{err}");
+
+    // While it holds the session, nobody else may.
+    let (code, _, err) = run(&url, &["sub", "x", "--session", "billing", "--count", "1"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("session"), "{err}");
+
+    first.signal(Signal::SIGKILL);
+    broker.proc.stderr.wait_for("remote client left");
+    publisher.publish(b"b").unwrap();
+    publisher.publish(b"c").unwrap();
+
+    // Back within the grace period: what was published meanwhile is still delivered.
+    let mut again = Proc::spawn(shmbus(
+        &url,
+        &["sub", "orders/**", "--session", "billing", "--count", "2"],
+    ));
+    again.expect_success();
+    assert_eq!(again.stdout.lines(), ["orders/eu\tb", "orders/eu\tc"]);
 }

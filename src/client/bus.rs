@@ -213,6 +213,9 @@ impl BusBuilder {
     /// [`RecvError::Lagged`](crate::RecvError::Lagged) with the count of what was overwritten.
     /// Messages read but not yet released when a process was killed may be delivered again.
     /// Only one live client holds a session: another gets [`ConnectError::Refused`].
+    ///
+    /// On a remote bus the gateway holds the session on the client's behalf (names of at most
+    /// 48 bytes), kept apart from local sessions and, with an access list, by user.
     pub fn session(mut self, name: impl Into<String>) -> Self {
         self.session = Some(name.into());
         self
@@ -241,15 +244,25 @@ impl BusBuilder {
         let name = self.name.unwrap_or_else(program_name);
         let timeout = self.connect_timeout.unwrap_or(CONNECT_TIMEOUT);
         if !matches!(address, BusAddress::Local(_)) {
-            if self.session.is_some() {
+            let max = crate::protocol::remote::MAX_REMOTE_SESSION_LEN;
+            if self
+                .session
+                .as_ref()
+                .is_some_and(|s| s.is_empty() || s.len() > max)
+            {
                 return Err(ConnectError::Refused {
                     address: address.to_string(),
-                    message: "sessions are held by a broker on this host; a remote client \
-                              subscribes again by itself when it reconnects"
-                        .into(),
+                    message: format!("a remote client's session name is 1 to {max} bytes long"),
                 });
             }
-            return connect_remote(address, name, timeout, self.tls);
+            let dialer = Dialer {
+                address,
+                name,
+                tls: None,
+                session: self.session,
+                timeout,
+            };
+            return connect_remote(dialer, self.tls);
         }
         let options = ConnectOptions {
             timeout,
@@ -270,29 +283,17 @@ impl BusBuilder {
     }
 }
 
-/// Connects to the gateway at `address` (`tcp://` or `tls://`).
-fn connect_remote(
-    address: BusAddress,
-    name: String,
-    timeout: Duration,
-    tls: Option<TlsClientFiles>,
-) -> Result<Bus, ConnectError> {
-    let tls = match address {
-        BusAddress::Tls(_) => {
-            let files = match tls {
-                Some(files) => files,
-                None => TlsClientFiles::from_env()?,
-            };
-            Some(crate::transport::tls::client_config(&files)?)
-        }
-        _ => None,
-    };
-    let inner = RemoteBus::connect(Dialer {
-        address,
-        name,
-        tls,
-        timeout,
-    })?;
+/// Connects to the gateway `dialer` names (`tcp://` or `tls://`, the latter with `tls` or the
+/// files `SHMBUS_TLS_*` name).
+fn connect_remote(mut dialer: Dialer, tls: Option<TlsClientFiles>) -> Result<Bus, ConnectError> {
+    if let BusAddress::Tls(_) = dialer.address {
+        let files = match tls {
+            Some(files) => files,
+            None => TlsClientFiles::from_env()?,
+        };
+        dialer.tls = Some(crate::transport::tls::client_config(&files)?);
+    }
+    let inner = RemoteBus::connect(dialer)?;
     Ok(Bus {
         inboxes: Arc::default(),
         flavor: BusFlavor::Remote(Arc::new(inner)),

@@ -36,22 +36,30 @@ pub(crate) struct Dialer {
     pub(crate) address: BusAddress,
     pub(crate) name: String,
     pub(crate) tls: Option<Arc<rustls::ClientConfig>>,
+    /// The session the gateway holds for this client, if any.
+    pub(crate) session: Option<String>,
     pub(crate) timeout: Duration,
 }
 
 impl Dialer {
     fn dial(&self) -> Result<Dialed, ConnectError> {
         let address = self.address.to_string();
-        transport::dial(&self.address, self.tls.as_ref(), &self.name, self.timeout).map_err(|e| {
-            match e {
-                DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
-                DialError::Refused {
-                    code: ErrorCode::PermissionDenied,
-                    message,
-                } => ConnectError::PermissionDenied { address, message },
-                DialError::Refused { message, .. } => ConnectError::Refused { address, message },
-                DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
-            }
+        let session = self.session.as_deref();
+        transport::dial(
+            &self.address,
+            self.tls.as_ref(),
+            &self.name,
+            session,
+            self.timeout,
+        )
+        .map_err(|e| match e {
+            DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
+            DialError::Refused {
+                code: ErrorCode::PermissionDenied,
+                message,
+            } => ConnectError::PermissionDenied { address, message },
+            DialError::Refused { message, .. } => ConnectError::Refused { address, message },
+            DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
         })
     }
 }

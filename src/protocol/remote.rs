@@ -52,7 +52,14 @@ pub struct Hello {
     pub version: u16,
     /// Free-form name for logs (at most [`MAX_NAME_LEN`] bytes).
     pub name: String,
+    /// The session to hold (at most [`MAX_REMOTE_SESSION_LEN`] bytes): the gateway joins it on
+    /// the client's behalf, so its subscriptions outlive the connection for the broker's
+    /// session grace period.
+    pub session: Option<String>,
 }
+
+/// Most bytes of a remote client's session name (the gateway adds a prefix of its own).
+pub const MAX_REMOTE_SESSION_LEN: usize = 48;
 
 /// The gateway's answer to a [`Hello`] it accepts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -307,6 +314,9 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         kind::HELLO => {
             let hello: Hello = body_of("hello", body)?;
             check_len("hello", "name", &hello.name, MAX_NAME_LEN)?;
+            if let Some(session) = &hello.session {
+                check_len("hello", "session", session, MAX_REMOTE_SESSION_LEN)?;
+            }
             Frame::Hello(hello)
         }
         kind::WELCOME => Frame::Welcome(body_of("welcome", body)?),
@@ -499,6 +509,7 @@ mod tests {
             magic: MAGIC,
             version: REMOTE_VERSION,
             name: "probe".into(),
+            session: Some("billing".into()),
         }));
         round_trip(Frame::Welcome(Welcome {
             version: REMOTE_VERSION,

@@ -41,11 +41,12 @@ pub(crate) enum DialError {
 }
 
 /// Connects to the gateway at `address` (`Tcp` or `Tls`; `tls` holds the client's settings for
-/// the latter) and completes the handshake within `timeout`.
+/// the latter) and completes the handshake within `timeout`, as `name`, asking for the session `session_name`.
 pub(crate) fn dial(
     address: &BusAddress,
     tls: Option<&Arc<rustls::ClientConfig>>,
     name: &str,
+    session_name: Option<&str>,
     timeout: Duration,
 ) -> Result<Dialed, DialError> {
     let deadline = Instant::now() + timeout;
@@ -87,6 +88,7 @@ pub(crate) fn dial(
     let hello = Frame::Hello(Hello {
         magic: MAGIC,
         version: REMOTE_VERSION,
+        session: session_name.map(str::to_string),
         name: name
             .chars()
             .take(crate::protocol::MAX_NAME_LEN / 4)

@@ -18,13 +18,13 @@ use crate::transport::wire::{SendError, Wire};
 /// Most bytes of messages the forwarder gathers into one write.
 const BATCH: usize = 64 * 1024;
 
-/// A forwarding thread, stopped (not joined: it may be waiting for room in the connection's
-/// output, which only the connection's end frees) when dropped.
+/// A forwarding thread, stopped when dropped — not joined, as it may be waiting for room in
+/// the connection's output, which only the connection's end frees (see [`Forwarder::finish`]).
 pub(super) struct Forwarder {
     orders: Arc<Orders>,
     waker: Waker,
     /// Detached on drop; it ends at its next look at `orders` or when the connection closes.
-    _thread: JoinHandle<()>,
+    thread: Option<JoinHandle<()>>,
 }
 
 /// What the session asks of a forwarder.
@@ -55,7 +55,7 @@ impl Forwarder {
         Ok(Forwarder {
             orders,
             waker,
-            _thread: thread,
+            thread: Some(thread),
         })
     }
 
@@ -73,11 +73,26 @@ impl Forwarder {
     }
 }
 
-impl Drop for Forwarder {
-    fn drop(&mut self) {
+impl Forwarder {
+    /// Stops the thread and waits for it to end (and drop its subscriber): for a connection
+    /// that is closed, so that the thread cannot be waiting for room in it.
+    pub(super) fn finish(mut self) {
+        self.stop();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+
+    fn stop(&self) {
         // Release pairs with the Acquire load in the forwarder's stop condition.
         self.orders.stop.store(true, Ordering::Release);
         self.waker.wake();
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.stop();
     }
 }
 

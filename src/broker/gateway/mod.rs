@@ -146,6 +146,15 @@ impl Shared {
         *bus = Some(connected.clone());
         Ok(connected)
     }
+
+    /// A connection of the gateway's own holding session `key`, for one remote client.
+    fn session_bus(&self, key: &str) -> Result<Bus, crate::ConnectError> {
+        Bus::builder()
+            .address(self.socket.clone())
+            .name("shmbus-gateway")
+            .session(key)
+            .connect()
+    }
 }
 
 impl Gateway {

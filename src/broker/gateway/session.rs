@@ -94,6 +94,11 @@ pub(super) fn serve(
     };
     let reason = session.run(shared, &mut reader);
     wire.close(reason.clone());
+    // Its forwarders end (the wire is closed, so none waits for room), then its publishers and
+    // its bus: a session's subscriptions are then the broker's to keep.
+    for (_, forwarder) in session.forwarders.drain() {
+        forwarder.finish();
+    }
     drop(session);
     info!(%peer, %name, "remote client left: {reason}");
 }
@@ -152,11 +157,24 @@ fn welcome(
             Some(user)
         }
     };
-    let bus = shared.bus().map_err(|e| {
-        refuse(
+    let bus = match &hello.session {
+        None => shared.bus(),
+        Some(name) => {
+            // Sessions are the broker's user's, through the gateway: the key keeps remote
+            // clients' sessions apart from local ones, and apart by user.
+            let key = match &user {
+                Some(user) => format!("r:{}:{name}", user.identity.uid),
+                None => format!("r:{name}"),
+            };
+            shared.session_bus(&key)
+        }
+    }
+    .map_err(|e| match e {
+        crate::ConnectError::Refused { message, .. } => refuse(ErrorCode::Taken, message),
+        e => refuse(
             ErrorCode::Internal,
             format!("the gateway cannot reach its broker: {e}"),
-        )
+        ),
     })?;
     let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
     let welcome = Frame::Welcome(Welcome {
