@@ -8,7 +8,7 @@ use std::thread::JoinHandle;
 use shmbus_shm::wait::Deadline;
 use tracing::debug;
 
-use super::session::refusal;
+use super::connection::refusal;
 use crate::Subscriber;
 use crate::client::pubsub::{Patience, RecvError, Wait, Waker};
 use crate::protocol::ErrorCode;

@@ -3,7 +3,7 @@
 //!
 //! The gateway is an ordinary client of the rings, connected to its own broker's socket like any
 //! other: the event loop stays control-only and never sees a remote message. Each listener has an
-//! accept thread; each connection a thread that reads its frames ([`session`]), publishing what
+//! accept thread; each connection a thread that reads its frames ([`connection`]), publishing what
 //! remote publishers send (blocking on a full ring, so that a fast remote publisher is held back
 //! by TCP flow control, never buffered without bound), and one forwarding thread per remote
 //! subscription ([`forward`]), which reads the rings and writes each message to the connection.
@@ -15,9 +15,9 @@
 //! list in force, the gateway checks each remote client itself, as the user its TLS client
 //! certificate names ([`identity`]), and refuses clients without one.
 
+mod connection;
 mod forward;
 mod identity;
-mod session;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -124,7 +124,7 @@ struct Shared {
     stop: AtomicBool,
     connections: AtomicUsize,
     /// Connection threads, joined when the gateway stops.
-    sessions: Mutex<Vec<JoinHandle<()>>>,
+    connection_threads: Mutex<Vec<JoinHandle<()>>>,
     /// Every live connection's wire, closed when the gateway stops.
     wires: Mutex<Vec<std::sync::Weak<crate::transport::wire::Wire>>>,
     hello_timeout: Duration,
@@ -170,7 +170,7 @@ impl Gateway {
             socket,
             stop: AtomicBool::new(false),
             connections: AtomicUsize::new(0),
-            sessions: Mutex::default(),
+            connection_threads: Mutex::default(),
             wires: Mutex::default(),
             hello_timeout,
             access,
@@ -207,9 +207,9 @@ impl Drop for Gateway {
         for wire in wires.iter().filter_map(std::sync::Weak::upgrade) {
             wire.close("the broker is stopping");
         }
-        let sessions = std::mem::take(&mut *lock(&self.shared.sessions));
-        for session in sessions {
-            let _ = session.join();
+        let threads = std::mem::take(&mut *lock(&self.shared.connection_threads));
+        for thread in threads {
+            let _ = thread.join();
         }
         lock(&self.shared.bus).take();
     }
@@ -253,15 +253,15 @@ fn admit(
         std::thread::Builder::new()
             .name("shmbus-gw-conn".into())
             .spawn(move || {
-                session::serve(&shared, stream, peer, tls);
+                connection::serve(&shared, stream, peer, tls);
                 shared.connections.fetch_sub(1, Ordering::Relaxed);
             })
     };
     match thread {
         Ok(thread) => {
-            let mut sessions = lock(&shared.sessions);
-            sessions.retain(|t| !t.is_finished());
-            sessions.push(thread);
+            let mut threads = lock(&shared.connection_threads);
+            threads.retain(|t| !t.is_finished());
+            threads.push(thread);
         }
         Err(e) => {
             shared.connections.fetch_sub(1, Ordering::Relaxed);

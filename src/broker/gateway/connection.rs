@@ -45,8 +45,8 @@ pub(super) fn serve(
     peer: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
-    let session = match tls.as_ref().map(accept_tls).transpose() {
-        Ok(session) => session,
+    let tls_session = match tls.as_ref().map(accept_tls).transpose() {
+        Ok(tls_session) => tls_session,
         Err(e) => {
             debug!(%peer, "gateway: no TLS session: {e}");
             return;
@@ -56,7 +56,8 @@ pub(super) fn serve(
         idle: shared.hello_timeout,
         keepalive: shared.hello_timeout,
     };
-    let (wire, mut reader) = match Wire::establish(stream, session, HANDSHAKE_LIMIT, handshake) {
+    let (wire, mut reader) = match Wire::establish(stream, tls_session, HANDSHAKE_LIMIT, handshake)
+    {
         Ok(established) => established,
         Err(e) => {
             debug!(%peer, "gateway: cannot set the connection up: {e}");
@@ -84,7 +85,7 @@ pub(super) fn serve(
         Some(user) => info!(%peer, %name, %user, "remote client connected"),
         None => info!(%peer, %name, "remote client connected"),
     }
-    let mut session = Session {
+    let mut connection = Connection {
         bus,
         user,
         access: Arc::clone(&shared.access),
@@ -92,19 +93,19 @@ pub(super) fn serve(
         publishers: HashMap::new(),
         forwarders: HashMap::new(),
     };
-    let reason = session.run(shared, &mut reader);
+    let reason = connection.run(shared, &mut reader);
     wire.close(reason.clone());
     // Its forwarders end (the wire is closed, so none waits for room), then its publishers and
     // its bus: a session's subscriptions are then the broker's to keep.
-    for (_, forwarder) in session.forwarders.drain() {
+    for (_, forwarder) in connection.forwarders.drain() {
         forwarder.finish();
     }
-    drop(session);
+    drop(connection);
     info!(%peer, %name, "remote client left: {reason}");
 }
 
 /// Reads the client's hello and welcomes it — if the access list in force, if any, admits the
-/// user its certificate names; returns the gateway's bus, the client's name and that user.
+/// user its certificate names; returns the bus its requests go through, its name and that user.
 fn welcome(
     shared: &Shared,
     wire: &Wire,
@@ -115,13 +116,8 @@ fn welcome(
         other => return Err(format!("expected a hello, got {}", kind(&other))),
     };
     let refuse = |code, message: String| {
-        let _ = wire.send_by(
-            &Frame::Refused(Refusal {
-                code,
-                message: message.clone(),
-            }),
-            Some(Instant::now() + ANSWER_TIMEOUT),
-        );
+        let refusal = Frame::Refused(Refusal::new(code, message.clone()));
+        let _ = wire.send_by(&refusal, Some(Instant::now() + ANSWER_TIMEOUT));
         message
     };
     if hello.magic != MAGIC {
@@ -136,46 +132,9 @@ fn welcome(
             ),
         ));
     }
-    let user = match access_list(&shared.access) {
-        None => None,
-        Some(list) => {
-            let user = wire
-                .peer_certificate()
-                .ok_or_else(|| {
-                    "this bus has an access list: a remote client must present a TLS client \
-                     certificate whose subject's common name is a user of the broker's host"
-                        .to_string()
-                })
-                .and_then(|der| user_of_certificate(&der))
-                .map_err(|message| refuse(ErrorCode::PermissionDenied, message))?;
-            if !list.admits(&user.identity) {
-                return Err(refuse(
-                    ErrorCode::PermissionDenied,
-                    format!("permission denied: {user} may not connect to this bus"),
-                ));
-            }
-            Some(user)
-        }
-    };
-    let bus = match &hello.session {
-        None => shared.bus(),
-        Some(name) => {
-            // Sessions are the broker's user's, through the gateway: the key keeps remote
-            // clients' sessions apart from local ones, and apart by user.
-            let key = match &user {
-                Some(user) => format!("r:{}:{name}", user.identity.uid),
-                None => format!("r:{name}"),
-            };
-            shared.session_bus(&key)
-        }
-    }
-    .map_err(|e| match e {
-        crate::ConnectError::Refused { message, .. } => refuse(ErrorCode::Taken, message),
-        e => refuse(
-            ErrorCode::Internal,
-            format!("the gateway cannot reach its broker: {e}"),
-        ),
-    })?;
+    let user = admitted_user(shared, wire).map_err(|(code, message)| refuse(code, message))?;
+    let bus = bus_for(shared, hello.session.as_deref(), user.as_ref())
+        .map_err(|(code, message)| refuse(code, message))?;
     let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
     let welcome = Frame::Welcome(Welcome {
         version: REMOTE_VERSION,
@@ -188,13 +147,64 @@ fn welcome(
     Ok((bus, hello.name, user))
 }
 
+/// The user the client's certificate names, when an access list is in force and admits it;
+/// `None` without an access list. Fails with the refusal to send.
+fn admitted_user(shared: &Shared, wire: &Wire) -> Result<Option<RemoteUser>, (ErrorCode, String)> {
+    let Some(list) = access_list(&shared.access) else {
+        return Ok(None);
+    };
+    let denied = |message| (ErrorCode::PermissionDenied, message);
+    let der = wire.peer_certificate().ok_or_else(|| {
+        denied(
+            "this bus has an access list: a remote client must present a TLS client \
+             certificate whose subject's common name is a user of the broker's host"
+                .to_string(),
+        )
+    })?;
+    let user = user_of_certificate(&der).map_err(denied)?;
+    if !list.admits(&user.identity) {
+        return Err(denied(format!(
+            "permission denied: {user} may not connect to this bus"
+        )));
+    }
+    Ok(Some(user))
+}
+
+/// The bus the client's requests go through: the gateway's shared one, or, for a client that
+/// holds `session`, a connection of its own that joins it. Fails with the refusal to send.
+fn bus_for(
+    shared: &Shared,
+    session: Option<&str>,
+    user: Option<&RemoteUser>,
+) -> Result<Bus, (ErrorCode, String)> {
+    let connected = match session {
+        None => shared.bus(),
+        Some(name) => {
+            // Sessions are the broker's user's, through the gateway: the key keeps remote
+            // clients' sessions apart from local ones, and apart by user.
+            let key = match user {
+                Some(user) => format!("r:{}:{name}", user.identity.uid),
+                None => format!("r:{name}"),
+            };
+            shared.session_bus(&key)
+        }
+    };
+    connected.map_err(|e| match e {
+        crate::ConnectError::Refused { message, .. } => (ErrorCode::Taken, message),
+        e => (
+            ErrorCode::Internal,
+            format!("the gateway cannot reach its broker: {e}"),
+        ),
+    })
+}
+
 /// The access list in force, if any.
 fn access_list(slot: &AccessSlot) -> Option<Arc<AccessList>> {
     slot.read().unwrap_or_else(PoisonError::into_inner).clone()
 }
 
 /// What one connection holds at the gateway.
-struct Session {
+struct Connection {
     bus: Bus,
     /// The user the client's certificate names, checked against the access list.
     user: Option<RemoteUser>,
@@ -204,7 +214,7 @@ struct Session {
     forwarders: HashMap<u32, Forwarder>,
 }
 
-impl Session {
+impl Connection {
     /// Serves requests until the connection fails; returns why.
     fn run(&mut self, shared: &Shared, reader: &mut WireReader) -> String {
         loop {
