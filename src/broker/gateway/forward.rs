@@ -27,7 +27,7 @@ pub(super) struct Forwarder {
     thread: Option<JoinHandle<()>>,
 }
 
-/// What the session asks of a forwarder.
+/// What the connection asks of its forwarder.
 #[derive(Default)]
 struct Orders {
     /// End.
