@@ -126,10 +126,12 @@ fn while_away_a_session_holds_no_publisher_back_and_reports_what_was_overwritten
         .parse()
         .unwrap();
     assert!(!got.is_empty() && lost > 0, "{got:?} {stderr}");
-    assert_eq!(
-        got.first().copied(),
-        Some(1 + lost),
-        "exactly what was overwritten is reported"
+    // The reader resumes where its position stood: after message 0, or at it when the killed
+    // process had read message 0 but not yet released it (which can then be lost again).
+    let first = got[0];
+    assert!(
+        first == 1 + lost || first == lost,
+        "exactly what was overwritten is reported: first {first}, lost {lost}"
     );
     assert_eq!(got.last().copied(), Some(total), "and the rest arrives");
     assert!(
