@@ -420,3 +420,25 @@ fn c_examples_exit_like_the_command_line() {
     assert!(killed.success());
     assert_eq!(sub.wait_code(), 0);
 }
+
+#[test]
+fn c_programs_reach_a_remote_bus_over_tcp() {
+    let (broker, url) = TestBroker::start_listening("tcp://127.0.0.1:0");
+    let local = Bus::connect(broker.bus()).unwrap();
+
+    // A C publisher over TCP, by loan, to a local Rust subscriber.
+    let mut sub = local.subscribe("remote/**").unwrap();
+    Proc::spawn(&example("pub"), &["-b", &url, "-n", "3", "remote/c"]).expect_success();
+    let want: Vec<_> = (0..3)
+        .map(|i| ("remote/c".to_string(), format!("remote/c #{i}")))
+        .collect();
+    assert_eq!(receive(&mut sub, 3), want);
+
+    // A local Rust publisher to a C subscriber over TCP, with a wildcard.
+    let mut c_sub = Proc::spawn(&example("sub"), &["-b", &url, "-n", "1", "r2c/*"]);
+    c_sub.stderr.wait_for("subscribed r2c/*");
+    let mut publisher = local.publisher("r2c/x").unwrap();
+    publisher.publish(b"over tcp").unwrap();
+    c_sub.expect_success();
+    assert_eq!(c_sub.stdout.lines(), ["r2c/x\tover tcp"]);
+}

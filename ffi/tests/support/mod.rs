@@ -111,12 +111,31 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start() -> TestBroker {
+        let (broker, dir) = TestBroker::bind(Broker::builder());
+        TestBroker::run(broker, dir)
+    }
+
+    /// A broker that also listens at `listen` (a `tcp://` URL, port 0 allowed), and the
+    /// address it listens at.
+    pub fn start_listening(listen: &str) -> (TestBroker, String) {
+        let address = shmbus::BusAddress::parse_listen(listen).unwrap();
+        let (broker, dir) = TestBroker::bind(Broker::builder().listen(address));
+        let url = broker.listen_addresses()[0].to_string();
+        (TestBroker::run(broker, dir), url)
+    }
+
+    /// Binds `builder`'s broker to a socket in a new private directory.
+    fn bind(builder: shmbus::BrokerBuilder) -> (Broker, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("bus.sock");
-        let broker = Broker::builder()
-            .socket(&socket)
+        let broker = builder
+            .socket(dir.path().join("bus.sock"))
             .bind()
             .expect("bind the broker");
+        (broker, dir)
+    }
+
+    fn run(broker: Broker, dir: tempfile::TempDir) -> TestBroker {
+        let socket = broker.socket_path().to_path_buf();
         let handle = broker.handle();
         let thread = std::thread::Builder::new()
             .name("broker".into())
