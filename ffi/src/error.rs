@@ -50,7 +50,8 @@ pub enum shmbus_status {
     SHMBUS_ERR_PROTOCOL = -8,
     /// Shared memory could not be mapped or attached to.
     SHMBUS_ERR_SHM = -9,
-    /// The operation is not available in this version (for example TCP/TLS addresses).
+    /// The operation is not available in this version (for example request/response on a
+    /// remote bus).
     SHMBUS_ERR_UNSUPPORTED = -10,
     /// The timeout passed first: no message arrived (`shmbus_recv`), the ring stayed full
     /// (`shmbus_publish_timeout`, `shmbus_loan_timeout`), or the broker did not answer.
