@@ -355,43 +355,10 @@ fn table(transports: &[Transport], results: &[Vec<Vec<(f64, f64)>>]) -> String {
     );
     out.push_str("|---:|:---|---:|---:|---:|---:|---:|---:|---:|\n");
     let position = |wanted| transports.iter().position(|&t| t == wanted);
+    let bases = [position(Transport::Iceoryx2), position(Transport::Floor)];
+    let names: Vec<&str> = transports.iter().map(|t| t.name()).collect();
     for (p, &(len, _)) in PAYLOADS.iter().enumerate() {
-        let medians: Vec<(f64, f64)> = results[p]
-            .iter()
-            .map(|runs| {
-                (
-                    median(runs.iter().map(|r| r.0)),
-                    median(runs.iter().map(|r| r.1)),
-                )
-            })
-            .collect();
-        let ratio = |value: f64, base: Option<usize>, pick: fn(&(f64, f64)) -> f64| match base {
-            Some(b) => format!("{:.2}×", value / pick(&medians[b])),
-            None => "–".to_string(),
-        };
-        let (iox, floor) = (position(Transport::Iceoryx2), position(Transport::Floor));
-        for (t, &transport) in transports.iter().enumerate() {
-            let (p50, p99) = medians[t];
-            let lo = results[p][t]
-                .iter()
-                .map(|r| r.0)
-                .fold(f64::INFINITY, f64::min);
-            let hi = results[p][t].iter().map(|r| r.0).fold(0.0, f64::max);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0}–{:.0} |",
-                size_name(len),
-                transport.name(),
-                p50,
-                p99,
-                ratio(p50, iox, |m| m.0),
-                ratio(p99, iox, |m| m.1),
-                ratio(p50, floor, |m| m.0),
-                ratio(p99, floor, |m| m.1),
-                lo,
-                hi
-            );
-        }
+        report::latency_rows(&mut out, len, &names, &results[p], bases, 2);
     }
     out
 }

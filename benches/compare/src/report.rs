@@ -14,6 +14,51 @@ pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     }
 }
 
+/// Writes the Markdown rows of a latency table for one payload (`len` bytes): for each
+/// transport, named by `names`, the medians across runs of its p50 and p99 (`runs[t]` holds
+/// transport `t`'s (p50, p99) of every run), their ratios to the transports at `bases` (each
+/// p50 and p99, `–` when that transport was not measured) with `digits` decimals, and the range
+/// of its runs' p50. Returns the medians.
+pub fn latency_rows(
+    out: &mut String,
+    len: usize,
+    names: &[&str],
+    runs: &[Vec<(f64, f64)>],
+    bases: [Option<usize>; 2],
+    digits: usize,
+) -> Vec<(f64, f64)> {
+    use std::fmt::Write;
+    let medians: Vec<(f64, f64)> = runs
+        .iter()
+        .map(|runs| {
+            (
+                median(runs.iter().map(|r| r.0)),
+                median(runs.iter().map(|r| r.1)),
+            )
+        })
+        .collect();
+    let ratio = |value: f64, base: Option<usize>, pick: fn(&(f64, f64)) -> f64| match base {
+        Some(b) => format!("{:.digits$}×", value / pick(&medians[b])),
+        None => "–".to_string(),
+    };
+    for (t, name) in names.iter().enumerate() {
+        let (p50, p99) = medians[t];
+        let lo = runs[t].iter().map(|r| r.0).fold(f64::INFINITY, f64::min);
+        let hi = runs[t].iter().map(|r| r.0).fold(0.0, f64::max);
+        let _ = write!(out, "| {} | {name} | {p50:.0} | {p99:.0} |", size_name(len));
+        for base in bases {
+            let _ = write!(
+                out,
+                " {} | {} |",
+                ratio(p50, base, |m| m.0),
+                ratio(p99, base, |m| m.1)
+            );
+        }
+        let _ = writeln!(out, " {lo:.0}–{hi:.0} |");
+    }
+    medians
+}
+
 pub fn size_name(len: usize) -> String {
     if len >= 1024 {
         format!("{} KiB", len / 1024)

@@ -42,7 +42,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use report::{CpuTimes, loadavg, machine, median, size_name};
+use report::{CpuTimes, loadavg, machine, size_name};
 
 /// The transports, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -358,43 +358,10 @@ fn table(transports: &[Transport], results: &[Vec<Vec<(f64, f64)>>]) -> String {
         position(Transport::Nats),
         position(Transport::ShmbusReqrep),
     );
+    let names: Vec<&str> = transports.iter().map(|t| t.name()).collect();
     let mut summary = String::new();
     for (p, &len) in PAYLOADS.iter().enumerate() {
-        let medians: Vec<(f64, f64)> = results[p]
-            .iter()
-            .map(|runs| {
-                (
-                    median(runs.iter().map(|r| r.0)),
-                    median(runs.iter().map(|r| r.1)),
-                )
-            })
-            .collect();
-        let ratio = |value: f64, base: Option<usize>, pick: fn(&(f64, f64)) -> f64| match base {
-            Some(b) => format!("{:.3}×", value / pick(&medians[b])),
-            None => "–".to_string(),
-        };
-        for (t, &transport) in transports.iter().enumerate() {
-            let (p50, p99) = medians[t];
-            let lo = results[p][t]
-                .iter()
-                .map(|r| r.0)
-                .fold(f64::INFINITY, f64::min);
-            let hi = results[p][t].iter().map(|r| r.0).fold(0.0, f64::max);
-            let _ = writeln!(
-                out,
-                "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {:.0}–{:.0} |",
-                size_name(len),
-                transport.name(),
-                p50,
-                p99,
-                ratio(p50, t2, |m| m.0),
-                ratio(p99, t2, |m| m.1),
-                ratio(p50, nats, |m| m.0),
-                ratio(p99, nats, |m| m.1),
-                lo,
-                hi
-            );
-        }
+        let medians = report::latency_rows(&mut out, len, &names, &results[p], [t2, nats], 3);
         if let Some(ours) = ours {
             for (peer, name) in [(t2, "t2_bus"), (nats, "NATS")] {
                 if let Some(peer) = peer {
