@@ -26,6 +26,7 @@ mod floor;
 mod floor_stream;
 mod harness;
 mod iox;
+mod options;
 mod report;
 mod ring;
 mod tcp;
@@ -149,6 +150,18 @@ const WARMUP_MIN: usize = 20_000;
 /// through its parent-death signal, the child.
 const CASE_LIMIT: Duration = Duration::from_secs(120);
 
+/// One-way latency of shmbus beside iceoryx2, crossbar, Unix sockets and TCP, by one method (or,
+/// with `--throughput`, streams).
+#[derive(clap::Parser)]
+#[command(name = "shmbus-compare")]
+struct Cli {
+    #[command(flatten)]
+    common: options::Common,
+    /// Streams (messages per second) instead of ping-pongs.
+    #[arg(long)]
+    throughput: bool,
+}
+
 struct Options {
     runs: usize,
     /// Streams (messages per second) instead of ping-pongs.
@@ -159,48 +172,15 @@ struct Options {
 }
 
 fn parse_args() -> Options {
-    let mut options = Options {
-        runs: 5,
-        throughput: false,
-        quick: false,
-        transports: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => {
-                options.runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage("--runs takes a positive number"));
-            }
-            "--quick" => options.quick = true,
-            "--throughput" => options.throughput = true,
-            "-h" | "--help" => usage(""),
-            name => match Transport::ALL.iter().find(|t| t.name() == name) {
-                Some(&t) => options.transports.push(t),
-                None => usage(&format!("unknown transport {name:?}")),
-            },
-        }
+    let cli = <Cli as clap::Parser>::parse();
+    let names: Vec<&str> = Transport::ALL.iter().map(|t| t.name()).collect();
+    options::check_names(&cli.common.transports, &names);
+    Options {
+        runs: cli.common.runs,
+        throughput: cli.throughput,
+        quick: cli.common.quick,
+        transports: options::select(&Transport::ALL, |t| t.name(), &cli.common.transports),
     }
-    if options.transports.is_empty() {
-        options.transports = Transport::ALL.to_vec();
-    }
-    options
-}
-
-fn usage(error: &str) -> ! {
-    let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
-    eprintln!(
-        "usage: shmbus-compare [--throughput] [--runs N] [--quick] [TRANSPORT...]\ntransports: {}",
-        names.join(" ")
-    );
-    if error.is_empty() {
-        std::process::exit(0);
-    }
-    eprintln!("error: {error}");
-    std::process::exit(2);
 }
 
 fn main() {

@@ -29,6 +29,8 @@ mod nats;
 #[path = "../../nats_server.rs"]
 mod nats_server;
 // Shared with the request/response benchmark, which uses the rest of it.
+#[path = "../../options.rs"]
+mod options;
 #[allow(dead_code)]
 #[path = "../../process.rs"]
 mod process;
@@ -271,6 +273,15 @@ impl Drop for Scratch {
     }
 }
 
+/// Round trips through the gateway beside raw TCP, and throughput beside t2_bus over TCP and
+/// NATS, by one method.
+#[derive(clap::Parser)]
+#[command(name = "remote")]
+struct Cli {
+    #[command(flatten)]
+    common: options::Common,
+}
+
 struct Options {
     runs: usize,
     /// Divides the round trips and the messages by 10, for a quick look.
@@ -280,55 +291,24 @@ struct Options {
 }
 
 fn parse_args() -> Options {
-    let mut options = Options {
-        runs: 5,
-        quick: false,
-        round_trips: Vec::new(),
-        streams: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => {
-                options.runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage("--runs takes a positive number"));
-            }
-            "--quick" => options.quick = true,
-            "-h" | "--help" => usage(""),
-            name => {
-                let round_trip = RoundTrip::ALL.iter().find(|t| t.name() == name);
-                let stream = Stream::ALL.iter().find(|t| t.name() == name);
-                if round_trip.is_none() && stream.is_none() {
-                    usage(&format!("unknown transport {name:?}"));
-                }
-                options.round_trips.extend(round_trip);
-                options.streams.extend(stream);
-            }
+    let cli = <Cli as clap::Parser>::parse();
+    let names = &cli.common.transports;
+    let mut known: Vec<&str> = RoundTrip::ALL.iter().map(|t| t.name()).collect();
+    for stream in Stream::ALL {
+        if !known.contains(&stream.name()) {
+            known.push(stream.name());
         }
     }
-    if options.round_trips.is_empty() && options.streams.is_empty() {
-        options.round_trips = RoundTrip::ALL.to_vec();
-        options.streams = Stream::ALL.to_vec();
+    options::check_names(names, &known);
+    // A name may be a round trip, a stream or both (`shmbus-tcp`).
+    let round_trips = options::select(&RoundTrip::ALL, |t| t.name(), names);
+    let streams = options::select(&Stream::ALL, |t| t.name(), names);
+    Options {
+        runs: cli.common.runs,
+        quick: cli.common.quick,
+        round_trips,
+        streams,
     }
-    options
-}
-
-fn usage(error: &str) -> ! {
-    let round_trips: Vec<_> = RoundTrip::ALL.iter().map(|t| t.name()).collect();
-    let streams: Vec<_> = Stream::ALL.iter().map(|t| t.name()).collect();
-    eprintln!(
-        "usage: remote [--runs N] [--quick] [TRANSPORT...]\nround trips: {}\nthroughput: {}",
-        round_trips.join(" "),
-        streams.join(" ")
-    );
-    if error.is_empty() {
-        std::process::exit(0);
-    }
-    eprintln!("error: {error}");
-    std::process::exit(2);
 }
 
 fn main() {

@@ -25,6 +25,8 @@ mod harness;
 mod nats;
 #[path = "../../nats_server.rs"]
 mod nats_server;
+#[path = "../../options.rs"]
+mod options;
 #[path = "../../process.rs"]
 mod process;
 #[path = "../../report.rs"]
@@ -186,6 +188,14 @@ async fn run_async(
     tally.finish(stop, child)
 }
 
+/// Request/response round trips of shmbus beside t2_bus and NATS, by one method.
+#[derive(clap::Parser)]
+#[command(name = "reqrep")]
+struct Cli {
+    #[command(flatten)]
+    common: options::Common,
+}
+
 struct Options {
     runs: usize,
     /// Divides the round trips by 10, for a quick look.
@@ -194,46 +204,14 @@ struct Options {
 }
 
 fn parse_args() -> Options {
-    let mut options = Options {
-        runs: 5,
-        quick: false,
-        transports: Vec::new(),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--runs" => {
-                options.runs = args
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|&n| n > 0)
-                    .unwrap_or_else(|| usage("--runs takes a positive number"));
-            }
-            "--quick" => options.quick = true,
-            "-h" | "--help" => usage(""),
-            name => match Transport::ALL.iter().find(|t| t.name() == name) {
-                Some(&t) => options.transports.push(t),
-                None => usage(&format!("unknown transport {name:?}")),
-            },
-        }
+    let cli = <Cli as clap::Parser>::parse();
+    let names: Vec<&str> = Transport::ALL.iter().map(|t| t.name()).collect();
+    options::check_names(&cli.common.transports, &names);
+    Options {
+        runs: cli.common.runs,
+        quick: cli.common.quick,
+        transports: options::select(&Transport::ALL, |t| t.name(), &cli.common.transports),
     }
-    if options.transports.is_empty() {
-        options.transports = Transport::ALL.to_vec();
-    }
-    options
-}
-
-fn usage(error: &str) -> ! {
-    let names: Vec<_> = Transport::ALL.iter().map(|t| t.name()).collect();
-    eprintln!(
-        "usage: reqrep [--runs N] [--quick] [TRANSPORT...]\ntransports: {}",
-        names.join(" ")
-    );
-    if error.is_empty() {
-        std::process::exit(0);
-    }
-    eprintln!("error: {error}");
-    std::process::exit(2);
 }
 
 fn main() {
