@@ -215,16 +215,8 @@ fn main() {
     let cpu = CpuTimes::now().since(&cpu_before);
 
     println!("{}", machine());
-    println!(
-        "{} runs in {elapsed:.0} s; load average (1/5/15 min) before: {load_before}, after: \
-         {load_after} (this benchmark alone adds about 2)",
-        options.runs,
-    );
-    println!(
-        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
-        (cpu.busy - cpu.own) / elapsed,
-        cpu.steal / elapsed
-    );
+    let loads = (load_before.as_str(), load_after.as_str());
+    report::print_load(options.runs, elapsed, loads, "about 2", &cpu, 0.0);
     print!("{table}");
 }
 

@@ -21,6 +21,14 @@ pub struct Server {
 }
 
 impl Server {
+    /// One line for the report: the server's version and address, and the client's version.
+    pub fn describe(&self) -> String {
+        format!(
+            "{} on 127.0.0.1:{} (any CPU); client async-nats {CLIENT_VERSION}",
+            self.version, self.port
+        )
+    }
+
     /// Starts `nats-server` on a free loopback port and waits until it accepts connections.
     pub fn start() -> Server {
         let version = Command::new("nats-server")

@@ -75,6 +75,29 @@ pub fn loadavg() -> String {
 }
 
 /// CPU seconds, machine-wide from /proc/stat and this process's own (with its children).
+/// Prints how long `runs` runs took (`elapsed` seconds), the load average `before` and
+/// `after` (of which this benchmark adds `own_load`), and how busy other processes kept the
+/// machine meanwhile (`cpu`, less `helpers` CPU seconds of this benchmark's own not yet counted
+/// in it, such as nats-server's).
+pub fn print_load(
+    runs: usize,
+    elapsed: f64,
+    (before, after): (&str, &str),
+    own_load: &str,
+    cpu: &CpuTimes,
+    helpers: f64,
+) {
+    println!(
+        "{runs} runs in {elapsed:.0} s; load average (1/5/15 min) before: {before}, after: \
+         {after} (this benchmark alone adds {own_load})"
+    );
+    println!(
+        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
+        (cpu.busy - cpu.own - helpers) / elapsed,
+        cpu.steal / elapsed
+    );
+}
+
 pub struct CpuTimes {
     /// Every CPU's busy time (all but idle, iowait and steal).
     pub busy: f64,

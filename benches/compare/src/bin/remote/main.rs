@@ -410,26 +410,13 @@ fn main() {
         );
     }
     if let Some(server) = &nats_server {
-        println!(
-            "{} on 127.0.0.1:{} (any CPU); client async-nats {}",
-            server.version,
-            server.port,
-            nats_server::CLIENT_VERSION
-        );
+        println!("{}", server.describe());
     }
-    println!(
-        "{} runs in {elapsed:.0} s; load average (1/5/15 min) before: {load_before}, after: \
-         {load_after} (this benchmark alone adds 1–2)",
-        options.runs,
-    );
+    let loads = (load_before.as_str(), load_after.as_str());
     let nats_cpu = nats_server
         .as_ref()
         .map_or(0.0, nats_server::Server::cpu_seconds);
-    println!(
-        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
-        (cpu.busy - cpu.own - nats_cpu) / elapsed,
-        cpu.steal / elapsed
-    );
+    report::print_load(options.runs, elapsed, loads, "1–2", &cpu, nats_cpu);
     if !options.round_trips.is_empty() {
         println!(
             "Round trip over TCP loopback, medians of {} runs:\n",
