@@ -43,6 +43,7 @@ pub mod cli;
 mod client;
 #[doc(hidden)]
 pub mod protocol;
+mod sync;
 pub mod topic;
 mod transport;
 

@@ -20,7 +20,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, RwLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, RwLock, Weak};
 use std::time::Duration;
 
 use crossbeam_utils::CachePadded;
@@ -38,6 +38,7 @@ use crate::protocol::{
     BrokerMessage, Call, ClientMessage, ErrorCode, ErrorReply, Hello, JoinSession, MAX_MESSAGE_LEN,
     PROTOCOL_VERSION, Reply, Request, RequestId, SubscriptionId, Welcome, codec,
 };
+use crate::sync::lock;
 
 /// How long a request waits for its reply (and a send for room) before the broker is deemed
 /// unresponsive.
@@ -166,11 +167,6 @@ pub(crate) struct Connection {
     address: BusAddress,
     name: String,
     options: ConnectOptions,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A panic while routing leaves the maps usable; keep going rather than cascade.
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl Connection {

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
+use std::sync::{Arc, Condvar, Mutex, PoisonError, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -19,14 +19,14 @@ use tracing::{debug, info, warn};
 
 use super::connection::Backoff;
 use super::error::{AttachError, ConnectError, ControlError};
+use super::pubsub::RecvError;
 use super::pubsub::remote::Inbox;
-use super::pubsub::{Patience, RecvError};
 use crate::address::BusAddress;
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{Frame, Refusal};
+use crate::sync::lock;
 use crate::transport::wire::{SendError, Wire, WireReader};
 use crate::transport::{self, DialError, Dialed};
-use shmbus_shm::wait::Deadline;
 
 /// How long a call waits for the gateway's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -189,15 +189,9 @@ impl RemoteBus {
         self.next_id.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// The link, waiting for it as `patience` allows; `None` when it is not up in time (or the
-    /// bus closes).
-    pub(crate) fn wire(&self, patience: Patience) -> Option<Arc<Wire>> {
-        let deadline = match patience {
-            Patience::Now => Some(Instant::now()),
-            Patience::Until(Deadline::Never) => None,
-            Patience::Until(Deadline::After(d)) => Some(Instant::now() + d),
-            Patience::Until(Deadline::At(at)) => Some(at),
-        };
+    /// The link, waiting for it until `deadline` (`None`: as long as it takes); `None` when it
+    /// is not up in time (or the bus closes).
+    pub(crate) fn wire(&self, deadline: Option<Instant>) -> Option<Arc<Wire>> {
         let mut link = lock(&self.link);
         loop {
             // A wire closed under its senders is dropped by the thread at once; wait for the next.
@@ -272,7 +266,7 @@ impl RemoteBus {
 
     /// Sends `frame` if the link is up (what it ends is ended anyway when the link is down).
     fn notify(&self, frame: &Frame<'_>) {
-        if let Some(wire) = self.wire(Patience::Now) {
+        if let Some(wire) = self.wire(Some(Instant::now())) {
             let _ = wire.send_by(frame, Some(Instant::now() + REPLY_TIMEOUT));
         }
     }
@@ -288,9 +282,7 @@ impl RemoteBus {
     ) -> Result<(), RemoteCallError> {
         let gone = || RemoteCallError::Control(ControlError::BrokerGone);
         let deadline = Instant::now() + REPLY_TIMEOUT;
-        let wire = self
-            .wire(Patience::Until(Deadline::At(deadline)))
-            .ok_or_else(gone)?;
+        let wire = self.wire(Some(deadline)).ok_or_else(gone)?;
         let (tx, rx) = mpsc::sync_channel(1);
         {
             let mut routes = lock(&self.routes);
@@ -470,8 +462,4 @@ impl RemoteBus {
         }
         Ok(())
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -307,6 +307,16 @@ fn control<T: Serialize>(out: &mut Vec<u8>, kind: u8, body: &T) {
     out.extend_from_slice(&bytes);
 }
 
+/// [`Frame::Ping`] or [`Frame::Pong`] if `bytes` (a frame's kind and body) is one: what a
+/// connection answers or drops by itself, told apart without decoding the frame.
+pub fn keepalive(bytes: &[u8]) -> Option<Frame<'static>> {
+    match bytes {
+        [kind::PING] => Some(Frame::Ping),
+        [kind::PONG] => Some(Frame::Pong),
+        _ => None,
+    }
+}
+
 /// Decodes one frame (kind and body, without the length prefix).
 pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     let (&kind, body) = bytes.split_first().ok_or(FrameError::Empty)?;

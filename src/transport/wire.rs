@@ -19,12 +19,13 @@ use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
 use crate::protocol::remote::{self, Frame, LENGTH_PREFIX};
+use crate::sync::lock;
 
 /// Most output bytes queued for the socket before senders wait.
 pub(crate) const OUT_LIMIT: usize = 512 * 1024;
@@ -280,8 +281,7 @@ impl Io {
             None => {
                 // Whoever sends moves what is queued too: the reader may be busy elsewhere.
                 if !self.queued.is_empty() {
-                    let n = write_some(&mut self.stream, &self.queued)?;
-                    self.queued.drain(..n);
+                    self.flush()?;
                 }
                 let mut taken = 0;
                 if self.queued.is_empty() {
@@ -353,10 +353,6 @@ fn tune_keepalive(stream: &TcpStream) {
     let _ = setsockopt(stream, sockopt::TcpKeepCount, &3);
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 impl WireReader {
     /// The sending side.
     pub(crate) fn wire(&self) -> &Arc<Wire> {
@@ -397,14 +393,15 @@ impl WireReader {
                     let body = self.start + LENGTH_PREFIX..self.start + LENGTH_PREFIX + len;
                     self.start = body.end;
                     self.last_frame = Instant::now();
-                    match remote::decode(&self.buf[body.clone()]) {
-                        Ok(Frame::Ping) => {
+                    match remote::keepalive(&self.buf[body.clone()]) {
+                        Some(Frame::Ping) => {
                             // A peer that does not read its pongs is caught by its own idle
                             // timeout; never wait for room here.
                             let _ = self.wire.send_by(&Frame::Pong, Some(Instant::now()));
                         }
-                        Ok(Frame::Pong) => {}
-                        _ => return Ok(body),
+                        Some(_) => {}
+                        // Decoded once, by `next`.
+                        None => return Ok(body),
                     }
                     continue;
                 }

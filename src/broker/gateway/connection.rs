@@ -20,6 +20,7 @@ use crate::protocol::remote::{
     FRAME_OVERHEAD, Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, REMOTE_VERSION, Refusal,
     Subscribe, Welcome,
 };
+use crate::sync::lock;
 use crate::transport::accept_tls;
 use crate::transport::wire::{Timing, Wire, WireReader};
 use crate::{Publisher, Topic};
@@ -65,10 +66,11 @@ pub(super) fn serve(
         }
     };
     {
-        let mut wires = super::lock(&shared.wires);
+        let mut wires = lock(&shared.wires);
         wires.retain(|w| w.strong_count() > 0);
         wires.push(Arc::downgrade(&wire));
     }
+    // Acquire pairs with the Release store in `Gateway::drop`.
     if shared.stop.load(Ordering::Acquire) {
         wire.close("the broker is stopping");
         return;
@@ -334,6 +336,7 @@ impl Connection {
                     if let Some(reason) = self.wire.closed() {
                         return Err(reason);
                     }
+                    // Acquire pairs with the Release store in `Gateway::drop`.
                     if shared.stop.load(Ordering::Acquire) {
                         return Err("the broker is stopping".into());
                     }

@@ -2,7 +2,7 @@
 //! its messages to the connection.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use shmbus_shm::wait::Deadline;
@@ -13,6 +13,7 @@ use crate::Subscriber;
 use crate::client::pubsub::{Patience, RecvError, Wait, Waker};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{self, Frame, Refusal};
+use crate::sync::lock;
 use crate::transport::wire::{SendError, Wire};
 
 /// Most bytes of messages the forwarder gathers into one write.
@@ -61,11 +62,7 @@ impl Forwarder {
 
     /// Adds `pattern` to the subscription; the forwarder answers the client.
     pub(super) fn add_pattern(&self, pattern: String) {
-        self.orders
-            .patterns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(pattern);
+        lock(&self.orders.patterns).push(pattern);
         // Release pairs with the Acquire load in the forwarder's stop condition, so the pattern
         // pushed above is seen when the flag is.
         self.orders.pending.store(true, Ordering::Release);
@@ -169,12 +166,7 @@ fn add_patterns(
     // Cleared before taking, so a pattern pushed after the take raises it again (the mutex
     // orders the patterns themselves).
     orders.pending.store(false, Ordering::Relaxed);
-    let patterns = std::mem::take(
-        &mut *orders
-            .patterns
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner),
-    );
+    let patterns = std::mem::take(&mut *lock(&orders.patterns));
     for pattern in patterns {
         let frame = match subscriber.add_pattern(&pattern) {
             Ok(()) => Frame::Done { id },

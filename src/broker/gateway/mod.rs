@@ -23,7 +23,7 @@ use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -32,6 +32,7 @@ use tracing::{debug, warn};
 use super::core::AccessSlot;
 use crate::address::BusAddress;
 use crate::client::Bus;
+use crate::sync::lock;
 use crate::transport::tls::{TlsError, TlsServerFiles};
 
 /// Most remote connections one gateway serves at once; more are closed at once.
@@ -135,7 +136,7 @@ struct Shared {
 impl Shared {
     /// The gateway's bus, connecting on first use.
     fn bus(&self) -> Result<Bus, crate::ConnectError> {
-        let mut bus = self.bus.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut bus = lock(&self.bus);
         if let Some(bus) = &*bus {
             return Ok(bus.clone());
         }
@@ -194,6 +195,9 @@ impl Gateway {
 
 impl Drop for Gateway {
     fn drop(&mut self) {
+        // Release pairs with the Acquire loads in `accept` and in `connection::serve` (which
+        // loads it after registering its wire under the `wires` lock this drop takes later, so
+        // a connection registered too late to be closed here sees the flag and closes itself).
         self.shared.stop.store(true, Ordering::Release);
         for (socket, thread) in self.acceptors.drain(..) {
             // Shutting a listening socket down wakes its blocked `accept` (Linux).
@@ -219,6 +223,7 @@ impl Drop for Gateway {
 fn accept(shared: &Arc<Shared>, socket: &TcpListener, tls: Option<&Arc<rustls::ServerConfig>>) {
     loop {
         let accepted = socket.accept();
+        // Acquire pairs with the Release store in `Gateway::drop`.
         if shared.stop.load(Ordering::Acquire) {
             return;
         }
@@ -268,8 +273,4 @@ fn admit(
             debug!(%peer, "gateway: cannot start a connection thread: {e}");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }

@@ -337,6 +337,18 @@ pub(crate) enum Patience {
     Until(Deadline),
 }
 
+impl Patience {
+    /// When waiting ends: now for [`Patience::Now`], `None` for never.
+    pub(crate) fn until(self) -> Option<Instant> {
+        match self {
+            Patience::Now => Some(Instant::now()),
+            Patience::Until(Deadline::Never) => None,
+            Patience::Until(Deadline::After(d)) => Some(Instant::now() + d),
+            Patience::Until(Deadline::At(at)) => Some(at),
+        }
+    }
+}
+
 /// Why a loan or commit did not happen, before each call turns it into its own error.
 #[derive(Clone, Debug)]
 pub(crate) enum Refusal {

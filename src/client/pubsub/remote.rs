@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 
 use rkyv::util::AlignedVec;
 use shmbus_shm::WaitStrategy;
-use shmbus_shm::wait::Deadline;
 
 use super::error::RecvError;
 use super::publisher::{Patience, Refusal};
 use super::subscriber::Wait;
 use crate::client::remote::RemoteInner;
 use crate::protocol::remote::{Frame, Mode, Subscribe};
+use crate::sync::lock;
 use crate::topic::Topic;
 use crate::transport::wire::SendError;
 
@@ -223,11 +223,10 @@ impl Inbox {
         wait: WaitStrategy,
         stop: impl Fn() -> bool,
     ) -> Result<Arc<RemoteMessage>, Wait> {
+        // `None`: no waiting at all; `Some(None)`: as long as it takes.
         let deadline = match patience {
             Patience::Now => None,
-            Patience::Until(Deadline::Never) => Some(None),
-            Patience::Until(Deadline::After(d)) => Some(Some(Instant::now() + d)),
-            Patience::Until(Deadline::At(at)) => Some(Some(at)),
+            Patience::Until(_) => Some(patience.until()),
         };
         let mut polled = false;
         let mut state = lock(&self.state);
@@ -318,10 +317,6 @@ impl Inbox {
 
 fn is_full(state: &InboxState) -> bool {
     state.messages.len() >= INBOX_MESSAGES || state.bytes >= INBOX_BYTES
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A subscriber of a remote bus.
@@ -481,39 +476,25 @@ impl RemoteLoan<'_> {
     pub(crate) fn commit_prefix(self, len: usize) -> Result<u64, Refusal> {
         assert!(len <= self.len(), "commit of {len} bytes exceeds the loan");
         let p = self.publisher;
-        let deadline = match self.patience {
-            Patience::Now => Some(Instant::now()),
-            Patience::Until(Deadline::Never) => None,
-            Patience::Until(Deadline::After(d)) => Some(Instant::now() + d),
-            Patience::Until(Deadline::At(at)) => Some(at),
+        let deadline = self.patience.until();
+        let no_room = match self.patience {
+            Patience::Now => Refusal::Full,
+            Patience::Until(_) => Refusal::Timeout,
         };
-        let patience = deadline.map_or(Patience::Until(Deadline::Never), |at| {
-            Patience::Until(Deadline::At(at))
-        });
         let frame = Frame::Publish {
             publisher: p.id,
             payload: &p.buf[..len],
         };
         loop {
-            let Some(wire) = p.bus.bus.wire(patience) else {
-                return Err(if matches!(self.patience, Patience::Now) {
-                    Refusal::Full
-                } else {
-                    Refusal::Timeout
-                });
+            let Some(wire) = p.bus.bus.wire(deadline) else {
+                return Err(no_room);
             };
             match wire.send_by(&frame, deadline) {
                 Ok(()) => {
                     p.sent += 1;
                     return Ok(p.sent);
                 }
-                Err(SendError::Timeout) => {
-                    return Err(if matches!(self.patience, Patience::Now) {
-                        Refusal::Full
-                    } else {
-                        Refusal::Timeout
-                    });
-                }
+                Err(SendError::Timeout) => return Err(no_room),
                 // The bus's thread links again; the next `wire` waits for it.
                 Err(SendError::Closed(_)) => {}
             }

@@ -6,7 +6,7 @@
 //! used or a new one is made.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
@@ -26,6 +26,7 @@ use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
 };
 use crate::protocol::{ErrorCode, RingId};
+use crate::sync::lock;
 use crate::topic::Topic;
 
 /// Writes a frame's payload in place: returns the bytes used, or why it could not (then nothing
@@ -42,10 +43,6 @@ pub(crate) struct Outbound {
     link: Arc<Link>,
     topic: Topic,
     writers: Mutex<HashMap<RingId, Arc<Mutex<AttachedWriter>>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Outbound {
