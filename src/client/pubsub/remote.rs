@@ -45,7 +45,8 @@ pub(crate) struct RemoteMessage {
 pub(crate) struct Inbox {
     /// The subscription's id on the connection.
     pub(crate) id: u32,
-    spec: Mutex<Spec>,
+    /// The patterns subscribed to, to subscribe again after a reconnection.
+    patterns: Mutex<Vec<String>>,
     state: Mutex<InboxState>,
     /// Signalled when something arrives (or a waker wakes the subscriber).
     arrived: Condvar,
@@ -54,14 +55,9 @@ pub(crate) struct Inbox {
     /// Bumped whenever something arrives (or a waker wakes), for a subscriber polling without
     /// the lock before it sleeps on `arrived`.
     arrivals: AtomicU64,
-    /// Whether a full inbox holds the connection back (else it drops its oldest message).
-    tethered: bool,
-}
-
-/// What the subscription asks for, to ask again after a reconnection.
-struct Spec {
-    patterns: Vec<String>,
+    /// Tethered: a full inbox holds the connection back; lossy: it drops its oldest message.
     mode: Mode,
+    /// Asked for at every (re)subscription, with the patterns.
     history: u32,
 }
 
@@ -85,36 +81,31 @@ struct InboxState {
 impl Inbox {
     /// An inbox for subscription `id`.
     pub(crate) fn new(id: u32, patterns: Vec<String>, lossy: bool, history: u32) -> Arc<Inbox> {
-        let mode = if lossy { Mode::Lossy } else { Mode::Tethered };
         Arc::new(Inbox {
             id,
-            spec: Mutex::new(Spec {
-                patterns,
-                mode,
-                history,
-            }),
+            patterns: Mutex::new(patterns),
             state: Mutex::default(),
             arrived: Condvar::new(),
             room: Condvar::new(),
             arrivals: AtomicU64::new(0),
-            tethered: mode == Mode::Tethered,
+            mode: if lossy { Mode::Lossy } else { Mode::Tethered },
+            history,
         })
     }
 
     /// The subscription request, as sent at first and after each reconnection.
     pub(crate) fn request(&self) -> Subscribe {
-        let spec = lock(&self.spec);
         Subscribe {
             id: self.id,
-            patterns: spec.patterns.clone(),
-            mode: spec.mode,
-            history: spec.history,
+            patterns: self.patterns(),
+            mode: self.mode,
+            history: self.history,
         }
     }
 
     /// The patterns subscribed to.
     pub(crate) fn patterns(&self) -> Vec<String> {
-        lock(&self.spec).patterns.clone()
+        lock(&self.patterns).clone()
     }
 
     /// Puts a message in (the bus's thread), making room as the mode says.
@@ -137,7 +128,7 @@ impl Inbox {
                 }
             },
         };
-        let tethered = self.tethered;
+        let tethered = self.mode == Mode::Tethered;
         let stall_until = Instant::now() + STALL_LIMIT;
         while is_full(&state) {
             if tethered {
@@ -359,9 +350,7 @@ impl RemoteSubscriber {
             .bus
             .add_pattern(self.inbox.id, pattern.as_str())
             .map_err(|e| e.attach(pattern.as_str()))?;
-        lock(&self.inbox.spec)
-            .patterns
-            .push(pattern.as_str().to_string());
+        lock(&self.inbox.patterns).push(pattern.as_str().to_string());
         self.patterns.push(pattern);
         Ok(())
     }
