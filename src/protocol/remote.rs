@@ -302,9 +302,8 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
 /// Appends a control frame: its kind, then `body` in postcard.
 fn control<T: Serialize>(out: &mut Vec<u8>, kind: u8, body: &T) {
     out.push(kind);
-    // Writing into a Vec cannot fail; the bodies are plain data.
-    let bytes = postcard::to_allocvec(body).expect("control bodies serialize");
-    out.extend_from_slice(&bytes);
+    // Serialized straight onto `out`. Writing into a Vec cannot fail; the bodies are plain data.
+    *out = postcard::to_extend(body, std::mem::take(out)).expect("control bodies serialize");
 }
 
 /// [`Frame::Ping`] or [`Frame::Pong`] if `bytes` (a frame's kind and body) is one: what a
