@@ -565,15 +565,14 @@ impl Bus {
     /// The local bus, for a request on `topic`; on a remote bus, the error saying requests do
     /// not cross the network yet.
     fn local_for_request(&self, topic: &str) -> Result<Arc<BusInner>, RequestError> {
-        match &self.flavor {
-            BusFlavor::Local(bus) => Ok(Arc::clone(bus)),
-            BusFlavor::Remote(_) => Err(RequestError::Setup {
-                topic: Topic::new(topic)?,
-                detail: AttachError::LocalOnly {
-                    topic: topic.to_string(),
-                }
-                .to_string(),
-            }),
-        }
+        self.flavor
+            .local(topic)
+            .map_err(|e| match Topic::new(topic) {
+                Ok(topic) => RequestError::Setup {
+                    topic,
+                    detail: e.to_string(),
+                },
+                Err(invalid) => invalid.into(),
+            })
     }
 }
