@@ -40,10 +40,10 @@ use self::access::AccessList;
 use self::core::{AccessSlot, Core, Limits, Quotas};
 use crate::address::{BusAddress, ensure_private_dir};
 use crate::protocol::seqpacket;
-use crate::transport::tls::TlsServerFiles;
+use crate::transport::tls::{TlsClientFiles, TlsServerFiles, client_config};
 use event_loop::{EventLoop, LISTENER, WAKER};
 pub use gateway::ListenError;
-use gateway::{Gateway, Listener};
+use gateway::{Gateway, GatewaySetup, Listener};
 use keeper::Keeper;
 
 /// Why a broker could not start or run.
@@ -108,6 +108,8 @@ pub struct BrokerBuilder {
     access: Option<Arc<AccessList>>,
     listen: Vec<BusAddress>,
     tls: Option<TlsServerFiles>,
+    peers: Vec<BusAddress>,
+    peer_tls: Option<TlsClientFiles>,
 }
 
 impl Default for BrokerBuilder {
@@ -129,6 +131,8 @@ impl Default for BrokerBuilder {
             access: None,
             listen: Vec::new(),
             tls: None,
+            peers: Vec::new(),
+            peer_tls: None,
         }
     }
 }
@@ -309,6 +313,25 @@ impl BrokerBuilder {
         self
     }
 
+    /// Peer with the broker listening at `address` (`tcp://` or `tls://`); may be given several
+    /// times. The gateway dials it (again, with backoff, whenever the link is lost), and the two
+    /// buses then share their messages: a topic crosses only when a subscriber on the other
+    /// side wants it, and a message reaches each broker once, whatever the topology (chains,
+    /// hubs, cycles). The peer's own listener takes this broker like a remote client: with an
+    /// access list, as the user its certificate names.
+    pub fn peer(mut self, address: BusAddress) -> Self {
+        self.peers.push(address);
+        self
+    }
+
+    /// The TLS settings for `tls://` peers: the CA their certificates are checked against, and
+    /// the certificate to present to a peer that requires one (default: the system's roots,
+    /// no certificate).
+    pub fn peer_tls(mut self, files: TlsClientFiles) -> Self {
+        self.peer_tls = Some(files);
+        self
+    }
+
     /// Binds the control socket: creates its private directory, refuses to start if a live
     /// broker owns the socket, and replaces a stale socket file left by a dead one. Binds the
     /// `tcp://` and `tls://` listeners too.
@@ -319,6 +342,7 @@ impl BrokerBuilder {
             .iter()
             .map(|address| Listener::bind(address, self.tls.as_ref()))
             .collect::<Result<Vec<_>, _>>()?;
+        let peer_tls = self.peer_tls_config()?;
         let path = match self.socket.clone() {
             Some(path) => path,
             None => {
@@ -357,6 +381,14 @@ impl BrokerBuilder {
         };
         let mut core = Core::new(self.limits.clone(), doorbells);
         core.set_access(Arc::clone(&access));
+        let gateway = GatewaySetup {
+            socket: BusAddress::Local(path.clone()),
+            hello_timeout: self.limits.quotas.hello_timeout,
+            access: Arc::clone(&access),
+            interest: core.interest(),
+            peers: self.peers.clone(),
+            peer_tls,
+        };
         let (answers, answered) = mpsc::channel();
         let keeper = self.start_keeper(&mut core, answers, &handle, &path)?;
         let event_loop = EventLoop::new(listener, poll, core, self.ring_idle, stop, answered);
@@ -367,9 +399,29 @@ impl BrokerBuilder {
             event_loop,
             keeper: Some(keeper),
             listeners,
-            hello_timeout: self.limits.quotas.hello_timeout,
-            access,
+            gateway,
         })
+    }
+
+    /// The client TLS settings for `tls://` peers, if there are any; checks that every peer is
+    /// a `tcp://` or `tls://` address.
+    fn peer_tls_config(&self) -> Result<Option<Arc<rustls::ClientConfig>>, BrokerError> {
+        let mut secure = false;
+        for peer in &self.peers {
+            match peer {
+                BusAddress::Tcp(_) => {}
+                BusAddress::Tls(_) => secure = true,
+                BusAddress::Local(_) => {
+                    return Err(ListenError::PeerNotRemote(peer.to_string()).into());
+                }
+            }
+        }
+        if !secure {
+            return Ok(None);
+        }
+        let files = self.peer_tls.clone().unwrap_or_default();
+        let config = client_config(&files).map_err(ListenError::from)?;
+        Ok(Some(config))
     }
 
     /// Loads the state directory and makes the keeper that `run` starts, linked to `core`.
@@ -501,9 +553,8 @@ pub struct Broker {
     keeper: Option<Keeper>,
     /// Bound; served by the gateway `run` starts.
     listeners: Vec<Listener>,
-    hello_timeout: Duration,
-    /// The access list in force, which the gateway checks remote clients against.
-    access: AccessSlot,
+    /// The rest of what the gateway needs.
+    gateway: GatewaySetup,
 }
 
 impl std::fmt::Debug for Broker {
@@ -544,14 +595,13 @@ impl Broker {
                 .spawn(move || k.run())
         });
         let keeper = keeper.transpose()?;
-        let gateway = match std::mem::take(&mut self.listeners) {
-            listeners if listeners.is_empty() => None,
-            listeners => Some(Gateway::start(
-                listeners,
-                BusAddress::Local(self.socket.clone()),
-                self.hello_timeout,
-                Arc::clone(&self.access),
-            )?),
+        let listeners = std::mem::take(&mut self.listeners);
+        let gateway = match listeners.is_empty() && self.gateway.peers.is_empty() {
+            true => None,
+            false => {
+                let setup = self.gateway.clone();
+                Some(Gateway::start(listeners, setup)?)
+            }
         };
         let result = self.event_loop.run();
         // The gateway's own connection needs the event loop: it goes first.

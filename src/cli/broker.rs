@@ -6,7 +6,7 @@ use std::time::Duration;
 use crate::address::BusAddress;
 use crate::broker::access::AccessList;
 use crate::broker::{Broker, BrokerError, BrokerHandle, ListenError};
-use crate::transport::tls::TlsServerFiles;
+use crate::transport::tls::{TlsClientFiles, TlsServerFiles};
 
 use super::{Exit, Failure, Outcome, SocketArg};
 
@@ -78,6 +78,14 @@ pub struct Args {
     /// Require tls:// clients to present a certificate signed by this CA (PEM).
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_client_ca: Option<PathBuf>,
+    /// Peer with the broker listening at tcp://HOST:PORT or tls://HOST:PORT (repeatable): the
+    /// buses share the messages of topics the other side subscribes to.
+    #[arg(long, value_name = "URL")]
+    peer: Vec<String>,
+    /// Check tls:// peers' certificates against this CA (PEM; default: the system's roots).
+    /// A tls:// peer is shown --tls-cert, if given.
+    #[arg(long, value_name = "FILE")]
+    peer_ca: Option<PathBuf>,
 }
 
 /// `value` seconds as a duration, if it is a number of seconds (positive unless `zero_ok`).
@@ -131,13 +139,23 @@ pub fn run(args: Args) -> Outcome {
         let address = BusAddress::parse_listen(url).map_err(|e| Failure::new(Exit::Usage, e))?;
         builder = builder.listen(address);
     }
+    for url in &args.peer {
+        let address = BusAddress::parse(url).map_err(|e| Failure::new(Exit::Usage, e))?;
+        builder = builder.peer(address);
+    }
+    let mut peer_tls = TlsClientFiles {
+        ca: args.peer_ca,
+        identity: None,
+    };
     if let (Some(cert), Some(key)) = (args.tls_cert, args.tls_key) {
+        peer_tls = peer_tls.identity(&cert, &key);
         builder = builder.tls(TlsServerFiles {
             cert,
             key,
             client_ca: args.tls_client_ca,
         });
     }
+    builder = builder.peer_tls(peer_tls);
     let builder = match &args.acl {
         Some(path) => builder.access_list(AccessList::load(path).map_err(Failure::error)?),
         None => builder,

@@ -45,22 +45,22 @@ impl Dialer {
     fn dial(&self) -> Result<Dialed, ConnectError> {
         let address = self.address.to_string();
         let session = self.session.as_deref();
-        transport::dial(
-            &self.address,
-            self.tls.as_ref(),
-            &self.name,
+        let caller = transport::Caller {
+            name: &self.name,
             session,
-            self.timeout,
+            peer: None,
+        };
+        transport::dial(&self.address, self.tls.as_ref(), &caller, self.timeout).map_err(
+            |e| match e {
+                DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
+                DialError::Refused {
+                    code: ErrorCode::PermissionDenied,
+                    message,
+                } => ConnectError::PermissionDenied { address, message },
+                DialError::Refused { message, .. } => ConnectError::Refused { address, message },
+                DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
+            },
         )
-        .map_err(|e| match e {
-            DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
-            DialError::Refused {
-                code: ErrorCode::PermissionDenied,
-                message,
-            } => ConnectError::PermissionDenied { address, message },
-            DialError::Refused { message, .. } => ConnectError::Refused { address, message },
-            DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
-        })
     }
 }
 

@@ -57,6 +57,16 @@ impl PublisherId {
     /// What a publisher on a remote bus reports as its id: the gateway publishes on its behalf
     /// under an id of the gateway's (which subscribers see). The broker never hands out 0.
     pub const REMOTE: PublisherId = PublisherId(0);
+
+    /// The bit set in the ids of the publishers through which a broker's gateway puts messages
+    /// relayed from peer brokers into its rings, and in no other: its forwarders tell those
+    /// messages (which travel between peers by relay) from messages published on this bus.
+    pub const RELAYED: u32 = 1 << 31;
+
+    /// Whether this is the id of a publisher of messages relayed from peer brokers.
+    pub const fn is_relayed(self) -> bool {
+        self.0 & Self::RELAYED != 0
+    }
 }
 
 impl RingId {

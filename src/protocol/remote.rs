@@ -16,6 +16,11 @@
 //! ways. Either side sends [`Frame::Ping`] when it has been quiet for a while, and closes a
 //! connection that has sent no complete frame for longer than its idle timeout.
 //!
+//! A broker peering with another says so in its hello ([`Hello::peer`], its node id); the link
+//! then carries, both ways, the brokers' interest ([`Frame::Interest`]: which patterns their
+//! subscribers hold, flooded with a version per origin) and the messages that match it
+//! ([`Frame::Relay`], each named by its origin, publisher and sequence).
+//!
 //! Nothing here trusts the peer: every length is checked against what is left of the frame,
 //! strings must be UTF-8 within their limits, and trailing bytes are an error. A frame that fails
 //! to decode costs the sender its connection.
@@ -34,14 +39,25 @@ pub const MAGIC: [u8; 4] = *b"SHMB";
 /// Largest frame (kind and body) before the handshake is over.
 pub const HANDSHAKE_LIMIT: usize = 4096;
 
-/// What a [`Frame::Message`] adds to its payload at most: kind, ids, sequence and topic.
-pub const FRAME_OVERHEAD: usize = 1 + 4 + 4 + 8 + 2 + MAX_TOPIC_LEN;
+/// What a [`Frame::Message`] or a [`Frame::Relay`] adds to its payload at most: kind, ids,
+/// sequence and topic.
+pub const FRAME_OVERHEAD: usize = 1 + 8 + 4 + 8 + 2 + MAX_TOPIC_LEN;
 
 /// Bytes of the length prefix.
 pub const LENGTH_PREFIX: usize = 4;
 
 /// Most patterns one [`Subscribe`] may carry.
 pub const MAX_PATTERNS: usize = 64;
+
+/// Most patterns one broker's [`Interest`] may carry.
+pub const MAX_INTEREST_PATTERNS: usize = 1024;
+
+/// The largest [`Frame::Interest`]: what a peer link's frame limit is at least, whatever the
+/// largest payload.
+pub const INTEREST_LIMIT: usize = 64 + MAX_INTEREST_PATTERNS * (MAX_TOPIC_LEN + 2);
+
+/// The id of one running broker among peers: random, new at every start.
+pub type NodeId = u64;
 
 /// The client's first frame.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +72,18 @@ pub struct Hello {
     /// the client's behalf, so its subscriptions outlive the connection for the broker's
     /// session grace period.
     pub session: Option<String>,
+    /// For a broker that peers with this one: who it is. The link then carries
+    /// [`Frame::Interest`] and [`Frame::Relay`] both ways, and nothing else.
+    pub peer: Option<Peer>,
+}
+
+/// A broker that dials another to peer with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Peer {
+    /// Its node id.
+    pub node: NodeId,
+    /// The largest payload its bus carries: larger messages are not relayed to it.
+    pub max_payload: u32,
 }
 
 /// Most bytes of a remote client's session name (the gateway adds a prefix of its own).
@@ -68,6 +96,21 @@ pub struct Welcome {
     pub version: u16,
     /// The largest payload the bus carries; frames are bounded by it.
     pub max_payload: u32,
+    /// The gateway's broker's node id (a peer dialing itself sees its own).
+    pub node: NodeId,
+}
+
+/// What one broker's side of a peering wants: the patterns its own subscribers hold, as of
+/// `version`. Brokers flood these to each other, each keeping the newest per origin.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Interest {
+    /// The broker whose subscribers hold the patterns.
+    pub origin: NodeId,
+    /// Grows with every change and refresh of the origin's interest.
+    pub version: u64,
+    /// Topic patterns (at most [`MAX_INTEREST_PATTERNS`], each at most [`MAX_TOPIC_LEN`]
+    /// bytes).
+    pub patterns: Vec<String>,
 }
 
 /// Why the gateway refuses a connection or a request.
@@ -188,6 +231,23 @@ pub enum Frame<'a> {
         /// Why.
         refusal: Refusal,
     },
+    /// Peer: a broker's interest, its own or passed on.
+    Interest(Interest),
+    /// Peer: one message published at broker `origin`, passed on towards the brokers whose
+    /// interest it matches. `(origin, publisher, sequence)` names it among all messages of a
+    /// peering, so that one arriving twice (around a cycle) is dropped.
+    Relay {
+        /// The broker it was published at.
+        origin: NodeId,
+        /// The id of its publisher at that broker.
+        publisher: u32,
+        /// Its sequence number in its ring at that broker.
+        sequence: u64,
+        /// Its topic.
+        topic: &'a str,
+        /// The message.
+        payload: &'a [u8],
+    },
     /// Either side: are you there?
     Ping,
     /// Either side: the answer to [`Frame::Ping`].
@@ -211,6 +271,8 @@ mod kind {
     pub const FAILED: u8 = 13;
     pub const PING: u8 = 14;
     pub const PONG: u8 = 15;
+    pub const INTEREST: u8 = 16;
+    pub const RELAY: u8 = 17;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -271,6 +333,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         } => control(out, kind::LAGGED, &(subscription, topic, missed)),
         Frame::Done { id } => control(out, kind::DONE, id),
         Frame::Failed { id, refusal } => control(out, kind::FAILED, &(id, refusal)),
+        Frame::Interest(body) => control(out, kind::INTEREST, body),
         Frame::Ping => out.push(kind::PING),
         Frame::Pong => out.push(kind::PONG),
         Frame::Publish { publisher, payload } => {
@@ -287,16 +350,32 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         } => {
             out.push(kind::MESSAGE);
             out.extend_from_slice(&subscription.to_le_bytes());
-            out.extend_from_slice(&publisher.to_le_bytes());
-            out.extend_from_slice(&sequence.to_le_bytes());
-            let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
-            out.extend_from_slice(&topic_len.to_le_bytes());
-            out.extend_from_slice(topic.as_bytes());
-            out.extend_from_slice(payload);
+            message_fields(out, *publisher, *sequence, topic, payload);
+        }
+        Frame::Relay {
+            origin,
+            publisher,
+            sequence,
+            topic,
+            payload,
+        } => {
+            out.push(kind::RELAY);
+            out.extend_from_slice(&origin.to_le_bytes());
+            message_fields(out, *publisher, *sequence, topic, payload);
         }
     }
     let len = u32::try_from(out.len() - start - LENGTH_PREFIX).expect("frames fit in u32");
     out[start..start + LENGTH_PREFIX].copy_from_slice(&len.to_le_bytes());
+}
+
+/// Appends the fields a [`Frame::Message`] and a [`Frame::Relay`] share.
+fn message_fields(out: &mut Vec<u8>, publisher: u32, sequence: u64, topic: &str, payload: &[u8]) {
+    out.extend_from_slice(&publisher.to_le_bytes());
+    out.extend_from_slice(&sequence.to_le_bytes());
+    let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
+    out.extend_from_slice(&topic_len.to_le_bytes());
+    out.extend_from_slice(topic.as_bytes());
+    out.extend_from_slice(payload);
 }
 
 /// Appends a control frame: its kind, then `body` in postcard.
@@ -383,6 +462,22 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
             check_len("failed", "message", &refusal.message, MAX_ERROR_LEN)?;
             Frame::Failed { id, refusal }
         }
+        kind::INTEREST => {
+            let interest: Interest = body_of("interest", body)?;
+            if interest.patterns.len() > MAX_INTEREST_PATTERNS {
+                return Err(malformed(
+                    "interest",
+                    format!(
+                        "{} patterns, more than {MAX_INTEREST_PATTERNS}",
+                        interest.patterns.len()
+                    ),
+                ));
+            }
+            for pattern in &interest.patterns {
+                check_len("interest", "pattern", pattern, MAX_TOPIC_LEN)?;
+            }
+            Frame::Interest(interest)
+        }
         kind::PING => empty("ping", body, Frame::Ping)?,
         kind::PONG => empty("pong", body, Frame::Pong)?,
         kind::PUBLISH => {
@@ -396,23 +491,25 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         kind::MESSAGE => {
             let mut rest = Fields::new("message", body);
             let subscription = rest.u32()?;
-            let publisher = rest.u32()?;
-            let sequence = rest.u64()?;
-            let topic_len = usize::from(rest.u16()?);
-            if topic_len > MAX_TOPIC_LEN {
-                return Err(malformed(
-                    "message",
-                    format!("topic of {topic_len} bytes exceeds {MAX_TOPIC_LEN}"),
-                ));
-            }
-            let topic = std::str::from_utf8(rest.take(topic_len)?)
-                .map_err(|_| malformed("message", "topic is not UTF-8".into()))?;
+            let (publisher, sequence, topic, payload) = rest.message()?;
             Frame::Message {
                 subscription,
                 publisher,
                 sequence,
                 topic,
-                payload: rest.remaining(),
+                payload,
+            }
+        }
+        kind::RELAY => {
+            let mut rest = Fields::new("relay", body);
+            let origin = rest.u64()?;
+            let (publisher, sequence, topic, payload) = rest.message()?;
+            Frame::Relay {
+                origin,
+                publisher,
+                sequence,
+                topic,
+                payload,
             }
         }
         other => return Err(FrameError::UnknownKind(other)),
@@ -498,6 +595,23 @@ impl<'a> Fields<'a> {
     fn remaining(self) -> &'a [u8] {
         self.rest
     }
+
+    /// The fields a message and a relay share, to the end of the body: publisher, sequence,
+    /// topic and payload.
+    fn message(mut self) -> Result<(u32, u64, &'a str, &'a [u8]), FrameError> {
+        let publisher = self.u32()?;
+        let sequence = self.u64()?;
+        let topic_len = usize::from(self.u16()?);
+        if topic_len > MAX_TOPIC_LEN {
+            return Err(malformed(
+                self.kind,
+                format!("topic of {topic_len} bytes exceeds {MAX_TOPIC_LEN}"),
+            ));
+        }
+        let topic = std::str::from_utf8(self.take(topic_len)?)
+            .map_err(|_| malformed(self.kind, "topic is not UTF-8".into()))?;
+        Ok((publisher, sequence, topic, self.remaining()))
+    }
 }
 
 #[cfg(test)]
@@ -519,11 +633,35 @@ mod tests {
             version: REMOTE_VERSION,
             name: "probe".into(),
             session: Some("billing".into()),
+            peer: None,
+        }));
+        round_trip(Frame::Hello(Hello {
+            magic: MAGIC,
+            version: REMOTE_VERSION,
+            name: "broker".into(),
+            session: None,
+            peer: Some(Peer {
+                node: u64::MAX,
+                max_payload: 1 << 20,
+            }),
         }));
         round_trip(Frame::Welcome(Welcome {
             version: REMOTE_VERSION,
             max_payload: 65536,
+            node: 9,
         }));
+        round_trip(Frame::Interest(Interest {
+            origin: 9,
+            version: 3,
+            patterns: vec!["a/**".into(), "b".into()],
+        }));
+        round_trip(Frame::Relay {
+            origin: u64::MAX,
+            publisher: 4,
+            sequence: 5,
+            topic: "a/b",
+            payload: b"relayed",
+        });
         let refusal = Refusal {
             code: ErrorCode::PermissionDenied,
             message: "no".into(),
@@ -618,5 +756,44 @@ mod tests {
         let mut out = Vec::new();
         encode(&Frame::Subscribe(too_many), &mut out);
         assert!(decode(&out[4..]).is_err());
+        let too_many = Interest {
+            origin: 1,
+            version: 1,
+            patterns: vec!["a".into(); MAX_INTEREST_PATTERNS + 1],
+        };
+        out.clear();
+        encode(&Frame::Interest(too_many), &mut out);
+        assert!(decode(&out[4..]).is_err());
+    }
+
+    #[test]
+    fn the_largest_interest_fits_its_limit() {
+        let largest = Interest {
+            origin: u64::MAX,
+            version: u64::MAX,
+            patterns: vec!["x".repeat(MAX_TOPIC_LEN); MAX_INTEREST_PATTERNS],
+        };
+        let mut out = Vec::new();
+        encode(&Frame::Interest(largest), &mut out);
+        assert!(out.len() - LENGTH_PREFIX <= INTEREST_LIMIT);
+    }
+
+    #[test]
+    fn relays_refuse_cut_bodies() {
+        let mut out = Vec::new();
+        encode(
+            &Frame::Relay {
+                origin: 1,
+                publisher: 2,
+                sequence: 3,
+                topic: "abc",
+                payload: b"",
+            },
+            &mut out,
+        );
+        let body = &out[4..];
+        for cut in 1..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut} accepted");
+        }
     }
 }

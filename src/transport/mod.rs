@@ -18,7 +18,8 @@ use rustls::pki_types::ServerName;
 use crate::address::BusAddress;
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{
-    FRAME_OVERHEAD, Frame, HANDSHAKE_LIMIT, Hello, MAGIC, REMOTE_VERSION, Welcome,
+    FRAME_OVERHEAD, Frame, HANDSHAKE_LIMIT, Hello, INTEREST_LIMIT, MAGIC, Peer, REMOTE_VERSION,
+    Welcome,
 };
 use wire::{Timing, Wire, WireReader};
 
@@ -40,13 +41,32 @@ pub(crate) enum DialError {
     Protocol(String),
 }
 
+/// Who dials a gateway, as its hello says.
+pub(crate) struct Caller<'a> {
+    /// Free-form, for logs.
+    pub(crate) name: &'a str,
+    /// The session a client asks the gateway to hold.
+    pub(crate) session: Option<&'a str>,
+    /// A peering broker.
+    pub(crate) peer: Option<Peer>,
+}
+
+/// The largest frame a connection accepts once its handshake is over: a message of the largest
+/// payload, and on a peer link an interest of the most patterns.
+pub(crate) fn frame_limit(max_payload: u32, peer: bool) -> usize {
+    let messages = max_payload as usize + FRAME_OVERHEAD;
+    match peer {
+        true => messages.max(INTEREST_LIMIT),
+        false => messages,
+    }
+}
+
 /// Connects to the gateway at `address` (`Tcp` or `Tls`; `tls` holds the client's settings for
-/// the latter) and completes the handshake within `timeout`, as `name`, asking for the session `session_name`.
+/// the latter) and completes the handshake within `timeout`, as `caller`.
 pub(crate) fn dial(
     address: &BusAddress,
     tls: Option<&Arc<rustls::ClientConfig>>,
-    name: &str,
-    session_name: Option<&str>,
+    caller: &Caller<'_>,
     timeout: Duration,
 ) -> Result<Dialed, DialError> {
     let deadline = Instant::now() + timeout;
@@ -88,8 +108,10 @@ pub(crate) fn dial(
     let hello = Frame::Hello(Hello {
         magic: MAGIC,
         version: REMOTE_VERSION,
-        session: session_name.map(str::to_string),
-        name: name
+        session: caller.session.map(str::to_string),
+        peer: caller.peer,
+        name: caller
+            .name
             .chars()
             .take(crate::protocol::MAX_NAME_LEN / 4)
             .collect(),
@@ -125,7 +147,7 @@ pub(crate) fn dial(
             welcome.version
         )));
     }
-    reader.set_limit(welcome.max_payload as usize + FRAME_OVERHEAD);
+    reader.set_limit(frame_limit(welcome.max_payload, caller.peer.is_some()));
     reader.set_timing(Timing::default());
     Ok(Dialed {
         wire,

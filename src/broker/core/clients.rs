@@ -80,6 +80,8 @@ pub(super) struct Client {
     pub identity: Identity,
     /// The session it holds, if it joined one.
     pub session: Option<String>,
+    /// Whether it is the gateway's peer connection, whose subscriptions are not local interest.
+    pub peer_link: bool,
     pub greeted: bool,
     /// Publisher id -> ring name (a topic, or a ring of request/response).
     pub publishers: HashMap<PublisherId, String>,
@@ -127,6 +129,7 @@ impl Clients {
                 },
                 creds,
                 session: None,
+                peer_link: false,
                 greeted: false,
                 publishers: HashMap::new(),
                 rings_created: 0,
@@ -168,6 +171,7 @@ impl Clients {
             c.greeted = true;
             self.greeted += 1;
         }
+        c.peer_link = super::interest::is_peer_link(&name, c.creds.pid);
         c.name = name;
         Some(c)
     }

@@ -17,6 +17,7 @@
 mod clients;
 mod descriptors;
 mod doorbells;
+pub(crate) mod interest;
 mod pubsub;
 mod recovery;
 mod reqrep;
@@ -207,6 +208,8 @@ pub(crate) struct Core {
     /// The access list in force (none: the socket is private to the broker's user).
     access: AccessSlot,
     sessions: sessions::Sessions,
+    /// The patterns local subscribers hold, for peering.
+    interest: Arc<interest::InterestBoard>,
 }
 
 /// Where the broker's access list is; replaced whole when it is reloaded.
@@ -264,7 +267,13 @@ impl Core {
             refusing: false,
             access: AccessSlot::default(),
             sessions: sessions::Sessions::default(),
+            interest: Arc::default(),
         }
+    }
+
+    /// The board of what local subscribers want, which the core keeps up to date.
+    pub(crate) fn interest(&self) -> Arc<interest::InterestBoard> {
+        Arc::clone(&self.interest)
     }
 
     /// Checks clients against the access list in `slot` from now on.
@@ -528,6 +537,7 @@ impl Core {
             self.leave_session(session, std::time::Instant::now());
         }
         for (sub, s) in c.subscriptions {
+            self.count_interest(c.peer_link, &s.kind, false);
             self.reclaim_reserved(client, sub, &s);
             self.end_exchange(client, sub, &s.kind);
         }

@@ -75,8 +75,14 @@ impl Core {
             return Err(error(ErrorCode::Internal, format!("no ring {name:?}")));
         };
         let fds = Descriptors::Publisher(entry.ring.clone());
-        let publisher = PublisherId::from_raw(self.next_publisher);
-        self.next_publisher = self.next_publisher.wrapping_add(1).max(1);
+        let relayed = match self.clients.known(client)?.peer_link {
+            true => PublisherId::RELAYED,
+            false => 0,
+        };
+        let publisher = PublisherId::from_raw(self.next_publisher | relayed);
+        // Ids wrap below the relayed bit, skipping 0.
+        self.next_publisher = (self.next_publisher + 1) % PublisherId::RELAYED;
+        self.next_publisher = self.next_publisher.max(1);
         let ring = entry.geometry();
         let c = self.clients.known(client)?;
         c.publishers.insert(publisher, name.to_string());
@@ -179,9 +185,11 @@ impl Core {
             .subscriptions
             .remove(&sub)
             .ok_or_else(|| error(ErrorCode::Unknown, format!("no subscription {sub}")))?;
+        let peer_link = c.peer_link;
         if let Some(session) = c.session.clone() {
             self.keep_subscription(&session, &s);
         }
+        self.count_interest(peer_link, &s.kind, false);
         self.reclaim_reserved(client, sub, &s);
         self.end_exchange(client, sub, &s.kind);
         debug!(client = %client, subscription = %sub, "unsubscribed");
@@ -224,7 +232,10 @@ impl Core {
         }
         self.next_subscription = raw.wrapping_add(1).max(1);
         let sub = SubscriptionId::from_raw(raw);
+        let peer_link = c.peer_link;
+        self.count_interest(peer_link, &kind, true);
         // History is applied by the client when it adopts each reader.
+        let c = self.clients.known(client)?;
         c.subscriptions.insert(
             sub,
             Subscription {
@@ -235,6 +246,21 @@ impl Core {
             },
         );
         Ok(sub)
+    }
+
+    /// Counts a pattern subscription that a client (the gateway's peer connection aside) makes
+    /// (`added`) or ends, on the interest board.
+    pub(super) fn count_interest(&self, peer_link: bool, kind: &SubscriptionKind, added: bool) {
+        let SubscriptionKind::Pattern(pattern) = kind else {
+            return;
+        };
+        if peer_link {
+            return;
+        }
+        match added {
+            true => self.interest.add(pattern.as_str()),
+            false => self.interest.remove(pattern.as_str()),
+        }
     }
 
     /// The tethered readers furthest behind on ring `request.ring`, as the broker knows their

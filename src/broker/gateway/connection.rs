@@ -9,20 +9,20 @@ use std::time::{Duration, Instant};
 use tracing::{debug, info};
 
 use super::Shared;
-use super::forward::Forwarder;
+use super::forward::{Forwarder, Subscription};
 use super::identity::{RemoteUser, user_of_certificate};
-use crate::PublishTimeoutError;
+use super::peer::{User, run_link};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
 use crate::client::{AttachError, Bus};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{
-    FRAME_OVERHEAD, Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, REMOTE_VERSION, Refusal,
-    Subscribe, Welcome,
+    Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, Peer, REMOTE_VERSION, Refusal, Subscribe, Welcome,
 };
 use crate::sync::lock;
-use crate::transport::accept_tls;
 use crate::transport::wire::{Timing, Wire, WireReader};
+use crate::transport::{accept_tls, frame_limit};
+use crate::{PublishError, PublishTimeoutError};
 use crate::{Publisher, Topic};
 
 /// Most subscriptions one connection holds.
@@ -43,13 +43,13 @@ const PUBLISH_SLICE: Duration = Duration::from_millis(100);
 pub(super) fn serve(
     shared: &Arc<Shared>,
     stream: TcpStream,
-    peer: SocketAddr,
+    peer_address: SocketAddr,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) {
     let tls_session = match tls.as_ref().map(accept_tls).transpose() {
         Ok(tls_session) => tls_session,
         Err(e) => {
-            debug!(%peer, "gateway: no TLS session: {e}");
+            debug!(%peer_address, "gateway: no TLS session: {e}");
             return;
         }
     };
@@ -61,7 +61,7 @@ pub(super) fn serve(
     {
         Ok(established) => established,
         Err(e) => {
-            debug!(%peer, "gateway: cannot set the connection up: {e}");
+            debug!(%peer_address, "gateway: cannot set the connection up: {e}");
             return;
         }
     };
@@ -76,16 +76,26 @@ pub(super) fn serve(
         return;
     }
     let (bus, name, user) = match welcome(shared, &wire, &mut reader) {
-        Ok(welcomed) => welcomed,
+        Ok(Welcomed::Client { bus, name, user }) => (bus, name, user),
+        Ok(Welcomed::Peer { peer, user }) => {
+            info!(%peer_address, "peer broker connected");
+            let user = User::Checked {
+                access: Arc::clone(&shared.access),
+                user,
+            };
+            let reason = run_link(&shared.peering, wire, &mut reader, peer, user);
+            info!(%peer_address, "peer broker left: {reason}");
+            return;
+        }
         Err(reason) => {
-            debug!(%peer, "gateway: handshake failed: {reason}");
+            debug!(%peer_address, "gateway: handshake failed: {reason}");
             wire.close(reason);
             return;
         }
     };
     match &user {
-        Some(user) => info!(%peer, %name, %user, "remote client connected"),
-        None => info!(%peer, %name, "remote client connected"),
+        Some(user) => info!(%peer_address, %name, %user, "remote client connected"),
+        None => info!(%peer_address, %name, "remote client connected"),
     }
     let mut connection = Connection {
         bus,
@@ -103,16 +113,28 @@ pub(super) fn serve(
         forwarder.finish();
     }
     drop(connection);
-    info!(%peer, %name, "remote client left: {reason}");
+    info!(%peer_address, %name, "remote client left: {reason}");
 }
 
-/// Reads the client's hello and welcomes it — if the access list in force, if any, admits the
-/// user its certificate names; returns the bus its requests go through, its name and that user.
-fn welcome(
-    shared: &Shared,
-    wire: &Wire,
-    reader: &mut WireReader,
-) -> Result<(Bus, String, Option<RemoteUser>), String> {
+/// Who the gateway welcomed.
+enum Welcomed {
+    /// A remote client: the bus its requests go through, its name, and the user its
+    /// certificate names (with an access list in force).
+    Client {
+        bus: Bus,
+        name: String,
+        user: Option<RemoteUser>,
+    },
+    /// A broker peering with this one.
+    Peer {
+        peer: Peer,
+        user: Option<RemoteUser>,
+    },
+}
+
+/// Reads the hello and welcomes a client or a peer broker — if the access list in force, if
+/// any, admits the user its certificate names.
+fn welcome(shared: &Shared, wire: &Wire, reader: &mut WireReader) -> Result<Welcomed, String> {
     let hello = match reader.next()? {
         Frame::Hello(hello) => hello,
         other => return Err(format!("expected a hello, got {}", kind(&other))),
@@ -135,18 +157,41 @@ fn welcome(
         ));
     }
     let user = admitted_user(shared, wire).map_err(|(code, message)| refuse(code, message))?;
-    let bus = bus_for(shared, hello.session.as_deref(), user.as_ref())
-        .map_err(|(code, message)| refuse(code, message))?;
-    let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
+    let (welcomed, max_payload) = match hello.peer {
+        Some(peer) => {
+            if peer.node == shared.peering.node() {
+                return Err(refuse(
+                    ErrorCode::Taken,
+                    "a broker does not peer with itself".into(),
+                ));
+            }
+            let max_payload = shared.peering.max_payload().map_err(|e| {
+                refuse(
+                    ErrorCode::Internal,
+                    format!("the gateway cannot reach its broker: {e}"),
+                )
+            })?;
+            (Welcomed::Peer { peer, user }, max_payload)
+        }
+        None => {
+            let bus = bus_for(shared, hello.session.as_deref(), user.as_ref())
+                .map_err(|(code, message)| refuse(code, message))?;
+            let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
+            let name = hello.name;
+            (Welcomed::Client { bus, name, user }, max_payload)
+        }
+    };
     let welcome = Frame::Welcome(Welcome {
         version: REMOTE_VERSION,
         max_payload,
+        node: shared.peering.node(),
     });
     wire.send_by(&welcome, Some(Instant::now() + ANSWER_TIMEOUT))
         .map_err(|e| format!("cannot send the welcome: {e:?}"))?;
-    reader.set_limit(max_payload as usize + FRAME_OVERHEAD);
+    let peer = matches!(welcomed, Welcomed::Peer { .. });
+    reader.set_limit(frame_limit(max_payload, peer));
     reader.set_timing(Timing::default());
-    Ok((bus, hello.name, user))
+    Ok(welcomed)
 }
 
 /// The user the client's certificate names, when an access list is in force and admits it;
@@ -292,12 +337,11 @@ impl Connection {
         }
         let subscriber = builder.create().map_err(refusal)?;
         let forwarder =
-            Forwarder::start(subscriber, request.id, Arc::clone(&self.wire)).map_err(|e| {
-                Refusal {
+            Forwarder::start(subscriber, Subscription(request.id), Arc::clone(&self.wire))
+                .map_err(|e| Refusal {
                     code: ErrorCode::Internal,
                     message: format!("cannot start a forwarding thread: {e}"),
-                }
-            })?;
+                })?;
         self.forwarders.insert(request.id, forwarder);
         Ok(())
     }
@@ -319,9 +363,7 @@ impl Connection {
         Ok(())
     }
 
-    /// Publishes one message of publisher `id`, waiting for room as long as the connection and
-    /// the gateway last: meanwhile nothing more is read from the connection, so TCP holds the
-    /// remote publisher back.
+    /// Publishes one message of publisher `id` (see [`publish_patiently`]).
     fn publish(&mut self, shared: &Shared, id: u32, payload: &[u8]) -> Result<(), String> {
         let Some(publisher) = self.publishers.get_mut(&id) else {
             // A publisher the gateway refused (after a reconnection, say) is told so once, at
@@ -329,50 +371,22 @@ impl Connection {
             debug!(id, "gateway: message of an unknown publisher dropped");
             return Ok(());
         };
-        loop {
-            match publisher.publish_timeout(payload, PUBLISH_SLICE) {
-                Ok(_) => return Ok(()),
-                Err(PublishTimeoutError::Timeout) => {
-                    if let Some(reason) = self.wire.closed() {
-                        return Err(reason);
-                    }
-                    // Acquire pairs with the Release store in `Gateway::drop`.
-                    if shared.stop.load(Ordering::Acquire) {
-                        return Err("the broker is stopping".into());
-                    }
-                }
-                Err(PublishTimeoutError::Failed(e)) => {
-                    let refusal = Refusal {
-                        code: ErrorCode::Internal,
-                        message: e.to_string(),
-                    };
-                    return self.answer(id, Err(refusal));
-                }
-            }
+        // Acquire pairs with the Release store in `Gateway::drop`.
+        let stopping = || shared.stop.load(Ordering::Acquire);
+        if let Err(e) = publish_patiently(publisher, payload, &self.wire, stopping)? {
+            let refusal = Refusal {
+                code: ErrorCode::Internal,
+                message: e.to_string(),
+            };
+            return self.answer(id, Err(refusal));
         }
+        Ok(())
     }
 
     /// Whether the access list in force, if any, lets this client do `op` on `topic`.
     fn check(&self, op: Operation, topic: &str) -> Result<(), Refusal> {
-        let Some(list) = access_list(&self.access) else {
-            return Ok(());
-        };
         let topic = Topic::new(topic).map_err(|e| refusal(e.into()))?;
-        let allowed = self
-            .user
-            .as_ref()
-            .is_some_and(|user| list.allows(&user.identity, op, &topic));
-        if allowed {
-            return Ok(());
-        }
-        let who = match &self.user {
-            Some(user) => user.to_string(),
-            None => "a client that connected before the access list was in force".to_string(),
-        };
-        Err(Refusal::new(
-            ErrorCode::PermissionDenied,
-            format!("permission denied: {who} may not {op} {:?}", topic.as_str()),
-        ))
+        check(&self.access, self.user.as_ref(), op, &topic)
     }
 
     /// Sends the answer about `id`.
@@ -385,6 +399,55 @@ impl Connection {
             .send_by(&frame, Some(Instant::now() + ANSWER_TIMEOUT))
             .map_err(|e| format!("cannot answer: {e:?}"))
     }
+}
+
+/// Publishes `payload`, waiting for room as long as `wire` stays open and the gateway does not
+/// stop: meanwhile nothing more is read from the connection, so TCP holds the remote side back.
+/// Fails with the reason to end the connection; returns how publishing went otherwise.
+pub(super) fn publish_patiently(
+    publisher: &mut Publisher,
+    payload: &[u8],
+    wire: &Wire,
+    stopping: impl Fn() -> bool,
+) -> Result<Result<(), PublishError>, String> {
+    loop {
+        match publisher.publish_timeout(payload, PUBLISH_SLICE) {
+            Ok(_) => return Ok(Ok(())),
+            Err(PublishTimeoutError::Timeout) => {
+                if let Some(reason) = wire.closed() {
+                    return Err(reason);
+                }
+                if stopping() {
+                    return Err("the broker is stopping".into());
+                }
+            }
+            Err(PublishTimeoutError::Failed(e)) => return Ok(Err(e)),
+        }
+    }
+}
+
+/// Whether the access list in `access`, if one is in force, lets `user` (a remote client or
+/// peer) do `op` on `topic`.
+pub(super) fn check(
+    access: &AccessSlot,
+    user: Option<&RemoteUser>,
+    op: Operation,
+    topic: &Topic,
+) -> Result<(), Refusal> {
+    let Some(list) = access_list(access) else {
+        return Ok(());
+    };
+    if user.is_some_and(|user| list.allows(&user.identity, op, topic)) {
+        return Ok(());
+    }
+    let who = match user {
+        Some(user) => user.to_string(),
+        None => "a client that connected before the access list was in force".to_string(),
+    };
+    Err(Refusal::new(
+        ErrorCode::PermissionDenied,
+        format!("permission denied: {who} may not {op} {:?}", topic.as_str()),
+    ))
 }
 
 /// The refusal of an id already in use.
@@ -415,7 +478,7 @@ pub(super) fn refusal(e: AttachError) -> Refusal {
 }
 
 /// A frame's kind, for errors (not its content, which may be large).
-fn kind(frame: &Frame<'_>) -> &'static str {
+pub(super) fn kind(frame: &Frame<'_>) -> &'static str {
     match frame {
         Frame::Hello(_) => "a hello",
         Frame::Welcome(_) => "a welcome",
@@ -430,6 +493,8 @@ fn kind(frame: &Frame<'_>) -> &'static str {
         Frame::Lagged { .. } => "a lagged",
         Frame::Done { .. } => "a done",
         Frame::Failed { .. } => "a failed",
+        Frame::Interest(_) => "an interest",
+        Frame::Relay { .. } => "a relay",
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
     }

@@ -1,5 +1,6 @@
-//! One remote subscription at the gateway: a subscriber of the rings and the thread that writes
-//! its messages to the connection.
+//! One remote subscription at the gateway (or one peer link's share of the rings): a subscriber
+//! of the rings and the thread that writes its messages to the connection, framed by a
+//! [`Framing`].
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -9,12 +10,13 @@ use shmbus_shm::wait::Deadline;
 use tracing::debug;
 
 use super::connection::refusal;
-use crate::Subscriber;
+use crate::client::AttachError;
 use crate::client::pubsub::{Patience, RecvError, Wait, Waker};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{self, Frame, Refusal};
 use crate::sync::lock;
 use crate::transport::wire::{SendError, Wire};
+use crate::{Sample, Subscriber, Topic};
 
 /// Most bytes of messages the forwarder gathers into one write.
 const BATCH: usize = 64 * 1024;
@@ -38,11 +40,80 @@ struct Orders {
     pending: AtomicBool,
 }
 
+/// How a forwarder puts what its subscriber receives on the connection.
+pub(super) trait Framing: Send + 'static {
+    /// Appends the frame of one message to `batch`, or nothing to leave it out.
+    fn message(&mut self, sample: &Sample<'_>, batch: &mut Vec<u8>);
+    /// Appends what tells of `missed` messages of `topic` lost, if anything does.
+    fn lagged(&mut self, topic: &Topic, missed: u64, batch: &mut Vec<u8>);
+    /// Appends what tells of receiving failing.
+    fn failed(&mut self, error: RecvError, batch: &mut Vec<u8>);
+    /// Says how adding a pattern went, if anyone is waiting to know.
+    fn pattern_added(
+        &mut self,
+        outcome: Result<(), AttachError>,
+        wire: &Wire,
+    ) -> Result<(), SendError>;
+}
+
+/// The framing of the remote client subscription with this id: messages, gaps and answers that
+/// name it.
+pub(super) struct Subscription(pub(super) u32);
+
+impl Framing for Subscription {
+    fn message(&mut self, sample: &Sample<'_>, batch: &mut Vec<u8>) {
+        let frame = Frame::Message {
+            subscription: self.0,
+            publisher: sample.publisher().get(),
+            sequence: sample.sequence(),
+            topic: sample.topic(),
+            payload: sample.payload(),
+        };
+        remote::encode(&frame, batch);
+    }
+
+    fn lagged(&mut self, topic: &Topic, missed: u64, batch: &mut Vec<u8>) {
+        let frame = Frame::Lagged {
+            subscription: self.0,
+            topic: topic.as_str().to_string(),
+            missed,
+        };
+        remote::encode(&frame, batch);
+    }
+
+    fn failed(&mut self, error: RecvError, batch: &mut Vec<u8>) {
+        let refusal = Refusal::new(ErrorCode::Internal, error.to_string());
+        remote::encode(
+            &Frame::Failed {
+                id: self.0,
+                refusal,
+            },
+            batch,
+        );
+    }
+
+    fn pattern_added(
+        &mut self,
+        outcome: Result<(), AttachError>,
+        wire: &Wire,
+    ) -> Result<(), SendError> {
+        let id = self.0;
+        let frame = match outcome {
+            Ok(()) => Frame::Done { id },
+            Err(e) => Frame::Failed {
+                id,
+                refusal: refusal(e),
+            },
+        };
+        wire.send(&frame)
+    }
+}
+
 impl Forwarder {
-    /// Forwards what `subscriber` receives as messages of subscription `id` on `wire`.
+    /// Forwards what `subscriber` receives on `wire`, framed by `framing`.
     pub(super) fn start(
         subscriber: Subscriber,
-        id: u32,
+        framing: impl Framing,
         wire: Arc<Wire>,
     ) -> std::io::Result<Forwarder> {
         let orders = Arc::new(Orders::default());
@@ -51,7 +122,7 @@ impl Forwarder {
             let orders = Arc::clone(&orders);
             std::thread::Builder::new()
                 .name("shmbus-gw-fwd".into())
-                .spawn(move || forward(subscriber, id, &wire, &orders))?
+                .spawn(move || forward(subscriber, framing, &wire, &orders))?
         };
         Ok(Forwarder {
             orders,
@@ -60,7 +131,7 @@ impl Forwarder {
         })
     }
 
-    /// Adds `pattern` to the subscription; the forwarder answers the client.
+    /// Adds `pattern` to the subscription; the forwarder tells its framing how that went.
     pub(super) fn add_pattern(&self, pattern: String) {
         lock(&self.orders.patterns).push(pattern);
         // Release pairs with the Acquire load in the forwarder's stop condition, so the pattern
@@ -95,7 +166,7 @@ impl Drop for Forwarder {
 
 /// The forwarding thread: receives and sends until stopped or the connection ends. What the
 /// rings hold at once goes out in one write, up to [`BATCH`] bytes.
-fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
+fn forward(mut subscriber: Subscriber, mut framing: impl Framing, wire: &Wire, orders: &Orders) {
     // Acquire pairs with the Release stores of `Forwarder::drop` and `add_pattern`.
     let interrupted =
         || orders.stop.load(Ordering::Acquire) || orders.pending.load(Ordering::Acquire);
@@ -110,14 +181,7 @@ fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
         let mut orders_arrived = false;
         match subscriber.receive_or_stop(patience, interrupted) {
             Ok(sample) => {
-                let frame = Frame::Message {
-                    subscription: id,
-                    publisher: sample.publisher().get(),
-                    sequence: sample.sequence(),
-                    topic: sample.topic(),
-                    payload: sample.payload(),
-                };
-                remote::encode(&frame, &mut batch);
+                framing.message(&sample, &mut batch);
                 if batch.len() < BATCH {
                     continue;
                 }
@@ -125,17 +189,9 @@ fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
             Err(Wait::Empty | Wait::Timeout) => {}
             Err(Wait::Stopped) => orders_arrived = true,
             Err(Wait::Failed(RecvError::Lagged { topic, missed })) => {
-                let frame = Frame::Lagged {
-                    subscription: id,
-                    topic: topic.as_str().to_string(),
-                    missed,
-                };
-                remote::encode(&frame, &mut batch);
+                framing.lagged(&topic, missed, &mut batch);
             }
-            Err(Wait::Failed(e)) => {
-                let refusal = Refusal::new(ErrorCode::Internal, e.to_string());
-                remote::encode(&Frame::Failed { id, refusal }, &mut batch);
-            }
+            Err(Wait::Failed(e)) => framing.failed(e, &mut batch),
         }
         let mut sent = match batch.is_empty() {
             true => Ok(()),
@@ -147,19 +203,19 @@ fn forward(mut subscriber: Subscriber, id: u32, wire: &Wire, orders: &Orders) {
             if orders.stop.load(Ordering::Acquire) {
                 return;
             }
-            sent = add_patterns(&mut subscriber, id, wire, orders);
+            sent = add_patterns(&mut subscriber, &mut framing, wire, orders);
         }
         if let Err(e) = sent {
-            debug!(id, "gateway: forwarding ends: {e:?}");
+            debug!("gateway: forwarding ends: {e:?}");
             return;
         }
     }
 }
 
-/// Adds the patterns asked for and answers each.
+/// Adds the patterns asked for and says how each went.
 fn add_patterns(
     subscriber: &mut Subscriber,
-    id: u32,
+    framing: &mut impl Framing,
     wire: &Wire,
     orders: &Orders,
 ) -> Result<(), SendError> {
@@ -168,14 +224,7 @@ fn add_patterns(
     orders.pending.store(false, Ordering::Relaxed);
     let patterns = std::mem::take(&mut *lock(&orders.patterns));
     for pattern in patterns {
-        let frame = match subscriber.add_pattern(&pattern) {
-            Ok(()) => Frame::Done { id },
-            Err(e) => Frame::Failed {
-                id,
-                refusal: refusal(e),
-            },
-        };
-        wire.send(&frame)?;
+        framing.pattern_added(subscriber.add_pattern(&pattern), wire)?;
     }
     Ok(())
 }

@@ -18,6 +18,7 @@
 mod connection;
 mod forward;
 mod identity;
+mod peer;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,7 +30,9 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+use self::peer::Peering;
 use super::core::AccessSlot;
+use super::core::interest::InterestBoard;
 use crate::address::BusAddress;
 use crate::client::Bus;
 use crate::sync::lock;
@@ -93,6 +96,9 @@ pub enum ListenError {
     /// A `--listen` address that is not `tcp://` or `tls://`.
     #[error("the gateway listens on tcp:// or tls:// addresses, not {0}")]
     NotRemote(String),
+    /// A `--peer` address that is not `tcp://` or `tls://`.
+    #[error("a peer broker is reached at a tcp:// or tls:// address, not {0}")]
+    PeerNotRemote(String),
     /// A `tls://` listener without a certificate and key.
     #[error("{0} needs a certificate and its key (--tls-cert, --tls-key)")]
     NoCertificate(String),
@@ -131,6 +137,8 @@ struct Shared {
     hello_timeout: Duration,
     /// The broker's access list, if one is in force (replaced on SIGHUP).
     access: AccessSlot,
+    /// Links to peer brokers, dialed and accepted.
+    peering: Arc<Peering>,
 }
 
 impl Shared {
@@ -158,14 +166,35 @@ impl Shared {
     }
 }
 
+/// What the gateway is to do besides accepting.
+#[derive(Clone)]
+pub(crate) struct GatewaySetup {
+    /// The broker's socket, which the gateway reaches the bus through.
+    pub(crate) socket: BusAddress,
+    /// How long a new connection may take to say hello.
+    pub(crate) hello_timeout: Duration,
+    /// The broker's access list, if one is in force.
+    pub(crate) access: AccessSlot,
+    /// The patterns the broker's subscribers hold, which peers are told.
+    pub(crate) interest: Arc<InterestBoard>,
+    /// Peer brokers to dial.
+    pub(crate) peers: Vec<BusAddress>,
+    /// TLS settings for `tls://` peers.
+    pub(crate) peer_tls: Option<Arc<rustls::ClientConfig>>,
+}
+
 impl Gateway {
-    /// Starts accepting on `listeners`, reaching the bus through the broker socket `socket`.
-    pub(crate) fn start(
-        listeners: Vec<Listener>,
-        socket: BusAddress,
-        hello_timeout: Duration,
-        access: AccessSlot,
-    ) -> io::Result<Gateway> {
+    /// Starts accepting on `listeners` and dialing the peers `setup` names.
+    pub(crate) fn start(listeners: Vec<Listener>, setup: GatewaySetup) -> io::Result<Gateway> {
+        let GatewaySetup {
+            socket,
+            hello_timeout,
+            access,
+            interest,
+            peers,
+            peer_tls,
+        } = setup;
+        let peering = Arc::new(Peering::new(socket.clone(), interest));
         let shared = Arc::new(Shared {
             bus: Mutex::new(None),
             socket,
@@ -175,6 +204,7 @@ impl Gateway {
             wires: Mutex::default(),
             hello_timeout,
             access,
+            peering: Arc::clone(&peering),
         });
         let mut acceptors = Vec::new();
         for listener in listeners {
@@ -189,7 +219,9 @@ impl Gateway {
             };
             acceptors.push((socket, thread));
         }
-        Ok(Gateway { shared, acceptors })
+        let gateway = Gateway { shared, acceptors };
+        peering.start(peers, peer_tls)?;
+        Ok(gateway)
     }
 }
 
@@ -207,6 +239,7 @@ impl Drop for Gateway {
             );
             let _ = thread.join();
         }
+        self.shared.peering.stop();
         let wires = std::mem::take(&mut *lock(&self.shared.wires));
         for wire in wires.iter().filter_map(std::sync::Weak::upgrade) {
             wire.close("the broker is stopping");
