@@ -14,6 +14,9 @@ use crate::Topic;
 use crate::protocol::remote::{Interest, NodeId};
 use crate::topic::overlaps;
 
+/// Most brokers whose interest one broker keeps; the interest of more is ignored.
+pub(super) const MAX_ORIGINS: usize = 256;
+
 /// A peer link, numbered by this broker.
 pub(super) type LinkId = u64;
 
@@ -33,13 +36,13 @@ struct Route {
 }
 
 impl Routes {
-    /// Takes `interest`, arrived on `via`, if it is newer than what is known of its origin;
-    /// returns whether it was.
+    /// Takes `interest`, arrived on `via`, if it is newer than what is known of its origin (and
+    /// there is room for a new origin); returns whether it was taken.
     pub(super) fn learn(&mut self, interest: &Interest, via: LinkId, now: Instant) -> bool {
-        if let Some(known) = self.origins.get(&interest.origin) {
-            if known.interest.version >= interest.version {
-                return false;
-            }
+        match self.origins.get(&interest.origin) {
+            Some(known) if known.interest.version >= interest.version => return false,
+            None if self.origins.len() >= MAX_ORIGINS => return false,
+            _ => {}
         }
         let patterns = interest
             .patterns
@@ -137,6 +140,18 @@ mod tests {
         assert_eq!(routes.interests().count(), 1);
         routes.expire(now + Duration::from_secs(20), Duration::from_secs(10));
         assert_eq!(routes.interests().count(), 0);
+    }
+
+    #[test]
+    fn the_number_of_origins_is_bounded() {
+        let now = Instant::now();
+        let mut routes = Routes::default();
+        for origin in 0..MAX_ORIGINS as u64 {
+            assert!(routes.learn(&interest(origin, 1, &["a"]), 1, now));
+        }
+        assert!(!routes.learn(&interest(u64::MAX, 1, &["a"]), 1, now));
+        // Those known still move on.
+        assert!(routes.learn(&interest(0, 2, &["b"]), 1, now));
     }
 
     #[test]
