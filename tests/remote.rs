@@ -10,7 +10,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use shmbus::{Bus, ConnectError, RecvError, RecvTimeoutError, Subscriber, TlsClientFiles};
+use shmbus::{
+    Bus, ConnectError, RecvError, RecvTimeoutError, RequestError, Subscriber, TlsClientFiles,
+};
 use support::{Broker, PATIENCE, Proc, eventually, run, shmbus};
 
 /// A broker with `--listen ADDRESS` (and `extra` flags), and the address it listens at.
@@ -157,7 +159,7 @@ fn the_cli_publishes_and_subscribes_over_tcp() {
 }
 
 #[test]
-fn request_response_and_state_say_they_are_local_only() {
+fn serving_and_state_say_they_are_local_only() {
     let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let remote = Bus::connect(&url).unwrap();
     let serve = remote.serve("calc/add").unwrap_err();
@@ -165,18 +167,146 @@ fn request_response_and_state_say_they_are_local_only() {
         serve.to_string().contains("only available on a local bus"),
         "{serve}"
     );
-    let request = remote.request("calc/add", b"1").unwrap_err();
+    let requester = remote.requester("calc/add").unwrap_err();
     assert!(
-        request
+        requester
             .to_string()
             .contains("only available on a local bus"),
-        "{request}"
+        "{requester}"
     );
     let state = remote.watch_state("config/**").unwrap_err();
     assert!(
         matches!(state, shmbus::AttachError::LocalOnly { .. }),
         "{state}"
     );
+}
+
+#[test]
+fn remote_clients_ask_local_servers() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    let _double = local
+        .serve_with("calc/double", |req| {
+            let n = u32::from_le_bytes(req.payload().try_into().unwrap_or_default());
+            (2 * n).to_le_bytes()
+        })
+        .unwrap();
+
+    let answer = remote.request("calc/double", &21u32.to_le_bytes()).unwrap();
+    assert_eq!(answer.payload(), 42u32.to_le_bytes());
+    let answer = remote
+        .request_timeout("calc/double", &5u32.to_le_bytes(), PATIENCE)
+        .unwrap();
+    assert_eq!(answer.payload(), 10u32.to_le_bytes());
+
+    // What can go wrong is reported as locally.
+    assert!(matches!(
+        remote.request("calc/nobody", b"x"),
+        Err(RequestError::NoServer { .. })
+    ));
+    assert!(matches!(
+        remote.request("calc/*", b"x"),
+        Err(RequestError::InvalidTopic(_))
+    ));
+    let too_large = vec![0u8; remote.max_payload() + 1];
+    assert!(matches!(
+        remote.request("calc/double", &too_large),
+        Err(RequestError::TooLarge { .. })
+    ));
+    let mut silent = local.serve("calc/silent").unwrap();
+    let timed_out = remote.request_timeout("calc/silent", b"x", Duration::from_millis(200));
+    assert!(
+        matches!(timed_out, Err(RequestError::Timeout { .. })),
+        "{timed_out:?}"
+    );
+    // The server drops a request unanswered: the remote requester hears of it.
+    let dropper = std::thread::spawn(move || {
+        // The timed-out request may come first; every request is dropped unanswered.
+        loop {
+            let request = silent.recv().unwrap();
+            if request.payload() == b"y" {
+                break;
+            }
+        }
+    });
+    let abandoned = remote.request_timeout("calc/silent", b"y", PATIENCE);
+    assert!(
+        matches!(abandoned, Err(RequestError::Abandoned { .. })),
+        "{abandoned:?}"
+    );
+    dropper.join().unwrap();
+
+    // Streams of answers.
+    let mut counter = local.serve("calc/count").unwrap();
+    let streamer = std::thread::spawn(move || {
+        let request = counter.recv().unwrap();
+        let n = request.payload()[0];
+        let mut sender = request.stream();
+        for i in 0..n {
+            sender.send(&[i]).unwrap();
+        }
+        sender.end().unwrap();
+    });
+    let answers: Vec<Vec<u8>> = remote
+        .request_stream("calc/count", &[5])
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect();
+    assert_eq!(answers, [[0], [1], [2], [3], [4]]);
+    streamer.join().unwrap();
+}
+
+#[test]
+fn a_slow_server_does_not_hold_up_other_requests_on_the_same_connection() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    let mut slow = local.serve("svc/slow").unwrap();
+    let _fast = local.serve_with("svc/fast", |_| *b"fast").unwrap();
+
+    let asker = {
+        let remote = remote.clone();
+        std::thread::spawn(move || remote.request_timeout("svc/slow", b"?", PATIENCE))
+    };
+    // The slow server holds its request while the same connection asks the fast one.
+    let held = slow.recv_timeout(PATIENCE).unwrap().detach();
+    for _ in 0..20 {
+        assert_eq!(remote.request("svc/fast", b"?").unwrap().payload(), b"fast");
+    }
+    held.respond(b"slow").unwrap();
+    assert_eq!(asker.join().unwrap().unwrap().payload(), b"slow");
+
+    // Many at once, from many threads, each gets its own answer.
+    let _echo = local
+        .serve_with("svc/echo", |req| req.payload().to_vec())
+        .unwrap();
+    let threads: Vec<_> = (0..8u32)
+        .map(|t| {
+            let remote = remote.clone();
+            std::thread::spawn(move || {
+                for i in 0..50u32 {
+                    let question = [t.to_le_bytes(), i.to_le_bytes()].concat();
+                    let answer = remote.request("svc/echo", &question).unwrap();
+                    assert_eq!(answer.payload(), question);
+                }
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+}
+
+#[test]
+fn the_cli_asks_a_local_server_over_tcp() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let server = Proc::spawn(shmbus(broker.bus(), &["serve", "greet/hello", "--echo"]));
+    server.stderr.wait_for("serving greet/hello");
+    let (code, out, err) = run(&url, &["req", "greet/hello", "hi there"]);
+    assert_eq!((code, out.as_str()), (0, "hi there"), "{err}");
+    let (code, _, err) = run(&url, &["req", "greet/nobody", "hi"]);
+    assert_eq!(code, 5, "{err}");
 }
 
 /// A CA, and certificates it signed, written to a directory.
@@ -560,6 +690,12 @@ fn with_an_access_list_remote_clients_are_the_users_their_certificates_name() {
     let denied = nobody.publisher("secret/plans").unwrap_err();
     assert!(
         matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
+        "{denied}"
+    );
+    // Requests are checked too (the rule grants none), before anyone is asked.
+    let denied = nobody.request("public/ask", b"?").unwrap_err();
+    assert!(
+        matches!(&denied, RequestError::PermissionDenied { message, .. } if message.contains("user nobody")),
         "{denied}"
     );
 

@@ -482,13 +482,7 @@ impl Bus {
     /// [`RequestError::ServerGone`] as soon as the server goes without answering. Safe to call
     /// from many threads at once: each call uses an inbox of its own.
     pub fn request(&self, topic: &str, payload: &[u8]) -> Result<Response, RequestError> {
-        reqrep::request(
-            &self.local_for_request(topic)?,
-            &self.inboxes,
-            topic,
-            payload,
-            None,
-        )
+        self.ask(topic, payload, None)
     }
 
     /// [`Bus::request`], giving up after `timeout` ([`RequestError::Timeout`]); an answer that
@@ -499,13 +493,7 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<Response, RequestError> {
-        reqrep::request(
-            &self.local_for_request(topic)?,
-            &self.inboxes,
-            topic,
-            payload,
-            Some(timeout),
-        )
+        self.ask(topic, payload, Some(timeout))
     }
 
     /// [`Bus::request`], giving up at `deadline`.
@@ -516,13 +504,7 @@ impl Bus {
         deadline: std::time::Instant,
     ) -> Result<Response, RequestError> {
         let left = deadline.saturating_duration_since(std::time::Instant::now());
-        reqrep::request(
-            &self.local_for_request(topic)?,
-            &self.inboxes,
-            topic,
-            payload,
-            Some(left),
-        )
+        self.ask(topic, payload, Some(left))
     }
 
     /// Asks the server of `topic` for a stream of answers, waiting for each as long as it takes.
@@ -531,13 +513,7 @@ impl Bus {
         topic: &str,
         payload: &[u8],
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(
-            &self.local_for_request(topic)?,
-            &self.inboxes,
-            topic,
-            payload,
-            None,
-        )
+        self.ask_stream(topic, payload, None)
     }
 
     /// [`Bus::request_stream`], waiting at most `timeout` for each answer.
@@ -547,13 +523,7 @@ impl Bus {
         payload: &[u8],
         timeout: Duration,
     ) -> Result<ResponseStream, RequestError> {
-        reqrep::request_stream(
-            &self.local_for_request(topic)?,
-            &self.inboxes,
-            topic,
-            payload,
-            Some(timeout),
-        )
+        self.ask_stream(topic, payload, Some(timeout))
     }
 
     /// A requester of `topic` with an inbox of its own: requests written in place, and a choice
@@ -562,8 +532,41 @@ impl Bus {
         Requester::new(self.local_for_request(topic)?, topic)
     }
 
-    /// The local bus, for a request on `topic`; on a remote bus, the error saying requests do
-    /// not cross the network yet.
+    /// A request, waiting for its answer at most `patience`: through the local inboxes, or the
+    /// gateway.
+    fn ask(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        patience: Option<Duration>,
+    ) -> Result<Response, RequestError> {
+        match &self.flavor {
+            BusFlavor::Local(bus) => reqrep::request(bus, &self.inboxes, topic, payload, patience),
+            BusFlavor::Remote(remote) => {
+                reqrep::request_remote(&remote.bus, topic, payload, patience)
+            }
+        }
+    }
+
+    /// A request answered with a stream, waiting for each answer at most `patience`.
+    fn ask_stream(
+        &self,
+        topic: &str,
+        payload: &[u8],
+        patience: Option<Duration>,
+    ) -> Result<ResponseStream, RequestError> {
+        match &self.flavor {
+            BusFlavor::Local(bus) => {
+                reqrep::request_stream(bus, &self.inboxes, topic, payload, patience)
+            }
+            BusFlavor::Remote(remote) => {
+                reqrep::request_stream_remote(&remote.bus, topic, payload, patience)
+            }
+        }
+    }
+
+    /// The local bus, for a request on `topic`; on a remote bus, the error saying that
+    /// [`Requester`]s do not cross the network yet.
     fn local_for_request(&self, topic: &str) -> Result<Arc<BusInner>, RequestError> {
         self.flavor
             .local(topic)

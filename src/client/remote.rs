@@ -2,7 +2,7 @@
 //! its own.
 //!
 //! The thread receives every frame and routes it: messages to their subscriber's inbox, answers
-//! to the call waiting for them. Senders — publishers, subscribe calls — write to the connection
+//! to the call waiting for them, answers to requests to their exchange. Senders — publishers, subscribe calls — write to the connection
 //! directly. When the connection is lost, every inbox is told ([`RecvError::BrokerLost`]) and the
 //! thread dials again with the same backoff as local clients; once through, it subscribes every
 //! live subscription and advertises every live publisher again before anyone else may send, and
@@ -21,10 +21,12 @@ use super::connection::Backoff;
 use super::error::{AttachError, ConnectError, ControlError};
 use super::pubsub::RecvError;
 use super::pubsub::remote::Inbox;
+use crate::RequestError;
 use crate::address::BusAddress;
 use crate::protocol::ErrorCode;
-use crate::protocol::remote::{Frame, Refusal};
+use crate::protocol::remote::{AnswerKind, Frame, Refusal, Unanswered};
 use crate::sync::lock;
+use crate::topic::Topic;
 use crate::transport::wire::{SendError, Wire, WireReader};
 use crate::transport::{self, DialError, Dialed};
 
@@ -89,6 +91,90 @@ struct Routes {
     publishers: HashMap<u32, String>,
     /// Calls waiting for the answer about their id.
     waiting: HashMap<u32, mpsc::SyncSender<Result<(), Refusal>>>,
+    /// Requests waiting for their answers.
+    exchanges: HashMap<u32, mpsc::SyncSender<Answered>>,
+}
+
+/// Most answers of one request that wait to be read; a stream whose reader falls further behind
+/// ends.
+const ANSWER_BACKLOG: usize = 1024;
+
+/// How much longer than a request's own timeout a client waits for the gateway to report it:
+/// the gateway keeps the time, the client only guards against a link that goes quiet.
+const ANSWER_GRACE: Duration = Duration::from_secs(10);
+
+/// What the gateway said about a request.
+pub(crate) enum Answered {
+    /// An answer.
+    Answer(AnswerKind, Vec<u8>),
+    /// No (more) answers.
+    Unanswered(Unanswered),
+}
+
+/// One request in progress on a remote bus; its answers are routed to it until it drops.
+pub(crate) struct RemoteExchange {
+    bus: Arc<RemoteBus>,
+    id: u32,
+    answers: mpsc::Receiver<Answered>,
+    patience: Option<Duration>,
+    topic: Topic,
+}
+
+impl RemoteExchange {
+    /// The next answer, as its kind and payload.
+    pub(crate) fn next(&mut self) -> Result<(AnswerKind, Vec<u8>), RequestError> {
+        let wait = self
+            .patience
+            .map_or(Duration::from_secs(u64::from(u32::MAX)), |p| {
+                p + ANSWER_GRACE
+            });
+        let topic = self.topic.clone();
+        match self.answers.recv_timeout(wait) {
+            Ok(Answered::Answer(kind, payload)) => Ok((kind, payload)),
+            Ok(Answered::Unanswered(why)) => Err(request_error(why, topic)),
+            Err(mpsc::RecvTimeoutError::Timeout) => Err(RequestError::Timeout { topic }),
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(RequestError::Setup {
+                topic,
+                detail: "the exchange with the gateway broke off: the link was lost, or the \
+                         answers were not read as fast as they came"
+                    .into(),
+            }),
+        }
+    }
+
+    /// The topic asked.
+    pub(crate) fn topic(&self) -> &Topic {
+        &self.topic
+    }
+}
+
+impl Drop for RemoteExchange {
+    fn drop(&mut self) {
+        lock(&self.bus.routes).exchanges.remove(&self.id);
+    }
+}
+
+/// The request error the gateway's `why` stands for.
+fn request_error(why: Unanswered, topic: Topic) -> RequestError {
+    match why {
+        Unanswered::NoServer => RequestError::NoServer { topic },
+        Unanswered::Timeout => RequestError::Timeout { topic },
+        Unanswered::ServerGone => RequestError::ServerGone { topic },
+        Unanswered::Abandoned => RequestError::Abandoned { topic },
+        Unanswered::TooLarge { len, max } => RequestError::TooLarge {
+            topic,
+            len: usize::try_from(len).unwrap_or(usize::MAX),
+            max: usize::try_from(max).unwrap_or(usize::MAX),
+        },
+        Unanswered::Refused(Refusal {
+            code: ErrorCode::PermissionDenied,
+            message,
+        }) => RequestError::PermissionDenied { topic, message },
+        Unanswered::Refused(Refusal { message, .. }) => RequestError::Setup {
+            topic,
+            detail: message,
+        },
+    }
 }
 
 /// What every handle of a remote bus holds: the bus, and its thread, joined when the last
@@ -264,6 +350,57 @@ impl RemoteBus {
         self.notify(&Frame::Withdraw { id });
     }
 
+    /// Sends a request for `topic` to the gateway; its answers are read from the exchange
+    /// returned. `patience` bounds the wait for (each) answer.
+    pub(crate) fn request(
+        self: &Arc<Self>,
+        topic: Topic,
+        payload: &[u8],
+        stream: bool,
+        patience: Option<Duration>,
+    ) -> Result<RemoteExchange, RequestError> {
+        let max = self.max_payload() as usize;
+        if payload.len() > max {
+            return Err(RequestError::TooLarge {
+                topic,
+                len: payload.len(),
+                max,
+            });
+        }
+        let deadline = Instant::now() + patience.map_or(REPLY_TIMEOUT, |p| p.min(REPLY_TIMEOUT));
+        let unreachable = |topic| RequestError::Setup {
+            topic,
+            detail: format!("the gateway at {} is not reachable", self.dialer.address),
+        };
+        let Some(wire) = self.wire(Some(deadline)) else {
+            return Err(unreachable(topic));
+        };
+        let id = self.next_id();
+        let (tx, answers) = mpsc::sync_channel(ANSWER_BACKLOG);
+        lock(&self.routes).exchanges.insert(id, tx);
+        let exchange = RemoteExchange {
+            bus: Arc::clone(self),
+            id,
+            answers,
+            patience,
+            topic,
+        };
+        let timeout_ms = patience.map_or(u64::MAX, |p| {
+            u64::try_from(p.as_millis()).unwrap_or(u64::MAX - 1)
+        });
+        let frame = Frame::Request {
+            id,
+            stream,
+            timeout_ms,
+            topic: exchange.topic.as_str(),
+            payload,
+        };
+        match wire.send_by(&frame, Some(deadline)) {
+            Ok(()) => Ok(exchange),
+            Err(_) => Err(unreachable(exchange.topic.clone())),
+        }
+    }
+
     /// Sends `frame` if the link is up (what it ends is ended anyway when the link is down).
     fn notify(&self, frame: &Frame<'_>) {
         if let Some(wire) = self.wire(Some(Instant::now())) {
@@ -357,6 +494,10 @@ impl RemoteBus {
                         inbox.report(RecvError::Lagged { topic, missed });
                     }
                 }
+                Frame::Answer { id, kind, payload } => {
+                    self.route_answer(id, Answered::Answer(kind, payload.to_vec()));
+                }
+                Frame::Unanswered { id, why } => self.route_answer(id, Answered::Unanswered(why)),
                 Frame::Done { id } => self.answer(id, Ok(())),
                 Frame::Failed { id, refusal } => self.answer(id, Err(refusal)),
                 other => {
@@ -365,6 +506,18 @@ impl RemoteBus {
                     return reason;
                 }
             }
+        }
+    }
+
+    /// Hands an answer to request `id`, if it still waits; one whose reader falls too far
+    /// behind is dropped (and learns so at its next read).
+    fn route_answer(&self, id: u32, answered: Answered) {
+        let mut routes = lock(&self.routes);
+        let Some(exchange) = routes.exchanges.get(&id) else {
+            return;
+        };
+        if let Err(mpsc::TrySendError::Full(_)) = exchange.try_send(answered) {
+            routes.exchanges.remove(&id);
         }
     }
 
@@ -405,8 +558,9 @@ impl RemoteBus {
         for inbox in routes.subscriptions.values() {
             inbox.report(RecvError::BrokerLost);
         }
-        // Dropping the senders fails the calls waiting on them.
+        // Dropping the senders fails the calls and requests waiting on them.
         routes.waiting.clear();
+        routes.exchanges.clear();
         true
     }
 

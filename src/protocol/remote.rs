@@ -100,6 +100,59 @@ pub struct Welcome {
     pub node: NodeId,
 }
 
+/// How an [`Frame::Answer`] stands in its exchange.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnswerKind {
+    /// The one answer to a request (not a stream).
+    Single,
+    /// One answer of a stream; more follow.
+    Item,
+    /// The end of a stream (no payload).
+    End,
+}
+
+impl AnswerKind {
+    fn byte(self) -> u8 {
+        match self {
+            AnswerKind::Single => 0,
+            AnswerKind::Item => 1,
+            AnswerKind::End => 2,
+        }
+    }
+
+    fn from_byte(byte: u8) -> Option<AnswerKind> {
+        match byte {
+            0 => Some(AnswerKind::Single),
+            1 => Some(AnswerKind::Item),
+            2 => Some(AnswerKind::End),
+            _ => None,
+        }
+    }
+}
+
+/// Why a remote request got no (more) answers: [`RequestError`](crate::RequestError)'s
+/// variants that the gateway can meet.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unanswered {
+    /// Nobody serves the topic.
+    NoServer,
+    /// No answer before the timeout.
+    Timeout,
+    /// The server went away without answering.
+    ServerGone,
+    /// The server dropped the request without finishing its answer.
+    Abandoned,
+    /// The request exceeds the bus's payload limit.
+    TooLarge {
+        /// Request length.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// The gateway refused the request (access, topic, setup).
+    Refused(Refusal),
+}
+
 /// What one broker's side of a peering wants: the patterns its own subscribers hold, as of
 /// `version`. Brokers flood these to each other, each keeping the newest per origin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -248,6 +301,39 @@ pub enum Frame<'a> {
         /// The message.
         payload: &'a [u8],
     },
+    /// Client: ask the server of `topic`; answered by [`Frame::Answer`]s or a
+    /// [`Frame::Unanswered`] naming `id`.
+    Request {
+        /// The client's id for the exchange (its own, apart from subscription and publisher
+        /// ids).
+        id: u32,
+        /// Answers come as a stream ([`AnswerKind::Item`]s then [`AnswerKind::End`]) rather
+        /// than one [`AnswerKind::Single`].
+        stream: bool,
+        /// How long to wait for (each) answer, in milliseconds; `u64::MAX`: as long as it
+        /// takes.
+        timeout_ms: u64,
+        /// The topic.
+        topic: &'a str,
+        /// The request.
+        payload: &'a [u8],
+    },
+    /// Gateway: an answer to request `id`.
+    Answer {
+        /// The request.
+        id: u32,
+        /// Where it stands.
+        kind: AnswerKind,
+        /// The answer.
+        payload: &'a [u8],
+    },
+    /// Gateway: request `id` ends without (more) answers.
+    Unanswered {
+        /// The request.
+        id: u32,
+        /// Why.
+        why: Unanswered,
+    },
     /// Either side: are you there?
     Ping,
     /// Either side: the answer to [`Frame::Ping`].
@@ -273,6 +359,9 @@ mod kind {
     pub const PONG: u8 = 15;
     pub const INTEREST: u8 = 16;
     pub const RELAY: u8 = 17;
+    pub const REQUEST: u8 = 18;
+    pub const ANSWER: u8 = 19;
+    pub const UNANSWERED: u8 = 20;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -334,6 +423,29 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Done { id } => control(out, kind::DONE, id),
         Frame::Failed { id, refusal } => control(out, kind::FAILED, &(id, refusal)),
         Frame::Interest(body) => control(out, kind::INTEREST, body),
+        Frame::Unanswered { id, why } => control(out, kind::UNANSWERED, &(id, why)),
+        Frame::Request {
+            id,
+            stream,
+            timeout_ms,
+            topic,
+            payload,
+        } => {
+            out.push(kind::REQUEST);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(u8::from(*stream));
+            out.extend_from_slice(&timeout_ms.to_le_bytes());
+            let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
+            out.extend_from_slice(&topic_len.to_le_bytes());
+            out.extend_from_slice(topic.as_bytes());
+            out.extend_from_slice(payload);
+        }
+        Frame::Answer { id, kind, payload } => {
+            out.push(kind::ANSWER);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(kind.byte());
+            out.extend_from_slice(payload);
+        }
         Frame::Ping => out.push(kind::PING),
         Frame::Pong => out.push(kind::PONG),
         Frame::Publish { publisher, payload } => {
@@ -478,6 +590,43 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
             }
             Frame::Interest(interest)
         }
+        kind::UNANSWERED => {
+            let (id, why): (u32, Unanswered) = body_of("unanswered", body)?;
+            if let Unanswered::Refused(refusal) = &why {
+                check_len("unanswered", "message", &refusal.message, MAX_ERROR_LEN)?;
+            }
+            Frame::Unanswered { id, why }
+        }
+        kind::REQUEST => {
+            let mut rest = Fields::new("request", body);
+            let id = rest.u32()?;
+            let stream = match rest.array::<1>()? {
+                [0] => false,
+                [1] => true,
+                [other] => return Err(malformed("request", format!("stream flag {other}"))),
+            };
+            let timeout_ms = rest.u64()?;
+            let topic = rest.topic()?;
+            Frame::Request {
+                id,
+                stream,
+                timeout_ms,
+                topic,
+                payload: rest.remaining(),
+            }
+        }
+        kind::ANSWER => {
+            let mut rest = Fields::new("answer", body);
+            let id = rest.u32()?;
+            let [byte] = rest.array::<1>()?;
+            let kind = AnswerKind::from_byte(byte)
+                .ok_or_else(|| malformed("answer", format!("answer kind {byte}")))?;
+            Frame::Answer {
+                id,
+                kind,
+                payload: rest.remaining(),
+            }
+        }
         kind::PING => empty("ping", body, Frame::Ping)?,
         kind::PONG => empty("pong", body, Frame::Pong)?,
         kind::PUBLISH => {
@@ -601,6 +750,12 @@ impl<'a> Fields<'a> {
     fn message(mut self) -> Result<(u32, u64, &'a str, &'a [u8]), FrameError> {
         let publisher = self.u32()?;
         let sequence = self.u64()?;
+        let topic = self.topic()?;
+        Ok((publisher, sequence, topic, self.remaining()))
+    }
+
+    /// A topic: its `u16` length, then its UTF-8 bytes.
+    fn topic(&mut self) -> Result<&'a str, FrameError> {
         let topic_len = usize::from(self.u16()?);
         if topic_len > MAX_TOPIC_LEN {
             return Err(malformed(
@@ -608,9 +763,8 @@ impl<'a> Fields<'a> {
                 format!("topic of {topic_len} bytes exceeds {MAX_TOPIC_LEN}"),
             ));
         }
-        let topic = std::str::from_utf8(self.take(topic_len)?)
-            .map_err(|_| malformed(self.kind, "topic is not UTF-8".into()))?;
-        Ok((publisher, sequence, topic, self.remaining()))
+        std::str::from_utf8(self.take(topic_len)?)
+            .map_err(|_| malformed(self.kind, "topic is not UTF-8".into()))
     }
 }
 
@@ -705,6 +859,28 @@ mod tests {
         });
         round_trip(Frame::Done { id: 1 });
         round_trip(Frame::Failed { id: 1, refusal });
+        round_trip(Frame::Request {
+            id: 3,
+            stream: true,
+            timeout_ms: u64::MAX,
+            topic: "calc/add",
+            payload: b"1+1",
+        });
+        for kind in [AnswerKind::Single, AnswerKind::Item, AnswerKind::End] {
+            round_trip(Frame::Answer {
+                id: 3,
+                kind,
+                payload: b"2",
+            });
+        }
+        round_trip(Frame::Unanswered {
+            id: 3,
+            why: Unanswered::TooLarge { len: 9, max: 8 },
+        });
+        round_trip(Frame::Unanswered {
+            id: 3,
+            why: Unanswered::Refused(Refusal::new(ErrorCode::PermissionDenied, "no")),
+        });
         round_trip(Frame::Ping);
         round_trip(Frame::Pong);
     }
@@ -776,6 +952,36 @@ mod tests {
         let mut out = Vec::new();
         encode(&Frame::Interest(largest), &mut out);
         assert!(out.len() - LENGTH_PREFIX <= INTEREST_LIMIT);
+    }
+
+    #[test]
+    fn requests_and_answers_refuse_unknown_flags() {
+        let mut out = Vec::new();
+        encode(
+            &Frame::Request {
+                id: 1,
+                stream: false,
+                timeout_ms: 5,
+                topic: "a",
+                payload: b"",
+            },
+            &mut out,
+        );
+        let mut bad = out[4..].to_vec();
+        bad[5] = 2;
+        assert!(decode(&bad).is_err(), "stream flag 2 accepted");
+        out.clear();
+        encode(
+            &Frame::Answer {
+                id: 1,
+                kind: AnswerKind::End,
+                payload: b"",
+            },
+            &mut out,
+        );
+        let mut bad = out[4..].to_vec();
+        bad[5] = 3;
+        assert!(decode(&bad).is_err(), "answer kind 3 accepted");
     }
 
     #[test]

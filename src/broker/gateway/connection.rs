@@ -12,12 +12,14 @@ use super::Shared;
 use super::forward::{Forwarder, Subscription};
 use super::identity::{RemoteUser, user_of_certificate};
 use super::peer::{User, run_link};
+use super::requests::{Job, Requests};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
 use crate::client::{AttachError, Bus};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{
-    Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, Peer, REMOTE_VERSION, Refusal, Subscribe, Welcome,
+    Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, Peer, REMOTE_VERSION, Refusal, Subscribe,
+    Unanswered, Welcome,
 };
 use crate::sync::lock;
 use crate::transport::wire::{Timing, Wire, WireReader};
@@ -97,8 +99,10 @@ pub(super) fn serve(
         Some(user) => info!(%peer_address, %name, %user, "remote client connected"),
         None => info!(%peer_address, %name, "remote client connected"),
     }
+    let requests = Requests::new(bus.clone(), Arc::clone(&wire));
     let mut connection = Connection {
         bus,
+        requests,
         user,
         access: Arc::clone(&shared.access),
         wire: Arc::clone(&wire),
@@ -253,6 +257,8 @@ fn access_list(slot: &AccessSlot) -> Option<Arc<AccessList>> {
 /// What one connection holds at the gateway.
 struct Connection {
     bus: Bus,
+    /// Makes the client's requests.
+    requests: Requests,
     /// The user the client's certificate names, checked against the access list.
     user: Option<RemoteUser>,
     access: AccessSlot,
@@ -296,6 +302,23 @@ impl Connection {
                     Ok(())
                 }
                 Frame::Publish { publisher, payload } => self.publish(shared, publisher, payload),
+                Frame::Request {
+                    id,
+                    stream,
+                    timeout_ms,
+                    topic,
+                    payload,
+                } => {
+                    let job = Job {
+                        id,
+                        topic: topic.to_string(),
+                        payload: payload.to_vec(),
+                        stream,
+                        timeout: (timeout_ms != u64::MAX)
+                            .then(|| Duration::from_millis(timeout_ms)),
+                    };
+                    self.request(job)
+                }
                 other => Err(format!("a client does not send {}", kind(&other))),
             };
             if let Err(reason) = outcome {
@@ -380,6 +403,22 @@ impl Connection {
             };
             return self.answer(id, Err(refusal));
         }
+        Ok(())
+    }
+
+    /// Makes a request on the client's behalf, if it may.
+    fn request(&self, job: Job) -> Result<(), String> {
+        if let Err(refusal) = self.check(Operation::Request, &job.topic) {
+            let frame = Frame::Unanswered {
+                id: job.id,
+                why: Unanswered::Refused(refusal),
+            };
+            return self
+                .wire
+                .send_by(&frame, Some(Instant::now() + ANSWER_TIMEOUT))
+                .map_err(|e| format!("cannot answer: {e:?}"));
+        }
+        self.requests.submit(job);
         Ok(())
     }
 
@@ -495,6 +534,9 @@ pub(super) fn kind(frame: &Frame<'_>) -> &'static str {
         Frame::Failed { .. } => "a failed",
         Frame::Interest(_) => "an interest",
         Frame::Relay { .. } => "a relay",
+        Frame::Request { .. } => "a request",
+        Frame::Answer { .. } => "an answer",
+        Frame::Unanswered { .. } => "an unanswered",
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
     }

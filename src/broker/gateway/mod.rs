@@ -19,6 +19,7 @@ mod connection;
 mod forward;
 mod identity;
 mod peer;
+mod requests;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

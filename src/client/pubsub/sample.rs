@@ -190,6 +190,13 @@ impl std::fmt::Debug for Sample<'_> {
 }
 
 impl OwnedSample {
+    /// An owned sample of a message that came over the network.
+    pub(crate) fn remote(message: Arc<RemoteMessage>) -> OwnedSample {
+        OwnedSample {
+            inner: OwnedFlavor::Remote(message),
+        }
+    }
+
     /// The topic it was published on, exactly as the publisher wrote it.
     #[inline]
     pub fn topic(&self) -> &str {

@@ -32,6 +32,8 @@ mod server;
 pub use callbacks::Dispatcher;
 pub(crate) use callbacks::{on, serve_with};
 pub use error::{RequestError, RespondError, ServeError};
-pub(crate) use requester::{InboxPool, request, request_stream};
+pub(crate) use requester::{
+    InboxPool, request, request_remote, request_stream, request_stream_remote,
+};
 pub use requester::{Requester, Response, ResponseStream, TypedResponse};
 pub use server::{OwnedRequest, Request, Responder, ResponseSender, Server};

@@ -21,16 +21,20 @@ use tracing::debug;
 use super::error::RequestError;
 use crate::client::bus::BusInner;
 use crate::client::error::CallError;
+use crate::client::pubsub::remote::RemoteMessage;
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
 };
+use crate::client::remote::{RemoteBus, RemoteExchange};
 use crate::client::schema::serialize_tagged;
 use crate::client::schema::{Schema, TAG_LEN};
+use crate::protocol::remote::AnswerKind;
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, OpenInbox, RequestHeader, ResponseHeader, ResponseKind, Target,
 };
-use crate::protocol::{ErrorCode, RingId};
+use crate::protocol::{ErrorCode, PublisherId, RingId};
 use crate::topic::{Topic, TopicError};
+use rkyv::util::AlignedVec;
 
 /// One answer, read in place in the requester's inbox (it holds its frame until dropped).
 pub struct Response {
@@ -38,6 +42,24 @@ pub struct Response {
 }
 
 impl Response {
+    /// An answer that came over the network for `topic`. It keeps room for the exchange header
+    /// in front, so the payload sits at the offset (and alignment) it has in a ring, as typed
+    /// answers expect.
+    pub(crate) fn remote(topic: Topic, payload: &[u8]) -> Response {
+        let mut bytes = AlignedVec::<16>::with_capacity(EXCHANGE_HEADER_LEN + payload.len());
+        bytes.extend_from_slice(&[0; EXCHANGE_HEADER_LEN]);
+        bytes.extend_from_slice(payload);
+        let message = RemoteMessage {
+            topic,
+            payload: bytes,
+            publisher: PublisherId::REMOTE.get(),
+            sequence: 0,
+        };
+        Response {
+            sample: OwnedSample::remote(Arc::new(message)),
+        }
+    }
+
     /// The response's bytes.
     #[inline]
     pub fn payload(&self) -> &[u8] {
@@ -499,6 +521,23 @@ fn single(
 /// marker. Each wait for the next response gives up at the timeout the request was made with
 /// (counted per response).
 pub struct ResponseStream {
+    inner: StreamFlavor,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the local stream is the common one; boxing it would allocate for every local stream"
+)]
+enum StreamFlavor {
+    Local(LocalStream),
+    Remote {
+        exchange: RemoteExchange,
+        done: bool,
+    },
+}
+
+/// A stream of answers in a local inbox.
+struct LocalStream {
     exchange: Exchange,
     topic: Topic,
     correlation: u64,
@@ -510,16 +549,56 @@ pub struct ResponseStream {
 
 impl std::fmt::Debug for ResponseStream {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (topic, done) = match &self.inner {
+            StreamFlavor::Local(s) => (&s.topic, s.done),
+            StreamFlavor::Remote { exchange, done } => (exchange.topic(), *done),
+        };
         f.debug_struct("ResponseStream")
-            .field("topic", &self.topic)
-            .field("done", &self.done)
+            .field("topic", topic)
+            .field("done", &done)
             .finish()
     }
 }
 
 impl ResponseStream {
+    /// The stream of answers that come over the network in `exchange`.
+    pub(crate) fn remote(exchange: RemoteExchange) -> ResponseStream {
+        ResponseStream {
+            inner: StreamFlavor::Remote {
+                exchange,
+                done: false,
+            },
+        }
+    }
+
     /// The next response; `None` after the end marker (or after an error).
     pub fn next_response(&mut self) -> Option<Result<Response, RequestError>> {
+        match &mut self.inner {
+            StreamFlavor::Local(stream) => stream.next_response(),
+            StreamFlavor::Remote { exchange, done } => {
+                if *done {
+                    return None;
+                }
+                let topic = exchange.topic().clone();
+                let outcome = match exchange.next() {
+                    Ok((AnswerKind::Item, payload)) => {
+                        return Some(Ok(Response::remote(topic, &payload)));
+                    }
+                    Ok((AnswerKind::Single, payload)) => {
+                        Some(Ok(Response::remote(topic, &payload)))
+                    }
+                    Ok((AnswerKind::End, _)) => None,
+                    Err(e) => Some(Err(e)),
+                };
+                *done = true;
+                outcome
+            }
+        }
+    }
+}
+
+impl LocalStream {
+    fn next_response(&mut self) -> Option<Result<Response, RequestError>> {
         if self.done {
             return None;
         }
@@ -612,6 +691,37 @@ pub(crate) fn request(
     single(finished, &topic, kind, sample)
 }
 
+/// [`Bus::request`](crate::Bus::request) and its twins on a remote bus: the gateway asks.
+pub(crate) fn request_remote(
+    bus: &Arc<RemoteBus>,
+    topic: &str,
+    payload: &[u8],
+    patience: Option<Duration>,
+) -> Result<Response, RequestError> {
+    let topic = exact_topic(topic)?;
+    let mut exchange = bus.request(topic, payload, false, patience)?;
+    match exchange.next()? {
+        (AnswerKind::Single | AnswerKind::Item, payload) => {
+            Ok(Response::remote(exchange.topic().clone(), &payload))
+        }
+        (AnswerKind::End, _) => Err(RequestError::Abandoned {
+            topic: exchange.topic().clone(),
+        }),
+    }
+}
+
+/// [`Bus::request_stream`](crate::Bus::request_stream) and its twins on a remote bus.
+pub(crate) fn request_stream_remote(
+    bus: &Arc<RemoteBus>,
+    topic: &str,
+    payload: &[u8],
+    patience: Option<Duration>,
+) -> Result<ResponseStream, RequestError> {
+    let topic = exact_topic(topic)?;
+    let exchange = bus.request(topic, payload, true, patience)?;
+    Ok(ResponseStream::remote(exchange))
+}
+
 /// [`Bus::request_stream`](crate::Bus::request_stream) and its twins.
 pub(crate) fn request_stream(
     bus: &Arc<BusInner>,
@@ -643,13 +753,15 @@ fn stream(
         deadline,
     )?;
     Ok(ResponseStream {
-        exchange,
-        topic,
-        correlation,
-        link,
-        patience,
-        first: Some((kind, sample)),
-        done: false,
+        inner: StreamFlavor::Local(LocalStream {
+            exchange,
+            topic,
+            correlation,
+            link,
+            patience,
+            first: Some((kind, sample)),
+            done: false,
+        }),
     })
 }
 
