@@ -159,14 +159,9 @@ fn the_cli_publishes_and_subscribes_over_tcp() {
 }
 
 #[test]
-fn serving_and_state_say_they_are_local_only() {
+fn requesters_and_state_say_they_are_local_only() {
     let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let remote = Bus::connect(&url).unwrap();
-    let serve = remote.serve("calc/add").unwrap_err();
-    assert!(
-        serve.to_string().contains("only available on a local bus"),
-        "{serve}"
-    );
     let requester = remote.requester("calc/add").unwrap_err();
     assert!(
         requester
@@ -179,6 +174,136 @@ fn serving_and_state_say_they_are_local_only() {
         matches!(state, shmbus::AttachError::LocalOnly { .. }),
         "{state}"
     );
+}
+
+#[test]
+fn remote_servers_answer_local_requesters() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+
+    // A callback server on the remote side.
+    let _double = remote
+        .serve_with("calc/double", |req| {
+            let n = u32::from_le_bytes(req.payload().try_into().unwrap_or_default());
+            (2 * n).to_le_bytes()
+        })
+        .unwrap();
+    let answer = local.request("calc/double", &21u32.to_le_bytes()).unwrap();
+    assert_eq!(answer.payload(), 42u32.to_le_bytes());
+    // The topic is taken, for local and remote servers alike.
+    assert!(matches!(
+        local.serve("calc/double"),
+        Err(shmbus::ServeError::AlreadyServed { .. })
+    ));
+    assert!(matches!(
+        remote.serve("calc/double"),
+        Err(shmbus::ServeError::AlreadyServed { .. })
+    ));
+
+    // A server that answers later, from another thread, and with streams; one that drops a
+    // request.
+    let mut server = remote.serve("calc/work").unwrap();
+    let worker = std::thread::spawn(move || {
+        for _ in 0..3 {
+            let request = server.recv().unwrap();
+            match request.payload() {
+                b"later" => {
+                    let owned = request.detach();
+                    std::thread::spawn(move || owned.respond(b"done").unwrap())
+                        .join()
+                        .unwrap();
+                }
+                b"count" => {
+                    let mut stream = request.stream();
+                    for i in 0..3u8 {
+                        stream.send(&[i]).unwrap();
+                    }
+                    stream.end().unwrap();
+                }
+                _ => drop(request),
+            }
+        }
+        server
+    });
+    assert_eq!(
+        local.request("calc/work", b"later").unwrap().payload(),
+        b"done"
+    );
+    let items: Vec<Vec<u8>> = local
+        .request_stream("calc/work", b"count")
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect();
+    assert_eq!(items, [[0], [1], [2]]);
+    assert!(matches!(
+        local.request("calc/work", b"drop"),
+        Err(RequestError::Abandoned { .. })
+    ));
+    let server = worker.join().unwrap();
+
+    // A remote client may ask a remote server too (through the gateway twice).
+    let asker = Bus::connect(&url).unwrap();
+    let mut requests = server;
+    let answering = std::thread::spawn(move || {
+        let request = requests.recv().unwrap();
+        let echo = request.payload().to_vec();
+        request.respond(&echo).unwrap();
+        requests
+    });
+    assert_eq!(
+        asker.request("calc/work", b"echo").unwrap().payload(),
+        b"echo"
+    );
+    let server = answering.join().unwrap();
+
+    // When it stops serving (the gateway hears so a moment later), the topic is free again.
+    drop(server);
+    eventually("the topic is free again", || local.serve("calc/work").is_ok());
+}
+
+#[test]
+fn a_killed_remote_server_fails_its_requests_and_frees_its_topic() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let server = Proc::spawn(shmbus(&url, &["serve", "svc/echo", "--echo"]));
+    server.stderr.wait_for("serving svc/echo");
+    let (code, out, err) = run(broker.bus(), &["req", "svc/echo", "over tcp"]);
+    assert_eq!((code, out.as_str()), (0, "over tcp"), "{err}");
+
+    // A remote server that holds a request when it is killed: the requester hears so. Its
+    // command says when it has the request (and which process to clean up after).
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("pid");
+    let command = format!("echo $$ > {}; exec sleep 60", marker.display());
+    let holder = Proc::spawn(shmbus(&url, &["serve", "svc/hold", "--exec", &command]));
+    holder.stderr.wait_for("serving svc/hold");
+    let local = Bus::connect(broker.bus()).unwrap();
+    let asking = std::thread::spawn(move || local.request_timeout("svc/hold", b"?", PATIENCE));
+    eventually("the remote server has the request", || {
+        std::fs::read_to_string(&marker).is_ok_and(|pid| pid.ends_with('\n'))
+    });
+    holder.signal(Signal::SIGKILL);
+    let failed = asking.join().unwrap();
+    // Its held request is dropped with it: the requester is told at once, as the server gone
+    // or the request abandoned, whichever the broker or the gateway says first.
+    assert!(
+        matches!(
+            failed,
+            Err(RequestError::ServerGone { .. } | RequestError::Abandoned { .. })
+        ),
+        "{failed:?}"
+    );
+    let sleeper: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(sleeper), Signal::SIGKILL);
+    // The topic is free for another server.
+    let again = Bus::connect(&url).unwrap();
+    eventually("the killed server's topic is free", || {
+        again.serve("svc/hold").is_ok()
+    });
 }
 
 #[test]

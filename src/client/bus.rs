@@ -442,7 +442,10 @@ impl Bus {
     /// [`Server::recv`]. Only one server per topic at a time: a second gets
     /// [`ServeError::AlreadyServed`].
     pub fn serve(&self, topic: &str) -> Result<Server, ServeError> {
-        Server::new(self.flavor.local(topic)?, topic)
+        match &self.flavor {
+            BusFlavor::Local(bus) => Server::new(Arc::clone(bus), topic),
+            BusFlavor::Remote(remote) => Server::remote(Arc::clone(remote), topic),
+        }
     }
 
     /// Serves `topic` on a dispatcher thread: `handler` answers each request with the bytes it

@@ -25,6 +25,7 @@ use crate::RequestError;
 use crate::address::BusAddress;
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{AnswerKind, Frame, Refusal, Unanswered};
+use crate::protocol::reqrep::EXCHANGE_HEADER_LEN;
 use crate::sync::lock;
 use crate::topic::Topic;
 use crate::transport::wire::{SendError, Wire, WireReader};
@@ -93,6 +94,8 @@ struct Routes {
     waiting: HashMap<u32, mpsc::SyncSender<Result<(), Refusal>>>,
     /// Requests waiting for their answers.
     exchanges: HashMap<u32, mpsc::SyncSender<Answered>>,
+    /// Servers' request inboxes, and their topics (to serve again after a reconnection).
+    servers: HashMap<u32, (Arc<Inbox>, String)>,
 }
 
 /// Most answers of one request that wait to be read; a stream whose reader falls further behind
@@ -350,6 +353,55 @@ impl RemoteBus {
         self.notify(&Frame::Withdraw { id });
     }
 
+    /// Serves `topic`, routing its requests to `inbox` from now on, and waits for the gateway's
+    /// answer.
+    pub(crate) fn serve(&self, inbox: &Arc<Inbox>, topic: &str) -> Result<(), RemoteCallError> {
+        let frame = Frame::Serve {
+            id: inbox.id,
+            topic: topic.to_string(),
+        };
+        let result = self.call(inbox.id, &frame, |routes| {
+            routes
+                .servers
+                .insert(inbox.id, (Arc::clone(inbox), topic.to_string()));
+        });
+        if result.is_err() {
+            lock(&self.routes).servers.remove(&inbox.id);
+        }
+        result
+    }
+
+    /// Server `id` stops serving.
+    pub(crate) fn unserve(&self, id: u32) {
+        lock(&self.routes).servers.remove(&id);
+        self.notify(&Frame::Unserve { id });
+    }
+
+    /// Answers request `request` (the gateway's number) of a server; fails if the link is
+    /// down (the gateway then dropped the request anyway).
+    pub(crate) fn respond(
+        &self,
+        request: u32,
+        answer: Option<(AnswerKind, &[u8])>,
+    ) -> Result<(), SendError> {
+        let frame = match answer {
+            Some((kind, payload)) => Frame::Respond {
+                request,
+                kind,
+                payload,
+            },
+            None => Frame::Unanswered {
+                id: request,
+                why: Unanswered::Abandoned,
+            },
+        };
+        let deadline = Instant::now() + REPLY_TIMEOUT;
+        let wire = self
+            .wire(Some(Instant::now()))
+            .ok_or_else(|| SendError::Closed("the link to the gateway is down".into()))?;
+        wire.send_by(&frame, Some(deadline))
+    }
+
     /// Sends a request for `topic` to the gateway; its answers are read from the exchange
     /// returned. `patience` bounds the wait for (each) answer.
     pub(crate) fn request(
@@ -481,7 +533,7 @@ impl RemoteBus {
                 } => {
                     let inbox = lock(&self.routes).subscriptions.get(&subscription).cloned();
                     if let Some(inbox) = inbox {
-                        inbox.deliver(topic, payload, publisher, sequence);
+                        inbox.deliver(topic, 0, payload, publisher, sequence);
                     }
                 }
                 Frame::Lagged {
@@ -498,6 +550,16 @@ impl RemoteBus {
                     self.route_answer(id, Answered::Answer(kind, payload.to_vec()));
                 }
                 Frame::Unanswered { id, why } => self.route_answer(id, Answered::Unanswered(why)),
+                Frame::Incoming {
+                    server,
+                    request,
+                    payload,
+                } => {
+                    let route = lock(&self.routes).servers.get(&server).cloned();
+                    if let Some((inbox, topic)) = route {
+                        inbox.deliver(&topic, EXCHANGE_HEADER_LEN, payload, 0, u64::from(request));
+                    }
+                }
                 Frame::Done { id } => self.answer(id, Ok(())),
                 Frame::Failed { id, refusal } => self.answer(id, Err(refusal)),
                 other => {
@@ -531,7 +593,12 @@ impl RemoteBus {
             return;
         }
         let Err(refusal) = answer else { return };
-        if let Some(inbox) = routes.subscriptions.get(&id) {
+        if let Some((inbox, topic)) = routes.servers.get(&id) {
+            inbox.report(RecvError::Unavailable {
+                topic: topic.clone(),
+                detail: refusal.message,
+            });
+        } else if let Some(inbox) = routes.subscriptions.get(&id) {
             inbox.report(RecvError::Unavailable {
                 topic: inbox.patterns().join(" "),
                 detail: refusal.message,
@@ -555,7 +622,8 @@ impl RemoteBus {
         }
         warn!(address = %self.dialer.address, "lost the gateway: {reason}");
         let mut routes = lock(&self.routes);
-        for inbox in routes.subscriptions.values() {
+        let servers = routes.servers.values().map(|(inbox, _)| inbox);
+        for inbox in routes.subscriptions.values().chain(servers) {
             inbox.report(RecvError::BrokerLost);
         }
         // Dropping the senders fails the calls and requests waiting on them.
@@ -610,6 +678,12 @@ impl RemoteBus {
         }
         for (&id, topic) in &routes.publishers {
             wire.send(&Frame::Advertise {
+                id,
+                topic: topic.clone(),
+            })?;
+        }
+        for (&id, (_, topic)) in &routes.servers {
+            wire.send(&Frame::Serve {
                 id,
                 topic: topic.clone(),
             })?;

@@ -327,12 +327,45 @@ pub enum Frame<'a> {
         /// The answer.
         payload: &'a [u8],
     },
-    /// Gateway: request `id` ends without (more) answers.
+    /// Gateway: request `id` ends without (more) answers. Client: the server dropped the
+    /// request the gateway numbered `id` without answering ([`Unanswered::Abandoned`]).
     Unanswered {
         /// The request.
         id: u32,
         /// Why.
         why: Unanswered,
+    },
+    /// Client: serve `topic` under id `id`; answered with [`Frame::Done`] or [`Frame::Failed`]
+    /// (`Taken` when another server has it).
+    Serve {
+        /// The client's id for the server.
+        id: u32,
+        /// The topic (no wildcards).
+        topic: String,
+    },
+    /// Client: server `id` stops serving (not answered); what it has not answered is
+    /// abandoned.
+    Unserve {
+        /// The server.
+        id: u32,
+    },
+    /// Gateway: a request for server `server`, numbered `request` by the gateway.
+    Incoming {
+        /// The server.
+        server: u32,
+        /// The gateway's number for the request, which the answers name.
+        request: u32,
+        /// The request.
+        payload: &'a [u8],
+    },
+    /// Client: an answer to request `request` (see [`Frame::Incoming`]).
+    Respond {
+        /// The gateway's number for the request.
+        request: u32,
+        /// Where it stands.
+        kind: AnswerKind,
+        /// The answer.
+        payload: &'a [u8],
     },
     /// Either side: are you there?
     Ping,
@@ -362,6 +395,10 @@ mod kind {
     pub const REQUEST: u8 = 18;
     pub const ANSWER: u8 = 19;
     pub const UNANSWERED: u8 = 20;
+    pub const SERVE: u8 = 21;
+    pub const UNSERVE: u8 = 22;
+    pub const INCOMING: u8 = 23;
+    pub const RESPOND: u8 = 24;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -443,6 +480,28 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
         Frame::Answer { id, kind, payload } => {
             out.push(kind::ANSWER);
             out.extend_from_slice(&id.to_le_bytes());
+            out.push(kind.byte());
+            out.extend_from_slice(payload);
+        }
+        Frame::Serve { id, topic } => control(out, kind::SERVE, &(id, topic)),
+        Frame::Unserve { id } => control(out, kind::UNSERVE, id),
+        Frame::Incoming {
+            server,
+            request,
+            payload,
+        } => {
+            out.push(kind::INCOMING);
+            out.extend_from_slice(&server.to_le_bytes());
+            out.extend_from_slice(&request.to_le_bytes());
+            out.extend_from_slice(payload);
+        }
+        Frame::Respond {
+            request,
+            kind,
+            payload,
+        } => {
+            out.push(kind::RESPOND);
+            out.extend_from_slice(&request.to_le_bytes());
             out.push(kind.byte());
             out.extend_from_slice(payload);
         }
@@ -618,11 +677,37 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         kind::ANSWER => {
             let mut rest = Fields::new("answer", body);
             let id = rest.u32()?;
-            let [byte] = rest.array::<1>()?;
-            let kind = AnswerKind::from_byte(byte)
-                .ok_or_else(|| malformed("answer", format!("answer kind {byte}")))?;
+            let kind = rest.answer_kind()?;
             Frame::Answer {
                 id,
+                kind,
+                payload: rest.remaining(),
+            }
+        }
+        kind::SERVE => {
+            let (id, topic): (u32, String) = body_of("serve", body)?;
+            check_len("serve", "topic", &topic, MAX_TOPIC_LEN)?;
+            Frame::Serve { id, topic }
+        }
+        kind::UNSERVE => Frame::Unserve {
+            id: body_of("unserve", body)?,
+        },
+        kind::INCOMING => {
+            let mut rest = Fields::new("incoming", body);
+            let server = rest.u32()?;
+            let request = rest.u32()?;
+            Frame::Incoming {
+                server,
+                request,
+                payload: rest.remaining(),
+            }
+        }
+        kind::RESPOND => {
+            let mut rest = Fields::new("respond", body);
+            let request = rest.u32()?;
+            let kind = rest.answer_kind()?;
+            Frame::Respond {
+                request,
                 kind,
                 payload: rest.remaining(),
             }
@@ -754,6 +839,13 @@ impl<'a> Fields<'a> {
         Ok((publisher, sequence, topic, self.remaining()))
     }
 
+    /// An [`AnswerKind`] byte.
+    fn answer_kind(&mut self) -> Result<AnswerKind, FrameError> {
+        let [byte] = self.array::<1>()?;
+        AnswerKind::from_byte(byte)
+            .ok_or_else(|| malformed(self.kind, format!("answer kind {byte}")))
+    }
+
     /// A topic: its `u16` length, then its UTF-8 bytes.
     fn topic(&mut self) -> Result<&'a str, FrameError> {
         let topic_len = usize::from(self.u16()?);
@@ -880,6 +972,21 @@ mod tests {
         round_trip(Frame::Unanswered {
             id: 3,
             why: Unanswered::Refused(Refusal::new(ErrorCode::PermissionDenied, "no")),
+        });
+        round_trip(Frame::Serve {
+            id: 4,
+            topic: "calc/add".into(),
+        });
+        round_trip(Frame::Unserve { id: 4 });
+        round_trip(Frame::Incoming {
+            server: 4,
+            request: 77,
+            payload: b"1+1",
+        });
+        round_trip(Frame::Respond {
+            request: 77,
+            kind: AnswerKind::Item,
+            payload: b"2",
         });
         round_trip(Frame::Ping);
         round_trip(Frame::Pong);

@@ -13,6 +13,7 @@ use super::forward::{Forwarder, Subscription};
 use super::identity::{RemoteUser, user_of_certificate};
 use super::peer::{User, run_link};
 use super::requests::{Job, Requests};
+use super::serving::{Held, ServerThread};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
 use crate::client::{AttachError, Bus};
@@ -25,13 +26,16 @@ use crate::sync::lock;
 use crate::transport::wire::{Timing, Wire, WireReader};
 use crate::transport::{accept_tls, frame_limit};
 use crate::{PublishError, PublishTimeoutError};
-use crate::{Publisher, Topic};
+use crate::{Publisher, ServeError, Topic};
 
 /// Most subscriptions one connection holds.
 const MAX_SUBSCRIPTIONS: usize = 256;
 
 /// Most publishers one connection holds.
 const MAX_PUBLISHERS: usize = 1024;
+
+/// Most topics one connection serves.
+const MAX_SERVERS: usize = 256;
 
 /// How long an answer may wait for room in the connection's output before the connection is
 /// given up as not reading.
@@ -103,6 +107,8 @@ pub(super) fn serve(
     let mut connection = Connection {
         bus,
         requests,
+        servers: HashMap::new(),
+        held: Arc::default(),
         user,
         access: Arc::clone(&shared.access),
         wire: Arc::clone(&wire),
@@ -259,6 +265,10 @@ struct Connection {
     bus: Bus,
     /// Makes the client's requests.
     requests: Requests,
+    /// Serves topics for the client.
+    servers: HashMap<u32, ServerThread>,
+    /// The requests its servers have not answered yet.
+    held: Arc<Held>,
     /// The user the client's certificate names, checked against the access list.
     user: Option<RemoteUser>,
     access: AccessSlot,
@@ -318,6 +328,26 @@ impl Connection {
                             .then(|| Duration::from_millis(timeout_ms)),
                     };
                     self.request(job)
+                }
+                Frame::Serve { id, topic } => {
+                    let answer = self.serve(id, &topic);
+                    self.answer(id, answer)
+                }
+                Frame::Unserve { id } => {
+                    self.servers.remove(&id);
+                    Ok(())
+                }
+                Frame::Respond {
+                    request,
+                    kind,
+                    payload,
+                } => {
+                    self.held.respond(request, kind, payload);
+                    Ok(())
+                }
+                Frame::Unanswered { id, .. } => {
+                    self.held.abandon(id);
+                    Ok(())
                 }
                 other => Err(format!("a client does not send {}", kind(&other))),
             };
@@ -403,6 +433,32 @@ impl Connection {
             };
             return self.answer(id, Err(refusal));
         }
+        Ok(())
+    }
+
+    /// Serves `topic` on the client's behalf, passing its requests on.
+    fn serve(&mut self, id: u32, topic: &str) -> Result<(), Refusal> {
+        if self.servers.contains_key(&id) {
+            return Err(in_use(id));
+        }
+        if self.servers.len() >= MAX_SERVERS {
+            return Err(Refusal {
+                code: ErrorCode::Exhausted,
+                message: format!("at most {MAX_SERVERS} servers per connection"),
+            });
+        }
+        self.check(Operation::Serve, topic)?;
+        let server = self.bus.serve(topic).map_err(|e| match e {
+            ServeError::AlreadyServed { detail, .. } => Refusal::new(ErrorCode::Taken, detail),
+            ServeError::Attach(e) => refusal(e),
+        })?;
+        let thread =
+            ServerThread::start(server, id, Arc::clone(&self.wire), Arc::clone(&self.held))
+                .map_err(|e| Refusal {
+                    code: ErrorCode::Internal,
+                    message: format!("cannot start a serving thread: {e}"),
+                })?;
+        self.servers.insert(id, thread);
         Ok(())
     }
 
@@ -537,6 +593,10 @@ pub(super) fn kind(frame: &Frame<'_>) -> &'static str {
         Frame::Request { .. } => "a request",
         Frame::Answer { .. } => "an answer",
         Frame::Unanswered { .. } => "an unanswered",
+        Frame::Serve { .. } => "a serve",
+        Frame::Unserve { .. } => "an unserve",
+        Frame::Incoming { .. } => "an incoming",
+        Frame::Respond { .. } => "a respond",
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
     }

@@ -20,6 +20,7 @@ mod forward;
 mod identity;
 mod peer;
 mod requests;
+mod serving;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -108,8 +108,16 @@ impl Inbox {
         lock(&self.patterns).clone()
     }
 
-    /// Puts a message in (the bus's thread), making room as the mode says.
-    pub(crate) fn deliver(&self, topic: &str, payload: &[u8], publisher: u32, sequence: u64) {
+    /// Puts a message in (the bus's thread), making room as the mode says; `room` zero bytes go
+    /// in front of its payload (where a request or response carries its exchange header).
+    pub(crate) fn deliver(
+        &self,
+        topic: &str,
+        room: usize,
+        payload: &[u8],
+        publisher: u32,
+        sequence: u64,
+    ) {
         let mut state = lock(&self.state);
         let topic = match &state.last_topic {
             Some(last) if last.as_str() == topic => last.clone(),
@@ -153,9 +161,10 @@ impl Inbox {
                 None => state.overrun = Some((oldest.topic.clone(), 1)),
             }
         }
-        let mut aligned = AlignedVec::with_capacity(payload.len());
+        let mut aligned = AlignedVec::with_capacity(room + payload.len());
+        aligned.resize(room, 0);
         aligned.extend_from_slice(payload);
-        state.bytes += payload.len();
+        state.bytes += aligned.len();
         state.messages.push_back(Arc::new(RemoteMessage {
             topic,
             payload: aligned,
@@ -208,7 +217,7 @@ impl Inbox {
 
     /// The next message or event, waiting as `patience` allows: polling first as `wait` says,
     /// then asleep.
-    fn take(
+    pub(crate) fn take(
         &self,
         patience: Patience,
         wait: WaitStrategy,

@@ -26,6 +26,7 @@
 
 mod callbacks;
 mod error;
+mod remote;
 mod requester;
 mod server;
 

@@ -13,6 +13,7 @@ use shmbus_shm::{Deadline, LoanError, ReaderOptions, WaitStrategy, Writer};
 use tracing::debug;
 
 use super::error::{RespondError, ServeError};
+use super::remote::RemoteRequests;
 use crate::client::bus::BusInner;
 use crate::client::connection::Link;
 use crate::client::error::{AttachError, CallError};
@@ -20,8 +21,10 @@ use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RecvTimeoutError, Relinking, RingSubscriber,
     Sample, TryRecvError, Wait,
 };
+use crate::client::remote::{RemoteBus, RemoteInner};
 use crate::client::schema::Schema;
 use crate::client::schema::serialize_tagged;
+use crate::protocol::remote::AnswerKind;
 use crate::protocol::reqrep::{
     EXCHANGE_HEADER_LEN, RequestHeader, Respond, ResponseHeader, ResponseKind, Serve,
 };
@@ -36,26 +39,107 @@ type Fill<'f> = dyn FnMut(&mut [u8]) -> Result<usize, String> + 'f;
 /// [`Fill`] that also reads the request's bytes.
 type AnswerFill<'f> = dyn FnMut(&[u8], &mut [u8]) -> Result<usize, String> + 'f;
 
-/// What a server and its responders share: the writers on requesters' inboxes.
+/// What a server and its responders share: where the answers go — into the requesters' inboxes
+/// (the writers on them), or to the gateway.
 pub(crate) struct Outbound {
+    topic: Topic,
+    way: Way,
+}
+
+enum Way {
+    /// Into the inboxes (rings) of the bus.
+    Rings(Rings),
+    /// To the gateway, which answers on the client's behalf.
+    Remote(Arc<RemoteBus>),
+}
+
+/// The writers into the requesters' inboxes a server answered.
+struct Rings {
     bus: Arc<BusInner>,
     /// The link the server registered on: inbox ids are those of its broker.
     link: Arc<Link>,
-    topic: Topic,
     writers: Mutex<HashMap<RingId, Arc<Mutex<AttachedWriter>>>>,
 }
 
 impl Outbound {
     /// Nothing written yet to the inboxes of the broker of `link`.
     fn new(bus: Arc<BusInner>, link: Arc<Link>, topic: Topic) -> Outbound {
-        Outbound {
+        let rings = Rings {
             bus,
             link,
-            topic,
             writers: Mutex::new(HashMap::new()),
+        };
+        Outbound {
+            topic,
+            way: Way::Rings(rings),
         }
     }
 
+    /// Writes one response frame into `inbox` (or sends it to the gateway): a header of
+    /// `kind`, then what `fill` writes into a buffer of `len` bytes (it returns how many it
+    /// used). Waits while the inbox is full (its requester reads slowly; the broker evicts one
+    /// that stops reading).
+    fn send(
+        &self,
+        inbox: RingId,
+        header: ResponseHeader,
+        len: usize,
+        fill: &mut Fill<'_>,
+    ) -> Result<(), RespondError> {
+        self.check_len(len)?;
+        match &self.way {
+            Way::Rings(rings) => {
+                let shared = rings.writer(inbox)?;
+                rings.deliver(&self.topic, &shared, inbox, header, len, fill)
+            }
+            Way::Remote(bus) => send_remote(bus, header, len, fill),
+        }
+    }
+
+    /// The largest answer.
+    fn max_payload(&self) -> usize {
+        let max = match &self.way {
+            Way::Rings(rings) => rings.bus.max_payload() as usize,
+            Way::Remote(bus) => bus.max_payload() as usize,
+        };
+        max - EXCHANGE_HEADER_LEN
+    }
+
+    /// Refuses a response longer than the bus's rings carry.
+    fn check_len(&self, len: usize) -> Result<(), RespondError> {
+        let max = self.max_payload();
+        if len > max {
+            return Err(RespondError::TooLarge { len, max });
+        }
+        Ok(())
+    }
+}
+
+/// Sends an answer to the gateway: `header.correlation` is the gateway's number for the request.
+fn send_remote(
+    bus: &RemoteBus,
+    header: ResponseHeader,
+    len: usize,
+    fill: &mut Fill<'_>,
+) -> Result<(), RespondError> {
+    let mut buf = vec![0; len];
+    let used = fill(&mut buf)
+        .map_err(|detail| RespondError::Serialize { detail })?
+        .min(len);
+    let kind = match header.kind {
+        ResponseKind::Single => Some(AnswerKind::Single),
+        ResponseKind::Item => Some(AnswerKind::Item),
+        ResponseKind::End => Some(AnswerKind::End),
+        ResponseKind::Unanswered => None,
+    };
+    let request = u32::try_from(header.correlation).unwrap_or(u32::MAX);
+    bus.respond(request, kind.map(|kind| (kind, &buf[..used])))
+        .map_err(|e| RespondError::Inbox {
+            detail: format!("cannot reach the gateway: {e:?}"),
+        })
+}
+
+impl Rings {
     /// The writer on inbox `inbox`, made if needed. Writers on inboxes the broker retired are
     /// dropped whenever a new one is made, so they do not pile up.
     fn writer(&self, inbox: RingId) -> Result<Arc<Mutex<AttachedWriter>>, RespondError> {
@@ -88,33 +172,10 @@ impl Outbound {
         Ok(Arc::clone(w))
     }
 
-    /// Writes one response frame into `inbox`: a header of `kind`, then what `fill` writes into
-    /// a buffer of `len` bytes (it returns how many it used). Waits while the inbox is full
-    /// (its requester reads slowly; the broker evicts one that stops reading).
-    fn send(
-        &self,
-        inbox: RingId,
-        header: ResponseHeader,
-        len: usize,
-        fill: &mut Fill<'_>,
-    ) -> Result<(), RespondError> {
-        self.check_len(len)?;
-        let shared = self.writer(inbox)?;
-        self.deliver(&shared, inbox, header, len, fill)
-    }
-
-    /// Refuses a response longer than the bus's rings carry.
-    fn check_len(&self, len: usize) -> Result<(), RespondError> {
-        let max = self.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
-        if len > max {
-            return Err(RespondError::TooLarge { len, max });
-        }
-        Ok(())
-    }
-
     /// [`Outbound::send`] with the writer looked up already.
     fn deliver(
         &self,
+        topic: &Topic,
         shared: &Mutex<AttachedWriter>,
         inbox: RingId,
         header: ResponseHeader,
@@ -124,7 +185,7 @@ impl Outbound {
         // The entry's lock is let go before the map's is taken (the map's comes first elsewhere).
         let written = write_frame(&mut lock(shared).writer, header, len, fill);
         if written == Err(RespondError::RequesterGone) {
-            debug!(topic = %self.topic, inbox = %inbox, "the requester's inbox is closed");
+            debug!(topic = %topic, inbox = %inbox, "the requester's inbox is closed");
             lock(&self.writers).remove(&inbox);
         }
         written
@@ -384,7 +445,7 @@ impl<'a> Request<'a> {
     where
         R: rkyv::Archive + for<'b, 'c> rkyv::Serialize<crate::RingSerializer<'b, 'c>>,
     {
-        let max = self.outbound.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
+        let max = self.outbound.max_payload();
         self.answer(max, &mut |_, buf| serialize_tagged(value, buf))
     }
 
@@ -394,16 +455,22 @@ impl<'a> Request<'a> {
         let outbound: &Outbound = self.outbound;
         outbound.check_len(len)?;
         let inbox = self.inbox;
-        if self.last.as_ref().map(|(id, _)| *id) != Some(inbox) {
-            *self.last = Some((inbox, outbound.writer(inbox)?));
-        }
-        let (_, shared) = self.last.as_ref().expect("filled above");
         let header = ResponseHeader {
             correlation: self.correlation,
             kind: ResponseKind::Single,
         };
+        let Way::Rings(rings) = &outbound.way else {
+            let request = self.payload();
+            return outbound.send(inbox, header, len, &mut |buf| fill(request, buf));
+        };
+        if self.last.as_ref().map(|(id, _)| *id) != Some(inbox) {
+            *self.last = Some((inbox, rings.writer(inbox)?));
+        }
         let request = self.payload();
-        let written = outbound.deliver(shared, inbox, header, len, &mut |buf| fill(request, buf));
+        let (_, shared) = self.last.as_ref().expect("filled above");
+        let written = rings.deliver(&outbound.topic, shared, inbox, header, len, &mut |buf| {
+            fill(request, buf)
+        });
         if written.is_err() {
             *self.last = None;
         }
@@ -497,9 +564,21 @@ impl OwnedRequest {
 /// [`RequestError::ServerGone`](super::RequestError::ServerGone), and another may serve the
 /// topic. From [`Bus::serve`](crate::Bus::serve).
 pub struct Server {
-    reader: RingSubscriber,
+    source: Source,
     outbound: Arc<Outbound>,
     last: LastWriter,
+}
+
+/// Where a server's requests come from.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing the hot, local variant would cost every receive"
+)]
+enum Source {
+    /// Its request ring.
+    Rings(RingSubscriber),
+    /// Its gateway.
+    Remote(RemoteRequests),
 }
 
 impl std::fmt::Debug for Server {
@@ -510,15 +589,22 @@ impl std::fmt::Debug for Server {
     }
 }
 
+/// `topic` as a topic a server may serve: valid, without wildcards.
+fn exact(topic: &str) -> Result<Topic, ServeError> {
+    let parsed = Topic::new(topic).map_err(AttachError::from)?;
+    if parsed.is_wildcard() {
+        let e = crate::topic::TopicError::Wildcard {
+            topic: topic.to_string(),
+        };
+        return Err(ServeError::Attach(AttachError::from(e)));
+    }
+    Ok(parsed)
+}
+
 impl Server {
+    /// Serves `topic` on a local bus: its request ring.
     pub(crate) fn new(bus: Arc<BusInner>, topic: &str) -> Result<Server, ServeError> {
-        let topic_ref = Topic::new(topic).map_err(AttachError::from)?;
-        if topic_ref.is_wildcard() {
-            let e = crate::topic::TopicError::Wildcard {
-                topic: topic.to_string(),
-            };
-            return Err(ServeError::Attach(AttachError::from(e)));
-        }
+        let topic_ref = exact(topic)?;
         let options = ReaderOptions::default();
         let wait = WaitStrategy::default();
         let mut reader = RingSubscriber::open(Arc::clone(&bus), options, 0, wait, topic)?;
@@ -543,8 +629,23 @@ impl Server {
         reader.relink_with(Relinking::default());
         let link = Arc::clone(reader.link());
         Ok(Server {
-            reader,
+            source: Source::Rings(reader),
             outbound: Arc::new(Outbound::new(bus, link, topic_ref)),
+            last: None,
+        })
+    }
+
+    /// Serves `topic` through the gateway of a remote bus.
+    pub(crate) fn remote(bus: Arc<RemoteInner>, topic: &str) -> Result<Server, ServeError> {
+        let topic = exact(topic)?;
+        let requests = RemoteRequests::open(bus, &topic)?;
+        let outbound = Outbound {
+            way: Way::Remote(Arc::clone(&requests.bus().bus)),
+            topic,
+        };
+        Ok(Server {
+            source: Source::Remote(requests),
+            outbound: Arc::new(outbound),
             last: None,
         })
     }
@@ -556,7 +657,10 @@ impl Server {
 
     /// How to wait for requests (default: spin, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
-        self.reader.set_wait_strategy(wait);
+        match &mut self.source {
+            Source::Rings(reader) => reader.set_wait_strategy(wait),
+            Source::Remote(requests) => requests.set_wait_strategy(wait),
+        }
     }
 
     /// The next request, waiting as long as it takes.
@@ -603,14 +707,32 @@ impl Server {
         stop: &dyn Fn() -> bool,
     ) -> Result<Request<'_>, Wait> {
         let Server {
-            reader,
+            source,
             outbound,
             last,
         } = self;
-        let (sample, new_link) = reader.next_noting_link(patience, stop, Some(&outbound.link))?;
-        if let Some(link) = new_link {
+        let reader = match source {
+            Source::Rings(reader) => reader,
+            Source::Remote(requests) => {
+                let message = requests.next(patience, stop)?;
+                return Ok(Request {
+                    sample: Some(Sample::remote(message)),
+                    outbound,
+                    last,
+                    inbox: RingId::REMOTE,
+                    // The gateway's number for the request, which its answers name.
+                    correlation: message.sequence,
+                    answered: false,
+                });
+            }
+        };
+        let (known, bus) = match &outbound.way {
+            Way::Rings(rings) => (Some(&*rings.link), Some(Arc::clone(&rings.bus))),
+            Way::Remote(_) => (None, None),
+        };
+        let (sample, new_link) = reader.next_noting_link(patience, stop, known)?;
+        if let (Some(link), Some(bus)) = (new_link, bus) {
             // Registered again at a new broker: its inboxes, its writers.
-            let bus = Arc::clone(&outbound.bus);
             *outbound = Arc::new(Outbound::new(bus, link, outbound.topic.clone()));
             *last = None;
         }
@@ -633,6 +755,9 @@ impl Server {
 
     /// Wakes a receive waiting in [`Server::receive`] so it looks at its `stop` again.
     pub(crate) fn waker(&self) -> crate::client::pubsub::Waker {
-        self.reader.waker()
+        match &self.source {
+            Source::Rings(reader) => reader.waker(),
+            Source::Remote(requests) => requests.waker(),
+        }
     }
 }

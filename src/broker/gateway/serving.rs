@@ -1,0 +1,226 @@
+//! Remote clients' servers at the gateway: the gateway serves the topic on the client's behalf,
+//! passes each request on to the client, and answers it with what the client sends back.
+//!
+//! Each served topic has a thread that receives its requests and keeps them, numbered, until
+//! the client answers (one response, or a stream ended by an end marker) or drops them. At most
+//! [`MAX_IN_FLIGHT`] requests per server wait for the client: beyond that the thread stops
+//! receiving, and further requests wait in the server's ring, as they would for a slow local
+//! server.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+
+use shmbus_shm::Deadline;
+use tracing::debug;
+
+use crate::client::pubsub::{Patience, Wait, Waker};
+use crate::protocol::remote::{AnswerKind, Frame};
+use crate::sync::lock;
+use crate::transport::wire::Wire;
+use crate::{OwnedRequest, ResponseSender, Server};
+
+/// Most requests of one server passed on to the client and not yet answered.
+pub(super) const MAX_IN_FLIGHT: usize = 64;
+
+/// The requests of one connection's servers that wait for the client's answers.
+#[derive(Default)]
+pub(super) struct Held {
+    state: Mutex<HeldState>,
+    /// Signalled when a request is answered or dropped (room for its server), or to stop.
+    room: Condvar,
+}
+
+#[derive(Default)]
+struct HeldState {
+    requests: HashMap<u32, (u32, Answering)>,
+    /// Requests held per server.
+    per_server: HashMap<u32, usize>,
+    next: u32,
+}
+
+/// Where a held request stands.
+enum Answering {
+    /// Not answered yet.
+    Waiting(OwnedRequest),
+    /// Answered with a stream, not yet ended.
+    Streaming(ResponseSender),
+}
+
+impl Held {
+    /// Holds `request` of `server`, and returns its number.
+    fn hold(&self, server: u32, request: OwnedRequest) -> u32 {
+        let mut state = lock(&self.state);
+        let mut key = state.next;
+        while state.requests.contains_key(&key) {
+            key = key.wrapping_add(1);
+        }
+        state.next = key.wrapping_add(1);
+        state
+            .requests
+            .insert(key, (server, Answering::Waiting(request)));
+        *state.per_server.entry(server).or_default() += 1;
+        key
+    }
+
+    /// Waits until `server` may hold one more request; returns `false` if `stop` says to stop
+    /// first.
+    fn wait_for_room(&self, server: u32, stop: &AtomicBool) -> bool {
+        let state = lock(&self.state);
+        let state = self
+            .room
+            .wait_while(state, |s| {
+                // Acquire pairs with the Release store of `ServerThread::drop`.
+                !stop.load(Ordering::Acquire)
+                    && s.per_server.get(&server).copied().unwrap_or(0) >= MAX_IN_FLIGHT
+            })
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        drop(state);
+        !stop.load(Ordering::Acquire)
+    }
+
+    /// Answers request `key` as the client says.
+    pub(super) fn respond(&self, key: u32, kind: AnswerKind, payload: &[u8]) {
+        let mut state = lock(&self.state);
+        let Some((server, answering)) = state.requests.remove(&key) else {
+            debug!(key, "gateway: an answer to a request no longer held");
+            return;
+        };
+        let answered = match (kind, answering) {
+            (AnswerKind::Single, Answering::Waiting(request)) => request.respond(payload),
+            (AnswerKind::Item, Answering::Waiting(request)) => {
+                let mut sender = request.stream();
+                let sent = sender.send(payload);
+                state
+                    .requests
+                    .insert(key, (server, Answering::Streaming(sender)));
+                sent
+            }
+            (AnswerKind::Item, Answering::Streaming(mut sender)) => {
+                let sent = sender.send(payload);
+                state
+                    .requests
+                    .insert(key, (server, Answering::Streaming(sender)));
+                sent
+            }
+            (AnswerKind::End, Answering::Waiting(request)) => request.stream().end(),
+            (AnswerKind::End, Answering::Streaming(sender)) => sender.end(),
+            // A single answer after stream items: the stream is dropped, unfinished (the
+            // requester hears it was abandoned).
+            (AnswerKind::Single, Answering::Streaming(_)) => Ok(()),
+        };
+        if let Err(e) = answered {
+            debug!(
+                key,
+                "gateway: a remote server's answer could not be delivered: {e}"
+            );
+        }
+        if !state.requests.contains_key(&key) {
+            self.released(&mut state, server);
+        }
+    }
+
+    /// Drops request `key` unanswered (the requester hears it was abandoned).
+    pub(super) fn abandon(&self, key: u32) {
+        let mut state = lock(&self.state);
+        if let Some((server, _)) = state.requests.remove(&key) {
+            self.released(&mut state, server);
+        }
+    }
+
+    /// Drops every request `server` holds.
+    fn abandon_all(&self, server: u32) {
+        let mut state = lock(&self.state);
+        state.requests.retain(|_, (s, _)| *s != server);
+        state.per_server.remove(&server);
+        self.room.notify_all();
+    }
+
+    fn released(&self, state: &mut HeldState, server: u32) {
+        if let Some(count) = state.per_server.get_mut(&server) {
+            *count = count.saturating_sub(1);
+        }
+        self.room.notify_all();
+    }
+}
+
+/// The thread that passes one served topic's requests on to the client; stopped (and its
+/// held requests dropped) when this is dropped.
+pub(super) struct ServerThread {
+    id: u32,
+    stop: Arc<AtomicBool>,
+    waker: Waker,
+    held: Arc<Held>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl ServerThread {
+    /// Passes the requests `server` receives on to the client as server `id`'s.
+    pub(super) fn start(
+        server: Server,
+        id: u32,
+        wire: Arc<Wire>,
+        held: Arc<Held>,
+    ) -> std::io::Result<ServerThread> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let waker = server.waker();
+        let thread = {
+            let stop = Arc::clone(&stop);
+            let held = Arc::clone(&held);
+            std::thread::Builder::new()
+                .name("shmbus-gw-serve".into())
+                .spawn(move || pass_on(server, id, &wire, &held, &stop))?
+        };
+        Ok(ServerThread {
+            id,
+            stop,
+            waker,
+            held,
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for ServerThread {
+    fn drop(&mut self) {
+        // Release pairs with the Acquire loads in `pass_on` and `Held::wait_for_room`.
+        self.stop.store(true, Ordering::Release);
+        self.waker.wake();
+        self.held.room.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.held.abandon_all(self.id);
+    }
+}
+
+/// Receives requests and passes them on until stopped or the connection fails.
+fn pass_on(mut server: Server, id: u32, wire: &Wire, held: &Held, stop: &AtomicBool) {
+    // Acquire pairs with the Release store of `ServerThread::drop`.
+    let stopped = || stop.load(Ordering::Acquire);
+    while held.wait_for_room(id, stop) {
+        let request = match server.receive(Patience::Until(Deadline::Never), &stopped) {
+            Ok(request) => request.detach(),
+            Err(Wait::Stopped) => return,
+            Err(Wait::Failed(e)) => {
+                debug!(id, "gateway: a remote server's requests: {e}");
+                if wire.closed().is_some() {
+                    return;
+                }
+                continue;
+            }
+            Err(Wait::Empty | Wait::Timeout) => continue,
+        };
+        let payload = request.payload().to_vec();
+        let key = held.hold(id, request);
+        let frame = Frame::Incoming {
+            server: id,
+            request: key,
+            payload: &payload,
+        };
+        if wire.send(&frame).is_err() {
+            return;
+        }
+    }
+}
