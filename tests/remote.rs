@@ -159,16 +159,9 @@ fn the_cli_publishes_and_subscribes_over_tcp() {
 }
 
 #[test]
-fn requesters_and_state_say_they_are_local_only() {
+fn state_collections_say_they_are_local_only() {
     let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let remote = Bus::connect(&url).unwrap();
-    let requester = remote.requester("calc/add").unwrap_err();
-    assert!(
-        requester
-            .to_string()
-            .contains("only available on a local bus"),
-        "{requester}"
-    );
     let state = remote.watch_state("config/**").unwrap_err();
     assert!(
         matches!(state, shmbus::AttachError::LocalOnly { .. }),
@@ -259,7 +252,9 @@ fn remote_servers_answer_local_requesters() {
 
     // When it stops serving (the gateway hears so a moment later), the topic is free again.
     drop(server);
-    eventually("the topic is free again", || local.serve("calc/work").is_ok());
+    eventually("the topic is free again", || {
+        local.serve("calc/work").is_ok()
+    });
 }
 
 #[test]
@@ -324,6 +319,18 @@ fn remote_clients_ask_local_servers() {
         .request_timeout("calc/double", &5u32.to_le_bytes(), PATIENCE)
         .unwrap();
     assert_eq!(answer.payload(), 10u32.to_le_bytes());
+    // A requester handle, writing its request in place as locally.
+    let mut requester = remote.requester("calc/double").unwrap();
+    assert_eq!(requester.topic(), "calc/double");
+    let answer = requester
+        .request_with(4, |buf| {
+            buf.copy_from_slice(&7u32.to_le_bytes());
+            4
+        })
+        .unwrap();
+    assert_eq!(answer.payload(), 14u32.to_le_bytes());
+    let answer = requester.request(&8u32.to_le_bytes()).unwrap();
+    assert_eq!(answer.payload(), 16u32.to_le_bytes());
 
     // What can go wrong is reported as locally.
     assert!(matches!(
@@ -380,6 +387,45 @@ fn remote_clients_ask_local_servers() {
         .collect();
     assert_eq!(answers, [[0], [1], [2], [3], [4]]);
     streamer.join().unwrap();
+}
+
+#[test]
+fn typed_requests_and_answers_cross_the_network_both_ways() {
+    #[derive(rkyv::Archive, rkyv::Serialize)]
+    struct Pair {
+        a: i64,
+        b: i64,
+    }
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    // Each server validates the request in place and answers with a typed value.
+    let serve = |bus: &Bus, topic: &str, op: fn(i64, i64) -> i64| {
+        let mut server = bus.serve(topic).unwrap();
+        std::thread::spawn(move || {
+            let request = server.recv().unwrap();
+            let value = {
+                let pair = request.payload_typed::<Pair>().unwrap();
+                op(pair.a.to_native(), pair.b.to_native())
+            };
+            request.respond_typed(&value).unwrap();
+        })
+    };
+    let local_server = serve(&local, "calc/add", |a, b| a + b);
+    let remote_server = serve(&remote, "calc/sub", |a, b| a - b);
+
+    let mut to_local = remote.requester("calc/add").unwrap();
+    let sum = to_local
+        .request_typed::<Pair, i64>(&Pair { a: 40, b: 2 }, Some(PATIENCE))
+        .unwrap();
+    assert_eq!(*sum, 42);
+    let mut to_remote = local.requester("calc/sub").unwrap();
+    let difference = to_remote
+        .request_typed::<Pair, i64>(&Pair { a: 40, b: 2 }, Some(PATIENCE))
+        .unwrap();
+    assert_eq!(*difference, 38);
+    local_server.join().unwrap();
+    remote_server.join().unwrap();
 }
 
 #[test]

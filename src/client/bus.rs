@@ -17,7 +17,6 @@ use super::reqrep::{
 use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
 use crate::address::BusAddress;
 use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
-use crate::topic::Topic;
 use crate::transport::tls::TlsClientFiles;
 
 /// A broker running on a thread of this process, owned by a [`Bus`].
@@ -532,7 +531,10 @@ impl Bus {
     /// A requester of `topic` with an inbox of its own: requests written in place, and a choice
     /// of how to wait for answers.
     pub fn requester(&self, topic: &str) -> Result<Requester, RequestError> {
-        Requester::new(self.local_for_request(topic)?, topic)
+        match &self.flavor {
+            BusFlavor::Local(bus) => Requester::new(Arc::clone(bus), topic),
+            BusFlavor::Remote(remote) => Requester::remote(Arc::clone(remote), topic),
+        }
     }
 
     /// A request, waiting for its answer at most `patience`: through the local inboxes, or the
@@ -566,19 +568,5 @@ impl Bus {
                 reqrep::request_stream_remote(&remote.bus, topic, payload, patience)
             }
         }
-    }
-
-    /// The local bus, for a request on `topic`; on a remote bus, the error saying that
-    /// [`Requester`]s do not cross the network yet.
-    fn local_for_request(&self, topic: &str) -> Result<Arc<BusInner>, RequestError> {
-        self.flavor
-            .local(topic)
-            .map_err(|e| match Topic::new(topic) {
-                Ok(topic) => RequestError::Setup {
-                    topic,
-                    detail: e.to_string(),
-                },
-                Err(invalid) => invalid.into(),
-            })
     }
 }

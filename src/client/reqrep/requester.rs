@@ -25,7 +25,7 @@ use crate::client::pubsub::remote::RemoteMessage;
 use crate::client::pubsub::{
     AttachedWriter, OwnedSample, Patience, RecvError, RingSerializer, RingSubscriber, Wait,
 };
-use crate::client::remote::{RemoteBus, RemoteExchange};
+use crate::client::remote::{RemoteBus, RemoteExchange, RemoteInner};
 use crate::client::schema::serialize_tagged;
 use crate::client::schema::{Schema, TAG_LEN};
 use crate::protocol::remote::AnswerKind;
@@ -698,7 +698,16 @@ pub(crate) fn request_remote(
     payload: &[u8],
     patience: Option<Duration>,
 ) -> Result<Response, RequestError> {
-    let topic = exact_topic(topic)?;
+    ask_remote(bus, exact_topic(topic)?, payload, patience)
+}
+
+/// One request through the gateway, and its one answer.
+fn ask_remote(
+    bus: &Arc<RemoteBus>,
+    topic: Topic,
+    payload: &[u8],
+    patience: Option<Duration>,
+) -> Result<Response, RequestError> {
     let mut exchange = bus.request(topic, payload, false, patience)?;
     match exchange.next()? {
         (AnswerKind::Single | AnswerKind::Item, payload) => {
@@ -787,12 +796,22 @@ fn stream(
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct Requester {
-    bus: Arc<BusInner>,
     topic: Topic,
     wait: WaitStrategy,
-    inbox: Option<Inbox>,
-    /// Where a finished stream leaves the inbox it took.
-    after_stream: Arc<InboxPool>,
+    way: Asking,
+}
+
+/// How a requester asks.
+enum Asking {
+    /// Through an inbox of its own on the local bus.
+    Local {
+        bus: Arc<BusInner>,
+        inbox: Option<Inbox>,
+        /// Where a finished stream leaves the inbox it took.
+        after_stream: Arc<InboxPool>,
+    },
+    /// Through the gateway.
+    Remote(Arc<RemoteInner>),
 }
 
 impl std::fmt::Debug for Requester {
@@ -808,11 +827,22 @@ impl Requester {
         let topic = exact_topic(topic)?;
         let inbox = Inbox::open(&bus, &topic, WaitStrategy::default())?;
         Ok(Requester {
-            bus,
             topic,
             wait: WaitStrategy::default(),
-            inbox: Some(inbox),
-            after_stream: Arc::default(),
+            way: Asking::Local {
+                bus,
+                inbox: Some(inbox),
+                after_stream: Arc::default(),
+            },
+        })
+    }
+
+    /// A requester of a remote bus: each request goes to the gateway, which asks.
+    pub(crate) fn remote(bus: Arc<RemoteInner>, topic: &str) -> Result<Requester, RequestError> {
+        Ok(Requester {
+            topic: exact_topic(topic)?,
+            wait: WaitStrategy::default(),
+            way: Asking::Remote(bus),
         })
     }
 
@@ -824,7 +854,10 @@ impl Requester {
     /// How to wait for answers (default: spin, then park).
     pub fn set_wait_strategy(&mut self, wait: WaitStrategy) {
         self.wait = wait;
-        if let Some(inbox) = &mut self.inbox {
+        if let Asking::Local {
+            inbox: Some(inbox), ..
+        } = &mut self.way
+        {
             inbox.reader.set_wait_strategy(wait);
         }
     }
@@ -903,7 +936,7 @@ impl Requester {
                 rkyv::api::high::HighValidator<'a, rkyv::rancor::BoxedError>,
             >,
     {
-        let max = self.bus.max_payload() as usize - EXCHANGE_HEADER_LEN;
+        let max = self.max_payload() - EXCHANGE_HEADER_LEN;
         let mut fill = |buf: &mut [u8]| serialize_tagged(value, buf);
         let response = self.exchange(&mut Payload::Fill(max, &mut fill), timeout)?;
         TypedResponse::check(response, &self.topic)
@@ -916,20 +949,34 @@ impl Requester {
         payload: &[u8],
         timeout: Option<Duration>,
     ) -> Result<ResponseStream, RequestError> {
+        let Requester { topic, wait, way } = self;
+        let (bus, inbox, after_stream) = match way {
+            Asking::Local {
+                bus,
+                inbox,
+                after_stream,
+            } => (bus, inbox, after_stream),
+            Asking::Remote(remote) => {
+                let exchange = remote.bus.request(topic.clone(), payload, true, timeout)?;
+                return Ok(ResponseStream::remote(exchange));
+            }
+        };
         // A finished stream leaves the inbox where the next exchange finds it.
         let exchange = Exchange {
-            inbox: Some(self.take_inbox()?),
-            home: Arc::clone(&self.after_stream),
+            inbox: Some(take_inbox(bus, inbox, after_stream, topic, *wait)?),
+            home: Arc::clone(after_stream),
             finished: false,
         };
-        let topic = self.topic.clone();
-        stream(
-            &self.bus,
-            exchange,
-            topic,
-            &mut Payload::Copy(payload),
-            timeout,
-        )
+        let topic = topic.clone();
+        stream(bus, exchange, topic, &mut Payload::Copy(payload), timeout)
+    }
+
+    /// The largest request.
+    fn max_payload(&self) -> usize {
+        match &self.way {
+            Asking::Local { bus, .. } => bus.max_payload() as usize,
+            Asking::Remote(remote) => remote.bus.max_payload() as usize,
+        }
     }
 
     fn exchange(
@@ -937,18 +984,35 @@ impl Requester {
         payload: &mut Payload<'_>,
         patience: Option<Duration>,
     ) -> Result<Response, RequestError> {
+        let Requester { topic, wait, way } = self;
+        let (bus, inbox, after_stream) = match way {
+            Asking::Local {
+                bus,
+                inbox,
+                after_stream,
+            } => (bus, inbox, after_stream),
+            Asking::Remote(remote) => {
+                // Written here, then sent: the gateway copies it into the request ring.
+                let bytes = match payload {
+                    Payload::Copy(bytes) => bytes.to_vec(),
+                    Payload::Fill(len, fill) => {
+                        let mut buf = vec![0; *len];
+                        let used = fill(&mut buf).map_err(|detail| RequestError::Serialize {
+                            topic: topic.clone(),
+                            detail,
+                        })?;
+                        buf.truncate(used.min(*len));
+                        buf
+                    }
+                };
+                return ask_remote(&remote.bus, topic.clone(), &bytes, patience);
+            }
+        };
         // Used in place; dropped (so closed) if the exchange ends unfinished, or if its broker
         // is gone.
-        if self
-            .inbox
-            .as_ref()
-            .is_none_or(|inbox| inbox.reader.is_stale())
-        {
-            self.inbox = Some(self.take_inbox()?);
+        if inbox.as_ref().is_none_or(|inbox| inbox.reader.is_stale()) {
+            *inbox = Some(take_inbox(bus, inbox, after_stream, topic, *wait)?);
         }
-        let Requester {
-            bus, topic, inbox, ..
-        } = self;
         let mut finished = false;
         let answer = first_answer(
             bus,
@@ -964,17 +1028,22 @@ impl Requester {
         }
         answer
     }
+}
 
-    /// This requester's inbox (the one a finished stream gave back, or a fresh one if the last
-    /// exchange left it unfinished).
-    fn take_inbox(&mut self) -> Result<Inbox, RequestError> {
-        // An inbox of a broker that is gone is dropped.
-        let live = |inbox: &Inbox| !inbox.reader.is_stale();
-        let inbox =
-            (self.inbox.take().filter(live)).or_else(|| self.after_stream.take().filter(live));
-        match inbox {
-            Some(inbox) => Ok(inbox),
-            None => Inbox::open(&self.bus, &self.topic, self.wait),
-        }
+/// A local requester's inbox for the next exchange: its own, or the one a finished stream gave
+/// back, or a fresh one if the last exchange left it unfinished.
+fn take_inbox(
+    bus: &Arc<BusInner>,
+    inbox: &mut Option<Inbox>,
+    after_stream: &InboxPool,
+    topic: &Topic,
+    wait: WaitStrategy,
+) -> Result<Inbox, RequestError> {
+    // An inbox of a broker that is gone is dropped.
+    let live = |inbox: &Inbox| !inbox.reader.is_stale();
+    let taken = (inbox.take().filter(live)).or_else(|| after_stream.take().filter(live));
+    match taken {
+        Some(inbox) => Ok(inbox),
+        None => Inbox::open(bus, topic, wait),
     }
 }
