@@ -802,6 +802,10 @@ pub struct Requester {
 }
 
 /// How a requester asks.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "boxing the hot, local variant would cost every request"
+)]
 enum Asking {
     /// Through an inbox of its own on the local bus.
     Local {
