@@ -178,9 +178,12 @@ fn a_cycle_of_three_neither_duplicates_nor_loops() {
                 until_routed(&mut publisher, sub);
             }
         }
-        publish_numbered(&mut publisher, 300);
-        for sub in &mut subs {
-            expect_exactly_once(sub, &topic, 300);
+        // Rounds enough to span refreshes of the brokers' interest (every 2 s).
+        for _ in 0..5 {
+            publish_numbered(&mut publisher, 2000);
+            for sub in &mut subs {
+                expect_exactly_once(sub, &topic, 2000);
+            }
         }
     }
     for sub in &mut subs {
@@ -230,6 +233,88 @@ fn a_peer_killed_and_started_again_is_linked_again_and_the_other_goes_on() {
     until_routed(&mut local, &mut back);
     publish_numbered(&mut local, 100);
     expect_exactly_once(&mut back, "telemetry/local", 100);
+}
+
+/// Asks `topic` until its server, on another broker, answers (the way is open then).
+fn until_served(bus: &Bus, topic: &str) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match bus.request_timeout(topic, PROBE, PATIENCE) {
+            Ok(_) => return,
+            Err(shmbus::RequestError::NoServer { .. }) => {}
+            Err(e) => panic!("asking {topic} failed: {e}"),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no server of {topic} became reachable"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn requests_go_to_the_broker_that_serves_the_topic() {
+    // hub <- server side, hub <- asking side: two hops.
+    let (hub, hub_url) = peered_broker(&[]);
+    let (serving, _) = peered_broker(&[&hub_url]);
+    let (asking, _) = peered_broker(&[&hub_url]);
+    let at_serving = Bus::connect(serving.bus()).unwrap();
+    let at_asking = Bus::connect(asking.bus()).unwrap();
+    let at_hub = Bus::connect(hub.bus()).unwrap();
+
+    let _double = at_serving
+        .serve_with("calc/double", |req| {
+            let n = u32::from_le_bytes(req.payload().try_into().unwrap_or_default());
+            (2 * n).to_le_bytes()
+        })
+        .unwrap();
+    until_served(&at_asking, "calc/double");
+    for n in 0..50u32 {
+        let answer = at_asking.request("calc/double", &n.to_le_bytes()).unwrap();
+        assert_eq!(answer.payload(), (2 * n).to_le_bytes());
+    }
+    // One hop, from the hub; and the CLI.
+    let answer = at_hub.request("calc/double", &4u32.to_le_bytes()).unwrap();
+    assert_eq!(answer.payload(), 8u32.to_le_bytes());
+
+    // Streams of answers cross too.
+    let mut counter = at_serving.serve("calc/count").unwrap();
+    let streamer = std::thread::spawn(move || {
+        let request = counter.recv().unwrap();
+        if request.payload() == PROBE {
+            request.respond(b"ready").unwrap();
+        } else {
+            return;
+        }
+        let request = counter.recv().unwrap();
+        let mut stream = request.stream();
+        for i in 0..3u8 {
+            stream.send(&[i]).unwrap();
+        }
+        stream.end().unwrap();
+    });
+    until_served(&at_asking, "calc/count");
+    let items: Vec<Vec<u8>> = at_asking
+        .request_stream("calc/count", b"go")
+        .unwrap()
+        .map(|r| r.unwrap().payload().to_vec())
+        .collect();
+    assert_eq!(items, [[0], [1], [2]]);
+    streamer.join().unwrap();
+
+    // A server that stops is no longer reachable from the other brokers.
+    drop(_double);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        match at_asking.request_timeout("calc/double", &1u32.to_le_bytes(), PATIENCE) {
+            Err(shmbus::RequestError::NoServer { .. }) => break,
+            _ => assert!(
+                Instant::now() < deadline,
+                "the stopped server is still reachable"
+            ),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 #[test]

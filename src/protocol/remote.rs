@@ -49,12 +49,12 @@ pub const LENGTH_PREFIX: usize = 4;
 /// Most patterns one [`Subscribe`] may carry.
 pub const MAX_PATTERNS: usize = 64;
 
-/// Most patterns one broker's [`Interest`] may carry.
+/// Most patterns, and most served topics, one broker's [`Interest`] may carry.
 pub const MAX_INTEREST_PATTERNS: usize = 1024;
 
 /// The largest [`Frame::Interest`]: what a peer link's frame limit is at least, whatever the
 /// largest payload.
-pub const INTEREST_LIMIT: usize = 64 + MAX_INTEREST_PATTERNS * (MAX_TOPIC_LEN + 2);
+pub const INTEREST_LIMIT: usize = 64 + 2 * MAX_INTEREST_PATTERNS * (MAX_TOPIC_LEN + 2);
 
 /// The id of one running broker among peers: random, new at every start.
 pub type NodeId = u64;
@@ -153,8 +153,9 @@ pub enum Unanswered {
     Refused(Refusal),
 }
 
-/// What one broker's side of a peering wants: the patterns its own subscribers hold, as of
-/// `version`. Brokers flood these to each other, each keeping the newest per origin.
+/// What one broker's side of a peering wants and offers: the patterns its own subscribers
+/// hold and the topics its own servers serve, as of `version`. Brokers flood these to each
+/// other, each keeping the newest per origin.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Interest {
     /// The broker whose subscribers hold the patterns.
@@ -164,6 +165,8 @@ pub struct Interest {
     /// Topic patterns (at most [`MAX_INTEREST_PATTERNS`], each at most [`MAX_TOPIC_LEN`]
     /// bytes).
     pub patterns: Vec<String>,
+    /// Served topics (as many, as long): requests to them go to the origin.
+    pub served: Vec<String>,
 }
 
 /// Why the gateway refuses a connection or a request.
@@ -635,17 +638,19 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         }
         kind::INTEREST => {
             let interest: Interest = body_of("interest", body)?;
-            if interest.patterns.len() > MAX_INTEREST_PATTERNS {
-                return Err(malformed(
-                    "interest",
-                    format!(
-                        "{} patterns, more than {MAX_INTEREST_PATTERNS}",
-                        interest.patterns.len()
-                    ),
-                ));
-            }
-            for pattern in &interest.patterns {
-                check_len("interest", "pattern", pattern, MAX_TOPIC_LEN)?;
+            for (what, list) in [
+                ("pattern", &interest.patterns),
+                ("served topic", &interest.served),
+            ] {
+                if list.len() > MAX_INTEREST_PATTERNS {
+                    return Err(malformed(
+                        "interest",
+                        format!("{} {what}s, more than {MAX_INTEREST_PATTERNS}", list.len()),
+                    ));
+                }
+                for item in list {
+                    check_len("interest", what, item, MAX_TOPIC_LEN)?;
+                }
             }
             Frame::Interest(interest)
         }
@@ -900,6 +905,7 @@ mod tests {
             origin: 9,
             version: 3,
             patterns: vec!["a/**".into(), "b".into()],
+            served: vec!["calc/add".into()],
         }));
         round_trip(Frame::Relay {
             origin: u64::MAX,
@@ -1042,7 +1048,8 @@ mod tests {
         let too_many = Interest {
             origin: 1,
             version: 1,
-            patterns: vec!["a".into(); MAX_INTEREST_PATTERNS + 1],
+            patterns: Vec::new(),
+            served: vec!["a".into(); MAX_INTEREST_PATTERNS + 1],
         };
         out.clear();
         encode(&Frame::Interest(too_many), &mut out);
@@ -1055,6 +1062,7 @@ mod tests {
             origin: u64::MAX,
             version: u64::MAX,
             patterns: vec!["x".repeat(MAX_TOPIC_LEN); MAX_INTEREST_PATTERNS],
+            served: vec!["y".repeat(MAX_TOPIC_LEN); MAX_INTEREST_PATTERNS],
         };
         let mut out = Vec::new();
         encode(&Frame::Interest(largest), &mut out);

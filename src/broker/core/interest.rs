@@ -1,9 +1,10 @@
-//! The patterns this broker's subscribers hold, for the gateway's peer links: what the broker
-//! tells its peers it wants. The event loop keeps the board; peering threads read it and wait
-//! for it to change.
+//! The patterns this broker's subscribers hold and the topics its servers serve, for the
+//! gateway's peer links: what the broker tells its peers it wants and offers. The event loop
+//! keeps the board; peering threads read it and wait for it to change.
 //!
 //! The gateway's own peer connection (see [`is_peer_link`]) does not count: what it subscribes
-//! to is what *other* brokers want, and counting it would echo their interest back to them.
+//! to is what *other* brokers want, what it serves other brokers serve, and counting either would
+//! echo them back.
 
 use std::collections::BTreeMap;
 use std::sync::{Condvar, Mutex};
@@ -20,7 +21,16 @@ pub(crate) fn is_peer_link(name: &str, pid: i32) -> bool {
     name == PEER_LINK_NAME && u32::try_from(pid).is_ok_and(|pid| pid == std::process::id())
 }
 
-/// Pattern subscriptions of local clients, counted per pattern.
+/// What the board counts.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Held {
+    /// A pattern subscription.
+    Pattern,
+    /// A served topic.
+    Served,
+}
+
+/// Pattern subscriptions and served topics of local clients, each counted.
 #[derive(Default)]
 pub(crate) struct InterestBoard {
     state: Mutex<Board>,
@@ -30,16 +40,34 @@ pub(crate) struct InterestBoard {
 
 #[derive(Default)]
 struct Board {
-    counts: BTreeMap<String, usize>,
-    /// Grows whenever a pattern appears or disappears.
+    patterns: BTreeMap<String, usize>,
+    served: BTreeMap<String, usize>,
+    /// Grows whenever a pattern or served topic appears or disappears.
     generation: u64,
 }
 
+impl Board {
+    fn counts(&mut self, held: Held) -> &mut BTreeMap<String, usize> {
+        match held {
+            Held::Pattern => &mut self.patterns,
+            Held::Served => &mut self.served,
+        }
+    }
+}
+
+/// What the board holds at one generation.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Snapshot {
+    pub(crate) generation: u64,
+    pub(crate) patterns: Vec<String>,
+    pub(crate) served: Vec<String>,
+}
+
 impl InterestBoard {
-    /// One more subscription to `pattern`.
-    pub(crate) fn add(&self, pattern: &str) {
+    /// One more subscription to a pattern, or server of a topic, `what`.
+    pub(crate) fn add(&self, held: Held, what: &str) {
         let mut board = lock(&self.state);
-        let count = board.counts.entry(pattern.to_string()).or_default();
+        let count = board.counts(held).entry(what.to_string()).or_default();
         *count += 1;
         if *count == 1 {
             board.generation += 1;
@@ -47,24 +75,29 @@ impl InterestBoard {
         }
     }
 
-    /// One subscription to `pattern` fewer.
-    pub(crate) fn remove(&self, pattern: &str) {
+    /// One subscription to a pattern, or server of a topic, `what` fewer.
+    pub(crate) fn remove(&self, held: Held, what: &str) {
         let mut board = lock(&self.state);
-        let Some(count) = board.counts.get_mut(pattern) else {
+        let counts = board.counts(held);
+        let Some(count) = counts.get_mut(what) else {
             return;
         };
         *count -= 1;
         if *count == 0 {
-            board.counts.remove(pattern);
+            counts.remove(what);
             board.generation += 1;
             self.changed.notify_all();
         }
     }
 
-    /// The patterns held now, and the generation they are of.
-    pub(crate) fn snapshot(&self) -> (u64, Vec<String>) {
+    /// What the board holds now.
+    pub(crate) fn snapshot(&self) -> Snapshot {
         let board = lock(&self.state);
-        (board.generation, board.counts.keys().cloned().collect())
+        Snapshot {
+            generation: board.generation,
+            patterns: board.patterns.keys().cloned().collect(),
+            served: board.served.keys().cloned().collect(),
+        }
     }
 
     /// Waits until the generation is past `seen`, for at most `timeout`; returns whether it is.
@@ -91,18 +124,21 @@ mod tests {
     #[test]
     fn a_pattern_counts_until_its_last_subscription_goes() {
         let board = InterestBoard::default();
-        board.add("a/**");
-        board.add("a/**");
-        let (first, patterns) = board.snapshot();
-        assert_eq!(patterns, ["a/**"]);
-        board.remove("a/**");
-        assert_eq!(board.snapshot(), (first, vec!["a/**".to_string()]));
-        board.remove("a/**");
-        let (last, patterns) = board.snapshot();
-        assert!(patterns.is_empty());
-        assert!(last > first);
-        assert!(board.wait_past(first, Duration::ZERO));
-        assert!(!board.wait_past(last, Duration::from_millis(1)));
+        board.add(Held::Pattern, "a/**");
+        board.add(Held::Pattern, "a/**");
+        board.add(Held::Served, "calc/add");
+        let first = board.snapshot();
+        assert_eq!(first.patterns, ["a/**"]);
+        assert_eq!(first.served, ["calc/add"]);
+        board.remove(Held::Pattern, "a/**");
+        assert_eq!(board.snapshot(), first);
+        board.remove(Held::Pattern, "a/**");
+        board.remove(Held::Served, "calc/add");
+        let last = board.snapshot();
+        assert!(last.patterns.is_empty() && last.served.is_empty());
+        assert!(last.generation > first.generation);
+        assert!(board.wait_past(first.generation, Duration::ZERO));
+        assert!(!board.wait_past(last.generation, Duration::from_millis(1)));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use shmbus_shm::{ReaderMode, ReaderState, SlotError};
 use tracing::debug;
 
 use super::clients::{Subscription, SubscriptionKind, owner_subscription, subscription_owner};
+use super::interest::Held;
 use super::reqrep::shown_topic;
 use super::{Core, Descriptors, Handled, Outgoing, error, parse_topic};
 use crate::protocol::pubsub::{
@@ -248,18 +249,20 @@ impl Core {
         Ok(sub)
     }
 
-    /// Counts a pattern subscription that a client (the gateway's peer connection aside) makes
-    /// (`added`) or ends, on the interest board.
+    /// Counts a pattern subscription or a served topic that a client (the gateway's peer
+    /// connection aside) takes up (`added`) or ends, on the interest board.
     pub(super) fn count_interest(&self, peer_link: bool, kind: &SubscriptionKind, added: bool) {
-        let SubscriptionKind::Pattern(pattern) = kind else {
-            return;
+        let (held, what) = match kind {
+            SubscriptionKind::Pattern(pattern) => (Held::Pattern, pattern),
+            SubscriptionKind::Serve(topic) => (Held::Served, topic),
+            SubscriptionKind::Inbox(_) | SubscriptionKind::State(_) => return,
         };
         if peer_link {
             return;
         }
         match added {
-            true => self.interest.add(pattern.as_str()),
-            false => self.interest.remove(pattern.as_str()),
+            true => self.interest.add(held, what.as_str()),
+            false => self.interest.remove(held, what.as_str()),
         }
     }
 

@@ -13,7 +13,7 @@ use super::forward::{Forwarder, Subscription};
 use super::identity::{RemoteUser, user_of_certificate};
 use super::peer::{User, run_link};
 use super::requests::{Job, Requests};
-use super::serving::{Held, ServerThread};
+use super::serving::{Held, PassOn, ServerThread};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
 use crate::client::{AttachError, Bus};
@@ -452,12 +452,17 @@ impl Connection {
             ServeError::AlreadyServed { detail, .. } => Refusal::new(ErrorCode::Taken, detail),
             ServeError::Attach(e) => refusal(e),
         })?;
-        let thread =
-            ServerThread::start(server, id, Arc::clone(&self.wire), Arc::clone(&self.held))
-                .map_err(|e| Refusal {
-                    code: ErrorCode::Internal,
-                    message: format!("cannot start a serving thread: {e}"),
-                })?;
+        let thread = ServerThread::start(
+            server,
+            id,
+            Arc::clone(&self.wire),
+            Arc::clone(&self.held),
+            PassOn::Client,
+        )
+        .map_err(|e| Refusal {
+            code: ErrorCode::Internal,
+            message: format!("cannot start a serving thread: {e}"),
+        })?;
         self.servers.insert(id, thread);
         Ok(())
     }

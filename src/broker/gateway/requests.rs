@@ -147,9 +147,10 @@ fn exchange(bus: &Bus, wire: &Wire, job: &Job) {
         Err(e) => return send_unanswered(wire, job.id, unanswered(e)),
     };
     loop {
-        match stream.next_response() {
-            Some(Ok(response)) => {
-                if !send_answer(wire, job.id, AnswerKind::Item, &response) {
+        match stream.next_answer() {
+            Some(Ok((kind, response))) => {
+                // A single answer ends the exchange; a stream's items are followed by its end.
+                if !send_answer(wire, job.id, kind, &response) || kind == AnswerKind::Single {
                     return;
                 }
             }

@@ -1,5 +1,6 @@
 //! Remote clients' servers at the gateway: the gateway serves the topic on the client's behalf,
-//! passes each request on to the client, and answers it with what the client sends back.
+//! passes each request on to the client, and answers it with what the client sends back. Peer
+//! links serve the same way the topics served on the other side (see [`PassOn::Peer`]).
 //!
 //! Each served topic has a thread that receives its requests and keeps them, numbered, until
 //! the client answers (one response, or a stream ended by an end marker) or drops them. At most
@@ -11,6 +12,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
+use std::time::Duration;
 
 use shmbus_shm::Deadline;
 use tracing::debug;
@@ -64,20 +66,31 @@ impl Held {
         key
     }
 
-    /// Waits until `server` may hold one more request; returns `false` if `stop` says to stop
-    /// first.
-    fn wait_for_room(&self, server: u32, stop: &AtomicBool) -> bool {
+    /// Waits while `server` holds at least `limit` requests, until `done` says to stop
+    /// waiting (or `patience` passes, if given); returns whether it holds fewer.
+    fn wait_below(
+        &self,
+        server: u32,
+        limit: usize,
+        done: impl Fn() -> bool,
+        patience: Option<Duration>,
+    ) -> bool {
+        let held = |s: &HeldState| s.per_server.get(&server).copied().unwrap_or(0);
+        let waiting = |s: &mut HeldState| !done() && held(s) >= limit;
         let state = lock(&self.state);
-        let state = self
-            .room
-            .wait_while(state, |s| {
-                // Acquire pairs with the Release store of `ServerThread::drop`.
-                !stop.load(Ordering::Acquire)
-                    && s.per_server.get(&server).copied().unwrap_or(0) >= MAX_IN_FLIGHT
-            })
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        drop(state);
-        !stop.load(Ordering::Acquire)
+        let state = match patience {
+            None => self
+                .room
+                .wait_while(state, waiting)
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+            Some(patience) => {
+                self.room
+                    .wait_timeout_while(state, patience, waiting)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .0
+            }
+        };
+        held(&state) < limit
     }
 
     /// Answers request `key` as the client says.
@@ -145,40 +158,99 @@ impl Held {
     }
 }
 
-/// The thread that passes one served topic's requests on to the client; stopped (and its
-/// held requests dropped) when this is dropped.
+/// To whom a server thread passes its requests on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PassOn {
+    /// A remote client that serves the topic: [`Frame::Incoming`], answered with
+    /// [`Frame::Respond`].
+    Client,
+    /// A peer broker on whose side the topic is served: [`Frame::Request`] (a stream, waiting
+    /// [`PEER_REQUEST_TIMEOUT`] for each answer), answered with [`Frame::Answer`].
+    Peer,
+}
+
+/// How long a request passed on to a peer broker waits there for each answer.
+pub(super) const PEER_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a server that stops serving on a peer's behalf keeps answering the requests it
+/// passed on already.
+const DRAIN_LIMIT: Duration = PEER_REQUEST_TIMEOUT;
+
+/// The thread that passes one served topic's requests on; stopped (and its held requests
+/// dropped) when this is dropped.
 pub(super) struct ServerThread {
     id: u32,
     stop: Arc<AtomicBool>,
+    /// Set when it is to pass nothing more on, and stop serving once what it passed on is
+    /// answered.
+    draining: Arc<AtomicBool>,
     waker: Waker,
     held: Arc<Held>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl ServerThread {
-    /// Passes the requests `server` receives on to the client as server `id`'s.
+    /// Passes the requests `server` receives on, over `wire`, as server `id`'s.
     pub(super) fn start(
         server: Server,
         id: u32,
         wire: Arc<Wire>,
         held: Arc<Held>,
+        to: PassOn,
     ) -> std::io::Result<ServerThread> {
         let stop = Arc::new(AtomicBool::new(false));
+        let draining = Arc::new(AtomicBool::new(false));
         let waker = server.waker();
         let thread = {
-            let stop = Arc::clone(&stop);
+            let flags = Flags {
+                stop: Arc::clone(&stop),
+                draining: Arc::clone(&draining),
+            };
             let held = Arc::clone(&held);
             std::thread::Builder::new()
                 .name("shmbus-gw-serve".into())
-                .spawn(move || pass_on(server, id, &wire, &held, &stop))?
+                .spawn(move || pass_on(server, id, to, &wire, &held, &flags))?
         };
         Ok(ServerThread {
             id,
             stop,
+            draining,
             waker,
             held,
             thread: Some(thread),
         })
+    }
+
+    /// Passes nothing more on, and stops serving once every request passed on is answered (or
+    /// after [`DRAIN_LIMIT`]): what is on its way back still reaches its requesters.
+    pub(super) fn drain(&self) {
+        // Release pairs with the Acquire loads of `Flags`.
+        self.draining.store(true, Ordering::Release);
+        self.waker.wake();
+        self.held.room.notify_all();
+    }
+
+    /// Whether its thread has ended (a drained server is done).
+    pub(super) fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(JoinHandle::is_finished)
+    }
+}
+
+/// What a server thread is told.
+struct Flags {
+    stop: Arc<AtomicBool>,
+    draining: Arc<AtomicBool>,
+}
+
+impl Flags {
+    fn stopped(&self) -> bool {
+        // Acquire pairs with the Release store of `ServerThread::drop`.
+        self.stop.load(Ordering::Acquire)
+    }
+
+    fn draining(&self) -> bool {
+        // Acquire pairs with the Release store of `ServerThread::drain`.
+        self.stopped() || self.draining.load(Ordering::Acquire)
     }
 }
 
@@ -195,14 +267,20 @@ impl Drop for ServerThread {
     }
 }
 
-/// Receives requests and passes them on until stopped or the connection fails.
-fn pass_on(mut server: Server, id: u32, wire: &Wire, held: &Held, stop: &AtomicBool) {
-    // Acquire pairs with the Release store of `ServerThread::drop`.
-    let stopped = || stop.load(Ordering::Acquire);
-    while held.wait_for_room(id, stop) {
-        let request = match server.receive(Patience::Until(Deadline::Never), &stopped) {
+/// Receives requests and passes them on until stopped or the connection fails; or, once
+/// draining, until what it passed on is answered.
+fn pass_on(mut server: Server, id: u32, to: PassOn, wire: &Wire, held: &Held, flags: &Flags) {
+    loop {
+        let room = held.wait_below(id, MAX_IN_FLIGHT, || flags.draining(), None);
+        if flags.draining() {
+            break;
+        }
+        if !room {
+            continue;
+        }
+        let request = match server.receive(Patience::Until(Deadline::Never), &|| flags.draining()) {
             Ok(request) => request.detach(),
-            Err(Wait::Stopped) => return,
+            Err(Wait::Stopped) => break,
             Err(Wait::Failed(e)) => {
                 debug!(id, "gateway: a remote server's requests: {e}");
                 if wire.closed().is_some() {
@@ -214,13 +292,24 @@ fn pass_on(mut server: Server, id: u32, wire: &Wire, held: &Held, stop: &AtomicB
         };
         let payload = request.payload().to_vec();
         let key = held.hold(id, request);
-        let frame = Frame::Incoming {
-            server: id,
-            request: key,
-            payload: &payload,
+        let frame = match to {
+            PassOn::Client => Frame::Incoming {
+                server: id,
+                request: key,
+                payload: &payload,
+            },
+            PassOn::Peer => Frame::Request {
+                id: key,
+                stream: true,
+                timeout_ms: PEER_REQUEST_TIMEOUT.as_millis() as u64,
+                topic: server.topic(),
+                payload: &payload,
+            },
         };
         if wire.send(&frame).is_err() {
             return;
         }
     }
+    // Serving goes on (new requests wait in the ring) until what was passed on is answered.
+    held.wait_below(id, 1, || flags.stopped(), Some(DRAIN_LIMIT));
 }

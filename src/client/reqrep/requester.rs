@@ -573,8 +573,15 @@ impl ResponseStream {
 
     /// The next response; `None` after the end marker (or after an error).
     pub fn next_response(&mut self) -> Option<Result<Response, RequestError>> {
+        self.next_answer()
+            .map(|answer| answer.map(|(_, response)| response))
+    }
+
+    /// The next response and whether it is the server's single answer or an item of a stream
+    /// (what a gateway passes on).
+    pub(crate) fn next_answer(&mut self) -> Option<Result<(AnswerKind, Response), RequestError>> {
         match &mut self.inner {
-            StreamFlavor::Local(stream) => stream.next_response(),
+            StreamFlavor::Local(stream) => stream.next_answer(),
             StreamFlavor::Remote { exchange, done } => {
                 if *done {
                     return None;
@@ -582,10 +589,10 @@ impl ResponseStream {
                 let topic = exchange.topic().clone();
                 let outcome = match exchange.next() {
                     Ok((AnswerKind::Item, payload)) => {
-                        return Some(Ok(Response::remote(topic, &payload)));
+                        return Some(Ok((AnswerKind::Item, Response::remote(topic, &payload))));
                     }
                     Ok((AnswerKind::Single, payload)) => {
-                        Some(Ok(Response::remote(topic, &payload)))
+                        Some(Ok((AnswerKind::Single, Response::remote(topic, &payload))))
                     }
                     Ok((AnswerKind::End, _)) => None,
                     Err(e) => Some(Err(e)),
@@ -598,7 +605,7 @@ impl ResponseStream {
 }
 
 impl LocalStream {
-    fn next_response(&mut self) -> Option<Result<Response, RequestError>> {
+    fn next_answer(&mut self) -> Option<Result<(AnswerKind, Response), RequestError>> {
         if self.done {
             return None;
         }
@@ -612,10 +619,12 @@ impl LocalStream {
             }
         };
         let outcome = match next {
-            Ok((ResponseKind::Item, sample)) => return Some(Ok(Response { sample })),
+            Ok((ResponseKind::Item, sample)) => {
+                return Some(Ok((AnswerKind::Item, Response { sample })));
+            }
             Ok((ResponseKind::Single, sample)) => {
                 self.exchange.finished = true;
-                Some(Ok(Response { sample }))
+                Some(Ok((AnswerKind::Single, Response { sample })))
             }
             Ok((ResponseKind::End, _)) => {
                 self.exchange.finished = true;

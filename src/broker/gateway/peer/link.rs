@@ -1,8 +1,10 @@
 //! One peer link, the same at both ends: reads the peer's interest and relayed messages, and
-//! forwards what the peer wants of this bus.
+//! forwards what the peer wants of this bus. Requests cross too: the link serves here, as a
+//! proxy, each topic served on the peer's side (its requests go to the peer as
+//! [`Frame::Request`]s), and makes here the requests the peer's proxies send.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,20 +17,19 @@ use crate::broker::core::AccessSlot;
 use crate::broker::gateway::connection::{check, kind, publish_patiently};
 use crate::broker::gateway::forward::{Forwarder, Framing};
 use crate::broker::gateway::identity::RemoteUser;
+use crate::broker::gateway::requests::{Job, Requests};
+use crate::broker::gateway::serving::{Held, PassOn, ServerThread};
 use crate::client::AttachError;
 use crate::client::pubsub::RecvError;
-use crate::protocol::remote::{self, Frame, NodeId, Peer};
+use crate::protocol::ErrorCode;
+use crate::protocol::remote::{self, Frame, NodeId, Peer, Refusal, Unanswered};
 use crate::sync::lock;
 use crate::transport::wire::{SendError, Wire, WireReader};
-use crate::{Publisher, Sample, Topic};
+use crate::{Sample, Topic};
 
 /// How long a link may keep this broker waiting for room in its output before it is given up
 /// as not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Most topics one link publishes relayed messages on at once; past that its publishers are
-/// let go and made again as needed.
-const MAX_INBOUND_TOPICS: usize = 1024;
 
 /// Most topics a forwarder remembers whether the link wants.
 const WANTS_CACHE: usize = 4096;
@@ -67,6 +68,15 @@ pub(super) struct Link {
     generation: AtomicU64,
     /// Reads the rings for what the peer wants; made when it first wants something.
     forwarder: Mutex<Option<Forwarder>>,
+    /// Proxies serving here the topics served on the peer's side, by topic.
+    proxies: Mutex<HashMap<String, ServerThread>>,
+    /// Proxies of topics no longer served there, answering what they passed on already.
+    draining: Mutex<Vec<ServerThread>>,
+    /// The requests the proxies passed on, waiting for the peer's answers.
+    held: Arc<Held>,
+    /// Makes here the requests the peer's proxies pass on; made with the first.
+    requests: Mutex<Option<Requests>>,
+    next_proxy: AtomicU32,
 }
 
 /// The patterns wanted through a link.
@@ -88,6 +98,11 @@ impl Link {
             wanted: Mutex::default(),
             generation: AtomicU64::new(0),
             forwarder: Mutex::new(None),
+            proxies: Mutex::default(),
+            draining: Mutex::default(),
+            held: Arc::default(),
+            requests: Mutex::new(None),
+            next_proxy: AtomicU32::new(1),
         }
     }
 
@@ -115,11 +130,90 @@ impl Link {
         self.wire.close(reason);
     }
 
-    /// Stops the forwarder (once the wire is closed, so that it cannot wait for room).
+    /// Stops the forwarder and the proxies (once the wire is closed, so that none can wait for
+    /// room).
     pub(super) fn finish(&self) {
         if let Some(forwarder) = lock(&self.forwarder).take() {
             forwarder.finish();
         }
+        lock(&self.proxies).clear();
+        lock(&self.draining).clear();
+        lock(&self.requests).take();
+    }
+
+    /// From now on, requests to `topics` (those the peer may serve) go to the peer: a proxy
+    /// serves each here, unless a server here has it already.
+    pub(super) fn serve(&self, peering: &Peering, topics: Vec<Topic>) {
+        let topics: Vec<Topic> = topics
+            .into_iter()
+            .filter(|t| self.user.allows(Operation::Serve, t))
+            .collect();
+        let mut proxies = lock(&self.proxies);
+        let gone: Vec<String> = proxies
+            .keys()
+            .filter(|topic| !topics.iter().any(|t| t.as_str() == topic.as_str()))
+            .cloned()
+            .collect();
+        let mut draining = lock(&self.draining);
+        draining.retain(|proxy| !proxy.is_finished());
+        for topic in gone {
+            if let Some(proxy) = proxies.remove(&topic) {
+                proxy.drain();
+                draining.push(proxy);
+            }
+        }
+        drop(draining);
+        for topic in topics {
+            if proxies.contains_key(topic.as_str()) {
+                continue;
+            }
+            let served = peering
+                .bus()
+                .map_err(|e| e.to_string())
+                .and_then(|bus| bus.serve(topic.as_str()).map_err(|e| e.to_string()));
+            let server = match served {
+                Ok(server) => server,
+                Err(e) => {
+                    // Served here already (that server wins), or the broker refused.
+                    debug!(link = self.id, %topic, "peering: no proxy: {e}");
+                    continue;
+                }
+            };
+            let id = self.next_proxy.fetch_add(1, Ordering::Relaxed);
+            let wire = Arc::clone(&self.wire);
+            match ServerThread::start(server, id, wire, Arc::clone(&self.held), PassOn::Peer) {
+                Ok(proxy) => {
+                    proxies.insert(topic.as_str().to_string(), proxy);
+                }
+                Err(e) => warn!(link = self.id, %topic, "peering: cannot start a proxy: {e}"),
+            }
+        }
+    }
+
+    /// Makes here a request a proxy on the peer's side passed on, if the peer may.
+    fn request(&self, peering: &Peering, job: Job) -> Result<(), String> {
+        let allowed =
+            Topic::new(&job.topic).is_ok_and(|t| self.user.allows(Operation::Request, &t));
+        if !allowed {
+            let refusal = Refusal::new(ErrorCode::PermissionDenied, "the peer may not ask that");
+            let frame = Frame::Unanswered {
+                id: job.id,
+                why: Unanswered::Refused(refusal),
+            };
+            let mut encoded = Vec::new();
+            remote::encode(&frame, &mut encoded);
+            self.send(&encoded);
+            return Ok(());
+        }
+        let mut requests = lock(&self.requests);
+        if requests.is_none() {
+            let bus = peering.bus().map_err(|e| e.to_string())?;
+            *requests = Some(Requests::new(bus, Arc::clone(&self.wire)));
+        }
+        if let Some(requests) = requests.as_ref() {
+            requests.submit(job);
+        }
+        Ok(())
     }
 
     /// Whether the peer wants `topic`.
@@ -194,7 +288,6 @@ pub(in crate::broker::gateway) fn run(
     user: User,
 ) -> String {
     let link = peering.attach(wire, remote, user);
-    let mut inbound = Inbound::default();
     let reason = loop {
         let frame = match reader.next() {
             Ok(frame) => frame,
@@ -203,6 +296,30 @@ pub(in crate::broker::gateway) fn run(
         let outcome = match frame {
             Frame::Interest(interest) => {
                 peering.learn(link.id, &interest);
+                Ok(())
+            }
+            Frame::Request {
+                id,
+                stream,
+                timeout_ms,
+                topic,
+                payload,
+            } => {
+                let job = Job {
+                    id,
+                    topic: topic.to_string(),
+                    payload: payload.to_vec(),
+                    stream,
+                    timeout: (timeout_ms != u64::MAX).then(|| Duration::from_millis(timeout_ms)),
+                };
+                link.request(peering, job)
+            }
+            Frame::Answer { id, kind, payload } => {
+                link.held.respond(id, kind, payload);
+                Ok(())
+            }
+            Frame::Unanswered { id, .. } => {
+                link.held.abandon(id);
                 Ok(())
             }
             Frame::Relay {
@@ -219,7 +336,7 @@ pub(in crate::broker::gateway) fn run(
                     topic,
                     payload,
                 };
-                relay.take(peering, &link, &mut inbound)
+                relay.take(peering, &link)
             }
             other => Err(format!("a peer does not send {}", kind(&other))),
         };
@@ -243,18 +360,15 @@ struct Relay<'a> {
 
 impl Relay<'_> {
     /// Takes the message, if it is new here: passes it on to the other links that want it,
-    /// and publishes it into the rings if this broker's subscribers do. Fails with the reason to
-    /// end the link.
-    fn take(
-        &self,
-        peering: &Arc<Peering>,
-        from: &Link,
-        inbound: &mut Inbound,
-    ) -> Result<(), String> {
+    /// and publishes it into the rings if this broker's subscribers do — all under its topic's
+    /// lock (see [`Inbound`](super::inbound)). Fails with the reason to end the link.
+    fn take(&self, peering: &Arc<Peering>, from: &Link) -> Result<(), String> {
         let topic = Topic::new(self.topic)
             .ok()
             .filter(|t| !t.is_wildcard())
             .ok_or_else(|| format!("a relayed message on {:?}, not a topic", self.topic))?;
+        let slot = peering.inbound.slot(&topic);
+        let mut publisher = lock(&slot);
         if !peering.take(self.origin, self.publisher, self.sequence) {
             return Ok(());
         }
@@ -273,55 +387,33 @@ impl Relay<'_> {
                 link.relay(&encoded, self.payload.len());
             }
         }
-        match local {
-            true => inbound.publish(peering, from, &topic, self.payload),
-            false => Ok(()),
+        if !local {
+            return Ok(());
         }
-    }
-}
-
-/// The publishers through which one link puts relayed messages into the rings, by topic.
-#[derive(Default)]
-struct Inbound {
-    publishers: HashMap<String, Publisher>,
-}
-
-impl Inbound {
-    /// Publishes a relayed message here, waiting for room (TCP then holds the peer back).
-    fn publish(
-        &mut self,
-        peering: &Peering,
-        from: &Link,
-        topic: &Topic,
-        payload: &[u8],
-    ) -> Result<(), String> {
-        if !self.publishers.contains_key(topic.as_str()) {
-            if !from.user.allows(Operation::Publish, topic) {
-                debug!(link = from.id, %topic, "peering: the peer may not publish here");
-                return Ok(());
-            }
-            if self.publishers.len() >= MAX_INBOUND_TOPICS {
-                self.publishers.clear();
-            }
-            let publisher = peering
+        if !from.user.allows(Operation::Publish, &topic) {
+            debug!(link = from.id, %topic, "peering: the peer may not publish here");
+            return Ok(());
+        }
+        if publisher.is_none() {
+            let made = peering
                 .bus()
                 .map_err(|e| e.to_string())
                 .and_then(|bus| bus.publisher(topic.as_str()).map_err(|e| e.to_string()));
-            match publisher {
-                Ok(publisher) => {
-                    self.publishers
-                        .insert(topic.as_str().to_string(), publisher);
-                }
+            match made {
+                Ok(made) => *publisher = Some(made),
                 Err(e) => {
                     warn!(link = from.id, %topic, "peering: a relayed message is dropped: {e}");
                     return Ok(());
                 }
             }
         }
-        let Some(publisher) = self.publishers.get_mut(topic.as_str()) else {
+        let Some(publisher) = publisher.as_mut() else {
             return Ok(());
         };
-        if let Err(e) = publish_patiently(publisher, payload, &from.wire, || peering.stopping())? {
+        // Waits for room: TCP then holds the peer back.
+        if let Err(e) =
+            publish_patiently(publisher, self.payload, &from.wire, || peering.stopping())?
+        {
             warn!(link = from.id, %topic, "peering: a relayed message is dropped: {e}");
         }
         Ok(())

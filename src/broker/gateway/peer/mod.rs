@@ -15,6 +15,7 @@
 //! Around a cycle a message may arrive twice; the second is dropped, so nobody receives it
 //! twice and it never loops.
 
+mod inbound;
 mod link;
 mod routes;
 mod seen;
@@ -27,12 +28,13 @@ use std::time::{Duration, Instant};
 
 use tracing::{info, warn};
 
+use self::inbound::Inbound;
 use self::link::Link;
 use self::routes::{LinkId, Routes};
 use self::seen::Seen;
 use crate::Topic;
 use crate::address::BusAddress;
-use crate::broker::core::interest::{InterestBoard, PEER_LINK_NAME};
+use crate::broker::core::interest::{InterestBoard, PEER_LINK_NAME, Snapshot};
 use crate::client::Bus;
 use crate::protocol::remote::{self, Frame, Interest, MAX_INTEREST_PATTERNS, NodeId, Peer};
 use crate::sync::lock;
@@ -67,6 +69,8 @@ pub(super) struct Peering {
     /// after a newer.
     updating: Mutex<()>,
     seen: Mutex<Seen>,
+    /// The publishers of relayed messages, by topic.
+    inbound: Inbound,
     stopping: Mutex<bool>,
     stopped: Condvar,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -101,11 +105,13 @@ impl Peering {
                     origin: node,
                     version: 0,
                     patterns: Vec::new(),
+                    served: Vec::new(),
                 },
                 local: Vec::new(),
             }),
             updating: Mutex::new(()),
             seen: Mutex::default(),
+            inbound: Inbound::default(),
             stopping: Mutex::new(false),
             stopped: Condvar::new(),
             threads: Mutex::default(),
@@ -190,6 +196,7 @@ impl Peering {
         for thread in threads {
             let _ = thread.join();
         }
+        self.inbound.clear();
     }
 
     /// Dials `address` until the gateway stops, running the link whenever it is up.
@@ -262,18 +269,30 @@ impl Peering {
             if self.stopping() {
                 return;
             }
-            let (generation, mut patterns) = self.board.snapshot();
+            let Snapshot {
+                generation,
+                mut patterns,
+                mut served,
+            } = self.board.snapshot();
             seen = generation;
             if patterns.len() > MAX_INTEREST_PATTERNS {
                 // More than one interest carries: wanting everything is never wrong, only
                 // wasteful.
                 patterns = vec!["**".to_string()];
             }
+            if served.len() > MAX_INTEREST_PATTERNS {
+                warn!(
+                    "peering: {} topics served here; peers are told of the first {MAX_INTEREST_PATTERNS}",
+                    served.len()
+                );
+                served.truncate(MAX_INTEREST_PATTERNS);
+            }
             let (frame, wires) = {
                 let mut state = lock(&self.state);
                 state.local = patterns.iter().filter_map(|p| Topic::new(p).ok()).collect();
                 state.own.version += 1;
                 state.own.patterns = patterns;
+                state.own.served = served;
                 state.routes.expire(Instant::now(), EXPIRY);
                 let mut frame = Vec::new();
                 remote::encode(&Frame::Interest(state.own.clone()), &mut frame);
@@ -338,19 +357,23 @@ impl Peering {
         self.update_wanted();
     }
 
-    /// Gives every link the patterns wanted through it now.
+    /// Gives every link the patterns wanted, and the topics served, through it now.
     fn update_wanted(self: &Arc<Self>) {
         let _updating = lock(&self.updating);
-        let wanted: Vec<_> = {
+        let routes: Vec<_> = {
             let state = lock(&self.state);
             state
                 .links
                 .values()
-                .map(|l| (Arc::clone(l), state.routes.wanted_via(l.id())))
+                .map(|l| {
+                    let wanted = state.routes.wanted_via(l.id());
+                    (Arc::clone(l), wanted, state.routes.served_via(l.id()))
+                })
                 .collect()
         };
-        for (link, patterns) in wanted {
+        for (link, patterns, served) in routes {
             link.want(self, patterns);
+            link.serve(self, served);
         }
     }
 
