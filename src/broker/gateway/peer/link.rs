@@ -31,6 +31,10 @@ use crate::{Sample, Topic};
 /// as not reading.
 const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Most topics one link serves as a proxy (one thread each); the topics served on the peer's
+/// side past that are not reachable from here.
+const MAX_PROXIES: usize = 256;
+
 /// Most topics a forwarder remembers whether the link wants.
 const WANTS_CACHE: usize = 4096;
 
@@ -166,6 +170,13 @@ impl Link {
         for topic in topics {
             if proxies.contains_key(topic.as_str()) {
                 continue;
+            }
+            if proxies.len() >= MAX_PROXIES {
+                warn!(
+                    link = self.id,
+                    "peering: {MAX_PROXIES} topics served through a link; {topic} is not"
+                );
+                break;
             }
             let served = peering
                 .bus()
