@@ -27,7 +27,8 @@
 //! * `remote`: **round trips** (not halved) of this process as a remote client — over TCP, and
 //!   over TLS — through a broker's gateway to a local echo process and back, 8 B and 4 KiB, beside
 //!   a raw TCP ping-pong over loopback between two processes, blocking (the echo of the `latency`
-//!   group's `tcp_loopback`) and busy-polling non-blocking sockets, in the same run.
+//!   group's `tcp_loopback`) and busy-polling non-blocking sockets, in the same run; and request
+//!   round trips from this remote client to a local server process, through the gateway.
 //!
 //! The parent runs on CPU 0, children on CPU 1. `cargo test --benches` runs each once.
 
@@ -834,10 +835,16 @@ fn remote(c: &mut Criterion) {
 
     let certs = tempfile::tempdir().unwrap();
     let (server_files, ca) = test_certificates(certs.path());
-    for (name, listen, tls) in [
-        ("tcp_gateway_round_trip", "tcp://127.0.0.1:0", None),
+    for (name, request_name, listen, tls) in [
+        (
+            "tcp_gateway_round_trip",
+            "tcp_gateway_request_round_trip",
+            "tcp://127.0.0.1:0",
+            None,
+        ),
         (
             "tls_gateway_round_trip",
+            "tls_gateway_request_round_trip",
             "tls://127.0.0.1:0",
             Some(server_files),
         ),
@@ -861,6 +868,17 @@ fn remote(c: &mut Criterion) {
             });
         }
         pings.publish(&[]).unwrap();
+        children.wait().unwrap();
+        // Requests from this remote client to a local server process, made by the gateway.
+        role(&mut children, &local, "reply", &["--wait", "busy"]);
+        let mut requester = bench::requester(&remote, WaitStrategy::BusySpin).unwrap();
+        for &size in &sizes {
+            group.bench_function(BenchmarkId::new(request_name, size_name(size)), |b| {
+                b.iter_custom(|iters| {
+                    bench::request_round_trips(&mut requester, size, iters, |_| {}).unwrap()
+                })
+            });
+        }
     }
     group.finish();
 }

@@ -319,14 +319,7 @@ impl Connection {
                     topic,
                     payload,
                 } => {
-                    let job = Job {
-                        id,
-                        topic: topic.to_string(),
-                        payload: payload.to_vec(),
-                        stream,
-                        timeout: (timeout_ms != u64::MAX)
-                            .then(|| Duration::from_millis(timeout_ms)),
-                    };
+                    let job = Job::new(id, stream, timeout_ms, topic, payload);
                     self.request(job)
                 }
                 Frame::Serve { id, topic } => {

@@ -143,19 +143,29 @@ struct Shared {
     peering: Arc<Peering>,
 }
 
+/// The connection in `slot`, made (to the broker's `socket`, as `name`) if there is none yet:
+/// the gateway connects when first needed, by when the event loop runs.
+fn connected_once(
+    slot: &Mutex<Option<Bus>>,
+    socket: &BusAddress,
+    name: &str,
+) -> Result<Bus, crate::ConnectError> {
+    let mut bus = lock(slot);
+    if let Some(bus) = &*bus {
+        return Ok(bus.clone());
+    }
+    let connected = Bus::builder()
+        .address(socket.clone())
+        .name(name)
+        .connect()?;
+    *bus = Some(connected.clone());
+    Ok(connected)
+}
+
 impl Shared {
     /// The gateway's bus, connecting on first use.
     fn bus(&self) -> Result<Bus, crate::ConnectError> {
-        let mut bus = lock(&self.bus);
-        if let Some(bus) = &*bus {
-            return Ok(bus.clone());
-        }
-        let connected = Bus::builder()
-            .address(self.socket.clone())
-            .name("shmbus-gateway")
-            .connect()?;
-        *bus = Some(connected.clone());
-        Ok(connected)
+        connected_once(&self.bus, &self.socket, "shmbus-gateway")
     }
 
     /// A connection of the gateway's own holding session `key`, for one remote client.

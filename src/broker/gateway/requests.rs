@@ -37,6 +37,19 @@ pub(super) struct Job {
     pub(super) timeout: Option<Duration>,
 }
 
+impl Job {
+    /// The job a [`Frame::Request`]'s fields ask for (`timeout_ms` `u64::MAX`: no timeout).
+    pub(super) fn new(id: u32, stream: bool, timeout_ms: u64, topic: &str, payload: &[u8]) -> Job {
+        Job {
+            id,
+            topic: topic.to_string(),
+            payload: payload.to_vec(),
+            stream,
+            timeout: (timeout_ms != u64::MAX).then(|| Duration::from_millis(timeout_ms)),
+        }
+    }
+}
+
 /// One connection's request workers. Dropping it lets idle workers end; busy ones end after
 /// their exchange (whose answers then go nowhere, the connection being closed).
 pub(super) struct Requests {

@@ -316,13 +316,7 @@ pub(in crate::broker::gateway) fn run(
                 topic,
                 payload,
             } => {
-                let job = Job {
-                    id,
-                    topic: topic.to_string(),
-                    payload: payload.to_vec(),
-                    stream,
-                    timeout: (timeout_ms != u64::MAX).then(|| Duration::from_millis(timeout_ms)),
-                };
+                let job = Job::new(id, stream, timeout_ms, topic, payload);
                 link.request(peering, job)
             }
             Frame::Answer { id, kind, payload } => {

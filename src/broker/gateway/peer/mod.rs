@@ -150,16 +150,7 @@ impl Peering {
 
     /// The connection peering uses, connecting on first use.
     fn bus(&self) -> Result<Bus, crate::ConnectError> {
-        let mut bus = lock(&self.bus);
-        if let Some(bus) = &*bus {
-            return Ok(bus.clone());
-        }
-        let connected = Bus::builder()
-            .address(self.socket.clone())
-            .name(PEER_LINK_NAME)
-            .connect()?;
-        *bus = Some(connected.clone());
-        Ok(connected)
+        super::connected_once(&self.bus, &self.socket, PEER_LINK_NAME)
     }
 
     /// The largest payload this bus carries.
