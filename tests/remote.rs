@@ -331,6 +331,11 @@ fn remote_clients_ask_local_servers() {
     assert_eq!(answer.payload(), 14u32.to_le_bytes());
     let answer = requester.request(&8u32.to_le_bytes()).unwrap();
     assert_eq!(answer.payload(), 16u32.to_le_bytes());
+    // Many in a row, far more than an inbox holds answers at once: each is let go.
+    for n in 0..2000u32 {
+        let answer = requester.request(&n.to_le_bytes()).unwrap();
+        assert_eq!(answer.payload(), (2 * n).to_le_bytes());
+    }
 
     // What can go wrong is reported as locally.
     assert!(matches!(

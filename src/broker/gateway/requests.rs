@@ -3,8 +3,11 @@
 //!
 //! A connection's workers are started as needed, up to [`MAX_WORKERS`], and each waits for one
 //! exchange at a time, so requests to a slow server do not hold up the others. Requests beyond
-//! [`MAX_PENDING`] waiting or in progress are refused.
+//! [`MAX_PENDING`] waiting or in progress are refused. Each worker asks through requesters of
+//! its own (not the bus's shared pool of inboxes, whose inbox another worker may take while an
+//! answer read from it is still being sent).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -17,13 +20,16 @@ use crate::protocol::ErrorCode;
 use crate::protocol::remote::{AnswerKind, Frame, Refusal, Unanswered};
 use crate::sync::lock;
 use crate::transport::wire::Wire;
-use crate::{RequestError, Response};
+use crate::{RequestError, Requester, Response};
 
 /// Most workers one connection has.
 const MAX_WORKERS: usize = 32;
 
 /// Most requests of one connection waiting or in progress.
 const MAX_PENDING: usize = 256;
+
+/// Most topics a worker keeps a requester (and its inbox) for; past that it lets them all go.
+const REQUESTERS: usize = 16;
 
 /// One request to make.
 pub(super) struct Job {
@@ -120,8 +126,10 @@ impl Requests {
     }
 }
 
-/// A worker: takes jobs until the connection's [`Requests`] is dropped.
+/// A worker: takes jobs until the connection's [`Requests`] is dropped. It asks through
+/// requesters of its own, one per topic (up to [`REQUESTERS`]), each with its own inbox.
 fn work(bus: &Bus, wire: &Wire, queue: &Mutex<mpsc::Receiver<Job>>, counts: &Counts) {
+    let mut requesters = HashMap::new();
     loop {
         counts.idle.fetch_add(1, Ordering::Relaxed);
         let job = lock(queue).recv();
@@ -130,18 +138,32 @@ fn work(bus: &Bus, wire: &Wire, queue: &Mutex<mpsc::Receiver<Job>>, counts: &Cou
             counts.workers.fetch_sub(1, Ordering::Relaxed);
             return;
         };
-        exchange(bus, wire, &job);
+        exchange(bus, &mut requesters, wire, &job);
         counts.pending.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Makes the request and writes its answers (or why there are none) to the client.
-fn exchange(bus: &Bus, wire: &Wire, job: &Job) {
-    let topic = job.topic.as_str();
+/// Makes the request with the worker's requester of its topic and writes its answers (or why
+/// there are none) to the client.
+fn exchange(bus: &Bus, requesters: &mut HashMap<String, Requester>, wire: &Wire, job: &Job) {
+    if !requesters.contains_key(&job.topic) {
+        if requesters.len() >= REQUESTERS {
+            requesters.clear();
+        }
+        match bus.requester(&job.topic) {
+            Ok(requester) => {
+                requesters.insert(job.topic.clone(), requester);
+            }
+            Err(e) => return send_unanswered(wire, job.id, unanswered(e)),
+        }
+    }
+    let Some(requester) = requesters.get_mut(&job.topic) else {
+        return;
+    };
     if !job.stream {
         let answer = match job.timeout {
-            Some(timeout) => bus.request_timeout(topic, &job.payload, timeout),
-            None => bus.request(topic, &job.payload),
+            Some(timeout) => requester.request_timeout(&job.payload, timeout),
+            None => requester.request(&job.payload),
         };
         match answer {
             Ok(response) => {
@@ -151,11 +173,7 @@ fn exchange(bus: &Bus, wire: &Wire, job: &Job) {
         }
         return;
     }
-    let stream = match job.timeout {
-        Some(timeout) => bus.request_stream_timeout(topic, &job.payload, timeout),
-        None => bus.request_stream(topic, &job.payload),
-    };
-    let mut stream = match stream {
+    let mut stream = match requester.request_stream(&job.payload, job.timeout) {
         Ok(stream) => stream,
         Err(e) => return send_unanswered(wire, job.id, unanswered(e)),
     };
