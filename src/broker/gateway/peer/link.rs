@@ -35,6 +35,10 @@ const SEND_TIMEOUT: Duration = Duration::from_secs(5);
 /// side past that are not reachable from here.
 const MAX_PROXIES: usize = 256;
 
+/// How many patterns no longer wanted a link's forwarder may keep reading (and more than those
+/// wanted) before it is made again with only those wanted.
+const COMPACT_AFTER: usize = 64;
+
 /// Most topics a forwarder remembers whether the link wants.
 const WANTS_CACHE: usize = 4096;
 
@@ -87,9 +91,19 @@ pub(super) struct Link {
 #[derive(Default)]
 struct Wanted {
     patterns: Vec<Topic>,
-    /// Every pattern the forwarder's subscriber has (it only ever adds; what is no longer
-    /// wanted is left out as it is read).
+    /// Every pattern the forwarder's subscriber has (it only adds; what is no longer wanted is
+    /// left out as it is read, until the forwarder is made again without it).
     subscribed: HashSet<String>,
+}
+
+impl Wanted {
+    /// How many of the subscriber's patterns are wanted.
+    fn subscribed_wanted(&self) -> usize {
+        self.patterns
+            .iter()
+            .filter(|p| self.subscribed.contains(p.as_str()))
+            .count()
+    }
 }
 
 impl Link {
@@ -242,18 +256,27 @@ impl Link {
         if wanted.patterns == patterns {
             return;
         }
-        let new: Vec<String> = patterns
+        wanted.patterns = patterns;
+        // Release pairs with the Acquire load in `Outbound::wants`.
+        self.generation.fetch_add(1, Ordering::Release);
+        let mut forwarder = lock(&self.forwarder);
+        let stale = wanted.subscribed.len() - wanted.subscribed_wanted();
+        if stale > COMPACT_AFTER && stale > wanted.patterns.len() {
+            // Patterns no longer wanted pile up in the subscriber (each a subscription of the
+            // peer connection): start again with those wanted. What the old forwarder had not
+            // read yet is not sent (a gap like a lost link's); it stops at its next look.
+            forwarder.take();
+            wanted.subscribed.clear();
+        }
+        let new: Vec<String> = wanted
+            .patterns
             .iter()
             .map(|p| p.as_str().to_string())
             .filter(|p| !wanted.subscribed.contains(p))
             .collect();
-        wanted.patterns = patterns;
-        // Release pairs with the Acquire load in `Outbound::message`.
-        self.generation.fetch_add(1, Ordering::Release);
         if new.is_empty() {
             return;
         }
-        let mut forwarder = lock(&self.forwarder);
         if forwarder.is_none() {
             match self.start_forwarder(peering) {
                 Ok(started) => *forwarder = Some(started),

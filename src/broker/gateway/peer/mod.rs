@@ -267,8 +267,8 @@ impl Peering {
             } = self.board.snapshot();
             seen = generation;
             if patterns.len() > MAX_INTEREST_PATTERNS {
-                // More than one interest carries: wanting everything is never wrong, only
-                // wasteful.
+                // More patterns than an interest carries: wanting everything is never wrong,
+                // only wasteful.
                 patterns = vec!["**".to_string()];
             }
             if served.len() > MAX_INTEREST_PATTERNS {
