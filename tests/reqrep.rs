@@ -580,3 +580,30 @@ fn serve_exec_answers_more_requests_than_it_runs_commands_at_once() {
     }
     kill_group(&mut server);
 }
+
+#[test]
+fn answers_kept_while_more_requests_are_made_do_not_block_the_bus() {
+    let bus = Bus::embedded().unwrap();
+    let _echo = bus
+        .serve_with("svc/echo", |req| req.payload().to_vec())
+        .unwrap();
+    // An answer kept (by this thread or another) while the bus makes many more requests: the
+    // inbox it came through is not reused until it is dropped, so the others do not pile up
+    // behind it.
+    let kept = bus.request("svc/echo", b"kept").unwrap();
+    for n in 0..100u32 {
+        let answer = bus.request("svc/echo", &n.to_le_bytes()).unwrap();
+        assert_eq!(answer.payload(), n.to_le_bytes());
+    }
+    assert_eq!(kept.payload(), b"kept");
+    let others = std::thread::spawn({
+        let bus = bus.clone();
+        move || {
+            for n in 0..100u32 {
+                bus.request("svc/echo", &n.to_le_bytes()).unwrap();
+            }
+        }
+    });
+    others.join().unwrap();
+    drop(kept);
+}

@@ -767,6 +767,26 @@ fn a_reader_lends_at_most_max_held_frames() {
 }
 
 #[test]
+fn a_reader_knows_whether_frames_it_lent_are_still_held() {
+    let (ring, bell) = local_ring(4096, 256);
+    let mut reader = tethered(&ring, &bell);
+    let mut writer = ring.writer(1, ME()).unwrap();
+    assert!(!reader.holds_lent());
+    for n in 0..2 {
+        writer.try_publish(&payload(n, 10)).unwrap();
+    }
+    let first = reader.try_read().unwrap().unwrap().detach();
+    let second = reader.try_read().unwrap().unwrap().detach();
+    // Given back out of order: the first still holds the queue.
+    drop(second);
+    assert!(reader.holds_lent());
+    // Given back from another thread: collected by the look, without a read.
+    std::thread::spawn(move || drop(first)).join().unwrap();
+    assert!(!reader.holds_lent());
+    assert_eq!(reader.lent(), 0);
+}
+
+#[test]
 fn owned_frames_given_back_on_another_thread_free_a_blocked_writer() {
     let (ring, bell) = local_ring(4096, 256);
     let mut reader = tethered(&ring, &bell);

@@ -286,6 +286,15 @@ impl<L> Reader<L> {
         (self.lent.tail - self.lent.head) as u32
     }
 
+    /// Whether owned frames lent out are still held, once those given back at the front of
+    /// the queue are collected (which moves the tether past them, as a read would).
+    pub fn holds_lent(&mut self) -> bool {
+        if !self.lent.is_empty() && self.oldest_given_back() {
+            self.collect_given_back();
+        }
+        !self.lent.is_empty()
+    }
+
     pub(crate) fn doorbell(&self) -> &Arc<Doorbell> {
         &self.doorbell
     }

@@ -69,6 +69,11 @@ impl<L> ReaderSet<L> {
         &self.readers
     }
 
+    /// Whether any reader's owned frames are still held (see [`Reader::holds_lent`]).
+    pub fn holds_lent(&mut self) -> bool {
+        self.readers.iter_mut().any(Reader::holds_lent)
+    }
+
     /// How many readers the set holds.
     pub fn len(&self) -> usize {
         self.readers.len()

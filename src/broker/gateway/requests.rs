@@ -4,8 +4,8 @@
 //! A connection's workers are started as needed, up to [`MAX_WORKERS`], and each waits for one
 //! exchange at a time, so requests to a slow server do not hold up the others. Requests beyond
 //! [`MAX_PENDING`] waiting or in progress are refused. Each worker asks through requesters of
-//! its own (not the bus's shared pool of inboxes, whose inbox another worker may take while an
-//! answer read from it is still being sent).
+//! its own, one per topic: no worker waits for another's inbox, and a topic's server is looked
+//! up once per worker, not once per request.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -610,6 +610,11 @@ impl RingSubscriber {
         self.lease.bus.conn.is_stale(&self.lease.link)
     }
 
+    /// Whether owned samples of this subscriber are still held somewhere.
+    pub(crate) fn holds_samples(&mut self) -> bool {
+        self.set.holds_lent()
+    }
+
     /// [`RingSubscriber::is_stale`], as a function that holds no borrow of the subscriber.
     pub(crate) fn staleness(&self) -> impl Fn() -> bool + use<> {
         let lease = Arc::clone(&self.lease);

@@ -442,8 +442,16 @@ pub(crate) struct InboxPool {
 }
 
 impl InboxPool {
+    /// An idle inbox none of whose answers is still held: answers are given back in order, so
+    /// one kept by its caller would hold up every answer read after it in the same inbox (at
+    /// the held limit, a request through it would fail). Such an inbox waits here until its
+    /// answers are given back.
     fn take(&self) -> Option<Inbox> {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        let free = idle
+            .iter_mut()
+            .rposition(|inbox| !inbox.reader.holds_samples())?;
+        Some(idle.swap_remove(free))
     }
 
     fn put(&self, inbox: Inbox) {
