@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shmbus::{Bus, Publisher, RecvTimeoutError, Subscriber};
+use support::pki::Pki;
 use support::{Broker, PATIENCE, Proc, run};
 
 /// The payload of probes, which tests skip.
@@ -336,4 +337,64 @@ fn a_broker_told_to_peer_with_itself_says_so_and_keeps_serving() {
     publisher.publish(b"local").unwrap();
     assert_eq!(sub.recv_timeout(PATIENCE).unwrap().payload(), b"local");
     expect_nothing_more(&mut sub);
+}
+
+#[test]
+fn peers_link_over_tls_and_a_peer_without_a_certificate_is_refused() {
+    let pki = Pki::new();
+    let both = [
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    pki.certificate("peer", &both);
+    let (ca, cert, key) = (
+        pki.arg("ca.pem"),
+        pki.arg("server.pem"),
+        pki.arg("server.key"),
+    );
+    // `a` takes tls:// peers with a certificate the CA signed.
+    let a = Broker::start(&[
+        "--listen",
+        "tls://127.0.0.1:0",
+        "--tls-cert",
+        &cert,
+        "--tls-key",
+        &key,
+        "--tls-client-ca",
+        &ca,
+    ]);
+    let a_url = listen_address(&a.proc);
+    // `b` checks `a` against the CA and shows its own certificate.
+    let (peer_cert, peer_key) = (pki.arg("peer.pem"), pki.arg("peer.key"));
+    let b = Broker::start(&[
+        "--tls-cert",
+        &peer_cert,
+        "--tls-key",
+        &peer_key,
+        "--peer",
+        &a_url,
+        "--peer-ca",
+        &ca,
+    ]);
+    // `c` shows none: `a` refuses it, and it says so.
+    let c = Broker::start(&["--peer", &a_url, "--peer-ca", &ca]);
+    c.proc.stderr.wait_for("cannot reach peer");
+
+    let at_a = Bus::connect(a.bus()).unwrap();
+    let at_b = Bus::connect(b.bus()).unwrap();
+    let mut sub = at_b.subscribe("secure/*").unwrap();
+    let mut publisher = at_a.publisher("secure/news").unwrap();
+    until_routed(&mut publisher, &mut sub);
+    publish_numbered(&mut publisher, 200);
+    expect_exactly_once(&mut sub, "secure/news", 200);
+    let mut back = at_a.subscribe("answers/*").unwrap();
+    let mut reply = at_b.publisher("answers/b").unwrap();
+    until_routed(&mut reply, &mut back);
+
+    // Nothing reaches `c`.
+    let at_c = Bus::connect(c.bus()).unwrap();
+    let mut outside = at_c.subscribe("secure/*").unwrap();
+    publish_numbered(&mut publisher, 10);
+    expect_exactly_once(&mut sub, "secure/news", 10);
+    expect_nothing_more(&mut outside);
 }

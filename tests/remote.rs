@@ -6,13 +6,13 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use shmbus::{
     Bus, ConnectError, RecvError, RecvTimeoutError, RequestError, Subscriber, TlsClientFiles,
 };
+use support::pki::Pki;
 use support::{Broker, PATIENCE, Proc, eventually, run, shmbus};
 
 /// A broker with `--listen ADDRESS` (and `extra` flags), and the address it listens at.
@@ -483,85 +483,6 @@ fn the_cli_asks_a_local_server_over_tcp() {
     assert_eq!((code, out.as_str()), (0, "hi there"), "{err}");
     let (code, _, err) = run(&url, &["req", "greet/nobody", "hi"]);
     assert_eq!(code, 5, "{err}");
-}
-
-/// A CA, and certificates it signed, written to a directory.
-struct Pki {
-    dir: tempfile::TempDir,
-    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
-}
-
-impl Pki {
-    /// A CA with a server certificate for 127.0.0.1 and localhost, and a client certificate.
-    fn new() -> Pki {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = Pki::issuer(dir.path(), "ca");
-        let pki = Pki { dir, ca };
-        pki.leaf(
-            &pki.ca,
-            "server",
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        pki.client_certificate("client");
-        // A client certificate from a CA the gateway does not know.
-        let rogue = Pki::issuer(pki.dir.path(), "rogue-ca");
-        pki.leaf(&rogue, "rogue", rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-        pki
-    }
-
-    /// A client certificate whose subject's common name is `name`, signed by the CA.
-    fn client_certificate(&self, name: &str) {
-        self.leaf(&self.ca, name, rcgen::ExtendedKeyUsagePurpose::ClientAuth);
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn arg(&self, name: &str) -> String {
-        self.path(name).to_str().unwrap().to_string()
-    }
-
-    fn issuer(dir: &std::path::Path, name: &str) -> rcgen::Issuer<'static, rcgen::KeyPair> {
-        let mut params = rcgen::CertificateParams::new(Vec::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, format!("shmbus test {name}"));
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.self_signed(&key).unwrap();
-        std::fs::write(dir.join(format!("{name}.pem")), cert.pem()).unwrap();
-        rcgen::Issuer::new(params, key)
-    }
-
-    fn leaf(
-        &self,
-        ca: &rcgen::Issuer<'static, rcgen::KeyPair>,
-        name: &str,
-        usage: rcgen::ExtendedKeyUsagePurpose,
-    ) {
-        let mut params =
-            rcgen::CertificateParams::new(vec!["127.0.0.1".into(), "localhost".into()]).unwrap();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        params.extended_key_usages = vec![usage];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, ca).unwrap();
-        std::fs::write(self.path(&format!("{name}.pem")), cert.pem()).unwrap();
-        std::fs::write(self.path(&format!("{name}.key")), key.serialize_pem()).unwrap();
-    }
-
-    fn client(&self, who: &str) -> TlsClientFiles {
-        TlsClientFiles::default().ca(self.path("ca.pem")).identity(
-            self.path(&format!("{who}.pem")),
-            self.path(&format!("{who}.key")),
-        )
-    }
 }
 
 /// A broker listening at `listen` with the PKI's server certificate, and `extra` flags.

@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test file uses its own subset
 
 pub mod hostile;
+pub mod pki;
 mod process;
 pub mod raw;
 
