@@ -475,10 +475,7 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.extend_from_slice(&id.to_le_bytes());
             out.push(u8::from(*stream));
             out.extend_from_slice(&timeout_ms.to_le_bytes());
-            let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
-            out.extend_from_slice(&topic_len.to_le_bytes());
-            out.extend_from_slice(topic.as_bytes());
-            out.extend_from_slice(payload);
+            topic_and_payload(out, topic, payload);
         }
         Frame::Answer { id, kind, payload } => {
             out.push(kind::ANSWER);
@@ -546,6 +543,11 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
 fn message_fields(out: &mut Vec<u8>, publisher: u32, sequence: u64, topic: &str, payload: &[u8]) {
     out.extend_from_slice(&publisher.to_le_bytes());
     out.extend_from_slice(&sequence.to_le_bytes());
+    topic_and_payload(out, topic, payload);
+}
+
+/// Appends a topic (its `u16` length, then its bytes) and the payload after it.
+fn topic_and_payload(out: &mut Vec<u8>, topic: &str, payload: &[u8]) {
     let topic_len = u16::try_from(topic.len()).expect("topics are at most 255 bytes");
     out.extend_from_slice(&topic_len.to_le_bytes());
     out.extend_from_slice(topic.as_bytes());
