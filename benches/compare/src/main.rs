@@ -34,11 +34,11 @@ mod uds;
 mod xbar;
 
 use std::fmt::Write as _;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hdrhistogram::Histogram;
 
-use report::{CpuTimes, loadavg, machine, median, size_name};
+use report::{Meter, machine, median, size_name};
 
 /// The transports, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,21 +202,16 @@ fn main() {
     let options = parse_args();
     harness::pin(harness::PARENT_CPU);
 
-    let load_before = loadavg();
-    let cpu_before = CpuTimes::now();
-    let started = Instant::now();
+    let meter = Meter::start();
     let table = if options.throughput {
         throughput_table(&options.transports, &streams(&options))
     } else {
         table(&options.transports, &ping_pongs(&options))
     };
-    let elapsed = started.elapsed().as_secs_f64();
-    let load_after = loadavg();
-    let cpu = CpuTimes::now().since(&cpu_before);
+    let load = meter.stop();
 
     println!("{}", machine());
-    let loads = (load_before.as_str(), load_after.as_str());
-    report::print_load(options.runs, elapsed, loads, "about 2", &cpu, 0.0);
+    load.print(options.runs, "about 2", 0.0);
     print!("{table}");
 }
 

@@ -2,6 +2,7 @@
 //! busy it was. Shared by `shmbus-compare` (one-way latency) and `reqrep` (request/response).
 
 use nix::sys::resource::{UsageWho, getrusage};
+use std::time::Instant;
 
 pub fn median(values: impl Iterator<Item = f64>) -> f64 {
     let mut v: Vec<f64> = values.collect();
@@ -68,36 +69,72 @@ pub fn size_name(len: usize) -> String {
 }
 
 /// The first three fields of /proc/loadavg.
-pub fn loadavg() -> String {
+fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
         .unwrap_or_else(|_| "?".into())
 }
 
-/// CPU seconds, machine-wide from /proc/stat and this process's own (with its children).
-/// Prints how long `runs` runs took (`elapsed` seconds), the load average `before` and
-/// `after` (of which this benchmark adds `own_load`), and how busy other processes kept the
-/// machine meanwhile (`cpu`, less `helpers` CPU seconds of this benchmark's own not yet counted
-/// in it, such as nats-server's).
-pub fn print_load(
-    runs: usize,
-    elapsed: f64,
-    (before, after): (&str, &str),
-    own_load: &str,
-    cpu: &CpuTimes,
-    helpers: f64,
-) {
-    println!(
-        "{runs} runs in {elapsed:.0} s; load average (1/5/15 min) before: {before}, after: \
-         {after} (this benchmark alone adds {own_load})"
-    );
-    println!(
-        "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
-        (cpu.busy - cpu.own - helpers) / elapsed,
-        cpu.steal / elapsed
-    );
+/// The load average, the CPU times and the time at the start of a benchmark run.
+pub struct Meter {
+    load: String,
+    cpu: CpuTimes,
+    started: Instant,
 }
 
+/// How long a benchmark run took and how busy the machine was meanwhile.
+pub struct Load {
+    elapsed: f64,
+    before: String,
+    after: String,
+    cpu: CpuTimes,
+}
+
+impl Meter {
+    pub fn start() -> Meter {
+        Meter {
+            load: loadavg(),
+            cpu: CpuTimes::now(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The run is over.
+    pub fn stop(self) -> Load {
+        Load {
+            elapsed: self.started.elapsed().as_secs_f64(),
+            before: self.load,
+            after: loadavg(),
+            cpu: CpuTimes::now().since(&self.cpu),
+        }
+    }
+}
+
+impl Load {
+    /// Prints how long `runs` runs took, the load average before and after (of which this
+    /// benchmark adds `own_load`), and how busy other processes kept the machine meanwhile
+    /// (less `helpers` CPU seconds of this benchmark's own not yet counted in its own time,
+    /// such as nats-server's).
+    pub fn print(&self, runs: usize, own_load: &str, helpers: f64) {
+        let Load {
+            elapsed,
+            before,
+            after,
+            cpu,
+        } = self;
+        println!(
+            "{runs} runs in {elapsed:.0} s; load average (1/5/15 min) before: {before}, after: \
+             {after} (this benchmark alone adds {own_load})"
+        );
+        println!(
+            "during the run, other processes kept {:.2} CPUs busy on average; hypervisor steal: {:.2} CPUs\n",
+            (cpu.busy - cpu.own - helpers) / elapsed,
+            cpu.steal / elapsed
+        );
+    }
+}
+
+/// CPU seconds, machine-wide from /proc/stat and this process's own (with its children).
 pub struct CpuTimes {
     /// Every CPU's busy time (all but idle, iowait and steal).
     pub busy: f64,

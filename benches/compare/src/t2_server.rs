@@ -10,7 +10,7 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 use std::process::Child;
 
-use t2_bus::prelude::{Connector, ServerBuilder};
+use t2_bus::prelude::{Client, Connector, ServerBuilder};
 
 use crate::harness;
 use crate::process::{free_loopback_port, ready_pipe, say_ready, wait_ready};
@@ -48,6 +48,14 @@ impl Listen {
             Listen::Unix(path) => Connector::new_unix(path.clone()),
             Listen::Tcp(address) => Connector::new_tcp(address.clone()),
         }
+    }
+
+    /// A client connected to the broker listening here (panics if it cannot be reached).
+    pub async fn connect(&self) -> Client {
+        self.connector()
+            .connect()
+            .await
+            .expect("connect to the t2_bus broker")
     }
 
     /// As an argument for a child process ([`Listen::parse`] reads it back).

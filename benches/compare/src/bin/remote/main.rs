@@ -53,7 +53,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use report::{CpuTimes, loadavg, machine, median, size_name};
+use report::{Meter, machine, median, size_name};
 
 /// The round-trip transports, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -338,9 +338,7 @@ fn main() {
         .contains(&Stream::Nats)
         .then(nats_server::Server::start);
 
-    let load_before = loadavg();
-    let cpu_before = CpuTimes::now();
-    let started = Instant::now();
+    let meter = Meter::start();
     // round_trips[payload][transport]: (p50, p99) round-trip ns of each run.
     let mut round_trips = vec![vec![Vec::new(); options.round_trips.len()]; PAYLOADS.len()];
     // streams[payload][transport]: each run's stream.
@@ -387,9 +385,7 @@ fn main() {
             }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let load_after = loadavg();
-    let cpu = CpuTimes::now().since(&cpu_before);
+    let load = meter.stop();
 
     println!("{}", machine());
     let shmbus_round_trips = options
@@ -412,11 +408,10 @@ fn main() {
     if let Some(server) = &nats_server {
         println!("{}", server.describe());
     }
-    let loads = (load_before.as_str(), load_after.as_str());
     let nats_cpu = nats_server
         .as_ref()
         .map_or(0.0, nats_server::Server::cpu_seconds);
-    report::print_load(options.runs, elapsed, loads, "1–2", &cpu, nats_cpu);
+    load.print(options.runs, "1–2", nats_cpu);
     if !options.round_trips.is_empty() {
         println!(
             "Round trip over TCP loopback, medians of {} runs:\n",

@@ -59,12 +59,7 @@ impl AsyncSubscriber for T2Subscriber {
 pub fn stream(len: usize, count: u64) -> Streamed {
     let broker = Broker::start(Listen::tcp());
     current_thread_runtime().block_on(async {
-        let client = broker
-            .listen
-            .connector()
-            .connect()
-            .await
-            .expect("connect to the t2_bus broker");
+        let client = broker.listen.connect().await;
         let subscription = client
             .subscribe::<Blob>(TOPIC)
             .await
@@ -88,11 +83,7 @@ pub fn child() {
     let listen = Listen::parse(listen);
     let count = harness::stream_count().expect("a message count");
     current_thread_runtime().block_on(async {
-        let client = listen
-            .connector()
-            .connect()
-            .await
-            .expect("connect to the t2_bus broker");
+        let client = listen.connect().await;
         let client = &client;
         futures::stream::iter(0..count)
             .map(|i| async move {

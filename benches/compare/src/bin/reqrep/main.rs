@@ -44,7 +44,7 @@ use std::time::{Duration, Instant};
 
 use hdrhistogram::Histogram;
 
-use report::{CpuTimes, loadavg, machine, size_name};
+use report::{Meter, machine, size_name};
 
 /// The transports, in the order of the table.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -241,9 +241,7 @@ fn main() {
         .contains(&Transport::Nats)
         .then(nats_server::Server::start);
 
-    let load_before = loadavg();
-    let cpu_before = CpuTimes::now();
-    let started = Instant::now();
+    let meter = Meter::start();
     // results[payload][transport]: (p50, p99) round-trip ns of each run.
     let mut results = vec![vec![Vec::new(); options.transports.len()]; PAYLOADS.len()];
     for run in 0..options.runs {
@@ -280,9 +278,7 @@ fn main() {
             }
         }
     }
-    let elapsed = started.elapsed().as_secs_f64();
-    let load_after = loadavg();
-    let cpu = CpuTimes::now().since(&cpu_before);
+    let load = meter.stop();
 
     println!("{}", machine());
     if options.transports.contains(&Transport::T2Bus) {
@@ -295,17 +291,12 @@ fn main() {
     if let Some(server) = &nats_server {
         println!("{}", server.describe());
     }
-    let loads = (load_before.as_str(), load_after.as_str());
-    let nats_cpu = nats_cpu_seconds(&nats_server);
-    report::print_load(options.runs, elapsed, loads, "1–2", &cpu, nats_cpu);
+    let nats_cpu = nats_server
+        .as_ref()
+        .map_or(0.0, nats_server::Server::cpu_seconds);
+    load.print(options.runs, "1–2", nats_cpu);
     print!("{}", table(&options.transports, &results));
     drop(nats_server);
-}
-
-/// CPU seconds of nats-server, which is this benchmark's but not yet waited for (so not in
-/// `getrusage(RUSAGE_CHILDREN)`): read from /proc before it is stopped.
-fn nats_cpu_seconds(nats: &Option<nats_server::Server>) -> f64 {
-    nats.as_ref().map_or(0.0, nats_server::Server::cpu_seconds)
 }
 
 /// The results as a Markdown table: medians across runs of the round trip, ratios to t2_bus and

@@ -65,12 +65,7 @@ pub fn measure(len: usize, warmup: usize, rounds: usize) -> Histogram<u64> {
     wait_ready(ready, "the t2_bus responder");
     let runtime = current_thread_runtime();
     runtime.block_on(async {
-        let client = broker
-            .listen
-            .connector()
-            .connect()
-            .await
-            .expect("connect to the t2_bus broker");
+        let client = broker.listen.connect().await;
         let mut end = T2Requester {
             client,
             request: Blob(Vec::with_capacity(len)),
@@ -86,11 +81,7 @@ pub fn measure(len: usize, warmup: usize, rounds: usize) -> Histogram<u64> {
 pub fn child() {
     let listen = Listen::parse(&harness::child_arg());
     current_thread_runtime().block_on(async {
-        let client = listen
-            .connector()
-            .connect()
-            .await
-            .expect("connect to the t2_bus broker");
+        let client = listen.connect().await;
         let mut requests = client.serve::<Blob>(TOPIC).await.expect("serve the topic");
         say_ready();
         let mut response = Blob(Vec::new());
