@@ -20,7 +20,7 @@ use tracing::{debug, info, warn};
 use super::connection::Backoff;
 use super::error::{AttachError, ConnectError, ControlError};
 use super::pubsub::RecvError;
-use super::pubsub::remote::Inbox;
+use super::pubsub::remote::{Inbox, with_room};
 use crate::RequestError;
 use crate::address::BusAddress;
 use crate::protocol::ErrorCode;
@@ -30,6 +30,7 @@ use crate::sync::lock;
 use crate::topic::Topic;
 use crate::transport::wire::{SendError, Wire, WireReader};
 use crate::transport::{self, DialError, Dialed};
+use rkyv::util::AlignedVec;
 
 /// How long a call waits for the gateway's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,8 +109,8 @@ const ANSWER_GRACE: Duration = Duration::from_secs(10);
 
 /// What the gateway said about a request.
 pub(crate) enum Answered {
-    /// An answer.
-    Answer(AnswerKind, Vec<u8>),
+    /// An answer, behind room for the exchange header (see [`Response`](crate::Response)).
+    Answer(AnswerKind, AlignedVec<16>),
     /// No (more) answers.
     Unanswered(Unanswered),
 }
@@ -125,7 +126,7 @@ pub(crate) struct RemoteExchange {
 
 impl RemoteExchange {
     /// The next answer, as its kind and payload.
-    pub(crate) fn next(&mut self) -> Result<(AnswerKind, Vec<u8>), RequestError> {
+    pub(crate) fn next(&mut self) -> Result<(AnswerKind, AlignedVec<16>), RequestError> {
         let wait = self
             .patience
             .map_or(Duration::from_secs(u64::from(u32::MAX)), |p| {
@@ -547,7 +548,8 @@ impl RemoteBus {
                     }
                 }
                 Frame::Answer { id, kind, payload } => {
-                    self.route_answer(id, Answered::Answer(kind, payload.to_vec()));
+                    let answer = with_room(EXCHANGE_HEADER_LEN, payload);
+                    self.route_answer(id, Answered::Answer(kind, answer));
                 }
                 Frame::Unanswered { id, why } => self.route_answer(id, Answered::Unanswered(why)),
                 Frame::Incoming {

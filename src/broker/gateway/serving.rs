@@ -18,7 +18,7 @@ use shmbus_shm::Deadline;
 use tracing::debug;
 
 use crate::client::pubsub::{Patience, Wait, Waker};
-use crate::protocol::remote::{AnswerKind, Frame};
+use crate::protocol::remote::{self, AnswerKind, Frame};
 use crate::sync::lock;
 use crate::transport::wire::Wire;
 use crate::{OwnedRequest, ResponseSender, Server};
@@ -51,19 +51,20 @@ enum Answering {
 }
 
 impl Held {
-    /// Holds `request` of `server`, and returns its number.
-    fn hold(&self, server: u32, request: OwnedRequest) -> u32 {
+    /// Holds `request` of `server` under a number of its own, first giving `pass_on` the
+    /// number and the request's payload (to encode it into the frame that passes it on).
+    fn hold(&self, server: u32, request: OwnedRequest, pass_on: impl FnOnce(u32, &[u8])) {
         let mut state = lock(&self.state);
         let mut key = state.next;
         while state.requests.contains_key(&key) {
             key = key.wrapping_add(1);
         }
         state.next = key.wrapping_add(1);
+        pass_on(key, request.payload());
         state
             .requests
             .insert(key, (server, Answering::Waiting(request)));
         *state.per_server.entry(server).or_default() += 1;
-        key
     }
 
     /// Waits while `server` holds at least `limit` requests, until `done` says to stop
@@ -270,6 +271,8 @@ impl Drop for ServerThread {
 /// Receives requests and passes them on until stopped or the connection fails; or, once
 /// draining, until what it passed on is answered.
 fn pass_on(mut server: Server, id: u32, to: PassOn, wire: &Wire, held: &Held, flags: &Flags) {
+    // Each request's frame, encoded while its request is taken into `held`.
+    let mut encoded = Vec::new();
     loop {
         let room = held.wait_below(id, MAX_IN_FLIGHT, || flags.draining(), None);
         if flags.draining() {
@@ -290,23 +293,26 @@ fn pass_on(mut server: Server, id: u32, to: PassOn, wire: &Wire, held: &Held, fl
             }
             Err(Wait::Empty | Wait::Timeout) => continue,
         };
-        let payload = request.payload().to_vec();
-        let key = held.hold(id, request);
-        let frame = match to {
-            PassOn::Client => Frame::Incoming {
-                server: id,
-                request: key,
-                payload: &payload,
-            },
-            PassOn::Peer => Frame::Request {
-                id: key,
-                stream: true,
-                timeout_ms: PEER_REQUEST_TIMEOUT.as_millis() as u64,
-                topic: server.topic(),
-                payload: &payload,
-            },
-        };
-        if wire.send(&frame).is_err() {
+        let topic = server.topic();
+        held.hold(id, request, |key, payload| {
+            let frame = match to {
+                PassOn::Client => Frame::Incoming {
+                    server: id,
+                    request: key,
+                    payload,
+                },
+                PassOn::Peer => Frame::Request {
+                    id: key,
+                    stream: true,
+                    timeout_ms: PEER_REQUEST_TIMEOUT.as_millis() as u64,
+                    topic,
+                    payload,
+                },
+            };
+            encoded.clear();
+            remote::encode(&frame, &mut encoded);
+        });
+        if wire.send_encoded(&encoded, None).is_err() {
             return;
         }
     }

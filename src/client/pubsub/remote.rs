@@ -41,6 +41,15 @@ pub(crate) struct RemoteMessage {
     pub(crate) sequence: u64,
 }
 
+/// `payload` copied behind `room` zero bytes (where a request or response carries its exchange
+/// header, so that the payload sits at the offset, and alignment, it has in a ring).
+pub(crate) fn with_room(room: usize, payload: &[u8]) -> AlignedVec<16> {
+    let mut aligned = AlignedVec::with_capacity(room + payload.len());
+    aligned.resize(room, 0);
+    aligned.extend_from_slice(payload);
+    aligned
+}
+
 /// A remote subscription's messages and events, between the bus's thread and the subscriber.
 pub(crate) struct Inbox {
     /// The subscription's id on the connection.
@@ -161,9 +170,7 @@ impl Inbox {
                 None => state.overrun = Some((oldest.topic.clone(), 1)),
             }
         }
-        let mut aligned = AlignedVec::with_capacity(room + payload.len());
-        aligned.resize(room, 0);
-        aligned.extend_from_slice(payload);
+        let aligned = with_room(room, payload);
         state.bytes += aligned.len();
         state.messages.push_back(Arc::new(RemoteMessage {
             topic,

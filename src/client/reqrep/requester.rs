@@ -42,13 +42,10 @@ pub struct Response {
 }
 
 impl Response {
-    /// An answer that came over the network for `topic`. It keeps room for the exchange header
-    /// in front, so the payload sits at the offset (and alignment) it has in a ring, as typed
-    /// answers expect.
-    pub(crate) fn remote(topic: Topic, payload: &[u8]) -> Response {
-        let mut bytes = AlignedVec::<16>::with_capacity(EXCHANGE_HEADER_LEN + payload.len());
-        bytes.extend_from_slice(&[0; EXCHANGE_HEADER_LEN]);
-        bytes.extend_from_slice(payload);
+    /// An answer that came over the network for `topic`: `bytes` keep room for the exchange
+    /// header in front, so the payload sits at the offset (and alignment) it has in a ring, as
+    /// typed answers expect.
+    pub(crate) fn remote(topic: Topic, bytes: AlignedVec<16>) -> Response {
         let message = RemoteMessage {
             topic,
             payload: bytes,
@@ -597,10 +594,10 @@ impl ResponseStream {
                 let topic = exchange.topic().clone();
                 let outcome = match exchange.next() {
                     Ok((AnswerKind::Item, payload)) => {
-                        return Some(Ok((AnswerKind::Item, Response::remote(topic, &payload))));
+                        return Some(Ok((AnswerKind::Item, Response::remote(topic, payload))));
                     }
                     Ok((AnswerKind::Single, payload)) => {
-                        Some(Ok((AnswerKind::Single, Response::remote(topic, &payload))))
+                        Some(Ok((AnswerKind::Single, Response::remote(topic, payload))))
                     }
                     Ok((AnswerKind::End, _)) => None,
                     Err(e) => Some(Err(e)),
@@ -728,7 +725,7 @@ fn ask_remote(
     let mut exchange = bus.request(topic, payload, false, patience)?;
     match exchange.next()? {
         (AnswerKind::Single | AnswerKind::Item, payload) => {
-            Ok(Response::remote(exchange.topic().clone(), &payload))
+            Ok(Response::remote(exchange.topic().clone(), payload))
         }
         (AnswerKind::End, _) => Err(RequestError::Abandoned {
             topic: exchange.topic().clone(),
@@ -1013,20 +1010,21 @@ impl Requester {
                 after_stream,
             } => (bus, inbox, after_stream),
             Asking::Remote(remote) => {
-                // Written here, then sent: the gateway copies it into the request ring.
+                // A request written in place is written here, then sent: the gateway copies it
+                // into the request ring.
+                let mut filled = Vec::new();
                 let bytes = match payload {
-                    Payload::Copy(bytes) => bytes.to_vec(),
+                    Payload::Copy(bytes) => *bytes,
                     Payload::Fill(len, fill) => {
-                        let mut buf = vec![0; *len];
-                        let used = fill(&mut buf).map_err(|detail| RequestError::Serialize {
+                        filled.resize(*len, 0);
+                        let used = fill(&mut filled).map_err(|detail| RequestError::Serialize {
                             topic: topic.clone(),
                             detail,
                         })?;
-                        buf.truncate(used.min(*len));
-                        buf
+                        &filled[..used.min(*len)]
                     }
                 };
-                return ask_remote(&remote.bus, topic.clone(), &bytes, patience);
+                return ask_remote(&remote.bus, topic.clone(), bytes, patience);
             }
         };
         // Used in place; dropped (so closed) if the exchange ends unfinished, or if its broker
