@@ -107,28 +107,25 @@ impl Routes {
 
     /// The patterns wanted through `link`: those of every origin it leads to.
     pub(super) fn wanted_via(&self, link: LinkId) -> Vec<Topic> {
-        let mut wanted: Vec<Topic> = self
-            .origins
-            .values()
-            .filter(|r| r.via == link)
-            .flat_map(|r| r.patterns.iter().cloned())
-            .collect();
-        wanted.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        wanted.dedup();
-        wanted
+        self.via(link, |r| &r.patterns)
     }
 
     /// The topics served by origins reached through `link`: requests to them go that way.
     pub(super) fn served_via(&self, link: LinkId) -> Vec<Topic> {
-        let mut served: Vec<Topic> = self
+        self.via(link, |r| &r.served)
+    }
+
+    /// What `of` says of every origin reached through `link`, sorted, without repeats.
+    fn via(&self, link: LinkId, of: impl Fn(&Route) -> &Vec<Topic>) -> Vec<Topic> {
+        let mut topics: Vec<Topic> = self
             .origins
             .values()
             .filter(|r| r.via == link)
-            .flat_map(|r| r.served.iter().cloned())
+            .flat_map(|r| of(r).iter().cloned())
             .collect();
-        served.sort_by(|a, b| a.as_str().cmp(b.as_str()));
-        served.dedup();
-        served
+        topics.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        topics.dedup();
+        topics
     }
 
     /// Every interest known, to tell a new peer.
