@@ -12,27 +12,15 @@ use std::time::{Duration, Instant};
 use nix::sys::signal::Signal;
 use shmbus::{Bus, Publisher, RecvTimeoutError, Subscriber};
 use support::pki::Pki;
-use support::{Broker, PATIENCE, Proc, run};
+use support::{Broker, PATIENCE, listen_address, listening_broker, run};
 
 /// The payload of probes, which tests skip.
 const PROBE: &[u8] = b"probe";
 
 /// A broker listening on a loopback port of its own, peering with `peers`; and its address.
 fn peered_broker(peers: &[&str]) -> (Broker, String) {
-    let mut args = vec!["--listen", "tcp://127.0.0.1:0"];
-    for peer in peers {
-        args.extend_from_slice(&["--peer", peer]);
-    }
-    let broker = Broker::start(&args);
-    let url = listen_address(&broker.proc);
-    (broker, url)
-}
-
-/// The address a broker process printed that it listens at.
-fn listen_address(broker: &Proc) -> String {
-    let line = broker.stderr.wait_for("shmbus broker listening on ");
-    line.trim_start_matches("shmbus broker listening on ")
-        .to_string()
+    let args: Vec<&str> = peers.iter().flat_map(|peer| ["--peer", peer]).collect();
+    listening_broker("tcp://127.0.0.1:0", &args)
 }
 
 /// Publishes probes until `sub` receives one: the way from the publisher's broker to the

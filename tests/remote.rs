@@ -13,23 +13,7 @@ use shmbus::{
     Bus, ConnectError, RecvError, RecvTimeoutError, RequestError, Subscriber, TlsClientFiles,
 };
 use support::pki::Pki;
-use support::{Broker, PATIENCE, Proc, eventually, run, shmbus};
-
-/// A broker with `--listen ADDRESS` (and `extra` flags), and the address it listens at.
-fn listening_broker(address: &str, extra: &[&str]) -> (Broker, String) {
-    let mut args = vec!["--listen", address];
-    args.extend_from_slice(extra);
-    let broker = Broker::start(&args);
-    let url = listen_address(&broker.proc);
-    (broker, url)
-}
-
-/// The address a broker process printed that it listens at.
-fn listen_address(broker: &Proc) -> String {
-    let line = broker.stderr.wait_for("shmbus broker listening on ");
-    line.trim_start_matches("shmbus broker listening on ")
-        .to_string()
-}
+use support::{Broker, PATIENCE, Proc, eventually, listen_address, listening_broker, run, shmbus};
 
 /// Receives the next message, failing after [`PATIENCE`].
 fn next(sub: &mut Subscriber) -> (String, Vec<u8>) {

@@ -116,3 +116,19 @@ impl Broker {
         p
     }
 }
+
+/// A broker with `--listen ADDRESS` (and `extra` flags), and the address it listens at.
+pub fn listening_broker(address: &str, extra: &[&str]) -> (Broker, String) {
+    let mut args = vec!["--listen", address];
+    args.extend_from_slice(extra);
+    let broker = Broker::start(&args);
+    let url = listen_address(&broker.proc);
+    (broker, url)
+}
+
+/// The address a broker process printed that it listens at.
+pub fn listen_address(broker: &Proc) -> String {
+    let line = broker.stderr.wait_for("shmbus broker listening on ");
+    line.trim_start_matches("shmbus broker listening on ")
+        .to_string()
+}
