@@ -257,7 +257,7 @@ impl Flags {
 
 impl Drop for ServerThread {
     fn drop(&mut self) {
-        // Release pairs with the Acquire loads in `pass_on` and `Held::wait_for_room`.
+        // Release pairs with the Acquire load of `Flags::stopped` (in `pass_on` and its waits).
         self.stop.store(true, Ordering::Release);
         self.waker.wake();
         self.held.room.notify_all();

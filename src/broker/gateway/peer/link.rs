@@ -204,6 +204,7 @@ impl Link {
                     continue;
                 }
             };
+            // Relaxed: a number for the proxy, ordered by nothing else.
             let id = self.next_proxy.fetch_add(1, Ordering::Relaxed);
             let wire = Arc::clone(&self.wire);
             match ServerThread::start(server, id, wire, Arc::clone(&self.held), PassOn::Peer) {
