@@ -143,17 +143,6 @@ fn the_cli_publishes_and_subscribes_over_tcp() {
 }
 
 #[test]
-fn state_collections_say_they_are_local_only() {
-    let (_broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
-    let remote = Bus::connect(&url).unwrap();
-    let state = remote.watch_state("config/**").unwrap_err();
-    assert!(
-        matches!(state, shmbus::AttachError::LocalOnly { .. }),
-        "{state}"
-    );
-}
-
-#[test]
 fn remote_servers_answer_local_requesters() {
     let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let local = Bus::connect(broker.bus()).unwrap();

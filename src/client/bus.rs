@@ -14,10 +14,15 @@ use super::reqrep::{
     self, Dispatcher, InboxPool, Request, RequestError, Requester, Response, ResponseStream,
     ServeError, Server,
 };
-use super::state::{StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder};
+use super::state::{
+    StatePublisher, StatePublisherBuilder, StateWatcher, StateWatcherBuilder, fetch_snapshot,
+    watch_rings,
+};
 use crate::address::BusAddress;
 use crate::broker::{BrokerBuilder, BrokerError, BrokerHandle};
+use crate::topic::Topic;
 use crate::transport::tls::TlsClientFiles;
+use shmbus_shm::WaitStrategy;
 
 /// A broker running on a thread of this process, owned by a [`Bus`].
 struct Embedded {
@@ -435,6 +440,22 @@ impl Bus {
     /// A state watcher with options: more patterns, how it waits.
     pub fn state_watcher(&self, pattern: &str) -> StateWatcherBuilder {
         StateWatcherBuilder::new(self.flavor.clone(), pattern)
+    }
+
+    /// For a gateway watching on a remote watcher's behalf: a subscriber of the state rings of
+    /// the collections `patterns` match, each message one record. A local bus only.
+    pub(crate) fn state_rings(&self, patterns: &[Topic]) -> Result<Subscriber, AttachError> {
+        let first = patterns.first().map_or("", Topic::as_str);
+        let bus = self.flavor.local(first)?;
+        let rings = watch_rings(&bus, patterns, WaitStrategy::default())?;
+        Ok(Subscriber::from_rings(rings))
+    }
+
+    /// For a gateway: the keeper's snapshot of the collections `pattern` matches (the
+    /// [`snapshot`](crate::protocol::state::snapshot) format). A local bus only.
+    pub(crate) fn state_snapshot(&self, pattern: &str) -> Result<Vec<u8>, AttachError> {
+        let bus = self.flavor.local(pattern)?;
+        fetch_snapshot(&bus, pattern).map_err(|e| AttachError::call(pattern, e))
     }
 
     /// Serves `topic` (an exact topic, no wildcards): receive its requests with

@@ -92,12 +92,43 @@ struct Routes {
     /// Live publishers' topics, to advertise again after a reconnection.
     publishers: HashMap<u32, String>,
     /// Calls waiting for the answer about their id.
-    waiting: HashMap<u32, mpsc::SyncSender<Result<(), Refusal>>>,
+    waiting: HashMap<u32, mpsc::SyncSender<Result<Reply, Refusal>>>,
+    /// Snapshots being received.
+    snapshots: HashMap<u32, Gathering>,
+    /// State owners: where a change the gateway could not make is reported.
+    owners: HashMap<u32, Arc<Mutex<Option<Refusal>>>>,
     /// Requests waiting for their answers.
     exchanges: HashMap<u32, mpsc::SyncSender<Answered>>,
     /// Servers' request inboxes, and their topics (to serve again after a reconnection).
     servers: HashMap<u32, (Arc<Inbox>, String)>,
 }
+
+/// What the gateway answered a call with.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reply {
+    /// It is done.
+    Done,
+    /// A state owner owns its collection, with these limits.
+    Owned {
+        /// The largest value.
+        max_value: u32,
+        /// Most bytes of keys and values.
+        max_bytes: u64,
+    },
+}
+
+/// A snapshot being received, and who waits for it.
+struct Gathering {
+    bytes: Vec<u8>,
+    done: mpsc::SyncSender<Result<Vec<u8>, Refusal>>,
+}
+
+/// The largest snapshot a client takes from a gateway: a bound on what the gateway can make it
+/// buffer.
+const MAX_SNAPSHOT: usize = 1 << 30;
+
+/// How long a snapshot may take to arrive.
+const SNAPSHOT_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most answers of one request that wait to be read; a stream whose reader falls further behind
 /// ends.
@@ -158,6 +189,14 @@ impl Drop for RemoteExchange {
     }
 }
 
+/// The call error of a send that failed.
+fn send_failed(e: SendError) -> RemoteCallError {
+    match e {
+        SendError::Timeout => RemoteCallError::Control(ControlError::Timeout),
+        SendError::Closed(_) => RemoteCallError::Control(ControlError::BrokerGone),
+    }
+}
+
 /// The request error the gateway's `why` stands for.
 fn request_error(why: Unanswered, topic: Topic) -> RequestError {
     match why {
@@ -206,6 +245,14 @@ pub(crate) enum RemoteCallError {
 }
 
 impl RemoteCallError {
+    /// The control error it stands for (a refusal's message as its detail).
+    pub(crate) fn into_control(self) -> ControlError {
+        match self {
+            RemoteCallError::Control(e) => e,
+            RemoteCallError::Refused(r) => ControlError::Protocol { detail: r.message },
+        }
+    }
+
     /// The error of attaching `topic`.
     pub(crate) fn attach(self, topic: &str) -> AttachError {
         let topic = topic.to_string();
@@ -315,7 +362,7 @@ impl RemoteBus {
         if result.is_err() {
             lock(&self.routes).subscriptions.remove(&inbox.id);
         }
-        result
+        result.map(drop)
     }
 
     /// Adds `pattern` to subscription `id` and waits for the gateway's answer.
@@ -324,7 +371,7 @@ impl RemoteBus {
             id,
             pattern: pattern.to_string(),
         };
-        self.call(id, &frame, |_| {})
+        self.call(id, &frame, |_| {}).map(drop)
     }
 
     /// Ends subscription `id`: nothing more is routed to it.
@@ -345,7 +392,7 @@ impl RemoteBus {
         if result.is_err() {
             lock(&self.routes).publishers.remove(&id);
         }
-        result
+        result.map(drop)
     }
 
     /// Publisher `id` is gone.
@@ -369,7 +416,80 @@ impl RemoteBus {
         if result.is_err() {
             lock(&self.routes).servers.remove(&inbox.id);
         }
-        result
+        result.map(drop)
+    }
+
+    /// The content of the state collections `pattern` matches, in the snapshot format.
+    pub(crate) fn snapshot(&self, pattern: &str) -> Result<Vec<u8>, RemoteCallError> {
+        let gone = || RemoteCallError::Control(ControlError::BrokerGone);
+        let deadline = Instant::now() + SNAPSHOT_TIMEOUT;
+        let wire = self.wire(Some(deadline)).ok_or_else(gone)?;
+        let id = self.next_id();
+        let (done, rx) = mpsc::sync_channel(1);
+        let gathering = Gathering {
+            bytes: Vec::new(),
+            done,
+        };
+        lock(&self.routes).snapshots.insert(id, gathering);
+        let frame = Frame::Snapshot {
+            id,
+            pattern: pattern.to_string(),
+        };
+        let outcome = match wire.send_by(&frame, Some(deadline)) {
+            Ok(()) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+                Ok(answer) => answer.map_err(RemoteCallError::Refused),
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    Err(RemoteCallError::Control(ControlError::Timeout))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
+            },
+            Err(e) => Err(send_failed(e)),
+        };
+        lock(&self.routes).snapshots.remove(&id);
+        outcome
+    }
+
+    /// Owns a state collection as owner `own.id` (from now on, a change the gateway cannot make
+    /// is reported in `failure`) and waits for the gateway's answer: the largest value and the
+    /// most bytes, and the link it owns on.
+    pub(crate) fn own(
+        &self,
+        own: crate::protocol::remote::Own,
+        failure: &Arc<Mutex<Option<Refusal>>>,
+    ) -> Result<(u32, u64, Arc<Wire>), RemoteCallError> {
+        let id = own.id;
+        let result = self.call_on(id, &Frame::Own(own), |routes| {
+            routes.owners.insert(id, Arc::clone(failure));
+        });
+        if result.is_err() {
+            lock(&self.routes).owners.remove(&id);
+        }
+        match result {
+            Ok((
+                Reply::Owned {
+                    max_value,
+                    max_bytes,
+                },
+                wire,
+            )) => Ok((max_value, max_bytes, wire)),
+            Ok((Reply::Done, _)) => Err(RemoteCallError::Control(ControlError::Protocol {
+                detail: "the gateway answered an own without its limits".into(),
+            })),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Owner `id` is gone.
+    pub(crate) fn disown(&self, id: u32) {
+        lock(&self.routes).owners.remove(&id);
+        self.notify(&Frame::Withdraw { id });
+    }
+
+    /// Waits until the broker has every change owner `owner` made so far.
+    pub(crate) fn sync_state(&self, owner: u32) -> Result<(), RemoteCallError> {
+        let id = self.next_id();
+        self.call(id, &Frame::SyncState { id, owner }, |_| {})
+            .map(drop)
     }
 
     /// Server `id` stops serving.
@@ -469,7 +589,17 @@ impl RemoteBus {
         id: u32,
         frame: &Frame<'_>,
         route: impl FnOnce(&mut Routes),
-    ) -> Result<(), RemoteCallError> {
+    ) -> Result<Reply, RemoteCallError> {
+        self.call_on(id, frame, route).map(|(reply, _)| reply)
+    }
+
+    /// [`call`](Self::call), also returning the link the call went on.
+    fn call_on(
+        &self,
+        id: u32,
+        frame: &Frame<'_>,
+        route: impl FnOnce(&mut Routes),
+    ) -> Result<(Reply, Arc<Wire>), RemoteCallError> {
         let gone = || RemoteCallError::Control(ControlError::BrokerGone);
         let deadline = Instant::now() + REPLY_TIMEOUT;
         let wire = self.wire(Some(deadline)).ok_or_else(gone)?;
@@ -487,11 +617,10 @@ impl RemoteBus {
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
             },
-            Err(SendError::Timeout) => Err(RemoteCallError::Control(ControlError::Timeout)),
-            Err(SendError::Closed(_)) => Err(gone()),
+            Err(e) => Err(send_failed(e)),
         };
         lock(&self.routes).waiting.remove(&id);
-        outcome
+        outcome.map(|reply| (reply, wire))
     }
 
     fn close(&self) {
@@ -562,7 +691,19 @@ impl RemoteBus {
                         inbox.deliver(&topic, EXCHANGE_HEADER_LEN, payload, 0, u64::from(request));
                     }
                 }
-                Frame::Done { id } => self.answer(id, Ok(())),
+                Frame::SnapshotPart { id, last, bytes } => self.gather(id, last, bytes),
+                Frame::Done { id } => self.answer(id, Ok(Reply::Done)),
+                Frame::Owned {
+                    id,
+                    max_value,
+                    max_bytes,
+                } => self.answer(
+                    id,
+                    Ok(Reply::Owned {
+                        max_value,
+                        max_bytes,
+                    }),
+                ),
                 Frame::Failed { id, refusal } => self.answer(id, Err(refusal)),
                 other => {
                     let reason = format!("unexpected frame from the gateway: {other:?}");
@@ -585,17 +726,44 @@ impl RemoteBus {
         }
     }
 
+    /// Adds the next part of snapshot `id`; hands the snapshot over after the last one. A
+    /// snapshot that would outgrow [`MAX_SNAPSHOT`] fails.
+    fn gather(&self, id: u32, last: bool, bytes: &[u8]) {
+        let mut routes = lock(&self.routes);
+        let Some(gathering) = routes.snapshots.get_mut(&id) else {
+            return;
+        };
+        if gathering.bytes.len() + bytes.len() > MAX_SNAPSHOT {
+            let refusal = Refusal::new(
+                ErrorCode::Exhausted,
+                format!("a snapshot larger than {MAX_SNAPSHOT} bytes"),
+            );
+            let gathering = routes.snapshots.remove(&id).expect("looked up");
+            let _ = gathering.done.try_send(Err(refusal));
+            return;
+        }
+        gathering.bytes.extend_from_slice(bytes);
+        if last {
+            let gathering = routes.snapshots.remove(&id).expect("looked up");
+            let _ = gathering.done.try_send(Ok(gathering.bytes));
+        }
+    }
+
     /// Hands the answer about `id` to the call waiting for it, or, with none waiting (an answer
     /// to a registration made again after a reconnection), reports a refusal to whom it
     /// concerns.
-    fn answer(&self, id: u32, answer: Result<(), Refusal>) {
-        let routes = lock(&self.routes);
+    fn answer(&self, id: u32, answer: Result<Reply, Refusal>) {
+        let mut routes = lock(&self.routes);
         if let Some(waiting) = routes.waiting.get(&id) {
             let _ = waiting.try_send(answer);
             return;
         }
         let Err(refusal) = answer else { return };
-        if let Some((inbox, topic)) = routes.servers.get(&id) {
+        if let Some(gathering) = routes.snapshots.remove(&id) {
+            let _ = gathering.done.try_send(Err(refusal));
+        } else if let Some(failure) = routes.owners.get(&id) {
+            *lock(failure) = Some(refusal);
+        } else if let Some((inbox, topic)) = routes.servers.get(&id) {
             inbox.report(RecvError::Unavailable {
                 topic: topic.clone(),
                 detail: refusal.message,
@@ -628,8 +796,9 @@ impl RemoteBus {
         for inbox in routes.subscriptions.values().chain(servers) {
             inbox.report(RecvError::BrokerLost);
         }
-        // Dropping the senders fails the calls and requests waiting on them.
+        // Dropping the senders fails the calls, snapshots and requests waiting on them.
         routes.waiting.clear();
+        routes.snapshots.clear();
         routes.exchanges.clear();
         true
     }

@@ -27,6 +27,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::state::Record;
 use super::{ErrorCode, MAX_ERROR_LEN, MAX_NAME_LEN};
 use crate::topic::MAX_TOPIC_LEN;
 
@@ -195,6 +196,29 @@ pub enum Mode {
     Tethered,
     /// Never holds publishers back; overruns are reported as [`Frame::Lagged`].
     Lossy,
+    /// The state rings of the collections the patterns match, read like [`Mode::Tethered`]:
+    /// each message is one [`Record`] of a collection, for a remote state watcher, which
+    /// starts from (and catches up with) a [`Frame::Snapshot`].
+    State,
+}
+
+/// Own a state collection; answered with [`Frame::Owned`] or [`Frame::Failed`]. The
+/// collection's changes then come as [`Frame::Change`]s naming `id`; [`Frame::Withdraw`] ends
+/// the ownership.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Own {
+    /// The client's id for the owner.
+    pub id: u32,
+    /// The collection's topic (no wildcards).
+    pub topic: String,
+    /// Whether the broker keeps the collection on disk.
+    pub persistent: bool,
+    /// The client's content replaces the collection's: after the [`Frame::Change`]s that put
+    /// every entry it holds comes [`Frame::Settle`], and the gateway removes every entry not
+    /// put since. Sent when an owner owns again after a reconnection; otherwise the owner
+    /// starts from the collection's content (persistent collections keep theirs), read with a
+    /// [`Frame::Snapshot`].
+    pub replace: bool,
 }
 
 /// Subscribe to patterns; answered with [`Frame::Done`] once every pattern is attached.
@@ -370,6 +394,57 @@ pub enum Frame<'a> {
         /// The answer.
         payload: &'a [u8],
     },
+    /// Client: the content of the state collections `pattern` matches; answered with
+    /// [`Frame::SnapshotPart`]s naming `id`, the last one marked, or with [`Frame::Failed`].
+    Snapshot {
+        /// The client's id for the snapshot.
+        id: u32,
+        /// The pattern (wildcards allowed).
+        pattern: String,
+    },
+    /// Gateway: the next bytes of snapshot `id`, in the format of
+    /// [`state::snapshot`](super::state::snapshot).
+    SnapshotPart {
+        /// The snapshot.
+        id: u32,
+        /// Whether this is the last part.
+        last: bool,
+        /// The bytes.
+        bytes: &'a [u8],
+    },
+    /// Client: own a state collection.
+    Own(Own),
+    /// Gateway: the owner with this id owns its collection.
+    Owned {
+        /// The owner.
+        id: u32,
+        /// The largest value the collection's ring carries.
+        max_value: u32,
+        /// Most bytes the collection may hold, keys and values together.
+        max_bytes: u64,
+    },
+    /// Client: one change of owner `owner`'s collection (a put, a removal or a restart
+    /// counter; never a clear). Not answered; a change the gateway cannot make is reported
+    /// with [`Frame::Failed`] naming the owner.
+    Change {
+        /// The owner.
+        owner: u32,
+        /// The change (its sequence number is not used: the gateway numbers changes).
+        change: Record<'a>,
+    },
+    /// Client: every entry of a replacing [`Own`] was put; the others go (not answered).
+    Settle {
+        /// The owner.
+        owner: u32,
+    },
+    /// Client: answer with [`Frame::Done`] naming `id` once the broker has every change owner
+    /// `owner` made before (on disk, for a persistent collection).
+    SyncState {
+        /// The client's id for the call.
+        id: u32,
+        /// The owner.
+        owner: u32,
+    },
     /// Either side: are you there?
     Ping,
     /// Either side: the answer to [`Frame::Ping`].
@@ -402,6 +477,13 @@ mod kind {
     pub const UNSERVE: u8 = 22;
     pub const INCOMING: u8 = 23;
     pub const RESPOND: u8 = 24;
+    pub const SNAPSHOT: u8 = 25;
+    pub const SNAPSHOT_PART: u8 = 26;
+    pub const OWN: u8 = 27;
+    pub const OWNED: u8 = 28;
+    pub const CHANGE: u8 = 29;
+    pub const SETTLE: u8 = 30;
+    pub const SYNC_STATE: u8 = 31;
 }
 
 /// Why bytes from a peer are not a valid frame.
@@ -505,6 +587,28 @@ pub fn encode(frame: &Frame<'_>, out: &mut Vec<u8>) {
             out.push(kind.byte());
             out.extend_from_slice(payload);
         }
+        Frame::Snapshot { id, pattern } => control(out, kind::SNAPSHOT, &(id, pattern)),
+        Frame::SnapshotPart { id, last, bytes } => {
+            out.push(kind::SNAPSHOT_PART);
+            out.extend_from_slice(&id.to_le_bytes());
+            out.push(u8::from(*last));
+            out.extend_from_slice(bytes);
+        }
+        Frame::Own(body) => control(out, kind::OWN, body),
+        Frame::Owned {
+            id,
+            max_value,
+            max_bytes,
+        } => control(out, kind::OWNED, &(id, max_value, max_bytes)),
+        Frame::Change { owner, change } => {
+            out.push(kind::CHANGE);
+            out.extend_from_slice(&owner.to_le_bytes());
+            let at = out.len();
+            out.resize(at + change.encoded_len(), 0);
+            change.encode(0, &mut out[at..]);
+        }
+        Frame::Settle { owner } => control(out, kind::SETTLE, owner),
+        Frame::SyncState { id, owner } => control(out, kind::SYNC_STATE, &(id, owner)),
         Frame::Ping => out.push(kind::PING),
         Frame::Pong => out.push(kind::PONG),
         Frame::Publish { publisher, payload } => {
@@ -666,11 +770,7 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
         kind::REQUEST => {
             let mut rest = Fields::new("request", body);
             let id = rest.u32()?;
-            let stream = match rest.array::<1>()? {
-                [0] => false,
-                [1] => true,
-                [other] => return Err(malformed("request", format!("stream flag {other}"))),
-            };
+            let stream = rest.flag()?;
             let timeout_ms = rest.u64()?;
             let topic = rest.topic()?;
             Frame::Request {
@@ -718,6 +818,61 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
                 kind,
                 payload: rest.remaining(),
             }
+        }
+        kind::SNAPSHOT => {
+            let (id, pattern): (u32, String) = body_of("snapshot", body)?;
+            check_len("snapshot", "pattern", &pattern, MAX_TOPIC_LEN)?;
+            Frame::Snapshot { id, pattern }
+        }
+        kind::SNAPSHOT_PART => {
+            let mut rest = Fields::new("snapshot-part", body);
+            let id = rest.u32()?;
+            let last = rest.flag()?;
+            Frame::SnapshotPart {
+                id,
+                last,
+                bytes: rest.remaining(),
+            }
+        }
+        kind::OWN => {
+            let own: Own = body_of("own", body)?;
+            check_len("own", "topic", &own.topic, MAX_TOPIC_LEN)?;
+            Frame::Own(own)
+        }
+        kind::OWNED => {
+            let (id, max_value, max_bytes) = body_of("owned", body)?;
+            Frame::Owned {
+                id,
+                max_value,
+                max_bytes,
+            }
+        }
+        kind::CHANGE => {
+            let mut rest = Fields::new("change", body);
+            let owner = rest.u32()?;
+            let record = rest.remaining();
+            let (_, change) =
+                Record::decode(record).map_err(|e| malformed("change", e.to_string()))?;
+            if change == Record::Clear {
+                return Err(malformed("change", "an owner does not clear".into()));
+            }
+            if record.len() != change.encoded_len() {
+                return Err(malformed(
+                    "change",
+                    format!(
+                        "{} bytes after the record",
+                        record.len() - change.encoded_len()
+                    ),
+                ));
+            }
+            Frame::Change { owner, change }
+        }
+        kind::SETTLE => Frame::Settle {
+            owner: body_of("settle", body)?,
+        },
+        kind::SYNC_STATE => {
+            let (id, owner) = body_of("sync-state", body)?;
+            Frame::SyncState { id, owner }
         }
         kind::PING => empty("ping", body, Frame::Ping)?,
         kind::PONG => empty("pong", body, Frame::Pong)?,
@@ -844,6 +999,15 @@ impl<'a> Fields<'a> {
         let sequence = self.u64()?;
         let topic = self.topic()?;
         Ok((publisher, sequence, topic, self.remaining()))
+    }
+
+    /// A flag byte: 0 or 1.
+    fn flag(&mut self) -> Result<bool, FrameError> {
+        match self.array::<1>()? {
+            [0] => Ok(false),
+            [1] => Ok(true),
+            [other] => Err(malformed(self.kind, format!("flag {other}"))),
+        }
     }
 
     /// An [`AnswerKind`] byte.
@@ -996,8 +1160,79 @@ mod tests {
             kind: AnswerKind::Item,
             payload: b"2",
         });
+        round_trip(Frame::Subscribe(Subscribe {
+            id: 9,
+            patterns: vec!["net/*".into()],
+            mode: Mode::State,
+            history: 0,
+        }));
+        round_trip(Frame::Snapshot {
+            id: 10,
+            pattern: "net/*".into(),
+        });
+        for last in [false, true] {
+            round_trip(Frame::SnapshotPart {
+                id: 10,
+                last,
+                bytes: b"shmbusS1",
+            });
+        }
+        round_trip(Frame::Own(Own {
+            id: 11,
+            topic: "net/links".into(),
+            persistent: true,
+            replace: false,
+        }));
+        round_trip(Frame::Owned {
+            id: 11,
+            max_value: 65536,
+            max_bytes: u64::MAX,
+        });
+        for change in [
+            Record::Put {
+                key: "eth0",
+                value: b"up",
+            },
+            Record::Put {
+                key: "e",
+                value: b"",
+            },
+            Record::Remove { key: "eth0" },
+            Record::Restarted(3),
+        ] {
+            round_trip(Frame::Change { owner: 11, change });
+        }
+        round_trip(Frame::Settle { owner: 11 });
+        round_trip(Frame::SyncState { id: 12, owner: 11 });
         round_trip(Frame::Ping);
         round_trip(Frame::Pong);
+    }
+
+    #[test]
+    fn changes_are_checked_as_records() {
+        let mut out = Vec::new();
+        let put = Record::Put {
+            key: "eth0",
+            value: b"up",
+        };
+        encode(
+            &Frame::Change {
+                owner: 1,
+                change: put,
+            },
+            &mut out,
+        );
+        let body = &out[4..];
+        for cut in 1..body.len() {
+            assert!(decode(&body[..cut]).is_err(), "cut at {cut} accepted");
+        }
+        let mut clear = vec![kind::CHANGE, 1, 0, 0, 0];
+        clear.resize(clear.len() + Record::Clear.encoded_len(), 0);
+        Record::Clear.encode(0, &mut clear[5..]);
+        assert!(decode(&clear).is_err(), "a clear accepted from an owner");
+        let mut bad_key = out[4..].to_vec();
+        bad_key[5 + 16] = b'/';
+        assert!(decode(&bad_key).is_err(), "a key with '/' accepted");
     }
 
     #[test]

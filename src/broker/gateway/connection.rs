@@ -14,13 +14,14 @@ use super::identity::{RemoteUser, user_of_certificate};
 use super::peer::{User, run_link};
 use super::requests::{Job, Requests};
 use super::serving::{Held, PassOn, ServerThread};
+use super::state::{Owners, send_snapshot};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
 use crate::client::{AttachError, Bus};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{
-    Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, Peer, REMOTE_VERSION, Refusal, Subscribe,
-    Unanswered, Welcome,
+    Frame, HANDSHAKE_LIMIT, MAGIC, MAX_PATTERNS, Mode, Own, Peer, REMOTE_VERSION, Refusal,
+    Subscribe, Unanswered, Welcome,
 };
 use crate::sync::lock;
 use crate::transport::wire::{Timing, Wire, WireReader};
@@ -114,12 +115,13 @@ pub(super) fn serve(
         wire: Arc::clone(&wire),
         publishers: HashMap::new(),
         forwarders: HashMap::new(),
+        owners: Owners::default(),
     };
     let reason = connection.run(shared, &mut reader);
     wire.close(reason.clone());
     // Its forwarders end (the wire is closed, so none waits for room), then its publishers and
     // its bus: a session's subscriptions are then the broker's to keep.
-    for (_, forwarder) in connection.forwarders.drain() {
+    for (_, (forwarder, _)) in connection.forwarders.drain() {
         forwarder.finish();
     }
     drop(connection);
@@ -274,7 +276,10 @@ struct Connection {
     access: AccessSlot,
     wire: Arc<Wire>,
     publishers: HashMap<u32, Publisher>,
-    forwarders: HashMap<u32, Forwarder>,
+    /// Its subscriptions, and how each reads.
+    forwarders: HashMap<u32, (Forwarder, Mode)>,
+    /// The state collections it owns.
+    owners: Owners,
 }
 
 impl Connection {
@@ -291,13 +296,10 @@ impl Connection {
                     let answer = self.subscribe(request);
                     self.answer(id, answer)
                 }
-                Frame::AddPattern { id, pattern } => match self.forwarders.get(&id) {
+                Frame::AddPattern { id, pattern } => match self.add_pattern(id, pattern) {
                     // The forwarder answers once its subscriber has the pattern.
-                    Some(forwarder) => {
-                        forwarder.add_pattern(pattern);
-                        Ok(())
-                    }
-                    None => self.answer(id, Err(unknown(id))),
+                    Ok(()) => Ok(()),
+                    Err(refusal) => self.answer(id, Err(refusal)),
                 },
                 Frame::Unsubscribe { id } => {
                     self.forwarders.remove(&id);
@@ -308,7 +310,9 @@ impl Connection {
                     self.answer(id, answer)
                 }
                 Frame::Withdraw { id } => {
-                    self.publishers.remove(&id);
+                    if self.publishers.remove(&id).is_none() {
+                        self.owners.disown(id);
+                    }
                     Ok(())
                 }
                 Frame::Publish { publisher, payload } => self.publish(shared, publisher, payload),
@@ -342,6 +346,20 @@ impl Connection {
                     self.held.abandon(id);
                     Ok(())
                 }
+                Frame::Snapshot { id, pattern } => self.snapshot(id, &pattern),
+                Frame::Own(own) => self.own(own),
+                Frame::Change { owner, change } => {
+                    let changed = self.owners.change(owner, change);
+                    self.report(owner, changed)
+                }
+                Frame::Settle { owner } => {
+                    let settled = self.owners.settle(owner);
+                    self.report(owner, settled)
+                }
+                Frame::SyncState { id, owner } => {
+                    let synced = self.owners.sync(owner);
+                    self.answer(id, synced)
+                }
                 other => Err(format!("a client does not send {}", kind(&other))),
             };
             if let Err(reason) = outcome {
@@ -370,25 +388,55 @@ impl Connection {
         for pattern in &request.patterns {
             self.check(Operation::Subscribe, pattern)?;
         }
-        let mut builder = self
-            .bus
-            .subscriber_builder()
-            .history(request.history)
-            .max_held(1);
-        if request.mode == crate::protocol::remote::Mode::Lossy {
-            builder = builder.lossy();
+        let subscriber = match request.mode {
+            Mode::State => {
+                let patterns = (request.patterns.iter())
+                    .map(|p| Topic::new(p))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| refusal(e.into()))?;
+                self.bus.state_rings(&patterns)
+            }
+            mode => {
+                let mut builder = self
+                    .bus
+                    .subscriber_builder()
+                    .history(request.history)
+                    .max_held(1);
+                if mode == Mode::Lossy {
+                    builder = builder.lossy();
+                }
+                for pattern in &request.patterns {
+                    builder = builder.pattern(pattern);
+                }
+                builder.create()
+            }
         }
-        for pattern in &request.patterns {
-            builder = builder.pattern(pattern);
-        }
-        let subscriber = builder.create().map_err(refusal)?;
+        .map_err(refusal)?;
         let forwarder =
             Forwarder::start(subscriber, Subscription(request.id), Arc::clone(&self.wire))
                 .map_err(|e| Refusal {
                     code: ErrorCode::Internal,
                     message: format!("cannot start a forwarding thread: {e}"),
                 })?;
-        self.forwarders.insert(request.id, forwarder);
+        self.forwarders
+            .insert(request.id, (forwarder, request.mode));
+        Ok(())
+    }
+
+    /// Adds `pattern` to subscription `id`, if the client may subscribe to it (a state
+    /// watcher's patterns are fixed).
+    fn add_pattern(&self, id: u32, pattern: String) -> Result<(), Refusal> {
+        let Some((forwarder, mode)) = self.forwarders.get(&id) else {
+            return Err(unknown(id));
+        };
+        if *mode == Mode::State {
+            return Err(Refusal::new(
+                ErrorCode::NotPermitted,
+                "a state watcher's patterns are given when it is made",
+            ));
+        }
+        self.check(Operation::Subscribe, &pattern)?;
+        forwarder.add_pattern(pattern);
         Ok(())
     }
 
@@ -460,6 +508,39 @@ impl Connection {
         Ok(())
     }
 
+    /// Sends the snapshot of the collections `pattern` matches, if the client may watch them.
+    fn snapshot(&self, id: u32, pattern: &str) -> Result<(), String> {
+        if let Err(refusal) = self.check(Operation::Subscribe, pattern) {
+            return self.answer(id, Err(refusal));
+        }
+        let part = self.bus.max_payload();
+        send_snapshot(&self.bus, &self.wire, id, pattern, part, ANSWER_TIMEOUT)
+    }
+
+    /// Owns a state collection on the client's behalf, if it may.
+    fn own(&mut self, own: Own) -> Result<(), String> {
+        let id = own.id;
+        let owned = self
+            .check(Operation::State, &own.topic)
+            .and_then(|()| self.owners.own(&self.bus, own));
+        match owned {
+            Ok((max_value, max_bytes)) => self.send(&Frame::Owned {
+                id,
+                max_value,
+                max_bytes,
+            }),
+            Err(refusal) => self.answer(id, Err(refusal)),
+        }
+    }
+
+    /// Reports a change (or a settle) of owner `id` that failed; success is not answered.
+    fn report(&self, id: u32, outcome: Result<(), Refusal>) -> Result<(), String> {
+        match outcome {
+            Ok(()) => Ok(()),
+            Err(refusal) => self.answer(id, Err(refusal)),
+        }
+    }
+
     /// Makes a request on the client's behalf, if it may.
     fn request(&self, job: Job) -> Result<(), String> {
         if let Err(refusal) = self.check(Operation::Request, &job.topic) {
@@ -488,8 +569,13 @@ impl Connection {
             Ok(()) => Frame::Done { id },
             Err(refusal) => Frame::Failed { id, refusal },
         };
+        self.send(&frame)
+    }
+
+    /// Sends `frame`, waiting for room at most [`ANSWER_TIMEOUT`].
+    fn send(&self, frame: &Frame<'_>) -> Result<(), String> {
         self.wire
-            .send_by(&frame, Some(Instant::now() + ANSWER_TIMEOUT))
+            .send_by(frame, Some(Instant::now() + ANSWER_TIMEOUT))
             .map_err(|e| format!("cannot answer: {e:?}"))
     }
 }
@@ -595,6 +681,13 @@ pub(super) fn kind(frame: &Frame<'_>) -> &'static str {
         Frame::Unserve { .. } => "an unserve",
         Frame::Incoming { .. } => "an incoming",
         Frame::Respond { .. } => "a respond",
+        Frame::Snapshot { .. } => "a snapshot",
+        Frame::SnapshotPart { .. } => "a snapshot part",
+        Frame::Own(_) => "an own",
+        Frame::Owned { .. } => "an owned",
+        Frame::Change { .. } => "a change",
+        Frame::Settle { .. } => "a settle",
+        Frame::SyncState { .. } => "a sync-state",
         Frame::Ping => "a ping",
         Frame::Pong => "a pong",
     }

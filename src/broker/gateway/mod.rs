@@ -21,6 +21,7 @@ mod identity;
 mod peer;
 mod requests;
 mod serving;
+mod state;
 
 use std::io;
 use std::net::{SocketAddr, TcpListener, TcpStream};

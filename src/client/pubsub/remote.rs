@@ -64,7 +64,7 @@ pub(crate) struct Inbox {
     /// Bumped whenever something arrives (or a waker wakes), for a subscriber polling without
     /// the lock before it sleeps on `arrived`.
     arrivals: AtomicU64,
-    /// Tethered: a full inbox holds the connection back; lossy: it drops its oldest message.
+    /// Lossy: a full inbox drops its oldest message; otherwise it holds the connection back.
     mode: Mode,
     /// Asked for at every (re)subscription, with the patterns.
     history: u32,
@@ -89,7 +89,7 @@ struct InboxState {
 
 impl Inbox {
     /// An inbox for subscription `id`.
-    pub(crate) fn new(id: u32, patterns: Vec<String>, lossy: bool, history: u32) -> Arc<Inbox> {
+    pub(crate) fn new(id: u32, patterns: Vec<String>, mode: Mode, history: u32) -> Arc<Inbox> {
         Arc::new(Inbox {
             id,
             patterns: Mutex::new(patterns),
@@ -97,7 +97,7 @@ impl Inbox {
             arrived: Condvar::new(),
             room: Condvar::new(),
             arrivals: AtomicU64::new(0),
-            mode: if lossy { Mode::Lossy } else { Mode::Tethered },
+            mode,
             history,
         })
     }
@@ -145,7 +145,7 @@ impl Inbox {
                 }
             },
         };
-        let tethered = self.mode == Mode::Tethered;
+        let tethered = self.mode != Mode::Lossy;
         let stall_until = Instant::now() + STALL_LIMIT;
         while is_full(&state) {
             if tethered {
@@ -202,8 +202,15 @@ impl Inbox {
         }
     }
 
-    /// Reports each pattern as a gap (after a reconnection).
+    /// Reports each pattern as a gap (after a reconnection). A state watcher's inbox also
+    /// drops the records it holds: the snapshot that fills the gap supersedes them.
     pub(crate) fn report_gap(&self) {
+        if self.mode == Mode::State {
+            let mut state = lock(&self.state);
+            state.messages.clear();
+            state.bytes = 0;
+            state.overrun = None;
+        }
         for pattern in self.patterns() {
             if let Ok(topic) = Topic::new(&pattern) {
                 self.report(RecvError::Lagged {
@@ -338,17 +345,17 @@ pub(crate) struct RemoteSubscriber {
 }
 
 impl RemoteSubscriber {
-    /// Subscribes to `patterns` (already checked) through `bus`.
+    /// Subscribes to `patterns` (already checked) through `bus`, read as `mode` says.
     pub(crate) fn open(
         bus: Arc<RemoteInner>,
         patterns: Vec<Topic>,
-        lossy: bool,
+        mode: Mode,
         history: u32,
         wait: WaitStrategy,
     ) -> Result<RemoteSubscriber, crate::AttachError> {
         let id = bus.bus.next_id();
         let names = patterns.iter().map(|p| p.as_str().to_string()).collect();
-        let inbox = Inbox::new(id, names, lossy, history);
+        let inbox = Inbox::new(id, names, mode, history);
         let first = patterns.first().map_or("(none yet)", Topic::as_str);
         bus.bus.subscribe(&inbox).map_err(|e| e.attach(first))?;
         Ok(RemoteSubscriber {
@@ -358,6 +365,11 @@ impl RemoteSubscriber {
             patterns,
             wait,
         })
+    }
+
+    /// The bus it receives through.
+    pub(crate) fn bus(&self) -> &Arc<RemoteInner> {
+        &self.bus
     }
 
     /// Also receives the topics matching `pattern`.

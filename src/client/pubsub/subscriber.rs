@@ -24,6 +24,7 @@ use crate::client::error::{AttachError, CallError};
 use crate::protocol::pubsub::{
     ClaimDoorbell, ReleaseDoorbell, Resume, RingAttachment, Subscribe, Unsubscribe,
 };
+use crate::protocol::remote::Mode;
 use crate::protocol::{Call, RingId, SubscriptionId};
 use crate::topic::Topic;
 
@@ -119,8 +120,14 @@ impl SubscriberBuilder {
                     .iter()
                     .map(|p| Topic::new(p))
                     .collect::<Result<Vec<_>, _>>()?;
-                let sub =
-                    RemoteSubscriber::open(bus, patterns, self.lossy, self.history, self.wait)?;
+                let sub = {
+                    let mode = if self.lossy {
+                        Mode::Lossy
+                    } else {
+                        Mode::Tethered
+                    };
+                    RemoteSubscriber::open(bus, patterns, mode, self.history, self.wait)?
+                };
                 return Ok(Subscriber {
                     inner: Flavor::Remote(sub),
                 });
@@ -305,6 +312,13 @@ impl std::fmt::Debug for Subscriber {
 }
 
 impl Subscriber {
+    /// A subscriber of rings attached already (a gateway's, of state rings).
+    pub(crate) fn from_rings(rings: RingSubscriber) -> Subscriber {
+        Subscriber {
+            inner: Flavor::Rings(rings),
+        }
+    }
+
     /// Also receives the topics matching `pattern`, from now on.
     pub fn add_pattern(&mut self, pattern: &str) -> Result<(), AttachError> {
         match &mut self.inner {

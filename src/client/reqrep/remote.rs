@@ -11,7 +11,7 @@ use crate::client::pubsub::remote::{Inbox, RemoteMessage};
 use crate::client::pubsub::{Patience, Wait, Waker};
 use crate::client::remote::{RemoteCallError, RemoteInner};
 use crate::protocol::ErrorCode;
-use crate::protocol::remote::Refusal;
+use crate::protocol::remote::{Mode, Refusal};
 use crate::topic::Topic;
 
 /// The requests of a topic a remote client serves, as the gateway passes them on.
@@ -27,7 +27,7 @@ impl RemoteRequests {
     /// Serves `topic` (already checked) through the gateway of `bus`.
     pub(crate) fn open(bus: Arc<RemoteInner>, topic: &Topic) -> Result<RemoteRequests, ServeError> {
         let id = bus.bus.next_id();
-        let inbox = Inbox::new(id, vec![topic.as_str().to_string()], false, 0);
+        let inbox = Inbox::new(id, vec![topic.as_str().to_string()], Mode::Tethered, 0);
         bus.bus.serve(&inbox, topic.as_str()).map_err(|e| match e {
             RemoteCallError::Refused(Refusal {
                 code: ErrorCode::Taken,

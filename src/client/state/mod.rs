@@ -34,12 +34,14 @@
 
 mod error;
 mod publisher;
+mod remote;
 mod value;
 mod watcher;
 
 pub use error::{StateError, WatchError};
 pub use publisher::{StatePublisher, StatePublisherBuilder};
 pub use value::StateValue;
+pub(crate) use watcher::watch_rings;
 pub use watcher::{StateEvent, StateWatcher, StateWatcherBuilder};
 
 use std::os::fd::OwnedFd;
@@ -50,7 +52,7 @@ use crate::client::error::CallError;
 use crate::protocol::state::StateSnapshot;
 
 /// Asks the keeper for a snapshot of the collections `pattern` matches; its bytes.
-fn fetch_snapshot(bus: &BusInner, pattern: &str) -> Result<Vec<u8>, CallError> {
+pub(crate) fn fetch_snapshot(bus: &BusInner, pattern: &str) -> Result<Vec<u8>, CallError> {
     let (ready, fds) = bus.conn.call(StateSnapshot {
         pattern: pattern.to_string(),
     })?;

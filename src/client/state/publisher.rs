@@ -6,6 +6,7 @@ use shmbus_shm::{Deadline, LoanError};
 
 use super::error::StateError;
 use super::fetch_snapshot;
+use super::remote::{Content, RemoteOwner};
 use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::error::{AttachError, CallError, ControlError};
 use crate::client::pubsub::AttachedWriter;
@@ -63,44 +64,61 @@ impl StatePublisherBuilder {
     /// refuses.
     pub fn create(self) -> Result<StatePublisher, AttachError> {
         let topic = Topic::new(&self.topic)?;
-        let bus = self.bus.local(topic.as_str())?;
         let fail = |e| AttachError::call(topic.as_str(), e);
-        let own = OwnState {
-            topic: topic.as_str().to_string(),
-            persistent: self.persistent,
+        let (sink, ring_max, max_bytes, bytes) = match &self.bus {
+            BusFlavor::Local(bus) => {
+                let own = OwnState {
+                    topic: topic.as_str().to_string(),
+                    persistent: self.persistent,
+                };
+                let link = bus.conn.link();
+                let (reply, fds) = bus.conn.call_on(&link, own).map_err(fail)?;
+                let writer = AttachedWriter::attach(bus, link, fds, &reply.publishing)
+                    .map_err(|e| AttachError::shm(topic.as_str(), e))?;
+                let ring_max = reply
+                    .publishing
+                    .ring
+                    .max_payload
+                    .saturating_sub(RECORD_OVERHEAD);
+                // The keeper took the ownership before this: the snapshot is the collection as
+                // this owner starts it.
+                let bytes = fetch_snapshot(bus, topic.as_str()).map_err(fail)?;
+                let changes = Changes { writer, seq: 0 };
+                let sink = Sink::Ring {
+                    bus: Arc::clone(bus),
+                    changes,
+                };
+                (sink, ring_max, reply.max_bytes, bytes)
+            }
+            BusFlavor::Remote(bus) => {
+                let (owner, max_value, max_bytes) = RemoteOwner::own(bus, &topic, self.persistent)
+                    .map_err(|e| e.attach(topic.as_str()))?;
+                let bytes =
+                    (bus.bus.snapshot(topic.as_str())).map_err(|e| e.attach(topic.as_str()))?;
+                (Sink::Remote(owner), max_value, max_bytes, bytes)
+            }
         };
-        let link = bus.conn.link();
-        let (reply, fds) = bus.conn.call_on(&link, own).map_err(fail)?;
-        let writer = AttachedWriter::attach(&bus, link, fds, &reply.publishing)
-            .map_err(|e| AttachError::shm(topic.as_str(), e))?;
-        let ring = reply.publishing.ring;
-        let ring_max = (ring.max_payload.saturating_sub(RECORD_OVERHEAD)) as usize;
-        let max_value = self.max_value.map_or(ring_max, |m| m.min(ring_max));
-        // The keeper took the ownership before this: the snapshot is the collection as this
-        // owner starts it.
-        let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(fail)?;
         let collections =
             snapshot::parse(&bytes).map_err(|e| AttachError::shm(topic.as_str(), e))?;
+        let ring_max = ring_max as usize;
         let mut publisher = StatePublisher {
-            bus,
+            topic,
             persistent: self.persistent,
-            changes: Changes {
-                writer,
-                topic,
-                seq: 0,
-            },
+            sink,
             entries: foldhash::HashMap::default(),
             restarted: 0,
-            max_value,
+            max_value: self.max_value.map_or(ring_max, |m| m.min(ring_max)),
             bytes: 0,
-            max_bytes: reply.max_bytes,
+            max_bytes,
             scratch: Vec::new(),
         };
         if let Some(c) = collections
             .iter()
-            .find(|c| c.topic == publisher.changes.topic.as_str())
+            .find(|c| c.topic == publisher.topic.as_str())
         {
-            publisher.changes.seq = c.seq;
+            if let Sink::Ring { changes, .. } = &mut publisher.sink {
+                changes.seq = c.seq;
+            }
             publisher.restarted = c.restarted;
             publisher.entries = c
                 .entries
@@ -118,9 +136,9 @@ impl StatePublisherBuilder {
 /// dropped or the process ends (a non-persistent collection is then emptied: watchers see every
 /// entry deleted).
 pub struct StatePublisher {
-    bus: Arc<BusInner>,
+    topic: Topic,
     persistent: bool,
-    changes: Changes,
+    sink: Sink,
     /// Each value's buffer is reused when its key is put again.
     entries: foldhash::HashMap<String, Vec<u8>>,
     restarted: u64,
@@ -135,9 +153,8 @@ pub struct StatePublisher {
 impl std::fmt::Debug for StatePublisher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StatePublisher")
-            .field("topic", &self.changes.topic)
+            .field("topic", &self.topic)
             .field("entries", &self.entries.len())
-            .field("seq", &self.changes.seq)
             .finish()
     }
 }
@@ -145,7 +162,7 @@ impl std::fmt::Debug for StatePublisher {
 impl StatePublisher {
     /// The collection's topic.
     pub fn topic(&self) -> &str {
-        self.changes.topic.as_str()
+        self.topic.as_str()
     }
 
     /// Sets `key` to `value` (a copy). A value equal to the current one changes nothing and
@@ -155,7 +172,7 @@ impl StatePublisher {
         self.check_link()?;
         if value.len() > self.max_value {
             return Err(StateError::TooLarge {
-                topic: self.changes.topic.as_str().to_string(),
+                topic: self.topic.as_str().to_string(),
                 key: key.to_string(),
                 len: value.len(),
                 max: self.max_value,
@@ -170,13 +187,13 @@ impl StatePublisher {
         let bytes = self.bytes - current.map_or(0, |v| entry_size(key, v)) + entry_size(key, value);
         if bytes > self.max_bytes && bytes > self.bytes {
             return Err(StateError::Full {
-                topic: self.changes.topic.as_str().to_string(),
+                topic: self.topic.as_str().to_string(),
                 key: key.to_string(),
                 max: self.max_bytes,
             });
         }
         let record = Record::Put { key, value };
-        self.changes.write(record)?;
+        self.sink.write(&self.topic, record)?;
         self.bytes = bytes;
         match slot {
             Some(slot) => {
@@ -202,7 +219,7 @@ impl StatePublisher {
         let result = match written {
             Ok(len) => self.put(key, &scratch[..len]),
             Err(detail) => Err(StateError::Serialize {
-                topic: self.changes.topic.as_str().to_string(),
+                topic: self.topic.as_str().to_string(),
                 key: key.to_string(),
                 detail,
             }),
@@ -217,11 +234,11 @@ impl StatePublisher {
         self.check_link()?;
         if !self.entries.contains_key(key) {
             return Err(StateError::MissingKey {
-                topic: self.changes.topic.as_str().to_string(),
+                topic: self.topic.as_str().to_string(),
                 key: key.to_string(),
             });
         }
-        self.changes.write(Record::Remove { key })?;
+        self.sink.write(&self.topic, Record::Remove { key })?;
         if let Some(v) = self.entries.remove(key) {
             self.bytes -= entry_size(key, &v);
         }
@@ -230,22 +247,33 @@ impl StatePublisher {
 
     /// Counts a restart of the owner (watchers get `Restarted(n)`).
     pub fn signal_restarted(&mut self) -> Result<(), StateError> {
-        self.check_link()?;
-        let n = self.restarted.saturating_add(1);
-        self.changes.write(Record::Restarted(n))?;
-        self.restarted = n;
-        Ok(())
+        self.set_restarted(self.restarted.saturating_add(1))
     }
 
     /// Sets the restart counter back to zero.
     pub fn clear_restarted(&mut self) -> Result<(), StateError> {
+        self.set_restarted(0)
+    }
+
+    /// Sets the restart counter to `count` (nothing is written if it is that already).
+    pub(crate) fn set_restarted(&mut self, count: u64) -> Result<(), StateError> {
         self.check_link()?;
-        if self.restarted == 0 {
+        if self.restarted == count {
             return Ok(());
         }
-        self.changes.write(Record::Restarted(0))?;
-        self.restarted = 0;
+        self.sink.write(&self.topic, Record::Restarted(count))?;
+        self.restarted = count;
         Ok(())
+    }
+
+    /// The largest value it takes.
+    pub(crate) fn max_value(&self) -> usize {
+        self.max_value
+    }
+
+    /// Most bytes of keys and values the collection may hold.
+    pub(crate) fn max_bytes(&self) -> u64 {
+        self.max_bytes
     }
 
     /// The restart counter.
@@ -277,49 +305,77 @@ impl StatePublisher {
     /// collection. Changes are in shared memory (and seen by watchers) as soon as each call
     /// returns; this is for when they must survive a crash of the broker.
     pub fn sync(&self) -> Result<(), StateError> {
-        let request = SyncState {
-            topic: self.changes.topic.as_str().to_string(),
+        let broker = |source| StateError::Broker {
+            topic: self.topic.as_str().to_string(),
+            source,
         };
-        let link = &self.changes.writer.link;
-        self.bus
-            .conn
-            .call_on(link, request)
-            .map(|_| ())
-            .map_err(|e| {
-                let source = match e {
-                    CallError::Request(source) => source,
-                    CallError::Refused(r) => {
-                        crate::client::ControlError::Protocol { detail: r.message }
-                    }
+        match &self.sink {
+            Sink::Ring { bus, changes } => {
+                let request = SyncState {
+                    topic: self.topic.as_str().to_string(),
                 };
-                StateError::Broker {
-                    topic: self.changes.topic.as_str().to_string(),
-                    source,
-                }
-            })
+                bus.conn
+                    .call_on(&changes.writer.link, request)
+                    .map(drop)
+                    .map_err(|e| broker(control_error(e)))
+            }
+            Sink::Remote(owner) => {
+                owner.failed().map_err(broker)?;
+                (owner.bus.bus.sync_state(owner.id)).map_err(|e| broker(e.into_control()))
+            }
+        }
     }
 
-    /// Owns the collection again if the bus reconnected to a new broker since it was owned.
+    /// Owns the collection again if the bus reconnected since it was owned; over the network,
+    /// first reports a change the gateway could not make.
     #[inline]
     fn check_link(&mut self) -> Result<(), StateError> {
-        if self.bus.conn.is_stale(&self.changes.writer.link) {
+        let stale = match &self.sink {
+            Sink::Ring { bus, changes } => bus.conn.is_stale(&changes.writer.link),
+            Sink::Remote(owner) => {
+                owner.failed().map_err(|source| StateError::Broker {
+                    topic: self.topic.as_str().to_string(),
+                    source,
+                })?;
+                owner.is_stale()
+            }
+        };
+        if stale {
             self.own_again()?;
         }
         Ok(())
     }
 
-    /// Owns the collection at the broker that is back and makes its copy this owner's content
-    /// (the owner's entries are the collection). If that broker is gone too, changes go on into
-    /// the ring this owner has, until the next reconnection.
+    /// Owns the collection at the broker that is back (or through the gateway's new
+    /// connection) and makes its copy this owner's content: the owner's entries are the
+    /// collection. If that link is gone too, changes go on (into the ring this owner has, or
+    /// into its own entries only) until the next reconnection.
     #[cold]
     #[inline(never)]
     fn own_again(&mut self) -> Result<(), StateError> {
-        let topic = self.changes.topic.clone();
+        let topic = self.topic.clone();
         let broker = |source| StateError::Broker {
             topic: topic.as_str().to_string(),
             source,
         };
-        let conn = &self.bus.conn;
+        let bus = match &mut self.sink {
+            Sink::Ring { bus, .. } => Arc::clone(bus),
+            Sink::Remote(owner) => {
+                let content = Content {
+                    entries: &self.entries,
+                    restarted: self.restarted,
+                };
+                return match owner.own_again(&topic, self.persistent, content) {
+                    Ok(Some(max_bytes)) => {
+                        self.max_bytes = max_bytes;
+                        Ok(())
+                    }
+                    Ok(None) => Ok(()),
+                    Err(e) => Err(broker(e.into_control())),
+                };
+            }
+        };
+        let conn = &bus.conn;
         let link = conn.link();
         let own = OwnState {
             topic: topic.as_str().to_string(),
@@ -328,71 +384,94 @@ impl StatePublisher {
         let (reply, fds) = match conn.call_on(&link, own) {
             Ok(owned) => owned,
             Err(CallError::Request(ControlError::BrokerGone)) => return Ok(()),
-            Err(CallError::Request(e)) => return Err(broker(e)),
-            Err(CallError::Refused(r)) => {
-                return Err(broker(ControlError::Protocol { detail: r.message }));
-            }
+            Err(e) => return Err(broker(control_error(e))),
         };
         let ring = |detail: String| StateError::Ring {
             topic: topic.as_str().to_string(),
             detail,
         };
-        let writer =
-            AttachedWriter::attach(&self.bus, link, fds, &reply.publishing).map_err(ring)?;
-        let bytes = fetch_snapshot(&self.bus, topic.as_str()).map_err(|e| match e {
-            CallError::Request(e) => broker(e),
-            CallError::Refused(r) => broker(ControlError::Protocol { detail: r.message }),
-        })?;
+        let writer = AttachedWriter::attach(&bus, link, fds, &reply.publishing).map_err(ring)?;
+        let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(|e| broker(control_error(e)))?;
         let collections = snapshot::parse(&bytes).map_err(|e| ring(e.to_string()))?;
         let held = collections.iter().find(|c| c.topic == topic.as_str());
-        self.changes = Changes {
+        let changes = Changes {
             writer,
-            topic: topic.clone(),
             seq: held.map_or(0, |c| c.seq),
         };
+        self.sink = Sink::Ring { bus, changes };
         self.max_bytes = reply.max_bytes;
         let held_entries: foldhash::HashMap<&str, &[u8]> = held
             .map(|c| c.entries.iter().copied().collect())
             .unwrap_or_default();
         for key in held_entries.keys() {
             if !self.entries.contains_key(*key) {
-                self.changes.write(Record::Remove { key })?;
+                self.sink.write(&topic, Record::Remove { key })?;
             }
         }
         for (key, value) in &self.entries {
             if held_entries.get(key.as_str()) != Some(&value.as_slice()) {
-                self.changes.write(Record::Put { key, value })?;
+                self.sink.write(&topic, Record::Put { key, value })?;
             }
         }
         if held.map_or(0, |c| c.restarted) != self.restarted {
-            self.changes.write(Record::Restarted(self.restarted))?;
+            self.sink.write(&topic, Record::Restarted(self.restarted))?;
         }
         Ok(())
     }
 
     fn check_key(&self, key: &str) -> Result<(), StateError> {
         check_key(key).map_err(|reason| StateError::InvalidKey {
-            topic: self.changes.topic.as_str().to_string(),
+            topic: self.topic.as_str().to_string(),
             reason,
         })
     }
 }
 
-/// Where an owner's changes go: its writer on the collection's ring, and the number of the last
-/// change it wrote.
+/// The control error a failed call stands for.
+fn control_error(e: CallError) -> ControlError {
+    match e {
+        CallError::Request(source) => source,
+        CallError::Refused(r) => ControlError::Protocol { detail: r.message },
+    }
+}
+
+/// Where an owner's changes go.
+enum Sink {
+    /// The collection's ring, on this host.
+    Ring {
+        bus: Arc<BusInner>,
+        changes: Changes,
+    },
+    /// A gateway, over the network.
+    Remote(RemoteOwner),
+}
+
+impl Sink {
+    /// Writes `record` as the next change of collection `topic`.
+    fn write(&mut self, topic: &Topic, record: Record<'_>) -> Result<(), StateError> {
+        match self {
+            Sink::Ring { changes, .. } => changes.write(topic, record),
+            Sink::Remote(owner) => {
+                owner.send(record);
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An owner's writer on the collection's ring, and the number of the last change it wrote.
 struct Changes {
     writer: AttachedWriter,
-    topic: Topic,
     seq: u64,
 }
 
 impl Changes {
-    /// Writes `record` as the next change, waiting for room while watchers are behind (a watcher
-    /// that stops reading is evicted by the broker, which bounds the wait).
-    fn write(&mut self, record: Record<'_>) -> Result<(), StateError> {
+    /// Writes `record` as the next change of `topic`, waiting for room while watchers are
+    /// behind (a watcher that stops reading is evicted by the broker, which bounds the wait).
+    fn write(&mut self, topic: &Topic, record: Record<'_>) -> Result<(), StateError> {
         let next = self.seq + 1;
         let fail = |detail: String| StateError::Ring {
-            topic: self.topic.as_str().to_string(),
+            topic: topic.as_str().to_string(),
             detail,
         };
         let mut loan = match self

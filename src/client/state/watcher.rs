@@ -12,7 +12,9 @@ use super::fetch_snapshot;
 use super::value::StateValue;
 use crate::client::bus::{BusFlavor, BusInner};
 use crate::client::error::{AttachError, CallError};
+use crate::client::pubsub::remote::RemoteSubscriber;
 use crate::client::pubsub::{Patience, RecvError, Relinking, RingSubscriber, Wait};
+use crate::protocol::remote::Mode;
 use crate::protocol::state::{Record, WatchState, snapshot};
 use crate::topic::Topic;
 
@@ -100,56 +102,71 @@ impl StateWatcherBuilder {
     /// Attaches to every collection the patterns match (and to those that appear later), then
     /// takes the snapshot the first events come from.
     pub fn create(self) -> Result<StateWatcher, AttachError> {
-        let first = self.patterns.first().map_or("", String::as_str);
-        let bus = self.bus.local(first)?;
-        // Tethered, from where the broker joined each reader: the keeper's snapshot holds
-        // everything claimed before, so nothing is missed and nothing read is unprotected.
-        let options = ReaderOptions::default();
-        let mut sub = RingSubscriber::open(Arc::clone(&bus), options, 0, self.wait, first)?;
-        let mut patterns = Vec::new();
-        for p in &self.patterns {
-            let pattern = Topic::new(p)?;
-            let name = pattern.as_str().to_string();
-            let watch = move |doorbell| WatchState {
-                pattern: name.clone(),
-                doorbell,
-            };
-            sub.attach_with(watch, |reply| reply.subscription)
-                .map_err(|e| AttachError::call(pattern.as_str(), e))?;
-            patterns.push(pattern);
-        }
-        // Watched again at a broker that is back; the gap it reports for each pattern is caught
-        // up from the new broker's snapshot, so the lost broker's rings are not read further.
-        sub.relink_with(Relinking {
-            report: true,
-            drain: false,
-        });
+        let patterns = (self.patterns.iter())
+            .map(|p| Topic::new(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let source = match self.bus {
+            BusFlavor::Local(bus) => {
+                let sub = watch_rings(&bus, &patterns, self.wait)?;
+                Source::Rings { bus, sub }
+            }
+            BusFlavor::Remote(bus) => {
+                let sub = RemoteSubscriber::open(bus, patterns.clone(), Mode::State, 0, self.wait)?;
+                Source::Remote(sub)
+            }
+        };
         let mut watcher = StateWatcher {
-            bus,
-            sub,
+            source,
             patterns,
-            mirror: BTreeMap::new(),
-            events: VecDeque::new(),
-            stale: Vec::new(),
+            view: View::default(),
         };
         for pattern in watcher.patterns.clone() {
             watcher
                 .resync(pattern.as_str(), Resync::Initial)
                 .map_err(|e| AttachError::shm(pattern.as_str(), e))?;
         }
-        watcher.events.push_back(StateEvent::Synchronized);
-        let restarts: Vec<StateEvent> = watcher
-            .mirror
-            .iter()
-            .filter(|(_, m)| m.restarted != 0)
-            .map(|(_, m)| StateEvent::Restarted {
+        let view = &mut watcher.view;
+        view.events.push_back(StateEvent::Synchronized);
+        let restarts: Vec<StateEvent> = (view.mirror.values())
+            .filter(|m| m.restarted != 0)
+            .map(|m| StateEvent::Restarted {
                 topic: m.topic.clone(),
                 count: m.restarted,
             })
             .collect();
-        watcher.events.extend(restarts);
+        view.events.extend(restarts);
         Ok(watcher)
     }
+}
+
+/// Attaches a subscriber to the state rings of every collection `patterns` match (and those that
+/// appear later) — tethered, from where the broker joined each reader: the keeper's snapshot
+/// holds everything claimed before, so nothing is missed and nothing read is unprotected. For a
+/// watcher here, or one a gateway watches for.
+pub(crate) fn watch_rings(
+    bus: &Arc<BusInner>,
+    patterns: &[Topic],
+    wait: WaitStrategy,
+) -> Result<RingSubscriber, AttachError> {
+    let first = patterns.first().map_or("", Topic::as_str);
+    let options = ReaderOptions::default();
+    let mut sub = RingSubscriber::open(Arc::clone(bus), options, 0, wait, first)?;
+    for pattern in patterns {
+        let name = pattern.as_str().to_string();
+        let watch = move |doorbell| WatchState {
+            pattern: name.clone(),
+            doorbell,
+        };
+        sub.attach_with(watch, |reply| reply.subscription)
+            .map_err(|e| AttachError::call(pattern.as_str(), e))?;
+    }
+    // Watched again at a broker that is back; the gap it reports for each pattern is caught up
+    // from the new broker's snapshot, so the lost broker's rings are not read further.
+    sub.relink_with(Relinking {
+        report: true,
+        drain: false,
+    });
+    Ok(sub)
 }
 
 /// A collection's entries: hashbrown's map, for `get_key_value_mut` (one lookup per change).
@@ -169,9 +186,41 @@ struct Mirror {
 /// ([`get`](StateWatcher::get), [`iter`](StateWatcher::iter)) holds what the events delivered so
 /// far and those waiting to be received.
 pub struct StateWatcher {
-    bus: Arc<BusInner>,
-    sub: RingSubscriber,
+    source: Source,
     patterns: Vec<Topic>,
+    view: View,
+}
+
+/// Where a watcher's records and snapshots come from.
+#[allow(clippy::large_enum_variant)] // boxing the local variant would cost every record read
+enum Source {
+    /// The state rings, and the keeper, of a broker on this host.
+    Rings {
+        bus: Arc<BusInner>,
+        sub: RingSubscriber,
+    },
+    /// A gateway, which reads the rings on the watcher's behalf and passes snapshots on.
+    Remote(RemoteSubscriber),
+}
+
+impl Source {
+    /// A snapshot of the collections `pattern` matches.
+    fn snapshot(&self, pattern: &str) -> Result<Vec<u8>, String> {
+        match self {
+            Source::Rings { bus, .. } => fetch_snapshot(bus, pattern).map_err(|e| match e {
+                CallError::Request(e) => e.to_string(),
+                CallError::Refused(r) => r.message,
+            }),
+            Source::Remote(sub) => {
+                (sub.bus().bus.snapshot(pattern)).map_err(|e| e.into_control().to_string())
+            }
+        }
+    }
+}
+
+/// What a watcher has made of its records and snapshots.
+#[derive(Default)]
+struct View {
     /// By topic (the same as each mirror's `topic`, as a plain string to look up by `&str`).
     mirror: BTreeMap<Arc<str>, Mirror>,
     events: VecDeque<StateEvent>,
@@ -196,7 +245,7 @@ impl std::fmt::Debug for StateWatcher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("StateWatcher")
             .field("patterns", &self.patterns)
-            .field("collections", &self.mirror.len())
+            .field("collections", &self.view.mirror.len())
             .finish()
     }
 }
@@ -224,12 +273,13 @@ impl StateWatcher {
 
     /// The value of `key` in collection `topic`.
     pub fn get(&self, topic: &str, key: &str) -> Option<&StateValue> {
-        self.mirror.get(topic)?.entries.get(key)
+        self.view.mirror.get(topic)?.entries.get(key)
     }
 
     /// Every entry of collection `topic` (empty if it has none or is not watched).
     pub fn get_all(&self, topic: &str) -> impl Iterator<Item = (&str, &StateValue)> {
-        self.mirror
+        self.view
+            .mirror
             .get(topic)
             .into_iter()
             .flat_map(|m| m.entries.iter().map(|(k, v)| (&**k, v)))
@@ -237,29 +287,30 @@ impl StateWatcher {
 
     /// Every entry of every watched collection: (topic, key, value).
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &StateValue)> {
-        self.mirror
+        self.view
+            .mirror
             .iter()
             .flat_map(|(t, m)| m.entries.iter().map(move |(k, v)| (&**t, &**k, v)))
     }
 
     /// The restart counter of collection `topic`.
     pub fn restarted(&self, topic: &str) -> u64 {
-        self.mirror.get(topic).map_or(0, |m| m.restarted)
+        self.view.mirror.get(topic).map_or(0, |m| m.restarted)
     }
 
     /// The watched collections' topics.
     pub fn collections(&self) -> impl Iterator<Item = &str> {
-        self.mirror.keys().map(|t| &**t)
+        self.view.mirror.keys().map(|t| &**t)
     }
 
     fn next(&mut self, patience: Patience) -> Result<StateEvent, WatchError> {
         loop {
-            if let Some(event) = self.events.pop_front() {
+            if let Some(event) = self.view.events.pop_front() {
                 return Ok(event);
             }
-            if let Some((pattern, how)) = self.stale.pop() {
+            if let Some((pattern, how)) = self.view.stale.pop() {
                 if let Err(e) = self.resync(&pattern, how) {
-                    self.stale.push((pattern.clone(), how));
+                    self.view.stale.push((pattern.clone(), how));
                     return Err(WatchError::Snapshot { pattern, detail: e });
                 }
                 continue;
@@ -270,48 +321,74 @@ impl StateWatcher {
 
     /// Reads one record (waiting with `patience`) and applies it.
     fn read(&mut self, patience: Patience) -> Result<(), WatchError> {
-        let failed = match self.sub.next(patience, || false) {
-            Ok(sample) => {
-                let topic = sample.topic();
-                let m = match self.mirror.get_mut(topic) {
-                    Some(m) => m,
-                    None => self
-                        .mirror
-                        .entry(Arc::from(topic))
-                        .or_insert_with(|| Mirror::new(sample.topic_ref().clone())),
-                };
-                match Record::decode(sample.payload()) {
-                    // Already in the snapshot.
-                    Ok((seq, _)) if seq <= m.seq => {}
-                    Ok((seq, record)) if seq == m.seq + 1 => {
-                        m.seq = seq;
-                        m.apply(record, &mut self.events);
-                    }
-                    Ok((seq, _)) => {
-                        debug!(
-                            topic,
-                            seq,
-                            expected = m.seq + 1,
-                            "missed state changes; catching up"
-                        );
-                        self.stale.push((topic.to_string(), Resync::Newer));
-                    }
-                    Err(e) => {
-                        warn!(
-                            topic,
-                            "malformed state record: {e}; catching up from a snapshot"
-                        );
-                        self.stale.push((topic.to_string(), Resync::Newer));
-                    }
+        let view = &mut self.view;
+        let waited = match &mut self.source {
+            Source::Rings { sub, .. } => match sub.next(patience, || false) {
+                Ok(sample) => {
+                    view.record(sample.topic_ref(), sample.payload());
+                    return Ok(());
                 }
-                return Ok(());
-            }
-            Err(Wait::Empty) => return Err(WatchError::Empty),
-            Err(Wait::Timeout) => return Err(WatchError::Timeout),
-            Err(Wait::Stopped) => return Ok(()),
-            Err(Wait::Failed(e)) => e,
+                Err(waited) => waited,
+            },
+            Source::Remote(sub) => match sub.next(patience, || false) {
+                Ok(message) => {
+                    view.record(&message.topic, &message.payload);
+                    return Ok(());
+                }
+                Err(waited) => waited,
+            },
         };
-        self.read_failed(failed)
+        match waited {
+            Wait::Empty => Err(WatchError::Empty),
+            Wait::Timeout => Err(WatchError::Timeout),
+            Wait::Stopped => Ok(()),
+            Wait::Failed(e) => view.read_failed(e),
+        }
+    }
+
+    /// Brings the collections of `pattern` up to date from a snapshot, `how` says, with the
+    /// events that lead there.
+    fn resync(&mut self, pattern: &str, how: Resync) -> Result<(), String> {
+        let bytes = self.source.snapshot(pattern)?;
+        let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
+        self.view.catch_up(pattern, collections, how)
+    }
+}
+
+impl View {
+    /// Applies a record of collection `topic`, or marks the collection to be caught up.
+    fn record(&mut self, topic: &Topic, payload: &[u8]) {
+        let m = match self.mirror.get_mut(topic.as_str()) {
+            Some(m) => m,
+            None => (self.mirror)
+                .entry(Arc::from(topic.as_str()))
+                .or_insert_with(|| Mirror::new(topic.clone())),
+        };
+        let topic = topic.as_str();
+        match Record::decode(payload) {
+            // Already in the snapshot.
+            Ok((seq, _)) if seq <= m.seq => {}
+            Ok((seq, record)) if seq == m.seq + 1 => {
+                m.seq = seq;
+                m.apply(record, &mut self.events);
+            }
+            Ok((seq, _)) => {
+                debug!(
+                    topic,
+                    seq,
+                    expected = m.seq + 1,
+                    "missed state changes; catching up"
+                );
+                self.stale.push((topic.to_string(), Resync::Newer));
+            }
+            Err(e) => {
+                warn!(
+                    topic,
+                    "malformed state record: {e}; catching up from a snapshot"
+                );
+                self.stale.push((topic.to_string(), Resync::Newer));
+            }
+        }
     }
 
     #[cold]
@@ -320,7 +397,8 @@ impl StateWatcher {
             RecvError::Unavailable { topic, detail } => {
                 Err(WatchError::Unavailable { topic, detail })
             }
-            // Watching again at a new broker, whose sequence numbers start anew.
+            // Watching again at a new broker (or through a new connection to the gateway),
+            // whose sequence numbers may start anew.
             RecvError::Lagged {
                 topic,
                 missed: RecvError::MISSED_UNKNOWN,
@@ -342,14 +420,14 @@ impl StateWatcher {
         }
     }
 
-    /// Brings the collections of `pattern` up to date from a snapshot, `how` says, with the
-    /// events that lead there.
-    fn resync(&mut self, pattern: &str, how: Resync) -> Result<(), String> {
-        let bytes = fetch_snapshot(&self.bus, pattern).map_err(|e| match e {
-            CallError::Request(e) => e.to_string(),
-            CallError::Refused(r) => r.message,
-        })?;
-        let collections = snapshot::parse(&bytes).map_err(|e| e.to_string())?;
+    /// Brings the collections of `pattern` to `collections` (a snapshot's), `how` says, with
+    /// the events that lead there.
+    fn catch_up(
+        &mut self,
+        pattern: &str,
+        collections: Vec<snapshot::Collection<'_>>,
+        how: Resync,
+    ) -> Result<(), String> {
         if how == Resync::Replace {
             let pattern = Topic::new(pattern).map_err(|e| e.to_string())?;
             let gone = self.mirror.values_mut().filter(|m| {
