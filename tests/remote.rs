@@ -563,6 +563,44 @@ fn a_stopped_remote_subscriber_holds_local_publishers_back_no_longer_than_evicti
 }
 
 #[test]
+fn a_remote_subscriber_that_stops_reading_holds_its_connection_back_once() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    let mut idle = remote.subscribe("flood").unwrap();
+    let mut busy = remote.subscribe("ping").unwrap();
+
+    // Far more than the idle subscriber's inbox holds, while it does not read.
+    const SENT: u32 = 20_000;
+    let mut publisher = local.publisher("flood").unwrap();
+    for i in 0..SENT {
+        publisher
+            .publish_timeout(&i.to_le_bytes(), PATIENCE)
+            .unwrap();
+    }
+    // The other subscription on the connection goes on.
+    local.publisher("ping").unwrap().publish(b"after").unwrap();
+    assert_eq!(next(&mut busy).1, b"after");
+
+    // The idle one gets what was kept, in order, and every loss reported and counted.
+    let (mut received, mut missed, mut last) = (0u64, 0u64, None);
+    while last != Some(SENT - 1) {
+        match idle.recv_timeout(PATIENCE) {
+            Ok(sample) => {
+                let n = u32::from_le_bytes(sample.payload().try_into().unwrap());
+                assert!(last.is_none_or(|l| n > l), "{n} after {last:?}");
+                last = Some(n);
+                received += 1;
+            }
+            Err(RecvTimeoutError::Failed(RecvError::Lagged { missed: m, .. })) => missed += m,
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(missed > 0, "nothing was lost");
+    assert_eq!(received + missed, u64::from(SENT));
+}
+
+#[test]
 fn a_killed_remote_client_costs_nobody_anything() {
     let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let local = Bus::connect(broker.bus()).unwrap();

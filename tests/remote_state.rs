@@ -252,3 +252,43 @@ fn remote_owners_and_watchers_carry_on_after_the_broker_is_killed_and_restarted(
     until_mirrored(&mut watcher, "fleet/robots", &expected);
     until_mirrored(&mut local_watcher, "fleet/robots", &expected);
 }
+
+#[test]
+fn a_remote_watcher_that_stops_reading_holds_nothing_back_and_catches_up() {
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    let mut owner = local.state_publisher("load/cpu").unwrap();
+    let mut watcher = remote.watch_state("load/*").unwrap();
+    assert_eq!(event(&mut watcher), StateEvent::Synchronized);
+    let mut sub = remote.subscribe("ping").unwrap();
+    let mut ping = local.publisher("ping").unwrap();
+
+    // Far more changes than the watcher's inbox holds, while it does not read.
+    const CORES: u32 = 64;
+    const CHANGES: u32 = 20_000;
+    for i in 0..CHANGES {
+        owner
+            .put(&format!("core{}", i % CORES), &i.to_le_bytes())
+            .unwrap();
+    }
+    // The connection carries on meanwhile.
+    ping.publish(b"after").unwrap();
+    let sample = sub.recv_timeout(PATIENCE).unwrap();
+    assert_eq!(sample.payload(), b"after");
+
+    // The watcher catches up with the owner's content, then follows its changes again.
+    let last: Vec<(String, Vec<u8>)> = (CHANGES - CORES..CHANGES)
+        .map(|i| (format!("core{}", i % CORES), i.to_le_bytes().to_vec()))
+        .collect();
+    let expected: Vec<(&str, &[u8])> = last.iter().map(|(k, v)| (&**k, &**v)).collect();
+    until_mirrored(&mut watcher, "load/cpu", &expected);
+    owner.put("core0", b"idle").unwrap();
+    loop {
+        if let StateEvent::Modified { key, new, .. } = event(&mut watcher) {
+            if &*key == "core0" && &*new == b"idle" {
+                break;
+            }
+        }
+    }
+}

@@ -5,7 +5,8 @@
 //! bounded: a lossy subscriber that falls behind loses the oldest messages (reported as
 //! [`RecvError::Lagged`] with the count), a tethered one holds the connection back — and with it
 //! the gateway's reader, so local publishers, until the broker evicts that reader — for at most
-//! [`STALL_LIMIT`], after which it loses messages like a lossy one.
+//! [`STALL_LIMIT`], after which it loses messages like a lossy one until it reads again. A state
+//! watcher's inbox loses records like a lossy one: the watcher catches up from a snapshot.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -64,7 +65,9 @@ pub(crate) struct Inbox {
     /// Bumped whenever something arrives (or a waker wakes), for a subscriber polling without
     /// the lock before it sleeps on `arrived`.
     arrivals: AtomicU64,
-    /// Lossy: a full inbox drops its oldest message; otherwise it holds the connection back.
+    /// Tethered: a full inbox holds the connection back. Lossy, and a state watcher's: it drops
+    /// its oldest message (a watcher catches up from a snapshot, rather than holding back
+    /// everything else the connection carries).
     mode: Mode,
     /// Asked for at every (re)subscription, with the patterns.
     history: u32,
@@ -85,6 +88,10 @@ struct InboxState {
     sleeping: bool,
     /// The bus's thread waits on `room` (a full tethered inbox).
     stalled: bool,
+    /// A stall ran out: until the subscriber takes a message, a full inbox drops its oldest
+    /// at once, so that one subscriber that stopped reading holds the connection back once, not
+    /// for every message.
+    gave_up: bool,
 }
 
 impl Inbox {
@@ -145,12 +152,14 @@ impl Inbox {
                 }
             },
         };
-        let tethered = self.mode != Mode::Lossy;
+        let tethered = self.mode == Mode::Tethered;
         let stall_until = Instant::now() + STALL_LIMIT;
         while is_full(&state) {
-            if tethered {
+            if tethered && !state.gave_up {
                 let left = stall_until.saturating_duration_since(Instant::now());
-                if !left.is_zero() {
+                if left.is_zero() {
+                    state.gave_up = true;
+                } else {
                     state.stalled = true;
                     state = self
                         .room
@@ -253,6 +262,7 @@ impl Inbox {
             }
             if let Some(message) = state.messages.pop_front() {
                 state.bytes -= message.payload.len();
+                state.gave_up = false;
                 if state.stalled {
                     self.room.notify_one();
                 }
