@@ -760,7 +760,8 @@ fn with_an_access_list_remote_clients_are_the_users_their_certificates_name() {
     let acl = dir.path().join("acl.toml");
     std::fs::write(
         &acl,
-        "[[allow]]\nuser = \"nobody\"\npublish = [\"public/**\"]\nsubscribe = [\"public/**\"]\n",
+        "[[allow]]\nuser = \"nobody\"\npublish = [\"public/**\"]\nsubscribe = [\"public/**\"]\n\
+         state = [\"public/**\"]\n",
     )
     .unwrap();
     let broker = Broker::start(&[
@@ -800,6 +801,31 @@ fn with_an_access_list_remote_clients_are_the_users_their_certificates_name() {
         matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
         "{denied}"
     );
+    // A pattern added later is checked as one subscribed at first.
+    let mut sub = nobody.subscriber_builder().create().unwrap();
+    sub.add_pattern("public/more").unwrap();
+    let denied = sub.add_pattern("secret/**").unwrap_err();
+    assert!(
+        matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
+        "{denied}"
+    );
+    // State collections: owned and watched as the rule says.
+    let mut owned = nobody.state_publisher("public/status").unwrap();
+    owned.put("up", b"yes").unwrap();
+    let mut watcher = nobody.watch_state("public/*").unwrap();
+    assert!(matches!(
+        watcher.recv_timeout(PATIENCE).unwrap(),
+        shmbus::StateEvent::Created { .. }
+    ));
+    for denied in [
+        nobody.state_publisher("secret/status").unwrap_err(),
+        nobody.watch_state("secret/*").unwrap_err(),
+    ] {
+        assert!(
+            matches!(denied, shmbus::AttachError::PermissionDenied { .. }),
+            "{denied}"
+        );
+    }
     // Requests are checked too (the rule grants none), before anyone is asked.
     let denied = nobody.request("public/ask", b"?").unwrap_err();
     assert!(
