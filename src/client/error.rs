@@ -120,11 +120,10 @@ pub enum AttachError {
         /// The broker's message.
         message: String,
     },
-    /// What was asked for needs a broker on this host: request/response and state do not cross
-    /// a TCP or TLS connection in this version (publish/subscribe does).
-    #[error(
-        "topic {topic:?}: request/response and state are only available on a local bus in this version"
-    )]
+    /// What was asked for needs a broker on this host, and the bus is reached over TCP or TLS.
+    /// (Everything the public API offers crosses the network; the gateway's own ring-level
+    /// access does not.)
+    #[error("topic {topic:?}: only available on a bus on this host, not over the network")]
     LocalOnly {
         /// The topic or pattern.
         topic: String,
