@@ -292,3 +292,44 @@ fn a_remote_watcher_that_stops_reading_holds_nothing_back_and_catches_up() {
         }
     }
 }
+
+#[test]
+fn a_broker_stops_while_a_remote_owner_waits_for_room_in_its_ring() {
+    // A small state ring, and a stuck watcher that the broker would not evict for ten minutes.
+    let flags = [
+        "--ring-capacity",
+        "65536",
+        "--max-payload",
+        "4096",
+        "--max-state-value",
+        "1024",
+        "--evict-after",
+        "600",
+    ];
+    let (mut broker, url) = listening_broker("tcp://127.0.0.1:0", &flags);
+    let stuck = Proc::spawn(support::shmbus(broker.bus(), &["state", "watch", "stuck"]));
+    stuck.stdout.wait_for("synchronized");
+    stuck.signal(Signal::SIGSTOP);
+
+    // Far more changes than the ring holds: the gateway's owner waits for room.
+    let remote = Bus::connect(&url).unwrap();
+    let mut owner = remote.state_publisher("stuck").unwrap();
+    let (sent, all_sent) = std::sync::mpsc::channel();
+    let putter = std::thread::spawn(move || {
+        for i in 0..2_000u32 {
+            owner
+                .put(&format!("k{}", i % 100), &[i as u8; 1000])
+                .unwrap();
+        }
+        sent.send(()).unwrap();
+        // Never answered while the gateway waits; fails when the broker goes.
+        assert!(owner.sync().is_err());
+    });
+    all_sent.recv_timeout(PATIENCE).unwrap();
+
+    // The broker stops anyway, and its gateway with it.
+    broker.proc.signal(Signal::SIGTERM);
+    assert_eq!(broker.proc.wait_code(), 0);
+    putter.join().unwrap();
+    stuck.signal(Signal::SIGKILL);
+}

@@ -411,6 +411,16 @@ impl EventLoop {
         }
     }
 
+    /// Shuts every client's connection down: for after [`run`](EventLoop::run), so that a
+    /// client still waiting for an answer (the gateway's threads, as they end) hears at once
+    /// that the broker is gone rather than after its call's timeout.
+    pub(super) fn hang_up(&mut self) {
+        for conn in self.conns.values() {
+            let _ =
+                nix::sys::socket::shutdown(conn.fd.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        }
+    }
+
     fn drop_client(&mut self, id: ClientId, reason: DisconnectReason) {
         if let Some(conn) = self.conns.remove(&id) {
             let _ = self

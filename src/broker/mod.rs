@@ -604,7 +604,9 @@ impl Broker {
             }
         };
         let result = self.event_loop.run();
-        // The gateway's own connection needs the event loop: it goes first.
+        // The gateway's threads end now; a call they make as they do (a state owner's drop)
+        // fails at once on a connection the broker hung up.
+        self.event_loop.hang_up();
         drop(gateway);
         self.handle.stop();
         if let Some(k) = keeper {

@@ -189,11 +189,25 @@ impl Drop for RemoteExchange {
     }
 }
 
-/// The call error of a send that failed.
-fn send_failed(e: SendError) -> RemoteCallError {
-    match e {
-        SendError::Timeout => RemoteCallError::Control(ControlError::Timeout),
-        SendError::Closed(_) => RemoteCallError::Control(ControlError::BrokerGone),
+/// Sends `frame` on `wire` and waits for its answer on `answer` (routed there by the bus's
+/// thread), both until `deadline`.
+fn ask<T>(
+    wire: &Wire,
+    frame: &Frame<'_>,
+    answer: &mpsc::Receiver<Result<T, Refusal>>,
+    deadline: Instant,
+) -> Result<T, RemoteCallError> {
+    let gone = RemoteCallError::Control(ControlError::BrokerGone);
+    match wire.send_by(frame, Some(deadline)) {
+        Ok(()) => match answer.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(answer) => answer.map_err(RemoteCallError::Refused),
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(RemoteCallError::Control(ControlError::Timeout))
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone),
+        },
+        Err(SendError::Timeout) => Err(RemoteCallError::Control(ControlError::Timeout)),
+        Err(SendError::Closed(_)) => Err(gone),
     }
 }
 
@@ -435,16 +449,7 @@ impl RemoteBus {
             id,
             pattern: pattern.to_string(),
         };
-        let outcome = match wire.send_by(&frame, Some(deadline)) {
-            Ok(()) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(answer) => answer.map_err(RemoteCallError::Refused),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    Err(RemoteCallError::Control(ControlError::Timeout))
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
-            },
-            Err(e) => Err(send_failed(e)),
-        };
+        let outcome = ask(&wire, &frame, &rx, deadline);
         lock(&self.routes).snapshots.remove(&id);
         outcome
     }
@@ -609,16 +614,7 @@ impl RemoteBus {
             route(&mut routes);
             routes.waiting.insert(id, tx);
         }
-        let outcome = match wire.send_by(frame, Some(deadline)) {
-            Ok(()) => match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
-                Ok(answer) => answer.map_err(RemoteCallError::Refused),
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    Err(RemoteCallError::Control(ControlError::Timeout))
-                }
-                Err(mpsc::RecvTimeoutError::Disconnected) => Err(gone()),
-            },
-            Err(e) => Err(send_failed(e)),
-        };
+        let outcome = ask(&wire, frame, &rx, deadline);
         lock(&self.routes).waiting.remove(&id);
         outcome.map(|reply| (reply, wire))
     }

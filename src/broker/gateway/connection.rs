@@ -17,6 +17,7 @@ use super::serving::{Held, PassOn, ServerThread};
 use super::state::{Owners, send_snapshot};
 use crate::broker::access::{AccessList, Operation};
 use crate::broker::core::AccessSlot;
+use crate::client::state::GiveUp;
 use crate::client::{AttachError, Bus};
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{
@@ -105,6 +106,11 @@ pub(super) fn serve(
         None => info!(%peer_address, %name, "remote client connected"),
     }
     let requests = Requests::new(bus.clone(), Arc::clone(&wire));
+    let ended: GiveUp = {
+        let (shared, wire) = (Arc::clone(shared), Arc::clone(&wire));
+        // Acquire pairs with the Release store in `Gateway::drop`.
+        Arc::new(move || shared.stop.load(Ordering::Acquire) || wire.closed().is_some())
+    };
     let mut connection = Connection {
         bus,
         requests,
@@ -116,6 +122,7 @@ pub(super) fn serve(
         publishers: HashMap::new(),
         forwarders: HashMap::new(),
         owners: Owners::default(),
+        ended,
     };
     let reason = connection.run(shared, &mut reader);
     wire.close(reason.clone());
@@ -280,6 +287,8 @@ struct Connection {
     forwarders: HashMap<u32, (Forwarder, Mode)>,
     /// The state collections it owns.
     owners: Owners,
+    /// Whether the connection or the gateway ended: what its owners stop waiting for room at.
+    ended: GiveUp,
 }
 
 impl Connection {
@@ -522,7 +531,7 @@ impl Connection {
         let id = own.id;
         let owned = self
             .check(Operation::State, &own.topic)
-            .and_then(|()| self.owners.own(&self.bus, own));
+            .and_then(|()| self.owners.own(&self.bus, own, &self.ended));
         match owned {
             Ok((max_value, max_bytes)) => self.send(&Frame::Owned {
                 id,

@@ -3,10 +3,12 @@
 //! `connection`.)
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::connection::refusal;
 use crate::client::Bus;
+use crate::client::state::GiveUp;
 use crate::protocol::ErrorCode;
 use crate::protocol::remote::{Frame, Own, Refusal};
 use crate::protocol::state::Record;
@@ -31,9 +33,15 @@ struct Owner {
 }
 
 impl Owners {
-    /// Owns a collection on the client's behalf; returns the largest value and the most bytes
-    /// the collection may hold.
-    pub(super) fn own(&mut self, bus: &Bus, own: Own) -> Result<(u32, u64), Refusal> {
+    /// Owns a collection on the client's behalf, waiting for room in its ring until `give_up`
+    /// says so (the connection or the gateway ends); returns the largest value and the most
+    /// bytes the collection may hold.
+    pub(super) fn own(
+        &mut self,
+        bus: &Bus,
+        own: Own,
+        give_up: &GiveUp,
+    ) -> Result<(u32, u64), Refusal> {
         if self.owners.contains_key(&own.id) {
             return Err(Refusal::new(
                 ErrorCode::Taken,
@@ -50,7 +58,8 @@ impl Owners {
         if own.persistent {
             builder = builder.persistent();
         }
-        let publisher = builder.create().map_err(refusal)?;
+        let mut publisher = builder.create().map_err(refusal)?;
+        publisher.give_up_when(Arc::clone(give_up));
         let limits = (
             u32::try_from(publisher.max_value()).unwrap_or(u32::MAX),
             publisher.max_bytes(),

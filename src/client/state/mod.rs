@@ -39,6 +39,7 @@ mod value;
 mod watcher;
 
 pub use error::{StateError, WatchError};
+pub(crate) use publisher::GiveUp;
 pub use publisher::{StatePublisher, StatePublisherBuilder};
 pub use value::StateValue;
 pub(crate) use watcher::watch_rings;

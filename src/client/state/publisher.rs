@@ -83,7 +83,11 @@ impl StatePublisherBuilder {
                 // The keeper took the ownership before this: the snapshot is the collection as
                 // this owner starts it.
                 let bytes = fetch_snapshot(bus, topic.as_str()).map_err(fail)?;
-                let changes = Changes { writer, seq: 0 };
+                let changes = Changes {
+                    writer,
+                    seq: 0,
+                    give_up: None,
+                };
                 let sink = Sink::Ring {
                     bus: Arc::clone(bus),
                     changes,
@@ -135,6 +139,12 @@ impl StatePublisherBuilder {
 /// broker's keeper read them. One owner per collection at a time; ownership ends when this is
 /// dropped or the process ends (a non-persistent collection is then emptied: watchers see every
 /// entry deleted).
+///
+/// On a bus reached over TCP or TLS, the broker's gateway owns the collection on this owner's
+/// behalf: each change is sent and the call returns (use [`sync`](StatePublisher::sync) to wait
+/// for the broker), and a change the gateway could not make is returned by the next call. While
+/// the link is down, changes are kept in this owner's entries only; the first call after the
+/// reconnection owns the collection again and makes its content the collection's.
 pub struct StatePublisher {
     topic: Topic,
     persistent: bool,
@@ -266,6 +276,15 @@ impl StatePublisher {
         Ok(())
     }
 
+    /// Waits for room in the ring only while `give_up` says no (checked every
+    /// [`GIVE_UP_SLICE`]): for a gateway's owner, which must not outwait its connection or its
+    /// broker. Changes of a remote owner are not waited for here.
+    pub(crate) fn give_up_when(&mut self, give_up: GiveUp) {
+        if let Sink::Ring { changes, .. } = &mut self.sink {
+            changes.give_up = Some(give_up);
+        }
+    }
+
     /// The largest value it takes.
     pub(crate) fn max_value(&self) -> usize {
         self.max_value
@@ -394,9 +413,14 @@ impl StatePublisher {
         let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(|e| broker(control_error(e)))?;
         let collections = snapshot::parse(&bytes).map_err(|e| ring(e.to_string()))?;
         let held = collections.iter().find(|c| c.topic == topic.as_str());
+        let give_up = match &mut self.sink {
+            Sink::Ring { changes, .. } => changes.give_up.take(),
+            Sink::Remote(_) => None,
+        };
         let changes = Changes {
             writer,
             seq: held.map_or(0, |c| c.seq),
+            give_up,
         };
         self.sink = Sink::Ring { bus, changes };
         self.max_bytes = reply.max_bytes;
@@ -459,31 +483,48 @@ impl Sink {
     }
 }
 
-/// An owner's writer on the collection's ring, and the number of the last change it wrote.
+/// Says when to stop waiting for room in a state ring.
+pub(crate) type GiveUp = Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// How often an owner that may give up looks again while it waits for room.
+const GIVE_UP_SLICE: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// An owner's writer on the collection's ring, the number of the last change it wrote, and
+/// when it stops waiting for room (never, unless set).
 struct Changes {
     writer: AttachedWriter,
     seq: u64,
+    give_up: Option<GiveUp>,
 }
 
 impl Changes {
     /// Writes `record` as the next change of `topic`, waiting for room while watchers are
-    /// behind (a watcher that stops reading is evicted by the broker, which bounds the wait).
+    /// behind (a watcher that stops reading is evicted by the broker, which bounds the wait),
+    /// or until it gives up.
     fn write(&mut self, topic: &Topic, record: Record<'_>) -> Result<(), StateError> {
         let next = self.seq + 1;
         let fail = |detail: String| StateError::Ring {
             topic: topic.as_str().to_string(),
             detail,
         };
-        let mut loan = match self
-            .writer
-            .writer
-            .loan(record.encoded_len(), Deadline::Never)
-        {
-            Ok(loan) => loan,
-            Err(LoanError::TooLarge { len, max }) => {
-                return Err(fail(format!("a record of {len} bytes exceeds {max}")));
+        let deadline = match self.give_up {
+            None => Deadline::Never,
+            Some(_) => Deadline::After(GIVE_UP_SLICE),
+        };
+        let len = record.encoded_len();
+        let give_up = self.give_up.as_deref();
+        let mut loan = loop {
+            match self.writer.writer.loan(len, deadline) {
+                Ok(loan) => break loan,
+                Err(LoanError::Timeout) if !give_up.is_some_and(|g| g()) => {}
+                Err(LoanError::Timeout) => {
+                    return Err(fail("gave up waiting for room in the ring".into()));
+                }
+                Err(LoanError::TooLarge { len, max }) => {
+                    return Err(fail(format!("a record of {len} bytes exceeds {max}")));
+                }
+                Err(e) => return Err(fail(e.to_string())),
             }
-            Err(e) => return Err(fail(e.to_string())),
         };
         record.encode(next, loan.as_mut_slice());
         loan.commit().map_err(|e| fail(e.to_string()))?;

@@ -185,6 +185,11 @@ struct Mirror {
 /// is not zero, then every change in the order its owner made it. The mirror
 /// ([`get`](StateWatcher::get), [`iter`](StateWatcher::iter)) holds what the events delivered so
 /// far and those waiting to be received.
+///
+/// On a bus reached over TCP or TLS, the broker's gateway reads the records for the watcher and
+/// passes the keeper's snapshots on: the events are the same. A remote watcher that falls behind
+/// loses records rather than hold its connection back, and catches up from a new snapshot (as a
+/// local one does when the broker evicts it).
 pub struct StateWatcher {
     source: Source,
     patterns: Vec<Topic>,
