@@ -627,10 +627,11 @@ fn state_echo(address: &str) {
 struct StateEcho(Child);
 
 impl StateEcho {
-    fn start(bus: &Bus) -> StateEcho {
+    /// Starts it as a client of the bus at `address`.
+    fn start(address: &str) -> StateEcho {
         let child = Command::new(std::env::current_exe().unwrap())
             .env("SHMBUS_BENCH_BASELINE", "state-echo")
-            .env("SHMBUS_BENCH_BUS", bus.address().to_string())
+            .env("SHMBUS_BENCH_BUS", address)
             .spawn()
             .expect("start the state echo");
         StateEcho(child)
@@ -658,14 +659,21 @@ fn state(c: &mut Criterion) {
         "busy",
         &[8],
     );
-    state_put_to_event(&mut group);
+    let bus = Bus::embedded().unwrap();
+    let address = bus.address().to_string();
+    state_put_to_event(&mut group, &bus, &address, "put_to_event");
     state_sync(&mut group);
     group.finish();
 }
 
-/// Put → `Modified` one-way latency: a ping-pong with the state echo, halved.
-fn state_put_to_event(group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>) {
-    let bus = Bus::embedded().unwrap();
+/// Put → `Modified` one-way latency: a ping-pong between `bus` and the state echo, a client of
+/// the same bus at `echo_address`, halved.
+fn state_put_to_event(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    bus: &Bus,
+    echo_address: &str,
+    name: &str,
+) {
     let mut pings = bus.state_publisher(STATE_PING).unwrap();
     // Each put a value the key does not hold yet: an equal value would write nothing.
     let mut seq = 0u64;
@@ -676,13 +684,13 @@ fn state_put_to_event(group: &mut criterion::BenchmarkGroup<'_, criterion::measu
         .create()
         .unwrap();
     assert_eq!(pongs.recv().unwrap(), StateEvent::Synchronized);
-    let echo = StateEcho::start(&bus);
+    let echo = StateEcho::start(echo_address);
     // Ready: the echo answered the value it found.
     match pongs.recv_timeout(bench::PATIENCE).unwrap() {
         StateEvent::Created { value, .. } => assert_eq!(*value, seq.to_le_bytes()),
         other => panic!("unexpected {other:?}"),
     }
-    group.bench_function(BenchmarkId::new("put_to_event", size_name(8)), |b| {
+    group.bench_function(BenchmarkId::new(name, size_name(8)), |b| {
         b.iter_custom(|iters| {
             let start = Instant::now();
             for _ in 0..iters {
@@ -835,19 +843,9 @@ fn remote(c: &mut Criterion) {
 
     let certs = tempfile::tempdir().unwrap();
     let (server_files, ca) = test_certificates(certs.path());
-    for (name, request_name, listen, tls) in [
-        (
-            "tcp_gateway_round_trip",
-            "tcp_gateway_request_round_trip",
-            "tcp://127.0.0.1:0",
-            None,
-        ),
-        (
-            "tls_gateway_round_trip",
-            "tls_gateway_request_round_trip",
-            "tls://127.0.0.1:0",
-            Some(server_files),
-        ),
+    for (transport, listen, tls) in [
+        ("tcp", "tcp://127.0.0.1:0", None),
+        ("tls", "tls://127.0.0.1:0", Some(server_files)),
     ] {
         let broker = ListeningBroker::start(listen, tls);
         let local = Bus::connect(broker.socket.to_str().unwrap()).unwrap();
@@ -861,6 +859,7 @@ fn remote(c: &mut Criterion) {
         let mut pings = bench::publisher(&remote, PING, WaitStrategy::BusySpin).unwrap();
         role(&mut children, &local, "echo", &["--wait", "busy"]);
         for &size in &sizes {
+            let name = format!("{transport}_gateway_round_trip");
             group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
                 b.iter_custom(|iters| {
                     bench::ping_pong(&mut pings, &mut pongs, size, iters, |_| {}).unwrap()
@@ -873,12 +872,17 @@ fn remote(c: &mut Criterion) {
         role(&mut children, &local, "reply", &["--wait", "busy"]);
         let mut requester = bench::requester(&remote, WaitStrategy::BusySpin).unwrap();
         for &size in &sizes {
-            group.bench_function(BenchmarkId::new(request_name, size_name(size)), |b| {
+            let name = format!("{transport}_gateway_request_round_trip");
+            group.bench_function(BenchmarkId::new(name, size_name(size)), |b| {
                 b.iter_custom(|iters| {
                     bench::request_round_trips(&mut requester, size, iters, |_| {}).unwrap()
                 })
             });
         }
+        // A remote state owner and watcher, with a local state echo.
+        let name = format!("{transport}_gateway_state_put_to_event");
+        let socket = broker.socket.to_str().unwrap();
+        state_put_to_event(&mut group, &remote, socket, &name);
     }
     group.finish();
 }
