@@ -333,3 +333,123 @@ fn a_broker_stops_while_a_remote_owner_waits_for_room_in_its_ring() {
     putter.join().unwrap();
     stuck.signal(Signal::SIGKILL);
 }
+
+/// A raw connection to a gateway, speaking the remote protocol frame by frame.
+struct RawClient {
+    stream: std::net::TcpStream,
+}
+
+impl RawClient {
+    /// Connects to `url` (`tcp://…`) and says hello.
+    fn connect(url: &str) -> RawClient {
+        use shmbus::protocol::remote::{Frame, Hello, MAGIC, REMOTE_VERSION};
+        let stream = std::net::TcpStream::connect(url.trim_start_matches("tcp://")).unwrap();
+        stream.set_read_timeout(Some(PATIENCE)).unwrap();
+        let mut raw = RawClient { stream };
+        raw.send(&Frame::Hello(Hello {
+            magic: MAGIC,
+            version: REMOTE_VERSION,
+            name: "raw".into(),
+            session: None,
+            peer: None,
+        }));
+        assert!(matches!(raw.next().as_deref(), Some([2, ..])), "no welcome");
+        raw
+    }
+
+    fn send(&mut self, frame: &shmbus::protocol::remote::Frame<'_>) {
+        let mut bytes = Vec::new();
+        shmbus::protocol::remote::encode(frame, &mut bytes);
+        self.send_bytes(&bytes);
+    }
+
+    fn send_bytes(&mut self, bytes: &[u8]) {
+        use std::io::Write;
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    /// The next frame's kind and body, or `None` once the gateway closed the connection.
+    fn next(&mut self) -> Option<Vec<u8>> {
+        use std::io::Read;
+        let mut prefix = [0u8; 4];
+        self.stream.read_exact(&mut prefix).ok()?;
+        let mut body = vec![0; u32::from_le_bytes(prefix) as usize];
+        self.stream.read_exact(&mut body).ok()?;
+        Some(body)
+    }
+
+    /// The next frame other than a ping, decoded into what a test looks at: a refusal's id and
+    /// code, or `None` for anything else.
+    fn next_failed(&mut self) -> Option<(u32, shmbus::ErrorCode)> {
+        use shmbus::protocol::remote::{Frame, decode};
+        loop {
+            let body = self.next()?;
+            match decode(&body).unwrap() {
+                Frame::Ping => continue,
+                Frame::Failed { id, refusal } => return Some((id, refusal.code)),
+                other => panic!("expected a refusal, got {other:?}"),
+            }
+        }
+    }
+}
+
+#[test]
+fn state_frames_a_gateway_cannot_take_cost_only_their_connection() {
+    use shmbus::ErrorCode;
+    use shmbus::protocol::remote::{Frame, Own};
+    use shmbus::protocol::state::Record;
+
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut owner = local.state_publisher("shared/config").unwrap();
+    owner.put("mode", b"auto").unwrap();
+    let remote = Bus::connect(&url).unwrap();
+    let mut watcher = remote.watch_state("shared/*").unwrap();
+    until_mirrored(&mut watcher, "shared/config", &[("mode", b"auto")]);
+
+    // Refused, each with a clear error naming the id asked about; the connection goes on.
+    let mut raw = RawClient::connect(&url);
+    let put = Record::Put {
+        key: "mode",
+        value: b"manual",
+    };
+    raw.send(&Frame::Change {
+        owner: 99,
+        change: put,
+    });
+    assert_eq!(raw.next_failed(), Some((99, ErrorCode::Unknown)));
+    let own = |id, topic: &str| {
+        Frame::Own(Own {
+            id,
+            topic: topic.into(),
+            persistent: false,
+            replace: false,
+        })
+    };
+    raw.send(&own(1, "shared/config"));
+    assert_eq!(raw.next_failed(), Some((1, ErrorCode::Taken)));
+    raw.send(&own(2, "shared/*"));
+    assert_eq!(raw.next_failed(), Some((2, ErrorCode::InvalidTopic)));
+    raw.send(&Frame::SyncState { id: 3, owner: 42 });
+    assert_eq!(raw.next_failed(), Some((3, ErrorCode::Unknown)));
+    raw.send(&Frame::Snapshot {
+        id: 4,
+        pattern: "bad//pattern".into(),
+    });
+    assert_eq!(raw.next_failed(), Some((4, ErrorCode::InvalidTopic)));
+
+    // An owner does not clear: such a frame is malformed, and closes that connection alone.
+    let mut clear = vec![0u8; 4 + 1 + 4 + Record::Clear.encoded_len()];
+    let len = (clear.len() - 4) as u32;
+    clear[..4].copy_from_slice(&len.to_le_bytes());
+    clear[4] = 29; // Change
+    Record::Clear.encode(0, &mut clear[9..]);
+    raw.send_bytes(&clear);
+    while let Some(body) = raw.next() {
+        assert_eq!(body, [14], "only pings before the close");
+    }
+
+    // Nobody else noticed: the collection is whole, and changes still flow.
+    owner.put("mode", b"eco").unwrap();
+    until_mirrored(&mut watcher, "shared/config", &[("mode", b"eco")]);
+}
