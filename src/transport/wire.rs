@@ -94,9 +94,13 @@ pub(crate) struct WireReader {
     woken: UnixStream,
     /// Whether the wire speaks TLS (its session is in the shared [`Io`]).
     tls: bool,
+    /// Bytes read: those of `start..end` are not handed out yet; the rest is room for the next
+    /// reads, zeroed once when it was first allocated (not at every read).
     buf: Vec<u8>,
     /// Bytes of `buf` already handed out.
     start: usize,
+    /// Bytes of `buf` read so far.
+    end: usize,
     /// The largest frame accepted now.
     limit: usize,
     timing: Timing,
@@ -148,6 +152,7 @@ impl Wire {
             tls: is_tls,
             buf: Vec::new(),
             start: 0,
+            end: 0,
             limit,
             timing,
             last_frame: now,
@@ -382,7 +387,7 @@ impl WireReader {
     /// The byte range of the next frame's body (pings and pongs are handled here).
     fn next_body(&mut self) -> Result<Range<usize>, String> {
         loop {
-            let have = &self.buf[self.start..];
+            let have = &self.buf[self.start..self.end];
             if have.len() >= LENGTH_PREFIX {
                 let prefix = have[..LENGTH_PREFIX].try_into().expect("four bytes");
                 let len = match remote::frame_length(prefix, self.limit) {
@@ -421,7 +426,8 @@ impl WireReader {
     /// moving queued output meanwhile.
     fn fill(&mut self) -> Result<(), String> {
         if self.start > 0 {
-            self.buf.drain(..self.start);
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
             self.start = 0;
         }
         loop {
@@ -488,16 +494,17 @@ impl WireReader {
 
     /// Reads what is there without waiting; returns how many bytes of frames arrived.
     fn read_some(&mut self) -> Result<usize, String> {
-        let old = self.buf.len();
+        let old = self.end;
         let cap = self.limit + LENGTH_PREFIX + READ_CHUNK;
         if old >= cap {
             return Ok(0);
         }
         let want = READ_CHUNK.min(cap - old);
-        self.buf.resize(old + want, 0);
+        if self.buf.len() < old + want {
+            self.buf.resize(old + want, 0);
+        }
         let result = self.read_into(old, want);
-        let got = *result.as_ref().unwrap_or(&0);
-        self.buf.truncate(old + got);
+        self.end = old + *result.as_ref().unwrap_or(&0);
         result
     }
 
