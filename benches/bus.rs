@@ -69,6 +69,7 @@ fn main() {
     reqrep(&mut c);
     state(&mut c);
     remote(&mut c);
+    topics(&mut c);
     c.final_summary();
 }
 
@@ -883,6 +884,24 @@ fn remote(c: &mut Criterion) {
         let name = format!("{transport}_gateway_state_put_to_event");
         let socket = broker.socket.to_str().unwrap();
         state_put_to_event(&mut group, &remote, socket, &name);
+    }
+    group.finish();
+}
+
+/// Matching a pattern against a topic, as a peer link does for every message it relays.
+fn topics(c: &mut Criterion) {
+    let mut group = c.benchmark_group("topic");
+    let t = |s: &str| shmbus::Topic::new(s).unwrap();
+    let topic = t("sensors/kitchen/fridge/temp");
+    for (name, pattern) in [
+        ("overlaps_exact", "sensors/kitchen/fridge/temp"),
+        ("overlaps_one", "sensors/*/fridge/temp"),
+        ("overlaps_one_or_more", "sensors/**/temp"),
+    ] {
+        let pattern = t(pattern);
+        group.bench_function(name, |b| {
+            b.iter(|| shmbus::topic::overlaps(std::hint::black_box(&pattern), &topic))
+        });
     }
     group.finish();
 }
