@@ -145,6 +145,16 @@ pub(crate) enum CallError {
     Refused(ErrorReply),
 }
 
+impl CallError {
+    /// The control error it stands for (a refusal's message as its detail).
+    pub(crate) fn into_control(self) -> ControlError {
+        match self {
+            CallError::Request(e) => e,
+            CallError::Refused(r) => ControlError::Protocol { detail: r.message },
+        }
+    }
+}
+
 impl AttachError {
     /// The error for `topic` when attaching failed at the broker.
     pub(crate) fn call(topic: &str, e: CallError) -> AttachError {

@@ -639,7 +639,7 @@ pub(super) fn check(
 }
 
 /// The refusal of an id already in use.
-fn in_use(id: u32) -> Refusal {
+pub(super) fn in_use(id: u32) -> Refusal {
     Refusal {
         code: ErrorCode::Taken,
         message: format!("id {id} is in use on this connection"),

@@ -6,7 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::connection::refusal;
+use super::connection::{in_use, refusal};
 use crate::client::Bus;
 use crate::client::state::GiveUp;
 use crate::protocol::ErrorCode;
@@ -43,10 +43,7 @@ impl Owners {
         give_up: &GiveUp,
     ) -> Result<(u32, u64), Refusal> {
         if self.owners.contains_key(&own.id) {
-            return Err(Refusal::new(
-                ErrorCode::Taken,
-                format!("id {} is in use on this connection", own.id),
-            ));
+            return Err(in_use(own.id));
         }
         if self.owners.len() >= MAX_OWNERS {
             return Err(Refusal::new(

@@ -336,7 +336,7 @@ impl StatePublisher {
                 bus.conn
                     .call_on(&changes.writer.link, request)
                     .map(drop)
-                    .map_err(|e| broker(control_error(e)))
+                    .map_err(|e| broker(e.into_control()))
             }
             Sink::Remote(owner) => {
                 owner.failed().map_err(broker)?;
@@ -403,14 +403,14 @@ impl StatePublisher {
         let (reply, fds) = match conn.call_on(&link, own) {
             Ok(owned) => owned,
             Err(CallError::Request(ControlError::BrokerGone)) => return Ok(()),
-            Err(e) => return Err(broker(control_error(e))),
+            Err(e) => return Err(broker(e.into_control())),
         };
         let ring = |detail: String| StateError::Ring {
             topic: topic.as_str().to_string(),
             detail,
         };
         let writer = AttachedWriter::attach(&bus, link, fds, &reply.publishing).map_err(ring)?;
-        let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(|e| broker(control_error(e)))?;
+        let bytes = fetch_snapshot(&bus, topic.as_str()).map_err(|e| broker(e.into_control()))?;
         let collections = snapshot::parse(&bytes).map_err(|e| ring(e.to_string()))?;
         let held = collections.iter().find(|c| c.topic == topic.as_str());
         let give_up = match &mut self.sink {
@@ -448,14 +448,6 @@ impl StatePublisher {
             topic: self.topic.as_str().to_string(),
             reason,
         })
-    }
-}
-
-/// The control error a failed call stands for.
-fn control_error(e: CallError) -> ControlError {
-    match e {
-        CallError::Request(source) => source,
-        CallError::Refused(r) => ControlError::Protocol { detail: r.message },
     }
 }
 
