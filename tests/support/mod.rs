@@ -45,6 +45,18 @@ impl Proc {
     pub fn signal(&self, sig: nix::sys::signal::Signal) {
         nix::sys::signal::kill(self.pid(), sig).unwrap();
     }
+
+    /// Waits until the process's main thread sleeps. For a subscriber that has printed what it
+    /// read, that means it found nothing more and parked, which publishes how far it read.
+    pub fn wait_asleep(&self) {
+        let stat = format!("/proc/{0}/task/{0}/stat", self.pid());
+        eventually("the process's main thread sleeps", || {
+            let text = std::fs::read_to_string(&stat).unwrap();
+            // `PID (COMM) STATE ...`, where COMM may hold anything, parentheses too.
+            let after = &text[text.rfind(')').unwrap() + 1..];
+            after.split_whitespace().next() == Some("S")
+        });
+    }
 }
 
 /// `shmbus ARGS --bus BUS`, quiet logs.
