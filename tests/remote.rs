@@ -884,6 +884,29 @@ fn publishers_on_many_threads_share_one_connection_in_order() {
 }
 
 #[test]
+fn a_burst_published_just_before_its_remote_bus_closes_arrives_whole() {
+    // A remote client's stream of small messages goes out in batches, written by a flusher
+    // after `publish` returned: closing the bus writes what is left first.
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut sub = local.subscribe("tail").unwrap();
+    const TOTAL: u32 = 20_000;
+    let sender = std::thread::spawn(move || {
+        let remote = Bus::connect(&url).unwrap();
+        let mut publisher = remote.publisher("tail").unwrap();
+        for i in 0..TOTAL {
+            publisher.publish(&i.to_le_bytes()).unwrap();
+        }
+        // The publisher and the bus go here, right after the last publish.
+    });
+    for i in 0..TOTAL {
+        let (_, payload) = next(&mut sub);
+        assert_eq!(payload, i.to_le_bytes(), "message {i}");
+    }
+    sender.join().unwrap();
+}
+
+#[test]
 fn a_lossy_remote_subscriber_that_does_not_read_loses_messages_and_says_how_many() {
     let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
     let remote = Bus::connect(&url).unwrap();

@@ -35,6 +35,10 @@ use rkyv::util::AlignedVec;
 /// How long a call waits for the gateway's answer.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long closing a bus waits for what its handles sent to be written (messages published
+/// just before a program ends still go out; a gateway that does not read loses them then).
+const CLOSE_FLUSH: Duration = Duration::from_secs(5);
+
 /// How to reach a gateway: what [`RemoteBus::connect`] dials, again after every loss.
 pub(crate) struct Dialer {
     pub(crate) address: BusAddress,
@@ -54,17 +58,34 @@ impl Dialer {
             session,
             peer: None,
         };
-        transport::dial(&self.address, self.tls.as_ref(), &caller, self.timeout).map_err(
-            |e| match e {
-                DialError::Unreachable(source) => ConnectError::Unreachable { address, source },
+        let dialed = transport::dial(&self.address, self.tls.as_ref(), &caller, self.timeout)
+            .map_err(|e| match e {
+                DialError::Unreachable(source) => ConnectError::Unreachable {
+                    address: address.clone(),
+                    source,
+                },
                 DialError::Refused {
                     code: ErrorCode::PermissionDenied,
                     message,
-                } => ConnectError::PermissionDenied { address, message },
-                DialError::Refused { message, .. } => ConnectError::Refused { address, message },
-                DialError::Protocol(detail) => ConnectError::Protocol { address, detail },
-            },
-        )
+                } => ConnectError::PermissionDenied {
+                    address: address.clone(),
+                    message,
+                },
+                DialError::Refused { message, .. } => ConnectError::Refused {
+                    address: address.clone(),
+                    message,
+                },
+                DialError::Protocol(detail) => ConnectError::Protocol {
+                    address: address.clone(),
+                    detail,
+                },
+            })?;
+        // A client's publishers send streams of small frames: batch them.
+        dialed
+            .wire
+            .coalesce()
+            .map_err(|source| ConnectError::Unreachable { address, source })?;
+        Ok(dialed)
     }
 }
 
@@ -619,13 +640,17 @@ impl RemoteBus {
         outcome.map(|reply| (reply, wire))
     }
 
+    /// Closes the link, once what was sent on it is written (see [`CLOSE_FLUSH`]).
     fn close(&self) {
-        let mut link = lock(&self.link);
-        link.closing = true;
-        if let Some(wire) = link.wire.take() {
-            wire.close("the client closed the bus");
+        let wire = {
+            let mut link = lock(&self.link);
+            link.closing = true;
+            self.changed.notify_all();
+            link.wire.take()
+        };
+        if let Some(wire) = wire {
+            wire.finish("the client closed the bus", Instant::now() + CLOSE_FLUSH);
         }
-        self.changed.notify_all();
     }
 
     /// The thread: routes frames until the link is lost, then links again, until the bus closes.

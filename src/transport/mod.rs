@@ -1,10 +1,11 @@
 //! The TCP transport, plain or TLS: how remote clients and a broker's gateway exchange frames of
 //! the remote protocol ([`crate::protocol::remote`]).
 //!
-//! [`wire`] moves frames over one connection, bounded both ways; [`tls`] makes rustls settings
-//! from PEM files. The two sides' handshakes are here: [`dial`] for clients (and peer brokers),
+//! [`wire`] moves frames over one connection, bounded both ways, and [`outbox`] lets a client's
+//! wire coalesce its small frames into fewer writes; [`tls`] makes rustls settings from PEM files. The two sides' handshakes are here: [`dial`] for clients (and peer brokers),
 //! [`accept_tls`] for the gateway.
 
+pub(crate) mod outbox;
 pub mod tls;
 pub(crate) mod wire;
 

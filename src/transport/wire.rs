@@ -8,6 +8,9 @@
 //! thread stops reading its ring — and nothing is buffered without bound. Frames never interleave:
 //! a frame, once begun, is finished before the next.
 //!
+//! A client's wire also coalesces ([`Wire::coalesce`]): a sender that comes while the wire is busy
+//! leaves its frame in an [`Outbox`] that a flusher thread writes in batches.
+//!
 //! Input is bounded too: the reader holds at most one frame of the limit in force plus one read's
 //! worth. A connection is closed, alone, when its peer sends a frame that is too long or
 //! malformed, when it sends no complete frame for the idle timeout (a peer that trickles bytes or
@@ -19,11 +22,12 @@ use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 
+use super::outbox::{Outbox, Route};
 use crate::protocol::remote::{self, Frame, LENGTH_PREFIX};
 use crate::sync::lock;
 
@@ -74,6 +78,8 @@ pub(crate) struct Wire {
     wake: UnixStream,
     /// Who is at the other end, for logs.
     peer: String,
+    /// Frames left for the flusher thread, once [`Wire::coalesce`] started it.
+    outbox: OnceLock<Arc<Outbox>>,
 }
 
 /// The socket and what is queued for it.
@@ -144,6 +150,7 @@ impl Wire {
             scratch: Mutex::new(Vec::new()),
             wake,
             peer,
+            outbox: OnceLock::new(),
         });
         let reader = WireReader {
             wire: Arc::clone(&wire),
@@ -168,22 +175,38 @@ impl Wire {
         certificates.first().map(|c| c.as_ref().to_vec())
     }
 
+    /// Coalesces this wire's output from now on (see [`Outbox`]): starts its flusher thread,
+    /// which ends when the wire closes or goes.
+    pub(crate) fn coalesce(self: &Arc<Self>) -> io::Result<()> {
+        let outbox = Arc::new(Outbox::new());
+        if self.outbox.set(Arc::clone(&outbox)).is_err() {
+            return Ok(()); // it coalesces already
+        }
+        let wire = Arc::downgrade(self);
+        let flusher = std::thread::Builder::new()
+            .name("shmbus-flush".into())
+            .spawn(move || flush(&wire, &outbox));
+        if let Err(e) = flusher {
+            self.close(format!("cannot start the flusher: {e}"));
+            return Err(e);
+        }
+        Ok(())
+    }
+
     /// Sends `frame`, waiting for room as long as it takes.
     pub(crate) fn send(&self, frame: &Frame<'_>) -> Result<(), SendError> {
         self.send_by(frame, None)
     }
 
     /// Sends `frame`, waiting for room until `deadline` (`None`: as long as it takes). A frame
-    /// of which some bytes went out is always finished, whatever the deadline.
+    /// of which some bytes went out is always finished, whatever the deadline. On a wire that
+    /// coalesces, the frame may be left in its outbox, for the flusher to write.
     pub(crate) fn send_by(
         &self,
         frame: &Frame<'_>,
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
-        let mut scratch = lock(&self.scratch);
-        scratch.clear();
-        remote::encode(frame, &mut scratch);
-        self.push_all(&scratch, deadline)
+        self.send_with(&|out| remote::encode(frame, out), deadline)
     }
 
     /// Sends frames already encoded (each with its length prefix), as [`Wire::send_by`] sends
@@ -193,9 +216,39 @@ impl Wire {
         frames: &[u8],
         deadline: Option<Instant>,
     ) -> Result<(), SendError> {
-        // The scratch lock is the sender's turn: frames never interleave.
-        let _turn = lock(&self.scratch);
-        self.push_all(frames, deadline)
+        self.send_with(&|out| out.extend_from_slice(frames), deadline)
+    }
+
+    /// Sends the frames `encode` appends to a buffer, through the outbox if there is one.
+    fn send_with(
+        &self,
+        encode: &dyn Fn(&mut Vec<u8>),
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        let Some(outbox) = self.outbox.get() else {
+            return self.write_turn(encode, deadline);
+        };
+        match outbox.route(encode, deadline)? {
+            Route::Left => Ok(()),
+            Route::Direct => {
+                let sent = self.write_turn(encode, deadline);
+                outbox.wrote();
+                sent
+            }
+        }
+    }
+
+    /// Writes the frames `encode` appends to the scratch buffer. The scratch lock is the
+    /// sender's turn: frames never interleave.
+    fn write_turn(
+        &self,
+        encode: &dyn Fn(&mut Vec<u8>),
+        deadline: Option<Instant>,
+    ) -> Result<(), SendError> {
+        let mut scratch = lock(&self.scratch);
+        scratch.clear();
+        encode(&mut scratch);
+        self.push_all(&scratch, deadline)
     }
 
     /// Moves all of `scratch` out, waiting for room as [`Wire::send_by`] says; called with
@@ -248,6 +301,29 @@ impl Wire {
         self.shut(&mut io, reason.into());
     }
 
+    /// Closes the connection as [`Wire::close`] does, once what was sent is written: the frames
+    /// left in the outbox and the bytes the socket has not taken yet, waiting for them until
+    /// `deadline` at the latest (a peer that does not read loses them then).
+    pub(crate) fn finish(&self, reason: impl Into<String>, deadline: Instant) {
+        if let Some(outbox) = self.outbox.get() {
+            outbox.drain(deadline);
+        }
+        let mut io = lock(&self.io);
+        while io.closed.is_none() && io.has_queued() && Instant::now() < deadline {
+            if io.flush().is_err() {
+                break;
+            }
+            if io.has_queued() {
+                io = self
+                    .room
+                    .wait_timeout(io, RETRY)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+        self.shut(&mut io, reason.into());
+    }
+
     /// Why the wire is closed, if it is.
     pub(crate) fn closed(&self) -> Option<String> {
         lock(&self.io).closed.clone()
@@ -260,6 +336,9 @@ impl Wire {
                 let _ = tls.write_tls(&mut io.stream);
             }
             let _ = io.stream.shutdown(Shutdown::Both);
+            if let Some(outbox) = self.outbox.get() {
+                outbox.close(&reason);
+            }
             io.closed = Some(reason);
         }
         self.room.notify_all();
@@ -270,6 +349,35 @@ impl Wire {
     fn nudge(&self) {
         // A full pipe already holds a wake-up; nothing else can fail here that matters.
         let _ = (&self.wake).write(&[1]);
+    }
+}
+
+impl Drop for Wire {
+    fn drop(&mut self) {
+        // Ends the flusher, which holds the wire only while it writes.
+        if let Some(outbox) = self.outbox.get() {
+            outbox.close("the connection is gone");
+        }
+    }
+}
+
+/// The flusher of a wire that coalesces: writes what senders leave in `outbox`, a batch at a
+/// time, until the wire closes or goes.
+fn flush(wire: &Weak<Wire>, outbox: &Outbox) {
+    let mut batch = Vec::new();
+    while outbox.take(&mut batch) {
+        let Some(wire) = wire.upgrade() else {
+            return;
+        };
+        let sent = {
+            let _turn = lock(&wire.scratch);
+            wire.push_all(&batch, None)
+        };
+        batch.clear();
+        outbox.wrote();
+        if sent.is_err() {
+            return; // closed, which closed the outbox
+        }
     }
 }
 
