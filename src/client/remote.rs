@@ -367,7 +367,7 @@ impl RemoteBus {
         let mut link = lock(&self.link);
         loop {
             // A wire closed under its senders is dropped by the thread at once; wait for the next.
-            if let Some(wire) = link.wire.as_ref().filter(|w| w.closed().is_none()) {
+            if let Some(wire) = link.wire.as_ref().filter(|w| !w.is_closed()) {
                 return Some(Arc::clone(wire));
             }
             if link.closing {

@@ -51,7 +51,7 @@ struct State {
     writing: bool,
     /// When the last write ended.
     last_write: Instant,
-    /// The flusher sleeps on `work` (so a sender must wake it).
+    /// The flusher sleeps on `work` and nobody woke it yet (so a sender must).
     flusher_waits: bool,
     /// Why the wire closed, once it has.
     closed: Option<String>,
@@ -107,8 +107,8 @@ impl Outbox {
             let before = state.frames.len();
             encode(&mut state.frames);
             if before == 0 || state.frames.len() <= OUTBOX_LIMIT {
-                if !state.writing && state.flusher_waits {
-                    self.work.notify_one();
+                if !state.writing {
+                    self.wake_flusher(&mut state);
                 }
                 return Ok(Route::Left);
             }
@@ -133,11 +133,20 @@ impl Outbox {
         let mut state = lock(&self.state);
         state.writing = false;
         state.last_write = Instant::now();
-        if !state.frames.is_empty() && state.flusher_waits {
-            self.work.notify_one();
+        if !state.frames.is_empty() {
+            self.wake_flusher(&mut state);
         }
         drop(state);
         self.freed.notify_all();
+    }
+
+    /// Wakes the flusher if it sleeps, once: until it looks again, frames left meanwhile need
+    /// no other wake-up (each would cost a system call).
+    fn wake_flusher(&self, state: &mut State) {
+        if state.flusher_waits {
+            state.flusher_waits = false;
+            self.work.notify_one();
+        }
     }
 
     /// The flusher's next batch, moved into `batch` (empty): waits until frames are left and
@@ -148,8 +157,8 @@ impl Outbox {
         while state.closed.is_none() && (state.writing || state.frames.is_empty()) {
             state.flusher_waits = true;
             state = wait(&self.work, state, None);
-            state.flusher_waits = false;
         }
+        state.flusher_waits = false;
         if state.closed.is_some() {
             return false;
         }

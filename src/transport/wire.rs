@@ -22,6 +22,7 @@ use std::net::{Shutdown, TcpStream};
 use std::ops::Range;
 use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
@@ -80,6 +81,8 @@ pub(crate) struct Wire {
     peer: String,
     /// Frames left for the flusher thread, once [`Wire::coalesce`] started it.
     outbox: OnceLock<Arc<Outbox>>,
+    /// Whether the wire is closed (its reason is in [`Io`]), read without its lock.
+    is_closed: AtomicBool,
 }
 
 /// The socket and what is queued for it.
@@ -151,6 +154,7 @@ impl Wire {
             wake,
             peer,
             outbox: OnceLock::new(),
+            is_closed: AtomicBool::new(false),
         });
         let reader = WireReader {
             wire: Arc::clone(&wire),
@@ -329,6 +333,13 @@ impl Wire {
         lock(&self.io).closed.clone()
     }
 
+    /// Whether the wire is closed: [`Wire::closed`] without taking the lock a write holds (for
+    /// every message a client sends).
+    pub(crate) fn is_closed(&self) -> bool {
+        // Acquire pairs with the Release store in `shut`: the reason is set before.
+        self.is_closed.load(Ordering::Acquire)
+    }
+
     fn shut(&self, io: &mut Io, reason: String) {
         if io.closed.is_none() {
             if let Some(tls) = &mut io.tls {
@@ -340,6 +351,8 @@ impl Wire {
                 outbox.close(&reason);
             }
             io.closed = Some(reason);
+            // Release pairs with the Acquire load in `is_closed`.
+            self.is_closed.store(true, Ordering::Release);
         }
         self.room.notify_all();
         self.nudge();

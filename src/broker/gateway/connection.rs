@@ -109,7 +109,7 @@ pub(super) fn serve(
     let ended: GiveUp = {
         let (shared, wire) = (Arc::clone(shared), Arc::clone(&wire));
         // Acquire pairs with the Release store in `Gateway::drop`.
-        Arc::new(move || shared.stop.load(Ordering::Acquire) || wire.closed().is_some())
+        Arc::new(move || shared.stop.load(Ordering::Acquire) || wire.is_closed())
     };
     let mut connection = Connection {
         bus,

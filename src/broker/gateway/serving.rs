@@ -286,7 +286,7 @@ fn pass_on(mut server: Server, id: u32, to: PassOn, wire: &Wire, held: &Held, fl
             Err(Wait::Stopped) => break,
             Err(Wait::Failed(e)) => {
                 debug!(id, "gateway: a remote server's requests: {e}");
-                if wire.closed().is_some() {
+                if wire.is_closed() {
                     return;
                 }
                 continue;

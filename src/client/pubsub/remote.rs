@@ -1,8 +1,10 @@
 //! Publishers and subscribers of a bus reached over TCP or TLS (see `client::remote`).
 //!
-//! A remote publisher sends each message as one frame; the gateway writes it into the topic's
-//! ring. A remote subscriber's messages arrive in its inbox, filled by the bus's thread and
-//! bounded: a lossy subscriber that falls behind loses the oldest messages (reported as
+//! A remote publisher sends each message as one frame (several go out in one write while the
+//! connection is busy: see `transport::outbox`); the gateway writes it into the topic's ring. A
+//! remote subscriber's messages arrive in its inbox, filled by the bus's thread, which the
+//! subscriber empties in one go whenever it has handed out what it took before (so it holds at
+//! most twice the inbox's bound). The inbox is bounded: a lossy subscriber that falls behind loses the oldest messages (reported as
 //! [`RecvError::Lagged`] with the count), a tethered one holds the connection back — and with it
 //! the gateway's reader, so local publishers, until the broker evicts that reader — for at most
 //! [`STALL_LIMIT`], after which it loses messages like a lossy one until it reads again. A state
@@ -49,6 +51,14 @@ pub(crate) fn with_room(room: usize, payload: &[u8]) -> AlignedVec<16> {
     aligned.resize(room, 0);
     aligned.extend_from_slice(payload);
     aligned
+}
+
+/// What a subscriber (or server) took out of its inbox: the messages it took in one go, handed
+/// out one at a time (one lock per batch, not per message), and the one handed out last.
+#[derive(Default)]
+pub(crate) struct Taken {
+    batch: VecDeque<Arc<RemoteMessage>>,
+    current: Option<Arc<RemoteMessage>>,
 }
 
 /// A remote subscription's messages and events, between the bus's thread and the subscriber.
@@ -153,10 +163,11 @@ impl Inbox {
             },
         };
         let tethered = self.mode == Mode::Tethered;
-        let stall_until = Instant::now() + STALL_LIMIT;
+        let mut stall_until = None;
         while is_full(&state) {
             if tethered && !state.gave_up {
-                let left = stall_until.saturating_duration_since(Instant::now());
+                let until = *stall_until.get_or_insert_with(|| Instant::now() + STALL_LIMIT);
+                let left = until.saturating_duration_since(Instant::now());
                 if left.is_zero() {
                     state.gave_up = true;
                 } else {
@@ -238,14 +249,31 @@ impl Inbox {
         self.arrived.notify_all();
     }
 
-    /// The next message or event, waiting as `patience` allows: polling first as `wait` says,
-    /// then asleep.
-    pub(crate) fn take(
+    /// The next message (of those `taken` holds, else of a batch taken now) or event, waiting
+    /// as `patience` allows: polling first as `wait` says, then asleep.
+    pub(crate) fn next<'t>(
         &self,
+        taken: &'t mut Taken,
         patience: Patience,
         wait: WaitStrategy,
         stop: impl Fn() -> bool,
-    ) -> Result<Arc<RemoteMessage>, Wait> {
+    ) -> Result<&'t Arc<RemoteMessage>, Wait> {
+        if taken.batch.is_empty() {
+            self.take(&mut taken.batch, patience, wait, stop)?;
+        }
+        let message = taken.batch.pop_front().expect("a batch taken is not empty");
+        Ok(taken.current.insert(message))
+    }
+
+    /// Moves every message there into `batch` (empty), or returns the next event, waiting as
+    /// [`Inbox::next`] says.
+    fn take(
+        &self,
+        batch: &mut VecDeque<Arc<RemoteMessage>>,
+        patience: Patience,
+        wait: WaitStrategy,
+        stop: impl Fn() -> bool,
+    ) -> Result<(), Wait> {
         // `None`: no waiting at all; `Some(None)`: as long as it takes.
         let deadline = match patience {
             Patience::Now => None,
@@ -260,13 +288,14 @@ impl Inbox {
             if let Some(event) = state.events.pop_front() {
                 return Err(Wait::Failed(event));
             }
-            if let Some(message) = state.messages.pop_front() {
-                state.bytes -= message.payload.len();
+            if !state.messages.is_empty() {
+                std::mem::swap(&mut state.messages, batch);
+                state.bytes = 0;
                 state.gave_up = false;
                 if state.stalled {
                     self.room.notify_one();
                 }
-                return Ok(message);
+                return Ok(());
             }
             state.woken = false;
             if stop() {
@@ -347,8 +376,8 @@ fn is_full(state: &InboxState) -> bool {
 pub(crate) struct RemoteSubscriber {
     bus: Arc<RemoteInner>,
     pub(crate) inbox: Arc<Inbox>,
-    /// The message last received, which the sample borrows.
-    current: Option<Arc<RemoteMessage>>,
+    /// Messages taken, and the one received last, which the sample borrows.
+    taken: Taken,
     pub(crate) patterns: Vec<Topic>,
     /// How receiving waits.
     pub(crate) wait: WaitStrategy,
@@ -371,7 +400,7 @@ impl RemoteSubscriber {
         Ok(RemoteSubscriber {
             bus,
             inbox,
-            current: None,
+            taken: Taken::default(),
             patterns,
             wait,
         })
@@ -399,8 +428,7 @@ impl RemoteSubscriber {
         patience: Patience,
         stop: impl Fn() -> bool,
     ) -> Result<&Arc<RemoteMessage>, Wait> {
-        let message = self.inbox.take(patience, self.wait, stop)?;
-        Ok(self.current.insert(message))
+        self.inbox.next(&mut self.taken, patience, self.wait, stop)
     }
 }
 

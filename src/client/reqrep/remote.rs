@@ -7,7 +7,7 @@ use std::sync::Arc;
 use shmbus_shm::WaitStrategy;
 
 use super::error::ServeError;
-use crate::client::pubsub::remote::{Inbox, RemoteMessage};
+use crate::client::pubsub::remote::{Inbox, RemoteMessage, Taken};
 use crate::client::pubsub::{Patience, Wait, Waker};
 use crate::client::remote::{RemoteCallError, RemoteInner};
 use crate::protocol::ErrorCode;
@@ -18,8 +18,8 @@ use crate::topic::Topic;
 pub(crate) struct RemoteRequests {
     bus: Arc<RemoteInner>,
     inbox: Arc<Inbox>,
-    /// The request handed out last (a [`Request`](super::Request) borrows it).
-    current: Option<Arc<RemoteMessage>>,
+    /// Requests taken, and the one handed out last (a [`Request`](super::Request) borrows it).
+    taken: Taken,
     wait: WaitStrategy,
 }
 
@@ -41,7 +41,7 @@ impl RemoteRequests {
         Ok(RemoteRequests {
             bus,
             inbox,
-            current: None,
+            taken: Taken::default(),
             wait: WaitStrategy::default(),
         })
     }
@@ -53,8 +53,7 @@ impl RemoteRequests {
         patience: Patience,
         stop: impl Fn() -> bool,
     ) -> Result<&Arc<RemoteMessage>, Wait> {
-        let message = self.inbox.take(patience, self.wait, stop)?;
-        Ok(self.current.insert(message))
+        self.inbox.next(&mut self.taken, patience, self.wait, stop)
     }
 
     /// How to wait for requests.

@@ -570,10 +570,6 @@ pub struct Server {
 }
 
 /// Where a server's requests come from.
-#[expect(
-    clippy::large_enum_variant,
-    reason = "boxing the hot, local variant would cost every receive"
-)]
 enum Source {
     /// Its request ring.
     Rings(RingSubscriber),
