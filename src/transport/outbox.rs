@@ -241,6 +241,62 @@ mod tests {
         assert!(!outbox.drain(Instant::now()), "frame 4 is not written yet");
     }
 
+    /// Senders on several threads and a flusher, writing to a shared "socket": every frame
+    /// arrives once, each thread's in order, and the last ones are written with nobody sending
+    /// after them (no wake-up of the flusher is lost).
+    #[test]
+    fn frames_of_many_threads_arrive_whole_and_in_order() {
+        const THREADS: u8 = 4;
+        const EACH: u32 = 20_000;
+        let outbox = std::sync::Arc::new(Outbox::new());
+        let socket = std::sync::Arc::new(Mutex::new(Vec::<u8>::new()));
+        let flusher = {
+            let (outbox, socket) = (outbox.clone(), socket.clone());
+            std::thread::spawn(move || {
+                let mut batch = Vec::new();
+                while outbox.take(&mut batch) {
+                    lock(&socket).extend_from_slice(&batch);
+                    batch.clear();
+                    outbox.wrote();
+                }
+            })
+        };
+        let senders: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (outbox, socket) = (outbox.clone(), socket.clone());
+                std::thread::spawn(move || {
+                    for i in 0..EACH {
+                        let encode = |out: &mut Vec<u8>| {
+                            out.push(t);
+                            out.extend_from_slice(&i.to_le_bytes());
+                        };
+                        if outbox.route(&encode, None).unwrap() == Route::Direct {
+                            encode(&mut lock(&socket));
+                            outbox.wrote();
+                        }
+                    }
+                })
+            })
+            .collect();
+        for sender in senders {
+            sender.join().unwrap();
+        }
+        assert!(
+            outbox.drain(Instant::now() + Duration::from_secs(60)),
+            "the flusher writes what was left last"
+        );
+        outbox.close("done");
+        flusher.join().unwrap();
+        let mut next = [0u32; THREADS as usize];
+        for frame in lock(&socket).chunks(5) {
+            let t = usize::from(frame[0]);
+            let i = u32::from_le_bytes(frame[1..].try_into().unwrap());
+            assert_eq!(i, next[t], "thread {t}'s frames in order");
+            next[t] += 1;
+        }
+        assert_eq!(next, [EACH; THREADS as usize]);
+    }
+
     #[test]
     fn a_full_outbox_refuses_at_the_deadline_and_a_closed_one_at_once() {
         let outbox = Outbox::new();
