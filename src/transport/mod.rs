@@ -2,7 +2,8 @@
 //! the remote protocol ([`crate::protocol::remote`]).
 //!
 //! [`wire`] moves frames over one connection, bounded both ways, and [`outbox`] lets a client's
-//! wire coalesce its small frames into fewer writes; [`tls`] makes rustls settings from PEM files. The two sides' handshakes are here: [`dial`] for clients (and peer brokers),
+//! wire coalesce its small frames into fewer writes; [`tls`] makes rustls settings from PEM
+//! files. The two sides' handshakes are here: [`dial`] for clients (and peer brokers),
 //! [`accept_tls`] for the gateway.
 
 pub(crate) mod outbox;

@@ -4,11 +4,12 @@
 //! connection is busy: see `transport::outbox`); the gateway writes it into the topic's ring. A
 //! remote subscriber's messages arrive in its inbox, filled by the bus's thread, which the
 //! subscriber empties in one go whenever it has handed out what it took before (so it holds at
-//! most twice the inbox's bound). The inbox is bounded: a lossy subscriber that falls behind loses the oldest messages (reported as
-//! [`RecvError::Lagged`] with the count), a tethered one holds the connection back — and with it
-//! the gateway's reader, so local publishers, until the broker evicts that reader — for at most
-//! [`STALL_LIMIT`], after which it loses messages like a lossy one until it reads again. A state
-//! watcher's inbox loses records like a lossy one: the watcher catches up from a snapshot.
+//! most twice the inbox's bound). The inbox is bounded: a lossy subscriber that falls behind
+//! loses the oldest messages (reported as [`RecvError::Lagged`] with the count), a tethered one
+//! holds the connection back — and with it the gateway's reader, so local publishers, until the
+//! broker evicts that reader — for at most [`STALL_LIMIT`], after which it loses messages like a
+//! lossy one until it reads again. A state watcher's inbox loses records like a lossy one: the
+//! watcher catches up from a snapshot.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
