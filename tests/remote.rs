@@ -975,3 +975,48 @@ fn a_remote_session_keeps_its_subscriptions_while_its_client_is_away() {
         "{lines:?}"
     );
 }
+
+#[test]
+fn a_client_that_reconnects_before_the_gateway_noticed_replaces_its_old_connection() {
+    use shmbus::ErrorCode;
+    use shmbus::protocol::remote::{Frame, decode};
+    use support::raw_remote::{RawRemote, hello};
+
+    let refusal = |answer: Option<Vec<u8>>| match decode(&answer.expect("an answer")).unwrap() {
+        Frame::Refused(refusal) => refusal,
+        other => panic!("expected a refusal, got {other:?}"),
+    };
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    // The old connection holds the session, and to the gateway it looks alive: the test keeps
+    // it open, as a client's end that vanished without the gateway knowing would be.
+    let (mut old, answer) = RawRemote::greet(&url, &hello(7, Some("roaming")));
+    assert!(matches!(answer.as_deref(), Some([2, ..])), "welcomed");
+    // Another client may not take the session.
+    let (_, answer) = RawRemote::greet(&url, &hello(8, Some("roaming")));
+    assert_eq!(refusal(answer).code, ErrorCode::Taken);
+    // The same client, reconnecting: welcomed at once with its session, and its old
+    // connection closed by the gateway.
+    let (_new, answer) = RawRemote::greet(&url, &hello(7, Some("roaming")));
+    assert!(matches!(answer.as_deref(), Some([2, ..])), "welcomed again");
+    assert!(old.closed_by_gateway());
+    broker
+        .proc
+        .stderr
+        .wait_for("its old connection is replaced");
+
+    // A client of another version is told so, whatever its hello holds after the version.
+    let mut stream = std::net::TcpStream::connect(url.trim_start_matches("tcp://")).unwrap();
+    stream.set_read_timeout(Some(PATIENCE)).unwrap();
+    // Version 1's hello: kind, magic, version, name, session, peer (postcard).
+    let body = [&[1u8][..], b"SHMB", &[1, 3], b"old", &[0, 0]].concat();
+    let mut frame = u32::try_from(body.len()).unwrap().to_le_bytes().to_vec();
+    frame.extend_from_slice(&body);
+    stream.write_all(&frame).unwrap();
+    let mut prefix = [0u8; 4];
+    stream.read_exact(&mut prefix).unwrap();
+    let mut answer = vec![0; u32::from_le_bytes(prefix) as usize];
+    stream.read_exact(&mut answer).unwrap();
+    let refused = refusal(Some(answer));
+    assert_eq!(refused.code, ErrorCode::Version);
+    assert!(refused.message.contains("not 1"), "{}", refused.message);
+}

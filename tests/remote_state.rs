@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 
 use nix::sys::signal::Signal;
 use shmbus::{AttachError, Bus, StateError, StateEvent, StateWatcher};
+use support::raw_remote::RawRemote;
 use support::{Broker, PATIENCE, Proc, listen_address, listening_broker, run};
 
 /// The next event, failing after [`PATIENCE`].
@@ -334,65 +335,6 @@ fn a_broker_stops_while_a_remote_owner_waits_for_room_in_its_ring() {
     stuck.signal(Signal::SIGKILL);
 }
 
-/// A raw connection to a gateway, speaking the remote protocol frame by frame.
-struct RawClient {
-    stream: std::net::TcpStream,
-}
-
-impl RawClient {
-    /// Connects to `url` (`tcp://…`) and says hello.
-    fn connect(url: &str) -> RawClient {
-        use shmbus::protocol::remote::{Frame, Hello, MAGIC, REMOTE_VERSION};
-        let stream = std::net::TcpStream::connect(url.trim_start_matches("tcp://")).unwrap();
-        stream.set_read_timeout(Some(PATIENCE)).unwrap();
-        let mut raw = RawClient { stream };
-        raw.send(&Frame::Hello(Hello {
-            magic: MAGIC,
-            version: REMOTE_VERSION,
-            name: "raw".into(),
-            session: None,
-            peer: None,
-        }));
-        assert!(matches!(raw.next().as_deref(), Some([2, ..])), "no welcome");
-        raw
-    }
-
-    fn send(&mut self, frame: &shmbus::protocol::remote::Frame<'_>) {
-        let mut bytes = Vec::new();
-        shmbus::protocol::remote::encode(frame, &mut bytes);
-        self.send_bytes(&bytes);
-    }
-
-    fn send_bytes(&mut self, bytes: &[u8]) {
-        use std::io::Write;
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    /// The next frame's kind and body, or `None` once the gateway closed the connection.
-    fn next(&mut self) -> Option<Vec<u8>> {
-        use std::io::Read;
-        let mut prefix = [0u8; 4];
-        self.stream.read_exact(&mut prefix).ok()?;
-        let mut body = vec![0; u32::from_le_bytes(prefix) as usize];
-        self.stream.read_exact(&mut body).ok()?;
-        Some(body)
-    }
-
-    /// The next frame other than a ping, decoded into what a test looks at: a refusal's id and
-    /// code, or `None` for anything else.
-    fn next_failed(&mut self) -> Option<(u32, shmbus::ErrorCode)> {
-        use shmbus::protocol::remote::{Frame, decode};
-        loop {
-            let body = self.next()?;
-            match decode(&body).unwrap() {
-                Frame::Ping => continue,
-                Frame::Failed { id, refusal } => return Some((id, refusal.code)),
-                other => panic!("expected a refusal, got {other:?}"),
-            }
-        }
-    }
-}
-
 #[test]
 fn state_frames_a_gateway_cannot_take_cost_only_their_connection() {
     use shmbus::ErrorCode;
@@ -408,7 +350,7 @@ fn state_frames_a_gateway_cannot_take_cost_only_their_connection() {
     until_mirrored(&mut watcher, "shared/config", &[("mode", b"auto")]);
 
     // Refused, each with a clear error naming the id asked about; the connection goes on.
-    let mut raw = RawClient::connect(&url);
+    let mut raw = RawRemote::connect(&url);
     let put = Record::Put {
         key: "mode",
         value: b"manual",

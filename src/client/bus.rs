@@ -265,6 +265,7 @@ impl BusBuilder {
                 tls: None,
                 session: self.session,
                 timeout,
+                instance: crate::transport::random_id(),
             };
             return connect_remote(dialer, self.tls);
         }

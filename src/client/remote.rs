@@ -47,6 +47,10 @@ pub(crate) struct Dialer {
     /// The session the gateway holds for this client, if any.
     pub(crate) session: Option<String>,
     pub(crate) timeout: Duration,
+    /// Who this client is, to the gateway, on every connection ([`Hello::instance`](
+    /// crate::protocol::remote::Hello::instance)): a reconnection replaces a connection the
+    /// gateway may still hold.
+    pub(crate) instance: u64,
 }
 
 impl Dialer {
@@ -57,6 +61,7 @@ impl Dialer {
             name: &self.name,
             session,
             peer: None,
+            instance: self.instance,
         };
         let dialed = transport::dial(&self.address, self.tls.as_ref(), &caller, self.timeout)
             .map_err(|e| match e {

@@ -31,8 +31,9 @@ use super::state::Record;
 use super::{ErrorCode, MAX_ERROR_LEN, MAX_NAME_LEN};
 use crate::topic::MAX_TOPIC_LEN;
 
-/// Version of the remote protocol, sent in [`Hello`] and [`Welcome`]; a gateway refuses others.
-pub const REMOTE_VERSION: u16 = 1;
+/// Version of the remote protocol, sent in [`Hello`] and [`Welcome`]; a gateway refuses others
+/// (2: [`Hello::instance`]).
+pub const REMOTE_VERSION: u16 = 2;
 
 /// First bytes of every [`Hello`]: something that is not a shmbus client is refused at once.
 pub const MAGIC: [u8; 4] = *b"SHMB";
@@ -76,6 +77,19 @@ pub struct Hello {
     /// For a broker that peers with this one: who it is. The link then carries
     /// [`Frame::Interest`] and [`Frame::Relay`] both ways, and nothing else.
     pub peer: Option<Peer>,
+    /// A number the client drew at random when it first connected, the same on every
+    /// reconnection (0: none). A hello naming the instance of a connection the gateway still
+    /// holds, for the same user, replaces that connection at once: the client noticed the loss
+    /// of the link before the gateway did, and its session and collections go to the new one.
+    pub instance: u64,
+}
+
+/// The first fields of every version's [`Hello`]: what a gateway reads of a hello of another
+/// version, to refuse it with a clear message.
+#[derive(Deserialize)]
+struct HelloHead {
+    magic: [u8; 4],
+    version: u16,
 }
 
 /// A broker that dials another to peer with it.
@@ -680,6 +694,20 @@ pub fn decode(bytes: &[u8]) -> Result<Frame<'_>, FrameError> {
     let (&kind, body) = bytes.split_first().ok_or(FrameError::Empty)?;
     let frame = match kind {
         kind::HELLO => {
+            let head: HelloHead = postcard::take_from_bytes(body)
+                .map_err(|e| malformed("hello", e.to_string()))?
+                .0;
+            if head.magic == MAGIC && head.version != REMOTE_VERSION {
+                // Another version: what follows may be laid out differently.
+                return Ok(Frame::Hello(Hello {
+                    magic: head.magic,
+                    version: head.version,
+                    name: String::new(),
+                    session: None,
+                    peer: None,
+                    instance: 0,
+                }));
+            }
             let hello: Hello = body_of("hello", body)?;
             check_len("hello", "name", &hello.name, MAX_NAME_LEN)?;
             if let Some(session) = &hello.session {
@@ -1044,6 +1072,30 @@ mod tests {
     }
 
     #[test]
+    fn a_hello_of_another_version_is_read_as_far_as_its_version() {
+        // Version 1's hello: kind, magic, version, name, session, peer.
+        let body = [&[kind::HELLO][..], b"SHMB", &[1, 3], b"old", &[0, 0]].concat();
+        match decode(&body).unwrap() {
+            Frame::Hello(hello) => assert_eq!((hello.magic, hello.version), (MAGIC, 1)),
+            other => panic!("{other:?}"),
+        }
+        // This version's, cut short: malformed.
+        let mut out = Vec::new();
+        encode(
+            &Frame::Hello(Hello {
+                magic: MAGIC,
+                version: REMOTE_VERSION,
+                name: "new".into(),
+                session: None,
+                peer: None,
+                instance: 1,
+            }),
+            &mut out,
+        );
+        assert!(decode(&out[4..out.len() - 1]).is_err());
+    }
+
+    #[test]
     fn every_frame_survives_a_round_trip() {
         round_trip(Frame::Hello(Hello {
             magic: MAGIC,
@@ -1051,6 +1103,7 @@ mod tests {
             name: "probe".into(),
             session: Some("billing".into()),
             peer: None,
+            instance: 0x0123_4567_89ab_cdef,
         }));
         round_trip(Frame::Hello(Hello {
             magic: MAGIC,
@@ -1061,6 +1114,7 @@ mod tests {
                 node: u64::MAX,
                 max_payload: 1 << 20,
             }),
+            instance: 0,
         }));
         round_trip(Frame::Welcome(Welcome {
             version: REMOTE_VERSION,

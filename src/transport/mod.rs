@@ -51,6 +51,20 @@ pub(crate) struct Caller<'a> {
     pub(crate) session: Option<&'a str>,
     /// A peering broker.
     pub(crate) peer: Option<Peer>,
+    /// The client's [`Hello::instance`].
+    pub(crate) instance: u64,
+}
+
+/// A number unlikely to be drawn by anyone else, now or later (a peer's node id, a client's
+/// instance): the standard library's randomly keyed hasher over the process id and the time.
+pub(crate) fn random_id() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u32(std::process::id());
+    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
+        hasher.write_u128(since.as_nanos());
+    }
+    hasher.finish()
 }
 
 /// The largest frame a connection accepts once its handshake is over: a message of the largest
@@ -112,6 +126,7 @@ pub(crate) fn dial(
         version: REMOTE_VERSION,
         session: caller.session.map(str::to_string),
         peer: caller.peer,
+        instance: caller.instance,
         name: caller
             .name
             .chars()

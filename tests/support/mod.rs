@@ -7,6 +7,7 @@ pub mod hostile;
 pub mod pki;
 mod process;
 pub mod raw;
+pub mod raw_remote;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

@@ -11,6 +11,7 @@ use tracing::{debug, info};
 use super::Shared;
 use super::forward::{Forwarder, Subscription};
 use super::identity::{RemoteUser, user_of_certificate};
+use super::instances::{Registered, Registration, TAKEOVER_WAIT};
 use super::peer::{User, run_link};
 use super::requests::{Job, Requests};
 use super::serving::{Held, PassOn, ServerThread};
@@ -42,6 +43,10 @@ const MAX_SERVERS: usize = 256;
 /// How long an answer may wait for room in the connection's output before the connection is
 /// given up as not reading.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How often a reconnected client's session, still held by the connection it replaced, is asked
+/// for again.
+const TAKEN_RETRY: Duration = Duration::from_millis(10);
 
 /// How long one try of a blocked publish waits, between looks at whether the connection or the
 /// gateway ended meanwhile.
@@ -83,8 +88,13 @@ pub(super) fn serve(
         wire.close("the broker is stopping");
         return;
     }
-    let (bus, name, user) = match welcome(shared, &wire, &mut reader) {
-        Ok(Welcomed::Client { bus, name, user }) => (bus, name, user),
+    let (bus, name, user, registration) = match welcome(shared, &wire, &mut reader) {
+        Ok(Welcomed::Client {
+            bus,
+            name,
+            user,
+            registration,
+        }) => (bus, name, user, registration),
         Ok(Welcomed::Peer { peer, user }) => {
             info!(%peer_address, "peer broker connected");
             let user = User::Checked {
@@ -132,6 +142,8 @@ pub(super) fn serve(
         forwarder.finish();
     }
     drop(connection);
+    // Only now may a reconnection of the same client take its place.
+    drop(registration);
     info!(%peer_address, %name, "remote client left: {reason}");
 }
 
@@ -143,6 +155,8 @@ enum Welcomed {
         bus: Bus,
         name: String,
         user: Option<RemoteUser>,
+        /// Its place among the live client instances, if its hello named one.
+        registration: Option<Registration>,
     },
     /// A broker peering with this one.
     Peer {
@@ -153,7 +167,7 @@ enum Welcomed {
 
 /// Reads the hello and welcomes a client or a peer broker — if the access list in force, if
 /// any, admits the user its certificate names.
-fn welcome(shared: &Shared, wire: &Wire, reader: &mut WireReader) -> Result<Welcomed, String> {
+fn welcome(shared: &Shared, wire: &Arc<Wire>, reader: &mut WireReader) -> Result<Welcomed, String> {
     let hello = match reader.next()? {
         Frame::Hello(hello) => hello,
         other => return Err(format!("expected a hello, got {}", kind(&other))),
@@ -193,11 +207,25 @@ fn welcome(shared: &Shared, wire: &Wire, reader: &mut WireReader) -> Result<Welc
             (Welcomed::Peer { peer, user }, max_payload)
         }
         None => {
-            let bus = bus_for(shared, hello.session.as_deref(), user.as_ref())
+            let user_name = user.as_ref().map(|u| u.name.as_str());
+            let (registration, replaced) = match hello.instance {
+                0 => (None, false),
+                instance => match shared.instances.register(instance, user_name, wire) {
+                    Registered::First(registration) => (Some(registration), false),
+                    Registered::Replaced(registration) => (Some(registration), true),
+                },
+            };
+            let bus = session_bus_for(shared, hello.session.as_deref(), user.as_ref(), replaced)
                 .map_err(|(code, message)| refuse(code, message))?;
             let max_payload = u32::try_from(bus.max_payload()).unwrap_or(u32::MAX);
             let name = hello.name;
-            (Welcomed::Client { bus, name, user }, max_payload)
+            let client = Welcomed::Client {
+                bus,
+                name,
+                user,
+                registration,
+            };
+            (client, max_payload)
         }
     };
     let welcome = Frame::Welcome(Welcome {
@@ -262,6 +290,26 @@ fn bus_for(
             format!("the gateway cannot reach its broker: {e}"),
         ),
     })
+}
+
+/// [`bus_for`], for a client that may have just `replaced` its own old connection: the broker
+/// frees that connection's session when its event loop sees it go, a moment after the gateway
+/// let it go, so a session still taken is asked for again until [`TAKEOVER_WAIT`] has passed.
+fn session_bus_for(
+    shared: &Shared,
+    session: Option<&str>,
+    user: Option<&RemoteUser>,
+    replaced: bool,
+) -> Result<Bus, (ErrorCode, String)> {
+    let until = Instant::now() + TAKEOVER_WAIT;
+    loop {
+        match bus_for(shared, session, user) {
+            Err((ErrorCode::Taken, _)) if replaced && Instant::now() < until => {
+                std::thread::sleep(TAKEN_RETRY);
+            }
+            result => return result,
+        }
+    }
 }
 
 /// The access list in force, if any.

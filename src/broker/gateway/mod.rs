@@ -18,6 +18,7 @@
 mod connection;
 mod forward;
 mod identity;
+mod instances;
 mod peer;
 mod requests;
 mod serving;
@@ -33,6 +34,7 @@ use std::time::Duration;
 
 use tracing::{debug, warn};
 
+use self::instances::Instances;
 use self::peer::Peering;
 use super::core::AccessSlot;
 use super::core::interest::InterestBoard;
@@ -142,6 +144,8 @@ struct Shared {
     access: AccessSlot,
     /// Links to peer brokers, dialed and accepted.
     peering: Arc<Peering>,
+    /// Remote clients' live connections, by the instance their hellos name.
+    instances: Arc<Instances>,
 }
 
 /// The connection in `slot`, made (to the broker's `socket`, as `name`) if there is none yet:
@@ -218,6 +222,7 @@ impl Gateway {
             hello_timeout,
             access,
             peering: Arc::clone(&peering),
+            instances: Arc::default(),
         });
         let mut acceptors = Vec::new();
         for listener in listeners {

@@ -21,7 +21,6 @@ mod routes;
 mod seen;
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hasher};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -91,7 +90,7 @@ impl Peering {
     /// Peering for the broker whose socket is `socket` and whose subscribers' patterns `board`
     /// holds. Nothing runs until [`Peering::start`].
     pub(super) fn new(socket: BusAddress, board: Arc<InterestBoard>) -> Peering {
-        let node = new_node_id();
+        let node: NodeId = transport::random_id();
         Peering {
             node,
             board,
@@ -231,6 +230,7 @@ impl Peering {
                 node: self.node,
                 max_payload,
             }),
+            instance: 0,
         };
         let dialed = transport::dial(address, tls, &caller, DIAL_TIMEOUT).map_err(|e| match e {
             DialError::Unreachable(e) => e.to_string(),
@@ -386,15 +386,4 @@ impl Peering {
             .collect();
         (local, links)
     }
-}
-
-/// A node id unlikely to be any other broker's, now or later: the standard library's randomly
-/// keyed hasher over the process id and the time.
-fn new_node_id() -> NodeId {
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    hasher.write_u32(std::process::id());
-    if let Ok(since) = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH) {
-        hasher.write_u128(since.as_nanos());
-    }
-    hasher.finish()
 }
