@@ -1020,3 +1020,45 @@ fn a_client_that_reconnects_before_the_gateway_noticed_replaces_its_old_connecti
     assert_eq!(refused.code, ErrorCode::Version);
     assert!(refused.message.contains("not 1"), "{}", refused.message);
 }
+
+#[test]
+fn a_session_client_whose_own_side_of_the_link_failed_is_back_while_its_old_connection_lives() {
+    // The client's end of its connection goes, the gateway's stays open and alive (the proxy
+    // keeps pinging on it): only the client's reconnection replacing that connection can give
+    // the session back while the old connection lives.
+    let (broker, url) = listening_broker("tcp://127.0.0.1:0", &[]);
+    let proxy = support::proxy::Proxy::start(&url);
+    let local = Bus::connect(broker.bus()).unwrap();
+    let mut publisher = local.publisher("roam/a").unwrap();
+    let remote = Bus::builder()
+        .address(shmbus::BusAddress::parse(proxy.address()).unwrap())
+        .session("roaming")
+        .connect()
+        .unwrap();
+    let mut sub = remote.subscribe("roam/*").unwrap();
+    publisher.publish(b"before").unwrap();
+    assert_eq!(next(&mut sub).1, b"before");
+
+    proxy.cut_client_side_of_first();
+    // The old connection may still take this one and send it where nobody reads any more.
+    publisher.publish(b"meanwhile").unwrap();
+    broker
+        .proc
+        .stderr
+        .wait_for("its old connection is replaced");
+    eventually("the client is back", || remote.is_connected());
+    publisher.publish(b"after").unwrap();
+    let mut got = Vec::new();
+    while got.last().is_none_or(|last| last != b"after") {
+        match sub.recv_timeout(PATIENCE) {
+            Ok(sample) => got.push(sample.payload().to_vec()),
+            // The reconnection is reported as a gap.
+            Err(RecvTimeoutError::Failed(RecvError::Lagged { .. } | RecvError::BrokerLost)) => {}
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(
+        got == [b"after".to_vec()] || got == [b"meanwhile".to_vec(), b"after".to_vec()],
+        "{got:?}"
+    );
+}

@@ -6,6 +6,7 @@
 pub mod hostile;
 pub mod pki;
 mod process;
+pub mod proxy;
 pub mod raw;
 pub mod raw_remote;
 
