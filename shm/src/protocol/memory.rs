@@ -2,7 +2,7 @@
 //!
 //! [`RingMemory`] turns geometry offsets into references to the shared structures of
 //! [`crate::protocol::layout`] and to the 64-bit words of the frame buffer. The protocol in
-//! [`crate::ring`] touches shared memory only through it.
+//! the rest of [`crate::protocol`] touches shared memory only through it.
 //!
 //! Two builds of it exist. Normally the segments are [`Backing`]s — memory-mapped memfds, or
 //! zeroed heap memory for process-local rings and Miri — and references are computed from their

@@ -1,5 +1,6 @@
-//! Remote clients by instance ([`Hello::instance`]): a client that reconnects while the gateway
-//! still holds its old connection replaces that connection at once.
+//! Remote clients by instance
+//! ([`Hello::instance`](crate::protocol::remote::Hello::instance)): a client that reconnects
+//! while the gateway still holds its old connection replaces that connection at once.
 //!
 //! A client notices a lost link before the gateway does when the loss is on its side (its
 //! network went down and up again, a middlebox reset its end): the gateway's end of the old

@@ -166,7 +166,7 @@ pub(crate) struct Inbox {
     links: Vec<(Topic, AttachedWriter)>,
 }
 
-/// What [`Inbox::exchange`] was asked to send.
+/// What [`Requester::exchange`] was asked to send.
 enum Payload<'a> {
     Copy(&'a [u8]),
     /// Up to this many bytes written in place; the function returns how many, or why it could

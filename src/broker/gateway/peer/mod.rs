@@ -10,8 +10,9 @@
 //! message as a relay, named by this broker's node id, its publisher and its sequence. A broker
 //! that receives a relay takes it once ([`seen`]): it publishes it into its own rings if its
 //! subscribers want it, and passes it straight on to the other links that want it. Its
-//! publishers of relayed messages have ids the core marks ([`PublisherId::is_relayed`]), which
-//! the forwarders leave out, so a relayed message never comes back as this broker's own.
+//! publishers of relayed messages have ids the core marks
+//! ([`PublisherId::is_relayed`](crate::protocol::PublisherId::is_relayed)), which the forwarders
+//! leave out, so a relayed message never comes back as this broker's own.
 //! Around a cycle a message may arrive twice; the second is dropped, so nobody receives it
 //! twice and it never loops.
 
