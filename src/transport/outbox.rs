@@ -172,17 +172,13 @@ impl Outbox {
     /// Waits until every frame left is written (or the outbox closed), until `deadline` at the
     /// latest; returns whether it is.
     pub(crate) fn drain(&self, deadline: Instant) -> bool {
-        let mut state = lock(&self.state);
-        loop {
-            if state.closed.is_some() || (!state.writing && state.frames.is_empty()) {
-                return true;
-            }
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            state = wait(&self.freed, state, Some(left));
-        }
+        let state = lock(&self.state);
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (state, _) = self
+            .freed
+            .wait_timeout_while(state, left, |state| !state.settled())
+            .unwrap_or_else(PoisonError::into_inner);
+        state.settled()
     }
 
     /// Closes the outbox for `reason`: what is left in it is dropped (as what is in flight is
@@ -196,6 +192,13 @@ impl Outbox {
         drop(state);
         self.work.notify_all();
         self.freed.notify_all();
+    }
+}
+
+impl State {
+    /// Nothing is left to write, or nothing will be: the outbox is closed.
+    fn settled(&self) -> bool {
+        self.closed.is_some() || (!self.writing && self.frames.is_empty())
     }
 }
 

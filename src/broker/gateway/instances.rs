@@ -15,7 +15,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tracing::{info, warn};
 
@@ -89,7 +89,7 @@ impl Instances {
             );
             old.close("replaced by a new connection of the same client");
         }
-        if !before.wait_released(Instant::now() + TAKEOVER_WAIT) {
+        if !before.wait_released(TAKEOVER_WAIT) {
             warn!(instance, "the replaced connection did not let go in time");
         }
         Registered::Replaced(registration)
@@ -97,21 +97,15 @@ impl Instances {
 }
 
 impl Held {
-    /// Waits until the connection released what it held, until `deadline` at the latest.
-    fn wait_released(&self, deadline: Instant) -> bool {
-        let mut released = lock(&self.released);
-        while !*released {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            released = self
-                .done
-                .wait_timeout(released, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-        }
-        true
+    /// Waits until the connection released what it held, for at most `timeout`; returns
+    /// whether it did.
+    fn wait_released(&self, timeout: Duration) -> bool {
+        let released = lock(&self.released);
+        let (released, _) = self
+            .done
+            .wait_timeout_while(released, timeout, |released| !*released)
+            .unwrap_or_else(PoisonError::into_inner);
+        *released
     }
 }
 
